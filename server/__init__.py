@@ -1,0 +1,3 @@
+"""giftwire: a real-time gifting server for live streams."""
+
+__version__ = "0.1.0"

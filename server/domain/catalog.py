@@ -1,0 +1,105 @@
+"""The gift catalog: shipped as package data, overridable by a file named in the settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import orjson
+
+from server.domain.accounts import is_valid_id
+from server.domain.limits import GIFT_COUNT_MAX, SEND_COINS_MAX
+
+TIER_MIN = 1
+TIER_MAX = 4
+"""Tiers 1–2 play in the strip with combo counters; 3–4 take the full screen."""
+
+
+class CatalogError(ValueError):
+    """The catalog file is invalid; the message says which entry and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Gift:
+    gift_id: str
+    name: str
+    price_coins: int
+    animation: str
+    tier: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.gift_id,
+            "name": self.name,
+            "price_coins": self.price_coins,
+            "animation": self.animation,
+            "tier": self.tier,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    version: int
+    gifts: Mapping[str, Gift]
+
+    def __iter__(self) -> Iterator[Gift]:
+        return iter(self.gifts.values())
+
+    def get(self, gift_id: str) -> Gift | None:
+        return self.gifts.get(gift_id)
+
+    def prices(self) -> dict[str, int]:
+        return {gift.gift_id: gift.price_coins for gift in self}
+
+
+def _parse_gift(index: int, raw: object) -> Gift:
+    if not isinstance(raw, dict):
+        raise CatalogError(f"gift #{index}: expected an object")
+    gift_id = raw.get("id")
+    if not is_valid_id(gift_id):
+        raise CatalogError(f"gift #{index}: invalid id {gift_id!r}")
+    price = raw.get("price_coins")
+    # The largest gift times the largest count must still fit in one amount.
+    if type(price) is not int or not 1 <= price <= SEND_COINS_MAX // GIFT_COUNT_MAX:
+        raise CatalogError(f"gift {gift_id}: price_coins must be a positive integer")
+    tier = raw.get("tier", 1)
+    if type(tier) is not int or not TIER_MIN <= tier <= TIER_MAX:
+        raise CatalogError(f"gift {gift_id}: tier must be {TIER_MIN}..{TIER_MAX}")
+    name = raw.get("name", gift_id)
+    animation = raw.get("animation", gift_id)
+    if not isinstance(name, str) or not isinstance(animation, str):
+        raise CatalogError(f"gift {gift_id}: name and animation must be strings")
+    return Gift(gift_id, name, price, animation, tier)
+
+
+def parse_catalog(data: bytes) -> Catalog:
+    """Parse and validate a catalog document (JSON)."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise CatalogError(f"not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("gifts"), list):
+        raise CatalogError('expected {"version": N, "gifts": [...]}')
+    version = doc.get("version", 1)
+    if type(version) is not int:
+        raise CatalogError("version must be an integer")
+    gifts: dict[str, Gift] = {}
+    for index, raw in enumerate(doc["gifts"]):
+        gift = _parse_gift(index, raw)
+        if gift.gift_id in gifts:
+            raise CatalogError(f"gift {gift.gift_id}: duplicate id")
+        gifts[gift.gift_id] = gift
+    if not gifts:
+        raise CatalogError("the catalog has no gifts")
+    return Catalog(version=version, gifts=gifts)
+
+
+def load_catalog(path: Path | None = None) -> Catalog:
+    """Load the catalog from ``path``, or the default one shipped with giftwire."""
+    if path is None:
+        data = resources.files("server.domain").joinpath("data/catalog.json").read_bytes()
+    else:
+        data = path.read_bytes()
+    return parse_catalog(data)

@@ -1,0 +1,121 @@
+"""Every error code giftwire sends to a client, and the exceptions that carry them.
+
+The tree::
+
+    GiftwireError                 base of everything raised on purpose
+    ├── OperatingError            a refusal: stable ``code``, sent to the client, changes nothing
+    │   ├── LedgerRefusal         refused inside a Lua script (insufficient_funds, …)
+    │   └── RequestError          refused at the edge before reaching Redis (invalid_request, …)
+    ├── UnavailableError          Redis unreachable or timed out: the outcome of a write is
+    │                             *unknown*; retry with the same id
+    └── InvariantError            a programmer error: an invariant broke. Logged with context,
+                                  the connection is closed with 1011. Never caught to continue.
+
+Codes are lower_snake strings and never change meaning once released; ``docs/protocol.md``
+lists each with what the client should do.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Stable error codes sent on the wire (``error.code``) and by the HTTP API."""
+
+    # Ledger refusals (decided by the Lua scripts).
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+    UNKNOWN_GIFT = "unknown_gift"
+    UNKNOWN_STREAM = "unknown_stream"
+    STREAM_NOT_LIVE = "stream_not_live"
+    STREAM_EXISTS = "stream_exists"
+    NOT_STREAM_OWNER = "not_stream_owner"
+    SELF_GIFT = "self_gift"
+    RATE_LIMITED = "rate_limited"
+    SPENDING_LIMIT = "spending_limit"
+    DUPLICATE_MISMATCH = "duplicate_mismatch"
+    BALANCE_LIMIT = "balance_limit"
+    BELOW_MINIMUM = "below_minimum"
+    UNKNOWN_PAYMENT = "unknown_payment"
+    # Edge refusals.
+    INVALID_REQUEST = "invalid_request"
+    MESSAGE_TOO_LARGE = "message_too_large"
+    UNAUTHORIZED = "unauthorized"
+    TOKEN_EXPIRED = "token_expired"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    BAD_SIGNATURE = "bad_signature"
+    # Infrastructure.
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+
+
+ERROR_MESSAGES: dict[ErrorCode, str] = {
+    ErrorCode.INSUFFICIENT_FUNDS: "not enough coins for this gift",
+    ErrorCode.UNKNOWN_GIFT: "no such gift in the catalog",
+    ErrorCode.UNKNOWN_STREAM: "no such stream",
+    ErrorCode.STREAM_NOT_LIVE: "the stream is not live",
+    ErrorCode.STREAM_EXISTS: "a stream with this id already exists",
+    ErrorCode.NOT_STREAM_OWNER: "only the stream's creator may do this",
+    ErrorCode.SELF_GIFT: "creators cannot send gifts to their own stream",
+    ErrorCode.RATE_LIMITED: "too many gifts too quickly; slow down",
+    ErrorCode.SPENDING_LIMIT: "daily spending limit reached",
+    ErrorCode.DUPLICATE_MISMATCH: "this id was already used for a different request",
+    ErrorCode.BALANCE_LIMIT: "the balance would exceed its maximum",
+    ErrorCode.BELOW_MINIMUM: "the amount is below the minimum",
+    ErrorCode.UNKNOWN_PAYMENT: "no such payment",
+    ErrorCode.INVALID_REQUEST: "the request is malformed",
+    ErrorCode.MESSAGE_TOO_LARGE: "the message is larger than allowed",
+    ErrorCode.UNAUTHORIZED: "missing or invalid credentials",
+    ErrorCode.TOKEN_EXPIRED: "the token has expired",
+    ErrorCode.FORBIDDEN: "not allowed for this user",
+    ErrorCode.NOT_FOUND: "not found",
+    ErrorCode.TOO_MANY_CONNECTIONS: "too many connections for this user or address",
+    ErrorCode.BAD_SIGNATURE: "the signature does not match",
+    ErrorCode.UNAVAILABLE: "the ledger is unavailable; retry with the same id",
+    ErrorCode.INTERNAL: "internal error",
+}
+
+
+class GiftwireError(Exception):
+    """Base of every exception giftwire raises on purpose."""
+
+
+class OperatingError(GiftwireError):
+    """A refusal with a stable code. Nothing was changed."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str | None = None,
+        detail: dict[str, object] | None = None,
+    ) -> None:
+        self.code = code
+        self.message = message or ERROR_MESSAGES[code]
+        self.detail = detail
+        super().__init__(f"{code}: {self.message}")
+
+
+class LedgerRefusal(OperatingError):
+    """A Lua script refused the transfer before writing anything."""
+
+
+class RequestError(OperatingError):
+    """The edge refused a request before it reached the ledger."""
+
+
+class UnavailableError(GiftwireError):
+    """Redis could not be reached or did not answer in time.
+
+    For a write the outcome is unknown: the script may or may not have run. Retrying
+    with the same client id is always safe and tells which.
+    """
+
+    code = ErrorCode.UNAVAILABLE
+
+
+class InvariantError(GiftwireError):
+    """An invariant broke: a bug, not a user mistake."""
+
+    code = ErrorCode.INTERNAL

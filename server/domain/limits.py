@@ -1,0 +1,60 @@
+"""Every bound giftwire enforces, in one place (``grep _max`` finds them all).
+
+Amounts are bounded far below 2**53 because Lua numbers are doubles, and below 10**14
+because Redis' cjson prints numbers with 14 significant digits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Money bounds shared by the domain and the Lua scripts (passed to them as ARGV).
+AMOUNT_MAX = 10**13
+"""Largest balance or single amount, in the smallest unit (coins, diamonds or cents)."""
+
+SEND_COINS_MAX = 10**11
+"""Most coins one send_gift may move: keeps ``coins * share_bps`` exact in a Lua double."""
+
+GIFT_COUNT_MAX = 9_999
+"""Largest ``count`` in one send_gift (a combo burst)."""
+
+ID_LENGTH_MAX = 64
+"""Longest user, stream, gift, payment or client-chosen transfer id."""
+
+DISPLAY_NAME_LENGTH_MAX = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Tunable limits; defaults are sane for a public deployment."""
+
+    frame_bytes_max: int = 4096
+    """Largest incoming WebSocket message; larger ones close the connection with 1009."""
+    json_depth_max: int = 4
+    string_length_max: int = 256
+    messages_per_s_max: int = 20
+    """Incoming messages per connection per second (token bucket, burst = 2 s worth)."""
+    connections_per_user_max: int = 5
+    connections_per_ip_max: int = 200
+    send_queue_frames_max: int = 256
+    """Frames waiting for one slow connection before it is told it lags."""
+    lagging_s_max: float = 5.0
+    """How long a connection may stay at its queue limit before it is closed (4008)."""
+    gifts_per_s_max: int = 10
+    """Per-sender gift sends per second, enforced in Redis across all processes."""
+    gift_burst_max: int = 20
+    daily_spend_coins_max: int = 0
+    """Default per-user daily spending cap in coins; 0 means none."""
+    feed_events_max: int = 10_000
+    """Length of each stream's resumable gift feed (Redis stream, approximate trim)."""
+    resume_events_max: int = 1_000
+    """Most events replayed to one resuming connection; older gaps are sent as ``gap``."""
+    batch_events_max: int = 50
+    """Most gift events coalesced into one frame."""
+    redis_timeout_s: float = 2.0
+    """Per-call timeout on the hot path; a timeout means *unknown*, not failed."""
+    pipeline_calls_max: int = 64
+    pipelines_in_flight_max: int = 4
+    receipt_ttl_s: int = 86_400
+    combo_window_ms: int = 5_000
+    cashout_diamonds_min: int = 1_000

@@ -1,0 +1,63 @@
+"""Find or start the Redis that holds the ledger."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from server.ledger.embedded import RedisProcess
+
+_PORT_FILE = "redis.port"
+
+
+def make_client(url: str, *, timeout_s: float, pool_max: int = 64) -> Redis:
+    """The hot-path client: bytes replies (parsed by hiredis), bounded pool and timeouts."""
+    return Redis.from_url(
+        url,
+        decode_responses=False,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        max_connections=pool_max,
+        health_check_interval=30,
+    )
+
+
+def _running_embedded(data_dir: Path) -> str | None:
+    port_file = data_dir / _PORT_FILE
+    if not port_file.exists():
+        return None
+    try:
+        port = int(port_file.read_text().strip())
+    except ValueError:
+        return None
+    probe = RedisProcess(data_dir, port=port)
+    return probe.url if probe._ping() else None
+
+
+@contextmanager
+def ledger_redis_url(redis_url: str | None, data_dir: Path) -> Iterator[str]:
+    """Yield the Redis URL to use.
+
+    With ``redis_url`` set, that. Otherwise the embedded redis-server of ``data_dir``: the
+    one a running giftwire process already started there, or a new one (AOF on, in
+    ``data_dir/redis``) that is stopped when the block ends.
+    """
+    if redis_url:
+        yield redis_url
+        return
+    redis_dir = data_dir / "redis"
+    existing = _running_embedded(redis_dir)
+    if existing:
+        yield existing
+        return
+    server = RedisProcess(redis_dir)
+    server.start()
+    (redis_dir / _PORT_FILE).write_text(str(server.port))
+    try:
+        yield server.url
+    finally:
+        (redis_dir / _PORT_FILE).unlink(missing_ok=True)
+        server.stop()

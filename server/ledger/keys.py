@@ -1,0 +1,87 @@
+"""Redis key names: the only module that spells them.
+
+Every key starts with a configurable prefix (default ``gw:``; tests use a unique one each).
+The part in braces is the Redis Cluster hash tag: keys that share it share a slot.
+
+=====================================  ======  ==========================================
+key                                    type    holds
+=====================================  ======  ==========================================
+``{u:USER}:acct``                      hash    coins, diamonds, debt, spend_day/_coins,
+                                               rl_tokens/rl_at (rate limiter), daily_limit
+``{u:USER}:gift:CLIENT_ID``            string  send_gift receipt (TTL = receipt window)
+``{u:USER}:cashout:CLIENT_ID``         hash    one cash-out (pending payout)
+``{s:STREAM}:stream``                  hash    creator, state, title, seq, totals
+``{s:STREAM}:top``                     zset    top gifters by coins
+``{s:STREAM}:feed``                    stream  gift events, entry id ``SEQ-0``
+``{s:STREAM}:combo:USER:GIFT``         string  combo counter (TTL = combo window)
+``{s:STREAM}:room``                    channel pub/sub channel of the room
+``{pay:PAYMENT}:payment``              hash    one top-up and its chargeback
+``{platform}:acct``                    hash    the platform's share (coins)
+``{ledger}:log``                       stream  every committed transfer, never trimmed
+``{catalog}:prices``                   hash    gift id -> price in coins
+=====================================  ======  ==========================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "gw:"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = DEFAULT_PREFIX
+
+    def account(self, user_id: str) -> str:
+        return f"{self.prefix}{{u:{user_id}}}:acct"
+
+    def account_pattern(self) -> str:
+        return f"{self.prefix}{{u:*}}:acct"
+
+    def user_id_of_account(self, key: str) -> str:
+        start = len(self.prefix) + 3
+        return key[start : key.index("}", start)]
+
+    def gift_receipt(self, sender_id: str, client_id: str) -> str:
+        return f"{self.prefix}{{u:{sender_id}}}:gift:{client_id}"
+
+    def cashout(self, creator_id: str, client_id: str) -> str:
+        return f"{self.prefix}{{u:{creator_id}}}:cashout:{client_id}"
+
+    def stream(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:stream"
+
+    def stream_pattern(self) -> str:
+        return f"{self.prefix}{{s:*}}:stream"
+
+    def stream_id_of(self, key: str) -> str:
+        start = len(self.prefix) + 3
+        return key[start : key.index("}", start)]
+
+    def leaderboard(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:top"
+
+    def feed(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:feed"
+
+    def combo(self, stream_id: str, sender_id: str, gift_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:combo:{sender_id}:{gift_id}"
+
+    def room_channel(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:room"
+
+    def stream_id_of_channel(self, channel: str) -> str:
+        return self.stream_id_of(channel)
+
+    def payment(self, payment_id: str) -> str:
+        return f"{self.prefix}{{pay:{payment_id}}}:payment"
+
+    def platform(self) -> str:
+        return f"{self.prefix}{{platform}}:acct"
+
+    def ledger(self) -> str:
+        return f"{self.prefix}{{ledger}}:log"
+
+    def catalog(self) -> str:
+        return f"{self.prefix}{{catalog}}:prices"

@@ -1,0 +1,273 @@
+"""The ledger's Python API: one method per script, plus the reads the edge needs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import cast
+
+import orjson
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from server.domain.accounts import Balance
+from server.domain.catalog import Catalog
+from server.domain.errors import ErrorCode, RequestError, UnavailableError
+from server.domain.limits import AMOUNT_MAX, SEND_COINS_MAX, Limits
+from server.domain.money import Economics
+from server.domain.streams import Stream, StreamState
+from server.ledger.keys import Keys
+from server.ledger.receipts import (
+    CashOutReceipt,
+    GiftReceipt,
+    RefundReceipt,
+    TopUpReceipt,
+    unpack,
+)
+from server.ledger.runner import ScriptRunner, StreamRows
+from server.ledger.scripts import ScriptName
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChange:
+    """Result of start_stream / end_stream."""
+
+    stream_id: str
+    creator_id: str
+    state: StreamState
+    replayed: bool
+
+
+@asynccontextmanager
+async def _redis_errors() -> AsyncIterator[None]:
+    try:
+        yield
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, TimeoutError, OSError) as e:
+        raise UnavailableError(str(e) or type(e).__name__) from e
+
+
+def _int(value: bytes | None) -> int:
+    return int(value) if value is not None else 0
+
+
+class Ledger:
+    """Money operations (each one Lua script, atomic and idempotent) and ledger reads.
+
+    Contract of every write: it either commits completely or writes nothing; retrying it
+    with the same client id (payment id for top-ups) returns the first receipt with
+    ``replayed=True`` and moves nothing; the same id with different content raises
+    ``LedgerRefusal(duplicate_mismatch)``. ``UnavailableError`` means the outcome is
+    unknown: retry with the same id.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        keys: Keys | None = None,
+        limits: Limits | None = None,
+        economics: Economics | None = None,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys or Keys()
+        self.limits = limits or Limits()
+        self.economics = economics or Economics()
+        self.runner = ScriptRunner(
+            redis,
+            timeout_s=self.limits.redis_timeout_s,
+            calls_per_pipeline_max=self.limits.pipeline_calls_max,
+            pipelines_in_flight_max=self.limits.pipelines_in_flight_max,
+        )
+
+    async def prepare(self, catalog: Catalog) -> None:
+        """Load the scripts and publish the catalog's prices (the scripts read them)."""
+        async with _redis_errors():
+            await self.runner.prepare()
+            await self.publish_catalog(catalog)
+
+    async def publish_catalog(self, catalog: Catalog) -> None:
+        key = self.keys.catalog()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)  # type: ignore[unused-awaitable]
+            pipe.hset(key, mapping=catalog.prices())  # type: ignore[unused-awaitable, arg-type]
+            await pipe.execute()
+
+    async def _run(
+        self, name: ScriptName, keys: list[str], args: list[str | int]
+    ) -> tuple[bytes, bool]:
+        return unpack(await self.runner.run(name, keys, args))
+
+    async def send_gift(
+        self,
+        *,
+        client_id: str,
+        sender_id: str,
+        sender_name: str,
+        stream_id: str,
+        creator_id: str,
+        gift_id: str,
+        count: int,
+    ) -> GiftReceipt:
+        k, lim = self.keys, self.limits
+        body, replayed = await self._run(
+            ScriptName.SEND_GIFT,
+            [
+                k.gift_receipt(sender_id, client_id),
+                k.account(sender_id),
+                k.account(creator_id),
+                k.platform(),
+                k.stream(stream_id),
+                k.leaderboard(stream_id),
+                k.feed(stream_id),
+                k.combo(stream_id, sender_id, gift_id),
+                k.ledger(),
+                k.catalog(),
+                k.room_channel(stream_id),
+            ],
+            [
+                client_id,
+                sender_id,
+                creator_id,
+                stream_id,
+                gift_id,
+                count,
+                sender_name,
+                self.economics.creator_share_bps,
+                lim.gifts_per_s_max,
+                lim.gift_burst_max,
+                lim.daily_spend_coins_max,
+                lim.receipt_ttl_s,
+                lim.combo_window_ms,
+                lim.feed_events_max,
+                AMOUNT_MAX,
+                SEND_COINS_MAX,
+            ],
+        )
+        return GiftReceipt.from_reply(body, replayed)
+
+    async def top_up(self, *, payment_id: str, user_id: str, coins: int) -> TopUpReceipt:
+        k = self.keys
+        body, replayed = await self._run(
+            ScriptName.TOP_UP,
+            [k.payment(payment_id), k.account(user_id), k.ledger()],
+            [payment_id, user_id, coins, AMOUNT_MAX],
+        )
+        return TopUpReceipt.from_reply(body, replayed)
+
+    async def refund(self, *, payment_id: str, user_id: str) -> RefundReceipt:
+        k = self.keys
+        body, replayed = await self._run(
+            ScriptName.REFUND,
+            [k.payment(payment_id), k.account(user_id), k.ledger()],
+            [payment_id, user_id],
+        )
+        return RefundReceipt.from_reply(body, replayed)
+
+    async def cash_out(self, *, client_id: str, creator_id: str, diamonds: int) -> CashOutReceipt:
+        k = self.keys
+        body, replayed = await self._run(
+            ScriptName.CASH_OUT,
+            [k.cashout(creator_id, client_id), k.account(creator_id), k.ledger()],
+            [
+                client_id,
+                creator_id,
+                diamonds,
+                self.limits.cashout_diamonds_min,
+                self.economics.cents_per_100_diamonds,
+                AMOUNT_MAX,
+            ],
+        )
+        return CashOutReceipt.from_reply(body, replayed)
+
+    async def start_stream(self, *, stream_id: str, creator_id: str, title: str) -> StreamChange:
+        k = self.keys
+        body, replayed = await self._run(
+            ScriptName.START_STREAM,
+            [
+                k.stream(stream_id),
+                k.room_channel(stream_id),
+                k.feed(stream_id),
+                k.leaderboard(stream_id),
+            ],
+            [stream_id, creator_id, title],
+        )
+        return _stream_change(body, replayed)
+
+    async def end_stream(self, *, stream_id: str, actor_id: str, is_admin: bool) -> StreamChange:
+        k = self.keys
+        body, replayed = await self._run(
+            ScriptName.END_STREAM,
+            [k.stream(stream_id), k.room_channel(stream_id)],
+            [stream_id, actor_id, "1" if is_admin else "0"],
+        )
+        return _stream_change(body, replayed)
+
+    # Reads. These are plain commands: they change nothing.
+
+    async def balance(self, user_id: str) -> Balance:
+        async with _redis_errors():
+            values = await self.redis.hmget(
+                self.keys.account(user_id), ["coins", "diamonds", "debt"]
+            )
+        coins, diamonds, debt = cast(list[bytes | None], values)
+        return Balance(user_id, _int(coins), _int(diamonds), _int(debt))
+
+    async def set_daily_limit(self, user_id: str, coins: int) -> None:
+        """Set (coins > 0) or clear (0) one user's own daily spending limit."""
+        if not 0 <= coins <= AMOUNT_MAX:
+            raise RequestError(ErrorCode.INVALID_REQUEST, "limit out of range")
+        async with _redis_errors():
+            if coins:
+                await self.redis.hset(self.keys.account(user_id), "daily_limit", coins)
+            else:
+                await self.redis.hdel(self.keys.account(user_id), "daily_limit")
+
+    async def stream(self, stream_id: str) -> Stream | None:
+        async with _redis_errors():
+            raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.keys.stream(stream_id)))
+        if not raw:
+            return None
+        return Stream(
+            stream_id=stream_id,
+            creator_id=raw[b"creator"].decode(),
+            state=StreamState(raw[b"state"].decode()),
+            title=raw.get(b"title", b"").decode(),
+            last_sequence=_int(raw.get(b"seq")),
+            coins_total=_int(raw.get(b"coins")),
+            diamonds_total=_int(raw.get(b"diamonds")),
+            gifts_total=_int(raw.get(b"gifts")),
+        )
+
+    async def leaderboard(self, stream_id: str, limit: int = 10) -> list[tuple[str, int]]:
+        async with _redis_errors():
+            rows = cast(
+                list[tuple[bytes, float]],
+                await self.redis.zrevrange(
+                    self.keys.leaderboard(stream_id), 0, limit - 1, withscores=True
+                ),
+            )
+        return [(member.decode(), int(score)) for member, score in rows]
+
+    async def feed(self, stream_id: str, after_seq: int, limit: int) -> list[bytes]:
+        """Gift events (JSON as published) with sequence > after_seq, oldest first."""
+        async with _redis_errors():
+            rows = cast(
+                StreamRows,
+                await self.redis.xrange(
+                    self.keys.feed(stream_id), min=f"{after_seq + 1}-0", max="+", count=limit
+                ),
+            )
+        return [fields[b"e"] for _, fields in rows]
+
+    async def ping(self) -> bool:
+        try:
+            async with _redis_errors():
+                return bool(await self.redis.ping()) and await self.runner.scripts_loaded()
+        except UnavailableError:
+            return False
+
+
+def _stream_change(body: bytes, replayed: bool) -> StreamChange:
+    doc = orjson.loads(body)
+    return StreamChange(doc["stream_id"], doc["creator_id"], StreamState(doc["state"]), replayed)

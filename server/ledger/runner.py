@@ -1,0 +1,173 @@
+"""Run Lua scripts with EVALSHA, sharing Redis round trips between concurrent callers.
+
+Calls that arrive in the same event-loop moment are sent together in one non-transactional
+pipeline (at most ``calls_per_pipeline_max``; at most ``pipelines_in_flight_max`` pipelines
+at once). Each script stays atomic on its own; the pipeline only saves round trips and
+client CPU (about 110 µs per singly awaited call against about 40 µs pipelined, see
+``docs/architecture.md``). A reply of NOSCRIPT (Redis restarted or flushed its script
+cache) means that script did not run: it is loaded again and only those calls are re-sent.
+
+A connection error or timeout fails every call of the pipeline with ``UnavailableError``:
+the scripts may or may not have run, and a retry with the same client id says which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from server.domain.errors import InvariantError, UnavailableError
+from server.ledger.scripts import LuaScript, ScriptName, load_scripts
+
+log = logging.getLogger("giftwire.ledger")
+
+Reply = list[bytes]
+StreamRows = list[tuple[bytes, dict[bytes, bytes]]]
+"""XRANGE rows as the bytes-mode client returns them."""
+_NOSCRIPT = "NOSCRIPT"
+
+
+@dataclass(slots=True)
+class _Call:
+    script: LuaScript
+    keys: Sequence[str]
+    args: Sequence[str | int]
+    future: asyncio.Future[Reply] = field(repr=False)
+
+
+def _is_noscript(reply: object) -> bool:
+    return isinstance(reply, redis_errors.ResponseError) and str(reply).startswith(_NOSCRIPT)
+
+
+class ScriptRunner:
+    """Runs the ledger's scripts; the only object that sends EVALSHA."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        timeout_s: float,
+        calls_per_pipeline_max: int = 64,
+        pipelines_in_flight_max: int = 4,
+    ) -> None:
+        self.redis = redis
+        self._timeout_s = timeout_s
+        self._calls_max = calls_per_pipeline_max
+        self._in_flight_max = pipelines_in_flight_max
+        self._in_flight = 0
+        self._flush_scheduled = False
+        self._pending: deque[_Call] = deque()
+        self.scripts = load_scripts()
+
+    async def prepare(self) -> None:
+        """Pick the script dialect for this server and load every script (SCRIPT LOAD)."""
+        info = await self.redis.info("server")
+        major = int(str(info.get("redis_version", "7")).split(".")[0])
+        self.scripts = load_scripts(shebang=major >= 7)
+        for script in self.scripts.values():
+            await self._load(script)
+
+    async def _load(self, script: LuaScript) -> None:
+        sha = await self.redis.script_load(script.source)
+        if sha != script.sha:
+            raise InvariantError(f"Redis hashed {script.name} as {sha}, expected {script.sha}")
+
+    async def scripts_loaded(self) -> bool:
+        shas = [script.sha for script in self.scripts.values()]
+        exists = await self.redis.script_exists(*shas)
+        return all(exists)
+
+    def script(self, name: ScriptName) -> LuaScript:
+        return self.scripts[name]
+
+    async def run(self, name: ScriptName, keys: Sequence[str], args: Sequence[str | int]) -> Reply:
+        """Run one script; its reply is the script's table as a list of bytes."""
+        loop = asyncio.get_running_loop()
+        call = _Call(self.scripts[name], keys, args, loop.create_future())
+        self._pending.append(call)
+        if not self._flush_scheduled and self._in_flight < self._in_flight_max:
+            # Wait one loop turn so that every call made in this moment joins the pipeline.
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return await call.future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        while self._pending and self._in_flight < self._in_flight_max:
+            batch = [
+                self._pending.popleft() for _ in range(min(self._calls_max, len(self._pending)))
+            ]
+            self._in_flight += 1
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._in_flight -= 1
+        if self._pending and not self._flush_scheduled:
+            self._flush()
+
+    async def _send(self, batch: list[_Call]) -> None:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._execute(batch)
+        except (
+            redis_errors.ConnectionError,
+            redis_errors.TimeoutError,
+            TimeoutError,
+            OSError,
+        ) as e:
+            log.warning("ledger call failed: %s: %s", type(e).__name__, e)
+            for call in batch:
+                if not call.future.done():
+                    call.future.set_exception(UnavailableError(str(e) or type(e).__name__))
+        except BaseException as e:  # never leave a caller waiting forever
+            for call in batch:
+                if not call.future.done():
+                    call.future.set_exception(e)
+            if not isinstance(e, Exception):
+                raise
+
+    async def _execute(self, batch: list[_Call]) -> None:
+        retry: list[_Call] = []
+        for call, reply in zip(batch, await self._pipeline(batch), strict=True):
+            if _is_noscript(reply):
+                retry.append(call)
+            else:
+                _settle(call, reply)
+        if retry:
+            for script in {call.script.name: call.script for call in retry}.values():
+                await self._load(script)
+            for call, reply in zip(retry, await self._pipeline(retry), strict=True):
+                _settle(call, reply)
+
+    async def _pipeline(self, batch: list[_Call]) -> list[object]:
+        pipe = self.redis.pipeline(transaction=False)
+        for call in batch:
+            pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)  # type: ignore[unused-awaitable]
+        return await pipe.execute(raise_on_error=False)
+
+
+def _settle(call: _Call, reply: object) -> None:
+    if call.future.done():  # the caller was cancelled
+        return
+    if isinstance(reply, redis_errors.ResponseError):
+        call.future.set_exception(_script_error(call, reply))
+    elif isinstance(reply, list):
+        call.future.set_result(reply)
+    else:
+        call.future.set_exception(InvariantError(f"{call.script.name} replied {reply!r}"))
+
+
+def _script_error(call: _Call, error: redis_errors.ResponseError) -> Exception:
+    message = str(error)
+    if message.startswith(("OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY")):
+        # Redis refused to run the script at all: nothing was written.
+        return UnavailableError(message)
+    log.error("script %s failed: %s", call.script.name, message)
+    return InvariantError(f"script {call.script.name} failed: {message}")

@@ -1,0 +1,160 @@
+-- send_gift: debit the sender's coins, credit the creator's diamonds and the platform's
+-- share, bump combo, leaderboard and totals, append to the ledger and the stream's feed,
+-- and publish the event to the room. All checks come before the first write.
+--
+-- KEYS[1]  {u:SENDER}:gift:CLIENT_ID   receipt (string: fingerprint "\n" receipt JSON)
+-- KEYS[2]  {u:SENDER}:acct             sender account hash
+-- KEYS[3]  {u:CREATOR}:acct            creator account hash
+-- KEYS[4]  {platform}:acct             platform account hash
+-- KEYS[5]  {s:STREAM}:stream           stream hash (state, creator, seq, totals)
+-- KEYS[6]  {s:STREAM}:top              leaderboard zset
+-- KEYS[7]  {s:STREAM}:feed             gift feed stream (entry id SEQ-0)
+-- KEYS[8]  {s:STREAM}:combo:SENDER:GIFT combo counter
+-- KEYS[9]  {ledger}:log                ledger stream
+-- KEYS[10] {catalog}:prices            gift id -> price hash
+-- KEYS[11] {s:STREAM}:room             pub/sub channel (declared as a key for sharded pub/sub)
+--
+-- ARGV[1]  client id (the client-chosen transfer id)   ARGV[2]  sender id
+-- ARGV[3]  creator id (as the caller believes)          ARGV[4]  stream id
+-- ARGV[5]  gift id                                      ARGV[6]  count
+-- ARGV[7]  sender display name                          ARGV[8]  creator share, basis points
+-- ARGV[9]  gifts per second (rate)                      ARGV[10] burst
+-- ARGV[11] default daily spend limit, coins (0 = none)  ARGV[12] receipt TTL, seconds
+-- ARGV[13] combo window, ms                             ARGV[14] feed length
+-- ARGV[15] largest balance                              ARGV[16] largest coins per send
+--
+-- Reply: {'ok', receipt JSON} | {'replay', receipt JSON} | {'refused', code [, detail JSON]}
+-- Receipt JSON: transfer_id, client_id, stream_id, gift_id, count, coins, diamonds,
+--   platform_coins, balance (sender's coins after), combo, seq, ts (ms)
+-- Refusal codes: invalid_request, duplicate_mismatch, unknown_stream, stream_not_live,
+--   self_gift, unknown_gift, rate_limited, spending_limit, insufficient_funds, balance_limit
+
+local client_id, sender, creator, stream_id, gift = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local count = int_arg(ARGV[6], 1, 9999)
+local share_bps = int_arg(ARGV[8], 0, 10000)
+local rate = int_arg(ARGV[9], 1, 1000000)
+local burst = int_arg(ARGV[10], 1, 1000000)
+local daily_default = int_arg(ARGV[11], 0, 1e13)
+local receipt_ttl = int_arg(ARGV[12], 1, 1e9)
+local combo_window = int_arg(ARGV[13], 1, 1e9)
+local feed_max = int_arg(ARGV[14], 1, 1e9)
+local amount_max = int_arg(ARGV[15], 1, 1e13)
+local send_max = int_arg(ARGV[16], 1, 1e11)
+if not (id_arg(client_id) and id_arg(sender) and id_arg(creator) and id_arg(stream_id)
+    and id_arg(gift) and count and share_bps and rate and burst and daily_default
+    and receipt_ttl and combo_window and feed_max and amount_max and send_max
+    and type(ARGV[7]) == 'string' and #ARGV[7] <= 256) then
+  return refuse('invalid_request')
+end
+
+local fingerprint = stream_id .. '|' .. gift .. '|' .. int(count)
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local cut = string.find(stored, '\n', 1, true)
+  if string.sub(stored, 1, cut - 1) ~= fingerprint then
+    return refuse('duplicate_mismatch')
+  end
+  return {'replay', string.sub(stored, cut + 1)}
+end
+
+local stream = redis.call('HMGET', KEYS[5], 'state', 'creator', 'seq', 'coins', 'diamonds',
+  'gifts')
+if not stream[1] then
+  return refuse('unknown_stream')
+end
+if stream[1] ~= 'live' then
+  return refuse('stream_not_live')
+end
+if stream[2] ~= creator then
+  -- The caller's view of the stream's owner is stale or forged: the key it passed in
+  -- KEYS[3] is not the owner's account, so nothing may be written.
+  return refuse('invalid_request')
+end
+if sender == creator then
+  return refuse('self_gift')
+end
+local price = redis.call('HGET', KEYS[10], gift)
+if not price then
+  return refuse('unknown_gift')
+end
+local coins = tonumber(price) * count
+if coins > send_max then
+  return refuse('invalid_request')
+end
+
+for i = 3, 6 do
+  stored_int(stream[i])
+end
+local acct = redis.call('HMGET', KEYS[2], 'coins', 'spend_day', 'spend_coins', 'rl_tokens',
+  'rl_at', 'daily_limit')
+local ms, seconds = now_ms()
+-- Token bucket in milli-tokens: `rate` tokens per second is `rate` milli-tokens per ms.
+local capacity = burst * 1000
+local tokens = tonumber(acct[4]) or capacity
+local elapsed = ms - (tonumber(acct[5]) or ms)
+if elapsed < 0 then
+  elapsed = 0
+end
+tokens = math.min(capacity, tokens + elapsed * rate)
+if tokens < 1000 then
+  return refuse('rate_limited', {retry_after_ms = math.ceil((1000 - tokens) / rate)})
+end
+local day = math.floor(seconds / 86400)
+local spent_today = 0
+if tonumber(acct[2]) == day then
+  spent_today = tonumber(acct[3]) or 0
+end
+local daily_limit = tonumber(acct[6]) or daily_default
+if daily_limit > 0 and spent_today + coins > daily_limit then
+  return refuse('spending_limit', {limit = daily_limit, spent_today = spent_today})
+end
+local balance = stored_int(acct[1])
+if balance < coins then
+  return refuse('insufficient_funds', {balance = balance, price = coins})
+end
+local diamonds = math.floor(coins * share_bps / 10000)
+local platform = coins - diamonds
+local creator_diamonds = stored_int(redis.call('HGET', KEYS[3], 'diamonds'))
+local platform_coins = stored_int(redis.call('HGET', KEYS[4], 'coins'))
+if creator_diamonds + diamonds > amount_max or platform_coins + platform > amount_max then
+  return refuse('balance_limit')
+end
+-- Read every key written below with a command of its type: a key of the wrong type fails
+-- here, before the first write, instead of halfway through (Redis has no rollback).
+redis.call('ZSCORE', KEYS[6], sender)
+redis.call('XLEN', KEYS[7])
+stored_int(redis.call('GET', KEYS[8]))
+redis.call('XLEN', KEYS[9])
+
+-- Every check passed: write.
+local new_balance = redis.call('HINCRBY', KEYS[2], 'coins', -coins)
+redis.call('HSET', KEYS[2], 'spend_day', int(day), 'spend_coins', int(spent_today + coins),
+  'rl_tokens', int(tokens - 1000), 'rl_at', int(ms))
+redis.call('HINCRBY', KEYS[3], 'diamonds', diamonds)
+redis.call('HINCRBY', KEYS[4], 'coins', platform)
+local seq = redis.call('HINCRBY', KEYS[5], 'seq', 1)
+redis.call('HINCRBY', KEYS[5], 'coins', coins)
+redis.call('HINCRBY', KEYS[5], 'diamonds', diamonds)
+redis.call('HINCRBY', KEYS[5], 'gifts', count)
+redis.call('ZINCRBY', KEYS[6], coins, sender)
+local combo = redis.call('INCRBY', KEYS[8], count)
+redis.call('PEXPIRE', KEYS[8], combo_window)
+local transfer_id = redis.call('XADD', KEYS[9], '*', 'type', 'gift', 'client_id', client_id,
+  'from', sender, 'to', creator, 'stream', stream_id, 'gift', gift, 'count', int(count),
+  'coins', int(coins), 'diamonds', int(diamonds), 'platform', int(platform), 'seq', int(seq))
+
+local event = cjson.encode({
+  type = 'gift', seq = seq, transfer_id = transfer_id, stream_id = stream_id,
+  sender_id = sender, sender_name = ARGV[7], gift_id = gift, count = count, combo = combo,
+  coins = coins, diamonds = diamonds, ts = ms,
+})
+redis.call('XADD', KEYS[7], 'MAXLEN', '~', int(feed_max), int(seq) .. '-0', 'e', event)
+redis.call('PUBLISH', KEYS[11], event)
+
+local receipt = cjson.encode({
+  transfer_id = transfer_id, client_id = client_id, stream_id = stream_id, gift_id = gift,
+  count = count, coins = coins, diamonds = diamonds, platform_coins = platform,
+  balance = new_balance, combo = combo, seq = seq, ts = ms,
+})
+redis.call('SET', KEYS[1], fingerprint .. '\n' .. receipt, 'EX', receipt_ttl)
+return {'ok', receipt}

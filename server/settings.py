@@ -1,0 +1,137 @@
+"""Settings from ``GIFTWIRE_*`` environment variables, validated at start.
+
+Every field of ``Limits`` is also a setting: ``GIFTWIRE_`` + its name in upper case
+(``GIFTWIRE_FRAME_BYTES_MAX=8192``). ``giftwire settings`` prints the full table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.domain.limits import Limits
+from server.domain.money import Economics
+from server.ledger.keys import DEFAULT_PREFIX
+
+ENV_PREFIX = "GIFTWIRE_"
+
+
+class SettingsError(ValueError):
+    """One or more settings are invalid; the message lists each with the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    redis_url: str | None = None
+    """Redis to use. Unset: start a private redis-server with AOF in ``data_dir``."""
+    data_dir: Path = Path("var/giftwire")
+    key_prefix: str = DEFAULT_PREFIX
+    jwt_secret: str = ""
+    """HS256 secret for access tokens (at least 32 characters). Required by ``serve``."""
+    webhook_secret: str = ""
+    """HMAC-SHA256 secret of the payment provider's top-up webhook."""
+    catalog_path: Path | None = None
+    allowed_origins: tuple[str, ...] = ()
+    """Browser origins allowed to open a WebSocket; empty: same host only. ``*``: any."""
+    demo_pages: bool = True
+    batch_ms: int = 50
+    """Coalescing tick of hot rooms, in milliseconds."""
+    hot_room_events_per_s: int = 20
+    """Above this event rate a room coalesces gift events into batches."""
+    stats_interval_s: float = 2.0
+    creator_share_bps: int = 5_000
+    cents_per_100_diamonds: int = 50
+    log_level: str = "info"
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def economics(self) -> Economics:
+        return Economics(self.creator_share_bps, self.cents_per_100_diamonds)
+
+
+_SCALARS = [f for f in dataclasses.fields(Settings) if f.name != "limits"]
+
+
+def _convert(raw: str, kind: object, name: str) -> object:
+    text = str(kind)
+    if "bool" in text:
+        if raw.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if raw.lower() in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError("expected true or false")
+    if "tuple" in text:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if "Path" in text:
+        return Path(raw)
+    if "float" in text:
+        return float(raw)
+    if "int" in text:
+        return int(raw)
+    return raw
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Build settings from the environment; raise ``SettingsError`` listing every bad value."""
+    env = os.environ if env is None else env
+    errors: list[str] = []
+    values: dict[str, object] = {}
+    limit_values: dict[str, object] = {}
+    for group, target in ((_SCALARS, values), (dataclasses.fields(Limits), limit_values)):
+        for f in group:
+            raw = env.get(env_name(f.name))
+            if raw is None or raw == "":
+                continue
+            try:
+                target[f.name] = _convert(raw, f.type, f.name)
+            except ValueError as exc:
+                errors.append(f"{env_name(f.name)}={raw!r}: {exc}")
+    values.update(overrides)
+    for name, value in limit_values.items():
+        if isinstance(value, int | float) and value < 0:
+            errors.append(f"{env_name(name)}: must not be negative")
+    try:
+        values["limits"] = Limits(**limit_values)  # type: ignore[arg-type]
+        settings = Settings(**values)  # type: ignore[arg-type]
+        _ = settings.economics
+    except (TypeError, ValueError) as exc:
+        errors.append(str(exc))
+    if errors:
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(errors))
+    _check(settings, errors)
+    if errors:
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(errors))
+    return settings
+
+
+def _check(s: Settings, errors: list[str]) -> None:
+    if s.redis_url is not None and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        errors.append(f"{env_name('redis_url')}: expected redis://host:port/db")
+    if s.jwt_secret and len(s.jwt_secret) < 32:
+        errors.append(f"{env_name('jwt_secret')}: use at least 32 characters")
+    if not 1 <= s.batch_ms <= 1000:
+        errors.append(f"{env_name('batch_ms')}: expected 1..1000")
+    if s.log_level.lower() not in {"debug", "info", "warning", "error"}:
+        errors.append(f"{env_name('log_level')}: expected debug, info, warning or error")
+    if s.catalog_path is not None and not s.catalog_path.is_file():
+        errors.append(f"{env_name('catalog_path')}: no such file {s.catalog_path}")
+    if s.limits.frame_bytes_max < 256:
+        errors.append(f"{env_name('frame_bytes_max')}: at least 256")
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting."""
+    rows: list[tuple[str, str, str]] = []
+    defaults = Settings()
+    for f in _SCALARS:
+        rows.append((env_name(f.name), str(getattr(defaults, f.name)), ""))
+    for f in dataclasses.fields(Limits):
+        rows.append((env_name(f.name), str(getattr(defaults.limits, f.name)), ""))
+    return rows
