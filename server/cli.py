@@ -13,6 +13,7 @@ from server.ledger.connection import ledger_redis_url, make_client
 from server.ledger.keys import Keys
 from server.ledger.reconcile import Report, reconcile
 from server.settings import Settings, SettingsError, load_settings, settings_table
+from server.web.commands import add_commands
 
 
 def _print_report(report: Report) -> None:
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.set_defaults(func=cmd_reconcile)
     st = sub.add_parser("settings", help="list every GIFTWIRE_* setting and its default")
     st.set_defaults(func=cmd_settings)
+    add_commands(sub)
     return parser
 
 

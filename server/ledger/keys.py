@@ -15,6 +15,7 @@ key                                    type    holds
 ``{s:STREAM}:feed``                    stream  gift events, entry id ``SEQ-0``
 ``{s:STREAM}:combo:USER:GIFT``         string  combo counter (TTL = combo window)
 ``{s:STREAM}:room``                    channel pub/sub channel of the room
+``{s:STREAM}:viewers``                 hash    process id -> "count:expires_ms"
 ``{pay:PAYMENT}:payment``              hash    one top-up and its chargeback
 ``{platform}:acct``                    hash    the platform's share (coins)
 ``{ledger}:log``                       stream  every committed transfer, never trimmed
@@ -73,6 +74,9 @@ class Keys:
 
     def stream_id_of_channel(self, channel: str) -> str:
         return self.stream_id_of(channel)
+
+    def viewers(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:viewers"
 
     def payment(self, payment_id: str) -> str:
         return f"{self.prefix}{{pay:{payment_id}}}:payment"

@@ -1,0 +1,1 @@
+"""Wire messages and their JSON/msgpack codecs. Pure: no I/O, fuzzable."""

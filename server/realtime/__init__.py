@@ -1,0 +1,1 @@
+"""Rooms, fan-out from Redis pub/sub, per-connection bounded send queues, coalescing."""

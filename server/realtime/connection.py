@@ -1,0 +1,94 @@
+"""One viewer's (or creator's) place in a room: format, sequence position, outbox."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.domain.accounts import Identity
+from server.protocol.codec import WireFormat, encode
+from server.protocol.events import Message, gift_batch
+from server.realtime.outbox import Frame, Outbox
+
+
+@dataclass(slots=True)
+class Delivery:
+    """Gift events for a room, encoded at most once per wire format."""
+
+    events: list[Message]
+    first_seq: int
+    last_seq: int
+    frames: dict[WireFormat, Frame] = field(default_factory=dict)
+
+    def frame(self, fmt: WireFormat) -> Frame:
+        frame = self.frames.get(fmt)
+        if frame is None:
+            frame = self.frames[fmt] = encode(_message(self.events), fmt)
+        return frame
+
+
+def _message(events: list[Message]) -> Message:
+    return events[0] if len(events) == 1 else gift_batch(events)
+
+
+class Connection:
+    """A subscriber of a room.
+
+    ``last_seq`` is the highest gift sequence this connection has been sent: live deliveries
+    at or below it are skipped, which makes resuming from the feed gapless and duplicate
+    free. While ``catching_up``, live deliveries are held back (bounded) until the feed
+    read is done.
+    """
+
+    __slots__ = ("_held", "catching_up", "conn_id", "fmt", "identity", "last_seq", "outbox")
+
+    held_max = 1024
+
+    def __init__(self, conn_id: str, identity: Identity, fmt: WireFormat, outbox: Outbox) -> None:
+        self.conn_id = conn_id
+        self.identity = identity
+        self.fmt = fmt
+        self.outbox = outbox
+        self.last_seq = 0
+        self.catching_up = True
+        self._held: list[Delivery] = []
+
+    def send(self, message: Message, *, droppable: bool = False) -> None:
+        self.outbox.push(encode(message, self.fmt), droppable=droppable)
+
+    def send_frame(self, frame: Frame, *, droppable: bool = True) -> None:
+        self.outbox.push(frame, droppable=droppable)
+
+    def deliver(self, delivery: Delivery) -> None:
+        if self.catching_up:
+            if len(self._held) < self.held_max:
+                self._held.append(delivery)
+            return
+        if delivery.last_seq <= self.last_seq:
+            return
+        if delivery.first_seq <= self.last_seq:
+            # Part of this batch was already sent (from the feed): send the rest only.
+            rest = [e for e in delivery.events if e["seq"] > self.last_seq]
+            self.outbox.push(encode(_message(rest), self.fmt))
+        else:
+            self.outbox.push(delivery.frame(self.fmt))
+        self.last_seq = delivery.last_seq
+
+    def start_catching_up(self) -> None:
+        self.catching_up = True
+
+    def finish_catching_up(self, last_seq: int) -> None:
+        """The feed was read up to ``last_seq``: send what arrived live meanwhile."""
+        self.last_seq = max(self.last_seq, last_seq)
+        self.catching_up = False
+        held, self._held = self._held, []
+        for delivery in held:
+            self.deliver(delivery)
+
+    def send_events(self, events: list[dict[str, Any]], batch_max: int) -> None:
+        """Send events read from the feed, in batches, advancing ``last_seq``."""
+        for start in range(0, len(events), batch_max):
+            chunk = [e for e in events[start : start + batch_max] if e["seq"] > self.last_seq]
+            if chunk:
+                self.outbox.push(encode(_message(chunk), self.fmt), droppable=False)
+                self.last_seq = chunk[-1]["seq"]

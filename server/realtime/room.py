@@ -1,0 +1,129 @@
+"""A room: the connections of one stream on this process, and how events reach them.
+
+Events arrive from Redis pub/sub in sequence order. A quiet room sends each gift as its own
+frame at once. When the room turns hot (more than ``hot_events_per_s`` events in the last
+second) it coalesces: events wait up to ``batch_ms`` and go out as ``gifts`` frames of at
+most ``batch_events_max`` events. See ``docs/coalescing.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from server.protocol.codec import WireFormat, encode
+from server.protocol.events import Message
+from server.realtime.connection import Connection, Delivery
+
+
+class Room:
+    def __init__(
+        self,
+        stream_id: str,
+        *,
+        batch_ms: int,
+        batch_events_max: int,
+        hot_events_per_s: int,
+        on_gap: Callable[[Room], None],
+    ) -> None:
+        self.stream_id = stream_id
+        self.connections: set[Connection] = set()
+        self.last_seq = 0
+        self.ready = asyncio.Event()
+        self._batch_s = batch_ms / 1000
+        self._batch_max = batch_events_max
+        self._hot_per_s = hot_events_per_s
+        self._on_gap = on_gap
+        self._pending: list[Message] = []
+        self.fetching = False
+        self._buffer: list[Message] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._window_start = time.monotonic()
+        self._window_events = 0
+        self.frames_sent = 0
+        self.events_delivered = 0
+        self.last_stats: Message | None = None
+        self.last_top: list[Message] | None = None
+
+    def __len__(self) -> int:
+        return len(self.connections)
+
+    @property
+    def hot(self) -> bool:
+        return self._window_events > self._hot_per_s
+
+    buffer_events_max = 10_000
+
+    def gift(self, event: Message) -> None:
+        """A gift event from pub/sub, in sequence order."""
+        if self.fetching:
+            if len(self._buffer) < self.buffer_events_max:
+                self._buffer.append(event)
+            return
+        seq = event["seq"]
+        if seq <= self.last_seq:
+            return  # already delivered (a feed read overlapping pub/sub)
+        if seq > self.last_seq + 1:
+            # Events were missed (pub/sub reconnected, or Redis dropped this subscriber):
+            # hold this one and read the missing ones from the feed first.
+            self.fetching = True
+            self._buffer.append(event)
+            self._on_gap(self)
+            return
+        self.last_seq = seq
+        now = time.monotonic()
+        if now - self._window_start >= 1.0:
+            self._window_start, self._window_events = now, 0
+        self._window_events += 1
+        self._pending.append(event)
+        if len(self._pending) >= self._batch_max:
+            self.flush()
+        elif self._flush_handle is None:
+            if self.hot:
+                loop = asyncio.get_running_loop()
+                self._flush_handle = loop.call_later(self._batch_s, self.flush)
+            else:
+                self.flush()
+
+    def fetched(self, events: list[Message]) -> None:
+        """The feed was read after ``last_seq``: deliver it, then what pub/sub sent meanwhile.
+
+        Events the feed no longer holds (trimmed) are skipped: the sequence jumps and
+        clients see the jump.
+        """
+        self.fetching = False
+        held, self._buffer = self._buffer, []
+        merged = sorted({e["seq"]: e for e in events + held}.values(), key=lambda e: e["seq"])
+        fresh = [e for e in merged if e["seq"] > self.last_seq]
+        if fresh and fresh[0]["seq"] > self.last_seq + 1:
+            self.last_seq = fresh[0]["seq"] - 1
+        for event in fresh:
+            self.gift(event)
+
+    def flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if not self._pending:
+            return
+        events, self._pending = self._pending, []
+        delivery = Delivery(events, events[0]["seq"], events[-1]["seq"])
+        for connection in self.connections:
+            connection.deliver(delivery)
+        self.frames_sent += len(self.connections)
+        self.events_delivered += len(self.connections) * len(events)
+
+    def broadcast(self, message: Message, *, droppable: bool = True) -> None:
+        """A control message (stats, leaderboard, stream state): encoded once per format."""
+        frames: dict[WireFormat, str | bytes] = {}
+        for connection in self.connections:
+            frame = frames.get(connection.fmt)
+            if frame is None:
+                frame = frames[connection.fmt] = encode(message, connection.fmt)
+            connection.send_frame(frame, droppable=droppable)
+
+    def close(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None

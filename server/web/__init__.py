@@ -1,0 +1,1 @@
+"""The HTTP/WebSocket edge: Starlette routes, auth, metrics and the wiring of all parts."""

@@ -1,0 +1,75 @@
+"""The Starlette application and its lifespan: the one place where the parts are wired."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.routing import Mount, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from server.domain.catalog import load_catalog
+from server.ledger.connection import make_client
+from server.ledger.keys import Keys
+from server.ledger.ledger import Ledger
+from server.realtime.hub import Hub
+from server.settings import Settings, load_settings
+from server.web.http_api import ROUTES
+from server.web.metrics import FANOUT_DROPS
+from server.web.services import Services
+from server.web.ws import gift_socket
+
+log = logging.getLogger("giftwire")
+
+DEMO_PAGES_DIR = Path(__file__).resolve().parents[2] / "client_demo" / "static"
+
+
+def create_app(settings: Settings) -> Starlette:
+    if not settings.redis_url:
+        raise ValueError("create_app needs settings.redis_url (the CLI starts the embedded Redis)")
+    if not settings.jwt_secret:
+        raise ValueError("GIFTWIRE_JWT_SECRET is required")
+    redis_url = settings.redis_url
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        catalog = load_catalog(settings.catalog_path)
+        redis = make_client(redis_url, timeout_s=settings.limits.redis_timeout_s)
+        ledger = Ledger(
+            redis,
+            keys=Keys(settings.key_prefix),
+            limits=settings.limits,
+            economics=settings.economics,
+        )
+        await ledger.prepare(catalog)
+        hub = Hub(
+            ledger,
+            catalog,
+            settings.limits,
+            batch_ms=settings.batch_ms,
+            hot_events_per_s=settings.hot_room_events_per_s,
+            stats_interval_s=settings.stats_interval_s,
+            on_drop=FANOUT_DROPS.inc,
+        )
+        await hub.start()
+        app.state.services = Services(settings, catalog, redis, ledger, hub)
+        log.info("giftwire ready (pid %s, redis %s)", os.getpid(), redis_url.split("@")[-1])
+        try:
+            yield
+        finally:
+            await hub.stop()
+            await redis.aclose()
+
+    routes: list[object] = [*ROUTES, WebSocketRoute("/ws/streams/{stream_id}", gift_socket)]
+    if settings.demo_pages and DEMO_PAGES_DIR.is_dir():
+        routes.append(Mount("/demo", StaticFiles(directory=DEMO_PAGES_DIR, html=True), name="demo"))
+    return Starlette(routes=routes, lifespan=lifespan)  # type: ignore[arg-type]
+
+
+def create_app_from_env() -> Starlette:
+    """uvicorn factory: ``uvicorn --factory server.web.app:create_app_from_env``."""
+    return create_app(load_settings())

@@ -1,0 +1,62 @@
+"""HS256 access tokens: ``sub`` (user id), ``role``, ``name`` (display name), ``exp``.
+
+Browsers cannot set headers on a WebSocket, so a token may also arrive as the subprotocol
+``bearer.<token>``: unlike a query string, it never appears in access logs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+
+from server.domain.accounts import Identity, Role, clean_display_name, is_valid_id
+from server.domain.errors import ErrorCode, RequestError
+
+ALGORITHM = "HS256"
+BEARER_SUBPROTOCOL_PREFIX = "bearer."
+
+
+def issue_token(
+    secret: str, user_id: str, role: Role, *, name: str | None = None, ttl_s: int = 3600
+) -> str:
+    now = int(time.time())
+    claims = {
+        "sub": user_id,
+        "role": role.value,
+        "name": name or user_id,
+        "iat": now,
+        "exp": now + ttl_s,
+    }
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def verify_token(secret: str, token: str) -> Identity:
+    """Return the token's identity, or raise RequestError(unauthorized | token_expired)."""
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub"]}
+        )
+    except jwt.ExpiredSignatureError:
+        raise RequestError(ErrorCode.TOKEN_EXPIRED) from None
+    except jwt.PyJWTError:
+        raise RequestError(ErrorCode.UNAUTHORIZED) from None
+    user_id, role, name = claims.get("sub"), claims.get("role", "viewer"), claims.get("name")
+    if not is_valid_id(user_id) or role not in Role.__members__.values():
+        raise RequestError(ErrorCode.UNAUTHORIZED)
+    return Identity(
+        user_id, Role(role), clean_display_name(name if isinstance(name, str) else user_id)
+    )
+
+
+def bearer_from_header(value: str | None) -> str | None:
+    if value and value[:7].lower() == "bearer ":
+        return value[7:].strip() or None
+    return None
+
+
+def bearer_from_subprotocols(offered: list[str]) -> str | None:
+    for protocol in offered:
+        if protocol.startswith(BEARER_SUBPROTOCOL_PREFIX):
+            return protocol[len(BEARER_SUBPROTOCOL_PREFIX) :]
+    return None

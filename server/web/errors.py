@@ -1,0 +1,40 @@
+"""Error responses of the HTTP API: ``{"error": {"code", "message", "detail"?}}``."""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+
+from server.domain.errors import ERROR_MESSAGES, ErrorCode
+from server.web.metrics import ERRORS
+
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.TOKEN_EXPIRED: 401,
+    ErrorCode.BAD_SIGNATURE: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_STREAM_OWNER: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.UNKNOWN_STREAM: 404,
+    ErrorCode.UNKNOWN_PAYMENT: 404,
+    ErrorCode.UNKNOWN_GIFT: 404,
+    ErrorCode.INSUFFICIENT_FUNDS: 409,
+    ErrorCode.DUPLICATE_MISMATCH: 409,
+    ErrorCode.STREAM_EXISTS: 409,
+    ErrorCode.STREAM_NOT_LIVE: 409,
+    ErrorCode.MESSAGE_TOO_LARGE: 413,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.TOO_MANY_CONNECTIONS: 429,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.INTERNAL: 500,
+}
+
+
+def error_response(
+    code: ErrorCode, message: str | None = None, detail: dict[str, object] | None = None
+) -> JSONResponse:
+    ERRORS.labels(code.value).inc()
+    body: dict[str, object] = {"code": code.value, "message": message or ERROR_MESSAGES[code]}
+    if detail:
+        body["detail"] = detail
+    return JSONResponse({"error": body}, status_code=HTTP_STATUS.get(code, 422))

@@ -1,0 +1,292 @@
+"""The JSON HTTP API (``docs/http-api.md``)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from server.domain.accounts import Identity, Role, is_valid_id
+from server.domain.errors import ErrorCode, OperatingError, RequestError, UnavailableError
+from server.domain.limits import AMOUNT_MAX
+from server.web.auth import bearer_from_header, verify_token
+from server.web.errors import error_response
+from server.web.metrics import render
+from server.web.services import Services
+
+SIGNATURE_HEADER = "x-giftwire-signature"
+BODY_BYTES_MAX = 16 * 1024
+PAGE_MAX = 200
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _identity(request: Request) -> Identity:
+    token = bearer_from_header(request.headers.get("authorization"))
+    if token is None:
+        raise RequestError(ErrorCode.UNAUTHORIZED)
+    return verify_token(_services(request).settings.jwt_secret, token)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if len(body) > BODY_BYTES_MAX:
+        raise RequestError(ErrorCode.MESSAGE_TOO_LARGE)
+    try:
+        doc = orjson.loads(body or b"{}")
+    except orjson.JSONDecodeError:
+        raise RequestError(ErrorCode.INVALID_REQUEST, "body must be JSON") from None
+    if not isinstance(doc, dict):
+        raise RequestError(ErrorCode.INVALID_REQUEST, "body must be a JSON object")
+    return doc
+
+
+def _id_field(doc: dict[str, Any], name: str) -> str:
+    value = doc.get(name)
+    if not is_valid_id(value):
+        raise RequestError(
+            ErrorCode.INVALID_REQUEST, f"{name} must be an id (1-64 of A-Za-z0-9_.:-)"
+        )
+    return value
+
+
+def _amount_field(doc: dict[str, Any], name: str) -> int:
+    value = doc.get(name)
+    if type(value) is not int or not 1 <= value <= AMOUNT_MAX:
+        raise RequestError(ErrorCode.INVALID_REQUEST, f"{name} must be a positive integer")
+    return value
+
+
+def _int_param(request: Request, name: str, default: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) > high:
+        raise RequestError(ErrorCode.INVALID_REQUEST, f"{name} must be an integer 0..{high}")
+    return int(raw)
+
+
+def endpoint(handler: Handler) -> Handler:
+    """Map operating errors to their documented HTTP responses."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except OperatingError as e:
+            return error_response(e.code, e.message, e.detail)
+        except UnavailableError:
+            return error_response(ErrorCode.UNAVAILABLE)
+
+    return wrapped
+
+
+@endpoint
+async def catalog(request: Request) -> Response:
+    cat = _services(request).catalog
+    return JSONResponse({"version": cat.version, "gifts": [g.to_json() for g in cat]})
+
+
+@endpoint
+async def my_wallet(request: Request) -> Response:
+    who = _identity(request)
+    balance = await _services(request).ledger.balance(who.user_id)
+    return JSONResponse(
+        {
+            "user_id": who.user_id,
+            "coins": balance.coins,
+            "diamonds": balance.diamonds,
+            "debt_coins": balance.debt_coins,
+        }
+    )
+
+
+@endpoint
+async def start_stream(request: Request) -> Response:
+    who = _identity(request)
+    if who.role not in (Role.CREATOR, Role.ADMIN):
+        raise RequestError(ErrorCode.FORBIDDEN, "only creators start streams")
+    doc = await _json_body(request)
+    stream_id = _id_field(doc, "stream_id") if "stream_id" in doc else uuid.uuid4().hex[:16]
+    title = doc.get("title", "")
+    if not isinstance(title, str) or len(title) > 256:
+        raise RequestError(ErrorCode.INVALID_REQUEST, "title must be a string of at most 256")
+    change = await _services(request).ledger.start_stream(
+        stream_id=stream_id, creator_id=who.user_id, title=title
+    )
+    return JSONResponse(
+        {"stream_id": change.stream_id, "creator_id": change.creator_id, "state": change.state},
+        status_code=200 if change.replayed else 201,
+    )
+
+
+@endpoint
+async def end_stream(request: Request) -> Response:
+    who = _identity(request)
+    change = await _services(request).ledger.end_stream(
+        stream_id=request.path_params["stream_id"],
+        actor_id=who.user_id,
+        is_admin=who.role is Role.ADMIN,
+    )
+    return JSONResponse({"stream_id": change.stream_id, "state": change.state})
+
+
+@endpoint
+async def get_stream(request: Request) -> Response:
+    services = _services(request)
+    stream_id = request.path_params["stream_id"]
+    stream = await services.ledger.stream(stream_id)
+    if stream is None:
+        raise RequestError(ErrorCode.UNKNOWN_STREAM)
+    return JSONResponse(
+        {
+            "stream_id": stream.stream_id,
+            "creator_id": stream.creator_id,
+            "title": stream.title,
+            "state": stream.state,
+            "last_seq": stream.last_sequence,
+            "coins": stream.coins_total,
+            "diamonds": stream.diamonds_total,
+            "gifts": stream.gifts_total,
+            "viewers": await services.hub.viewers(stream_id),
+        }
+    )
+
+
+@endpoint
+async def leaderboard(request: Request) -> Response:
+    limit = _int_param(request, "limit", 10, 100)
+    rows = await _services(request).ledger.leaderboard(request.path_params["stream_id"], limit)
+    return JSONResponse({"top": [{"user_id": u, "coins": c} for u, c in rows]})
+
+
+@endpoint
+async def gift_history(request: Request) -> Response:
+    """Gift events after ``after`` (a sequence), oldest first, at most ``limit``."""
+    after = _int_param(request, "after", 0, 2**53 - 1)
+    limit = _int_param(request, "limit", 100, PAGE_MAX) or 1
+    services = _services(request)
+    rows = await services.ledger.feed(request.path_params["stream_id"], after, limit)
+    body = b'{"events":[' + b",".join(rows) + b"]"
+    body += b',"next_after":' + str(_last_seq(rows, after)).encode() + b"}"
+    return Response(body, media_type="application/json")
+
+
+def _last_seq(rows: list[bytes], default: int) -> int:
+    return int(orjson.loads(rows[-1])["seq"]) if rows else default
+
+
+@endpoint
+async def payment_webhook(request: Request) -> Response:
+    """Top-ups and chargebacks from the payment provider, signed with HMAC-SHA256."""
+    services = _services(request)
+    secret = services.settings.webhook_secret
+    body = await request.body()
+    if len(body) > BODY_BYTES_MAX:
+        raise RequestError(ErrorCode.MESSAGE_TOO_LARGE)
+    given = request.headers.get(SIGNATURE_HEADER, "").removeprefix("sha256=")
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    if not secret or not hmac.compare_digest(given, expected):
+        raise RequestError(ErrorCode.BAD_SIGNATURE)
+    doc = await _json_body(request)
+    event, payment_id, user_id = (
+        doc.get("type"),
+        _id_field(doc, "payment_id"),
+        _id_field(doc, "user_id"),
+    )
+    if event == "payment.succeeded":
+        top_up = await services.ledger.top_up(
+            payment_id=payment_id, user_id=user_id, coins=_amount_field(doc, "coins")
+        )
+        return JSONResponse(
+            {
+                "transfer_id": top_up.transfer_id,
+                "credited": top_up.credited,
+                "debt_repaid": top_up.debt_repaid,
+                "balance": top_up.balance,
+                "replayed": top_up.replayed,
+            }
+        )
+    if event == "payment.refunded":
+        refund = await services.ledger.refund(payment_id=payment_id, user_id=user_id)
+        return JSONResponse(
+            {
+                "transfer_id": refund.transfer_id,
+                "clawed": refund.clawed,
+                "debt_added": refund.debt_added,
+                "balance": refund.balance,
+                "replayed": refund.replayed,
+            }
+        )
+    raise RequestError(
+        ErrorCode.INVALID_REQUEST, "type must be payment.succeeded or payment.refunded"
+    )
+
+
+@endpoint
+async def cash_out(request: Request) -> Response:
+    who = _identity(request)
+    if who.role not in (Role.CREATOR, Role.ADMIN):
+        raise RequestError(ErrorCode.FORBIDDEN, "only creators cash out")
+    doc = await _json_body(request)
+    receipt = await _services(request).ledger.cash_out(
+        client_id=_id_field(doc, "id"),
+        creator_id=who.user_id,
+        diamonds=_amount_field(doc, "diamonds"),
+    )
+    return JSONResponse(
+        {
+            "transfer_id": receipt.transfer_id,
+            "id": receipt.client_id,
+            "diamonds": receipt.diamonds,
+            "cents": receipt.cents,
+            "balance": receipt.balance,
+            "state": receipt.state,
+            "replayed": receipt.replayed,
+        },
+        status_code=200 if receipt.replayed else 201,
+    )
+
+
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def readyz(request: Request) -> Response:
+    services = _services(request)
+    ready = await services.ledger.ping()
+    pubsub = services.hub.pubsub_connected or not services.hub.rooms
+    status = 200 if ready and pubsub else 503
+    return JSONResponse({"redis": ready, "pubsub": pubsub}, status_code=status)
+
+
+async def metrics(request: Request) -> Response:
+    body, content_type = render()
+    return Response(body, media_type=content_type)
+
+
+ROUTES = [
+    Route("/api/catalog", catalog),
+    Route("/api/me/wallet", my_wallet),
+    Route("/api/streams", start_stream, methods=["POST"]),
+    Route("/api/streams/{stream_id}", get_stream),
+    Route("/api/streams/{stream_id}/end", end_stream, methods=["POST"]),
+    Route("/api/streams/{stream_id}/leaderboard", leaderboard),
+    Route("/api/streams/{stream_id}/gifts", gift_history),
+    Route("/api/webhooks/payments", payment_webhook, methods=["POST"]),
+    Route("/api/cashouts", cash_out, methods=["POST"]),
+    Route("/healthz", healthz),
+    Route("/readyz", readyz),
+    Route("/metrics", metrics),
+]

@@ -1,0 +1,24 @@
+"""The parts a running server is made of, wired once by the app's lifespan."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from server.domain.catalog import Catalog
+from server.ledger.ledger import Ledger
+from server.realtime.hub import Hub
+from server.settings import Settings
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    catalog: Catalog
+    redis: Redis
+    ledger: Ledger
+    hub: Hub
+    connections_by_user: Counter[str] = field(default_factory=Counter)
+    connections_by_ip: Counter[str] = field(default_factory=Counter)

@@ -1,0 +1,362 @@
+"""The WebSocket endpoint ``/ws/streams/{stream_id}`` (``docs/protocol.md``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from server.domain.accounts import Identity
+from server.domain.errors import (
+    ErrorCode,
+    InvariantError,
+    LedgerRefusal,
+    OperatingError,
+    RequestError,
+    UnavailableError,
+)
+from server.protocol import events
+from server.protocol.close_codes import CloseCode
+from server.protocol.codec import SUBPROTOCOLS, DecodeError, WireFormat, decode, encode
+from server.protocol.messages import Ping, ProtocolError, Resume, SendGift, parse_message
+from server.realtime.connection import Connection
+from server.realtime.outbox import Frame, Outbox
+from server.realtime.room import Room
+from server.web.auth import bearer_from_header, bearer_from_subprotocols, verify_token
+from server.web.errors import error_response
+from server.web.metrics import CONNECTIONS, ERRORS, FANOUT_DROPS, GIFT_SECONDS, GIFTS, SLOW_CLOSES
+from server.web.services import Services
+
+log = logging.getLogger("giftwire.ws")
+
+IN_FLIGHT_GIFTS_MAX = 32
+
+
+def _origin_allowed(websocket: WebSocket, allowed: tuple[str, ...]) -> bool:
+    origin = websocket.headers.get("origin")
+    if origin is None or "*" in allowed:
+        return True  # not a browser, or any origin allowed
+    if origin in allowed:
+        return True
+    host = websocket.headers.get("host", "")
+    return origin in (f"http://{host}", f"https://{host}")
+
+
+def _choose_format(offered: list[str]) -> tuple[WireFormat, str | None]:
+    for protocol in offered:
+        if protocol in SUBPROTOCOLS:
+            return SUBPROTOCOLS[protocol], protocol
+    return WireFormat.JSON, None
+
+
+async def _deny(websocket: WebSocket, code: ErrorCode, message: str | None = None) -> None:
+    await websocket.send_denial_response(error_response(code, message))
+
+
+class _RateLimit:
+    """Per-connection token bucket over incoming messages (burst = two seconds' worth)."""
+
+    __slots__ = ("_at", "_capacity", "_rate", "_tokens")
+
+    def __init__(self, per_s: int) -> None:
+        self._rate = float(per_s)
+        self._capacity = float(per_s * 2)
+        self._tokens = self._capacity
+        self._at = time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._capacity, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+async def gift_socket(websocket: WebSocket) -> None:
+    services: Services = websocket.app.state.services
+    settings = services.settings
+    limits = settings.limits
+    stream_id = websocket.path_params["stream_id"]
+    offered = list(websocket.scope.get("subprotocols", []))
+
+    if not _origin_allowed(websocket, settings.allowed_origins):
+        await _deny(websocket, ErrorCode.FORBIDDEN, "origin not allowed")
+        return
+    token = bearer_from_header(websocket.headers.get("authorization")) or bearer_from_subprotocols(
+        offered
+    )
+    if token is None:
+        await _deny(websocket, ErrorCode.UNAUTHORIZED)
+        return
+    try:
+        identity = verify_token(settings.jwt_secret, token)
+        stream = await services.ledger.stream(stream_id)
+    except OperatingError as e:
+        await _deny(websocket, e.code)
+        return
+    except UnavailableError:
+        await _deny(websocket, ErrorCode.UNAVAILABLE)
+        return
+    if stream is None:
+        await _deny(websocket, ErrorCode.UNKNOWN_STREAM)
+        return
+    client_ip = websocket.client.host if websocket.client else "?"
+    if (
+        services.connections_by_user[identity.user_id] >= limits.connections_per_user_max
+        or services.connections_by_ip[client_ip] >= limits.connections_per_ip_max
+    ):
+        await _deny(websocket, ErrorCode.TOO_MANY_CONNECTIONS)
+        return
+
+    fmt, subprotocol = _choose_format(offered)
+    await websocket.accept(subprotocol=subprotocol)
+    services.connections_by_user[identity.user_id] += 1
+    services.connections_by_ip[client_ip] += 1
+    CONNECTIONS.inc()
+    session = _Session(websocket, services, identity, fmt, stream_id, stream.creator_id)
+    try:
+        await session.run()
+    finally:
+        CONNECTIONS.dec()
+        services.connections_by_user[identity.user_id] -= 1
+        services.connections_by_ip[client_ip] -= 1
+        for counter, key in (
+            (services.connections_by_user, identity.user_id),
+            (services.connections_by_ip, client_ip),
+        ):
+            if counter[key] <= 0:
+                del counter[key]
+
+
+class _Session:
+    """One accepted connection: its reader loop, writer task and in-flight gifts."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        services: Services,
+        identity: Identity,
+        fmt: WireFormat,
+        stream_id: str,
+        creator_id: str,
+    ) -> None:
+        self.websocket = websocket
+        self.services = services
+        self.identity = identity
+        self.fmt = fmt
+        self.stream_id = stream_id
+        self.creator_id = creator_id
+        limits = services.settings.limits
+        self.outbox = Outbox(
+            self._write,
+            frames_max=limits.send_queue_frames_max,
+            lagging_s_max=limits.lagging_s_max,
+            lag_notice=self._lag_notice,
+            on_drop=FANOUT_DROPS.inc,
+        )
+        self.connection = Connection(uuid.uuid4().hex[:12], identity, fmt, self.outbox)
+        self.rate = _RateLimit(limits.messages_per_s_max)
+        self.gift_tasks: set[asyncio.Task[None]] = set()
+        self.room: Room | None = None
+
+    async def _write(self, frame: Frame) -> None:
+        if isinstance(frame, str):
+            await self.websocket.send({"type": "websocket.send", "text": frame})
+        else:
+            await self.websocket.send({"type": "websocket.send", "bytes": frame})
+
+    def _lag_notice(self, dropped: int) -> Frame:
+        return encode(
+            {"type": "lag", "dropped": dropped, "last_seq": self.connection.last_seq}, self.fmt
+        )
+
+    async def run(self) -> None:
+        hub = self.services.hub
+        writer = asyncio.get_running_loop().create_task(self.outbox.run())
+        close_code: CloseCode | None = CloseCode.NORMAL
+        reason = ""
+        try:
+            self.room = await hub.join(self.connection, self.stream_id)
+            await self._welcome()
+            reader = asyncio.get_running_loop().create_task(self._read())
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if writer in done and not reader.done():
+                reader.cancel()
+            close_code, reason = await self._outcome(reader, writer)
+        except UnavailableError:
+            close_code, reason = CloseCode.GOING_AWAY, "ledger unavailable; reconnect"
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            close_code = CloseCode.NORMAL
+        except InvariantError:
+            log.exception("invariant broke on connection %s", self.connection.conn_id)
+            close_code, reason = CloseCode.INTERNAL_ERROR, "internal error"
+        finally:
+            if self.room is not None:
+                self.services.hub.leave(self.connection, self.room)
+            for task in self.gift_tasks:
+                task.cancel()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+        if close_code is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await self.websocket.close(close_code, reason)
+
+    async def _outcome(
+        self, reader: asyncio.Task[CloseCode | None], writer: asyncio.Task[None]
+    ) -> tuple[CloseCode | None, str]:
+        if self.outbox.close_code is not None:
+            if self.outbox.close_code is CloseCode.SLOW_CONSUMER:
+                SLOW_CLOSES.inc()
+            return self.outbox.close_code, self.outbox.close_reason
+        with contextlib.suppress(asyncio.CancelledError):
+            code = await reader
+            if code is not None:
+                return code, ""
+        if writer.done() and not writer.cancelled() and writer.exception() is not None:
+            return None, ""  # the peer went away while we wrote
+        return None, ""
+
+    async def _welcome(self) -> None:
+        ledger, hub = self.services.ledger, self.services.hub
+        stream = await ledger.stream(self.stream_id)
+        balance = await ledger.balance(self.identity.user_id)
+        top = await ledger.leaderboard(self.stream_id)
+        viewers = await hub.viewers(self.stream_id)
+        last_seq = stream.last_sequence if stream else 0
+        self.connection.send(
+            {
+                "type": "welcome",
+                "stream": {
+                    "id": self.stream_id,
+                    "creator_id": self.creator_id,
+                    "title": stream.title if stream else "",
+                    "state": stream.state.value if stream else "ended",
+                    "diamonds": stream.diamonds_total if stream else 0,
+                },
+                "you": {
+                    "user_id": self.identity.user_id,
+                    "role": self.identity.role.value,
+                    "display_name": self.identity.display_name,
+                },
+                "balance": {"coins": balance.coins, "diamonds": balance.diamonds},
+                "viewers": viewers,
+                "top": [{"user_id": user, "coins": coins} for user, coins in top],
+                "last_seq": last_seq,
+                "format": self.fmt.value,
+            }
+        )
+        self.connection.finish_catching_up(last_seq)
+
+    async def _read(self) -> CloseCode | None:
+        """Read frames until the peer leaves; return a close code when we should close."""
+        limits = self.services.settings.limits
+        strikes = 0
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return None
+            data: str | bytes | None = message.get("text")
+            if data is None:
+                data = message.get("bytes")
+            if data is None:
+                continue
+            if not self.rate.allow():
+                strikes += 1
+                self._error(ErrorCode.RATE_LIMITED, None, "too many messages")
+                if strikes > limits.messages_per_s_max * 5:
+                    return CloseCode.RATE_LIMITED
+                continue
+            if len(data) > limits.frame_bytes_max:
+                self._error(ErrorCode.MESSAGE_TOO_LARGE, None)
+                continue
+            try:
+                doc = decode(data, self.fmt, limits)
+                parsed = parse_message(doc)
+            except DecodeError as e:
+                self._error(ErrorCode.INVALID_REQUEST, None, str(e))
+                continue
+            except ProtocolError as e:
+                self._error(e.code, e.client_id, e.message)
+                continue
+            await self._handle(parsed)
+
+    async def _handle(self, message: SendGift | Resume | Ping) -> None:
+        if isinstance(message, SendGift):
+            if len(self.gift_tasks) >= IN_FLIGHT_GIFTS_MAX:
+                self._error(ErrorCode.RATE_LIMITED, message.client_id, "too many gifts in flight")
+                return
+            task = asyncio.get_running_loop().create_task(self._send_gift(message))
+            self.gift_tasks.add(task)
+            task.add_done_callback(self.gift_tasks.discard)
+        elif isinstance(message, Resume):
+            if self.room is not None:
+                await self.services.hub.resume(self.connection, self.room, message.since)
+        else:
+            self.connection.send({"type": "pong", "id": message.client_id})
+
+    async def _send_gift(self, message: SendGift) -> None:
+        started = time.perf_counter()
+        try:
+            receipt = await self.services.ledger.send_gift(
+                client_id=message.client_id,
+                sender_id=self.identity.user_id,
+                sender_name=self.identity.display_name,
+                stream_id=self.stream_id,
+                creator_id=self.creator_id,
+                gift_id=message.gift_id,
+                count=message.count,
+            )
+        except LedgerRefusal as e:
+            GIFTS.labels(e.code.value).inc()
+            self._error(e.code, message.client_id, e.message, e.detail)
+            return
+        except RequestError as e:
+            self._error(e.code, message.client_id, e.message)
+            return
+        except UnavailableError:
+            GIFTS.labels("unavailable").inc()
+            self._error(ErrorCode.UNAVAILABLE, message.client_id)
+            return
+        except InvariantError:
+            log.exception(
+                "send_gift failed: gift id %s, connection %s",
+                message.client_id,
+                self.connection.conn_id,
+            )
+            self._error(ErrorCode.INTERNAL, message.client_id)
+            self.outbox.close(CloseCode.INTERNAL_ERROR, "internal error")
+            return
+        GIFTS.labels("replayed" if receipt.replayed else "sent").inc()
+        GIFT_SECONDS.observe(time.perf_counter() - started)
+        self.connection.send(
+            {
+                "type": "gift_ack",
+                "id": receipt.client_id,
+                "transfer_id": receipt.transfer_id,
+                "gift": receipt.gift_id,
+                "count": receipt.count,
+                "coins": receipt.coins,
+                "balance": receipt.balance,
+                "combo": receipt.combo,
+                "seq": receipt.seq,
+                "replayed": receipt.replayed,
+            }
+        )
+
+    def _error(
+        self,
+        code: ErrorCode,
+        client_id: str | None,
+        message: str | None = None,
+        detail: dict[str, object] | None = None,
+    ) -> None:
+        ERRORS.labels(code.value).inc()
+        self.connection.send(events.error(code, client_id, message, detail))
