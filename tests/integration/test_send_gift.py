@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 from redis.asyncio import Redis
 
-from server.domain.errors import ErrorCode, LedgerRefusal
+from server.domain.errors import ErrorCode, InvariantError, LedgerRefusal
 from server.domain.limits import Limits
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
 from server.ledger.reconcile import reconcile
+from tests.integration.helpers import snapshot
 
 STREAM = "live1"
 CREATOR = "creator1"
@@ -41,22 +43,6 @@ async def _send(
         gift_id=gift,
         count=count,
     )
-
-
-async def _snapshot(redis: Redis, keys: Keys) -> dict[bytes, object]:
-    """Every key of this test's prefix with its full value, to prove a refusal wrote nothing."""
-    out: dict[bytes, object] = {}
-    async for key in redis.scan_iter(match=f"{keys.prefix}*"):
-        kind = await redis.type(key)
-        if kind == b"hash":
-            out[key] = await redis.hgetall(key)
-        elif kind == b"string":
-            out[key] = await redis.get(key)
-        elif kind == b"zset":
-            out[key] = await redis.zrange(key, 0, -1, withscores=True)
-        elif kind == b"stream":
-            out[key] = await redis.xrange(key)
-    return out
 
 
 async def test_gift_moves_coins_to_diamonds_and_platform(ledger: Ledger) -> None:
@@ -117,11 +103,11 @@ async def test_refusals_write_nothing(
     ledger: Ledger, redis: Redis, keys: Keys, kwargs: dict[str, object], code: ErrorCode
 ) -> None:
     await _setup(ledger, ("alice", 100))
-    before = await _snapshot(redis, keys)
+    before = await snapshot(redis, keys)
     with pytest.raises(LedgerRefusal) as refused:
         await _send(ledger, "g-refused", **kwargs)  # type: ignore[arg-type]
     assert refused.value.code is code
-    assert await _snapshot(redis, keys) == before
+    assert await snapshot(redis, keys) == before
 
 
 async def test_ended_stream_refuses(ledger: Ledger) -> None:
@@ -217,3 +203,42 @@ async def test_concurrent_duplicates_move_money_once(ledger: Ledger) -> None:
     assert sum(not r.replayed for r in results) == 1
     assert len({r.transfer_id for r in results}) == 1
     assert (await ledger.balance("alice")).coins == 93
+
+
+async def _combo_is_a_hash(redis: Redis, keys: Keys) -> None:
+    combo = keys.combo(STREAM, "alice", "rose")
+    await redis.delete(combo)
+    await redis.hset(combo, "x", "1")
+
+
+# Each corrupts one key that send_gift writes, the way a hand edit or a bug elsewhere could.
+# SET replaces a key of any type, so a plain string stands in for every wrong-typed key.
+CORRUPTIONS: dict[str, Callable[[Redis, Keys], Awaitable[object]]] = {
+    "receipt key is a hash": lambda r, k: r.hset(k.gift_receipt("alice", "g2"), "x", "1"),
+    "sender account is a string": lambda r, k: r.set(k.account("alice"), "x"),
+    "sender coins not a number": lambda r, k: r.hset(k.account("alice"), "coins", "abc"),
+    # tonumber() reads these two, HINCRBY does not: they used to fail halfway.
+    "creator diamonds in exponent form": lambda r, k: r.hset(k.account(CREATOR), "diamonds", "1e3"),
+    "platform coins a fraction": lambda r, k: r.hset(k.platform(), "coins", "7.0"),
+    "stream totals not a number": lambda r, k: r.hset(k.stream(STREAM), "gifts", "many"),
+    "leaderboard is a string": lambda r, k: r.set(k.leaderboard(STREAM), "x"),
+    "feed is a string": lambda r, k: r.set(k.feed(STREAM), "x"),
+    # The next entry id would be 1-0, which the feed already holds: XADD would refuse it.
+    "feed ahead of the sequence": lambda r, k: r.hset(k.stream(STREAM), "seq", 0),
+    "combo counter is a hash": _combo_is_a_hash,
+    "ledger log is a string": lambda r, k: r.set(k.ledger(), "x"),
+    "catalog is a string": lambda r, k: r.set(k.catalog(), "x"),
+}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+async def test_corrupt_key_fails_before_any_write(
+    ledger: Ledger, redis: Redis, keys: Keys, corruption: str
+) -> None:
+    await _setup(ledger, ("alice", 100))
+    await _send(ledger, "g1")  # the feed, the combo counter and the leaderboard now exist
+    await CORRUPTIONS[corruption](redis, keys)
+    before = await snapshot(redis, keys)
+    with pytest.raises(InvariantError):
+        await _send(ledger, "g2")
+    assert await snapshot(redis, keys) == before

@@ -35,15 +35,20 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), tonumber(t[1])
 end
 
--- A stored integer field, 0 when absent. A field that is not an integer means the data was
--- corrupted outside the scripts: raise a script error now, before anything is written.
+-- A stored integer field, 0 when absent. Anything HINCRBY or INCRBY would not take as an
+-- integer ('abc', but also '1e3', ' 7', '0x10', '5.0' or '007', which tonumber accepts) means
+-- the data was corrupted outside the scripts: raise a script error now, before anything is
+-- written, rather than at the write that trips over it.
 local function stored_int(v)
   if not v then
     return 0
   end
-  local n = tonumber(v)
-  if not n or n ~= math.floor(n) then
+  if v ~= '0' and not string.match(v, '^-?[1-9]%d*$') then
     error('giftwire: stored field is not an integer: ' .. tostring(v))
+  end
+  local n = tonumber(v)
+  if n > 9007199254740991 or n < -9007199254740991 then
+    error('giftwire: stored integer is beyond 2^53: ' .. v)
   end
   return n
 end

@@ -122,7 +122,19 @@ end
 -- Read every key written below with a command of its type: a key of the wrong type fails
 -- here, before the first write, instead of halfway through (Redis has no rollback).
 redis.call('ZSCORE', KEYS[6], sender)
-redis.call('XLEN', KEYS[7])
+if redis.call('EXISTS', KEYS[7]) == 1 then
+  -- The feed entry id is the next sequence number; XADD refuses an id at or below the
+  -- feed's last one, which only a hand-edited seq or feed can cause. Fail now, not there.
+  local info = redis.call('XINFO', 'STREAM', KEYS[7])  -- fails on a wrong-typed feed too
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      local last = tonumber(string.match(info[i + 1], '^(%d+)-'))
+      if last > stored_int(stream[3]) then
+        error('giftwire: feed is ahead of the stream sequence: ' .. info[i + 1])
+      end
+    end
+  end
+end
 stored_int(redis.call('GET', KEYS[8]))
 redis.call('XLEN', KEYS[9])
 
