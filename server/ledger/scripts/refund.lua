@@ -34,8 +34,10 @@ local clawed = math.min(balance, coins)
 local debt_added = coins - clawed
 
 redis.call('XLEN', KEYS[3])  -- a wrong-typed ledger key fails before any write
-local new_balance = redis.call('HINCRBY', KEYS[2], 'coins', -clawed)
-local debt = redis.call('HINCRBY', KEYS[2], 'debt', debt_added)
+-- int(): with nothing to claw back, -clawed is the double -0, which Lua passes to Redis as
+-- "-0", and HINCRBY refuses that as not an integer.
+local new_balance = redis.call('HINCRBY', KEYS[2], 'coins', int(-clawed))
+local debt = redis.call('HINCRBY', KEYS[2], 'debt', int(debt_added))
 local ms = now_ms()
 local transfer_id = redis.call('XADD', KEYS[3], '*', 'type', 'refund', 'payment', payment_id,
   'from', user, 'coins', int(coins), 'clawed', int(clawed), 'debt', int(debt_added))
