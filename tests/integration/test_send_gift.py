@@ -12,6 +12,7 @@ from server.domain.errors import ErrorCode, InvariantError, LedgerRefusal
 from server.domain.limits import Limits
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
+from server.ledger.receipts import GiftReceipt
 from server.ledger.reconcile import reconcile
 from tests.integration.helpers import snapshot
 
@@ -33,7 +34,7 @@ async def _send(
     count: int = 1,
     stream: str = STREAM,
     creator: str = CREATOR,
-):  # type: ignore[no-untyped-def]
+) -> GiftReceipt:
     return await ledger.send_gift(
         client_id=client_id,
         sender_id=sender,
@@ -179,7 +180,7 @@ async def test_event_is_published_only_when_committed(ledger: Ledger, redis: Red
         "Alice",
     )
     assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2) is None
-    await pubsub.aclose()
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 async def test_concurrent_sends_from_one_wallet_never_overspend(ledger: Ledger) -> None:
