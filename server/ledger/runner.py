@@ -31,6 +31,14 @@ Reply = list[bytes]
 StreamRows = list[tuple[bytes, dict[bytes, bytes]]]
 """XRANGE rows as the bytes-mode client returns them."""
 _NOSCRIPT = "NOSCRIPT"
+# Replies by which Redis refuses to run a script at all, so that nothing was written. The
+# client strips the code from the message of the errors it knows by class, so both are checked.
+_REFUSED_TO_RUN = ("OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY")
+_REFUSED_TO_RUN_ERRORS = (
+    redis_errors.OutOfMemoryError,
+    redis_errors.ReadOnlyError,
+    redis_errors.MasterDownError,
+)
 
 
 @dataclass(slots=True)
@@ -42,7 +50,10 @@ class _Call:
 
 
 def _is_noscript(reply: object) -> bool:
-    return isinstance(reply, redis_errors.ResponseError) and str(reply).startswith(_NOSCRIPT)
+    # redis-py turns "NOSCRIPT No matching script…" into NoScriptError("No matching script…").
+    return isinstance(reply, redis_errors.NoScriptError) or (
+        isinstance(reply, redis_errors.ResponseError) and str(reply).startswith(_NOSCRIPT)
+    )
 
 
 class ScriptRunner:
@@ -141,7 +152,10 @@ class ScriptRunner:
             else:
                 _settle(call, reply)
         if retry:
-            for script in {call.script.name: call.script for call in retry}.values():
+            # NOSCRIPT means Redis lost its whole script cache (a restart, SCRIPT FLUSH): load
+            # every script again, not only these, so that scripts_loaded() (the readiness
+            # check) holds again without waiting for a call of each script.
+            for script in self.scripts.values():
                 await self._load(script)
             for call, reply in zip(retry, await self._pipeline(retry), strict=True):
                 _settle(call, reply)
@@ -166,7 +180,7 @@ def _settle(call: _Call, reply: object) -> None:
 
 def _script_error(call: _Call, error: redis_errors.ResponseError) -> Exception:
     message = str(error)
-    if message.startswith(("OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY")):
+    if isinstance(error, _REFUSED_TO_RUN_ERRORS) or message.startswith(_REFUSED_TO_RUN):
         # Redis refused to run the script at all: nothing was written.
         return UnavailableError(message)
     log.error("script %s failed: %s", call.script.name, message)
