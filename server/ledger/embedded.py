@@ -122,6 +122,9 @@ class RedisProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
+        if self.process is not None and self.process.stderr:
+            # The pipe would otherwise stay open until the Popen is collected after a restart.
+            self.process.stderr.close()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM: Redis finishes writing its AOF and exits."""
