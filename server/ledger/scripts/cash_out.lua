@@ -10,7 +10,8 @@
 -- Reply: {'ok', receipt JSON} | {'replay', receipt JSON} | {'refused', code [, detail]}
 -- Receipt JSON: transfer_id, client_id, user_id, diamonds, cents, balance (diamonds after),
 --   state ('pending'), ts
--- Refusal codes: invalid_request, duplicate_mismatch, below_minimum, insufficient_funds
+-- Refusal codes: invalid_request (also: payout above the largest amount), duplicate_mismatch,
+--   below_minimum, insufficient_funds
 
 local client_id, creator = ARGV[1], ARGV[2]
 local amount_max = int_arg(ARGV[6], 1, 1e13)
@@ -37,6 +38,11 @@ if balance < diamonds then
 end
 
 local cents = math.floor(diamonds * rate / 100)
+-- A payout is an amount too: past 10^13 cents, diamonds * rate passes 10^15 and cjson's
+-- 14 digits (and, further on, 2^53) would no longer hold it exactly.
+if cents > amount_max then
+  return refuse('invalid_request')
+end
 redis.call('XLEN', KEYS[3])  -- a wrong-typed ledger key fails before any write
 local new_balance = redis.call('HINCRBY', KEYS[2], 'diamonds', -diamonds)
 local ms = now_ms()
