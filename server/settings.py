@@ -7,6 +7,7 @@ Every field of ``Limits`` is also a setting: ``GIFTWIRE_`` + its name in upper c
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -53,6 +54,9 @@ class Settings:
 
 
 _SCALARS = [f for f in dataclasses.fields(Settings) if f.name != "limits"]
+_ZERO_MEANS_NONE = frozenset({"daily_spend_coins_max", "cashout_diamonds_min"})
+"""Limits where 0 means "no cap" or "no minimum". Any other limit at 0 would stop the server:
+no pipeline ever sent, every call timed out, every gift refused by the scripts."""
 
 
 def _convert(raw: str, kind: object, name: str) -> object:
@@ -68,7 +72,10 @@ def _convert(raw: str, kind: object, name: str) -> object:
     if "Path" in text:
         return Path(raw)
     if "float" in text:
-        return float(raw)
+        value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError("expected a finite number")
+        return value
     if "int" in text:
         return int(raw)
     return raw
@@ -95,8 +102,12 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
                 errors.append(f"{env_name(f.name)}={raw!r}: {exc}")
     values.update(overrides)
     for name, value in limit_values.items():
-        if isinstance(value, int | float) and value < 0:
+        if not isinstance(value, int | float):
+            continue
+        if value < 0:
             errors.append(f"{env_name(name)}: must not be negative")
+        elif value == 0 and name not in _ZERO_MEANS_NONE:
+            errors.append(f"{env_name(name)}: must be positive")
     try:
         values["limits"] = Limits(**limit_values)  # type: ignore[arg-type]
         settings = Settings(**values)  # type: ignore[arg-type]

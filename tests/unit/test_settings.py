@@ -1,0 +1,188 @@
+"""Settings from GIFTWIRE_* variables: parsing, every refusal, and every limit as a setting."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from server.domain.limits import Limits
+from server.domain.money import Economics
+from server.ledger.keys import DEFAULT_PREFIX
+from server.settings import Settings, SettingsError, env_name, load_settings, settings_table
+
+LIMIT_FIELDS = [f.name for f in dataclasses.fields(Limits)]
+ZERO_MEANS_NONE = {"daily_spend_coins_max", "cashout_diamonds_min"}
+
+
+def test_no_variables_give_the_defaults() -> None:
+    settings = load_settings({})
+    assert settings == Settings()
+    assert settings.redis_url is None and settings.key_prefix == DEFAULT_PREFIX
+    assert settings.limits == Limits()
+    assert settings.economics == Economics()
+
+
+def test_empty_values_are_ignored() -> None:
+    assert load_settings({"GIFTWIRE_BATCH_MS": "", "GIFTWIRE_DEMO_PAGES": ""}) == Settings()
+
+
+def test_other_variables_are_ignored() -> None:
+    assert load_settings({"BATCH_MS": "0", "GIFTWIRE": "x", "giftwire_batch_ms": "0"}) == Settings()
+
+
+def test_variables_are_parsed_by_the_type_of_their_setting(tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text("{}")
+    settings = load_settings(
+        {
+            "GIFTWIRE_REDIS_URL": "redis://10.0.0.5:6380/2",
+            "GIFTWIRE_DATA_DIR": "/srv/giftwire",
+            "GIFTWIRE_KEY_PREFIX": "prod:",
+            "GIFTWIRE_JWT_SECRET": "s" * 32,
+            "GIFTWIRE_WEBHOOK_SECRET": "whsec",
+            "GIFTWIRE_CATALOG_PATH": str(catalog),
+            "GIFTWIRE_ALLOWED_ORIGINS": " https://a.example, https://b.example ,, ",
+            "GIFTWIRE_DEMO_PAGES": "off",
+            "GIFTWIRE_BATCH_MS": "25",
+            "GIFTWIRE_HOT_ROOM_EVENTS_PER_S": "40",
+            "GIFTWIRE_STATS_INTERVAL_S": "0.5",
+            "GIFTWIRE_CREATOR_SHARE_BPS": "7000",
+            "GIFTWIRE_CENTS_PER_100_DIAMONDS": "80",
+            "GIFTWIRE_LOG_LEVEL": "DEBUG",
+        }
+    )
+    assert settings == Settings(
+        redis_url="redis://10.0.0.5:6380/2",
+        data_dir=Path("/srv/giftwire"),
+        key_prefix="prod:",
+        jwt_secret="s" * 32,
+        webhook_secret="whsec",
+        catalog_path=catalog,
+        allowed_origins=("https://a.example", "https://b.example"),
+        demo_pages=False,
+        batch_ms=25,
+        hot_room_events_per_s=40,
+        stats_interval_s=0.5,
+        creator_share_bps=7_000,
+        cents_per_100_diamonds=80,
+        log_level="DEBUG",
+    )
+    assert settings.economics == Economics(7_000, 80)
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        *[("1", True), ("true", True), ("YES", True), ("On", True)],
+        *[("0", False), ("false", False), ("no", False), ("OFF", False)],
+    ],
+)
+def test_booleans(raw: str, value: bool) -> None:
+    assert load_settings({"GIFTWIRE_DEMO_PAGES": raw}).demo_pages is value
+
+
+@pytest.mark.parametrize("url", ["redis://h:1/0", "rediss://h:1/0", "unix:///run/redis.sock"])
+def test_redis_url_schemes(url: str) -> None:
+    assert load_settings({"GIFTWIRE_REDIS_URL": url}).redis_url == url
+
+
+def test_overrides_win_over_the_environment() -> None:
+    settings = load_settings({"GIFTWIRE_KEY_PREFIX": "env:"}, key_prefix="arg:")
+    assert settings.key_prefix == "arg:"
+
+
+@pytest.mark.parametrize("name", LIMIT_FIELDS)
+def test_every_limit_is_a_setting(name: str) -> None:
+    default = getattr(Limits(), name)
+    value = default * 2 if default else 7
+    settings = load_settings({env_name(name): str(value)})
+    assert getattr(settings.limits, name) == value
+    assert env_name(name) == "GIFTWIRE_" + name.upper()
+
+
+@pytest.mark.parametrize("name", sorted(ZERO_MEANS_NONE))
+def test_limits_where_zero_means_none_accept_zero(name: str) -> None:
+    assert getattr(load_settings({env_name(name): "0"}).limits, name) == 0
+
+
+BAD_VALUES = [
+    ("GIFTWIRE_DEMO_PAGES", "maybe", "expected true or false"),
+    ("GIFTWIRE_BATCH_MS", "fast", "invalid literal for int()"),
+    ("GIFTWIRE_BATCH_MS", "2.5", "invalid literal for int()"),
+    ("GIFTWIRE_STATS_INTERVAL_S", "soon", "could not convert string to float"),
+    ("GIFTWIRE_LAGGING_S_MAX", "nan", "expected a finite number"),
+    ("GIFTWIRE_REDIS_TIMEOUT_S", "inf", "expected a finite number"),
+    ("GIFTWIRE_FRAME_BYTES_MAX", "-1", "must not be negative"),
+    ("GIFTWIRE_DAILY_SPEND_COINS_MAX", "-5", "must not be negative"),
+    ("GIFTWIRE_PIPELINE_CALLS_MAX", "0", "must be positive"),
+    ("GIFTWIRE_PIPELINES_IN_FLIGHT_MAX", "0", "must be positive"),
+    ("GIFTWIRE_REDIS_TIMEOUT_S", "0", "must be positive"),
+    ("GIFTWIRE_GIFTS_PER_S_MAX", "0", "must be positive"),
+    ("GIFTWIRE_CREATOR_SHARE_BPS", "10001", "creator_share_bps must be within 0..10000"),
+    ("GIFTWIRE_CENTS_PER_100_DIAMONDS", "0", "cents_per_100_diamonds must be within 1..10000"),
+    ("GIFTWIRE_REDIS_URL", "localhost:6379", "expected redis://host:port/db"),
+    ("GIFTWIRE_JWT_SECRET", "short", "use at least 32 characters"),
+    ("GIFTWIRE_BATCH_MS", "0", "expected 1..1000"),
+    ("GIFTWIRE_BATCH_MS", "1001", "expected 1..1000"),
+    ("GIFTWIRE_LOG_LEVEL", "verbose", "expected debug, info, warning or error"),
+    ("GIFTWIRE_CATALOG_PATH", "/no/such/catalog.json", "no such file /no/such/catalog.json"),
+    ("GIFTWIRE_FRAME_BYTES_MAX", "255", "at least 256"),
+]
+
+
+@pytest.mark.parametrize(("variable", "raw", "message"), BAD_VALUES)
+def test_each_bad_value_is_named_with_its_fix(variable: str, raw: str, message: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings({variable: raw})
+    text = str(refused.value)
+    assert text.startswith("invalid settings:")
+    assert message in text
+    # Each line names the variable, except the economics' own checks, which name the field.
+    assert variable in text or variable.removeprefix("GIFTWIRE_").lower() in text
+
+
+@pytest.mark.parametrize("name", sorted(set(LIMIT_FIELDS) - ZERO_MEANS_NONE))
+def test_every_other_limit_must_be_positive(name: str) -> None:
+    with pytest.raises(SettingsError, match=f"{env_name(name)}: must be positive"):
+        load_settings({env_name(name): "0"})
+
+
+def test_every_bad_value_of_a_kind_is_listed_at_once() -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(
+            {
+                "GIFTWIRE_DEMO_PAGES": "maybe",
+                "GIFTWIRE_BATCH_MS": "fast",
+                "GIFTWIRE_SEND_QUEUE_FRAMES_MAX": "-3",
+            }
+        )
+    lines = str(refused.value).splitlines()[1:]
+    assert len(lines) == 3
+    assert [line.split("=")[0].split(":")[0].strip() for line in lines] == [
+        "GIFTWIRE_DEMO_PAGES",
+        "GIFTWIRE_BATCH_MS",
+        "GIFTWIRE_SEND_QUEUE_FRAMES_MAX",
+    ]
+    with pytest.raises(SettingsError) as refused:
+        load_settings(
+            {
+                "GIFTWIRE_REDIS_URL": "localhost",
+                "GIFTWIRE_JWT_SECRET": "short",
+                "GIFTWIRE_LOG_LEVEL": "loud",
+            }
+        )
+    assert len(str(refused.value).splitlines()) == 4
+
+
+def test_settings_error_is_a_value_error() -> None:
+    assert issubclass(SettingsError, ValueError)
+
+
+def test_the_table_lists_every_setting_with_its_default() -> None:
+    rows = {name: default for name, default, _ in settings_table()}
+    scalars = [f.name for f in dataclasses.fields(Settings) if f.name != "limits"]
+    assert set(rows) == {env_name(name) for name in scalars + LIMIT_FIELDS}
+    assert rows["GIFTWIRE_KEY_PREFIX"] == DEFAULT_PREFIX
+    assert rows["GIFTWIRE_FRAME_BYTES_MAX"] == str(Limits().frame_bytes_max)
