@@ -94,9 +94,9 @@ class Ledger:
             await pipe.execute()
 
     async def _run(
-        self, name: ScriptName, keys: list[str], args: list[str | int]
+        self, name: ScriptName, keys: list[str], args: list[str | int], order_key: str
     ) -> tuple[bytes, bool]:
-        return unpack(await self.runner.run(name, keys, args))
+        return unpack(await self.runner.run(name, keys, args, order_key=order_key))
 
     async def send_gift(
         self,
@@ -143,6 +143,7 @@ class Ledger:
                 AMOUNT_MAX,
                 SEND_COINS_MAX,
             ],
+            order_key=sender_id,
         )
         return GiftReceipt.from_reply(body, replayed)
 
@@ -152,6 +153,7 @@ class Ledger:
             ScriptName.TOP_UP,
             [k.payment(payment_id), k.account(user_id), k.ledger()],
             [payment_id, user_id, coins, AMOUNT_MAX],
+            order_key=user_id,
         )
         return TopUpReceipt.from_reply(body, replayed)
 
@@ -161,6 +163,7 @@ class Ledger:
             ScriptName.REFUND,
             [k.payment(payment_id), k.account(user_id), k.ledger()],
             [payment_id, user_id],
+            order_key=user_id,
         )
         return RefundReceipt.from_reply(body, replayed)
 
@@ -177,6 +180,7 @@ class Ledger:
                 self.economics.cents_per_100_diamonds,
                 AMOUNT_MAX,
             ],
+            order_key=creator_id,
         )
         return CashOutReceipt.from_reply(body, replayed)
 
@@ -191,6 +195,7 @@ class Ledger:
                 k.leaderboard(stream_id),
             ],
             [stream_id, creator_id, title],
+            order_key=stream_id,
         )
         return _stream_change(body, replayed)
 
@@ -200,6 +205,7 @@ class Ledger:
             ScriptName.END_STREAM,
             [k.stream(stream_id), k.room_channel(stream_id)],
             [stream_id, actor_id, "1" if is_admin else "0"],
+            order_key=stream_id,
         )
         return _stream_change(body, replayed)
 

@@ -80,7 +80,6 @@ def decode(data: str | bytes, fmt: WireFormat, limits: Limits) -> dict[str, Any]
                 strict_map_key=True,
                 use_list=True,
                 ext_hook=_refuse_ext,
-                max_buffer_size=limits.frame_bytes_max,
                 max_str_len=limits.string_length_max,
                 max_bin_len=0,
                 max_array_len=256,

@@ -3,7 +3,8 @@
 The room never awaits a viewer: it appends a frame here and moves on. When the queue is
 full, further droppable frames (gift broadcasts, stats) are dropped and counted; the viewer
 is told how many with a ``lag`` message once it catches up. A viewer that stays at its
-limit for ``lagging_s_max`` is closed with 4008. Frames that must not be lost (acks,
+limit for ``lagging_s_max`` (it has not drained half its queue since the first drop) is
+closed with 4008. Frames that must not be lost (acks,
 errors, welcome) are never dropped; their number is bounded by the per-connection message
 rate limit.
 """
@@ -39,7 +40,10 @@ class Outbox:
         self._lag_notice = lag_notice
         self._on_drop = on_drop
         self._wakeup = asyncio.Event()
+        self.closed = asyncio.Event()
+        """Set by ``close``: the owner must close the socket even if a write is stuck."""
         self._full_since: float | None = None
+        self._deadline: asyncio.TimerHandle | None = None
         self.dropped = 0
         self.dropped_total = 0
         self.close_code: CloseCode | None = None
@@ -53,11 +57,11 @@ class Outbox:
         if self.close_code is not None:
             return False
         if droppable and len(self._frames) >= self._frames_max:
-            now = time.monotonic()
             if self._full_since is None:
-                self._full_since = now
-            elif now - self._full_since > self._lagging_s_max:
-                self.close(CloseCode.SLOW_CONSUMER, "too slow: reconnect and resume")
+                self._full_since = time.monotonic()
+                self._deadline = asyncio.get_running_loop().call_later(
+                    self._lagging_s_max, self._check_lagging
+                )
             self.dropped += 1
             self.dropped_total += 1
             if self._on_drop:
@@ -67,6 +71,11 @@ class Outbox:
         self._wakeup.set()
         return True
 
+    def _check_lagging(self) -> None:
+        self._deadline = None
+        if self._full_since is not None:
+            self.close(CloseCode.SLOW_CONSUMER, "too slow: reconnect and resume")
+
     def close(self, code: CloseCode, reason: str) -> None:
         """Ask the writer to stop; the owner closes the socket with ``close_code``."""
         if self.close_code is None:
@@ -74,6 +83,9 @@ class Outbox:
             self.close_reason = reason
             self._frames.clear()
             self._wakeup.set()
+            self.closed.set()
+            if self._deadline is not None:
+                self._deadline.cancel()
 
     async def run(self) -> None:
         """Write queued frames until closed. Returns when ``close`` was called."""
@@ -85,8 +97,7 @@ class Outbox:
                 continue
             await self._send(frames.popleft())
             if self.dropped and len(frames) < self._frames_max // 2:
+                # Caught up: say how much was missed (the client may resume from the feed).
                 notice, self.dropped = self._lag_notice(self.dropped), 0
                 self._full_since = None
                 await self._send(notice)
-            elif self._full_since is not None and len(frames) < self._frames_max:
-                self._full_since = None

@@ -66,7 +66,7 @@ def _run_uvicorn(settings: Settings, url: str, host: str, port: int, workers: in
         host=host,
         port=port,
         workers=workers,
-        ws="websockets-sansio",
+        ws="server.web.uvicorn_ws:BoundedWebSocketProtocol",
         ws_max_size=settings.limits.frame_bytes_max,
         ws_per_message_deflate=False,
         log_level=settings.log_level.lower(),
@@ -117,7 +117,8 @@ def _banner(settings: Settings, host: str, port: int) -> str:
     lines = [
         "",
         "giftwire demo is starting",
-        f"  stream '{DEMO_STREAM}' is live; {', '.join(DEMO_VIEWERS)} have {DEMO_COINS:,} coins each",
+        f"  stream '{DEMO_STREAM}' is live;"
+        f" {', '.join(DEMO_VIEWERS)} have {DEMO_COINS:,} coins each",
         "",
         "Open in a browser:",
     ]

@@ -185,8 +185,10 @@ class _Session:
             self.room = await hub.join(self.connection, self.stream_id)
             await self._welcome()
             reader = asyncio.get_running_loop().create_task(self._read())
-            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-            if writer in done and not reader.done():
+            closing = asyncio.get_running_loop().create_task(self.outbox.closed.wait())
+            await asyncio.wait({reader, writer, closing}, return_when=asyncio.FIRST_COMPLETED)
+            closing.cancel()
+            if not reader.done():
                 reader.cancel()
             close_code, reason = await self._outcome(reader, writer)
         except UnavailableError:
@@ -291,8 +293,8 @@ class _Session:
     async def _handle(self, message: SendGift | Resume | Ping) -> None:
         if isinstance(message, SendGift):
             if len(self.gift_tasks) >= IN_FLIGHT_GIFTS_MAX:
-                self._error(ErrorCode.RATE_LIMITED, message.client_id, "too many gifts in flight")
-                return
+                # Backpressure: stop reading this socket until one of its gifts is done.
+                await asyncio.wait(self.gift_tasks, return_when=asyncio.FIRST_COMPLETED)
             task = asyncio.get_running_loop().create_task(self._send_gift(message))
             self.gift_tasks.add(task)
             task.add_done_callback(self.gift_tasks.discard)

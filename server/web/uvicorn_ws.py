@@ -1,0 +1,35 @@
+"""uvicorn's sans-I/O websockets protocol with bounded per-connection send buffers.
+
+On loopback and fast links Linux grows a socket's send buffer up to several MiB, so a viewer
+that stops reading can hold megabytes of kernel memory before the server notices it is
+slow. Setting SO_SNDBUF fixes that buffer (and turns off its autotuning) and lowering the
+transport's high-water mark makes backpressure reach the connection's outbox early, where
+the documented lag/4008 policy applies. ``GIFTWIRE_SOCKET_SEND_BUFFER_BYTES`` sets both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+SEND_BUFFER_ENV = "GIFTWIRE_SOCKET_SEND_BUFFER_BYTES"
+SEND_BUFFER_BYTES_DEFAULT = 64 * 1024
+
+
+def _send_buffer_bytes() -> int:
+    raw = os.environ.get(SEND_BUFFER_ENV, "")
+    return int(raw) if raw.isdigit() else SEND_BUFFER_BYTES_DEFAULT
+
+
+class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        limit = _send_buffer_bytes()
+        sock = transport.get_extra_info("socket")
+        if sock is not None and limit > 0:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limit)
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.set_write_buffer_limits(high=limit, low=limit // 4)
+        super().connection_made(transport)

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server.ledger.embedded import RedisProcess
+from server.ledger.keys import Keys
+from tests.support.servers import ServerProcess
+
+# Rate limits high enough that tests of other behaviour are never throttled.
+FAST = {
+    "GIFTWIRE_GIFTS_PER_S_MAX": "10000",
+    "GIFTWIRE_GIFT_BURST_MAX": "10000",
+    "GIFTWIRE_MESSAGES_PER_S_MAX": "10000",
+}
+
+
+@pytest.fixture
+def two_servers(
+    redis_server: RedisProcess, keys: Keys, tmp_path: Path
+) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    servers = [ServerProcess(redis_server.url, keys.prefix, tmp_path, **FAST) for _ in range(2)]
+    try:
+        for server in servers:
+            server.start()
+        yield servers[0], servers[1]
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture
+def server(redis_server: RedisProcess, keys: Keys, tmp_path: Path) -> Iterator[ServerProcess]:
+    process = ServerProcess(redis_server.url, keys.prefix, tmp_path, **FAST)
+    try:
+        process.start()
+        yield process
+    finally:
+        process.stop()

@@ -1,0 +1,213 @@
+"""Real giftwire server processes for end-to-end tests, and clients that talk to them."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+
+from server.domain.accounts import Role
+from server.ledger.embedded import free_port
+from server.web.auth import issue_token
+
+JWT_SECRET = "test-secret-" + "x" * 40
+WEBHOOK_SECRET = "webhook-secret-for-tests"
+REPO = Path(__file__).resolve().parents[2]
+
+
+class ServerProcess:
+    """``giftwire serve`` in a child process on a free port."""
+
+    def __init__(self, redis_url: str, key_prefix: str, log_dir: Path, **env: str) -> None:
+        self.port = free_port()
+        self.redis_url = redis_url
+        self.key_prefix = key_prefix
+        self.log_path = log_dir / f"server-{self.port}.log"
+        self.env = {
+            **os.environ,
+            "GIFTWIRE_REDIS_URL": redis_url,
+            "GIFTWIRE_KEY_PREFIX": key_prefix,
+            "GIFTWIRE_JWT_SECRET": JWT_SECRET,
+            "GIFTWIRE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "GIFTWIRE_STATS_INTERVAL_S": "0.5",
+            "GIFTWIRE_LOG_LEVEL": "warning",
+            **env,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws_url(self, stream_id: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/streams/{stream_id}"
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port)],
+                env=self.env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.http + "/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server not ready:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def token(
+    user: str, role: Role = Role.VIEWER, *, ttl_s: int = 3600, name: str | None = None
+) -> str:
+    return issue_token(JWT_SECRET, user, role, name=name or user.title(), ttl_s=ttl_s)
+
+
+def http_json(
+    method: str,
+    url: str,
+    body: object = None,
+    *,
+    bearer: str | None = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+) -> tuple[int, Any]:
+    data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("content-type", "application/json")
+    if bearer:
+        request.add_header("authorization", f"Bearer {bearer}")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, orjson.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, orjson.loads(error.read() or b"null")
+
+
+def signed_webhook(
+    server: ServerProcess, event: dict[str, object], secret: str = WEBHOOK_SECRET
+) -> tuple[int, Any]:
+    body = orjson.dumps(event)
+    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return http_json(
+        "POST",
+        server.http + "/api/webhooks/payments",
+        raw=body,
+        headers={"x-giftwire-signature": signature},
+    )
+
+
+class Client:
+    """A WebSocket client speaking JSON or msgpack, with helpers to wait for messages."""
+
+    def __init__(self, ws: ClientConnection, fmt: str) -> None:
+        self.ws = ws
+        self.fmt = fmt
+        self.welcome: dict[str, Any] = {}
+        self.backlog: list[dict[str, Any]] = []
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.fmt == "msgpack":
+            await self.ws.send(msgpack.packb(message))
+        else:
+            await self.ws.send(orjson.dumps(message).decode())
+
+    async def recv(self, timeout_s: float = 10.0) -> dict[str, Any]:
+        """The next message: first any that ``recv_type`` set aside, then from the socket."""
+        if self.backlog:
+            return self.backlog.pop(0)
+        return await self._read(timeout_s)
+
+    async def _read(self, timeout_s: float) -> dict[str, Any]:
+        raw = await asyncio.wait_for(self.ws.recv(), timeout_s)
+        if self.fmt == "msgpack":
+            assert isinstance(raw, bytes), "msgpack connections get binary frames"
+            return dict(msgpack.unpackb(raw))
+        assert isinstance(raw, str), "JSON connections get text frames"
+        return dict(orjson.loads(raw))
+
+    async def recv_type(self, *types: str, timeout_s: float = 10.0) -> dict[str, Any]:
+        """The next message of one of ``types``; others are set aside for later, not lost
+        (stats and leaderboard updates are simply dropped, they come again)."""
+        for i, message in enumerate(self.backlog):
+            if message["type"] in types:
+                return self.backlog.pop(i)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            message = await self._read(max(left, 0.01))
+            if message["type"] in types:
+                return message
+            if message["type"] not in ("stats", "leaderboard"):
+                self.backlog.append(message)
+
+    async def gifts(self, count: int, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+        """Collect ``count`` gift events, unpacking coalesced ``gifts`` frames."""
+        events: list[dict[str, Any]] = []
+        while len(events) < count:
+            message = await self.recv_type("gift", "gifts", timeout_s=timeout_s)
+            events.extend(message["events"] if message["type"] == "gifts" else [message])
+        return events
+
+
+@asynccontextmanager
+async def client(
+    server: ServerProcess,
+    stream_id: str,
+    bearer: str,
+    *,
+    fmt: str = "json",
+    extra_protocols: Sequence[str] = (),
+) -> AsyncIterator[Client]:
+    protocols = [f"giftwire.{fmt}", f"bearer.{bearer}", *extra_protocols]
+    async with connect(
+        server.ws_url(stream_id),
+        subprotocols=protocols,
+        compression=None,  # type: ignore[arg-type]
+        open_timeout=10,
+        close_timeout=2,
+    ) as ws:
+        c = Client(ws, fmt)
+        c.welcome = await c.recv_type("welcome")
+        yield c
