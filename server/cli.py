@@ -73,8 +73,13 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
-    for name, default, _ in settings_table():
-        print(f"{name:<40}{default}")
+    if args.markdown:
+        print("| variable | default | meaning |\n|---|---|---|")
+        for name, default, meaning in settings_table():
+            print(f"| `{name}` | {default and f'`{default}`'} | {meaning} |")
+        return 0
+    for name, default, meaning in settings_table():
+        print(f"{name:<36}{default:<14}{meaning}")
     return 0
 
 
@@ -85,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--json", action="store_true", help="one JSON object on stdout")
     rec.set_defaults(func=cmd_reconcile)
     st = sub.add_parser("settings", help="list every GIFTWIRE_* setting and its default")
+    st.add_argument("--markdown", action="store_true", help="as the README's table")
     st.set_defaults(func=cmd_settings)
     add_commands(sub)
     return parser

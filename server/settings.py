@@ -46,6 +46,8 @@ class Settings:
     creator_share_bps: int = 5_000
     cents_per_100_diamonds: int = 50
     log_level: str = "info"
+    socket_send_buffer_bytes: int = 64 * 1024
+    """Kernel send buffer of each WebSocket (read by ``server/web/uvicorn_ws.py``)."""
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -137,12 +139,53 @@ def _check(s: Settings, errors: list[str]) -> None:
         errors.append(f"{env_name('frame_bytes_max')}: at least 256")
 
 
+DESCRIPTIONS: dict[str, str] = {
+    "redis_url": "Redis holding the ledger; unset: a private redis-server with AOF in data_dir",
+    "data_dir": "embedded Redis data, demo secrets, multiprocess metrics",
+    "key_prefix": "prefix of every Redis key",
+    "jwt_secret": "HS256 secret of access tokens, 32+ characters (required by serve)",
+    "webhook_secret": "HMAC-SHA256 secret of the payment webhook",
+    "catalog_path": "gift catalog JSON file; unset: the built-in catalog",
+    "allowed_origins": "comma-separated browser origins for WebSockets; empty: same host; *: any",
+    "demo_pages": "serve client_demo pages under /demo/",
+    "batch_ms": "coalescing tick of hot rooms (ms)",
+    "hot_room_events_per_s": "events per second above which a room coalesces",
+    "stats_interval_s": "how often stats and leaderboard updates are sent (s)",
+    "creator_share_bps": "creator's share of each gift in basis points (5000 = 50 %)",
+    "cents_per_100_diamonds": "payout per 100 diamonds cashed out (cents)",
+    "log_level": "debug, info, warning or error",
+    "socket_send_buffer_bytes": "kernel send buffer per WebSocket (bounds a stalled viewer)",
+    "frame_bytes_max": "largest incoming WebSocket message (bytes; larger: close 1009)",
+    "json_depth_max": "deepest nesting in a message",
+    "string_length_max": "longest string in a message",
+    "messages_per_s_max": "messages per connection per second (burst: 2 s worth)",
+    "connections_per_user_max": "open WebSockets per user, per process",
+    "connections_per_ip_max": "open WebSockets per client address, per process",
+    "send_queue_frames_max": "frames queued for one viewer before frames are dropped",
+    "lagging_s_max": "how long a viewer may stay at its queue limit before close 4008 (s)",
+    "gifts_per_s_max": "gifts per user per second, across all processes",
+    "gift_burst_max": "burst of the per-user gift rate",
+    "daily_spend_coins_max": "default daily spending cap per user (coins; 0: none)",
+    "feed_events_max": "gift events kept per stream for resume and history",
+    "resume_events_max": "most events replayed by one resume or gap repair",
+    "batch_events_max": "most gift events in one coalesced frame",
+    "redis_timeout_s": "timeout of each Redis round trip on the hot path (s)",
+    "pipeline_calls_max": "most scripts in one pipeline",
+    "pipelines_in_flight_max": "pipelines in flight at once (ordered lanes)",
+    "receipt_ttl_s": "how long gift receipts are kept for retries (s)",
+    "combo_window_ms": "same gift from the same sender within this window counts as a combo",
+    "cashout_diamonds_min": "smallest cash-out (diamonds)",
+}
+
+
 def settings_table() -> list[tuple[str, str, str]]:
     """(variable, default, description) for every setting."""
     rows: list[tuple[str, str, str]] = []
     defaults = Settings()
     for f in _SCALARS:
-        rows.append((env_name(f.name), str(getattr(defaults, f.name)), ""))
+        default = getattr(defaults, f.name)
+        shown = "" if default in (None, "", ()) else str(default)
+        rows.append((env_name(f.name), shown, DESCRIPTIONS[f.name]))
     for f in dataclasses.fields(Limits):
-        rows.append((env_name(f.name), str(getattr(defaults.limits, f.name)), ""))
+        rows.append((env_name(f.name), str(getattr(defaults.limits, f.name)), DESCRIPTIONS[f.name]))
     return rows

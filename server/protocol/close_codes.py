@@ -9,12 +9,10 @@ class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
     """The server is shutting down: reconnect (to another process) and resume."""
-    PROTOCOL_ERROR = 1002
-    UNSUPPORTED_DATA = 1003
-    """A frame of the wrong kind (binary on a JSON connection or the reverse)."""
-    POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
+    # 4001, 4003, 4004 and 4009 are reserved: today those refusals happen at the handshake,
+    # as HTTP 401, 403, 404 and 429 (docs/protocol.md).
     UNAUTHORIZED = 4001
     """The token is missing, invalid or expired: get a new one, then reconnect."""
     FORBIDDEN = 4003

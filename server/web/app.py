@@ -70,6 +70,18 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(routes=routes, lifespan=lifespan)  # type: ignore[arg-type]
 
 
+def configure_logging(level: str) -> None:
+    """Send giftwire's own log lines to stderr next to uvicorn's, at ``level``."""
+    logger = logging.getLogger("giftwire")
+    logger.setLevel(level.upper())
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        logger.addHandler(handler)
+
+
 def create_app_from_env() -> Starlette:
     """uvicorn factory: ``uvicorn --factory server.web.app:create_app_from_env``."""
-    return create_app(load_settings())
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

@@ -16,7 +16,7 @@ import socket
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 SEND_BUFFER_ENV = "GIFTWIRE_SOCKET_SEND_BUFFER_BYTES"
-SEND_BUFFER_BYTES_DEFAULT = 64 * 1024
+SEND_BUFFER_BYTES_DEFAULT = 64 * 1024  # Settings.socket_send_buffer_bytes
 
 
 def _send_buffer_bytes() -> int:
