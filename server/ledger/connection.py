@@ -53,7 +53,7 @@ def ledger_redis_url(redis_url: str | None, data_dir: Path) -> Iterator[str]:
     if existing:
         yield existing
         return
-    server = RedisProcess(redis_dir)
+    server = RedisProcess(redis_dir, die_with_parent=True)
     server.start()
     (redis_dir / _PORT_FILE).write_text(str(server.port))
     try:

@@ -39,6 +39,18 @@ def find_redis_server() -> str:
     )
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when its parent dies, so that a
+    ``kill -9`` of giftwire does not leave an orphaned redis-server behind."""
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the embedded Redis outlives a hard-killed parent
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -61,12 +73,16 @@ class RedisProcess:
         appendfsync: str = "everysec",
         maxmemory: str | None = None,
         extra_args: tuple[str, ...] = (),
+        die_with_parent: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.appendfsync = appendfsync
         self.maxmemory = maxmemory
         self.extra_args = extra_args
+        # Linux ties the death signal to the *thread* that started the child: only for
+        # processes started from the main thread of a long-lived parent (the CLI).
+        self.die_with_parent = die_with_parent
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -92,7 +108,10 @@ class RedisProcess:
     def start(self, timeout_s: float = 10.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            self.command(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent if self.die_with_parent else None,
         )
         self._wait_ready(timeout_s)
 

@@ -9,6 +9,7 @@ import dataclasses
 import os
 import secrets
 import shutil
+import signal
 import sys
 
 import orjson
@@ -16,7 +17,7 @@ import uvicorn
 
 from server.domain.accounts import Role
 from server.domain.catalog import load_catalog
-from server.domain.errors import LedgerRefusal
+from server.domain.errors import ErrorCode, LedgerRefusal
 from server.ledger.connection import ledger_redis_url, make_client
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
@@ -51,7 +52,15 @@ def _demo_secrets(settings: Settings) -> Settings:
     )
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _run_uvicorn(settings: Settings, url: str, host: str, port: int, workers: int) -> int:
+    # uvicorn re-raises the signal that stopped it once it has shut down. With the default
+    # SIGTERM disposition that would kill this process on the spot and orphan the embedded
+    # redis-server; raising SystemExit instead unwinds through ``ledger_redis_url``.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     os.environ[env_name("redis_url")] = url
     os.environ[env_name("jwt_secret")] = settings.jwt_secret
     os.environ[env_name("webhook_secret")] = settings.webhook_secret
@@ -91,24 +100,31 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         return _run_uvicorn(settings, url, args.host, args.port, args.workers)
 
 
-async def seed_demo(settings: Settings, url: str) -> None:
-    """Idempotent: a demo creator with a live stream and three viewers with coins."""
+async def seed_demo(settings: Settings, url: str) -> str:
+    """Idempotent: a demo creator with a live stream and three viewers with coins.
+
+    Returns the live stream's id: ``demo``, or ``demo-2``, ``demo-3``… when an earlier demo
+    stream was ended (an ended stream stays ended).
+    """
     redis = make_client(url, timeout_s=5)
     try:
         ledger = Ledger(redis, keys=Keys(settings.key_prefix), limits=settings.limits)
         await ledger.prepare(load_catalog(settings.catalog_path))
-        # A demo stream ended earlier stays ended (stream_exists): gifts are then refused.
-        with contextlib.suppress(LedgerRefusal):
-            await ledger.start_stream(
-                stream_id=DEMO_STREAM, creator_id=DEMO_CREATOR, title="giftwire demo stream"
-            )
         for viewer in DEMO_VIEWERS:
             await ledger.top_up(payment_id=f"demo-{viewer}", user_id=viewer, coins=DEMO_COINS)
+        for attempt in range(1, 1000):
+            stream_id = DEMO_STREAM if attempt == 1 else f"{DEMO_STREAM}-{attempt}"
+            with contextlib.suppress(LedgerRefusal):
+                await ledger.start_stream(
+                    stream_id=stream_id, creator_id=DEMO_CREATOR, title="giftwire demo stream"
+                )
+                return stream_id
+        raise LedgerRefusal(ErrorCode.STREAM_EXISTS, "no free demo stream id")
     finally:
         await redis.aclose()
 
 
-def _banner(settings: Settings, host: str, port: int) -> str:
+def _banner(settings: Settings, host: str, port: int, stream: str) -> str:
     base = f"http://{host}:{port}"
     secret = settings.jwt_secret
     creator = issue_token(
@@ -117,8 +133,7 @@ def _banner(settings: Settings, host: str, port: int) -> str:
     lines = [
         "",
         "giftwire demo is starting",
-        f"  stream '{DEMO_STREAM}' is live;"
-        f" {', '.join(DEMO_VIEWERS)} have {DEMO_COINS:,} coins each",
+        f"  stream '{stream}' is live; {', '.join(DEMO_VIEWERS)} have {DEMO_COINS:,} coins each",
         "",
         "Open in a browser:",
     ]
@@ -126,14 +141,12 @@ def _banner(settings: Settings, host: str, port: int) -> str:
         token = issue_token(
             secret, viewer, Role.VIEWER, name=viewer.title(), ttl_s=DEMO_TOKEN_TTL_S
         )
-        lines.append(
-            f"  viewer {viewer:<6} {base}/demo/viewer.html?stream={DEMO_STREAM}#token={token}"
-        )
+        lines.append(f"  viewer {viewer:<6} {base}/demo/viewer.html?stream={stream}#token={token}")
     lines += [
-        f"  creator       {base}/demo/creator.html?stream={DEMO_STREAM}#token={creator}",
-        f"  OBS overlay   {base}/demo/overlay.html?stream={DEMO_STREAM}#token={creator}",
+        f"  creator       {base}/demo/creator.html?stream={stream}#token={creator}",
+        f"  OBS overlay   {base}/demo/overlay.html?stream={stream}#token={creator}",
         "",
-        f"WebSocket: ws://{host}:{port}/ws/streams/{DEMO_STREAM} (subprotocol bearer.<token>)",
+        f"WebSocket: ws://{host}:{port}/ws/streams/{stream} (subprotocol bearer.<token>)",
         "More tokens: giftwire token --user NAME --role viewer",
         f"  (secrets in {settings.data_dir / SECRETS_FILE})",
         "",
@@ -144,8 +157,8 @@ def _banner(settings: Settings, host: str, port: int) -> str:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     settings = _demo_secrets(settings)
     with ledger_redis_url(settings.redis_url, settings.data_dir) as url:
-        asyncio.run(seed_demo(settings, url))
-        print(_banner(settings, args.host, args.port), file=sys.stderr)
+        stream = asyncio.run(seed_demo(settings, url))
+        print(_banner(settings, args.host, args.port, stream), file=sys.stderr)
         return _run_uvicorn(settings, url, args.host, args.port, 1)
 
 
