@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -267,9 +268,15 @@ class Ledger:
         return [fields[b"e"] for _, fields in rows]
 
     async def ping(self) -> bool:
+        """True when Redis answers within the call timeout and holds every script.
+
+        Scripts lost by a Redis restart are loaded again here, so readiness comes back by
+        itself. Bounded by ``redis_timeout_s``: the client's own retries of a refused
+        connection would otherwise hold a readiness probe for seconds.
+        """
         try:
-            async with _redis_errors():
-                return bool(await self.redis.ping()) and await self.runner.scripts_loaded()
+            async with _redis_errors(), asyncio.timeout(self.limits.redis_timeout_s):
+                return bool(await self.redis.ping()) and await self.runner.ensure_loaded()
         except UnavailableError:
             return False
 

@@ -107,6 +107,19 @@ class ScriptRunner:
         exists = await self.redis.script_exists(*shas)
         return all(exists)
 
+    async def ensure_loaded(self) -> bool:
+        """Load every script again if Redis lost its script cache (a restart, SCRIPT FLUSH).
+
+        Calls reload on NOSCRIPT by themselves; this lets a readiness check turn green again
+        after a restart even when no call has been made since. True when all are loaded.
+        """
+        if await self.scripts_loaded():
+            return True
+        log.warning("Redis lost the ledger scripts (restarted?); loading them again")
+        for script in self.scripts.values():
+            await self._load(script)
+        return await self.scripts_loaded()
+
     def script(self, name: ScriptName) -> LuaScript:
         return self.scripts[name]
 

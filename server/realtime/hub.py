@@ -170,10 +170,16 @@ class Hub:
 
     async def _read_forever(self) -> None:
         backoff_s = 0.05
+        lost = False
         while True:
             await self._has_rooms.wait()
-            pubsub = await self._ensure_pubsub()
             try:
+                if lost:
+                    # Until a resubscribe succeeds: a failed one leaves a pubsub with no
+                    # channels, which no read would ever notice.
+                    await self._resubscribe()
+                    lost = False
+                pubsub = await self._ensure_pubsub()
                 if not pubsub.subscribed:
                     await asyncio.sleep(0.01)
                     continue
@@ -184,23 +190,23 @@ class Hub:
                     self._dispatch(message)
             except _REDIS_DOWN as e:
                 self.pubsub_connected = False
-                log.warning("pub/sub connection lost (%s); reconnecting", e)
+                if not lost:
+                    log.warning("pub/sub connection lost (%s); reconnecting", e)
+                lost = True
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 2.0)
-                await self._resubscribe()
 
     async def _resubscribe(self) -> None:
+        """Subscribe a new pubsub to every room; raises (Redis still down) to be retried."""
         old, self._pubsub = self._pubsub, None
         if old is not None:
             with contextlib.suppress(Exception):
                 await old.aclose()  # type: ignore[no-untyped-call]
         if not self._channels:
             return
-        try:
-            pubsub = await self._ensure_pubsub()
-            await pubsub.subscribe(*self._channels)
-        except _REDIS_DOWN:
-            return  # the next read fails again and retries
+        pubsub = await self._ensure_pubsub()
+        await pubsub.subscribe(*self._channels)
+        log.warning("pub/sub connection back; reading missed events from the feeds")
         for room in list(self.rooms.values()):
             # Anything published while we were away is in the feed.
             if not room.fetching:
