@@ -49,6 +49,7 @@ class Peer:
         self.fmt = fmt
         self.welcome: dict[str, Any] = {}
         self.acks: dict[str, dict[str, Any]] = {}
+        self.ack_log: list[dict[str, Any]] = []
         self.errors: dict[str | None, list[dict[str, Any]]] = {}
         self.seqs: list[int] = []
         self.other: list[dict[str, Any]] = []
@@ -113,6 +114,7 @@ class Peer:
             self._welcomed.set()
         elif kind == "gift_ack":
             self.acks[message["id"]] = message
+            self.ack_log.append(message)
         elif kind == "error":
             self.errors.setdefault(message.get("id"), []).append(message)
         elif kind == "gift":
@@ -150,6 +152,22 @@ class Peer:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
+
+
+async def fire(peer: Peer, prefix: str, stop: asyncio.Event, window: int = 16) -> list[str]:
+    """Send rose gifts with ids ``prefix-0, prefix-1, …`` until ``stop``, at most ``window``
+    unanswered at a time. Returns every id sent."""
+    sent: list[str] = []
+    while not stop.is_set() and not peer.closed.is_set():
+        if len(sent) - len(peer.acks) - len(peer.errors) >= window:
+            peer.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(peer.changed.wait(), 0.05)
+            continue
+        client_id = f"{prefix}-{len(sent)}"
+        sent.append(client_id)
+        await peer.send_gift(client_id)
+    return sent
 
 
 async def settle(

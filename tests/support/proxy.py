@@ -30,6 +30,7 @@ class CuttableProxy:
         self._marker: bytes | None = None
         self._doomed: set[asyncio.StreamWriter] = set()
         self._refusing = False
+        self._refuse_after_drop = False
         self._server: asyncio.Server | None = None
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -55,9 +56,12 @@ class CuttableProxy:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
 
-    def drop_reply_to(self, marker: bytes) -> None:
+    def drop_reply_to(self, marker: bytes, *, then_refuse: bool = False) -> None:
+        """Lose the reply to the request carrying ``marker``; with ``then_refuse``, refuse
+        new connections from that moment on (until ``refuse(False)``)."""
         self.dropped.clear()
         self._marker = marker
+        self._refuse_after_drop = then_refuse
 
     def refuse(self, refusing: bool) -> None:
         self._refusing = refusing
@@ -106,6 +110,7 @@ class CuttableProxy:
                 elif upstream is None and sink in self._doomed:
                     # The request was forwarded and Redis has answered: lose the answer.
                     self._doomed.discard(sink)
+                    self._refusing = self._refusing or self._refuse_after_drop
                     self.replies_dropped += 1
                     self.dropped.set()
                     break
