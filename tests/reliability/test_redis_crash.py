@@ -46,27 +46,32 @@ async def test_acknowledged_gifts_survive_a_redis_kill_and_retries_get_their_rec
     peers = [await Peer.open(server, token(user)) for user in senders]
     stop = asyncio.Event()
     try:
-        load = [asyncio.create_task(fire(peer, user, stop)) for peer, user in zip(peers, senders)]
+        load = [
+            asyncio.create_task(fire(peer, user, stop))
+            for peer, user in zip(peers, senders, strict=True)
+        ]
         await asyncio.sleep(LOAD_S)
         acked_before = sum(len(peer.acks) for peer in peers)
         own_redis.kill()  # SIGKILL, mid-load
         await asyncio.sleep(0.5)  # the load goes on against a dead Redis
         stop.set()
         sent = await asyncio.gather(*load)
-        for peer, ids in zip(peers, sent):
+        for peer, ids in zip(peers, sent, strict=True):
             await peer.wait_replies(ids)
         acked = {
-            (user, i): dict(peer.acks[i]) for peer, user in zip(peers, senders) for i in peer.acks
+            (user, i): dict(peer.acks[i])
+            for peer, user in zip(peers, senders, strict=True)
+            for i in peer.acks
         }
         unknown = [
             (user, i)
-            for peer, user, ids in zip(peers, senders, sent)
+            for peer, user, ids in zip(peers, senders, sent, strict=True)
             for i in ids
             if i not in peer.acks
         ]
         assert {
             (peer.reply(i) or {}).get("code")
-            for peer, _, ids in zip(peers, senders, sent)
+            for peer, _, ids in zip(peers, senders, sent, strict=True)
             for i in ids
             if i not in peer.acks
         } <= {"unavailable"}
@@ -80,7 +85,8 @@ async def test_acknowledged_gifts_survive_a_redis_kill_and_retries_get_their_rec
         # Every gift acknowledged to its sender is in the ledger, once.
         assert all(applied[key] == 1 for key in acked), "an acknowledged gift was lost"
         await assert_books_hold(ledger.redis, keys)
-        result = subprocess.run(
+        result = await asyncio.to_thread(
+            subprocess.run,
             [sys.executable, "-m", "server.cli", "reconcile", "--json"],
             cwd=REPO,
             env={**server.env},
@@ -92,7 +98,7 @@ async def test_acknowledged_gifts_survive_a_redis_kill_and_retries_get_their_rec
 
         # Every client retries every id it sent: acknowledged ones get their original
         # receipts; unanswered ones learn whether they were applied before the crash.
-        for peer, ids in zip(peers, sent):
+        for peer, ids in zip(peers, sent, strict=True):
             for i in list(peer.acks):
                 peer.acks.pop(i)
             await settle(peer, ids)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest
 
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
+from server.ledger.runner import StreamRows
 from tests.reliability.conftest import Spawn
 from tests.reliability.helpers import (
     Peer,
@@ -63,9 +65,9 @@ async def test_a_lost_reply_is_unavailable_and_the_retry_returns_the_original_re
         await settle(alice, ["lost-reply-1"], gift="perfume")
         ack = alice.acks["lost-reply-1"]
         assert ack["replayed"] and ack["balance"] == 980 and ack["coins"] == 20
-        entries = await ledger.redis.xrange(keys.ledger())
-        gift_entry = next(e for e in entries if e[1].get(b"client_id") == b"lost-reply-1")
-        assert ack["transfer_id"] == gift_entry[0].decode()
+        entries = cast(StreamRows, await ledger.redis.xrange(keys.ledger()))
+        entry_id = next(e for e, fields in entries if fields.get(b"client_id") == b"lost-reply-1")
+        assert ack["transfer_id"] == entry_id.decode()
         assert (await ledger.balance("alice")).coins == 980
     finally:
         await alice.close()
