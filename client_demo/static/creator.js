@@ -1,0 +1,322 @@
+// The creator dashboard: the live gift feed with running totals, the leaderboard, and the
+// start/end control. The feed is gapless and duplicate-free across reconnects: the socket
+// runs in ordered mode and resumes from the last sequence it handed over.
+
+import { Api, GiftSocket, el, emojiFor, errorText, fmt, pageConfig } from "./giftwire.js";
+
+const HISTORY_EVENTS = 50; // gifts shown from before the page was opened
+const FEED_ROWS_MAX = 200;
+const MINUTE_MS = 60_000;
+const END_CONFIRM_MS = 4000;
+
+const config = pageConfig();
+const $ = (id) => document.getElementById(id);
+const api = new Api(config.server, config.token);
+
+const state = {
+  stream: config.stream,
+  totals: { seq: -1, diamonds: 0, coins: 0, gifts: 0 },
+  wallet: { seq: -1, diamonds: null },
+  recent: [], // {ts, count} of the last minute's gifts
+  names: new Map(),
+  top: [],
+  live: false,
+  ended: false,
+  endArmed: null,
+  role: null,
+};
+let socket = null;
+
+function setValue(id, value, { bump = false } = {}) {
+  const node = $(id);
+  const text = fmt.format(value);
+  if (node.textContent === text) return;
+  node.textContent = text;
+  node.dataset.value = String(value);
+  if (bump) {
+    node.classList.remove("bump");
+    void node.offsetWidth;
+    node.classList.add("bump");
+  }
+}
+
+function renderTotals(bump = false) {
+  setValue("diamonds", state.totals.diamonds, { bump });
+  setValue("coins-total", state.totals.coins, { bump });
+  setValue("gifts-total", state.totals.gifts, { bump });
+  if (state.wallet.diamonds !== null) setValue("wallet", state.wallet.diamonds);
+  $("last-seq").textContent = socket?.lastSeq ? `up to #${socket.lastSeq}` : "";
+}
+
+function renderPerMinute() {
+  const since = Date.now() - MINUTE_MS;
+  state.recent = state.recent.filter((r) => r.ts > since);
+  setValue("per-minute", state.recent.reduce((sum, r) => sum + r.count, 0));
+}
+
+function renderTop() {
+  const list = $("top");
+  list.replaceChildren();
+  if (state.top.length === 0) {
+    list.append(el("li", { class: "empty", text: "No gifts yet." }));
+    return;
+  }
+  state.top.slice(0, 10).forEach((row, i) => {
+    list.append(
+      el(
+        "li",
+        { "data-user": row.user_id },
+        el("span", { class: "rank", text: String(i + 1) }),
+        el("span", { class: "who", text: state.names.get(row.user_id) ?? row.user_id }),
+        el("span", { class: "amount coin", text: fmt.format(row.coins) }),
+      ),
+    );
+  });
+}
+
+function timeOf(ms) {
+  return new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" });
+}
+
+function addFeedRow(row) {
+  const feed = $("feed");
+  feed.querySelector(".feed-empty")?.remove();
+  feed.prepend(row);
+  while (feed.children.length > FEED_ROWS_MAX) feed.lastElementChild.remove();
+}
+
+function onGift(event) {
+  state.names.set(event.sender_id, event.sender_name);
+  if (event.seq > state.totals.seq) {
+    state.totals.seq = event.seq;
+    state.totals.diamonds += event.diamonds;
+    state.totals.coins += event.coins;
+    state.totals.gifts += event.count;
+  }
+  if (event.seq > state.wallet.seq && state.wallet.diamonds !== null) {
+    state.wallet.seq = event.seq;
+    state.wallet.diamonds += event.diamonds;
+  }
+  if (event.ts > Date.now() - MINUTE_MS) state.recent.push({ ts: event.ts, count: event.count });
+  const combo = event.combo > event.count ? el("span", { class: "combo", text: `combo ×${fmt.format(event.combo)}` }) : "";
+  const count = event.count > 1 ? ` ×${fmt.format(event.count)}` : "";
+  const text = el("span", { class: "text" }, el("b", { text: event.sender_name }), ` sent ${event.gift_name ?? event.gift_id}${count}`, combo);
+  addFeedRow(
+    el(
+      "li",
+      {
+        class: `${(event.tier ?? 1) >= 3 ? "big " : ""}tier-${event.tier ?? 1}`,
+        "data-testid": "feed-row",
+        "data-seq": String(event.seq),
+        "data-gift": event.gift_id,
+        "data-sender": event.sender_id,
+      },
+      el("span", { class: "time", text: timeOf(event.ts) }),
+      el("span", { class: "gift-emoji emoji", text: emojiFor(event.animation) }),
+      text,
+      el("span", { class: "earn" }, `+${fmt.format(event.diamonds)} 💎`, el("small", { text: `#${event.seq}` })),
+    ),
+  );
+  renderTotals(true);
+  renderPerMinute();
+  renderTop();
+}
+
+function onGap(gap) {
+  const n = gap.to_seq - gap.from_seq + 1;
+  addFeedRow(el("li", { class: "gap", "data-testid": "feed-gap", text: `⋯ ${fmt.format(n)} older gift${n === 1 ? "" : "s"} (#${gap.from_seq}–#${gap.to_seq}) are no longer in the feed` }));
+}
+
+function onWelcome(welcome, { reconnected }) {
+  $("title").textContent = welcome.stream.title || welcome.stream.id;
+  $("stream-title").value ||= welcome.stream.title;
+  state.role = welcome.you.role;
+  if (!reconnected) {
+    state.totals = { seq: welcome.last_seq, diamonds: welcome.stream.diamonds, coins: 0, gifts: 0 };
+    refreshTotals();
+  }
+  // The wallet at welcome already holds every gift up to welcome.last_seq.
+  state.wallet = { seq: welcome.last_seq, diamonds: welcome.balance.diamonds };
+  state.top = welcome.top;
+  setLive(welcome.stream.state === "live");
+  renderTotals();
+  renderTop();
+  $("viewers").textContent = fmt.format(welcome.viewers);
+  if (state.role === "viewer") showMessage("This link has a viewer's token: going live and ending need a creator's.", true);
+}
+
+async function refreshTotals() {
+  // Coins and gift counts are not in the welcome; the stream's totals are.
+  const response = await api.stream(state.stream);
+  if (response.ok && response.body.last_seq >= state.totals.seq) {
+    const s = response.body;
+    state.totals = { seq: s.last_seq, diamonds: s.diamonds, coins: s.coins, gifts: s.gifts };
+    renderTotals();
+  }
+}
+
+function onMessage(message) {
+  switch (message.type) {
+    case "stats":
+      setValue("viewers", message.viewers);
+      if (message.last_seq >= state.totals.seq) {
+        state.totals = { seq: message.last_seq, diamonds: message.diamonds, coins: message.coins, gifts: message.gifts };
+        renderTotals();
+      }
+      break;
+    case "leaderboard":
+      state.top = message.top;
+      renderTop();
+      break;
+    case "stream":
+      setLive(message.state === "live");
+      break;
+    case "error":
+      showMessage(errorText(message.code, message.message), true);
+      break;
+    default:
+      break;
+  }
+}
+
+function setLive(live) {
+  state.live = live;
+  state.ended = !live;
+  const pill = $("live");
+  pill.textContent = live ? "live" : "ended";
+  pill.className = `pill ${live ? "live" : "ended"}`;
+  $("start").disabled = live;
+  $("end").disabled = !live;
+  $("stream-id").disabled = live;
+  if (!live) {
+    $("end").textContent = "End stream";
+    showMessage("The stream has ended. To go live again, pick a new stream id.", false);
+    $("stream-id").value = `${state.stream.replace(/-[a-z0-9]+$/, "")}-${Date.now().toString(36)}`.slice(0, 64);
+  } else {
+    hideMessage();
+  }
+}
+
+function showMessage(text, isError) {
+  const node = $("message");
+  node.textContent = text;
+  node.classList.toggle("info", !isError);
+  node.hidden = false;
+}
+
+function hideMessage() {
+  $("message").hidden = true;
+}
+
+const STATE_TEXT = {
+  connecting: "connecting…",
+  live: "connected",
+  reconnecting: "reconnecting…",
+  "no-stream": "not live",
+  denied: "not signed in",
+  stopped: "stopped",
+};
+
+function onState(name, detail) {
+  $("status").dataset.state = name;
+  $("status").textContent = STATE_TEXT[name] ?? name;
+  if (name === "no-stream") {
+    $("live").textContent = "offline";
+    $("live").className = "pill";
+    $("start").disabled = false;
+    $("end").disabled = true;
+    $("stream-id").disabled = false;
+    showMessage(`Stream “${state.stream}” has not started. Give it a title and go live.`, false);
+  } else if (name === "denied") {
+    showMessage(errorText(detail?.code ?? "unauthorized"), true);
+  }
+}
+
+function connect(streamId) {
+  socket?.stop();
+  state.stream = streamId;
+  state.totals = { seq: -1, diamonds: 0, coins: 0, gifts: 0 };
+  state.recent = [];
+  state.top = [];
+  $("feed").replaceChildren(el("li", { class: "feed-empty", text: "Gifts show up here the moment they are sent." }));
+  $("stream-id").value = streamId;
+  socket = new GiftSocket({
+    server: config.server,
+    stream: streamId,
+    token: config.token,
+    ordered: true,
+    historyEvents: HISTORY_EVENTS,
+    callbacks: { onState, onWelcome, onGift, onGap, onMessage },
+  });
+  window.giftwire = { socket, state };
+  renderTotals();
+  renderTop();
+  socket.start();
+}
+
+async function start() {
+  const id = $("stream-id").value.trim();
+  if (!/^[A-Za-z0-9_.:-]{1,64}$/.test(id)) {
+    showMessage("A stream id is 1-64 letters, digits or _ . : -", true);
+    return;
+  }
+  $("start").disabled = true;
+  const response = await api.startStream(id, $("stream-title").value.trim());
+  if (!response.ok) {
+    $("start").disabled = false;
+    const error = response.body?.error ?? {};
+    showMessage(errorText(error.code, error.message), true);
+    return;
+  }
+  hideMessage();
+  if (id !== state.stream) {
+    const url = new URL(location.href);
+    url.searchParams.set("stream", id);
+    history.replaceState(null, "", url); // the fragment (the token) stays as it is
+    connect(id);
+  } else {
+    socket.start();
+  }
+}
+
+async function end() {
+  const button = $("end");
+  if (!state.endArmed) {
+    button.textContent = "Click again to end";
+    state.endArmed = setTimeout(() => {
+      state.endArmed = null;
+      button.textContent = "End stream";
+    }, END_CONFIRM_MS);
+    return;
+  }
+  clearTimeout(state.endArmed);
+  state.endArmed = null;
+  button.disabled = true;
+  button.textContent = "End stream";
+  const response = await api.endStream(state.stream);
+  if (!response.ok) {
+    button.disabled = false;
+    const error = response.body?.error ?? {};
+    showMessage(errorText(error.code, error.message), true);
+    return;
+  }
+  setLive(false);
+}
+
+function main() {
+  if (!config.token) {
+    $("app").replaceChildren(el("div", { class: "notice" }));
+    $("app").firstChild.innerHTML =
+      "<h2>Open this page with a creator token</h2><p>Add <code>#token=…</code> to the address: "
+      + "<code>giftwire demo</code> prints a ready-made link, and "
+      + "<code>giftwire token --user NAME --role creator</code> makes more.</p>";
+    $("app").className = "";
+    return;
+  }
+  $("start").addEventListener("click", start);
+  $("end").addEventListener("click", end);
+  setInterval(renderPerMinute, 1000);
+  connect(config.stream);
+}
+
+main();

@@ -1,0 +1,389 @@
+// giftwire.js: what the demo pages share. Plain ES module, no build step.
+//
+//   pageConfig()   the stream id from ?stream=, the token from the URL fragment (#token=…).
+//                  A fragment is never sent to the server, so the token stays out of access
+//                  logs and Referer headers.
+//   Api            the HTTP API, with the token in the Authorization header.
+//   GiftSocket     one WebSocket to a stream that reconnects by itself, never sends a gift
+//                  twice (each gift keeps its client id until it is acked or refused) and,
+//                  in `ordered` mode, hands over gift events strictly in sequence across
+//                  reconnects by resuming from the last sequence it saw.
+//
+// The protocol is in docs/protocol.md; this file is meant to be copied.
+
+export const EMOJI = {
+  rose: "🌹", heart: "❤️", "finger-heart": "🫰", perfume: "🧴", doughnut: "🍩",
+  cap: "🧢", "hand-hearts": "🫶", corgi: "🐕", "money-gun": "💸", swan: "🦢",
+  galaxy: "🌌", fireworks: "🎆", whale: "🐋", motorcycle: "🏍️", "private-jet": "🛩️",
+  "sports-car": "🏎️", interstellar: "🚀", falcon: "🦅", nebula: "🌠", lion: "🦁",
+  universe: "🪐",
+};
+
+export function emojiFor(animation) {
+  return EMOJI[animation] ?? "🎁";
+}
+
+export const ERROR_TEXT = {
+  insufficient_funds: "Not enough coins for this gift.",
+  rate_limited: "Too many gifts too quickly: slow down a little.",
+  stream_not_live: "The stream has ended: gifts are no longer accepted.",
+  unknown_gift: "That gift is no longer in the catalog.",
+  self_gift: "Creators cannot send gifts to their own stream.",
+  spending_limit: "Your daily spending limit is reached.",
+  unknown_stream: "There is no stream with this id.",
+  unauthorized: "This link's token is missing or invalid: ask for a new link.",
+  token_expired: "This link's token has expired: ask for a new link.",
+  forbidden: "This page is not allowed here.",
+  too_many_connections: "Too many open tabs for this account: close one.",
+  stream_exists: "That stream id is taken (or has ended): pick another.",
+  not_stream_owner: "Only the stream's creator can do that.",
+  unavailable: "The server is busy; retrying…",
+};
+
+export function errorText(code, fallback) {
+  return ERROR_TEXT[code] ?? fallback ?? code;
+}
+
+export function pageConfig() {
+  const query = new URLSearchParams(location.search);
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  return {
+    query,
+    token: fragment.get("token") || "",
+    stream: query.get("stream") || "demo",
+    // Pages may be hosted apart from the server (the server must then list the page's
+    // origin in GIFTWIRE_ALLOWED_ORIGINS).
+    server: (query.get("server") || location.origin).replace(/\/+$/, ""),
+  };
+}
+
+export const fmt = new Intl.NumberFormat("en-US");
+
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (name === "class") node.className = value;
+    else if (name === "text") node.textContent = value;
+    else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+// Client ids must match [A-Za-z0-9_.:-]{1,64}. crypto.randomUUID() exists only in secure
+// contexts (https, localhost); getRandomValues works everywhere.
+export function newClientId(prefix = "web") {
+  const bytes = crypto.getRandomValues(new Uint8Array(10));
+  const random = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  return `${prefix}-${Date.now().toString(36)}-${random}`;
+}
+
+export class Api {
+  constructor(server, token) {
+    this.server = server;
+    this.token = token;
+  }
+
+  async request(method, path, body) {
+    const headers = { accept: "application/json" };
+    if (this.token) headers.authorization = `Bearer ${this.token}`;
+    if (body !== undefined) headers["content-type"] = "application/json";
+    const response = await fetch(this.server + path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: "no-store",
+    });
+    let data = null;
+    try {
+      data = await response.json();
+    } catch {
+      data = null;
+    }
+    return { status: response.status, ok: response.ok, body: data };
+  }
+
+  catalog() { return this.request("GET", "/api/catalog"); }
+  wallet() { return this.request("GET", "/api/me/wallet"); }
+  stream(id) { return this.request("GET", `/api/streams/${encodeURIComponent(id)}`); }
+  leaderboard(id) { return this.request("GET", `/api/streams/${encodeURIComponent(id)}/leaderboard`); }
+  startStream(id, title) { return this.request("POST", "/api/streams", { stream_id: id, title }); }
+  endStream(id) { return this.request("POST", `/api/streams/${encodeURIComponent(id)}/end`); }
+}
+
+const RETRY_DELAYS_MS = [250, 500, 1000, 2000, 4000, 8000];
+const RESEND_AFTER_MS = 4000; // no answer: the outcome is unknown, send again, same id
+const RETRIES_ON_REFUSAL_MAX = 3; // rate_limited and unavailable are retried, same id
+const HOLE_WAIT_MS = 1500; // ordered mode: how long an out-of-order event may wait
+const HELD_EVENTS_MAX = 5000;
+const PING_EVERY_MS = 15000;
+const PONG_WAIT_MS = 10000;
+
+/**
+ * One WebSocket to one stream, reconnecting with backoff.
+ *
+ * Callbacks (all optional): onState(state, detail), onWelcome(welcome, {reconnected}),
+ * onGift(event), onAck(ack, pendingGift), onRefused(error, pendingGift), onGap(gap),
+ * onMessage(message) for everything else (stats, leaderboard, stream, errors without id).
+ *
+ * States: "connecting", "live", "reconnecting", "no-stream", "denied" (bad token: stops),
+ * "stopped".
+ */
+export class GiftSocket {
+  constructor({ server, stream, token, ordered = false, historyEvents = 0, callbacks = {} }) {
+    this.url = server.replace(/^http/, "ws") + `/ws/streams/${encodeURIComponent(stream)}`;
+    this.api = new Api(server, token);
+    this.stream = stream;
+    this.token = token;
+    this.ordered = ordered;
+    this.historyEvents = historyEvents;
+    this.cb = callbacks;
+    this.ws = null;
+    this.state = "stopped";
+    this.lastSeq = null; // the highest gift sequence handed over
+    this.held = new Map(); // ordered mode: seq -> event waiting for the hole before it
+    this.holeTimer = null;
+    this.pending = new Map(); // client id -> {gift, count, sentAt, refusals}
+    this.attempt = 0;
+    this.welcomed = false;
+    this.retryTimer = null;
+    this.tickTimer = null;
+    this.pingSentAt = null;
+    this.lastPingAt = 0;
+  }
+
+  start() {
+    if (this.state !== "stopped" && this.state !== "no-stream") return;
+    this._connect();
+    this.tickTimer ??= setInterval(() => this._tick(), 1000);
+  }
+
+  stop() {
+    this._setState("stopped");
+    clearTimeout(this.retryTimer);
+    clearInterval(this.tickTimer);
+    this.tickTimer = null;
+    if (this.ws) this.ws.close(1000);
+  }
+
+  /** Send a new gift: a fresh client id per tap, kept until the gift is acked or refused. */
+  sendGift(gift, count = 1) {
+    const id = newClientId();
+    this.pending.set(id, { id, gift, count, sentAt: 0, refusals: 0 });
+    this._sendPending(id);
+    return id;
+  }
+
+  _send(message) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN && this.welcomed) {
+      this.ws.send(JSON.stringify(message));
+      return true;
+    }
+    return false;
+  }
+
+  _sendPending(id) {
+    const p = this.pending.get(id);
+    if (!p) return;
+    // Always the same id: if the first attempt was applied, the server replays its receipt.
+    if (this._send({ type: "send_gift", id, gift: p.gift, count: p.count })) {
+      p.sentAt = Date.now();
+    }
+  }
+
+  _setState(state, detail) {
+    this.state = state;
+    this.cb.onState?.(state, detail);
+  }
+
+  _connect() {
+    this._setState(this.attempt === 0 && this.lastSeq === null ? "connecting" : "reconnecting");
+    this.welcomed = false;
+    let ws;
+    try {
+      ws = new WebSocket(this.url, ["giftwire.json", `bearer.${this.token}`]);
+    } catch (error) {
+      this._setState("denied", { code: "invalid_request", message: String(error) });
+      return;
+    }
+    this.ws = ws;
+    ws.onmessage = (e) => {
+      if (ws !== this.ws) return;
+      let message;
+      try {
+        message = JSON.parse(e.data);
+      } catch {
+        return;
+      }
+      this._receive(message);
+    };
+    ws.onclose = (e) => {
+      if (ws !== this.ws) return;
+      this.ws = null;
+      this._closed(e);
+    };
+  }
+
+  async _closed(event) {
+    const welcomed = this.welcomed;
+    this.welcomed = false;
+    this.pingSentAt = null;
+    if (this.state === "stopped") return;
+    if (welcomed) this.attempt = 0;
+    this.attempt += 1;
+    this._setState("reconnecting", { code: event.code, reason: event.reason });
+    if (!welcomed) {
+      // A refused handshake reaches the page only as close code 1006; ask the HTTP API why.
+      const why = await this._diagnose();
+      if (this.state === "stopped") return;
+      if (why === "unauthorized" || why === "token_expired") {
+        this._setState("denied", { code: why });
+        return;
+      }
+      if (why === "unknown_stream") {
+        this._setState("no-stream", { code: why });
+        return;
+      }
+    }
+    const base = RETRY_DELAYS_MS[Math.min(this.attempt - 1, RETRY_DELAYS_MS.length - 1)];
+    const delay = event.code === 4029 ? 10000 : base * (0.75 + Math.random() / 2);
+    clearTimeout(this.retryTimer);
+    this.retryTimer = setTimeout(() => this._connect(), delay);
+  }
+
+  async _diagnose() {
+    try {
+      const wallet = await this.api.wallet();
+      if (wallet.status === 401) return wallet.body?.error?.code ?? "unauthorized";
+      const stream = await this.api.stream(this.stream);
+      if (stream.status === 404) return "unknown_stream";
+    } catch {
+      // The server is down: keep retrying.
+    }
+    return null;
+  }
+
+  _receive(message) {
+    switch (message.type) {
+      case "welcome":
+        return this._welcome(message);
+      case "gift":
+        return this._gifts([message]);
+      case "gifts":
+        return this._gifts(message.events);
+      case "gift_ack":
+        return this._ack(message);
+      case "error":
+        if (message.id && this.pending.has(message.id)) return this._refused(message);
+        return this.cb.onMessage?.(message);
+      case "gap":
+        return this._gap(message);
+      case "lag":
+        // Frames were dropped for us: fill the hole from the feed.
+        if (this.ordered && this.lastSeq !== null) this._send({ type: "resume", since: this.lastSeq });
+        return this.cb.onMessage?.(message);
+      case "pong":
+        this.pingSentAt = null;
+        return undefined;
+      default:
+        return this.cb.onMessage?.(message);
+    }
+  }
+
+  _welcome(welcome) {
+    this.welcomed = true;
+    const reconnected = this.lastSeq !== null;
+    if (this.ordered) {
+      if (this.lastSeq === null) this.lastSeq = Math.max(0, welcome.last_seq - this.historyEvents);
+      if (this.lastSeq < welcome.last_seq) this._send({ type: "resume", since: this.lastSeq });
+    } else {
+      // Viewers watch live: what played while they were away is not replayed.
+      this.lastSeq = Math.max(this.lastSeq ?? 0, welcome.last_seq);
+    }
+    this._setState("live");
+    this.cb.onWelcome?.(welcome, { reconnected });
+    for (const id of this.pending.keys()) this._sendPending(id);
+  }
+
+  _gifts(events) {
+    for (const event of events) {
+      if (event.seq <= (this.lastSeq ?? 0)) continue; // a duplicate: already handed over
+      if (!this.ordered || event.seq === this.lastSeq + 1) {
+        this.lastSeq = event.seq;
+        this.cb.onGift?.(event);
+      } else if (this.held.size < HELD_EVENTS_MAX) {
+        this.held.set(event.seq, event);
+      }
+    }
+    this._drainHeld();
+  }
+
+  _drainHeld() {
+    if (!this.ordered) return;
+    for (;;) {
+      const next = this.held.get(this.lastSeq + 1);
+      if (!next) break;
+      this.held.delete(next.seq);
+      this.lastSeq = next.seq;
+      this.cb.onGift?.(next);
+    }
+    for (const seq of this.held.keys()) if (seq <= this.lastSeq) this.held.delete(seq);
+    if (this.held.size === 0) {
+      clearTimeout(this.holeTimer);
+      this.holeTimer = null;
+    } else if (this.holeTimer === null) {
+      // Events after a hole: the resume we sent (or the next one) fills it.
+      this.holeTimer = setTimeout(() => {
+        this.holeTimer = null;
+        if (this.held.size > 0) this._send({ type: "resume", since: this.lastSeq });
+      }, HOLE_WAIT_MS);
+    }
+  }
+
+  _gap(gap) {
+    if (this.lastSeq !== null && gap.from_seq <= this.lastSeq + 1 && gap.to_seq > this.lastSeq) {
+      this.lastSeq = gap.to_seq;
+      this.cb.onGap?.(gap);
+      this._drainHeld();
+    }
+  }
+
+  _ack(ack) {
+    const p = this.pending.get(ack.id);
+    if (!p) return; // the answer to a re-send whose first answer already came
+    this.pending.delete(ack.id);
+    this.cb.onAck?.(ack, p);
+  }
+
+  _refused(error) {
+    const p = this.pending.get(error.id);
+    // rate_limited and unavailable change nothing (or nothing yet): retry, same id.
+    if ((error.code === "rate_limited" || error.code === "unavailable")
+        && p.refusals < RETRIES_ON_REFUSAL_MAX) {
+      p.refusals += 1;
+      const wait = error.detail?.retry_after_ms ?? 500 * p.refusals;
+      p.sentAt = Date.now() + wait; // hold the timed re-send off until then
+      setTimeout(() => this._sendPending(error.id), wait);
+      this.cb.onMessage?.({ ...error, retrying: true });
+      return;
+    }
+    this.pending.delete(error.id);
+    this.cb.onRefused?.(error, p);
+  }
+
+  _tick() {
+    if (!this.welcomed) return;
+    const now = Date.now();
+    // No answer yet (a message the server never read, say): same id again, never a new one.
+    for (const p of this.pending.values()) {
+      if (p.sentAt === 0 || now - p.sentAt > RESEND_AFTER_MS) this._sendPending(p.id);
+    }
+    if (this.pingSentAt !== null && now - this.pingSentAt > PONG_WAIT_MS) {
+      this.ws?.close(4000, "no pong"); // a dead connection: reconnect
+    } else if (this.pingSentAt === null && now - this.lastPingAt > PING_EVERY_MS) {
+      this.lastPingAt = now;
+      if (this._send({ type: "ping", id: "keepalive" })) this.pingSentAt = now;
+    }
+  }
+}

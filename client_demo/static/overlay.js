@@ -1,0 +1,185 @@
+// The OBS overlay: gift alerts and the top gifters over the creator's video.
+//
+// Query string options (all optional):
+//   stream=ID            the stream (default "demo")
+//   alerts=all|big|none  which gifts raise an alert card (big: tiers 3-4)       default all
+//   animations=1|0       play big gifts full screen                             default 1
+//   min_coins=N          only gifts worth at least N coins (price × count)      default 1
+//   gifts=rose,lion      only these gift ids                                   default any
+//   position=P           where alerts stack: top-left, top-right, bottom-left,
+//                        bottom-right, center                                  default top-left
+//   top=N                top gifters shown (0 hides the list)                   default 5
+//   top_position=P       where the list sits                                   default top-right
+//   duration_s=S         how long an alert stays                               default 5
+//   test=1               show sample alerts, to place the source in OBS
+// The token comes in the fragment (#token=…): use the creator's.
+
+import { GiftSocket, el, emojiFor, fmt, pageConfig } from "./giftwire.js";
+import { BigGiftQueue, isBig } from "./gifts.js";
+
+const POSITIONS = new Set(["top-left", "top-right", "bottom-left", "bottom-right", "center"]);
+const ALERTS_MAX = 4;
+
+const config = pageConfig();
+const q = config.query;
+const intParam = (name, fallback, low, high) => {
+  const value = Number.parseInt(q.get(name) ?? "", 10);
+  return Number.isFinite(value) ? Math.min(high, Math.max(low, value)) : fallback;
+};
+const options = {
+  alerts: ["all", "big", "none"].includes(q.get("alerts")) ? q.get("alerts") : "all",
+  animations: q.get("animations") !== "0",
+  minCoins: intParam("min_coins", 1, 0, 1e13),
+  gifts: q.get("gifts") ? new Set(q.get("gifts").split(",").map((s) => s.trim())) : null,
+  position: POSITIONS.has(q.get("position")) ? q.get("position") : "top-left",
+  top: intParam("top", 5, 0, 20),
+  topPosition: POSITIONS.has(q.get("top_position")) ? q.get("top_position") : "top-right",
+  durationMs: intParam("duration_s", 5, 1, 120) * 1000,
+  test: q.get("test") === "1",
+};
+
+const $ = (id) => document.getElementById(id);
+const names = new Map();
+const cards = new Map(); // sender:gift -> {node, timer, combo}
+const big = new BigGiftQueue($("big"));
+let top = [];
+let liveFrom = null; // gifts up to the first welcome's sequence are history: names only
+
+function wanted(event) {
+  if (event.coins < options.minCoins) return false;
+  if (options.gifts && !options.gifts.has(event.gift_id)) return false;
+  return true;
+}
+
+function alertFor(event) {
+  const key = `${event.sender_id}:${event.gift_id}`;
+  let card = cards.get(key);
+  if (!card) {
+    const combo = el("span", { class: "combo" });
+    const node = el(
+      "div",
+      { class: `alert-card tier-${event.tier ?? 1}`, "data-testid": "alert", "data-gift": event.gift_id },
+      el("span", { class: "gift-emoji emoji", text: emojiFor(event.animation) }),
+      el(
+        "span",
+        {},
+        el("div", { class: "who", text: event.sender_name }),
+        el("div", { class: "what", text: `sent ${event.gift_name ?? event.gift_id}` }),
+      ),
+      combo,
+    );
+    card = { node, combo, timer: null };
+    cards.set(key, card);
+    $("alerts").append(node);
+    while (cards.size > ALERTS_MAX) removeCard(cards.keys().next().value, true);
+  }
+  card.node.dataset.seq = String(event.seq);
+  card.combo.textContent = (event.combo ?? event.count) > 1 ? `×${fmt.format(event.combo ?? event.count)}` : "";
+  clearTimeout(card.timer);
+  card.timer = setTimeout(() => removeCard(key), options.durationMs);
+}
+
+function removeCard(key, now = false) {
+  const card = cards.get(key);
+  if (!card) return;
+  cards.delete(key);
+  clearTimeout(card.timer);
+  if (now) card.node.remove();
+  else {
+    card.node.classList.add("leaving");
+    setTimeout(() => card.node.remove(), 600);
+  }
+}
+
+function renderTop() {
+  const list = $("top");
+  list.replaceChildren();
+  for (const [i, row] of top.slice(0, options.top).entries()) {
+    list.append(
+      el(
+        "li",
+        {},
+        el("span", { class: "rank", text: String(i + 1) }),
+        el("span", { class: "who", text: names.get(row.user_id) ?? row.user_id }),
+        el("span", { class: "amount", text: fmt.format(row.coins) }),
+      ),
+    );
+  }
+  $("top-box").hidden = options.top === 0 || top.length === 0;
+}
+
+function onGift(event) {
+  names.set(event.sender_id, event.sender_name);
+  if (liveFrom !== null && event.seq <= liveFrom) {
+    renderTop();
+    return;
+  }
+  if (!wanted(event)) return;
+  const bigGift = isBig(event);
+  if (options.alerts === "all" || (options.alerts === "big" && bigGift)) alertFor(event);
+  if (bigGift && options.animations) big.push(event);
+}
+
+function onMessage(message) {
+  if (message.type === "leaderboard") {
+    top = message.top;
+    renderTop();
+  }
+}
+
+function onWelcome(welcome) {
+  liveFrom ??= welcome.last_seq;
+  top = welcome.top;
+  renderTop();
+}
+
+function onState(name) {
+  $("status").dataset.state = name;
+}
+
+function showSamples() {
+  const samples = [
+    ["Alice", "rose", "Rose", 1, 12, 12],
+    ["Bob", "corgi", "Corgi", 2, 1, 299],
+    ["Carol", "universe", "Universe", 4, 1, 34999],
+  ];
+  samples.forEach(([name, animation, giftName, tier, combo, coins], i) => {
+    const event = {
+      seq: i + 1, sender_id: name.toLowerCase(), sender_name: name, gift_id: animation,
+      gift_name: giftName, animation, tier, count: 1, combo, coins, diamonds: coins / 2,
+    };
+    setTimeout(() => onGift(event), i * 700);
+  });
+  top = [{ user_id: "carol", coins: 34999 }, { user_id: "bob", coins: 299 }, { user_id: "alice", coins: 12 }];
+  for (const [name] of samples) names.set(name.toLowerCase(), name);
+  renderTop();
+}
+
+function main() {
+  $("alerts").dataset.pos = options.position;
+  $("top-box").dataset.pos = options.topPosition;
+  renderTop();
+  if (options.test) {
+    showSamples();
+    return;
+  }
+  if (!config.token) {
+    onState("denied");
+    return;
+  }
+  // Ordered: after a reconnect the overlay resumes where it was, so no alert plays twice
+  // and none is skipped. The recent history is read for the gifters' names only: gifts sent
+  // before the overlay opened raise no alerts.
+  const socket = new GiftSocket({
+    server: config.server,
+    stream: config.stream,
+    token: config.token,
+    ordered: true,
+    historyEvents: 100,
+    callbacks: { onGift, onMessage, onWelcome, onState },
+  });
+  window.giftwire = { socket, options };
+  socket.start();
+}
+
+main();

@@ -1,0 +1,284 @@
+// The viewer page: join a stream, see the balance, tap gifts, watch everyone's gifts.
+
+import { Api, GiftSocket, el, emojiFor, errorText, fmt, pageConfig } from "./giftwire.js";
+import { BigGiftQueue, GiftStrip, isBig } from "./gifts.js";
+
+const COMBO_WINDOW_MS = 5000; // the server's default GIFTWIRE_COMBO_WINDOW_MS
+const ERROR_SHOWN_MS = 8000;
+
+const config = pageConfig();
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  catalog: new Map(), // gift id -> {id, name, price_coins, animation, tier}
+  coins: null,
+  balanceSeq: 0, // the stream sequence of the ack that set `coins`
+  names: new Map(), // user id -> display name, learned from gift events
+  top: [],
+  count: 1,
+  last: null, // {gift, count} of the last tap, for the combo button
+  ended: false,
+  errorTimer: null,
+};
+
+const api = new Api(config.server, config.token);
+const strip = new GiftStrip($("strip"));
+const big = new BigGiftQueue($("big"));
+let socket = null;
+
+function setBalance(coins, { animate = false } = {}) {
+  state.coins = coins;
+  const node = $("balance");
+  node.textContent = fmt.format(coins);
+  node.dataset.coins = String(coins);
+  if (animate) {
+    node.classList.remove("drop");
+    void node.offsetWidth;
+    node.classList.add("drop");
+  }
+  for (const card of document.querySelectorAll(".gift-card")) {
+    const gift = state.catalog.get(card.dataset.gift);
+    card.classList.toggle("unaffordable", gift.price_coins * state.count > coins);
+  }
+}
+
+async function refreshWallet() {
+  const wallet = await api.wallet();
+  if (wallet.ok) {
+    setBalance(wallet.body.coins);
+    state.balanceSeq = 0;
+  }
+}
+
+function showError(text, { info = false, code = "" } = {}) {
+  const node = $("error");
+  node.textContent = text;
+  node.dataset.code = code;
+  node.classList.toggle("info", info);
+  node.hidden = false;
+  clearTimeout(state.errorTimer);
+  state.errorTimer = setTimeout(() => { node.hidden = true; }, ERROR_SHOWN_MS);
+}
+
+function clearError() {
+  $("error").hidden = true;
+  clearTimeout(state.errorTimer);
+}
+
+function showPending() {
+  const count = socket ? socket.pending.size : 0;
+  const node = $("pending");
+  node.dataset.count = String(count);
+  node.textContent = count === 0 ? "" : `sending ${count} gift${count === 1 ? "" : "s"}…`;
+}
+
+function renderTop() {
+  const list = $("top");
+  list.replaceChildren();
+  if (state.top.length === 0) {
+    list.append(el("li", { class: "empty", text: "No gifts yet: be the first!" }));
+    return;
+  }
+  state.top.slice(0, 5).forEach((row, i) => {
+    list.append(
+      el(
+        "li",
+        {},
+        el("span", { class: "rank", text: String(i + 1) }),
+        el("span", { class: "who", text: state.names.get(row.user_id) ?? row.user_id }),
+        el("span", { class: "amount coin", text: fmt.format(row.coins) }),
+      ),
+    );
+  });
+}
+
+function renderCatalog(gifts) {
+  const grid = $("gifts");
+  grid.replaceChildren();
+  for (const gift of gifts) {
+    state.catalog.set(gift.id, gift);
+    grid.append(
+      el(
+        "button",
+        {
+          class: `gift-card tier-${gift.tier}`,
+          "data-gift": gift.id,
+          "data-testid": `gift-${gift.id}`,
+          title: `${gift.name}: ${fmt.format(gift.price_coins)} coins each`,
+          onclick: (e) => tap(gift.id, state.count, e.currentTarget),
+        },
+        el("span", { class: "gift-emoji emoji", text: emojiFor(gift.animation) }),
+        el("span", { class: "gift-name", text: gift.name }),
+        el("span", { class: "gift-price coin", text: fmt.format(gift.price_coins) }),
+      ),
+    );
+  }
+  if (state.coins !== null) setBalance(state.coins);
+  setEnded(state.ended);
+}
+
+function tap(giftId, count, card) {
+  if (!socket || state.ended) return;
+  clearError();
+  socket.sendGift(giftId, count);
+  state.last = { gift: giftId, count };
+  if (card) {
+    card.classList.remove("tapped");
+    void card.offsetWidth;
+    card.classList.add("tapped");
+  }
+  updateCombo(null);
+  showPending();
+}
+
+function updateCombo(ack) {
+  const button = $("combo");
+  if (!state.last) return;
+  const gift = state.catalog.get(state.last.gift);
+  button.disabled = state.ended;
+  const combo = ack && ack.gift === state.last.gift ? ` · combo ×${fmt.format(ack.combo)}` : "";
+  $("combo-label").textContent =
+    `${emojiFor(gift?.animation)} Again: ${gift?.name ?? state.last.gift} ×${state.last.count}${combo}`;
+  if (ack) {
+    button.style.setProperty("--window-ms", `${COMBO_WINDOW_MS}ms`);
+    button.classList.remove("counting");
+    void button.offsetWidth;
+    button.classList.add("counting");
+  }
+}
+
+function setEnded(ended) {
+  state.ended = ended;
+  $("ended").hidden = !ended;
+  $("live").textContent = ended ? "ended" : "live";
+  $("live").className = `pill ${ended ? "ended" : "live"}`;
+  for (const card of document.querySelectorAll(".gift-card")) card.disabled = ended;
+  if (ended) $("combo").disabled = true;
+}
+
+function onGift(event) {
+  state.names.set(event.sender_id, event.sender_name);
+  if (isBig(event)) big.push(event);
+  else strip.show(event);
+}
+
+function onAck(ack) {
+  if (ack.replayed) {
+    // A receipt replayed after a reconnect carries the balance of its time: ask again.
+    refreshWallet();
+  } else if (ack.seq > state.balanceSeq) {
+    state.balanceSeq = ack.seq;
+    setBalance(ack.balance, { animate: true });
+  }
+  if (state.last && ack.gift === state.last.gift) updateCombo(ack);
+  showPending();
+}
+
+function onRefused(error, pending) {
+  const gift = state.catalog.get(pending.gift);
+  let text = errorText(error.code, error.message);
+  if (error.code === "insufficient_funds" && gift) {
+    const price = gift.price_coins * pending.count;
+    text = `Not enough coins: ${gift.name} ×${pending.count} costs ${fmt.format(price)},`
+      + ` you have ${fmt.format(state.coins ?? 0)}.`;
+  }
+  if (error.code === "stream_not_live") setEnded(true);
+  showError(text, { code: error.code });
+  showPending();
+}
+
+function onMessage(message) {
+  switch (message.type) {
+    case "stats":
+      $("viewers").textContent = fmt.format(message.viewers);
+      break;
+    case "leaderboard":
+      state.top = message.top;
+      renderTop();
+      break;
+    case "stream":
+      setEnded(message.state === "ended");
+      break;
+    case "error":
+      if (message.retrying) showError(errorText(message.code), { info: true, code: message.code });
+      else showError(errorText(message.code, message.message), { code: message.code });
+      break;
+    default:
+      break;
+  }
+}
+
+function onWelcome(welcome) {
+  $("title").textContent = welcome.stream.title || welcome.stream.id;
+  $("host-name").textContent = welcome.stream.creator_id;
+  $("host-avatar").textContent = welcome.stream.creator_id.slice(0, 1).toUpperCase();
+  $("me").textContent = welcome.you.display_name;
+  $("viewers").textContent = fmt.format(welcome.viewers);
+  state.names.set(welcome.you.user_id, welcome.you.display_name);
+  state.balanceSeq = 0;
+  setBalance(welcome.balance.coins);
+  state.top = welcome.top;
+  renderTop();
+  setEnded(welcome.stream.state === "ended");
+  showPending();
+}
+
+const STATE_TEXT = {
+  connecting: "connecting…",
+  live: "connected",
+  reconnecting: "reconnecting…",
+  "no-stream": "no such stream",
+  denied: "not signed in",
+  stopped: "stopped",
+};
+
+function onState(name, detail) {
+  const status = $("status");
+  status.dataset.state = name;
+  status.textContent = STATE_TEXT[name] ?? name;
+  if (name === "denied" || name === "no-stream") {
+    showError(errorText(detail?.code ?? "unauthorized"), { code: detail?.code ?? "" });
+  }
+}
+
+function showNotice(html) {
+  $("app").replaceChildren(el("div", { class: "notice" }));
+  $("app").firstChild.innerHTML = html;
+  $("app").className = "";
+}
+
+async function main() {
+  if (!config.token) {
+    showNotice(
+      "<h2>Open this page with a token</h2><p>Add <code>#token=…</code> to the address: "
+      + "<code>giftwire demo</code> prints ready-made links, and "
+      + "<code>giftwire token --user NAME</code> makes more.</p>",
+    );
+    return;
+  }
+  socket = new GiftSocket({
+    server: config.server,
+    stream: config.stream,
+    token: config.token,
+    callbacks: { onState, onWelcome, onGift, onAck, onRefused, onMessage },
+  });
+  window.giftwire = { socket, state }; // for the console (and the browser tests)
+  for (const chip of document.querySelectorAll(".count-chip")) {
+    chip.addEventListener("click", () => {
+      for (const other of document.querySelectorAll(".count-chip")) other.classList.remove("selected");
+      chip.classList.add("selected");
+      state.count = Number(chip.dataset.count);
+      if (state.coins !== null) setBalance(state.coins);
+    });
+  }
+  $("combo").addEventListener("click", () => {
+    if (state.last) tap(state.last.gift, state.last.count, null);
+  });
+  renderTop();
+  socket.start();
+  const catalog = await api.catalog();
+  if (catalog.ok) renderCatalog([...catalog.body.gifts].sort((a, b) => a.price_coins - b.price_coins));
+  else showError("Could not load the gift catalog; reload the page.");
+}
+
+main();
