@@ -22,7 +22,14 @@ from server.domain.errors import (
 from server.protocol import events
 from server.protocol.close_codes import CloseCode
 from server.protocol.codec import SUBPROTOCOLS, DecodeError, WireFormat, decode, encode
-from server.protocol.messages import Ping, ProtocolError, Resume, SendGift, parse_message
+from server.protocol.messages import (
+    SEQUENCE_MAX,
+    Ping,
+    ProtocolError,
+    Resume,
+    SendGift,
+    parse_message,
+)
 from server.realtime.connection import Connection
 from server.realtime.outbox import Frame, Outbox
 from server.realtime.room import Room
@@ -51,6 +58,15 @@ def _choose_format(offered: list[str]) -> tuple[WireFormat, str | None]:
         if protocol in SUBPROTOCOLS:
             return SUBPROTOCOLS[protocol], protocol
     return WireFormat.JSON, None
+
+
+def _resume_since(raw: str | None) -> int | None:
+    """``?since=N`` on the handshake URL: send the gifts after sequence N with the welcome."""
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 16 or int(raw) > SEQUENCE_MAX:
+        raise RequestError(ErrorCode.INVALID_REQUEST, "since must be a gift sequence number")
+    return int(raw)
 
 
 async def _deny(websocket: WebSocket, code: ErrorCode, message: str | None = None) -> None:
@@ -96,6 +112,7 @@ async def gift_socket(websocket: WebSocket) -> None:
         return
     try:
         identity = verify_token(settings.jwt_secret, token)
+        since = _resume_since(websocket.query_params.get("since"))
         stream = await services.ledger.stream(stream_id)
     except OperatingError as e:
         await _deny(websocket, e.code)
@@ -119,7 +136,7 @@ async def gift_socket(websocket: WebSocket) -> None:
     services.connections_by_user[identity.user_id] += 1
     services.connections_by_ip[client_ip] += 1
     CONNECTIONS.inc()
-    session = _Session(websocket, services, identity, fmt, stream_id, stream.creator_id)
+    session = _Session(websocket, services, identity, fmt, stream_id, stream.creator_id, since)
     try:
         await session.run()
     finally:
@@ -145,8 +162,10 @@ class _Session:
         fmt: WireFormat,
         stream_id: str,
         creator_id: str,
+        since: int | None = None,
     ) -> None:
         self.websocket = websocket
+        self.since = since
         self.services = services
         self.identity = identity
         self.fmt = fmt
@@ -222,9 +241,7 @@ class _Session:
             code = await reader
             if code is not None:
                 return code, ""
-        if writer.done() and not writer.cancelled() and writer.exception() is not None:
-            return None, ""  # the peer went away while we wrote
-        return None, ""
+        return None, ""  # the peer left (or went away while we wrote)
 
     async def _welcome(self) -> None:
         ledger, hub = self.services.ledger, self.services.hub
@@ -255,7 +272,13 @@ class _Session:
                 "format": self.fmt.value,
             }
         )
-        self.connection.finish_catching_up(last_seq)
+        if self.since is None or self.room is None:
+            self.connection.finish_catching_up(last_seq)
+        else:
+            # Resume in the same step as the welcome: live events wait until the feed is
+            # read. A `resume` message sent after the welcome races the live events sent in
+            # between, which the client then gets twice or, skipping by sequence, not at all.
+            await self.services.hub.resume(self.connection, self.room, self.since)
 
     async def _read(self) -> CloseCode | None:
         """Read frames until the peer leaves; return a close code when we should close."""

@@ -68,8 +68,9 @@ class Peer:
         fmt: str = "json",
         since: int | None = None,
     ) -> Peer:
+        url = server.ws_url(stream_id) + ("" if since is None else f"?since={since}")
         ws = await connect(
-            server.ws_url(stream_id),
+            url,
             subprotocols=[f"giftwire.{fmt}", f"bearer.{bearer}"],  # type: ignore[list-item]
             compression=None,
             open_timeout=10,
@@ -79,8 +80,6 @@ class Peer:
         peer = cls(ws, fmt)
         peer._reader = asyncio.get_running_loop().create_task(peer._read())
         await asyncio.wait_for(peer._welcomed.wait(), 10)
-        if since is not None:
-            await peer.send({"type": "resume", "since": since})
         return peer
 
     async def send(self, message: dict[str, Any]) -> None:
