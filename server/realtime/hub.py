@@ -213,6 +213,11 @@ class Hub:
                 room.fetching = True
                 self._fetch_missing(room)
 
+    async def _resubscribe_channel(self, channel: bytes) -> None:
+        with contextlib.suppress(*_REDIS_DOWN):
+            pubsub = await self._ensure_pubsub()
+            await pubsub.subscribe(channel)
+
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         channel = cast(bytes, message.get("channel"))
@@ -220,6 +225,11 @@ class Hub:
             future = self._subscribed.get(channel)
             if future is not None and not future.done():
                 future.set_result(None)
+            return
+        if kind == "unsubscribe" and channel in self._channels:
+            # A room was reopened while its old subscription was being dropped: subscribe
+            # again (anything missed meanwhile is read from the feed by the gap logic).
+            self._spawn(self._resubscribe_channel(channel))
             return
         if kind != "message":
             return
