@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from server.ledger.embedded import RedisProcess
 
@@ -14,15 +14,22 @@ _PORT_FILE = "redis.port"
 
 
 def make_client(url: str, *, timeout_s: float, pool_max: int = 64) -> Redis:
-    """The hot-path client: bytes replies (parsed by hiredis), bounded pool and timeouts."""
-    return Redis.from_url(
+    """The hot-path client: bytes replies (parsed by hiredis), bounded pool and timeouts.
+
+    The pool blocks (up to ``timeout_s``) when all ``pool_max`` connections are in use: the
+    default pool raises "Too many connections" at once, which refused viewers with 503
+    during a burst of a few dozen concurrent handshakes.
+    """
+    pool = BlockingConnectionPool.from_url(
         url,
         decode_responses=False,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         max_connections=pool_max,
+        timeout=timeout_s,
         health_check_interval=30,
     )
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
 def _running_embedded(data_dir: Path) -> str | None:
