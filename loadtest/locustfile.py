@@ -1,0 +1,271 @@
+"""Locust users for giftwire: Viewer, Gifter and Creator on one live stream.
+
+    locust -f loadtest/locustfile.py --headless -u 50 -r 10 -t 60s \\
+        --host http://127.0.0.1:8000 --gw-stream loadtest --gw-gift-rate 2
+
+Secrets come from ``--gw-jwt-secret`` / ``--gw-webhook-secret`` or the server's own
+``GIFTWIRE_JWT_SECRET`` / ``GIFTWIRE_WEBHOOK_SECRET``. At test start the stream is started
+(idempotent) by its creator; each Gifter is topped up through the signed payment webhook.
+
+What lands in Locust's statistics (request type ``WS``):
+
+* ``connect``: the WebSocket handshake up to ``welcome``;
+* ``gift ack``: from the first send of a gift to its ``gift_ack``; a refusal is a failure
+  named by its error code (``GiftRefused('insufficient_funds')``); ``rate_limited`` and
+  ``unavailable`` are retried with the same id first, as a real client must;
+* ``gift delivery``: from the first send of a gift to the moment a Viewer (or the Creator)
+  saw its event. Send times are shared in memory, so this is measured within one Locust
+  process (run the users in one process, or read it per worker).
+
+Locust is an optional extra (``pip install -e '.[loadtest]'``), never a server dependency.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+import gevent
+from gevent.event import AsyncResult
+from locust import User, between, constant, events, task
+from locust.env import Environment
+
+from loadtest import http
+from loadtest.syncws import ConnectionClosedError, SyncWebSocket
+from loadtest.wsclient import HandshakeError
+from server.domain.accounts import Role
+from server.web.auth import issue_token
+
+RETRY_CODES = frozenset({"rate_limited", "unavailable"})
+ATTEMPTS_MAX = 5
+ANSWER_TIMEOUT_S = 10.0
+SEND_TIMES_MAX = 200_000
+_RUN = uuid.uuid4().hex[:6]
+_numbers = itertools.count()
+
+
+class GiftRefused(Exception):
+    """A gift was answered with an error code (the failure's name in Locust's table)."""
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser: Any) -> None:
+    group = parser.add_argument_group("giftwire")
+    group.add_argument("--gw-stream", default="loadtest", help="stream id to load")
+    group.add_argument("--gw-creator", default="loadtest_creator", help="the stream's creator")
+    group.add_argument(
+        "--gw-jwt-secret", default=os.environ.get("GIFTWIRE_JWT_SECRET", ""), help="JWT secret"
+    )
+    group.add_argument(
+        "--gw-webhook-secret",
+        default=os.environ.get("GIFTWIRE_WEBHOOK_SECRET", ""),
+        help="payment webhook secret (tops up gifters)",
+    )
+    group.add_argument("--gw-gift", default="rose", help="gift id the Gifters send")
+    group.add_argument("--gw-gift-rate", type=float, default=1.0, help="gifts/s per Gifter")
+    group.add_argument("--gw-coins", type=int, default=100_000, help="top-up per Gifter")
+
+
+class _Deliveries:
+    """Send times by (stream, seq), learned from acks, joined with what readers saw."""
+
+    def __init__(self) -> None:
+        self.sent: OrderedDict[tuple[str, int], float] = OrderedDict()
+        self.early: OrderedDict[tuple[str, int], list[float]] = OrderedDict()
+
+    def acked(self, env: Environment, key: tuple[str, int], sent_at: float) -> None:
+        self.sent[key] = sent_at
+        for seen_at in self.early.pop(key, ()):
+            _fire(env, "gift delivery", max(seen_at - sent_at, 0.0))
+        _bound(self.sent)
+
+    def seen(self, env: Environment, key: tuple[str, int], at: float) -> None:
+        sent_at = self.sent.get(key)
+        if sent_at is not None:
+            _fire(env, "gift delivery", at - sent_at)
+        else:
+            self.early.setdefault(key, []).append(at)
+            _bound(self.early)
+
+
+def _bound(table: OrderedDict[Any, Any]) -> None:
+    while len(table) > SEND_TIMES_MAX:
+        table.popitem(last=False)
+
+
+DELIVERIES = _Deliveries()
+
+
+def _fire(env: Environment, name: str, seconds: float, exc: Exception | None = None) -> None:
+    env.events.request.fire(
+        request_type="WS",
+        name=name,
+        response_time=seconds * 1000,
+        response_length=0,
+        exception=exc,
+        context={},
+    )
+
+
+def _token(env: Environment, user: str, role: Role) -> str:
+    secret = env.parsed_options.gw_jwt_secret
+    if not secret:
+        raise RuntimeError("set --gw-jwt-secret or GIFTWIRE_JWT_SECRET")
+    return issue_token(secret, user, role, name=user, ttl_s=6 * 3600)
+
+
+@events.test_start.add_listener
+def _start_stream(environment: Environment, **_: Any) -> None:
+    options = environment.parsed_options
+    if options is None or environment.host is None:
+        return
+    token = _token(environment, options.gw_creator, Role.CREATOR)
+    http.start_stream(environment.host, token, options.gw_stream, "locust load test")
+
+
+class _GiftwireUser(User):
+    """One WebSocket connection to the stream and a greenlet that reads it."""
+
+    abstract = True
+    role = Role.VIEWER
+
+    def user_id(self) -> str:
+        return f"lc{_RUN}{type(self).__name__[0].lower()}{next(_numbers)}"
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        self.stream_id: str = options.gw_stream
+        self.uid = self.user_id()
+        self.prepare()
+        url = self.host.replace("http", "ws", 1) + f"/ws/streams/{self.stream_id}"
+        protocols = ["giftwire.json", "bearer." + _token(self.environment, self.uid, self.role)]
+        started = time.perf_counter()
+        try:
+            self.ws = SyncWebSocket(url, protocols)
+            welcome = self.ws.recv(timeout_s=10)
+        except HandshakeError as e:
+            _fire(self.environment, "connect", time.perf_counter() - started, e)
+            self.stop()
+            return
+        if welcome.get("type") != "welcome":
+            _fire(self.environment, "connect", 0, ConnectionError(f"got {welcome}"))
+            self.stop()
+            return
+        _fire(self.environment, "connect", time.perf_counter() - started)
+        self.reader = gevent.spawn(self._read_forever)
+
+    def prepare(self) -> None:
+        """Before connecting (Gifters top up here)."""
+
+    def on_stop(self) -> None:
+        reader = getattr(self, "reader", None)
+        if reader is not None:
+            reader.kill(block=False)
+        ws = getattr(self, "ws", None)
+        if ws is not None:
+            ws.close()
+
+    def _read_forever(self) -> None:
+        try:
+            while True:
+                self.on_message(self.ws.recv())
+        except (ConnectionClosedError, OSError) as e:
+            code = getattr(e, "code", None)
+            _fire(self.environment, "disconnect", 0, ConnectionError(f"closed {code}"))
+
+    def on_message(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind in ("gift", "gifts"):
+            now = time.perf_counter()
+            for event in message["events"] if kind == "gifts" else [message]:
+                DELIVERIES.seen(self.environment, (self.stream_id, event["seq"]), now)
+
+
+class Viewer(_GiftwireUser):
+    """Joins the room and reads: every gift event it sees is a ``gift delivery`` sample."""
+
+    weight = 8
+    wait_time = constant(1)
+
+    @task
+    def watch(self) -> None:
+        """Reading happens in the reader greenlet; the task only keeps the user alive."""
+
+
+class Creator(_GiftwireUser):
+    """The stream's creator reading its own feed (one per test)."""
+
+    fixed_count = 1
+    role = Role.CREATOR
+    wait_time = constant(1)
+
+    def user_id(self) -> str:
+        return str(self.environment.parsed_options.gw_creator)
+
+    @task
+    def read_feed(self) -> None:
+        """The creator's feed arrives on the reader greenlet."""
+
+
+class Gifter(_GiftwireUser):
+    """Sends gifts at ``--gw-gift-rate`` per second; retries with the same id."""
+
+    weight = 2
+    wait_time = between(0.0, 0.0)
+
+    def prepare(self) -> None:
+        options = self.environment.parsed_options
+        self.pending: dict[str, AsyncResult] = {}
+        self.sent = 0
+        rate = options.gw_gift_rate
+        self.interval_s = 1.0 / rate if rate > 0 else 0.0
+        self.next_at = time.monotonic()
+        if not options.gw_webhook_secret:
+            raise RuntimeError("set --gw-webhook-secret or GIFTWIRE_WEBHOOK_SECRET")
+        http.top_up(
+            self.host, options.gw_webhook_secret, f"{self.uid}-pay", self.uid, options.gw_coins
+        )
+
+    def on_message(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind in ("gift_ack", "error") and message.get("id") in self.pending:
+            self.pending[message["id"]].set(message)
+        else:
+            super().on_message(message)
+
+    @task
+    def send_gift(self) -> None:
+        delay = self.next_at - time.monotonic()
+        if delay > 0:
+            gevent.sleep(delay)
+        self.next_at = max(self.next_at + self.interval_s, time.monotonic() - 1.0)
+        client_id = f"{self.uid}-{self.sent}"
+        self.sent += 1
+        gift = self.environment.parsed_options.gw_gift
+        started = time.perf_counter()
+        answer: dict[str, Any] | None = None
+        for _ in range(ATTEMPTS_MAX):
+            result = self.pending[client_id] = AsyncResult()
+            self.ws.send({"type": "send_gift", "id": client_id, "gift": gift, "count": 1})
+            try:
+                answer = result.get(timeout=ANSWER_TIMEOUT_S)
+            except gevent.Timeout:
+                answer = {"type": "error", "code": "no_answer"}  # unknown: retry, same id
+            if answer["type"] == "gift_ack" or answer.get("code") not in RETRY_CODES | {
+                "no_answer"
+            }:
+                break
+            detail = answer.get("detail") or {}
+            gevent.sleep(min(float(detail.get("retry_after_ms", 100)), 2000.0) / 1000)
+        self.pending.pop(client_id, None)
+        elapsed = time.perf_counter() - started
+        assert answer is not None
+        if answer["type"] == "gift_ack":
+            _fire(self.environment, "gift ack", elapsed)
+            DELIVERIES.acked(self.environment, (self.stream_id, answer["seq"]), started)
+        else:
+            _fire(self.environment, "gift ack", elapsed, GiftRefused(answer.get("code")))
