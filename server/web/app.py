@@ -18,6 +18,7 @@ from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
 from server.realtime.hub import Hub
 from server.settings import Settings, load_settings
+from server.web import log_redaction
 from server.web.http_api import ROUTES
 from server.web.metrics import FANOUT_DROPS
 from server.web.services import Services
@@ -84,4 +85,5 @@ def create_app_from_env() -> Starlette:
     """uvicorn factory: ``uvicorn --factory server.web.app:create_app_from_env``."""
     settings = load_settings()
     configure_logging(settings.log_level)
+    log_redaction.install()  # after uvicorn's and our handlers exist
     return create_app(settings)
