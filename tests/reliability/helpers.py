@@ -131,6 +131,10 @@ class Peer:
         errors = self.errors.get(client_id)
         return errors[-1] if errors else None
 
+    def answers(self, client_ids: list[str]) -> list[dict[str, Any]]:
+        """The ack or last error of each of these ids that has one."""
+        return [reply for i in client_ids if (reply := self.reply(i)) is not None]
+
     async def wait_replies(self, client_ids: list[str], timeout_s: float = 15.0) -> None:
         """Wait until each of these gift ids has an ack or an error."""
         await self.wait_for(lambda: all(self.reply(i) for i in client_ids), timeout_s)
