@@ -9,6 +9,11 @@ class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
     """The server is shutting down: reconnect (to another process) and resume."""
+    PROTOCOL_ERROR = 1002
+    """A frame that breaks RFC 6455 (unmasked, reserved bits or opcode, a bad fragment or
+    control frame, a length the data does not match): sent by the WebSocket layer."""
+    INVALID_DATA = 1007
+    """A text frame, or a close reason, that is not UTF-8."""
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     # 4001, 4003, 4004 and 4009 are reserved: today those refusals happen at the handshake,

@@ -33,3 +33,16 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
             if isinstance(transport, asyncio.WriteTransport):
                 transport.set_write_buffer_limits(high=limit, low=limit // 4)
         super().connection_made(transport)
+
+    def send_receive_event_to_app(self) -> None:
+        # uvicorn logs a full traceback for every text message that is not UTF-8 before it
+        # closes with 1007: a client could fill the log at will. Close the same way, quietly.
+        if self.curr_msg_data_type == "text":
+            try:
+                b"".join(self.frames).decode()
+            except UnicodeDecodeError:
+                self.frames = []
+                self.conn.send_close(1007, "invalid UTF-8")
+                self.handle_parser_exception()
+                return
+        super().send_receive_event_to_app()
