@@ -7,6 +7,7 @@ types) and anything surprising is a ``DecodeError``, never another exception.
 
 from __future__ import annotations
 
+import struct
 from enum import StrEnum
 from typing import Any
 
@@ -108,3 +109,57 @@ def encode_msgpack(message: object) -> bytes:
 def encode(message: object, fmt: WireFormat) -> str | bytes:
     """Encode one outgoing message. Broadcasts encode once per format, never per viewer."""
     return encode_json(message) if fmt is WireFormat.JSON else encode_msgpack(message)
+
+
+OPCODE_TEXT = 0x1
+OPCODE_BINARY = 0x2
+
+
+class OutFrame:
+    """One outgoing message, encoded once however many connections it goes to.
+
+    ``wire`` is the complete WebSocket frame as a server sends it (final, unmasked, no
+    extension): the same bytes for every receiver, so a broadcast frames it once and hands
+    the same object to each connection. ``asgi`` is the ASGI ``websocket.send`` event for
+    servers that cannot take pre-framed bytes.
+    """
+
+    __slots__ = ("_wire", "payload", "text")
+
+    def __init__(self, payload: bytes, *, text: bool) -> None:
+        self.payload = payload
+        self.text = text
+        self._wire: bytes | None = None
+
+    def __len__(self) -> int:
+        return len(self.payload)
+
+    @property
+    def wire(self) -> bytes:
+        if self._wire is None:
+            self._wire = wire_frame(self.payload, OPCODE_TEXT if self.text else OPCODE_BINARY)
+        return self._wire
+
+    def asgi(self) -> dict[str, Any]:
+        if self.text:
+            return {"type": "websocket.send", "text": self.payload.decode()}
+        return {"type": "websocket.send", "bytes": self.payload}
+
+
+def wire_frame(payload: bytes, opcode: int) -> bytes:
+    """A final, unmasked WebSocket frame (RFC 6455 section 5.2) carrying ``payload``."""
+    length = len(payload)
+    if length < 126:
+        head = bytes((0x80 | opcode, length))
+    elif length < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 126, length)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 127, length)
+    return head + payload
+
+
+def encode_frame(message: object, fmt: WireFormat) -> OutFrame:
+    """Encode one outgoing message into a frame (text for JSON, binary for msgpack)."""
+    if fmt is WireFormat.JSON:
+        return OutFrame(orjson.dumps(message), text=True)
+    return OutFrame(encode_msgpack(message), text=False)

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.domain.accounts import Identity
-from server.protocol.codec import WireFormat, encode
+from server.protocol.codec import OutFrame, WireFormat, encode_frame
 from server.protocol.events import Message, gift_batch
-from server.realtime.outbox import Frame, Outbox
+from server.realtime.outbox import Outbox
 
 
 @dataclass(slots=True)
@@ -18,12 +18,12 @@ class Delivery:
     events: list[Message]
     first_seq: int
     last_seq: int
-    frames: dict[WireFormat, Frame] = field(default_factory=dict)
+    frames: dict[WireFormat, OutFrame] = field(default_factory=dict)
 
-    def frame(self, fmt: WireFormat) -> Frame:
+    def frame(self, fmt: WireFormat) -> OutFrame:
         frame = self.frames.get(fmt)
         if frame is None:
-            frame = self.frames[fmt] = encode(_message(self.events), fmt)
+            frame = self.frames[fmt] = encode_frame(_message(self.events), fmt)
         return frame
 
 
@@ -54,9 +54,9 @@ class Connection:
         self._held: list[Delivery] = []
 
     def send(self, message: Message, *, droppable: bool = False) -> None:
-        self.outbox.push(encode(message, self.fmt), droppable=droppable)
+        self.outbox.push(encode_frame(message, self.fmt), droppable=droppable)
 
-    def send_frame(self, frame: Frame, *, droppable: bool = True) -> None:
+    def send_frame(self, frame: OutFrame, *, droppable: bool = True) -> None:
         self.outbox.push(frame, droppable=droppable)
 
     def deliver(self, delivery: Delivery) -> None:
@@ -69,7 +69,7 @@ class Connection:
         if delivery.first_seq <= self.last_seq:
             # Part of this batch was already sent (from the feed): send the rest only.
             rest = [e for e in delivery.events if e["seq"] > self.last_seq]
-            self.outbox.push(encode(_message(rest), self.fmt))
+            self.outbox.push(encode_frame(_message(rest), self.fmt))
         else:
             self.outbox.push(delivery.frame(self.fmt))
         self.last_seq = delivery.last_seq
@@ -90,5 +90,5 @@ class Connection:
         for start in range(0, len(events), batch_max):
             chunk = [e for e in events[start : start + batch_max] if e["seq"] > self.last_seq]
             if chunk:
-                self.outbox.push(encode(_message(chunk), self.fmt), droppable=False)
+                self.outbox.push(encode_frame(_message(chunk), self.fmt), droppable=False)
                 self.last_seq = chunk[-1]["seq"]

@@ -1,26 +1,94 @@
-"""A connection's bounded outgoing queue and the task that writes it.
+"""A connection's bounded outgoing queue and how it is written.
 
-The room never awaits a viewer: it appends a frame here and moves on. When the queue is
+The room never awaits a viewer: it hands a frame here and moves on. When the queue is
 full, further droppable frames (gift broadcasts, stats) are dropped and counted; the viewer
 is told how many with a ``lag`` message once it catches up. A viewer that stays at its
 limit for ``lagging_s_max`` (it has not drained half its queue since the first drop) is
 closed with 4008. Frames that must not be lost (acks,
 errors, welcome) are never dropped; their number is bounded by the per-connection message
 rate limit.
+
+Writing. With a ``FrameSink`` (giftwire's own uvicorn protocol provides one), a frame
+pushed while the queue is empty and the socket's buffer is below its high-water mark is
+"corked": its bytes (framed once for the whole room) are kept, and every connection's
+corked bytes are written in one call at the end of the event loop's turn. No task switch,
+no event, no per-viewer framing, and one system call for all the frames one connection got
+in that turn (a burst of acks from one pipeline reply, an ack and the gift it caused).
+Only when the socket backs up do frames wait in the queue, where the writer task sends
+them, several per write, as soon as the buffer drains. Without a sink (any other ASGI
+server) every frame goes through the writer task and the ASGI ``send``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from server.protocol.close_codes import CloseCode
+from server.protocol.codec import OutFrame
 
-Frame = str | bytes
-SendFrame = Callable[[Frame], Awaitable[None]]
-MakeLagNotice = Callable[[int], Frame]
+Frame = OutFrame
+SendFrame = Callable[[OutFrame], Awaitable[None]]
+MakeLagNotice = Callable[[int], OutFrame]
+
+WRITE_BYTES_MAX = 64 * 1024
+"""Most bytes the writer task joins into one write when frames have queued up."""
+
+
+class FrameSink(Protocol):
+    """Writes complete WebSocket frames to one connection without awaiting.
+
+    ``write`` takes one or more whole frames (``OutFrame.wire``) and hands them to the
+    transport in order; it never blocks, so it may take the transport's buffer past its
+    high-water mark by that one write. ``writable`` is True only while the connection is
+    open and its buffer is below the high-water mark. ``wait_writable`` returns True once
+    the buffer drained below the low-water mark, False when the connection can never be
+    written again.
+    """
+
+    def writable(self) -> bool: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    async def wait_writable(self) -> bool: ...
+
+
+class _Corks:
+    """The outboxes of one event loop with corked bytes; written once per loop turn."""
+
+    __slots__ = ("_loop", "_scheduled", "dirty")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.dirty: list[Outbox] = []
+        self._scheduled = False
+
+    def add(self, outbox: Outbox) -> None:
+        self.dirty.append(outbox)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        dirty, self.dirty = self.dirty, []
+        for outbox in dirty:
+            outbox.uncork()
+
+
+_CORKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Corks] = weakref.WeakKeyDictionary()
+
+
+def _corks() -> _Corks:
+    loop = asyncio.get_running_loop()
+    corks = _CORKS.get(loop)
+    if corks is None:
+        corks = _CORKS[loop] = _Corks(loop)
+    return corks
 
 
 class Outbox:
@@ -32,9 +100,13 @@ class Outbox:
         lagging_s_max: float,
         lag_notice: MakeLagNotice,
         on_drop: Callable[[int], None] | None = None,
+        sink: FrameSink | None = None,
     ) -> None:
         self._send = send
-        self._frames: deque[Frame] = deque()
+        self._sink = sink
+        self._corked: list[bytes] = []
+        self._corks = _corks()
+        self._frames: deque[OutFrame] = deque()
         self._frames_max = frames_max
         self._lagging_s_max = lagging_s_max
         self._lag_notice = lag_notice
@@ -52,24 +124,54 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._frames)
 
-    def push(self, frame: Frame, *, droppable: bool = True) -> bool:
-        """Queue a frame; False when it was dropped because the queue is full."""
+    def push(self, frame: OutFrame, *, droppable: bool = True) -> bool:
+        """Queue (or write at once) a frame; False when it was dropped: the queue is full."""
         if self.close_code is not None:
             return False
-        if droppable and len(self._frames) >= self._frames_max:
-            if self._full_since is None:
-                self._full_since = time.monotonic()
-                self._deadline = asyncio.get_running_loop().call_later(
-                    self._lagging_s_max, self._check_lagging
-                )
-            self.dropped += 1
-            self.dropped_total += 1
-            if self._on_drop:
-                self._on_drop(1)
+        frames = self._frames
+        if not frames:
+            corked = self._corked
+            if corked:
+                corked.append(frame.wire)
+                return True
+            sink = self._sink
+            if sink is not None and sink.writable():
+                corked.append(frame.wire)
+                self._corks.add(self)
+                return True
+        elif droppable and len(frames) >= self._frames_max:
+            self._drop()
             return False
-        self._frames.append(frame)
+        frames.append(frame)
         self._wakeup.set()
         return True
+
+    def uncork(self) -> None:
+        """Write the corked frames (called once per loop turn); report drops caught up."""
+        corked, self._corked = self._corked, []
+        sink = self._sink
+        if not corked or sink is None or self.close_code is not None:
+            return
+        sink.write(corked[0] if len(corked) == 1 else b"".join(corked))
+        if self.dropped and len(self._frames) < self._frames_max // 2:
+            self._caught_up(sink)
+
+    def _drop(self) -> None:
+        if self._full_since is None:
+            self._full_since = time.monotonic()
+            self._deadline = asyncio.get_running_loop().call_later(
+                self._lagging_s_max, self._check_lagging
+            )
+        self.dropped += 1
+        self.dropped_total += 1
+        if self._on_drop:
+            self._on_drop(1)
+
+    def _caught_up(self, sink: FrameSink) -> None:
+        """Say how much was missed (the client may resume from the feed)."""
+        notice, self.dropped = self._lag_notice(self.dropped), 0
+        self._full_since = None
+        sink.write(notice.wire)
 
     def _check_lagging(self) -> None:
         self._deadline = None
@@ -82,13 +184,17 @@ class Outbox:
             self.close_code = code
             self.close_reason = reason
             self._frames.clear()
+            self._corked.clear()
             self._wakeup.set()
             self.closed.set()
             if self._deadline is not None:
                 self._deadline.cancel()
 
     async def run(self) -> None:
-        """Write queued frames until closed. Returns when ``close`` was called."""
+        """Write queued frames until closed (or, with a sink, until the socket is gone)."""
+        if self._sink is not None:
+            await self._run_sink(self._sink)
+            return
         frames = self._frames
         while self.close_code is None:
             if not frames:
@@ -97,7 +203,29 @@ class Outbox:
                 continue
             await self._send(frames.popleft())
             if self.dropped and len(frames) < self._frames_max // 2:
-                # Caught up: say how much was missed (the client may resume from the feed).
                 notice, self.dropped = self._lag_notice(self.dropped), 0
                 self._full_since = None
                 await self._send(notice)
+
+    async def _run_sink(self, sink: FrameSink) -> None:
+        frames = self._frames
+        while self.close_code is None:
+            if not frames:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if not sink.writable():
+                if not await sink.wait_writable():
+                    return  # the connection is gone
+                continue
+            if self._corked:
+                self.uncork()  # corked frames were pushed before the queued ones
+            batch: list[bytes] = []
+            size = 0
+            while frames and size < WRITE_BYTES_MAX:
+                wire = frames.popleft().wire
+                batch.append(wire)
+                size += len(wire)
+            sink.write(b"".join(batch))
+            if self.dropped and len(frames) < self._frames_max // 2:
+                self._caught_up(sink)

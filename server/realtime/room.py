@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from server.protocol.codec import WireFormat, encode
+from server.protocol.codec import OutFrame, WireFormat, encode_frame
 from server.protocol.events import Message
 from server.realtime.connection import Connection, Delivery
 
@@ -116,11 +116,11 @@ class Room:
 
     def broadcast(self, message: Message, *, droppable: bool = True) -> None:
         """A control message (stats, leaderboard, stream state): encoded once per format."""
-        frames: dict[WireFormat, str | bytes] = {}
+        frames: dict[WireFormat, OutFrame] = {}
         for connection in self.connections:
             frame = frames.get(connection.fmt)
             if frame is None:
-                frame = frames[connection.fmt] = encode(message, connection.fmt)
+                frame = frames[connection.fmt] = encode_frame(message, connection.fmt)
             connection.send_frame(frame, droppable=droppable)
 
     def close(self) -> None:

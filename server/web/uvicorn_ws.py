@@ -5,6 +5,12 @@ that stops reading can hold megabytes of kernel memory before the server notices
 slow. Setting SO_SNDBUF fixes that buffer (and turns off its autotuning) and lowering the
 transport's high-water mark makes backpressure reach the connection's outbox early, where
 the documented lag/4008 policy applies. ``GIFTWIRE_SOCKET_SEND_BUFFER_BYTES`` sets both.
+
+The protocol also offers the application a frame sink (the ASGI extension
+``giftwire.frame_sink``): a way to write frames that were framed once for a whole room
+straight to this connection's transport, without an ASGI ``send`` per viewer, which costs a
+coroutine, uvicorn's per-connection text encoding and websockets' per-connection framing.
+See ``server/realtime/outbox.py`` for how it is used and its contract.
 """
 
 from __future__ import annotations
@@ -14,9 +20,12 @@ import os
 import socket
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
+from websockets.protocol import State
 
 SEND_BUFFER_ENV = "GIFTWIRE_SOCKET_SEND_BUFFER_BYTES"
 SEND_BUFFER_BYTES_DEFAULT = 64 * 1024  # Settings.socket_send_buffer_bytes
+FRAME_SINK_EXTENSION = "giftwire.frame_sink"
 
 
 def _send_buffer_bytes() -> int:
@@ -46,3 +55,39 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
                 self.handle_parser_exception()
                 return
         super().send_receive_event_to_app()
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:  # set only when the upgrade request was valid
+            scope["extensions"][FRAME_SINK_EXTENSION] = {"sink": _FrameSink(self)}
+
+
+class _FrameSink:
+    """``server.realtime.outbox.FrameSink`` over this protocol's transport."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: BoundedWebSocketProtocol) -> None:
+        self._protocol = protocol
+
+    def _open(self) -> bool:
+        p = self._protocol
+        # Accepted (the 101 went out), not closing from either side, transport alive.
+        return (
+            p.handshake_complete
+            and p.initial_response is None
+            and not p.close_sent
+            and not p.disconnected
+            and p.conn.state is State.OPEN
+        )
+
+    def writable(self) -> bool:
+        return self._protocol.writable.is_set() and self._open()
+
+    def write(self, data: bytes) -> None:
+        self._protocol.transport.write(data)
+
+    async def wait_writable(self) -> bool:
+        await self._protocol.writable.wait()
+        return self._open()

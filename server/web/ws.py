@@ -21,7 +21,14 @@ from server.domain.errors import (
 )
 from server.protocol import events
 from server.protocol.close_codes import CloseCode
-from server.protocol.codec import SUBPROTOCOLS, DecodeError, WireFormat, decode, encode
+from server.protocol.codec import (
+    SUBPROTOCOLS,
+    DecodeError,
+    OutFrame,
+    WireFormat,
+    decode,
+    encode_frame,
+)
 from server.protocol.messages import (
     SEQUENCE_MAX,
     Ping,
@@ -31,12 +38,13 @@ from server.protocol.messages import (
     parse_message,
 )
 from server.realtime.connection import Connection
-from server.realtime.outbox import Frame, Outbox
+from server.realtime.outbox import FrameSink, Outbox
 from server.realtime.room import Room
 from server.web.auth import bearer_from_header, bearer_from_subprotocols, verify_token
 from server.web.errors import error_response
 from server.web.metrics import CONNECTIONS, ERRORS, FANOUT_DROPS, GIFT_SECONDS, GIFTS, SLOW_CLOSES
 from server.web.services import Services
+from server.web.uvicorn_ws import FRAME_SINK_EXTENSION
 
 log = logging.getLogger("giftwire.ws")
 
@@ -67,6 +75,13 @@ def _resume_since(raw: str | None) -> int | None:
     if not raw.isdigit() or len(raw) > 16 or int(raw) > SEQUENCE_MAX:
         raise RequestError(ErrorCode.INVALID_REQUEST, "since must be a gift sequence number")
     return int(raw)
+
+
+def _frame_sink(websocket: WebSocket) -> FrameSink | None:
+    """The connection's frame sink when the server offers one (``uvicorn_ws``)."""
+    extension = websocket.scope.get("extensions", {}).get(FRAME_SINK_EXTENSION)
+    sink: FrameSink | None = extension.get("sink") if extension else None
+    return sink
 
 
 async def _deny(websocket: WebSocket, code: ErrorCode, message: str | None = None) -> None:
@@ -178,20 +193,18 @@ class _Session:
             lagging_s_max=limits.lagging_s_max,
             lag_notice=self._lag_notice,
             on_drop=FANOUT_DROPS.inc,
+            sink=_frame_sink(websocket),
         )
         self.connection = Connection(uuid.uuid4().hex[:12], identity, fmt, self.outbox)
         self.rate = _RateLimit(limits.messages_per_s_max)
         self.gift_tasks: set[asyncio.Task[None]] = set()
         self.room: Room | None = None
 
-    async def _write(self, frame: Frame) -> None:
-        if isinstance(frame, str):
-            await self.websocket.send({"type": "websocket.send", "text": frame})
-        else:
-            await self.websocket.send({"type": "websocket.send", "bytes": frame})
+    async def _write(self, frame: OutFrame) -> None:
+        await self.websocket.send(frame.asgi())
 
-    def _lag_notice(self, dropped: int) -> Frame:
-        return encode(
+    def _lag_notice(self, dropped: int) -> OutFrame:
+        return encode_frame(
             {"type": "lag", "dropped": dropped, "last_seq": self.connection.last_seq}, self.fmt
         )
 
