@@ -1,0 +1,162 @@
+"""``python -m client_demo creator``: print a stream's gift feed, gapless, in order.
+
+The feed resumes: ``--since SEQ`` prints every gift after SEQ first (the ones the feed still
+holds; older ones are announced as a ``gap``), and after a dropped connection the client
+sends ``resume`` from the last sequence it printed. Events are printed strictly in sequence,
+each once: duplicates are skipped, and events after a hole wait until the resume fills it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from client_demo.http import call, error_of
+from client_demo.output import Printer
+from client_demo.wire import ConnectOptions, Message, Session, http_url
+
+HOLE_WAIT_S = 1.5
+HELD_EVENTS_MAX = 10_000
+
+
+class InOrder:
+    """Hands gift events over strictly by sequence, each once.
+
+    ``last_seq`` is the last sequence handed over. Events at or below it are duplicates;
+    events beyond ``last_seq + 1`` are held (bounded) until the events before them arrive.
+    """
+
+    def __init__(self, last_seq: int) -> None:
+        self.last_seq = last_seq
+        self.held: dict[int, Message] = {}
+
+    def offer(self, events: list[Message]) -> list[Message]:
+        """The events now ready, in order."""
+        for event in events:
+            seq = int(event["seq"])
+            if seq > self.last_seq and len(self.held) < HELD_EVENTS_MAX:
+                self.held[seq] = event
+        return self._drain()
+
+    def skip_to(self, seq: int) -> list[Message]:
+        """Events up to ``seq`` will never come (a ``gap``): stop waiting for them."""
+        self.last_seq = max(self.last_seq, seq)
+        return self._drain()
+
+    def waiting(self) -> bool:
+        """Events are held after a hole."""
+        return bool(self.held)
+
+    def _drain(self) -> list[Message]:
+        ready = []
+        while (event := self.held.pop(self.last_seq + 1, None)) is not None:
+            ready.append(event)
+            self.last_seq += 1
+        for seq in [s for s in self.held if s <= self.last_seq]:
+            del self.held[seq]
+        return ready
+
+
+class Creator(Session):
+    def __init__(
+        self,
+        options: ConnectOptions,
+        out: Printer,
+        *,
+        since: int | None,
+        events_max: int | None,
+    ) -> None:
+        super().__init__(options, out)
+        self.order: InOrder | None = None if since is None else InOrder(since)
+        self.events_max = events_max
+        self.events_seen = 0
+        self.ended_at_seq: int | None = None
+        self._hole_check: asyncio.TimerHandle | None = None
+
+    async def on_welcome(self, welcome: Message) -> None:
+        self.out.message(welcome)
+        last_seq = int(welcome["last_seq"])
+        if self.order is None:
+            self.order = InOrder(last_seq)  # no --since: from now on
+        if self.order.last_seq < last_seq:
+            # After --since, or a reconnect: fill in from the feed. Live events arriving
+            # meanwhile are held by InOrder until the resumed ones before them are in.
+            await self.send({"type": "resume", "since": self.order.last_seq})
+        if welcome["stream"]["state"] == "ended":
+            self.ended_at_seq = last_seq
+        self._check_done()
+
+    async def on_message(self, message: Message) -> None:
+        order = self.order
+        if order is None:
+            return  # on_welcome always runs first
+        kind = message.get("type")
+        if kind in ("gift", "gifts"):
+            events = message["events"] if kind == "gifts" else [message]
+            self._print(order.offer(events))
+            self._watch_hole()
+        elif kind == "gap":
+            self.out.message(message)
+            self._print(order.skip_to(int(message["to_seq"])))
+        elif kind == "lag":
+            self.out.message(message)  # frames were dropped for us: fill the hole
+            await self.send({"type": "resume", "since": order.last_seq})
+        else:
+            self.out.message(message)
+            if kind == "stream" and message.get("state") == "ended":
+                self.ended_at_seq = int(message.get("seq", order.last_seq))
+        self._check_done()
+
+    def _print(self, events: list[Message]) -> None:
+        for event in events:
+            if self.events_max is not None and self.events_seen >= self.events_max:
+                return
+            self.events_seen += 1
+            self.out.message(event)
+
+    def _watch_hole(self) -> None:
+        """Events after a hole that no resume fills for a while: ask for it again."""
+        if self.order is None or not self.order.waiting() or self._hole_check is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._hole_check = loop.call_later(HOLE_WAIT_S, self._hole_timeout)
+
+    def _hole_timeout(self) -> None:
+        self._hole_check = None
+        if self.order is not None and self.order.waiting():
+            self.spawn(self.send({"type": "resume", "since": self.order.last_seq}))
+            self._watch_hole()
+
+    def _check_done(self) -> None:
+        if self.events_max is not None and self.events_seen >= self.events_max:
+            self.finish()
+        elif (
+            self.ended_at_seq is not None
+            and self.order is not None
+            and self.order.last_seq >= self.ended_at_seq
+        ):
+            self.finish()  # the stream ended and every gift of it was printed
+
+
+async def start_stream(url: str, token: str, stream_id: str, title: str, out: Printer) -> bool:
+    status, body = await call(
+        "POST",
+        http_url(url) + "/api/streams",
+        token=token,
+        body={"stream_id": stream_id, "title": title},
+    )
+    if status in (200, 201):
+        out.local("started", f"stream {stream_id} is live", **body)
+        return True
+    code, message = error_of(body)
+    out.local("start_refused", f"cannot start {stream_id}: {code}: {message}", code=code)
+    return False
+
+
+async def end_stream(url: str, token: str, stream_id: str, out: Printer) -> bool:
+    status, body = await call("POST", http_url(url) + f"/api/streams/{stream_id}/end", token=token)
+    if status == 200:
+        out.local("ended", f"stream {stream_id} has ended", **body)
+        return True
+    code, message = error_of(body)
+    out.local("end_refused", f"cannot end {stream_id}: {code}: {message}", code=code)
+    return False

@@ -1,0 +1,110 @@
+"""What the terminal client prints: one JSON object per line (``--json``), or text.
+
+With ``--json`` every server message is printed as it came (a coalesced ``gifts`` frame as
+one ``gift`` line per event), and the client's own notices carry ``"local": true``
+(``disconnected``, ``refused``, ``gave_up``, ``usage``, ``catalog``, ``wallet``). Scripts
+read stdout line by line; every line is flushed at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+import orjson
+
+Message = dict[str, Any]
+
+QUIET_TYPES = frozenset({"stats", "leaderboard", "pong"})
+"""Printed as text only with ``--verbose`` (always with ``--json``)."""
+
+
+def _n(value: object) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def describe(message: Message) -> str:
+    """One line of text for a server message."""
+    kind = message.get("type")
+    if kind == "welcome":
+        stream, you, balance = message["stream"], message["you"], message["balance"]
+        return (
+            f"joined {stream['id']} ({stream['state']}) «{stream['title']}» as "
+            f"{you['display_name']} ({you['role']}): {_n(balance['coins'])} coins, "
+            f"{_n(balance['diamonds'])} diamonds, {_n(message['viewers'])} watching, "
+            f"last gift #{message['last_seq']}"
+        )
+    if kind == "gift":
+        count = f" ×{_n(message['count'])}" if message["count"] > 1 else ""
+        combo = f" (combo {_n(message['combo'])})" if message["combo"] > message["count"] else ""
+        return (
+            f"#{message['seq']} {message['sender_name']} sent "
+            f"{message.get('gift_name', message['gift_id'])}{count}{combo}: "
+            f"{_n(message['coins'])} coins, +{_n(message['diamonds'])} diamonds"
+        )
+    if kind == "gift_ack":
+        replayed = " (replayed: it was already sent)" if message["replayed"] else ""
+        return (
+            f"sent {message['gift']} ×{message['count']} for {_n(message['coins'])} coins: "
+            f"balance {_n(message['balance'])}, combo {message['combo']}, "
+            f"#{message['seq']}{replayed}"
+        )
+    if kind == "error":
+        about = f" [{message['id']}]" if message.get("id") else ""
+        detail = f" {message['detail']}" if message.get("detail") else ""
+        return f"refused{about}: {message['code']}: {message['message']}{detail}"
+    if kind == "stream":
+        return f"the stream is {message['state']}"
+    if kind == "gap":
+        return f"gifts #{message['from_seq']}-#{message['to_seq']} are no longer in the feed"
+    if kind == "lag":
+        return f"fell behind: {message['dropped']} frames dropped; catching up"
+    if kind == "stats":
+        return (
+            f"{_n(message['viewers'])} watching, {_n(message['gifts'])} gifts, "
+            f"{_n(message['diamonds'])} diamonds (#{message['last_seq']})"
+        )
+    if kind == "leaderboard":
+        top = ", ".join(f"{row['user_id']} {_n(row['coins'])}" for row in message["top"][:5])
+        return f"top gifters: {top or 'none yet'}"
+    return orjson.dumps(message).decode()
+
+
+class Printer:
+    def __init__(
+        self,
+        *,
+        json_lines: bool,
+        verbose: bool = False,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+    ) -> None:
+        self.json_lines = json_lines
+        self.verbose = verbose
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+
+    def message(self, message: Message) -> None:
+        """A message from the server."""
+        if message.get("type") == "gifts":
+            for event in message.get("events", []):
+                self.message(event)
+            return
+        if self.json_lines:
+            self._line(orjson.dumps(message).decode())
+        elif self.verbose or message.get("type") not in QUIET_TYPES:
+            self._line(describe(message))
+
+    def local(self, kind: str, text: str | None = None, **fields: Any) -> None:
+        """A notice from the client itself (to stderr in text mode)."""
+        if self.json_lines:
+            self._line(orjson.dumps({"type": kind, "local": True, **fields}).decode())
+            return
+        if text is None:
+            text = kind.replace("_", " ")
+            if fields:
+                text += ": " + ", ".join(f"{k}={v}" for k, v in fields.items())
+        print(text, file=self.err, flush=True)
+
+    def _line(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
