@@ -305,6 +305,8 @@ async function end() {
 
 function main() {
   if (!config.token) {
+    $("status").dataset.state = "denied";
+    $("status").textContent = "no token";
     $("app").replaceChildren(el("div", { class: "notice" }));
     $("app").firstChild.innerHTML =
       "<h2>Open this page with a creator token</h2><p>Add <code>#token=…</code> to the address: "

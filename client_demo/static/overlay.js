@@ -160,6 +160,7 @@ function main() {
   $("top-box").dataset.pos = options.topPosition;
   renderTop();
   if (options.test) {
+    onState("test");
     showSamples();
     return;
   }

@@ -18,6 +18,8 @@ const state = {
   count: 1,
   last: null, // {gift, count} of the last tap, for the combo button
   ended: false,
+  joined: false, // a welcome came: the stream's state is known
+  blocked: false, // bad token or no such stream: nothing can be sent
   errorTimer: null,
 };
 
@@ -118,7 +120,7 @@ function renderCatalog(gifts) {
 }
 
 function tap(giftId, count, card) {
-  if (!socket || state.ended) return;
+  if (!socket || state.ended || state.blocked) return;
   clearError();
   socket.sendGift(giftId, count);
   state.last = { gift: giftId, count };
@@ -150,10 +152,14 @@ function updateCombo(ack) {
 function setEnded(ended) {
   state.ended = ended;
   $("ended").hidden = !ended;
-  $("live").textContent = ended ? "ended" : "live";
-  $("live").className = `pill ${ended ? "ended" : "live"}`;
-  for (const card of document.querySelectorAll(".gift-card")) card.disabled = ended;
-  if (ended) $("combo").disabled = true;
+  if (state.joined) {
+    $("live").textContent = ended ? "ended" : "live";
+    $("live").className = `pill ${ended ? "ended" : "live"}`;
+    $("host-sub").textContent = ended ? "has ended" : "is live";
+  }
+  const off = ended || state.blocked;
+  for (const card of document.querySelectorAll(".gift-card")) card.disabled = off;
+  if (off) $("combo").disabled = true;
 }
 
 function onGift(event) {
@@ -209,6 +215,8 @@ function onMessage(message) {
 }
 
 function onWelcome(welcome) {
+  state.joined = true;
+  state.blocked = false;
   $("title").textContent = welcome.stream.title || welcome.stream.id;
   $("host-name").textContent = welcome.stream.creator_id;
   $("host-avatar").textContent = welcome.stream.creator_id.slice(0, 1).toUpperCase();
@@ -237,7 +245,11 @@ function onState(name, detail) {
   status.dataset.state = name;
   status.textContent = STATE_TEXT[name] ?? name;
   if (name === "denied" || name === "no-stream") {
-    showError(errorText(detail?.code ?? "unauthorized"), { code: detail?.code ?? "" });
+    state.blocked = true;
+    setEnded(state.ended);
+    const code = detail?.code ?? "unauthorized";
+    showError(errorText(code), { code });
+    clearTimeout(state.errorTimer); // this one stays: nothing works until it is fixed
   }
 }
 
@@ -249,6 +261,8 @@ function showNotice(html) {
 
 async function main() {
   if (!config.token) {
+    $("status").dataset.state = "denied";
+    $("status").textContent = "no token";
     showNotice(
       "<h2>Open this page with a token</h2><p>Add <code>#token=…</code> to the address: "
       + "<code>giftwire demo</code> prints ready-made links, and "
