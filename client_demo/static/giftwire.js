@@ -107,6 +107,9 @@ export class Api {
   catalog() { return this.request("GET", "/api/catalog"); }
   wallet() { return this.request("GET", "/api/me/wallet"); }
   stream(id) { return this.request("GET", `/api/streams/${encodeURIComponent(id)}`); }
+  gifts(id, after, limit) {
+    return this.request("GET", `/api/streams/${encodeURIComponent(id)}/gifts?after=${after}&limit=${limit}`);
+  }
   leaderboard(id) { return this.request("GET", `/api/streams/${encodeURIComponent(id)}/leaderboard`); }
   startStream(id, title) { return this.request("POST", "/api/streams", { stream_id: id, title }); }
   endStream(id) { return this.request("POST", `/api/streams/${encodeURIComponent(id)}/end`); }

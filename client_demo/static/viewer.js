@@ -214,7 +214,18 @@ function onMessage(message) {
   }
 }
 
-function onWelcome(welcome) {
+async function learnNames(lastSeq) {
+  // The leaderboard names user ids; recent gift events carry their display names.
+  const recent = await api.gifts(config.stream, Math.max(0, lastSeq - 100), 100);
+  if (!recent.ok) return;
+  for (const event of recent.body.events) {
+    if (!state.names.has(event.sender_id)) state.names.set(event.sender_id, event.sender_name);
+  }
+  renderTop();
+}
+
+function onWelcome(welcome, { reconnected }) {
+  if (!reconnected) learnNames(welcome.last_seq);
   state.joined = true;
   state.blocked = false;
   $("title").textContent = welcome.stream.title || welcome.stream.id;
