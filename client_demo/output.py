@@ -95,8 +95,11 @@ class Printer:
         elif self.verbose or message.get("type") not in QUIET_TYPES:
             self._line(describe(message))
 
-    def local(self, kind: str, text: str | None = None, **fields: Any) -> None:
-        """A notice from the client itself (to stderr in text mode)."""
+    def local(
+        self, kind: str, text: str | None = None, *, answer: bool = False, **fields: Any
+    ) -> None:
+        """A line from the client itself: a notice (to stderr in text mode), or the
+        ``answer`` to a command the user typed (to stdout)."""
         if self.json_lines:
             self._line(orjson.dumps({"type": kind, "local": True, **fields}).decode())
             return
@@ -104,7 +107,7 @@ class Printer:
             text = kind.replace("_", " ")
             if fields:
                 text += ": " + ", ".join(f"{k}={v}" for k, v in fields.items())
-        print(text, file=self.err, flush=True)
+        print(text, file=self.out if answer else self.err, flush=True)
 
     def _line(self, line: str) -> None:
         print(line, file=self.out, flush=True)

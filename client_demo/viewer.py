@@ -281,7 +281,7 @@ class Viewer(Session):
             return
         gifts = body["gifts"]
         text = "  ".join(f"{g['id']} {g['price_coins']:,}" for g in gifts)
-        self.out.local("catalog", text, gifts=gifts)
+        self.out.local("catalog", text, answer=True, gifts=gifts)
 
     async def _show_wallet(self) -> None:
         url = http_url(self.options.url) + "/api/me/wallet"
@@ -289,4 +289,5 @@ class Viewer(Session):
         if status != 200:
             self.out.local("wallet_error", code=error_of(body)[0])
             return
-        self.out.local("wallet", f"{body['coins']:,} coins, {body['diamonds']:,} diamonds", **body)
+        text = f"{body['coins']:,} coins, {body['diamonds']:,} diamonds"
+        self.out.local("wallet", text, answer=True, **body)
