@@ -311,9 +311,12 @@ class Hub:
             for room in list(self.rooms.values()):
                 try:
                     await self._stats(room)
-                except UnavailableError:
+                except (UnavailableError, *_REDIS_DOWN):
                     break
-                except _REDIS_DOWN:
+                except redis_errors.ResponseError as e:
+                    # Out of memory, read-only replica, loading: Redis is up but refuses the
+                    # viewer-count write. Try again next tick; never let the loop die.
+                    log.warning("stats of %s refused by Redis: %s", room.stream_id, e)
                     break
 
     async def _stats(self, room: Room) -> None:

@@ -53,6 +53,8 @@ class Peer:
         self.errors: dict[str | None, list[dict[str, Any]]] = {}
         self.seqs: list[int] = []
         self.other: list[dict[str, Any]] = []
+        self.stats = 0
+        self.last_stats: dict[str, Any] = {}
         self.changed = asyncio.Event()
         self.closed = asyncio.Event()
         self._welcomed = asyncio.Event()
@@ -120,7 +122,10 @@ class Peer:
             self.seqs.append(message["seq"])
         elif kind == "gifts":
             self.seqs.extend(event["seq"] for event in message["events"])
-        elif kind not in ("stats", "leaderboard"):
+        elif kind == "stats":
+            self.stats += 1
+            self.last_stats = message
+        elif kind != "leaderboard":
             self.other.append(message)
         self.changed.set()
 
