@@ -16,6 +16,8 @@ class CloseCode(IntEnum):
     """A text frame, or a close reason, that is not UTF-8."""
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    """The server process is stopping (SIGTERM): reconnect, to another process, and resume."""
     # 4001, 4003, 4004 and 4009 are reserved: today those refusals happen at the handshake,
     # as HTTP 401, 403, 404 and 429 (docs/protocol.md).
     UNAUTHORIZED = 4001
