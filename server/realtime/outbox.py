@@ -14,8 +14,9 @@ pushed while the queue is empty and the socket's buffer is below its high-water 
 corked bytes are written in one call at the end of the event loop's turn. No task switch,
 no event, no per-viewer framing, and one system call for all the frames one connection got
 in that turn (a burst of acks from one pipeline reply, an ack and the gift it caused).
-Only when the socket backs up do frames wait in the queue, where the writer task sends
-them, several per write, as soon as the buffer drains. Without a sink (any other ASGI
+Only when the socket backs up do frames wait in the queue, and only then does a writer task
+exist: it sends them, several per write, as soon as the buffer drains, and ends when the
+queue is empty (an idle connection costs no task here). Without a sink (any other ASGI
 server) every frame goes through the writer task and the ASGI ``send``.
 """
 
@@ -101,7 +102,10 @@ class Outbox:
         lag_notice: MakeLagNotice,
         on_drop: Callable[[int], None] | None = None,
         sink: FrameSink | None = None,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
+        """``on_close`` is called once when the owner must close the socket: ``close`` was
+        called (see ``close_code``), or the writer found the connection gone."""
         self._send = send
         self._sink = sink
         self._corked: list[bytes] = []
@@ -111,9 +115,8 @@ class Outbox:
         self._lagging_s_max = lagging_s_max
         self._lag_notice = lag_notice
         self._on_drop = on_drop
-        self._wakeup = asyncio.Event()
-        self.closed = asyncio.Event()
-        """Set by ``close``: the owner must close the socket even if a write is stuck."""
+        self.on_close = on_close
+        self._writer: asyncio.Task[None] | None = None
         self._full_since: float | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self.dropped = 0
@@ -143,7 +146,8 @@ class Outbox:
             self._drop()
             return False
         frames.append(frame)
-        self._wakeup.set()
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
         return True
 
     def uncork(self) -> None:
@@ -185,38 +189,50 @@ class Outbox:
             self.close_reason = reason
             self._frames.clear()
             self._corked.clear()
-            self._wakeup.set()
-            self.closed.set()
             if self._deadline is not None:
                 self._deadline.cancel()
+            self._notify_close()
 
-    async def run(self) -> None:
-        """Write queued frames until closed (or, with a sink, until the socket is gone)."""
-        if self._sink is not None:
-            await self._run_sink(self._sink)
-            return
-        frames = self._frames
-        while self.close_code is None:
-            if not frames:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            await self._send(frames.popleft())
-            if self.dropped and len(frames) < self._frames_max // 2:
-                notice, self.dropped = self._lag_notice(self.dropped), 0
-                self._full_since = None
-                await self._send(notice)
+    def _notify_close(self) -> None:
+        callback, self.on_close = self.on_close, None
+        if callback is not None:
+            callback()
 
-    async def _run_sink(self, sink: FrameSink) -> None:
+    def stop(self) -> None:
+        """The connection is over: stop the writer task, if one is running."""
+        self.on_close = None
+        if self._writer is not None:
+            self._writer.cancel()
+
+    async def _drain(self) -> None:
+        """Write the queued frames, then end; a later backlog starts a new writer."""
+        try:
+            if self._sink is not None:
+                await self._drain_sink(self._sink)
+            else:
+                await self._drain_send()
+        finally:
+            self._writer = None
+
+    async def _drain_send(self) -> None:
         frames = self._frames
-        while self.close_code is None:
-            if not frames:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
+        try:
+            while frames and self.close_code is None:
+                await self._send(frames.popleft())
+                if self.dropped and len(frames) < self._frames_max // 2:
+                    notice, self.dropped = self._lag_notice(self.dropped), 0
+                    self._full_since = None
+                    await self._send(notice)
+        except Exception:
+            self._notify_close()  # the peer went away while we wrote
+
+    async def _drain_sink(self, sink: FrameSink) -> None:
+        frames = self._frames
+        while frames and self.close_code is None:
             if not sink.writable():
                 if not await sink.wait_writable():
-                    return  # the connection is gone
+                    self._notify_close()  # the connection is gone
+                    return
                 continue
             if self._corked:
                 self.uncork()  # corked frames were pushed before the queued ones

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -82,6 +83,10 @@ def _frame_sink(websocket: WebSocket) -> FrameSink | None:
     extension = websocket.scope.get("extensions", {}).get(FRAME_SINK_EXTENSION)
     sink: FrameSink | None = extension.get("sink") if extension else None
     return sink
+
+
+def _cancel(task: asyncio.Task[CloseCode | None]) -> None:
+    task.cancel()
 
 
 async def _deny(websocket: WebSocket, code: ErrorCode, message: str | None = None) -> None:
@@ -210,19 +215,17 @@ class _Session:
 
     async def run(self) -> None:
         hub = self.services.hub
-        writer = asyncio.get_running_loop().create_task(self.outbox.run())
         close_code: CloseCode | None = CloseCode.NORMAL
         reason = ""
+        reader: asyncio.Task[CloseCode | None] | None = None
         try:
             self.room = await hub.join(self.connection, self.stream_id)
             await self._welcome()
             reader = asyncio.get_running_loop().create_task(self._read())
-            closing = asyncio.get_running_loop().create_task(self.outbox.closed.wait())
-            await asyncio.wait({reader, writer, closing}, return_when=asyncio.FIRST_COMPLETED)
-            closing.cancel()
-            if not reader.done():
-                reader.cancel()
-            close_code, reason = await self._outcome(reader, writer)
+            # A slow-consumer close (or a write that found the peer gone) stops the reading.
+            self.outbox.on_close = functools.partial(_cancel, reader)
+            await asyncio.wait({reader})
+            close_code, reason = self._outcome(reader)
         except UnavailableError:
             close_code, reason = CloseCode.GOING_AWAY, "ledger unavailable; reconnect"
         except (WebSocketDisconnect, OSError, RuntimeError):
@@ -235,26 +238,25 @@ class _Session:
                 self.services.hub.leave(self.connection, self.room)
             for task in self.gift_tasks:
                 task.cancel()
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
+            self.outbox.stop()
+            if reader is not None and not reader.done():
+                reader.cancel()
         if close_code is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
                     await self.websocket.close(close_code, reason)
 
-    async def _outcome(
-        self, reader: asyncio.Task[CloseCode | None], writer: asyncio.Task[None]
-    ) -> tuple[CloseCode | None, str]:
+    def _outcome(self, reader: asyncio.Task[CloseCode | None]) -> tuple[CloseCode | None, str]:
         if self.outbox.close_code is not None:
             if self.outbox.close_code is CloseCode.SLOW_CONSUMER:
                 SLOW_CLOSES.inc()
             return self.outbox.close_code, self.outbox.close_reason
-        with contextlib.suppress(asyncio.CancelledError):
-            code = await reader
-            if code is not None:
-                return code, ""
-        return None, ""  # the peer left (or went away while we wrote)
+        if reader.cancelled():
+            return None, ""  # the peer went away while we wrote
+        error = reader.exception()
+        if error is not None:
+            raise error  # handled (or not) by run(), as if read in place
+        return reader.result(), ""
 
     async def _welcome(self) -> None:
         ledger, hub = self.services.ledger, self.services.hub
