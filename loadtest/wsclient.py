@@ -30,7 +30,7 @@ MESSAGE_BYTES_MAX = 4 * 1024 * 1024
 OnFrame = Callable[[int, bytes], None]
 
 
-class HandshakeError(Exception):
+class HandshakeError(ConnectionError):
     """The server refused the upgrade; ``status`` and ``body`` say why (giftwire's code)."""
 
     def __init__(self, status: int, body: bytes) -> None:
