@@ -7,16 +7,34 @@ that breaks an invariant on purpose (which is logged with its traceback) opts ou
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from server.ledger.keys import Keys
-from tests.reliability.helpers import FAST, assert_no_traceback
+from server.ledger.ledger import Ledger
+from tests.reliability.helpers import FAST, assert_no_traceback, ledger_on
 from tests.support.servers import ServerProcess
 
 Spawn = Callable[..., ServerProcess]
+Books = Callable[[str], Awaitable[Ledger]]
+
+
+@pytest.fixture
+async def books(keys: Keys) -> AsyncIterator[Books]:
+    """A ledger of the test's own on a Redis URL (to set up and check the books); its
+    client is closed at teardown even when the test fails."""
+    opened: list[Ledger] = []
+
+    async def open_books(url: str) -> Ledger:
+        ledger = await ledger_on(url, keys)
+        opened.append(ledger)
+        return ledger
+
+    yield open_books
+    for ledger in opened:
+        await ledger.redis.aclose()
 
 
 @pytest.fixture

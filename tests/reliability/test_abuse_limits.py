@@ -17,12 +17,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
-from tests.reliability.conftest import Spawn
+from tests.reliability.conftest import Books, Spawn
 from tests.reliability.helpers import (
     STREAM,
     Peer,
     assert_books_hold,
-    ledger_on,
     open_stream,
 )
 from tests.support.servers import ServerProcess, token
@@ -42,9 +41,9 @@ async def _burst(peers: list[Peer], prefix: str, each: int, gift: str = "rose") 
 
 
 async def test_gift_rate_limit_holds_across_two_processes(
-    redis_server: RedisProcess, keys: Keys, spawn: Spawn
+    books: Books, redis_server: RedisProcess, keys: Keys, spawn: Spawn
 ) -> None:
-    ledger = await ledger_on(redis_server.url, keys)
+    ledger = await books(redis_server.url)
     await open_stream(ledger, ("alice", 1_000))
     limits = {"GIFTWIRE_GIFTS_PER_S_MAX": str(RATE_PER_S), "GIFTWIRE_GIFT_BURST_MAX": str(BURST)}
     a, b = spawn(redis_server.url, **limits), spawn(redis_server.url, **limits)
@@ -68,13 +67,12 @@ async def test_gift_rate_limit_holds_across_two_processes(
             await peer.close()
     assert (await ledger.balance("alice")).coins == 1_000 - len(accepted)
     await assert_books_hold(ledger.redis, keys)
-    await ledger.redis.aclose()
 
 
 async def test_daily_spending_limit_holds_across_two_processes(
-    redis_server: RedisProcess, keys: Keys, spawn: Spawn
+    books: Books, redis_server: RedisProcess, keys: Keys, spawn: Spawn
 ) -> None:
-    ledger = await ledger_on(redis_server.url, keys)
+    ledger = await books(redis_server.url)
     await open_stream(ledger, ("alice", 1_000))
     a = spawn(redis_server.url, GIFTWIRE_DAILY_SPEND_COINS_MAX="50")
     b = spawn(redis_server.url, GIFTWIRE_DAILY_SPEND_COINS_MAX="50")
@@ -89,7 +87,6 @@ async def test_daily_spending_limit_holds_across_two_processes(
             await peer.close()
     assert (await ledger.balance("alice")).coins == 950
     await assert_books_hold(ledger.redis, keys)
-    await ledger.redis.aclose()
 
 
 async def _open(server: ServerProcess, user: str, local_ip: str = "127.0.0.1") -> Peer | int:
@@ -111,9 +108,9 @@ async def _open(server: ServerProcess, user: str, local_ip: str = "127.0.0.1") -
 
 
 async def test_connection_limits_per_user_and_per_address_are_per_process(
-    redis_server: RedisProcess, keys: Keys, spawn: Spawn
+    books: Books, redis_server: RedisProcess, keys: Keys, spawn: Spawn
 ) -> None:
-    ledger = await ledger_on(redis_server.url, keys)
+    ledger = await books(redis_server.url)
     await open_stream(ledger)
     limits = {"GIFTWIRE_CONNECTIONS_PER_USER_MAX": "3", "GIFTWIRE_CONNECTIONS_PER_IP_MAX": "5"}
     a, b = spawn(redis_server.url, **limits), spawn(redis_server.url, **limits)
@@ -143,13 +140,12 @@ async def test_connection_limits_per_user_and_per_address_are_per_process(
         for peer in opened:
             with contextlib.suppress(Exception):
                 await peer.ws.close()
-    await ledger.redis.aclose()
 
 
 async def test_a_message_flood_is_refused_then_closed_with_4029(
-    redis_server: RedisProcess, keys: Keys, spawn: Spawn
+    books: Books, redis_server: RedisProcess, keys: Keys, spawn: Spawn
 ) -> None:
-    ledger = await ledger_on(redis_server.url, keys)
+    ledger = await books(redis_server.url)
     await open_stream(ledger, ("alice", 100))
     server = spawn(redis_server.url, GIFTWIRE_MESSAGES_PER_S_MAX="5")
     codes: list[str] = []
@@ -171,14 +167,13 @@ async def test_a_message_flood_is_refused_then_closed_with_4029(
     # The few that got through were applied; the flood moved nothing more.
     spent = 100 - (await ledger.balance("alice")).coins
     assert 0 < spent <= 10 + 5 * 2
-    await ledger.redis.aclose()
 
 
 @pytest.mark.parametrize("count", [9_999, 10_000])
 async def test_a_combo_burst_is_bounded_by_the_largest_count(
-    redis_server: RedisProcess, keys: Keys, spawn: Spawn, count: int
+    books: Books, redis_server: RedisProcess, keys: Keys, spawn: Spawn, count: int
 ) -> None:
-    ledger = await ledger_on(redis_server.url, keys)
+    ledger = await books(redis_server.url)
     await open_stream(ledger, ("alice", 20_000))
     server = spawn(redis_server.url)
     alice = await Peer.open(server, token("alice"))
@@ -189,4 +184,3 @@ async def test_a_combo_burst_is_bounded_by_the_largest_count(
         await alice.close()
     expected = 20_000 - count if count <= 9_999 else 20_000
     assert (await ledger.balance("alice")).coins == expected
-    await ledger.redis.aclose()

@@ -22,13 +22,12 @@ from websockets.typing import Origin, Subprotocol
 from server.domain.accounts import Role
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
-from tests.reliability.conftest import Spawn
+from tests.reliability.conftest import Books, Spawn
 from tests.reliability.helpers import (
     CREATOR,
     STREAM,
     Peer,
     assert_books_hold,
-    ledger_on,
     open_stream,
 )
 from tests.support.servers import JWT_SECRET, ServerProcess, http_json, token
@@ -102,9 +101,9 @@ async def _refused(server: ServerProcess, url_suffix: str = "", **kwargs: Any) -
 
 
 async def test_bad_tokens_are_refused_at_the_handshake_and_over_http(
-    redis_server: RedisProcess, keys: Keys, spawn: Spawn
+    books: Books, redis_server: RedisProcess, keys: Keys, spawn: Spawn
 ) -> None:
-    ledger = await ledger_on(redis_server.url, keys)
+    ledger = await books(redis_server.url)
     await open_stream(ledger, ("alice", 100))
     server = spawn(redis_server.url)
     for name, (bearer, code) in BAD_TOKENS.items():
@@ -129,13 +128,12 @@ async def test_bad_tokens_are_refused_at_the_handshake_and_over_http(
         refusal = await _refused(server, f"?since={since}", subprotocols=protocols)
         assert refusal == (400, "invalid_request")
     assert (await ledger.balance("alice")).coins == 100
-    await ledger.redis.aclose()
 
 
 async def test_foreign_origins_are_refused_before_accept(
-    redis_server: RedisProcess, keys: Keys, spawn: Spawn
+    books: Books, redis_server: RedisProcess, keys: Keys, spawn: Spawn
 ) -> None:
-    ledger = await ledger_on(redis_server.url, keys)
+    ledger = await books(redis_server.url)
     await open_stream(ledger)
     server = spawn(redis_server.url, GIFTWIRE_ALLOWED_ORIGINS=f"{GOOD_ORIGIN},https://b.example")
     protocols = [Subprotocol(f"bearer.{token('alice')}")]
@@ -150,7 +148,6 @@ async def test_foreign_origins_are_refused_before_accept(
             origin=None if origin is None else Origin(origin),
         ) as ws:
             assert orjson.loads(await ws.recv())["type"] == "welcome"
-    await ledger.redis.aclose()
 
 
 # Fields a hostile client might add to make someone else pay, pay someone else, or pay less.
@@ -173,9 +170,9 @@ SPOOFED_FIELDS: list[dict[str, Any]] = [
 
 
 async def test_only_the_authenticated_viewer_pays_the_catalog_price_to_the_streams_creator(
-    redis_server: RedisProcess, keys: Keys, spawn: Spawn
+    books: Books, redis_server: RedisProcess, keys: Keys, spawn: Spawn
 ) -> None:
-    ledger = await ledger_on(redis_server.url, keys)
+    ledger = await books(redis_server.url)
     await open_stream(ledger, ("alice", 1_000), ("bob", 1_000))
     await ledger.start_stream(stream_id="other", creator_id="mallory", title="other")
     server = spawn(redis_server.url)
@@ -206,14 +203,13 @@ async def test_only_the_authenticated_viewer_pays_the_catalog_price_to_the_strea
     assert (await ledger.balance("mallory")).diamonds == 0
     assert (await ledger.stream("other")).last_sequence == 0  # type: ignore[union-attr]
     await assert_books_hold(ledger.redis, keys)
-    await ledger.redis.aclose()
 
 
 @pytest.mark.parametrize("level", ["info", "debug"])
 async def test_no_token_reaches_a_log_line(
-    redis_server: RedisProcess, keys: Keys, spawn: Spawn, level: str
+    books: Books, redis_server: RedisProcess, keys: Keys, spawn: Spawn, level: str
 ) -> None:
-    ledger = await ledger_on(redis_server.url, keys)
+    ledger = await books(redis_server.url)
     await open_stream(ledger, ("alice", 100))
     server = spawn(redis_server.url, GIFTWIRE_LOG_LEVEL=level)
     good = token("alice")
@@ -242,4 +238,3 @@ async def test_no_token_reaches_a_log_line(
     for secret in secrets:
         for part in (secret, *(p for p in secret.split(".")[1:] if len(p) > 8)):
             assert part not in text, f"token material in the {level} log"
-    await ledger.redis.aclose()

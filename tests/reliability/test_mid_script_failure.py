@@ -20,11 +20,10 @@ from redis import exceptions as redis_errors
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
 from tests.integration.helpers import snapshot
-from tests.reliability.conftest import Spawn
+from tests.reliability.conftest import Books, Spawn
 from tests.reliability.helpers import (
     Peer,
     assert_books_hold,
-    ledger_on,
     open_stream,
     settle,
 )
@@ -40,9 +39,9 @@ def starved_redis(tmp_path: Path) -> Iterator[RedisProcess]:
 
 
 async def test_out_of_memory_is_unavailable_on_the_wire_and_the_retry_applies_once(
-    starved_redis: RedisProcess, keys: Keys, spawn: Spawn
+    books: Books, starved_redis: RedisProcess, keys: Keys, spawn: Spawn
 ) -> None:
-    ledger = await ledger_on(starved_redis.url, keys)
+    ledger = await books(starved_redis.url)
     await open_stream(ledger, ("alice", 1_000))
     server = spawn(starved_redis.url)
     alice = await Peer.open(server, token("alice"))
@@ -76,13 +75,12 @@ async def test_out_of_memory_is_unavailable_on_the_wire_and_the_retry_applies_on
         await viewer.close()
     assert (await ledger.balance("alice")).coins == 1_000 - 5 * 20
     await assert_books_hold(ledger.redis, keys)
-    await ledger.redis.aclose()
 
 
 async def test_a_script_error_partway_is_internal_closes_1011_and_writes_nothing(
-    redis_server: RedisProcess, keys: Keys, spawn: Spawn
+    books: Books, redis_server: RedisProcess, keys: Keys, spawn: Spawn
 ) -> None:
-    ledger = await ledger_on(redis_server.url, keys)
+    ledger = await books(redis_server.url)
     await open_stream(ledger, ("alice", 1_000))
     # The invariant error is logged with its traceback, as it should be.
     server = spawn(redis_server.url, traceback_expected=True)
@@ -107,4 +105,3 @@ async def test_a_script_error_partway_is_internal_closes_1011_and_writes_nothing
     assert "broken-1" in log and "send_gift failed" in log  # logged with the gift id
     await ledger.redis.hset(keys.account("rel_creator"), "diamonds", "10")
     await assert_books_hold(ledger.redis, keys)
-    await ledger.redis.aclose()

@@ -16,13 +16,12 @@ import pytest
 
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
-from tests.reliability.conftest import Spawn
+from tests.reliability.conftest import Books, Spawn
 from tests.reliability.helpers import (
     Peer,
     applied_gifts,
     assert_books_hold,
     fire,
-    ledger_on,
     open_stream,
     settle,
     wait_ready,
@@ -36,9 +35,9 @@ LOAD_S = 1.5
 
 @pytest.mark.slow
 async def test_acknowledged_gifts_survive_a_redis_kill_and_retries_get_their_receipts(
-    own_redis: RedisProcess, keys: Keys, spawn: Spawn
+    books: Books, own_redis: RedisProcess, keys: Keys, spawn: Spawn
 ) -> None:
-    ledger = await ledger_on(own_redis.url, keys)
+    ledger = await books(own_redis.url)
     senders = [f"sender{i}" for i in range(SENDERS)]
     await open_stream(ledger, *((user, COINS) for user in senders))
     server = spawn(own_redis.url)
@@ -79,8 +78,7 @@ async def test_acknowledged_gifts_survive_a_redis_kill_and_retries_get_their_rec
 
         own_redis.start()  # same port, same data folder, AOF replayed
         await wait_ready(server)  # reconnected and scripts reloaded, by itself
-        await ledger.redis.aclose()  # its pooled connections died with Redis
-        ledger = await ledger_on(own_redis.url, keys)
+        ledger = await books(own_redis.url)
         applied = await applied_gifts(ledger.redis, keys)
         # Every gift acknowledged to its sender is in the ledger, once.
         assert all(applied[key] == 1 for key in acked), "an acknowledged gift was lost"
@@ -130,4 +128,3 @@ async def test_acknowledged_gifts_survive_a_redis_kill_and_retries_get_their_rec
         stop.set()
         for peer in (viewer, *peers):
             await peer.close()
-        await ledger.redis.aclose()

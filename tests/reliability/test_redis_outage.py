@@ -6,12 +6,11 @@ import asyncio
 
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
-from tests.reliability.conftest import Spawn
+from tests.reliability.conftest import Books, Spawn
 from tests.reliability.helpers import (
     Peer,
     applied_gifts,
     assert_books_hold,
-    ledger_on,
     open_stream,
     readyz_status,
     send_direct,
@@ -24,9 +23,9 @@ OUTAGE_S = 3.0
 
 
 async def test_outage_refuses_gifts_turns_readyz_red_and_feeds_resume_without_gap(
-    own_redis: RedisProcess, keys: Keys, spawn: Spawn
+    books: Books, own_redis: RedisProcess, keys: Keys, spawn: Spawn
 ) -> None:
-    ledger = await ledger_on(own_redis.url, keys)
+    ledger = await books(own_redis.url)
     await open_stream(ledger, ("alice", 1_000), ("bob", 1_000))
     server = spawn(own_redis.url)
     viewer = await Peer.open(server, token("viewer1"))
@@ -73,4 +72,3 @@ async def test_outage_refuses_gifts_turns_readyz_red_and_feeds_resume_without_ga
         await alice.close()
     await assert_books_hold(ledger.redis, keys)
     assert (await ledger.balance("alice")).coins == 1_000 - 15
-    await ledger.redis.aclose()

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
-from tests.reliability.conftest import Spawn
+from tests.reliability.conftest import Books, Spawn
 from tests.reliability.helpers import (
+    STREAM,
     Peer,
     applied_gifts,
     assert_books_hold,
     fire,
-    ledger_on,
     open_stream,
     settle,
 )
-from tests.support.servers import ServerProcess, token
+from tests.support.servers import ServerProcess, http_json, token
 
 VIEWERS_PER_SERVER = 10
 
@@ -29,11 +30,31 @@ async def _follow(old: Peer, survivor: ServerProcess, bearer: str) -> Peer:
     return await Peer.open(survivor, bearer, since=max(old.seqs, default=0))
 
 
+def _fill_gaps(server: ServerProcess, peer: Peer) -> list[int]:
+    """What a client does on a ``gap`` message (a resume sends at most
+    ``resume_events_max`` events): page the range from the HTTP history."""
+    filled: list[int] = []
+    for gap in (m for m in peer.other if m["type"] == "gap"):
+        after = gap["from_seq"] - 1
+        while after < gap["to_seq"]:
+            status, body = http_json(
+                "GET", f"{server.http}/api/streams/{STREAM}/gifts?after={after}&limit=200"
+            )
+            assert status == 200 and body["events"]
+            filled += [e["seq"] for e in body["events"] if e["seq"] <= gap["to_seq"]]
+            after = body["next_after"]
+    return filled
+
+
+def _holes(seqs: list[int]) -> list[tuple[int, int]]:
+    return [(a + 1, b - 1) for a, b in itertools.pairwise(seqs) if b != a + 1]
+
+
 @pytest.mark.slow
 async def test_viewers_move_to_the_survivor_without_gaps_and_retries_tell_what_was_applied(
-    redis_server: RedisProcess, keys: Keys, spawn: Spawn
+    books: Books, redis_server: RedisProcess, keys: Keys, spawn: Spawn
 ) -> None:
-    ledger = await ledger_on(redis_server.url, keys)
+    ledger = await books(redis_server.url)
     await open_stream(ledger, ("alice", 1_000_000), ("bob", 1_000_000))
     doomed, survivor = spawn(redis_server.url), spawn(redis_server.url)
     on_doomed = [await Peer.open(doomed, token(f"va{i}")) for i in range(VIEWERS_PER_SERVER)]
@@ -75,10 +96,18 @@ async def test_viewers_move_to_the_survivor_without_gaps_and_retries_tell_what_w
         applied = await applied_gifts(ledger.redis, keys)
         total = len(alice_sent) + len(bob_sent)
         assert sum(applied.values()) == total and set(applied.values()) == {1}
+        gaps_filled = 0
         for old, new in zip(on_doomed, moved, strict=True):
             await new.wait_for(lambda n=new: len(n.seqs) > 0 and max(n.seqs) >= total)
-            seen = old.seqs + new.seqs
-            assert seen == list(range(1, total + 1)), "a moved viewer saw a gap or a repeat"
+            live = old.seqs + new.seqs
+            # In order, and every hole is one the server announced with a `gap` message...
+            assert live == sorted(set(live)), "a moved viewer saw a repeat or a reordering"
+            announced = [(m["from_seq"], m["to_seq"]) for m in new.other if m["type"] == "gap"]
+            assert _holes(live) == announced
+            # ...which the HTTP history fills: every gift seen exactly once.
+            filled = await asyncio.to_thread(_fill_gaps, survivor, new)
+            gaps_filled += len(filled)
+            assert sorted(live + filled) == list(range(1, total + 1))
         for viewer in on_survivor:
             await viewer.wait_for(lambda v=viewer: len(v.seqs) >= total)
             assert viewer.seqs == list(range(1, total + 1))
@@ -87,7 +116,8 @@ async def test_viewers_move_to_the_survivor_without_gaps_and_retries_tell_what_w
             f"\nserver kill -9: {len(alice.acks)} of alice's gifts acked before the crash, "
             f"{len(unanswered)} in flight ({in_flight_applied} had been applied), "
             f"{len(bob_sent)} from bob on the survivor; {total} applied once each; "
-            f"{VIEWERS_PER_SERVER} viewers moved without a gap"
+            f"{VIEWERS_PER_SERVER} viewers moved without a gap ({gaps_filled} events paged "
+            "over HTTP after `gap` messages)"
         )
     finally:
         stop_alice.set()
@@ -97,4 +127,3 @@ async def test_viewers_move_to_the_survivor_without_gaps_and_retries_tell_what_w
         if alice_again is not None:
             await alice_again.close()
     await assert_books_hold(ledger.redis, keys)
-    await ledger.redis.aclose()

@@ -24,8 +24,8 @@ from websockets.exceptions import ConnectionClosed
 
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
-from tests.reliability.conftest import Spawn
-from tests.reliability.helpers import STREAM, Peer, ledger_on, open_stream
+from tests.reliability.conftest import Books, Spawn
+from tests.reliability.helpers import STREAM, Peer, open_stream
 from tests.support.servers import ServerProcess, token
 
 READERS = 1_000
@@ -178,9 +178,9 @@ async def _closed_by_server(slow: ClientConnection) -> int | None:
 
 @pytest.mark.slow
 async def test_a_stalled_viewer_neither_slows_a_thousand_readers_nor_grows_memory(
-    redis_server: RedisProcess, keys: Keys, spawn: Spawn
+    books: Books, redis_server: RedisProcess, keys: Keys, spawn: Spawn
 ) -> None:
-    ledger = await ledger_on(redis_server.url, keys)
+    ledger = await books(redis_server.url)
     await open_stream(ledger, ("alice", 1_000_000))
     server = spawn(redis_server.url, **SLOW_ENV)
     pid = server.process.pid  # type: ignore[union-attr]
@@ -239,4 +239,3 @@ async def test_a_stalled_viewer_neither_slows_a_thousand_readers_nor_grows_memor
                 await asyncio.wait_for(slow.close(), 2)
         await readers.close()
         await sender.close()
-        await ledger.redis.aclose()

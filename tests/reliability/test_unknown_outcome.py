@@ -17,12 +17,11 @@ import pytest
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
 from server.ledger.runner import StreamRows
-from tests.reliability.conftest import Spawn
+from tests.reliability.conftest import Books, Spawn
 from tests.reliability.helpers import (
     Peer,
     applied_gifts,
     assert_books_hold,
-    ledger_on,
     open_stream,
     settle,
     wait_ready,
@@ -40,9 +39,9 @@ async def proxy(redis_server: RedisProcess) -> AsyncIterator[CuttableProxy]:
 
 
 async def test_a_lost_reply_is_unavailable_and_the_retry_returns_the_original_receipt(
-    redis_server: RedisProcess, keys: Keys, spawn: Spawn, proxy: CuttableProxy
+    books: Books, redis_server: RedisProcess, keys: Keys, spawn: Spawn, proxy: CuttableProxy
 ) -> None:
-    ledger = await ledger_on(redis_server.url, keys)
+    ledger = await books(redis_server.url)
     await open_stream(ledger, ("alice", 1_000))
     server = spawn(proxy.url, ready=False, GIFTWIRE_REDIS_TIMEOUT_S="1")
     await asyncio.to_thread(server.start)  # the proxy runs on this loop: do not block it
@@ -72,13 +71,12 @@ async def test_a_lost_reply_is_unavailable_and_the_retry_returns_the_original_re
     finally:
         await alice.close()
     await assert_books_hold(ledger.redis, keys)
-    await ledger.redis.aclose()
 
 
 async def test_fifty_concurrent_duplicates_move_money_once_across_two_processes(
-    redis_server: RedisProcess, keys: Keys, spawn: Spawn
+    books: Books, redis_server: RedisProcess, keys: Keys, spawn: Spawn
 ) -> None:
-    ledger = await ledger_on(redis_server.url, keys)
+    ledger = await books(redis_server.url)
     await open_stream(ledger, ("alice", 1_000))
     a, b = spawn(redis_server.url), spawn(redis_server.url)
     peers = [await Peer.open(server, token("alice")) for server in (a, b) * 5]
@@ -108,7 +106,6 @@ async def test_fifty_concurrent_duplicates_move_money_once_across_two_processes(
         for peer in peers:
             await peer.close()
     await assert_books_hold(ledger.redis, keys)
-    await ledger.redis.aclose()
 
 
 def _acks(peer: Peer) -> int:
