@@ -1,0 +1,123 @@
+"""``python -m benchmarks run --out benchmarks/results/latest.json`` (about 6–8 minutes)
+and ``python -m benchmarks report`` (the table and the plot in docs/benchmarks.md).
+
+Everything is measured in the same run on the same machine, and each result is reported as
+a ratio to its baseline measured next to it: absolute numbers vary by ±30 % between runs of
+the same machine kind, ratios much less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from benchmarks import fanout, hotpath, report
+from benchmarks.procs import REPO, machine
+from server.ledger.embedded import RedisProcess
+
+LATENCY_RATE = 8.0
+"""Gifts per second into the room at which p99 latencies are compared (5,000 viewers:
+40,000 deliveries per second, about half of a bare broadcast's capacity here)."""
+
+
+class _Progress:
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def __call__(self, line: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f}s] {line}", file=sys.stderr, flush=True)
+
+
+async def run(viewers: int, scale: float, only: set[str], progress: _Progress) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine(),
+        "viewers": viewers,
+        "scale": scale,
+    }
+    with tempfile.TemporaryDirectory(prefix="giftwire-bench-") as tmp:
+        log_dir = Path(tmp)
+        redis_process = RedisProcess(log_dir / "redis")
+        redis_process.start()
+        assert redis_process.process is not None
+        redis = Redis.from_url(redis_process.url)
+        try:
+            if "hot" in only:
+                progress("hot path: ceilings of the send_gift script")
+                result["hot_path"] = await hotpath.measure_ceilings(
+                    redis_process.url, redis_process.port, redis_process.process.pid,
+                    progress, scale,
+                )  # fmt: skip
+                result["hot_path"]["giftwire"] = await hotpath.measure_end_to_end(
+                    redis_process.url, log_dir, progress, scale, {}
+                )
+            if "fanout" in only:
+                result["fanout"] = await _fanout(redis, redis_process.url, log_dir, viewers,
+                                                 progress)  # fmt: skip
+        finally:
+            await redis.aclose()
+            redis_process.stop()
+    result["ratios"] = report.ratios(result)
+    result["seconds"] = round(time.monotonic() - progress.started, 1)
+    return result
+
+
+async def _fanout(
+    redis: Redis, redis_url: str, log_dir: Path, viewers: int, progress: _Progress
+) -> dict[str, Any]:
+    per_frame_rates = [1.0, 2.0, 4.0, LATENCY_RATE, 12.0, 16.0, 24.0]
+    targets: list[tuple[fanout.Target, list[float], float]] = [
+        (fanout.BareWebsockets(log_dir, redis_url), per_frame_rates, 40.0),
+        (fanout.Giftwire(log_dir, redis_url, coalesce=False), per_frame_rates, 40.0),
+        (fanout.SocketIO(log_dir, redis_url), per_frame_rates, 40.0),
+        (fanout.Giftwire(log_dir, redis_url, coalesce=True), [50.0, 200.0, 1000.0], 2000.0),
+    ]
+    out: dict[str, Any] = {}
+    for target, rates, saturation in targets:
+        progress(f"fan-out: {target.name}, {viewers:,} viewers")
+        key = {
+            fanout.BareWebsockets: "bare",
+            fanout.SocketIO: "socketio",
+        }.get(type(target), "giftwire_coalescing" if "coalescing" in target.name else "giftwire")
+        out[key] = await fanout.measure(target, redis, viewers, rates, saturation, progress)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run every benchmark, write JSON")
+    r.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "latest.json")
+    r.add_argument("--viewers", type=int, default=5000, help="viewers in the fan-out room")
+    r.add_argument("--scale", type=float, default=1.0, help="multiply gift counts (0.1: quick)")
+    r.add_argument("--only", default="hot,fanout", help="comma list of: hot, fanout")
+    r.add_argument("--report", action="store_true", help="then update docs/benchmarks.md")
+    p = sub.add_parser("report", help="write the table and the plot into docs/")
+    p.add_argument("--in", dest="path", type=Path,
+                   default=REPO / "benchmarks" / "results" / "latest.json")  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        progress = _Progress()
+        result = asyncio.run(run(args.viewers, args.scale, set(args.only.split(",")), progress))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+        progress(f"wrote {args.out}")
+        print(report.table(result))
+        if args.report:
+            report.write_docs(result)
+        return 0
+    report.write_docs(orjson.loads(args.path.read_bytes()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
