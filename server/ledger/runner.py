@@ -238,15 +238,25 @@ def _pack_evalsha(call: _Call) -> bytes:
         % (3 + len(keys) + len(args), call.script.sha.encode()),
         _bulk(str(len(keys)).encode()),
     ]
-    for key in keys:
-        parts.append(_bulk(key.encode()))
-    for arg in args:
-        parts.append(_bulk(arg.encode() if isinstance(arg, str) else str(arg).encode()))
+    for item in (*keys, *args):
+        packed = _packed.get(item)
+        if packed is None:
+            packed = _bulk(item.encode() if isinstance(item, str) else str(item).encode())
+            if len(_packed) < PACKED_CACHE_MAX:
+                _packed[item] = packed
+        parts.append(packed)
     return b"".join(parts)
 
 
 def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+PACKED_CACHE_MAX = 4096
+_packed: dict[str | int, bytes] = {}
+"""Encoded arguments seen first, kept while there is room: the limits, the platform,
+ledger and catalog keys and the live streams' keys repeat on every call (a client id
+never does, and only costs a lookup)."""
 
 
 def _settle(call: _Call, reply: object) -> None:
