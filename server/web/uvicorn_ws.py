@@ -26,6 +26,8 @@ from websockets.protocol import State
 SEND_BUFFER_ENV = "GIFTWIRE_SOCKET_SEND_BUFFER_BYTES"
 SEND_BUFFER_BYTES_DEFAULT = 64 * 1024  # Settings.socket_send_buffer_bytes
 FRAME_SINK_EXTENSION = "giftwire.frame_sink"
+INCOMING_MESSAGES_QUEUED_MAX = 16
+"""Messages read from one connection that may wait for the app before reading pauses."""
 
 
 def _send_buffer_bytes() -> int:
@@ -54,7 +56,23 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
                 self.conn.send_close(1007, "invalid UTF-8")
                 self.handle_parser_exception()
                 return
+        self._queue_for_app()
+
+    def _queue_for_app(self) -> None:
+        """Hand the message to the app, pausing reading only at a bound.
+
+        uvicorn pauses reading after every message until the app has taken it: two epoll
+        calls per message on a busy gifter's connection (about 5 % of the server's CPU
+        under load). Up to ``INCOMING_MESSAGES_QUEUED_MAX`` messages may wait instead; at
+        that bound reading pauses as before, and uvicorn resumes it once the app has
+        drained the queue.
+        """
+        if self.read_paused or self.queue.qsize() >= INCOMING_MESSAGES_QUEUED_MAX - 1:
+            super().send_receive_event_to_app()
+            return
+        self.read_paused = True  # so that uvicorn does not pause reading for this one
         super().send_receive_event_to_app()
+        self.read_paused = False  # nothing was paused
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)

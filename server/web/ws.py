@@ -50,6 +50,9 @@ from server.web.uvicorn_ws import FRAME_SINK_EXTENSION
 log = logging.getLogger("giftwire.ws")
 
 IN_FLIGHT_GIFTS_MAX = 32
+# Labelled children looked up once: labels() costs a lock and a dict lookup per call.
+_GIFTS_SENT = GIFTS.labels("sent")
+_GIFTS_REPLAYED = GIFTS.labels("replayed")
 
 
 def _origin_allowed(websocket: WebSocket, allowed: tuple[str, ...]) -> bool:
@@ -374,7 +377,7 @@ class _Session:
             self._error(ErrorCode.INTERNAL, message.client_id)
             self.outbox.close(CloseCode.INTERNAL_ERROR, "internal error")
             return
-        GIFTS.labels("replayed" if receipt.replayed else "sent").inc()
+        (_GIFTS_REPLAYED if receipt.replayed else _GIFTS_SENT).inc()
         GIFT_SECONDS.observe(time.perf_counter() - started)
         self.connection.send(
             {
