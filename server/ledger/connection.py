@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from redis import Redis as SyncRedis
+from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from server.ledger.embedded import RedisProcess
@@ -68,3 +71,29 @@ def ledger_redis_url(redis_url: str | None, data_dir: Path) -> Iterator[str]:
     finally:
         (redis_dir / _PORT_FILE).unlink(missing_ok=True)
         server.stop()
+
+
+def wait_for_redis(url: str, *, wait_s: float, report: Callable[[str], None]) -> bool:
+    """Block until Redis at ``url`` answers PING, for at most ``wait_s``; False if never.
+
+    ``report`` is told, every few seconds, that we are still waiting and why.
+    """
+    client = SyncRedis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    deadline = time.monotonic() + wait_s
+    next_report = 0.0
+    try:
+        while True:
+            try:
+                if client.ping():
+                    return True
+            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as e:
+                now = time.monotonic()
+                if now >= deadline:
+                    report(f"Redis at {url.split('@')[-1]} is unreachable ({e}); giving up")
+                    return False
+                if now >= next_report:
+                    report(f"waiting for Redis at {url.split('@')[-1]} ({e})")
+                    next_report = now + 5
+            time.sleep(0.25)
+    finally:
+        client.close()

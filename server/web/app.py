@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -12,7 +13,8 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from server.domain.catalog import load_catalog
+from server.domain.catalog import Catalog, load_catalog
+from server.domain.errors import UnavailableError
 from server.ledger.connection import make_client
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
@@ -27,6 +29,32 @@ from server.web.ws import gift_socket
 log = logging.getLogger("giftwire")
 
 DEMO_PAGES_DIR = Path(__file__).resolve().parents[2] / "client_demo" / "static"
+
+
+STARTUP_WAIT_S = 30.0
+
+
+async def _prepare_when_reachable(ledger: Ledger, catalog: Catalog, redis_url: str) -> None:
+    """Load the scripts and the catalog, waiting up to ``STARTUP_WAIT_S`` for Redis.
+
+    ``giftwire serve`` already waits for Redis before starting uvicorn (with a clear message
+    and no traceback); this covers Redis going away in between, or another ASGI server.
+    """
+    delay_s = 0.2
+    where = redis_url.split("@")[-1]
+    deadline = asyncio.get_running_loop().time() + STARTUP_WAIT_S
+    while True:
+        try:
+            await ledger.prepare(catalog)
+            return
+        except UnavailableError as e:
+            if asyncio.get_running_loop().time() > deadline:
+                raise UnavailableError(
+                    f"Redis at {where} unreachable for {STARTUP_WAIT_S:.0f} s"
+                ) from e
+            log.warning("cannot reach Redis at %s (%s); retrying in %.1f s", where, e, delay_s)
+        await asyncio.sleep(delay_s)
+        delay_s = min(delay_s * 2, 5.0)
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -46,7 +74,7 @@ def create_app(settings: Settings) -> Starlette:
             limits=settings.limits,
             economics=settings.economics,
         )
-        await ledger.prepare(catalog)
+        await _prepare_when_reachable(ledger, catalog, redis_url)
         hub = Hub(
             ledger,
             catalog,

@@ -18,7 +18,7 @@ import uvicorn
 from server.domain.accounts import Role
 from server.domain.catalog import load_catalog
 from server.domain.errors import ErrorCode, LedgerRefusal
-from server.ledger.connection import ledger_redis_url, make_client
+from server.ledger.connection import ledger_redis_url, make_client, wait_for_redis
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
 from server.settings import Settings, env_name
@@ -97,7 +97,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             print(
                 f"embedded Redis at {url} (data in {settings.data_dir / 'redis'})", file=sys.stderr
             )
+        elif not wait_for_redis(url, wait_s=args.wait_redis_s, report=_say):
+            return 3
         return _run_uvicorn(settings, url, args.host, args.port, args.workers)
+
+
+def _say(message: str) -> None:
+    print(f"giftwire: {message}", file=sys.stderr, flush=True)
 
 
 async def seed_demo(settings: Settings, url: str) -> str:
@@ -183,6 +189,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    serve.add_argument(
+        "--wait-redis-s",
+        type=float,
+        default=60.0,
+        help="how long to wait for GIFTWIRE_REDIS_URL to answer before giving up (default 60)",
+    )
     serve.set_defaults(func=cmd_serve)
     demo.set_defaults(func=cmd_demo)
     token = sub.add_parser("token", help="mint an access token for development")
