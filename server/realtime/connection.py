@@ -57,7 +57,7 @@ class Connection:
         self.outbox.push(encode_frame(message, self.fmt), droppable=droppable)
 
     def send_frame(self, frame: OutFrame, *, droppable: bool = True) -> None:
-        self.outbox.push(frame, droppable=droppable)
+        self.outbox.push(frame, droppable=droppable, cork=False)
 
     def deliver(self, delivery: Delivery) -> None:
         if self.catching_up:
@@ -71,7 +71,7 @@ class Connection:
             rest = [e for e in delivery.events if e["seq"] > self.last_seq]
             self.outbox.push(encode_frame(_message(rest), self.fmt))
         else:
-            self.outbox.push(delivery.frame(self.fmt))
+            self.outbox.push(delivery.frame(self.fmt), cork=False)
         self.last_seq = delivery.last_seq
 
     def start_catching_up(self) -> None:

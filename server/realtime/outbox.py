@@ -127,8 +127,12 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._frames)
 
-    def push(self, frame: OutFrame, *, droppable: bool = True) -> bool:
-        """Queue (or write at once) a frame; False when it was dropped: the queue is full."""
+    def push(self, frame: OutFrame, *, droppable: bool = True, cork: bool = True) -> bool:
+        """Queue (or write) a frame; False when it was dropped: the queue is full.
+
+        ``cork=False`` writes at once when nothing is corked or queued: a broadcast sends
+        one frame to each connection per turn, which corking would only delay.
+        """
         if self.close_code is not None:
             return False
         frames = self._frames
@@ -139,8 +143,13 @@ class Outbox:
                 return True
             sink = self._sink
             if sink is not None and sink.writable():
-                corked.append(frame.wire)
-                self._corks.add(self)
+                if cork:
+                    corked.append(frame.wire)
+                    self._corks.add(self)
+                else:
+                    sink.write(frame.wire)
+                    if self.dropped:
+                        self._caught_up(sink)
                 return True
         elif droppable and len(frames) >= self._frames_max:
             self._drop()
