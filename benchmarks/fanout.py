@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from redis.asyncio import Redis
@@ -38,6 +38,9 @@ from server.web.auth import issue_token
 STREAM = "fan"
 CREATOR = "fan_creator"
 PROBES = 50
+"""Viewers of the crowd that also time what they see (``latency_in_crowd_ms``)."""
+PROBES_APART = 20
+"""Viewers in a process of their own that time what they see (``latency_ms``)."""
 CONNECTS_IN_FLIGHT_MAX = 100
 PER_SOURCE_IP = 4000
 
@@ -215,6 +218,9 @@ class Step:
     """Share of one core the server used during the step."""
     server_us_per_frame: float
     latency_ms: dict[str, float | int]
+    """Publish to seen, timed by the probes in their own process."""
+    latency_in_crowd_ms: dict[str, float | int]
+    """The same, timed by viewers inside the crowd's client process (adds its queue)."""
 
     def kept_up(self, viewers: int) -> bool:
         return self.events_per_s >= 0.9 * self.rate_per_s * viewers
@@ -312,7 +318,55 @@ class _Deferred:
         self.early = []
 
 
-async def _step(room: Room, redis: Redis, rate: float, seconds: float, warmup_s: float) -> Step:
+class Probes:
+    """``benchmarks.probe`` in a child process, joined to the same room."""
+
+    kinds: ClassVar[dict[str, str]] = {
+        "BareWebsockets": "bare",
+        "SocketIO": "socketio",
+        "Giftwire": "giftwire",
+    }
+
+    def __init__(self, target: Target, count: int = PROBES_APART) -> None:
+        self.target = target
+        self.count = count
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        assert self.target.child is not None
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "benchmarks.probe",
+            "--url", self.target.url(self.target.child.port),
+            "--kind", self.kinds[type(self.target).__name__],
+            "--count", str(self.count), "--secret", JWT_SECRET,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        await self._line(30.0)  # "ready"
+
+    async def _line(self, timeout_s: float) -> bytes:
+        assert self.process is not None and self.process.stdout is not None
+        async with asyncio.timeout(timeout_s):
+            line = await self.process.stdout.readline()
+        if not line:
+            raise RuntimeError("the probe process exited")
+        return line
+
+    async def report(self) -> dict[str, float | int]:
+        """Latency since the previous report."""
+        assert self.process is not None and self.process.stdin is not None
+        self.process.stdin.write(b"report\n")
+        await self.process.stdin.drain()
+        return dict(orjson.loads(await self._line(10.0)))
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+async def _step(
+    room: Room, probes: Probes, redis: Redis, rate: float, seconds: float, warmup_s: float
+) -> Step:
     target, counters = room.target, room.counters
     assert target.child is not None
     pid = target.child.pid
@@ -326,6 +380,7 @@ async def _step(room: Room, redis: Redis, rate: float, seconds: float, warmup_s:
         if mark is None and now >= started + warmup_s:
             mark = (now, counters.frames, counters.events, cpu_seconds(pid))
             counters.latency = Histogram()
+            await probes.report()  # start the probes' count here
         await target.publish(redis)
         published += 1
         next_at += interval
@@ -334,7 +389,8 @@ async def _step(room: Room, redis: Redis, rate: float, seconds: float, warmup_s:
             await asyncio.sleep(delay)
     end = (time.monotonic(), counters.frames, counters.events, cpu_seconds(pid))
     await asyncio.sleep(0.5)  # late deliveries count toward the latency of this step
-    latency = counters.latency.summary_ms()
+    latency = await probes.report()
+    in_crowd = counters.latency.summary_ms()
     assert mark is not None
     span = end[0] - mark[0]
     frames = end[1] - mark[1]
@@ -348,6 +404,7 @@ async def _step(room: Room, redis: Redis, rate: float, seconds: float, warmup_s:
         server_cpu=round(cpu / span, 2),
         server_us_per_frame=round(cpu / frames * 1e6, 2) if frames else 0.0,
         latency_ms=latency,
+        latency_in_crowd_ms=in_crowd,
     )
 
 
@@ -364,6 +421,7 @@ async def measure(
     await target.start(redis)
     assert target.child is not None
     room = Room(target, viewers)
+    probes = Probes(target)
     try:
         # One connection first, so that lazy imports and the room itself are not counted.
         warm = Room(target, 1)
@@ -377,9 +435,10 @@ async def measure(
         held = len(room.protos)
         per_viewer = (rss_after - rss_before) / max(held, 1)
         progress(f"{target.name}: {held:,} viewers, {per_viewer / 1024:.1f} KiB each")
+        await probes.start()
         steps: list[Step] = []
         for rate in rates:
-            step = await _step(room, redis, rate, step_s, warmup_s=1.0)
+            step = await _step(room, probes, redis, rate, step_s, warmup_s=1.0)
             steps.append(step)
             progress(
                 f"{target.name}: {rate:g}/s -> {step.events_per_s:,.0f} deliveries/s,"
@@ -387,7 +446,7 @@ async def measure(
             )
             if not step.kept_up(held):
                 break
-        saturation = await _step(room, redis, saturation_rate, step_s, warmup_s=1.5)
+        saturation = await _step(room, probes, redis, saturation_rate, step_s, warmup_s=1.5)
         progress(
             f"{target.name}: saturated at {saturation.frames_per_s:,.0f} frames/s,"
             f" {saturation.events_per_s:,.0f} events/s, cpu {saturation.server_cpu:.0%}"
@@ -403,6 +462,7 @@ async def measure(
             "saturation": _step_json(saturation),
         }
     finally:
+        await probes.stop()
         room.close()
         target.stop()
 
