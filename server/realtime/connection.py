@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,11 +37,26 @@ class Connection:
 
     ``last_seq`` is the highest gift sequence this connection has been sent: live deliveries
     at or below it are skipped, which makes resuming from the feed gapless and duplicate
-    free. While ``catching_up``, live deliveries are held back (bounded) until the feed
-    read is done.
+    free. While ``catching_up`` (before the welcome is out, during a resume, or after its
+    outbox dropped a gift frame), live deliveries and room broadcasts are held back until
+    the feed read is done; only the newest ``held_max`` are kept, since the feed read covers
+    anything older.
+
+    A dropped gift frame sets ``needs_repair``: the owner re-sends the missed gifts from the
+    feed (``Hub.resume`` from ``last_seq``) once the outbox has drained, so a lagging viewer
+    sees every gift in order, late, instead of a hole.
     """
 
-    __slots__ = ("_held", "catching_up", "conn_id", "fmt", "identity", "last_seq", "outbox")
+    __slots__ = (
+        "_held",
+        "catching_up",
+        "conn_id",
+        "fmt",
+        "identity",
+        "last_seq",
+        "needs_repair",
+        "outbox",
+    )
 
     held_max = 1024
 
@@ -51,28 +67,38 @@ class Connection:
         self.outbox = outbox
         self.last_seq = 0
         self.catching_up = True
-        self._held: list[Delivery] = []
+        self.needs_repair = False
+        self._held: deque[Delivery | tuple[OutFrame, bool]] = deque(maxlen=self.held_max)
 
     def send(self, message: Message, *, droppable: bool = False) -> None:
         self.outbox.push(encode_frame(message, self.fmt), droppable=droppable)
 
     def send_frame(self, frame: OutFrame, *, droppable: bool = True) -> None:
+        """A room broadcast (stats, leaderboard, stream state), in order with the gifts."""
+        if self.catching_up:
+            self._held.append((frame, droppable))
+            return
         self.outbox.push(frame, droppable=droppable, cork=False)
 
     def deliver(self, delivery: Delivery) -> None:
         if self.catching_up:
-            if len(self._held) < self.held_max:
-                self._held.append(delivery)
+            self._held.append(delivery)
             return
         if delivery.last_seq <= self.last_seq:
             return
         if delivery.first_seq <= self.last_seq:
             # Part of this batch was already sent (from the feed): send the rest only.
             rest = [e for e in delivery.events if e["seq"] > self.last_seq]
-            self.outbox.push(encode_frame(_message(rest), self.fmt))
+            pushed = self.outbox.push(encode_frame(_message(rest), self.fmt))
         else:
-            self.outbox.push(delivery.frame(self.fmt), cork=False)
-        self.last_seq = delivery.last_seq
+            pushed = self.outbox.push(delivery.frame(self.fmt), cork=False)
+        if pushed:
+            self.last_seq = delivery.last_seq
+        else:
+            # The viewer is behind: hold everything until the gifts from last_seq on are
+            # re-sent from the feed (see needs_repair).
+            self.catching_up = True
+            self.needs_repair = True
 
     def start_catching_up(self) -> None:
         self.catching_up = True
@@ -81,9 +107,13 @@ class Connection:
         """The feed was read up to ``last_seq``: send what arrived live meanwhile."""
         self.last_seq = max(self.last_seq, last_seq)
         self.catching_up = False
-        held, self._held = self._held, []
-        for delivery in held:
-            self.deliver(delivery)
+        self.needs_repair = False
+        held, self._held = self._held, deque(maxlen=self.held_max)
+        for item in held:
+            if isinstance(item, Delivery):
+                self.deliver(item)
+            else:
+                self.send_frame(item[0], droppable=item[1])
 
     def send_events(self, events: list[dict[str, Any]], batch_max: int) -> None:
         """Send events read from the feed, in batches, advancing ``last_seq``."""

@@ -211,9 +211,19 @@ class _Session:
     async def _write(self, frame: OutFrame) -> None:
         await self.websocket.send(frame.asgi())
 
+    async def _repair(self, room: Room) -> None:
+        await self.services.hub.resume(self.connection, room, self.connection.last_seq)
+
     def _lag_notice(self, dropped: int) -> OutFrame:
+        """The outbox drained after dropping frames: say so, and re-send missed gifts."""
+        connection = self.connection
+        if connection.needs_repair and self.room is not None:
+            connection.needs_repair = False
+            task = asyncio.get_running_loop().create_task(self._repair(self.room))
+            self.gift_tasks.add(task)  # cancelled with the session
+            task.add_done_callback(self.gift_tasks.discard)
         return encode_frame(
-            {"type": "lag", "dropped": dropped, "last_seq": self.connection.last_seq}, self.fmt
+            {"type": "lag", "dropped": dropped, "last_seq": connection.last_seq}, self.fmt
         )
 
     async def run(self) -> None:

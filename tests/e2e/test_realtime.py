@@ -17,6 +17,7 @@ from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
 from tests.e2e.conftest import FAST
 from tests.support.servers import (
+    Client,
     ServerProcess,
     client,
     http_json,
@@ -294,5 +295,42 @@ async def test_slow_viewer_is_dropped_without_delaying_others(
                     pass
         # The server stopped writing to it: the close frame itself may not fit (1006).
         assert slow.close_code in (4008, 1006), slow.close_code
+    finally:
+        server.stop()
+
+
+async def test_lagging_viewer_gets_every_gift_late_in_order_not_a_hole(
+    redis_server: RedisProcess, keys: Keys, tmp_path: Path, ledger: Ledger
+) -> None:
+    server = ServerProcess(
+        redis_server.url, keys.prefix, tmp_path, **FAST,
+        GIFTWIRE_SEND_QUEUE_FRAMES_MAX="8", GIFTWIRE_LAGGING_S_MAX="60",
+        GIFTWIRE_HOT_ROOM_EVENTS_PER_S="1000000", GIFTWIRE_SOCKET_SEND_BUFFER_BYTES="4096",
+        GIFTWIRE_RESUME_EVENTS_MAX="10000",
+    )  # fmt: skip
+    server.start()
+    total = 1500
+    try:
+        await _live(ledger, ("alice", 100_000))
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        ws = await connect(
+            server.ws_url(STREAM), sock=sock, compression=None, max_queue=4,
+            subprotocols=["giftwire.json", f"bearer.{token('lagger')}"],  # type: ignore[list-item]
+        )  # fmt: skip
+        lagger = Client(ws, "json")
+        lagger.welcome = await lagger.recv_type("welcome")
+        ws.transport.pause_reading()  # fall behind: the server must drop frames for us
+        async with client(server, STREAM, token("alice")) as alice:
+            for i in range(total):
+                await alice.send({"type": "send_gift", "id": f"l{i}", "gift": "rose"})
+            acks = 0
+            while acks < total:
+                acks += (await alice.recv(timeout_s=30))["type"] == "gift_ack"
+        ws.transport.resume_reading()
+        events = await lagger.gifts(total, timeout_s=60)
+        assert [e["seq"] for e in events] == list(range(1, total + 1))
+        assert any(m["type"] == "lag" for m in lagger.backlog), "frames were never dropped"
+        await ws.close()
     finally:
         server.stop()
