@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from server.ledger.receipts import (
 )
 from server.ledger.runner import ScriptRunner, StreamRows
 from server.ledger.scripts import ScriptName
+
+log = logging.getLogger("giftwire.ledger")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,7 @@ class Ledger:
         self.keys = keys or Keys()
         self.limits = limits or Limits()
         self.economics = economics or Economics()
+        self._catalog: Catalog | None = None
         self.runner = ScriptRunner(
             redis,
             timeout_s=self.limits.redis_timeout_s,
@@ -83,9 +87,19 @@ class Ledger:
 
     async def prepare(self, catalog: Catalog) -> None:
         """Load the scripts and publish the catalog's prices (the scripts read them)."""
+        self._catalog = catalog
+        self.runner.on_reload = self._check_catalog
         async with _redis_errors():
             await self.runner.prepare()
             await self.publish_catalog(catalog)
+
+    async def _check_catalog(self) -> None:
+        """After a Redis restart: if the catalog is gone, Redis lost its data (it ran without
+        persistence), and every gift would be refused as unknown. Say so loudly and publish
+        the catalog again; the balances are whatever Redis kept."""
+        if self._catalog is not None and not await self.redis.exists(self.keys.catalog()):
+            log.error("Redis restarted without its data: the catalog was gone; publishing it")
+            await self.publish_catalog(self._catalog)
 
     async def publish_catalog(self, catalog: Catalog) -> None:
         key = self.keys.catalog()

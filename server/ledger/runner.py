@@ -21,7 +21,7 @@ import itertools
 import logging
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from redis import exceptions as redis_errors
@@ -89,6 +89,8 @@ class ScriptRunner:
         self._lanes = [_Lane() for _ in range(max(1, pipelines_in_flight_max))]
         self._next_lane = itertools.cycle(self._lanes)
         self.scripts = load_scripts()
+        self.on_reload: Callable[[], Awaitable[None]] | None = None
+        """Called after the scripts were loaded again (Redis restarted or was flushed)."""
 
     async def prepare(self) -> None:
         """Pick the script dialect for this server and load every script (SCRIPT LOAD)."""
@@ -117,9 +119,14 @@ class ScriptRunner:
         if await self.scripts_loaded():
             return True
         log.warning("Redis lost the ledger scripts (restarted?); loading them again")
+        await self._reload_all()
+        return await self.scripts_loaded()
+
+    async def _reload_all(self) -> None:
         for script in self.scripts.values():
             await self._load(script)
-        return await self.scripts_loaded()
+        if self.on_reload is not None:
+            await self.on_reload()
 
     def script(self, name: ScriptName) -> LuaScript:
         return self.scripts[name]
@@ -196,8 +203,7 @@ class ScriptRunner:
             # NOSCRIPT means Redis lost its whole script cache (a restart, SCRIPT FLUSH): load
             # every script again, not only these, so that scripts_loaded() (the readiness
             # check) holds again without waiting for a call of each script.
-            for script in self.scripts.values():
-                await self._load(script)
+            await self._reload_all()
             for call, reply in zip(retry, await self._pipeline(retry), strict=True):
                 _settle(call, reply)
 

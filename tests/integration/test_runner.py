@@ -10,6 +10,7 @@ import pytest
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
+from server.domain.catalog import load_catalog
 from server.domain.errors import InvariantError, UnavailableError
 from server.domain.limits import Limits
 from server.ledger.embedded import RedisProcess
@@ -255,3 +256,24 @@ async def test_out_of_memory_refuses_the_whole_script(
 async def _free_memory(redis: Redis) -> None:
     async for key in redis.scan_iter(match="filler:*", count=1000):
         await redis.delete(key)
+
+
+async def test_a_redis_that_lost_its_data_gets_the_catalog_again(own_redis: RedisProcess) -> None:
+    """Redis restarted without persistence: scripts and catalog are gone. The first call's
+    NOSCRIPT reloads the scripts and republishes the catalog, so gifts are not all refused
+    as unknown."""
+    client = Redis.from_url(own_redis.url)
+    try:
+        ledger = Ledger(client, limits=Limits(gifts_per_s_max=1000, gift_burst_max=1000))
+        await ledger.prepare(load_catalog())
+        await client.flushall()
+        await client.script_flush()
+        await ledger.start_stream(stream_id="s1", creator_id="c1", title="again")
+        await ledger.top_up(payment_id="p1", user_id="u1", coins=10)
+        receipt = await ledger.send_gift(
+            client_id="g1", sender_id="u1", sender_name="U", stream_id="s1",
+            creator_id="c1", gift_id="rose", count=1,
+        )  # fmt: skip
+        assert receipt.balance == 9
+    finally:
+        await client.aclose()
