@@ -169,6 +169,7 @@ DESCRIPTIONS: dict[str, str] = {
     "feed_events_max": "gift events kept per stream for resume and history",
     "resume_events_max": "most events replayed by one resume or gap repair",
     "batch_events_max": "most gift events in one coalesced frame",
+    "room_frames_per_s_max": "frames per second a hot room sends to all its viewers together",
     "redis_timeout_s": "timeout of each Redis round trip on the hot path (s)",
     "pipeline_calls_max": "most scripts in one pipeline",
     "pipelines_in_flight_max": "pipelines in flight at once (ordered lanes)",

@@ -51,6 +51,9 @@ class Limits:
     """Most events replayed to one resuming connection; older gaps are sent as ``gap``."""
     batch_events_max: int = 50
     """Most gift events coalesced into one frame."""
+    room_frames_per_s_max: int = 40_000
+    """Frames per second one hot room may send to all its viewers together: its
+    coalescing tick grows with the room (5,000 viewers: 125 ms) to stay under it."""
     redis_timeout_s: float = 2.0
     """Per-call timeout on the hot path; a timeout means *unknown*, not failed."""
     pipeline_calls_max: int = 64

@@ -107,6 +107,7 @@ class Hub:
                 batch_events_max=self.limits.batch_events_max,
                 hot_events_per_s=self.hot_events_per_s,
                 on_gap=self._fetch_missing,
+                frames_per_s_max=self.limits.room_frames_per_s_max,
             )
             self.rooms[stream_id] = room
             channel = self.keys.room_channel(stream_id).encode()

@@ -1,9 +1,11 @@
 """A room: the connections of one stream on this process, and how events reach them.
 
 Events arrive from Redis pub/sub in sequence order. A quiet room sends each gift as its own
-frame at once. When the room turns hot (more than ``hot_events_per_s`` events in the last
-second) it coalesces: events wait up to ``batch_ms`` and go out as ``gifts`` frames of at
-most ``batch_events_max`` events. See ``docs/coalescing.md``.
+frame at once. When the room turns hot (more than ``hot_events_per_s`` events in the
+current or the previous second) it coalesces: events wait one tick and go out as ``gifts``
+frames of at most ``batch_events_max`` events. The tick is ``batch_ms``, or longer in a big
+room, so that a tick's frames to the whole room stay within ``frames_per_s_max`` a second.
+See ``docs/coalescing.md``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Room:
         batch_events_max: int,
         hot_events_per_s: int,
         on_gap: Callable[[Room], None],
+        frames_per_s_max: int = 40_000,
     ) -> None:
         self.stream_id = stream_id
         self.connections: set[Connection] = set()
@@ -34,6 +37,8 @@ class Room:
         self._batch_s = batch_ms / 1000
         self._batch_max = batch_events_max
         self._hot_per_s = hot_events_per_s
+        self._frames_per_s_max = frames_per_s_max
+        self._was_hot = False
         self._on_gap = on_gap
         self._pending: list[Message] = []
         self.fetching = False
@@ -51,7 +56,22 @@ class Room:
 
     @property
     def hot(self) -> bool:
-        return self._window_events > self._hot_per_s
+        # The previous second counts too: a busy room must not send its first
+        # hot_events_per_s events of every second one frame each.
+        return self._was_hot or self._window_events > self._hot_threshold()
+
+    def _hot_threshold(self) -> int:
+        """Events per second above which the room coalesces: ``hot_events_per_s``, lower
+        for a crowd, whose frame per event would exceed ``frames_per_s_max``. (Counting
+        only what the room managed to send would never see a crowd's room as hot: one
+        frame per event to 5,000 viewers is itself slower than 20 events a second.)"""
+        crowd = self._frames_per_s_max // max(len(self.connections), 1)
+        return max(1, min(self._hot_per_s, crowd))
+
+    @property
+    def tick_s(self) -> float:
+        """How long a hot room's events wait: ``batch_ms``, longer for a crowd."""
+        return max(self._batch_s, len(self.connections) / self._frames_per_s_max)
 
     buffer_events_max = 10_000
 
@@ -74,6 +94,8 @@ class Room:
         self.last_seq = seq
         now = time.monotonic()
         if now - self._window_start >= 1.0:
+            elapsed = now - self._window_start
+            self._was_hot = elapsed < 2.0 and self._window_events > self._hot_threshold()
             self._window_start, self._window_events = now, 0
         self._window_events += 1
         self._pending.append(event)
@@ -82,7 +104,7 @@ class Room:
         elif self._flush_handle is None:
             if self.hot:
                 loop = asyncio.get_running_loop()
-                self._flush_handle = loop.call_later(self._batch_s, self.flush)
+                self._flush_handle = loop.call_later(self.tick_s, self.flush)
             else:
                 self.flush()
 
