@@ -81,7 +81,8 @@ async def _fanout(
         (fanout.BareWebsockets(log_dir, redis_url), per_frame_rates, saturating),
         (fanout.Giftwire(log_dir, redis_url, coalesce=False), per_frame_rates, saturating),
         (fanout.SocketIO(log_dir, redis_url), per_frame_rates, saturating),
-        (fanout.Giftwire(log_dir, redis_url, coalesce=True), [50.0, 200.0, 1000.0], 2000.0),
+        (fanout.Giftwire(log_dir, redis_url, coalesce=True), [50.0, 200.0, 400.0], 1000.0),
+        (fanout.StarletteFloor(log_dir, redis_url), [], 0.0),
     ]
     out: dict[str, Any] = {}
     for target, rates, saturation in targets:
@@ -89,6 +90,7 @@ async def _fanout(
         key = {
             fanout.BareWebsockets: "bare",
             fanout.SocketIO: "socketio",
+            fanout.StarletteFloor: "starlette_floor",
         }.get(type(target), "giftwire_coalescing" if "coalescing" in target.name else "giftwire")
         out[key] = await fanout.measure(target, redis, viewers, rates, saturation, progress)
     return out

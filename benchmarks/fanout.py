@@ -133,6 +133,21 @@ class BareWebsockets(Target):
         await redis.publish(self.channel, orjson.dumps(event))
 
 
+class StarletteFloor(Target):
+    name = "Starlette endpoint under uvicorn (memory floor)"
+
+    async def start(self, redis: Redis) -> None:
+        self.child = Child(
+            "starlette",
+            [sys.executable, "-m", "benchmarks.baselines.starlette_ws", "--port", "{port}"],
+            self.log_dir, {},
+        )  # fmt: skip
+        self.child.start(ready_path=None)
+
+    def url(self, port: int) -> str:
+        return f"ws://127.0.0.1:{port}/"
+
+
 class SocketIO(Target):
     name = "python-socketio + AsyncRedisManager"
 
@@ -435,6 +450,16 @@ async def measure(
         held = len(room.protos)
         per_viewer = (rss_after - rss_before) / max(held, 1)
         progress(f"{target.name}: {held:,} viewers, {per_viewer / 1024:.1f} KiB each")
+        result: dict[str, Any] = {
+            "server": target.name,
+            "viewers": viewers,
+            "held": held,
+            "connect_failures": room.failures,
+            "connect_s": round(connect_s, 2),
+            "idle_bytes_per_viewer": round(per_viewer),
+        }
+        if not rates and not saturation_rate:
+            return result  # memory only
         await probes.start()
         steps: list[Step] = []
         for rate in rates:
@@ -451,16 +476,9 @@ async def measure(
             f"{target.name}: saturated at {saturation.frames_per_s:,.0f} frames/s,"
             f" {saturation.events_per_s:,.0f} events/s, cpu {saturation.server_cpu:.0%}"
         )
-        return {
-            "server": target.name,
-            "viewers": viewers,
-            "held": held,
-            "connect_failures": room.failures,
-            "connect_s": round(connect_s, 2),
-            "idle_bytes_per_viewer": round(per_viewer),
-            "steps": [_step_json(s) for s in steps],
-            "saturation": _step_json(saturation),
-        }
+        result["steps"] = [_step_json(s) for s in steps]
+        result["saturation"] = _step_json(saturation)
+        return result
     finally:
         await probes.stop()
         room.close()

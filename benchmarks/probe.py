@@ -42,6 +42,7 @@ def _events(kind: str, payload: bytes) -> list[dict[str, object]]:
 async def main(url: str, kind: str, count: int, secret: str) -> None:
     histogram = Histogram()
     protos: dict[int, WsClientProtocol] = {}
+    replies: dict[int, bytes] = {}
 
     def on_frame(index: int) -> object:
         def handle(opcode: int, payload: bytes) -> None:
@@ -49,7 +50,11 @@ async def main(url: str, kind: str, count: int, secret: str) -> None:
             if opcode != OP_TEXT:
                 return
             if kind == "socketio" and payload[:1] in (b"0", b"2"):
-                protos[index].send_text(b"40" if payload[:1] == b"0" else b"3")
+                reply = b"40" if payload[:1] == b"0" else b"3"
+                if index in protos:
+                    protos[index].send_text(reply)
+                else:
+                    replies[index] = reply  # the open packet came with the handshake
                 return
             now_us = time.time_ns() // 1000
             for event in _events(kind, payload):
@@ -64,6 +69,8 @@ async def main(url: str, kind: str, count: int, secret: str) -> None:
             protocols = ["giftwire.json", f"bearer.{token}"]
         proto, _ = await open_connection(url, on_frame(index), protocols=protocols)  # type: ignore[arg-type]
         protos[index] = proto
+        if index in replies:
+            proto.send_text(replies.pop(index))
     print("ready", flush=True)
     reader = asyncio.StreamReader()
     loop = asyncio.get_running_loop()
