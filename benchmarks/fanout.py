@@ -192,7 +192,12 @@ class Giftwire(Target):
         self.keys = Keys(f"fan{int(coalesce)}{time.time_ns() % 10**6}:")
 
     async def start(self, redis: Redis) -> None:
-        env = {} if self.coalesce else {"GIFTWIRE_HOT_ROOM_EVENTS_PER_S": "100000000"}
+        # Frame per gift: the room never turns hot, however many viewers it has.
+        per_frame = {
+            "GIFTWIRE_HOT_ROOM_EVENTS_PER_S": "100000000",
+            "GIFTWIRE_ROOM_FRAMES_PER_S_MAX": "1000000000",
+        }
+        env = {} if self.coalesce else per_frame
         # Stats every 2 s, as deployed; the benchmark's viewers all come from this machine.
         self.child = giftwire_server(self.log_dir, self.redis_url, self.keys.prefix, **env)
         ledger = Ledger(redis, keys=self.keys)
