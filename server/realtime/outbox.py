@@ -55,6 +55,10 @@ class FrameSink(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
+    def try_write(self, data: bytes) -> bool:
+        """``write`` if ``writable``, in one call; False (nothing written) otherwise."""
+        ...
+
     async def wait_writable(self) -> bool: ...
 
 
@@ -142,15 +146,16 @@ class Outbox:
                 corked.append(frame.wire)
                 return True
             sink = self._sink
-            if sink is not None and sink.writable():
-                if cork:
+            if sink is not None:
+                if not cork:
+                    if sink.try_write(frame.wire):
+                        if self.dropped:
+                            self._caught_up(sink)
+                        return True
+                elif sink.writable():
                     corked.append(frame.wire)
                     self._corks.add(self)
-                else:
-                    sink.write(frame.wire)
-                    if self.dropped:
-                        self._caught_up(sink)
-                return True
+                    return True
         elif droppable and len(frames) >= self._frames_max:
             self._drop()
             return False

@@ -84,10 +84,12 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
 class _FrameSink:
     """``server.realtime.outbox.FrameSink`` over this protocol's transport."""
 
-    __slots__ = ("_protocol",)
+    __slots__ = ("_protocol", "_transport", "_writable")
 
     def __init__(self, protocol: BoundedWebSocketProtocol) -> None:
         self._protocol = protocol
+        self._transport = protocol.transport
+        self._writable = protocol.writable  # set while the buffer is below high water
 
     def _open(self) -> bool:
         p = self._protocol
@@ -101,11 +103,22 @@ class _FrameSink:
         )
 
     def writable(self) -> bool:
-        return self._protocol.writable.is_set() and self._open()
+        return self._writable.is_set() and self._open()
 
     def write(self, data: bytes) -> None:
-        self._protocol.transport.write(data)
+        self._transport.write(data)
+
+    def try_write(self, data: bytes) -> bool:
+        # The broadcast path, once per viewer: the cheapest checks first. The sink exists
+        # only once the handshake completed, so only closing and backpressure matter here.
+        p = self._protocol
+        if not self._writable.is_set() or p.close_sent or p.disconnected:
+            return False
+        if p.conn.state is not State.OPEN:
+            return False
+        self._transport.write(data)
+        return True
 
     async def wait_writable(self) -> bool:
-        await self._protocol.writable.wait()
+        await self._writable.wait()
         return self._open()
