@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -97,6 +96,12 @@ def _corks() -> _Corks:
 
 
 class Outbox:
+    __slots__ = (
+        "_corked", "_corks", "_deadline", "_frames", "_frames_max", "_full_since",
+        "_lag_notice", "_lagging_s_max", "_on_drop", "_send", "_sink", "_writer",
+        "close_code", "close_reason", "dropped", "dropped_total", "on_close",
+    )  # fmt: skip
+
     def __init__(
         self,
         send: SendFrame,
@@ -114,7 +119,10 @@ class Outbox:
         self._sink = sink
         self._corked: list[bytes] = []
         self._corks = _corks()
-        self._frames: deque[OutFrame] = deque()
+        # A list, not a deque: it is empty nearly always, and an empty deque costs about
+        # 600 bytes per connection against 56 (popping the front of at most
+        # frames_max entries is cheap).
+        self._frames: list[OutFrame] = []
         self._frames_max = frames_max
         self._lagging_s_max = lagging_s_max
         self._lag_notice = lag_notice
@@ -232,7 +240,7 @@ class Outbox:
         frames = self._frames
         try:
             while frames and self.close_code is None:
-                await self._send(frames.popleft())
+                await self._send(frames.pop(0))
                 if self.dropped and len(frames) < self._frames_max // 2:
                     notice, self.dropped = self._lag_notice(self.dropped), 0
                     self._full_since = None
@@ -252,10 +260,13 @@ class Outbox:
                 self.uncork()  # corked frames were pushed before the queued ones
             batch: list[bytes] = []
             size = 0
-            while frames and size < WRITE_BYTES_MAX:
-                wire = frames.popleft().wire
+            for frame in frames:
+                if size >= WRITE_BYTES_MAX:
+                    break
+                wire = frame.wire
                 batch.append(wire)
                 size += len(wire)
+            del frames[: len(batch)]
             sink.write(b"".join(batch))
             if self.dropped and len(frames) < self._frames_max // 2:
                 self._caught_up(sink)

@@ -177,6 +177,11 @@ async def gift_socket(websocket: WebSocket) -> None:
 class _Session:
     """One accepted connection: its reader loop, writer task and in-flight gifts."""
 
+    __slots__ = (
+        "connection", "creator_id", "fmt", "gift_tasks", "identity", "outbox", "rate",
+        "room", "services", "since", "stream_id", "websocket",
+    )  # fmt: skip
+
     def __init__(
         self,
         websocket: WebSocket,
