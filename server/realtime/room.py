@@ -136,14 +136,40 @@ class Room:
         self.frames_sent += len(self.connections)
         self.events_delivered += len(self.connections) * len(events)
 
+    broadcast_chunk_max = 500
+    """Connections a droppable control message goes to per event-loop turn."""
+
     def broadcast(self, message: Message, *, droppable: bool = True) -> None:
-        """A control message (stats, leaderboard, stream state): encoded once per format."""
+        """A control message (stats, leaderboard, stream state): encoded once per format.
+
+        A droppable one (stats, leaderboard) goes out ``broadcast_chunk_max`` connections
+        per loop turn: sending it to 5,000 viewers at once takes the process 50-60 ms,
+        and a gift arriving meanwhile would wait for all of it. One that must keep its
+        place among the gifts (the stream ended) goes to everyone at once.
+        """
         frames: dict[WireFormat, OutFrame] = {}
-        for connection in self.connections:
-            frame = frames.get(connection.fmt)
+
+        def frame_for(fmt: WireFormat) -> OutFrame:
+            frame = frames.get(fmt)
             if frame is None:
-                frame = frames[connection.fmt] = encode_frame(message, connection.fmt)
-            connection.send_frame(frame, droppable=droppable)
+                frame = frames[fmt] = encode_frame(message, fmt)
+            return frame
+
+        if not droppable or len(self.connections) <= self.broadcast_chunk_max:
+            for connection in self.connections:
+                connection.send_frame(frame_for(connection.fmt), droppable=droppable)
+            return
+        self._broadcast_chunk(list(self.connections), 0, frame_for)
+
+    def _broadcast_chunk(
+        self, targets: list[Connection], start: int, frame_for: Callable[[WireFormat], OutFrame]
+    ) -> None:
+        end = start + self.broadcast_chunk_max
+        for connection in targets[start:end]:
+            if connection in self.connections:  # it may have left since
+                connection.send_frame(frame_for(connection.fmt))
+        if end < len(targets):
+            asyncio.get_running_loop().call_soon(self._broadcast_chunk, targets, end, frame_for)
 
     def close(self) -> None:
         if self._flush_handle is not None:
