@@ -24,6 +24,8 @@ from benchmarks import fanout, hotpath, report
 from benchmarks.procs import REPO, machine
 from server.ledger.embedded import RedisProcess
 
+HOT_ROUNDS = 2
+"""Hot-path measurements are repeated and each side's best round is kept."""
 LATENCY_RATE = 8.0
 """Gifts per second into the room at which p99 latencies are compared (5,000 viewers:
 40,000 deliveries per second, about half of a bare broadcast's capacity here)."""
@@ -40,6 +42,7 @@ class _Progress:
 async def run(viewers: int, scale: float, only: set[str], progress: _Progress) -> dict[str, Any]:
     result: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "load_average_before": _load_average(),
         "machine": machine(),
         "viewers": viewers,
         "scale": scale,
@@ -52,23 +55,36 @@ async def run(viewers: int, scale: float, only: set[str], progress: _Progress) -
         redis = Redis.from_url(redis_process.url)
         try:
             if "hot" in only:
-                progress("hot path: ceilings of the send_gift script")
-                result["hot_path"] = await hotpath.measure_ceilings(
-                    redis_process.url, redis_process.port, redis_process.process.pid,
-                    progress, scale,
-                )  # fmt: skip
-                result["hot_path"]["giftwire"] = await hotpath.measure_end_to_end(
-                    redis_process.url, log_dir, progress, scale, {}
-                )
+                rounds: list[dict[str, Any]] = []
+                for number in range(1, HOT_ROUNDS + 1):
+                    # Ceilings and giftwire alternate, so that other work on the machine
+                    # during one round does not fall on one side only.
+                    progress(f"hot path, round {number} of {HOT_ROUNDS}")
+                    hot = await hotpath.measure_ceilings(
+                        redis_process.url, redis_process.port, redis_process.process.pid,
+                        progress, scale,
+                    )  # fmt: skip
+                    hot["giftwire"] = await hotpath.measure_end_to_end(
+                        redis_process.url, log_dir, progress, scale, {}
+                    )
+                    rounds.append(hot)
+                result["hot_path"] = hotpath.best_of(rounds)
             if "fanout" in only:
                 result["fanout"] = await _fanout(redis, redis_process.url, log_dir, viewers,
                                                  progress)  # fmt: skip
         finally:
             await redis.aclose()
             redis_process.stop()
+    result["load_average_after"] = _load_average()
     result["ratios"] = report.ratios(result)
     result["seconds"] = round(time.monotonic() - progress.started, 1)
     return result
+
+
+def _load_average() -> list[float]:
+    """1, 5 and 15 minute load averages: other work on the machine shows here."""
+    with open("/proc/loadavg") as f:
+        return [float(x) for x in f.read().split()[:3]]
 
 
 async def _fanout(

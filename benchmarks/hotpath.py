@@ -209,3 +209,27 @@ async def measure_end_to_end(
         f" {summary['server_cpu_us_per_gift']} µs server CPU per gift"
     )
     return summary
+
+
+def best_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each measurement's best round (most per second; least CPU per gift), every round kept.
+
+    Interference from other work only ever slows a measurement down, so the best of a few
+    rounds is the closest to what the code itself does; both sides get the same rule.
+    """
+    best: dict[str, Any] = {}
+    for key in ("redis_benchmark_p1", "redis_benchmark_p16"):
+        best[key] = max((r[key] for r in rounds), key=lambda m: m["runs_per_s"])
+    best["asyncio_pipelines_64x4"] = dict(
+        max((r["asyncio_pipelines_64x4"] for r in rounds), key=lambda m: m["gifts_per_s"])
+    )
+    best["asyncio_pipelines_64x4"]["client_cpu_us_per_gift"] = min(
+        r["asyncio_pipelines_64x4"]["client_cpu_us_per_gift"] for r in rounds
+    )
+    best["giftwire"] = dict(max((r["giftwire"] for r in rounds), key=lambda m: m["gifts_per_s"]))
+    best["giftwire"]["server_cpu_us_per_gift"] = min(
+        r["giftwire"]["server_cpu_us_per_gift"] for r in rounds
+    )
+    best["giftwire"]["reconciled"] = all(r["giftwire"]["reconciled"] for r in rounds)
+    best["rounds"] = rounds
+    return best
