@@ -68,21 +68,27 @@ class Connection:
         self.last_seq = 0
         self.catching_up = True
         self.needs_repair = False
-        self._held: deque[Delivery | tuple[OutFrame, bool]] = deque(maxlen=self.held_max)
+        # Created only while catching up: an idle viewer should not pay ~600 B for it.
+        self._held: deque[Delivery | tuple[OutFrame, bool]] | None = None
 
     def send(self, message: Message, *, droppable: bool = False) -> None:
         self.outbox.push(encode_frame(message, self.fmt), droppable=droppable)
 
+    def _hold(self, item: Delivery | tuple[OutFrame, bool]) -> None:
+        if self._held is None:
+            self._held = deque(maxlen=self.held_max)
+        self._held.append(item)
+
     def send_frame(self, frame: OutFrame, *, droppable: bool = True) -> None:
         """A room broadcast (stats, leaderboard, stream state), in order with the gifts."""
         if self.catching_up:
-            self._held.append((frame, droppable))
+            self._hold((frame, droppable))
             return
         self.outbox.push(frame, droppable=droppable, cork=False)
 
     def deliver(self, delivery: Delivery) -> None:
         if self.catching_up:
-            self._held.append(delivery)
+            self._hold(delivery)
             return
         if delivery.last_seq <= self.last_seq:
             return
@@ -108,8 +114,8 @@ class Connection:
         self.last_seq = max(self.last_seq, last_seq)
         self.catching_up = False
         self.needs_repair = False
-        held, self._held = self._held, deque(maxlen=self.held_max)
-        for item in held:
+        held, self._held = self._held, None
+        for item in held or ():
             if isinstance(item, Delivery):
                 self.deliver(item)
             else:
