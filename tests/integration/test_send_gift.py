@@ -14,6 +14,7 @@ from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
 from server.ledger.receipts import GiftReceipt
 from server.ledger.reconcile import reconcile
+from tests.integration.helpers import gift as send_gift
 from tests.integration.helpers import snapshot
 
 STREAM = "live1"
@@ -35,14 +36,8 @@ async def _send(
     stream: str = STREAM,
     creator: str = CREATOR,
 ) -> GiftReceipt:
-    return await ledger.send_gift(
-        client_id=client_id,
-        sender_id=sender,
-        sender_name=sender.title(),
-        stream_id=stream,
-        creator_id=creator,
-        gift_id=gift,
-        count=count,
+    return await send_gift(
+        ledger, client_id, sender=sender, gift_id=gift, count=count, stream=stream, creator=creator
     )
 
 
