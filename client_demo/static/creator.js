@@ -2,7 +2,7 @@
 // start/end control. The feed is gapless and duplicate-free across reconnects: the socket
 // runs in ordered mode and resumes from the last sequence it handed over.
 
-import { Api, GiftSocket, el, emojiFor, errorText, fmt, pageConfig } from "./giftwire.js";
+import { Api, GiftSocket, el, emojiFor, errorText, fmt, pageConfig, topRow } from "./giftwire.js";
 
 const HISTORY_EVENTS = 50; // gifts shown from before the page was opened
 const FEED_ROWS_MAX = 200;
@@ -62,15 +62,7 @@ function renderTop() {
     return;
   }
   state.top.slice(0, 10).forEach((row, i) => {
-    list.append(
-      el(
-        "li",
-        { "data-user": row.user_id },
-        el("span", { class: "rank", text: String(i + 1) }),
-        el("span", { class: "who", text: state.names.get(row.user_id) ?? row.user_id }),
-        el("span", { class: "amount coin", text: fmt.format(row.coins) }),
-      ),
-    );
+    list.append(topRow(i + 1, row, state.names, { attrs: { "data-user": row.user_id } }));
   });
 }
 

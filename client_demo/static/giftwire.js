@@ -71,6 +71,17 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// One leaderboard row: rank, the gifter's display name (else the user id), coins.
+export function topRow(rank, row, names, { amountClass = "amount coin", attrs = {} } = {}) {
+  return el(
+    "li",
+    attrs,
+    el("span", { class: "rank", text: String(rank) }),
+    el("span", { class: "who", text: names.get(row.user_id) ?? row.user_id }),
+    el("span", { class: amountClass, text: fmt.format(row.coins) }),
+  );
+}
+
 // Client ids must match [A-Za-z0-9_.:-]{1,64}. crypto.randomUUID() exists only in secure
 // contexts (https, localhost); getRandomValues works everywhere.
 export function newClientId(prefix = "web") {

@@ -14,7 +14,7 @@
 //   test=1               show sample alerts, to place the source in OBS
 // The token comes in the fragment (#token=…): use the creator's.
 
-import { GiftSocket, el, emojiFor, fmt, pageConfig } from "./giftwire.js";
+import { GiftSocket, el, emojiFor, fmt, pageConfig, topRow } from "./giftwire.js";
 import { BigGiftQueue, isBig } from "./gifts.js";
 
 const POSITIONS = new Set(["top-left", "top-right", "bottom-left", "bottom-right", "center"]);
@@ -95,15 +95,7 @@ function renderTop() {
   const list = $("top");
   list.replaceChildren();
   for (const [i, row] of top.slice(0, options.top).entries()) {
-    list.append(
-      el(
-        "li",
-        {},
-        el("span", { class: "rank", text: String(i + 1) }),
-        el("span", { class: "who", text: names.get(row.user_id) ?? row.user_id }),
-        el("span", { class: "amount", text: fmt.format(row.coins) }),
-      ),
-    );
+    list.append(topRow(i + 1, row, names, { amountClass: "amount" }));
   }
   $("top-box").hidden = options.top === 0 || top.length === 0;
 }

@@ -1,6 +1,6 @@
 // The viewer page: join a stream, see the balance, tap gifts, watch everyone's gifts.
 
-import { Api, GiftSocket, el, emojiFor, errorText, fmt, pageConfig } from "./giftwire.js";
+import { Api, GiftSocket, el, emojiFor, errorText, fmt, pageConfig, topRow } from "./giftwire.js";
 import { BigGiftQueue, GiftStrip, isBig } from "./gifts.js";
 
 const COMBO_WINDOW_MS = 5000; // the server's default GIFTWIRE_COMBO_WINDOW_MS
@@ -82,15 +82,7 @@ function renderTop() {
     return;
   }
   state.top.slice(0, 5).forEach((row, i) => {
-    list.append(
-      el(
-        "li",
-        {},
-        el("span", { class: "rank", text: String(i + 1) }),
-        el("span", { class: "who", text: state.names.get(row.user_id) ?? row.user_id }),
-        el("span", { class: "amount coin", text: fmt.format(row.coins) }),
-      ),
-    );
+    list.append(topRow(i + 1, row, state.names));
   });
 }
 
