@@ -51,18 +51,22 @@ def start_stream(base_url: str, creator_token: str, stream_id: str, title: str) 
         raise RuntimeError(f"cannot start stream {stream_id}: HTTP {status} {body}")
 
 
-def top_up(base_url: str, secret: str, payment_id: str, user_id: str, coins: int) -> int:
-    """Credit coins through the signed payment webhook (idempotent by payment id)."""
-    body = orjson.dumps(
-        {"type": "payment.succeeded", "payment_id": payment_id, "user_id": user_id, "coins": coins}
-    )
+def post_webhook(base_url: str, secret: str, event: dict[str, object]) -> tuple[int, Any]:
+    """POST a payment-provider event, signed with HMAC-SHA256 as the server expects."""
+    body = orjson.dumps(event)
     signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    status, reply = http_json(
+    return http_json(
         "POST",
         f"{base_url}/api/webhooks/payments",
         raw=body,
         headers={"x-giftwire-signature": signature},
     )
+
+
+def top_up(base_url: str, secret: str, payment_id: str, user_id: str, coins: int) -> int:
+    """Credit coins through the signed payment webhook (idempotent by payment id)."""
+    event = {"type": "payment.succeeded", "payment_id": payment_id, "user_id": user_id}
+    status, reply = post_webhook(base_url, secret, {**event, "coins": coins})
     if status != 200:
         raise RuntimeError(f"top-up of {user_id} refused: HTTP {status} {reply}")
     return int(reply["balance"])

@@ -16,6 +16,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from server.domain.accounts import Role
 from server.ledger.ledger import Ledger
+from tests.integration.helpers import gift as send_gift
 from tests.support.servers import ServerProcess, token
 
 CHROMIUM = shutil.which("chromium") or (
@@ -105,15 +106,7 @@ async def _live(ledger: Ledger, *viewers: tuple[str, int]) -> None:
 
 
 async def _gift(ledger: Ledger, client_id: str, gift: str = "rose", sender: str = "bob") -> None:
-    await ledger.send_gift(
-        client_id=client_id,
-        sender_id=sender,
-        sender_name=sender.title(),
-        stream_id=STREAM,
-        creator_id=CREATOR,
-        gift_id=gift,
-        count=1,
-    )
+    await send_gift(ledger, client_id, sender=sender, gift_id=gift, stream=STREAM, creator=CREATOR)
 
 
 async def feed_seqs(page: Page) -> list[int]:

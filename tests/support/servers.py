@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import os
 import signal
 import subprocess
@@ -21,6 +19,8 @@ import msgpack
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
+from loadtest.http import http_json as http_json  # re-exported for the tests
+from loadtest.http import post_webhook
 from server.domain.accounts import Role
 from server.ledger.embedded import free_port
 from server.web.auth import issue_token
@@ -102,40 +102,10 @@ def token(
     return issue_token(JWT_SECRET, user, role, name=name or user.title(), ttl_s=ttl_s)
 
 
-def http_json(
-    method: str,
-    url: str,
-    body: object = None,
-    *,
-    bearer: str | None = None,
-    headers: dict[str, str] | None = None,
-    raw: bytes | None = None,
-) -> tuple[int, Any]:
-    data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("content-type", "application/json")
-    if bearer:
-        request.add_header("authorization", f"Bearer {bearer}")
-    for name, value in (headers or {}).items():
-        request.add_header(name, value)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, orjson.loads(response.read() or b"null")
-    except urllib.error.HTTPError as error:
-        return error.code, orjson.loads(error.read() or b"null")
-
-
 def signed_webhook(
     server: ServerProcess, event: dict[str, object], secret: str = WEBHOOK_SECRET
 ) -> tuple[int, Any]:
-    body = orjson.dumps(event)
-    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return http_json(
-        "POST",
-        server.http + "/api/webhooks/payments",
-        raw=body,
-        headers={"x-giftwire-signature": signature},
-    )
+    return post_webhook(server.http, secret, event)
 
 
 class Client:
