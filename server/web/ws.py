@@ -179,7 +179,7 @@ class _Session:
 
     __slots__ = (
         "connection", "creator_id", "fmt", "gift_tasks", "identity", "outbox", "rate",
-        "room", "services", "since", "stream_id", "websocket",
+        "repair", "room", "services", "since", "stream_id", "websocket",
     )  # fmt: skip
 
     def __init__(
@@ -211,6 +211,7 @@ class _Session:
         self.connection = Connection(uuid.uuid4().hex[:12], identity, fmt, self.outbox)
         self.rate = _RateLimit(limits.messages_per_s_max)
         self.gift_tasks: set[asyncio.Task[None]] = set()
+        self.repair: asyncio.Task[None] | None = None
         self.room: Room | None = None
 
     async def _write(self, frame: OutFrame) -> None:
@@ -224,9 +225,8 @@ class _Session:
         connection = self.connection
         if connection.needs_repair and self.room is not None:
             connection.needs_repair = False
-            task = asyncio.get_running_loop().create_task(self._repair(self.room))
-            self.gift_tasks.add(task)  # cancelled with the session
-            task.add_done_callback(self.gift_tasks.discard)
+            # Kept apart from gift_tasks, which bounds the gifts in flight.
+            self.repair = asyncio.get_running_loop().create_task(self._repair(self.room))
         return encode_frame(
             {"type": "lag", "dropped": dropped, "last_seq": connection.last_seq}, self.fmt
         )
@@ -256,6 +256,8 @@ class _Session:
                 self.services.hub.leave(self.connection, self.room)
             for task in self.gift_tasks:
                 task.cancel()
+            if self.repair is not None:
+                self.repair.cancel()
             self.outbox.stop()
             if reader is not None and not reader.done():
                 reader.cancel()
