@@ -21,3 +21,9 @@ class Stream:
     coins_total: int
     diamonds_total: int
     gifts_total: int
+    epoch: str = ""
+    """Which history ``last_sequence`` counts in: a new epoch starts when the store's
+    history went back (``docs/fan-out.md``)."""
+    prev_epoch: str = ""
+    prev_epoch_seq: int = 0
+    """The last sequence of ``prev_epoch`` that is still part of this epoch's history."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -41,6 +42,17 @@ class StreamChange:
     creator_id: str
     state: StreamState
     replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EpochChange:
+    """Result of bump_epoch: the stream's epoch, and the last sequence of the one before
+    it that is still history. ``changed``: this call set them (else another did)."""
+
+    epoch: str
+    prev_epoch: str
+    prev_epoch_seq: int
+    changed: bool
 
 
 @asynccontextmanager
@@ -199,7 +211,10 @@ class Ledger:
         )
         return CashOutReceipt.from_reply(body, replayed)
 
-    async def start_stream(self, *, stream_id: str, creator_id: str, title: str) -> StreamChange:
+    async def start_stream(
+        self, *, stream_id: str, creator_id: str, title: str, epoch: str | None = None
+    ) -> StreamChange:
+        """Open a live stream; ``epoch`` (default: a fresh random id) names its history."""
         k = self.keys
         body, replayed = await self._run(
             ScriptName.START_STREAM,
@@ -209,7 +224,7 @@ class Ledger:
                 k.feed(stream_id),
                 k.leaderboard(stream_id),
             ],
-            [stream_id, creator_id, title],
+            [stream_id, creator_id, title, epoch or uuid.uuid4().hex[:16]],
             order_key=stream_id,
         )
         return _stream_change(body, replayed)
@@ -244,21 +259,25 @@ class Ledger:
             else:
                 await self.redis.hdel(self.keys.account(user_id), "daily_limit")
 
+    async def bump_epoch(
+        self, *, stream_id: str, expected: str, epoch: str, valid_seq: int
+    ) -> EpochChange:
+        """Start epoch ``epoch`` if the stream is still in ``expected`` (compare and set;
+        ``bump_epoch.lua``). Returns the stream's epoch afterwards, whoever set it."""
+        k = self.keys
+        body, replayed = await self._run(
+            ScriptName.BUMP_EPOCH,
+            [k.stream(stream_id), k.room_channel(stream_id)],
+            [stream_id, expected, epoch, valid_seq],
+            order_key=stream_id,
+        )
+        doc = orjson.loads(body)
+        return EpochChange(doc["epoch"], doc["prev_epoch"], doc["prev_epoch_seq"], not replayed)
+
     async def stream(self, stream_id: str) -> Stream | None:
         async with _redis_errors():
             raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.keys.stream(stream_id)))
-        if not raw:
-            return None
-        return Stream(
-            stream_id=stream_id,
-            creator_id=raw[b"creator"].decode(),
-            state=StreamState(raw[b"state"].decode()),
-            title=raw.get(b"title", b"").decode(),
-            last_sequence=_int(raw.get(b"seq")),
-            coins_total=_int(raw.get(b"coins")),
-            diamonds_total=_int(raw.get(b"diamonds")),
-            gifts_total=_int(raw.get(b"gifts")),
-        )
+        return stream_from_hash(stream_id, raw)
 
     async def leaderboard(self, stream_id: str, limit: int = 10) -> list[tuple[str, int]]:
         async with _redis_errors():
@@ -293,6 +312,25 @@ class Ledger:
                 return bool(await self.redis.ping()) and await self.runner.ensure_loaded()
         except UnavailableError:
             return False
+
+
+def stream_from_hash(stream_id: str, raw: dict[bytes, bytes]) -> Stream | None:
+    """The stream hash (``HGETALL``) as a ``Stream``: the one reader of its fields."""
+    if not raw:
+        return None
+    return Stream(
+        stream_id=stream_id,
+        creator_id=raw[b"creator"].decode(),
+        state=StreamState(raw[b"state"].decode()),
+        title=raw.get(b"title", b"").decode(),
+        last_sequence=_int(raw.get(b"seq")),
+        coins_total=_int(raw.get(b"coins")),
+        diamonds_total=_int(raw.get(b"diamonds")),
+        gifts_total=_int(raw.get(b"gifts")),
+        epoch=raw.get(b"epoch", b"").decode(),
+        prev_epoch=raw.get(b"prev_epoch", b"").decode(),
+        prev_epoch_seq=_int(raw.get(b"prev_epoch_seq")),
+    )
 
 
 def _stream_change(body: bytes, replayed: bool) -> StreamChange:

@@ -21,6 +21,7 @@ class ScriptName(StrEnum):
     CASH_OUT = "cash_out"
     START_STREAM = "start_stream"
     END_STREAM = "end_stream"
+    BUMP_EPOCH = "bump_epoch"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,11 @@
-"""Server messages: one function per message type, so every field is named once."""
+"""Server messages: one function per message type, so every field is named once.
+
+Two kinds of message meet here. *Room events* are published by the Lua scripts inside the
+transfer that caused them (``gift`` by send_gift.lua, ``stream`` by start/end_stream.lua,
+``epoch`` by bump_epoch.lua); their fields are listed below and
+``tests/integration/test_events_shape.py`` checks the scripts' JSON against them. The rest
+are built by the server. ``docs/protocol.md`` lists every ``type`` (``tests/unit/test_docs``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,26 @@ from server.domain.catalog import Catalog
 from server.domain.errors import ERROR_MESSAGES, ErrorCode
 
 Message = dict[str, Any]
+
+GIFT_EVENT_FIELDS = frozenset(
+    {
+        "type", "seq", "epoch", "transfer_id", "stream_id", "sender_id", "sender_name",
+        "gift_id", "count", "combo", "coins", "diamonds", "ts",
+    }
+)  # fmt: skip
+"""What send_gift.lua publishes and stores in the feed for each gift."""
+GIFT_DISPLAY_FIELDS = frozenset({"gift_name", "animation", "tier"})
+"""Added from the catalog to every gift a client sees: live, resumed or paged by HTTP."""
+STREAM_EVENT_FIELDS = frozenset({"type", "stream_id", "state", "seq"})
+"""start_stream.lua and end_stream.lua (``seq`` only when it ended)."""
+EPOCH_EVENT_FIELDS = frozenset({"type", "stream_id", "epoch", "prev_epoch", "prev_epoch_seq"})
+"""bump_epoch.lua: the stream's history changed; never sent to clients as such."""
+
+SERVER_MESSAGE_TYPES = (
+    "welcome", "gift_ack", "error", "gift", "gifts", "stats", "leaderboard", "stream", "lag",
+    "gap", "history_changed", "pong",
+)  # fmt: skip
+"""Every ``type`` the server sends to a client."""
 
 
 def error(
@@ -40,3 +67,95 @@ def enrich_gift(event: Message, catalog: Catalog) -> Message:
 def gift_batch(events: list[Message]) -> Message:
     """Coalesced gift events of a hot room, oldest first."""
     return {"type": "gifts", "events": events}
+
+
+def gift_frame(events: list[Message]) -> Message:
+    """One gift as a ``gift`` message, several as one ``gifts``."""
+    return events[0] if len(events) == 1 else gift_batch(events)
+
+
+def welcome(
+    *,
+    stream: Message,
+    you: Message,
+    balance: Message,
+    viewers: int,
+    top: list[tuple[str, int]],
+    last_seq: int,
+    epoch: str,
+    fmt: str,
+) -> Message:
+    return {
+        "type": "welcome",
+        "stream": stream,
+        "you": you,
+        "balance": balance,
+        "viewers": viewers,
+        "top": leaderboard_rows(top),
+        "last_seq": last_seq,
+        "epoch": epoch,
+        "format": fmt,
+    }
+
+
+def leaderboard_rows(top: list[tuple[str, int]]) -> list[Message]:
+    return [{"user_id": user, "coins": coins} for user, coins in top]
+
+
+def gift_ack(
+    *,
+    client_id: str,
+    transfer_id: str,
+    gift_id: str,
+    count: int,
+    coins: int,
+    balance: int,
+    combo: int,
+    seq: int,
+    replayed: bool,
+) -> Message:
+    return {
+        "type": "gift_ack",
+        "id": client_id,
+        "transfer_id": transfer_id,
+        "gift": gift_id,
+        "count": count,
+        "coins": coins,
+        "balance": balance,
+        "combo": combo,
+        "seq": seq,
+        "replayed": replayed,
+    }
+
+
+def stats(*, viewers: int, coins: int, diamonds: int, gifts: int, last_seq: int) -> Message:
+    return {
+        "type": "stats",
+        "viewers": viewers,
+        "coins": coins,
+        "diamonds": diamonds,
+        "gifts": gifts,
+        "last_seq": last_seq,
+    }
+
+
+def leaderboard(top: list[tuple[str, int]]) -> Message:
+    return {"type": "leaderboard", "top": leaderboard_rows(top)}
+
+
+def lag(dropped: int, last_seq: int) -> Message:
+    return {"type": "lag", "dropped": dropped, "last_seq": last_seq}
+
+
+def gap(from_seq: int, to_seq: int) -> Message:
+    return {"type": "gap", "from_seq": from_seq, "to_seq": to_seq}
+
+
+def history_changed(epoch: str, from_seq: int) -> Message:
+    """The stream's history changed (Redis lost writes): forget the gifts from
+    ``from_seq`` on; the gifts of the current history from ``from_seq`` follow."""
+    return {"type": "history_changed", "epoch": epoch, "from_seq": from_seq}
+
+
+def pong(client_id: str | None) -> Message:
+    return {"type": "pong", "id": client_id}

@@ -24,6 +24,9 @@
 -- ARGV[15] largest balance                              ARGV[16] largest coins per send
 --
 -- Reply: {'ok', receipt JSON} | {'replay', receipt JSON} | {'refused', code [, detail JSON]}
+-- Event JSON (published and stored in the feed; fields in server/protocol/events.py):
+--   type, seq, epoch (the stream hash's, '' before epochs existed), transfer_id, stream_id,
+--   sender_id, sender_name, gift_id, count, combo, coins, diamonds, ts (ms)
 -- Receipt JSON: transfer_id, client_id, stream_id, gift_id, count, coins, diamonds,
 --   platform_coins, balance (sender's coins after), combo, seq, ts (ms)
 -- Refusal codes: invalid_request, duplicate_mismatch, unknown_stream, stream_not_live,
@@ -58,7 +61,7 @@ if stored then
 end
 
 local stream = redis.call('HMGET', KEYS[5], 'state', 'creator', 'seq', 'coins', 'diamonds',
-  'gifts')
+  'gifts', 'epoch')
 if not stream[1] then
   return refuse('unknown_stream')
 end
@@ -156,9 +159,9 @@ local transfer_id = redis.call('XADD', KEYS[9], '*', 'type', 'gift', 'client_id'
   'coins', int(coins), 'diamonds', int(diamonds), 'platform', int(platform), 'seq', int(seq))
 
 local event = cjson.encode({
-  type = 'gift', seq = seq, transfer_id = transfer_id, stream_id = stream_id,
-  sender_id = sender, sender_name = ARGV[7], gift_id = gift, count = count, combo = combo,
-  coins = coins, diamonds = diamonds, ts = ms,
+  type = 'gift', seq = seq, epoch = stream[7] or '', transfer_id = transfer_id,
+  stream_id = stream_id, sender_id = sender, sender_name = ARGV[7], gift_id = gift,
+  count = count, combo = combo, coins = coins, diamonds = diamonds, ts = ms,
 })
 redis.call('XADD', KEYS[7], 'MAXLEN', '~', int(feed_max), int(seq) .. '-0', 'e', event)
 redis.call('PUBLISH', KEYS[11], event)

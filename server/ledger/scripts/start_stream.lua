@@ -6,13 +6,15 @@
 -- KEYS[4]  {s:STREAM}:top      leaderboard (cleared likewise)
 --
 -- ARGV[1]  stream id     ARGV[2]  creator id     ARGV[3]  title
+-- ARGV[4]  epoch: a fresh random id naming this stream's history (kept on a replay)
 --
 -- Reply: {'ok', stream JSON} | {'replay', stream JSON} | {'refused', code}
 -- Stream JSON: stream_id, creator_id, title, state, started_at (ms)
 -- Refusal codes: invalid_request, stream_exists (owned by someone else, or already ended)
 
-local stream_id, creator, title = ARGV[1], ARGV[2], ARGV[3]
-if not (id_arg(stream_id) and id_arg(creator) and type(title) == 'string' and #title <= 256) then
+local stream_id, creator, title, epoch = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if not (id_arg(stream_id) and id_arg(creator) and type(title) == 'string' and #title <= 256
+    and id_arg(epoch)) then
   return refuse('invalid_request')
 end
 local existing = redis.call('HMGET', KEYS[1], 'creator', 'state', 'title', 'started_at')
@@ -28,7 +30,7 @@ local ms = now_ms()
 -- hand): clear it, so that feed entry ids restart at 1 with the sequence.
 redis.call('DEL', KEYS[3], KEYS[4])
 redis.call('HSET', KEYS[1], 'creator', creator, 'state', 'live', 'title', title,
-  'started_at', int(ms), 'seq', 0, 'coins', 0, 'diamonds', 0, 'gifts', 0)
+  'started_at', int(ms), 'seq', 0, 'coins', 0, 'diamonds', 0, 'gifts', 0, 'epoch', epoch)
 local body = cjson.encode({stream_id = stream_id, creator_id = creator, title = title,
   state = 'live', started_at = ms})
 redis.call('PUBLISH', KEYS[2], cjson.encode({type = 'stream', stream_id = stream_id,
