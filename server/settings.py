@@ -162,6 +162,7 @@ DESCRIPTIONS: dict[str, str] = {
     "connections_per_user_max": "open WebSockets per user, per process",
     "connections_per_ip_max": "open WebSockets per client address, per process",
     "send_queue_frames_max": "frames queued for one viewer before frames are dropped",
+    "send_queue_bytes_max": "bytes queued for one viewer before frames are dropped",
     "lagging_s_max": "how long a viewer may stay at its queue limit before close 4008 (s)",
     "gifts_per_s_max": "gifts per user per second, across all processes",
     "gift_burst_max": "burst of the per-user gift rate",

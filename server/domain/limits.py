@@ -23,6 +23,39 @@ ID_LENGTH_MAX = 64
 
 DISPLAY_NAME_LENGTH_MAX = 64
 
+SEQUENCE_MAX = 2**53 - 1
+"""Largest gift sequence a client may name (``since``, ``after``)."""
+
+# Decoding (protocol/codec.py): beyond these a message is ``invalid_request``.
+MESSAGE_KEYS_MAX = 64
+MESSAGE_ARRAY_MAX = 256
+
+# HTTP (web/http_api.py).
+BODY_BYTES_MAX = 16 * 1024
+"""Largest HTTP request body; larger ones get 413 ``message_too_large``."""
+PAGE_MAX = 200
+"""Most gift events one ``GET /api/streams/{id}/gifts`` returns."""
+
+# WebSocket connections (web/ws.py, realtime/).
+IN_FLIGHT_GIFTS_MAX = 32
+"""Gifts of one connection awaiting the ledger; beyond it the socket is not read."""
+HELD_DELIVERIES_MAX = 1024
+"""Live deliveries a catching-up connection keeps (the newest; the feed covers older)."""
+WRITE_BYTES_MAX = 64 * 1024
+"""Most bytes the outbox's writer joins into one write when frames have queued up."""
+
+# Rooms and the broker (realtime/, broker/).
+ROOM_BUFFER_EVENTS_MAX = 10_000
+"""Live events a room holds while it reads the feed to fill a gap."""
+ROOM_RECENT_SEQS_MAX = 1024
+"""Transfer ids a room remembers, by sequence, to tell a replay from a rollback."""
+BROADCAST_CHUNK_MAX = 500
+"""Connections a droppable room broadcast (stats, leaderboard) reaches per loop turn."""
+PUBSUB_DRAIN_MAX = 1000
+"""Most buffered pub/sub messages dispatched in one go before yielding to the loop."""
+TOP_MAX = 10
+"""Rows of a room's leaderboard sent to viewers."""
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -37,7 +70,10 @@ class Limits:
     connections_per_user_max: int = 5
     connections_per_ip_max: int = 200
     send_queue_frames_max: int = 256
-    """Frames waiting for one slow connection before it is told it lags."""
+    """Frames waiting for one slow connection before its live frames are dropped (it is
+    told it lags); twice as many (acks, resumed gifts) close it with 4008."""
+    send_queue_bytes_max: int = 1024 * 1024
+    """Bytes waiting for one slow connection, bounded like ``send_queue_frames_max``."""
     lagging_s_max: float = 5.0
     """How long a connection may stay at its queue limit before it is closed (4008)."""
     gifts_per_s_max: int = 10

@@ -14,7 +14,7 @@ from typing import Any
 import msgpack
 import orjson
 
-from server.domain.limits import Limits
+from server.domain.limits import MESSAGE_ARRAY_MAX, MESSAGE_KEYS_MAX, Limits
 
 
 class WireFormat(StrEnum):
@@ -38,7 +38,7 @@ def _check_shape(value: object, depth_max: int, string_max: int, depth: int = 1)
     if depth > depth_max:
         raise DecodeError("nested too deeply")
     if isinstance(value, dict):
-        if len(value) > 64:
+        if len(value) > MESSAGE_KEYS_MAX:
             raise DecodeError("too many keys")
         for key, item in value.items():
             if type(key) is not str:
@@ -47,7 +47,7 @@ def _check_shape(value: object, depth_max: int, string_max: int, depth: int = 1)
                 raise DecodeError("key too long")
             _check_shape(item, depth_max, string_max, depth + 1)
     elif isinstance(value, list):
-        if len(value) > 256:
+        if len(value) > MESSAGE_ARRAY_MAX:
             raise DecodeError("array too long")
         for item in value:
             _check_shape(item, depth_max, string_max, depth + 1)
@@ -83,8 +83,8 @@ def decode(data: str | bytes, fmt: WireFormat, limits: Limits) -> dict[str, Any]
                 ext_hook=_refuse_ext,
                 max_str_len=limits.string_length_max,
                 max_bin_len=0,
-                max_array_len=256,
-                max_map_len=64,
+                max_array_len=MESSAGE_ARRAY_MAX,
+                max_map_len=MESSAGE_KEYS_MAX,
                 max_ext_len=0,
             )
     except DecodeError:

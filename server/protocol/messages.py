@@ -12,7 +12,7 @@ from typing import Any
 
 from server.domain.accounts import is_valid_id
 from server.domain.errors import ErrorCode
-from server.domain.limits import GIFT_COUNT_MAX
+from server.domain.limits import GIFT_COUNT_MAX, SEQUENCE_MAX
 
 
 class ProtocolError(ValueError):
@@ -35,6 +35,8 @@ class SendGift:
 @dataclass(frozen=True, slots=True)
 class Resume:
     since: int
+    epoch: str | None = None
+    """The epoch ``since`` counts in; None (the old form): the stream's current one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +48,10 @@ ClientMessage = SendGift | Resume | Ping
 
 _FIELDS: dict[str, frozenset[str]] = {
     "send_gift": frozenset({"type", "id", "gift", "count"}),
-    "resume": frozenset({"type", "since"}),
+    "resume": frozenset({"type", "since", "epoch"}),
     "ping": frozenset({"type", "id"}),
 }
-SEQUENCE_MAX = 2**53 - 1
+__all__ = ["SEQUENCE_MAX", "ClientMessage", "Ping", "ProtocolError", "Resume", "SendGift"]
 
 
 def _int_field(doc: dict[str, Any], name: str, low: int, high: int, client_id: str | None) -> int:
@@ -59,6 +61,12 @@ def _int_field(doc: dict[str, Any], name: str, low: int, high: int, client_id: s
             ErrorCode.INVALID_REQUEST, f"{name} must be an integer in {low}..{high}", client_id
         )
     return value
+
+
+def is_epoch(value: object) -> bool:
+    """An epoch as the server hands them out (``welcome``, every gift): an id, or ''
+    for a stream from before epochs existed."""
+    return value == "" or is_valid_id(value)
 
 
 def parse_message(doc: dict[str, Any]) -> ClientMessage:
@@ -83,7 +91,11 @@ def parse_message(doc: dict[str, Any]) -> ClientMessage:
         count = 1 if "count" not in doc else _int_field(doc, "count", 1, GIFT_COUNT_MAX, client_id)
         return SendGift(client_id, gift, count)
     if kind == "resume":
-        return Resume(_int_field(doc, "since", 0, SEQUENCE_MAX, None))
+        since = _int_field(doc, "since", 0, SEQUENCE_MAX, None)
+        epoch = doc.get("epoch")
+        if epoch is not None and not is_epoch(epoch):
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, "epoch must be an epoch id")
+        return Resume(since, epoch)
     if "id" in doc and client_id is None:
         raise ProtocolError(ErrorCode.INVALID_REQUEST, "invalid id")
     return Ping(client_id)

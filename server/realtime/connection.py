@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from server.domain.accounts import Identity
+from server.domain.limits import HELD_DELIVERIES_MAX
+from server.protocol import events
 from server.protocol.codec import OutFrame, WireFormat, encode_frame
-from server.protocol.events import Message, gift_batch
+from server.protocol.events import Message
 from server.realtime.outbox import Outbox
 
 
@@ -24,12 +26,8 @@ class Delivery:
     def frame(self, fmt: WireFormat) -> OutFrame:
         frame = self.frames.get(fmt)
         if frame is None:
-            frame = self.frames[fmt] = encode_frame(_message(self.events), fmt)
+            frame = self.frames[fmt] = encode_frame(events.gift_frame(self.events), fmt)
         return frame
-
-
-def _message(events: list[Message]) -> Message:
-    return events[0] if len(events) == 1 else gift_batch(events)
 
 
 class Connection:
@@ -39,12 +37,13 @@ class Connection:
     at or below it are skipped, which makes resuming from the feed gapless and duplicate
     free. While ``catching_up`` (before the welcome is out, during a resume, or after its
     outbox dropped a gift frame), live deliveries and room broadcasts are held back until
-    the feed read is done; only the newest ``held_max`` are kept, since the feed read covers
-    anything older.
+    the feed read is done; only the newest ``HELD_DELIVERIES_MAX`` are kept, since the feed
+    read covers anything older.
 
-    A dropped gift frame sets ``needs_repair``: the owner re-sends the missed gifts from the
-    feed (``Hub.resume`` from ``last_seq``) once the outbox has drained, so a lagging viewer
-    sees every gift in order, late, instead of a hole.
+    A dropped gift frame makes the connection fall behind: it calls ``on_behind`` (set by
+    the hub, which re-sends the missed gifts from the feed once the outbox has room), so a
+    lagging viewer sees every gift in order, late, instead of a hole. The connection never
+    starts I/O itself.
     """
 
     __slots__ = (
@@ -54,29 +53,34 @@ class Connection:
         "fmt",
         "identity",
         "last_seq",
-        "needs_repair",
+        "on_behind",
         "outbox",
+        "stream_id",
     )
-
-    held_max = 1024
 
     def __init__(self, conn_id: str, identity: Identity, fmt: WireFormat, outbox: Outbox) -> None:
         self.conn_id = conn_id
         self.identity = identity
         self.fmt = fmt
         self.outbox = outbox
+        self.stream_id = ""
         self.last_seq = 0
         self.catching_up = True
-        self.needs_repair = False
+        self.on_behind: Callable[[Connection], None] | None = None
+        outbox.lag_notice = self._lag_notice
         # Created only while catching up: an idle viewer should not pay ~600 B for it.
         self._held: deque[Delivery | tuple[OutFrame, bool]] | None = None
 
-    def send(self, message: Message, *, droppable: bool = False) -> None:
-        self.outbox.push(encode_frame(message, self.fmt), droppable=droppable)
+    def _lag_notice(self, dropped: int) -> OutFrame:
+        return encode_frame(events.lag(dropped, self.last_seq), self.fmt)
+
+    def send(self, message: Message, *, droppable: bool = False) -> bool:
+        """Queue a message of this connection only (never dropped unless ``droppable``)."""
+        return self.outbox.push(encode_frame(message, self.fmt), droppable=droppable)
 
     def _hold(self, item: Delivery | tuple[OutFrame, bool]) -> None:
         if self._held is None:
-            self._held = deque(maxlen=self.held_max)
+            self._held = deque(maxlen=HELD_DELIVERIES_MAX)
         self._held.append(item)
 
     def send_frame(self, frame: OutFrame, *, droppable: bool = True) -> None:
@@ -95,16 +99,17 @@ class Connection:
         if delivery.first_seq <= self.last_seq:
             # Part of this batch was already sent (from the feed): send the rest only.
             rest = [e for e in delivery.events if e["seq"] > self.last_seq]
-            pushed = self.outbox.push(encode_frame(_message(rest), self.fmt))
+            pushed = self.outbox.push(encode_frame(events.gift_frame(rest), self.fmt))
         else:
             pushed = self.outbox.push(delivery.frame(self.fmt), cork=False)
         if pushed:
             self.last_seq = delivery.last_seq
         else:
             # The viewer is behind: hold everything until the gifts from last_seq on are
-            # re-sent from the feed (see needs_repair).
+            # re-sent from the feed.
             self.catching_up = True
-            self.needs_repair = True
+            if self.on_behind is not None:
+                self.on_behind(self)
 
     def start_catching_up(self) -> None:
         self.catching_up = True
@@ -113,7 +118,6 @@ class Connection:
         """The feed was read up to ``last_seq``: send what arrived live meanwhile."""
         self.last_seq = max(self.last_seq, last_seq)
         self.catching_up = False
-        self.needs_repair = False
         held, self._held = self._held, None
         for item in held or ():
             if isinstance(item, Delivery):
@@ -121,10 +125,13 @@ class Connection:
             else:
                 self.send_frame(item[0], droppable=item[1])
 
-    def send_events(self, events: list[dict[str, Any]], batch_max: int) -> None:
-        """Send events read from the feed, in batches, advancing ``last_seq``."""
-        for start in range(0, len(events), batch_max):
-            chunk = [e for e in events[start : start + batch_max] if e["seq"] > self.last_seq]
-            if chunk:
-                self.outbox.push(encode_frame(_message(chunk), self.fmt), droppable=False)
-                self.last_seq = chunk[-1]["seq"]
+    def forget_held(self) -> None:
+        """Drop the held deliveries and broadcasts (the history they belong to changed)."""
+        self._held = None
+
+    def send_events(self, batch: list[Message]) -> None:
+        """Send gift events read from the feed (one frame), advancing ``last_seq``."""
+        fresh = [e for e in batch if e["seq"] > self.last_seq]
+        if fresh:
+            self.outbox.push(encode_frame(events.gift_frame(fresh), self.fmt), droppable=False)
+            self.last_seq = fresh[-1]["seq"]

@@ -1,342 +1,464 @@
-"""The hub: this process's rooms, fed by one Redis pub/sub connection.
+"""The hub: this process's rooms, fed by a broker, and every connection's catching up.
 
-Every gift is published by send_gift.lua inside the transfer, so an event exists if and only
-if its transfer committed. The hub decodes each event once, adds the catalog's display
-fields, and hands it to the room, which encodes it once per wire format in use.
+The hub knows nothing of Redis or sockets. The broker (``ports.Broker``) hands it each room
+event as published; the hub decodes it once, adds the catalog's display fields, and gives
+it to the room, which encodes it once per wire format in use. Events are delivered at
+least once by combining the broker's live events with its feed: a jump in sequence, a
+broker reconnect, or a stats tick that sees a higher sequence than the room's makes the
+room read the missing events from the feed (``docs/fan-out.md``).
 
-Nothing is lost across a pub/sub outage: each room knows the last sequence it delivered; a
-jump in sequence, a reconnect, or a stats tick that sees a higher sequence in Redis makes
-the room read the missing events from the stream's feed (``docs/fan-out.md``).
+Catching up is the hub's job alone: the welcome's resume (``join(..., since=N)``), a
+client's ``resume`` and the repair of a connection whose outbox dropped gifts all run as
+the connection's one catch-up task (``_catch_up``), which pages the feed only while the
+connection's outbox has room and waits for it to drain otherwise.
+
+Epochs: a sequence compares only within its stream's epoch. When the store's history goes
+back (the room sees a sequence again with another transfer id, a stats tick finds fewer
+gifts than the room delivered, or a client resumes from beyond the store's sequence), the
+hub finds the last sequence both histories share, starts a new epoch with the broker's
+compare-and-set, tells the connections that saw the lost part (``history_changed``), and
+sends them the current history from there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-import time
-import uuid
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import orjson
-from redis import exceptions as redis_errors
-from redis.asyncio.client import PubSub
 
 from server.domain.catalog import Catalog
 from server.domain.errors import UnavailableError
-from server.domain.limits import Limits
-from server.ledger.ledger import Ledger
+from server.domain.limits import ROOM_RECENT_SEQS_MAX, TOP_MAX, Limits
+from server.protocol import events
+from server.protocol.close_codes import CloseCode
 from server.protocol.events import Message, enrich_gift
 from server.realtime.connection import Connection
+from server.realtime.ports import Broker, RoomSnapshot, StreamPosition
 from server.realtime.room import Room
 
 log = logging.getLogger("giftwire.realtime")
 
-_REDIS_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, TimeoutError)
-_TOP_MAX = 10
-PUBSUB_DRAIN_MAX = 1000
-"""Most buffered pub/sub messages dispatched in one go before yielding to the loop."""
+Greeting = Callable[[RoomSnapshot], Message]
+"""Builds a connection's welcome from the room's snapshot (the web layer adds the rest)."""
 
 
 class Hub:
     def __init__(
         self,
-        ledger: Ledger,
+        broker: Broker,
         catalog: Catalog,
         limits: Limits,
         *,
         batch_ms: int,
         hot_events_per_s: int,
         stats_interval_s: float,
-        on_drop: Callable[[int], None] | None = None,
     ) -> None:
-        self.ledger = ledger
-        self.keys = ledger.keys
+        self.broker = broker
         self.catalog = catalog
         self.limits = limits
         self.batch_ms = batch_ms
         self.hot_events_per_s = hot_events_per_s
         self.stats_interval_s = stats_interval_s
-        self.process_id = uuid.uuid4().hex[:12]
         self.rooms: dict[str, Room] = {}
-        self._channels: dict[bytes, Room] = {}
-        self._pubsub: PubSub | None = None
-        self._subscribed: dict[bytes, asyncio.Future[None]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._has_rooms = asyncio.Event()
-        self.pubsub_connected = False
-        self.on_drop = on_drop
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._catch_ups: dict[Connection, asyncio.Task[None]] = {}
+        self._rollbacks: dict[Room, asyncio.Task[None]] = {}
 
     # Lifecycle.
 
     async def start(self) -> None:
-        self._spawn(self._read_forever())
+        await self.broker.start(self)
         self._spawn(self._stats_forever())
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
+        for task in [*self._tasks, *self._catch_ups.values()]:
             task.cancel()
-        for task in list(self._tasks):
+        for task in [*self._tasks, *self._catch_ups.values()]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for room in self.rooms.values():
             room.close()
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self.broker.stop()
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+    @property
+    def connected(self) -> bool:
+        """Events can reach this process's rooms (or it has none)."""
+        return self.broker.connected or not self.rooms
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._track(asyncio.get_running_loop().create_task(coro))
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     # Rooms.
 
-    async def join(self, connection: Connection, stream_id: str) -> Room:
-        """Add a connection to its room, subscribing this process to the room if needed.
+    async def join(
+        self,
+        connection: Connection,
+        stream_id: str,
+        greeting: Greeting,
+        *,
+        since: int | None = None,
+        epoch: str | None = None,
+    ) -> Room:
+        """Add a connection to its room and queue its welcome, then (``since``) the gifts
+        after ``since`` from the feed. Returns once all of that is queued; live events
+        follow it, each once, in order.
 
-        The connection starts out catching up: the caller sends the welcome, then calls
-        ``connection.finish_catching_up(last_seq)`` (or ``resume``).
+        Raises ``UnavailableError`` (the broker cannot be reached; nothing was joined).
         """
-        room = self.rooms.get(stream_id)
-        if room is None:
-            room = Room(
-                stream_id,
-                batch_ms=self.batch_ms,
-                batch_events_max=self.limits.batch_events_max,
-                hot_events_per_s=self.hot_events_per_s,
-                on_gap=self._fetch_missing,
-                frames_per_s_max=self.limits.room_frames_per_s_max,
-            )
-            self.rooms[stream_id] = room
-            channel = self.keys.room_channel(stream_id).encode()
-            self._channels[channel] = room
-            try:
-                await self._subscribe(channel)
-                stream = await self.ledger.stream(stream_id)
-            except BaseException:
-                self._drop_room(room)
-                room.ready.set()
-                raise
-            room.last_seq = stream.last_sequence if stream else 0
-            room.ready.set()
-        else:
-            await room.ready.wait()
-            if room.stream_id not in self.rooms:
-                raise UnavailableError("room could not be opened")
+        room = await self._open(stream_id)
+        connection.stream_id = stream_id
+        connection.on_behind = self._behind
         connection.start_catching_up()
         room.connections.add(connection)
+        try:
+            snapshot = await self.broker.snapshot(stream_id)
+            if snapshot is None:
+                raise UnavailableError("the stream is gone")
+            snapshot = dataclasses.replace(snapshot, viewers=max(snapshot.viewers, len(room)))
+            connection.send(greeting(snapshot))
+            if since is None:
+                connection.finish_catching_up(snapshot.position.seq)
+            else:
+                await self.resume(connection, since, epoch)
+        except BaseException:
+            self.leave(connection)
+            raise
         return room
 
-    def leave(self, connection: Connection, room: Room) -> None:
+    async def _open(self, stream_id: str) -> Room:
+        room = self.rooms.get(stream_id)
+        if room is not None:
+            await room.ready.wait()
+            if self.rooms.get(stream_id) is not room:
+                raise UnavailableError("room could not be opened")
+            return room
+        room = Room(
+            stream_id,
+            batch_ms=self.batch_ms,
+            batch_events_max=self.limits.batch_events_max,
+            hot_events_per_s=self.hot_events_per_s,
+            on_gap=self._fetch_missing,
+            on_rollback=self._rolled_back,
+            frames_per_s_max=self.limits.room_frames_per_s_max,
+        )
+        self.rooms[stream_id] = room
+        try:
+            await self.broker.subscribe(stream_id)
+            snapshot = await self.broker.snapshot(stream_id)
+        except BaseException:
+            self._drop_room(room)
+            room.ready.set()
+            raise
+        if snapshot is not None:
+            room.last_seq = snapshot.position.seq
+            room.epoch, room.prev_epoch = snapshot.position.epoch, snapshot.prev_epoch
+        room.ready.set()
+        return room
+
+    def leave(self, connection: Connection) -> None:
+        task = self._catch_ups.pop(connection, None)
+        if task is not None:
+            task.cancel()
+        room = self.rooms.get(connection.stream_id)
+        if room is None:
+            return
         room.connections.discard(connection)
-        if not room.connections and self.rooms.get(room.stream_id) is room:
+        if not room.connections:
             self._drop_room(room)
             self._spawn(self._unsubscribe(room))
 
     def _drop_room(self, room: Room) -> None:
         room.close()
-        self.rooms.pop(room.stream_id, None)
-        channel = self.keys.room_channel(room.stream_id).encode()
-        self._channels.pop(channel, None)
-        if not self.rooms:
-            self._has_rooms.clear()
-
-    async def _subscribe(self, channel: bytes) -> None:
-        self._has_rooms.set()
-        pubsub = await self._ensure_pubsub()
-        future = asyncio.get_running_loop().create_future()
-        self._subscribed[channel] = future
-        try:
-            await pubsub.subscribe(channel)
-            async with asyncio.timeout(self.limits.redis_timeout_s):
-                await future
-        except _REDIS_DOWN as e:
-            raise UnavailableError(f"cannot subscribe: {e}") from e
-        finally:
-            self._subscribed.pop(channel, None)
+        if self.rooms.get(room.stream_id) is room:
+            del self.rooms[room.stream_id]
 
     async def _unsubscribe(self, room: Room) -> None:
-        channel = self.keys.room_channel(room.stream_id).encode()
-        with contextlib.suppress(*_REDIS_DOWN):
-            await self.ledger.redis.hdel(self.keys.viewers(room.stream_id), self.process_id)
-            if self._pubsub is not None and channel not in self._channels:
-                await self._pubsub.unsubscribe(channel)
+        with contextlib.suppress(UnavailableError):
+            if room.stream_id not in self.rooms:  # not reopened meanwhile
+                await self.broker.unsubscribe(room.stream_id)
 
-    async def _ensure_pubsub(self) -> PubSub:
-        if self._pubsub is None:
-            self._pubsub = self.ledger.redis.pubsub()
-        return self._pubsub
+    # Events from the broker (BrokerListener).
 
-    # Pub/sub reading.
-
-    async def _read_forever(self) -> None:
-        backoff_s = 0.05
-        lost = False
-        while True:
-            await self._has_rooms.wait()
-            try:
-                if lost:
-                    # Until a resubscribe succeeds: a failed one leaves a pubsub with no
-                    # channels, which no read would ever notice.
-                    await self._resubscribe()
-                    lost = False
-                pubsub = await self._ensure_pubsub()
-                if not pubsub.subscribed:
-                    await asyncio.sleep(0.01)
-                    continue
-                message = await pubsub.get_message(timeout=1.0)
-                self.pubsub_connected = True
-                backoff_s = 0.05
-                if message is not None:
-                    self._dispatch(message)
-                    await self._dispatch_buffered(pubsub)
-            except _REDIS_DOWN as e:
-                self.pubsub_connected = False
-                if not lost:
-                    log.warning("pub/sub connection lost (%s); reconnecting", e)
-                lost = True
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 2.0)
-
-    async def _resubscribe(self) -> None:
-        """Subscribe a new pubsub to every room; raises (Redis still down) to be retried."""
-        old, self._pubsub = self._pubsub, None
-        if old is not None:
-            with contextlib.suppress(Exception):
-                await old.aclose()  # type: ignore[no-untyped-call]
-        if not self._channels:
-            return
-        pubsub = await self._ensure_pubsub()
-        await pubsub.subscribe(*self._channels)
-        log.warning("pub/sub connection back; reading missed events from the feeds")
-        for room in list(self.rooms.values()):
-            # Anything published while we were away is in the feed.
-            if not room.fetching:
-                room.fetching = True
-                self._fetch_missing(room)
-
-    async def _resubscribe_channel(self, channel: bytes) -> None:
-        with contextlib.suppress(*_REDIS_DOWN):
-            pubsub = await self._ensure_pubsub()
-            await pubsub.subscribe(channel)
-
-    async def _dispatch_buffered(self, pubsub: PubSub) -> None:
-        """Dispatch the replies already read from the socket, in order, without a
-        ``get_message`` each.
-
-        ``get_message`` costs about 15 µs a message (health check, retry wrapper, timeout,
-        metrics hooks): more than the room does with the event. One socket read usually
-        holds many messages, and the parser (hiredis, a dependency) already has them:
-        plain messages go straight to their room here; anything else (a subscribe
-        confirmation, an error) goes through PubSub as before. Without a hiredis parser
-        this does nothing and ``get_message`` reads every message.
-        """
-        parser = getattr(pubsub.connection, "_parser", None)
-        reader = getattr(parser, "_reader", None)
-        gets = getattr(reader, "gets", None)
-        if gets is None:
-            return
-        for _ in range(PUBSUB_DRAIN_MAX):
-            reply = gets()
-            if isinstance(reply, Exception):
-                raise reply
-            if not isinstance(reply, list):
-                return  # no whole reply buffered (hiredis' "not enough data" marker)
-            if len(reply) == 3 and reply[0] == b"message":
-                self._dispatch_event(reply[1], reply[2])
-            else:
-                message = await pubsub.handle_message(reply)  # type: ignore[no-untyped-call]
-                if message is not None:
-                    self._dispatch(message)
-
-    def _dispatch(self, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        channel = cast(bytes, message.get("channel"))
-        if kind == "subscribe":
-            future = self._subscribed.get(channel)
-            if future is not None and not future.done():
-                future.set_result(None)
-            return
-        if kind == "unsubscribe" and channel in self._channels:
-            # A room was reopened while its old subscription was being dropped: subscribe
-            # again (anything missed meanwhile is read from the feed by the gap logic).
-            self._spawn(self._resubscribe_channel(channel))
-            return
-        if kind == "message":
-            self._dispatch_event(channel, message["data"])
-
-    def _dispatch_event(self, channel: bytes, data: bytes) -> None:
-        room = self._channels.get(channel)
+    def room_event(self, stream_id: str, data: bytes) -> None:
+        room = self.rooms.get(stream_id)
         if room is None:
             return
         event: Message = orjson.loads(data)
-        if event.get("type") == "gift":
-            room.gift(enrich_gift(event, self.catalog))
+        kind = event.get("type")
+        if kind == "gift":
+            if self._in_epoch(room, event):
+                room.gift(enrich_gift(event, self.catalog))
+            else:
+                room.hold(enrich_gift(event, self.catalog))
+                self._spawn(self._resync(room))
+        elif kind == "epoch":
+            room.hold()
+            self._spawn(self._resync(room))
         else:
             room.flush()  # keep order: gifts before the state change that followed them
             room.broadcast(event, droppable=False)
+
+    def room_events_lost(self, stream_id: str | None) -> None:
+        rooms = self.rooms.values() if stream_id is None else [self.rooms.get(stream_id)]
+        for room in list(rooms):
+            if room is not None:
+                room.repair()  # anything published meanwhile is in the feed
+
+    def _in_epoch(self, room: Room, event: Message) -> bool:
+        """An event of the room's history: label it with the room's epoch (one published
+        before the epoch changed belongs to the new history too)."""
+        epoch = event.get("epoch") or ""
+        if epoch == room.epoch:
+            return True
+        if epoch in ("", room.prev_epoch):
+            event["epoch"] = room.epoch
+            return True
+        return False
+
+    def _decode(self, room: Room, raw: bytes) -> Message:
+        event: Message = orjson.loads(raw)
+        self._in_epoch(room, event)  # a feed entry of an older epoch is history up to here
+        return enrich_gift(event, self.catalog)
 
     def _fetch_missing(self, room: Room) -> None:
         self._spawn(self._fetch(room))
 
     async def _fetch(self, room: Room) -> None:
-        events: list[Message] = []
         try:
-            for raw in await self.ledger.feed(
-                room.stream_id, room.last_seq, self.limits.resume_events_max
-            ):
-                events.append(enrich_gift(orjson.loads(raw), self.catalog))
+            # From last_seq itself: its transfer id tells whether the history still holds.
+            rows = await self.broker.feed(
+                room.stream_id, max(room.last_seq - 1, 0), self.limits.resume_events_max
+            )
         except UnavailableError:
             log.warning("cannot read the feed of %s yet; will retry", room.stream_id)
             await asyncio.sleep(0.5)
-            if self.rooms.get(room.stream_id) is room:
+            if self.rooms.get(room.stream_id) is room and room.fetching:
                 self._fetch_missing(room)
             return
-        room.fetched(events)
+        fetched = [self._decode(room, raw) for raw in rows]
+        known = room.recent.get(room.last_seq)
+        if (
+            fetched
+            and fetched[0]["seq"] == room.last_seq
+            and known not in (None, fetched[0].get("transfer_id"))
+        ):
+            self._rolled_back(room)
+            return
+        if self.rooms.get(room.stream_id) is room and room.fetching:
+            room.fetched(fetched)
 
-    # Resume.
+    # Catching up: resume and repair.
 
-    async def resume(self, connection: Connection, room: Room, since: int) -> int:
-        """Send the connection every gift after ``since`` from the feed, then go live.
-
-        Returns the last sequence sent. A ``gap`` message tells the client when the feed no
-        longer holds the oldest events it asked for, or holds more than one resume sends.
-        """
+    async def resume(self, connection: Connection, since: int, epoch: str | None = None) -> None:
+        """Send the connection every gift after ``since`` (of ``epoch``; None: the current
+        one) from the feed, then go live. Replaces a catch-up in flight: at most one runs
+        per connection. A ``gap`` tells the client when the feed no longer holds the events
+        it asked for, or holds more than one resume sends; ``history_changed`` when
+        ``since`` belongs to a history that is no longer true."""
+        room = self.rooms.get(connection.stream_id)
+        if room is None:
+            return
         connection.start_catching_up()
-        connection.last_seq = since
-        batch_max = self.limits.batch_events_max
-        sent = 0
+        old = self._catch_ups.pop(connection, None)
+        if old is not None:
+            old.cancel()
+        task = asyncio.get_running_loop().create_task(self._resume(connection, room, since, epoch))
+        self._catch_ups[connection] = task
         try:
-            while sent < self.limits.resume_events_max:
-                rows = await self.ledger.feed(room.stream_id, connection.last_seq, batch_max)
-                if not rows:
-                    break
-                events = [enrich_gift(orjson.loads(raw), self.catalog) for raw in rows]
-                first = events[0]["seq"]
-                if first > connection.last_seq + 1:
-                    connection.send(
-                        {"type": "gap", "from_seq": connection.last_seq + 1, "to_seq": first - 1}
-                    )
-                connection.send_events(events, batch_max)
-                sent += len(events)
-                if len(rows) < batch_max:
-                    break
-            else:
-                stream = await self.ledger.stream(room.stream_id)
-                if stream and stream.last_sequence > connection.last_seq:
-                    connection.send(
-                        {
-                            "type": "gap",
-                            "from_seq": connection.last_seq + 1,
-                            "to_seq": stream.last_sequence,
-                        }
-                    )
-                    connection.last_seq = stream.last_sequence
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                task.cancel()
+                raise
+            # Replaced by a newer catch-up (an epoch restart): that one carries on.
         finally:
+            if self._catch_ups.get(connection) is task:
+                del self._catch_ups[connection]
+
+    async def _resume(
+        self, connection: Connection, room: Room, since: int, epoch: str | None
+    ) -> None:
+        connection.last_seq = since
+        if (epoch is None or epoch == room.epoch) and since > room.last_seq:
+            # The client may have seen more of this epoch than the store holds now.
+            snapshot = await self.broker.snapshot(room.stream_id)
+            store = snapshot.position if snapshot else None
+            if store is not None and store.epoch == room.epoch and since > store.seq:
+                # The restart tells this connection, and replaces this task with its own
+                # catch-up; past this line only if no restart happened.
+                await asyncio.shield(self._rollback_once(room, store.seq))
+        if epoch is not None and epoch != room.epoch:
+            # Good up to the last sequence both histories share; none of an unknown epoch.
+            snapshot = await self.broker.snapshot(room.stream_id)
+            valid = snapshot.prev_epoch_seq if snapshot and epoch == snapshot.prev_epoch else 0
+            if since > valid:
+                connection.send(events.history_changed(room.epoch, valid + 1))
+                connection.last_seq = valid
+        await self._catch_up(connection, room)
+
+    def _behind(self, connection: Connection) -> None:
+        """A connection dropped a gift: re-send from its last sequence once it has room."""
+        if connection in self._catch_ups:
+            return  # the catch-up in flight reads on to the room's end
+        room = self.rooms.get(connection.stream_id)
+        if room is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._repair(connection, room))
+        self._catch_ups[connection] = task
+
+    async def _repair(self, connection: Connection, room: Room) -> None:
+        try:
+            await self._catch_up(connection, room)
+        finally:
+            if self._catch_ups.get(connection) is asyncio.current_task():
+                del self._catch_ups[connection]
+
+    async def _catch_up(self, connection: Connection, room: Room) -> None:
+        """Page the feed after ``connection.last_seq`` into the outbox, as its budget
+        allows, then release what was held. Resumed frames count toward the budget: when
+        the outbox is full this waits for it to drain (and a connection that never drains
+        is closed with 4008 by its outbox)."""
+        outbox = connection.outbox
+        while True:
+            try:
+                if not await self._page_feed(connection, room):
+                    return  # the connection is closing
+            except UnavailableError:
+                outbox.close(CloseCode.GOING_AWAY, "ledger unavailable; reconnect and resume")
+                return
             connection.finish_catching_up(connection.last_seq)
-        return connection.last_seq
+            if not connection.catching_up:
+                return
+            # It fell behind again while what was held went out: go on from there.
+
+    async def _page_feed(self, connection: Connection, room: Room) -> bool:
+        """Queue up to ``resume_events_max`` gifts after ``connection.last_seq``, a page at a
+        time while the outbox has room; False if the connection closed meanwhile."""
+        batch_max = self.limits.batch_events_max
+        outbox = connection.outbox
+        sent = 0
+        while sent < self.limits.resume_events_max:
+            if not outbox.has_room() and not await outbox.wait_room():
+                return False
+            rows = await self.broker.feed(room.stream_id, connection.last_seq, batch_max)
+            if not rows:
+                return True
+            page = [self._decode(room, raw) for raw in rows]
+            first = page[0]["seq"]
+            if first > connection.last_seq + 1:
+                connection.send(events.gap(connection.last_seq + 1, first - 1))
+            connection.send_events(page)
+            sent += len(page)
+            if len(rows) < batch_max:
+                return True
+        if room.last_seq > connection.last_seq:
+            connection.send(events.gap(connection.last_seq + 1, room.last_seq))
+            connection.last_seq = room.last_seq
+        return True
+
+    # Epochs.
+
+    def _rolled_back(self, room: Room) -> None:
+        """The room saw its history change under it (a sequence came again)."""
+        _ = self._rollback_once(room, None)
+
+    def _rollback_once(self, room: Room, store_seq: int | None) -> asyncio.Future[None]:
+        """The rollback of this room in flight, or a new one: never two at once (a second
+        would bump the epoch the first one just set)."""
+        task = self._rollbacks.get(room)
+        if task is None:
+            room.hold()
+            task = asyncio.get_running_loop().create_task(self._rollback(room, store_seq))
+            self._rollbacks[room] = task
+            self._track(task)
+            task.add_done_callback(lambda _: self._rollbacks.pop(room, None))
+        return task
+
+    async def _rollback(self, room: Room, store_seq: int | None) -> None:
+        """Find the last sequence this room and the store agree on, bump the epoch (once,
+        across every process: compare and set), and restart the room from there."""
+        old_epoch = room.epoch
+        try:
+            if store_seq is None:
+                snapshot = await self.broker.snapshot(room.stream_id)
+                store_seq = snapshot.position.seq if snapshot else 0
+            valid = await self._shared_history(room, store_seq)
+            log.error(
+                "stream %s: the store's history went back (it holds seq %d, this room saw "
+                "%d); new epoch from seq %d",
+                room.stream_id, store_seq, room.last_seq, valid,
+            )  # fmt: skip
+            position = await self.broker.bump_epoch(room.stream_id, old_epoch, valid)
+        except UnavailableError:
+            await asyncio.sleep(0.5)
+            if self.rooms.get(room.stream_id) is room:
+                room.repair(force=True)
+            return
+        # (The epoch event may have arrived first and moved the room already.)
+        self._restart(room, old_epoch, position)
+
+    async def _shared_history(self, room: Room, store_seq: int) -> int:
+        """The highest sequence up to which the room's recent transfers match the feed."""
+        recent = room.recent
+        if not recent or min(recent) > store_seq + 1:
+            return 0  # nothing to compare: trust none of it
+        low = min(recent)
+        rows = await self.broker.feed(room.stream_id, low - 1, ROOM_RECENT_SEQS_MAX)
+        valid = low - 1
+        for raw in rows:
+            event = orjson.loads(raw)
+            seq = event["seq"]
+            if seq > store_seq or recent.get(seq) != event.get("transfer_id"):
+                break
+            valid = seq
+        return valid
+
+    async def _resync(self, room: Room) -> None:
+        """An event of another epoch arrived: another process started one; follow it."""
+        try:
+            snapshot = await self.broker.snapshot(room.stream_id)
+        except UnavailableError:
+            await asyncio.sleep(0.5)
+            if self.rooms.get(room.stream_id) is room:
+                room.repair(force=True)  # what it held comes back, and asks again
+            return
+        if snapshot is None or snapshot.position.epoch == room.epoch:
+            room.repair(force=True)  # releases what was held
+            return
+        valid = snapshot.prev_epoch_seq if snapshot.prev_epoch == room.epoch else 0
+        self._restart(room, room.epoch, StreamPosition(valid, snapshot.position.epoch))
+
+    def _restart(self, room: Room, old_epoch: str, position: StreamPosition) -> None:
+        """Move the room to ``position.epoch``, true up to ``position.seq``: connections
+        that were sent more are told, and every connection catches up from the feed."""
+        if room.epoch != old_epoch:
+            return  # already moved on
+        room.restart(position.epoch, old_epoch, position.seq)
+        valid = room.last_seq
+        current = asyncio.current_task()
+        for connection in list(room.connections):
+            if self._catch_ups.get(connection) is current:
+                continue  # the resume that found the rollback goes on from its own since
+            connection.forget_held()
+            if connection.last_seq > valid:
+                connection.send(events.history_changed(position.epoch, valid + 1))
+                connection.last_seq = valid
+            old = self._catch_ups.pop(connection, None)
+            if old is not None:
+                old.cancel()
+            connection.start_catching_up()
+            self._behind(connection)
+        room.repair()
 
     # Stats.
 
@@ -346,64 +468,48 @@ class Hub:
             for room in list(self.rooms.values()):
                 try:
                     await self._stats(room)
-                except (UnavailableError, *_REDIS_DOWN):
-                    break
-                except redis_errors.ResponseError as e:
-                    # Out of memory, read-only replica, loading: Redis is up but refuses the
-                    # viewer-count write. Try again next tick; never let the loop die.
-                    log.warning("stats of %s refused by Redis: %s", room.stream_id, e)
+                except UnavailableError:
                     break
 
+    async def refresh(self, stream_id: str) -> None:
+        """One stats tick of a room now (the loop does it every ``stats_interval_s``)."""
+        room = self.rooms.get(stream_id)
+        if room is not None:
+            await self._stats(room)
+
     async def _stats(self, room: Room) -> None:
-        k = self.keys
-        now_ms = int(time.time() * 1000)
-        expires_ms = now_ms + int(self.stats_interval_s * 3000)
-        pipe = self.ledger.redis.pipeline(transaction=False)
-        pipe.hmget(k.stream(room.stream_id), ["seq", "coins", "diamonds", "gifts", "state"])  # type: ignore[unused-awaitable]
-        pipe.hset(k.viewers(room.stream_id), self.process_id, f"{len(room)}:{expires_ms}")  # type: ignore[unused-awaitable]
-        pipe.hgetall(k.viewers(room.stream_id))  # type: ignore[unused-awaitable]
-        pipe.zrevrange(k.leaderboard(room.stream_id), 0, _TOP_MAX - 1, withscores=True)  # type: ignore[unused-awaitable]
-        totals, _, viewers_raw, top_raw = await pipe.execute()
-        viewers = 0
-        stale: list[bytes] = []
-        for field, value in cast(dict[bytes, bytes], viewers_raw).items():
-            count, _, expires = value.partition(b":")
-            if int(expires or 0) < now_ms:
-                stale.append(field)
-            else:
-                viewers += int(count)
-        if stale:
-            await self.ledger.redis.hdel(k.viewers(room.stream_id), *stale)
-        seq, coins, diamonds, gifts, _state = (int(v) if v and v.isdigit() else 0 for v in totals)
-        stats: Message = {
-            "type": "stats",
-            "viewers": viewers,
-            "coins": coins,
-            "diamonds": diamonds,
-            "gifts": gifts,
-            "last_seq": seq,
-        }
+        # What the room had delivered before asking: the store holds at least that much,
+        # unless it lost data (the room may deliver more while the snapshot is read).
+        delivered, epoch = room.last_seq, room.epoch
+        snapshot = await self.broker.snapshot(room.stream_id, viewers_here=len(room))
+        if snapshot is None:
+            return
+        seq = snapshot.position.seq
+        stats = events.stats(
+            viewers=snapshot.viewers,
+            coins=snapshot.coins,
+            diamonds=snapshot.diamonds,
+            gifts=snapshot.gifts,
+            last_seq=seq,
+        )
         if stats != room.last_stats:
             room.last_stats = stats
             room.broadcast(stats)
-        top = [{"user_id": m.decode(), "coins": int(s)} for m, s in top_raw]
+        top = snapshot.top[:TOP_MAX]
         if top != room.last_top:
             room.last_top = top
-            room.broadcast({"type": "leaderboard", "top": top})
-        if seq > room.last_seq and not room.fetching:
-            room.fetching = True
-            self._fetch_missing(room)
+            room.broadcast(events.leaderboard(top))
+        if room.epoch != epoch:
+            return  # the epoch changed meanwhile: this snapshot is of no use
+        if snapshot.position.epoch != room.epoch:
+            self._spawn(self._resync(room))
+        elif seq < delivered and not room.fetching:
+            _ = self._rollback_once(room, seq)
+        elif seq > room.last_seq:
+            room.repair()
 
     async def viewers(self, stream_id: str) -> int:
         """Viewers of a stream across every process (as of their last stats tick)."""
-        raw = cast(
-            dict[bytes, bytes], await self.ledger.redis.hgetall(self.keys.viewers(stream_id))
-        )
-        now_ms = int(time.time() * 1000)
-        total = 0
-        for value in raw.values():
-            count, _, expires = value.partition(b":")
-            if int(expires or 0) >= now_ms:
-                total += int(count)
+        total = await self.broker.viewers(stream_id)
         room = self.rooms.get(stream_id)
         return max(total, len(room) if room else 0)

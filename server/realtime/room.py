@@ -1,11 +1,16 @@
 """A room: the connections of one stream on this process, and how events reach them.
 
-Events arrive from Redis pub/sub in sequence order. A quiet room sends each gift as its own
+Events arrive from the broker in sequence order. A quiet room sends each gift as its own
 frame at once. When the room turns hot (more than ``hot_events_per_s`` events in the
 current or the previous second) it coalesces: events wait one tick and go out as ``gifts``
 frames of at most ``batch_events_max`` events. The tick is ``batch_ms``, or longer in a big
 room, so that a tick's frames to the whole room stay within ``frames_per_s_max`` a second.
 See ``docs/coalescing.md``.
+
+The room alone decides when it is behind (``fetching``): a jump in sequence, or the hub
+telling it events may be lost (``repair``), makes it hold what arrives and call ``on_gap``;
+the hub reads the feed and hands the result to ``fetched``. A sequence that comes again
+with another transfer id means the store's history went back (``on_rollback``).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from server.domain.limits import BROADCAST_CHUNK_MAX, ROOM_BUFFER_EVENTS_MAX, ROOM_RECENT_SEQS_MAX
 from server.protocol.codec import OutFrame, WireFormat, encode_frame
 from server.protocol.events import Message
 from server.realtime.connection import Connection, Delivery
@@ -28,28 +34,32 @@ class Room:
         batch_events_max: int,
         hot_events_per_s: int,
         on_gap: Callable[[Room], None],
+        on_rollback: Callable[[Room], None] | None = None,
         frames_per_s_max: int = 40_000,
     ) -> None:
         self.stream_id = stream_id
         self.connections: set[Connection] = set()
         self.last_seq = 0
+        self.epoch = ""
+        self.prev_epoch = ""
         self.ready = asyncio.Event()
+        self.fetching = False
         self._batch_s = batch_ms / 1000
         self._batch_max = batch_events_max
         self._hot_per_s = hot_events_per_s
         self._frames_per_s_max = frames_per_s_max
         self._was_hot = False
         self._on_gap = on_gap
+        self._on_rollback = on_rollback
         self._pending: list[Message] = []
-        self.fetching = False
         self._buffer: list[Message] = []
+        self.recent: dict[int, str] = {}
+        """Transfer id of each of the last ``ROOM_RECENT_SEQS_MAX`` sequences delivered."""
         self._flush_handle: asyncio.TimerHandle | None = None
         self._window_start = time.monotonic()
         self._window_events = 0
-        self.frames_sent = 0
-        self.events_delivered = 0
         self.last_stats: Message | None = None
-        self.last_top: list[Message] | None = None
+        self.last_top: list[tuple[str, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.connections)
@@ -73,25 +83,39 @@ class Room:
         """How long a hot room's events wait: ``batch_ms``, longer for a crowd."""
         return max(self._batch_s, len(self.connections) / self._frames_per_s_max)
 
-    buffer_events_max = 10_000
-
     def gift(self, event: Message) -> None:
-        """A gift event from pub/sub, in sequence order."""
+        """A gift event from the broker or the feed, in sequence order."""
         if self.fetching:
-            if len(self._buffer) < self.buffer_events_max:
+            if len(self._buffer) < ROOM_BUFFER_EVENTS_MAX:
                 self._buffer.append(event)
             return
         seq = event["seq"]
         if seq <= self.last_seq:
-            return  # already delivered (a feed read overlapping pub/sub)
-        if seq > self.last_seq + 1:
-            # Events were missed (pub/sub reconnected, or Redis dropped this subscriber):
-            # hold this one and read the missing ones from the feed first.
-            self.fetching = True
-            self._buffer.append(event)
-            self._on_gap(self)
+            known = self.recent.get(seq)
+            if known is None or known == event.get("transfer_id"):
+                return  # already delivered (a feed read overlapping live events)
+            # The same sequence for another transfer: the store went back in time and is
+            # numbering new gifts again. Hold it; the hub finds out how far back.
+            self._hold_for(self._on_rollback, event)
             return
-        self.last_seq = seq
+        if seq > self.last_seq + 1:
+            # Events were missed (the broker reconnected, or dropped this subscriber):
+            # hold this one and read the missing ones from the feed first.
+            self._hold_for(self._on_gap, event)
+            return
+        self._deliver(event)
+
+    def _hold_for(self, callback: Callable[[Room], None] | None, event: Message) -> None:
+        self.fetching = True
+        self._buffer.append(event)
+        (callback or self._on_gap)(self)
+
+    def _deliver(self, event: Message) -> None:
+        seq = self.last_seq = event["seq"]
+        recent = self.recent
+        recent[seq] = event.get("transfer_id", "")
+        if len(recent) > ROOM_RECENT_SEQS_MAX:
+            del recent[next(iter(recent))]
         now = time.monotonic()
         if now - self._window_start >= 1.0:
             elapsed = now - self._window_start
@@ -108,20 +132,47 @@ class Room:
             else:
                 self.flush()
 
+    def hold(self, event: Message | None = None) -> None:
+        """Hold live events (and ``event``) until the next ``fetched``: the hub is finding
+        out whether the history changed."""
+        self.fetching = True
+        if event is not None and len(self._buffer) < ROOM_BUFFER_EVENTS_MAX:
+            self._buffer.append(event)
+
+    def repair(self, *, force: bool = False) -> bool:
+        """Events may have been missed: read the feed after ``last_seq`` (unless already
+        reading it, or ``force``). True if a read was started."""
+        if self.fetching and not force:
+            return False
+        self.fetching = True
+        self._on_gap(self)
+        return True
+
     def fetched(self, events: list[Message]) -> None:
-        """The feed was read after ``last_seq``: deliver it, then what pub/sub sent meanwhile.
+        """The feed was read after ``last_seq``: deliver it, then what arrived meanwhile.
 
         Events the feed no longer holds (trimmed) are skipped: the sequence jumps and
         clients see the jump.
         """
         self.fetching = False
         held, self._buffer = self._buffer, []
-        merged = sorted({e["seq"]: e for e in events + held}.values(), key=lambda e: e["seq"])
+        # The feed's copy wins: after a rollback it is the one the store still holds.
+        merged = sorted({e["seq"]: e for e in held + events}.values(), key=lambda e: e["seq"])
         fresh = [e for e in merged if e["seq"] > self.last_seq]
         if fresh and fresh[0]["seq"] > self.last_seq + 1:
             self.last_seq = fresh[0]["seq"] - 1
         for event in fresh:
             self.gift(event)
+
+    def restart(self, epoch: str, prev_epoch: str, valid_seq: int) -> None:
+        """A new epoch: only the history up to ``valid_seq`` is still true. Forget the
+        rest (the caller reads the feed after ``valid_seq`` next, with ``repair``)."""
+        self.flush()
+        self.epoch, self.prev_epoch = epoch, prev_epoch
+        self.last_seq = min(self.last_seq, valid_seq)
+        self.recent = {s: t for s, t in self.recent.items() if s <= self.last_seq}
+        self._buffer = []  # the feed read that follows holds whatever of it is true
+        self.fetching = False
 
     def flush(self) -> None:
         if self._flush_handle is not None:
@@ -133,16 +184,11 @@ class Room:
         delivery = Delivery(events, events[0]["seq"], events[-1]["seq"])
         for connection in self.connections:
             connection.deliver(delivery)
-        self.frames_sent += len(self.connections)
-        self.events_delivered += len(self.connections) * len(events)
-
-    broadcast_chunk_max = 500
-    """Connections a droppable control message goes to per event-loop turn."""
 
     def broadcast(self, message: Message, *, droppable: bool = True) -> None:
         """A control message (stats, leaderboard, stream state): encoded once per format.
 
-        A droppable one (stats, leaderboard) goes out ``broadcast_chunk_max`` connections
+        A droppable one (stats, leaderboard) goes out ``BROADCAST_CHUNK_MAX`` connections
         per loop turn: sending it to 5,000 viewers at once takes the process 50-60 ms,
         and a gift arriving meanwhile would wait for all of it. One that must keep its
         place among the gifts (the stream ended) goes to everyone at once.
@@ -155,7 +201,7 @@ class Room:
                 frame = frames[fmt] = encode_frame(message, fmt)
             return frame
 
-        if not droppable or len(self.connections) <= self.broadcast_chunk_max:
+        if not droppable or len(self.connections) <= BROADCAST_CHUNK_MAX:
             for connection in self.connections:
                 connection.send_frame(frame_for(connection.fmt), droppable=droppable)
             return
@@ -164,7 +210,7 @@ class Room:
     def _broadcast_chunk(
         self, targets: list[Connection], start: int, frame_for: Callable[[WireFormat], OutFrame]
     ) -> None:
-        end = start + self.broadcast_chunk_max
+        end = start + BROADCAST_CHUNK_MAX
         for connection in targets[start:end]:
             if connection in self.connections:  # it may have left since
                 connection.send_frame(frame_for(connection.fmt))

@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
+from server.broker.redis_pubsub import RedisPubSubBroker
 from server.domain.catalog import Catalog, load_catalog
 from server.domain.errors import UnavailableError
 from server.ledger.connection import make_client
@@ -22,7 +23,6 @@ from server.realtime.hub import Hub
 from server.settings import Settings, load_settings
 from server.web import log_redaction
 from server.web.http_api import ROUTES
-from server.web.metrics import FANOUT_DROPS
 from server.web.services import Services
 from server.web.ws import gift_socket
 
@@ -75,14 +75,19 @@ def create_app(settings: Settings) -> Starlette:
             economics=settings.economics,
         )
         await _prepare_when_reachable(ledger, catalog, redis_url)
-        hub = Hub(
+        broker = RedisPubSubBroker(
             ledger,
+            # Presence outlives a few missed stats ticks, not a dead process.
+            presence_ttl_s=settings.stats_interval_s * 3,
+            timeout_s=settings.limits.redis_timeout_s,
+        )
+        hub = Hub(
+            broker,
             catalog,
             settings.limits,
             batch_ms=settings.batch_ms,
             hot_events_per_s=settings.hot_room_events_per_s,
             stats_interval_s=settings.stats_interval_s,
-            on_drop=FANOUT_DROPS.inc,
         )
         await hub.start()
         app.state.services = Services(settings, catalog, redis, ledger, hub)

@@ -1,4 +1,4 @@
-"""The JSON HTTP API (``docs/http-api.md``)."""
+"""The JSON HTTP API (``docs/protocol.md``, "The HTTP API")."""
 
 from __future__ import annotations
 
@@ -15,15 +15,14 @@ from starlette.routing import Route
 
 from server.domain.accounts import Identity, Role, is_valid_id
 from server.domain.errors import ErrorCode, OperatingError, RequestError, UnavailableError
-from server.domain.limits import AMOUNT_MAX
+from server.domain.limits import AMOUNT_MAX, BODY_BYTES_MAX, PAGE_MAX, SEQUENCE_MAX
+from server.protocol.events import enrich_gift
 from server.web.auth import bearer_from_header, verify_token
 from server.web.errors import error_response
 from server.web.metrics import render
 from server.web.services import Services
 
 SIGNATURE_HEADER = "x-giftwire-signature"
-BODY_BYTES_MAX = 16 * 1024
-PAGE_MAX = 200
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -174,17 +173,14 @@ async def leaderboard(request: Request) -> Response:
 @endpoint
 async def gift_history(request: Request) -> Response:
     """Gift events after ``after`` (a sequence), oldest first, at most ``limit``."""
-    after = _int_param(request, "after", 0, 2**53 - 1)
+    after = _int_param(request, "after", 0, SEQUENCE_MAX)
     limit = _int_param(request, "limit", 100, PAGE_MAX) or 1
     services = _services(request)
     rows = await services.ledger.feed(request.path_params["stream_id"], after, limit)
-    body = b'{"events":[' + b",".join(rows) + b"]"
-    body += b',"next_after":' + str(_last_seq(rows, after)).encode() + b"}"
-    return Response(body, media_type="application/json")
-
-
-def _last_seq(rows: list[bytes], default: int) -> int:
-    return int(orjson.loads(rows[-1])["seq"]) if rows else default
+    # The same fields as live and resumed gifts: the catalog's display fields added.
+    page = [enrich_gift(orjson.loads(raw), services.catalog) for raw in rows]
+    body = {"events": page, "next_after": page[-1]["seq"] if page else after}
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 @endpoint
@@ -266,7 +262,7 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     services = _services(request)
     ready = await services.ledger.ping()
-    pubsub = services.hub.pubsub_connected or not services.hub.rooms
+    pubsub = services.hub.connected
     status = 200 if ready and pubsub else 503
     return JSONResponse({"redis": ready, "pubsub": pubsub}, status_code=status)
 

@@ -20,6 +20,7 @@ from server.domain.errors import (
     RequestError,
     UnavailableError,
 )
+from server.domain.limits import IN_FLIGHT_GIFTS_MAX, SEQUENCE_MAX
 from server.protocol import events
 from server.protocol.close_codes import CloseCode
 from server.protocol.codec import (
@@ -28,19 +29,11 @@ from server.protocol.codec import (
     OutFrame,
     WireFormat,
     decode,
-    encode_frame,
 )
-from server.protocol.messages import (
-    SEQUENCE_MAX,
-    Ping,
-    ProtocolError,
-    Resume,
-    SendGift,
-    parse_message,
-)
+from server.protocol.messages import Ping, ProtocolError, Resume, SendGift, is_epoch, parse_message
 from server.realtime.connection import Connection
-from server.realtime.outbox import FrameSink, Outbox
-from server.realtime.room import Room
+from server.realtime.outbox import Outbox
+from server.realtime.ports import FrameSink, RoomSnapshot
 from server.web.auth import bearer_from_header, bearer_from_subprotocols, verify_token
 from server.web.errors import error_response
 from server.web.metrics import CONNECTIONS, ERRORS, FANOUT_DROPS, GIFT_SECONDS, GIFTS, SLOW_CLOSES
@@ -49,7 +42,6 @@ from server.web.uvicorn_ws import FRAME_SINK_EXTENSION
 
 log = logging.getLogger("giftwire.ws")
 
-IN_FLIGHT_GIFTS_MAX = 32
 # Labelled children looked up once: labels() costs a lock and a dict lookup per call.
 _GIFTS_SENT = GIFTS.labels("sent")
 _GIFTS_REPLAYED = GIFTS.labels("replayed")
@@ -79,6 +71,13 @@ def _resume_since(raw: str | None) -> int | None:
     if not raw.isdigit() or len(raw) > 16 or int(raw) > SEQUENCE_MAX:
         raise RequestError(ErrorCode.INVALID_REQUEST, "since must be a gift sequence number")
     return int(raw)
+
+
+def _resume_epoch(raw: str | None) -> str | None:
+    """``&epoch=E``: the epoch ``since`` counts in (without it: the stream's current one)."""
+    if raw is not None and not is_epoch(raw):
+        raise RequestError(ErrorCode.INVALID_REQUEST, "epoch must be an epoch id")
+    return raw
 
 
 def _frame_sink(websocket: WebSocket) -> FrameSink | None:
@@ -136,6 +135,7 @@ async def gift_socket(websocket: WebSocket) -> None:
     try:
         identity = verify_token(settings.jwt_secret, token)
         since = _resume_since(websocket.query_params.get("since"))
+        epoch = _resume_epoch(websocket.query_params.get("epoch"))
         stream = await services.ledger.stream(stream_id)
     except OperatingError as e:
         await _deny(websocket, e.code)
@@ -160,6 +160,7 @@ async def gift_socket(websocket: WebSocket) -> None:
     services.connections_by_ip[client_ip] += 1
     CONNECTIONS.inc()
     session = _Session(websocket, services, identity, fmt, stream_id, stream.creator_id, since)
+    session.epoch = epoch
     try:
         await session.run()
     finally:
@@ -178,8 +179,8 @@ class _Session:
     """One accepted connection: its reader loop, writer task and in-flight gifts."""
 
     __slots__ = (
-        "connection", "creator_id", "fmt", "gift_tasks", "identity", "outbox", "rate",
-        "repair", "room", "services", "since", "stream_id", "websocket",
+        "balance", "connection", "creator_id", "epoch", "fmt", "gift_tasks", "identity",
+        "joined", "outbox", "rate", "services", "since", "stream_id", "websocket",
     )  # fmt: skip
 
     def __init__(
@@ -194,6 +195,7 @@ class _Session:
     ) -> None:
         self.websocket = websocket
         self.since = since
+        self.epoch: str | None = None
         self.services = services
         self.identity = identity
         self.fmt = fmt
@@ -203,33 +205,19 @@ class _Session:
         self.outbox = Outbox(
             self._write,
             frames_max=limits.send_queue_frames_max,
+            bytes_max=limits.send_queue_bytes_max,
             lagging_s_max=limits.lagging_s_max,
-            lag_notice=self._lag_notice,
             on_drop=FANOUT_DROPS.inc,
             sink=_frame_sink(websocket),
         )
         self.connection = Connection(uuid.uuid4().hex[:12], identity, fmt, self.outbox)
         self.rate = _RateLimit(limits.messages_per_s_max)
         self.gift_tasks: set[asyncio.Task[None]] = set()
-        self.repair: asyncio.Task[None] | None = None
-        self.room: Room | None = None
+        self.joined = False
+        self.balance = (0, 0)
 
     async def _write(self, frame: OutFrame) -> None:
         await self.websocket.send(frame.asgi())
-
-    async def _repair(self, room: Room) -> None:
-        await self.services.hub.resume(self.connection, room, self.connection.last_seq)
-
-    def _lag_notice(self, dropped: int) -> OutFrame:
-        """The outbox drained after dropping frames: say so, and re-send missed gifts."""
-        connection = self.connection
-        if connection.needs_repair and self.room is not None:
-            connection.needs_repair = False
-            # Kept apart from gift_tasks, which bounds the gifts in flight.
-            self.repair = asyncio.get_running_loop().create_task(self._repair(self.room))
-        return encode_frame(
-            {"type": "lag", "dropped": dropped, "last_seq": connection.last_seq}, self.fmt
-        )
 
     async def run(self) -> None:
         hub = self.services.hub
@@ -237,8 +225,15 @@ class _Session:
         reason = ""
         reader: asyncio.Task[CloseCode | None] | None = None
         try:
-            self.room = await hub.join(self.connection, self.stream_id)
-            await self._welcome()
+            balance = await self.services.ledger.balance(self.identity.user_id)
+            self.balance = (balance.coins, balance.diamonds)
+            self.joined = True
+            # Returns once the welcome and the gifts after `since` are queued: live events
+            # wait until then. (A `resume` message sent after the welcome instead races
+            # the live events sent in between.)
+            await hub.join(
+                self.connection, self.stream_id, self._welcome, since=self.since, epoch=self.epoch
+            )
             reader = asyncio.get_running_loop().create_task(self._read())
             # A slow-consumer close (or a write that found the peer gone) stops the reading.
             self.outbox.on_close = functools.partial(_cancel, reader)
@@ -252,12 +247,10 @@ class _Session:
             log.exception("invariant broke on connection %s", self.connection.conn_id)
             close_code, reason = CloseCode.INTERNAL_ERROR, "internal error"
         finally:
-            if self.room is not None:
-                self.services.hub.leave(self.connection, self.room)
+            if self.joined:
+                hub.leave(self.connection)
             for task in self.gift_tasks:
                 task.cancel()
-            if self.repair is not None:
-                self.repair.cancel()
             self.outbox.stop()
             if reader is not None and not reader.done():
                 reader.cancel()
@@ -278,42 +271,28 @@ class _Session:
             raise error  # handled (or not) by run(), as if read in place
         return reader.result(), ""
 
-    async def _welcome(self) -> None:
-        ledger, hub = self.services.ledger, self.services.hub
-        stream = await ledger.stream(self.stream_id)
-        balance = await ledger.balance(self.identity.user_id)
-        top = await ledger.leaderboard(self.stream_id)
-        viewers = await hub.viewers(self.stream_id)
-        last_seq = stream.last_sequence if stream else 0
-        self.connection.send(
-            {
-                "type": "welcome",
-                "stream": {
-                    "id": self.stream_id,
-                    "creator_id": self.creator_id,
-                    "title": stream.title if stream else "",
-                    "state": stream.state.value if stream else "ended",
-                    "diamonds": stream.diamonds_total if stream else 0,
-                },
-                "you": {
-                    "user_id": self.identity.user_id,
-                    "role": self.identity.role.value,
-                    "display_name": self.identity.display_name,
-                },
-                "balance": {"coins": balance.coins, "diamonds": balance.diamonds},
-                "viewers": viewers,
-                "top": [{"user_id": user, "coins": coins} for user, coins in top],
-                "last_seq": last_seq,
-                "format": self.fmt.value,
-            }
+    def _welcome(self, snapshot: RoomSnapshot) -> events.Message:
+        coins, diamonds = self.balance
+        return events.welcome(
+            stream={
+                "id": self.stream_id,
+                "creator_id": self.creator_id,
+                "title": snapshot.title,
+                "state": snapshot.state,
+                "diamonds": snapshot.diamonds,
+            },
+            you={
+                "user_id": self.identity.user_id,
+                "role": self.identity.role.value,
+                "display_name": self.identity.display_name,
+            },
+            balance={"coins": coins, "diamonds": diamonds},
+            viewers=snapshot.viewers,
+            top=snapshot.top,
+            last_seq=snapshot.position.seq,
+            epoch=snapshot.position.epoch,
+            fmt=self.fmt.value,
         )
-        if self.since is None or self.room is None:
-            self.connection.finish_catching_up(last_seq)
-        else:
-            # Resume in the same step as the welcome: live events wait until the feed is
-            # read. A `resume` message sent after the welcome races the live events sent in
-            # between, which the client then gets twice or, skipping by sequence, not at all.
-            await self.services.hub.resume(self.connection, self.room, self.since)
 
     async def _read(self) -> CloseCode | None:
         """Read frames until the peer leaves; return a close code when we should close."""
@@ -328,6 +307,10 @@ class _Session:
                 data = message.get("bytes")
             if data is None:
                 continue
+            if not self.outbox.has_room() and not await self.outbox.wait_room():
+                # Every answer is queued: a client that does not read its answers is not
+                # read either, and is closed with 4008 if it stays behind.
+                return None
             if not self.rate.allow():
                 strikes += 1
                 self._error(ErrorCode.RATE_LIMITED, None, "too many messages")
@@ -357,10 +340,11 @@ class _Session:
             self.gift_tasks.add(task)
             task.add_done_callback(self.gift_tasks.discard)
         elif isinstance(message, Resume):
-            if self.room is not None:
-                await self.services.hub.resume(self.connection, self.room, message.since)
+            # Awaited: this socket is not read again until the resume is queued, so one
+            # connection has at most one resume in flight.
+            await self.services.hub.resume(self.connection, message.since, message.epoch)
         else:
-            self.connection.send({"type": "pong", "id": message.client_id})
+            self.connection.send(events.pong(message.client_id))
 
     async def _send_gift(self, message: SendGift) -> None:
         started = time.perf_counter()
@@ -397,18 +381,17 @@ class _Session:
         (_GIFTS_REPLAYED if receipt.replayed else _GIFTS_SENT).inc()
         GIFT_SECONDS.observe(time.perf_counter() - started)
         self.connection.send(
-            {
-                "type": "gift_ack",
-                "id": receipt.client_id,
-                "transfer_id": receipt.transfer_id,
-                "gift": receipt.gift_id,
-                "count": receipt.count,
-                "coins": receipt.coins,
-                "balance": receipt.balance,
-                "combo": receipt.combo,
-                "seq": receipt.seq,
-                "replayed": receipt.replayed,
-            }
+            events.gift_ack(
+                client_id=receipt.client_id,
+                transfer_id=receipt.transfer_id,
+                gift_id=receipt.gift_id,
+                count=receipt.count,
+                coins=receipt.coins,
+                balance=receipt.balance,
+                combo=receipt.combo,
+                seq=receipt.seq,
+                replayed=receipt.replayed,
+            )
         )
 
     def _error(

@@ -8,6 +8,7 @@ import pytest
 
 from server.domain.errors import ErrorCode
 from server.protocol.close_codes import CloseCode
+from server.protocol.events import SERVER_MESSAGE_TYPES
 from server.settings import settings_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,3 +32,8 @@ def test_protocol_doc_lists_every_error_code(code: ErrorCode) -> None:
 @pytest.mark.parametrize("code", list(CloseCode), ids=lambda c: c.name)
 def test_protocol_doc_lists_every_close_code(code: CloseCode) -> None:
     assert str(code.value) in (ROOT / "docs" / "protocol.md").read_text()
+
+
+@pytest.mark.parametrize("kind", SERVER_MESSAGE_TYPES)
+def test_protocol_doc_lists_every_server_message(kind: str) -> None:
+    assert f"| `{kind}` |" in (ROOT / "docs" / "protocol.md").read_text()

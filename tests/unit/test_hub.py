@@ -1,0 +1,326 @@
+"""The hub in-process with a fake broker and fake sinks: join, resume, repair, epochs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+
+from server.domain.catalog import load_catalog
+from server.domain.limits import Limits
+from server.protocol.close_codes import CloseCode
+from server.protocol.events import Message
+from server.realtime.connection import Connection
+from server.realtime.hub import Hub
+from server.realtime.ports import RoomSnapshot
+from tests.unit.fakes import FakeBroker, FakeSink, gifts_in, settle, viewer
+
+STREAM = "s1"
+
+
+def _welcome(snapshot: RoomSnapshot) -> Message:
+    return {"type": "welcome", "last_seq": snapshot.position.seq, "epoch": snapshot.position.epoch}
+
+
+@pytest.fixture
+async def broker() -> FakeBroker:
+    broker = FakeBroker()
+    broker.stream(STREAM)
+    return broker
+
+
+@pytest.fixture
+async def hub(broker: FakeBroker) -> AsyncIterator[Hub]:
+    hub = Hub(
+        broker,
+        load_catalog(),
+        Limits(batch_events_max=5, resume_events_max=40),
+        batch_ms=10,
+        hot_events_per_s=1_000_000,
+        stats_interval_s=3600,
+    )
+    await hub.start()
+    yield hub
+    await hub.stop()
+
+
+async def _join(
+    hub: Hub, name: str = "v", *, since: int | None = None, epoch: str | None = None, **kw: object
+) -> tuple[Connection, FakeSink]:
+    connection, sink = viewer(name, **kw)  # type: ignore[arg-type]
+    await hub.join(connection, STREAM, _welcome, since=since, epoch=epoch)
+    return connection, sink
+
+
+async def test_join_queues_the_welcome_before_any_live_event(hub: Hub, broker: FakeBroker) -> None:
+    broker.publish(STREAM)
+    _, sink = await _join(hub)
+    broker.publish(STREAM)
+    await settle()
+    assert sink.kinds() == ["welcome", "gift"]
+    assert sink.messages()[0]["last_seq"] == 1 and sink.seqs() == [2]
+    # Live events get the catalog's display fields, like history and resumed ones.
+    gift = sink.messages()[1]
+    assert {"gift_name", "animation", "tier"} <= gift.keys()
+
+
+async def test_join_since_resumes_without_duplicates_while_live_events_arrive(
+    hub: Hub, broker: FakeBroker
+) -> None:
+    await _join(hub, "first")  # the room is open and subscribed
+    for _ in range(12):
+        broker.publish(STREAM)
+    broker.feed_delay = asyncio.Event()
+    joining = asyncio.ensure_future(_join(hub, "late", since=3))
+    await settle()
+    for _ in range(3):
+        broker.publish(STREAM)  # live while the feed read is in flight
+    broker.feed_delay.set()
+    broker.feed_delay = None
+    _, sink = await joining
+    broker.publish(STREAM)
+    await settle()
+    assert sink.kinds()[0] == "welcome"
+    assert sink.seqs() == list(range(4, 17))
+
+
+async def test_a_lost_live_event_is_read_from_the_feed_at_the_next_one(
+    hub: Hub, broker: FakeBroker
+) -> None:
+    _, sink = await _join(hub)
+    broker.publish(STREAM)
+    broker.losing.add(STREAM)
+    broker.publish(STREAM)
+    broker.publish(STREAM)
+    broker.losing.clear()
+    broker.publish(STREAM)
+    await settle()
+    assert sink.seqs() == [1, 2, 3, 4]
+
+
+async def test_events_lost_by_a_reconnect_are_read_from_the_feed(
+    hub: Hub, broker: FakeBroker
+) -> None:
+    _, sink = await _join(hub)
+    broker.losing.add(STREAM)
+    for _ in range(3):
+        broker.publish(STREAM)
+    broker.losing.clear()
+    hub.room_events_lost(None)  # the broker reconnected and subscribed again
+    await settle()
+    assert sink.seqs() == [1, 2, 3]
+
+
+async def test_a_stats_tick_repairs_a_loss_with_no_later_event(
+    hub: Hub, broker: FakeBroker
+) -> None:
+    _, sink = await _join(hub)
+    broker.losing.add(STREAM)
+    broker.publish(STREAM)
+    await hub.refresh(STREAM)
+    await settle()
+    assert sink.seqs() == [1]
+    assert "stats" in sink.kinds() and "leaderboard" in sink.kinds()
+
+
+async def test_a_room_reopening_while_its_subscription_drops(hub: Hub, broker: FakeBroker) -> None:
+    first, _ = await _join(hub, "a")
+    hub.leave(first)  # the last viewer left: the unsubscribe is on its way
+    _, sink = await _join(hub, "b")  # and the room opens again at once
+    await settle()
+    assert STREAM in hub.rooms
+    # Whatever the order on the wire, the room is subscribed in the end (the broker
+    # renews a subscription it still wants) and nothing published meanwhile is lost.
+    if STREAM not in broker.subscribed:
+        broker.losing.add(STREAM)
+        broker.publish(STREAM)
+        broker.losing.clear()
+        await broker.subscribe(STREAM)
+        hub.room_events_lost(STREAM)
+    broker.publish(STREAM)
+    await settle()
+    assert sink.seqs() == list(range(1, broker.stream(STREAM).seq + 1))
+    assert broker.calls.count(("unsubscribe", STREAM)) == 0  # reopened before it went out
+
+
+async def test_a_lagging_viewer_gets_every_gift_late_in_order(hub: Hub, broker: FakeBroker) -> None:
+    connection, sink = await _join(hub, frames_max=4)
+    await settle()  # the welcome is written
+    sink.backed_up = True
+    for _ in range(30):
+        broker.publish(STREAM)
+    await settle()
+    assert connection.catching_up
+    sink.backed_up = False
+    await settle(100)
+    broker.publish(STREAM)
+    await settle()
+    kinds = sink.kinds()
+    assert "lag" in kinds
+    assert sink.seqs() == list(range(1, 32))
+    assert connection.outbox.close_code is None
+
+
+async def test_a_resume_flood_is_bounded_and_closed_with_4008(hub: Hub, broker: FakeBroker) -> None:
+    for _ in range(200):
+        broker.publish(STREAM)
+    connection, sink = await _join(hub, frames_max=4, lagging_s_max=0.2)
+    sink.backed_up = True  # it never reads again
+    outbox = connection.outbox
+    peak = 0
+
+    async def flood() -> None:
+        nonlocal peak
+        for _ in range(100):
+            await hub.resume(connection, 0)
+            peak = max(peak, len(outbox))
+
+    await asyncio.wait_for(flood(), 10)
+    # Every resume waited for room; none queued past the bound.
+    assert peak <= 4
+    assert outbox.close_code is CloseCode.SLOW_CONSUMER
+
+
+async def test_one_catch_up_at_a_time(hub: Hub, broker: FakeBroker) -> None:
+    for _ in range(20):
+        broker.publish(STREAM)
+    connection, sink = await _join(hub)
+    broker.feed_delay = asyncio.Event()
+    first = asyncio.ensure_future(hub.resume(connection, 0))
+    await settle()
+    second = asyncio.ensure_future(hub.resume(connection, 10))
+    await settle()
+    broker.feed_delay.set()
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    # The first was replaced before it queued anything: the gifts after 10, once.
+    assert sink.seqs() == list(range(11, 21))
+
+
+async def test_a_rollback_seen_live_starts_a_new_epoch_and_tells_who_saw_more(
+    hub: Hub, broker: FakeBroker
+) -> None:
+    _, sink = await _join(hub)
+    for _ in range(5):
+        broker.publish(STREAM)
+    await settle()
+    broker.roll_back(STREAM, 3)  # gifts 4 and 5 are gone from the store
+    broker.publish(STREAM, sender_id="carol")  # a new, paid gift numbered 4
+    broker.publish(STREAM, sender_id="carol")
+    await settle(100)
+    assert broker.bumps == 1
+    messages = sink.messages()
+    changed = [m for m in messages if m["type"] == "history_changed"]
+    assert changed == [{"type": "history_changed", "epoch": "e2", "from_seq": 4}]
+    gifts = gifts_in(messages[messages.index(changed[0]) + 1 :])
+    # Every paid gift is seen: carol's two, in the new epoch, numbered 4 and 5.
+    assert [(g["seq"], g["sender_id"], g["epoch"]) for g in gifts] == [
+        (4, "carol", "e2"),
+        (5, "carol", "e2"),
+    ]
+    broker.publish(STREAM)
+    await settle()
+    assert sink.seqs()[-1] == 6
+
+
+async def test_a_stats_tick_that_finds_fewer_gifts_starts_a_new_epoch(
+    hub: Hub, broker: FakeBroker
+) -> None:
+    _, sink = await _join(hub)
+    for _ in range(5):
+        broker.publish(STREAM)
+    await settle()
+    broker.roll_back(STREAM, 2)
+    await hub.refresh(STREAM)
+    await settle(100)
+    assert broker.bumps == 1
+    assert {"type": "history_changed", "epoch": "e2", "from_seq": 3} in sink.messages()
+    broker.publish(STREAM)
+    await settle()
+    assert sink.seqs()[-1] == 3
+
+
+async def test_a_stale_snapshot_is_not_mistaken_for_a_rollback(
+    hub: Hub, broker: FakeBroker
+) -> None:
+    _, sink = await _join(hub)
+    broker.publish(STREAM)
+    broker.snapshot_delay = asyncio.Event()
+    tick = asyncio.ensure_future(hub.refresh(STREAM))
+    await settle()
+    for _ in range(3):
+        broker.publish(STREAM)  # delivered while the snapshot (seq 1) is on its way
+    broker.snapshot_delay.set()
+    await tick
+    await settle(50)
+    assert broker.bumps == 0 and "history_changed" not in sink.kinds()
+    assert sink.seqs() == [1, 2, 3, 4]
+
+
+async def test_a_client_resuming_past_the_store_starts_a_new_epoch(
+    hub: Hub, broker: FakeBroker
+) -> None:
+    for _ in range(5):
+        broker.publish(STREAM)
+    broker.roll_back(STREAM, 3)
+    broker.publish(STREAM, sender_id="carol")  # numbered 4 again
+    _, sink = await _join(hub, since=5)  # the bare form: the current epoch
+    await settle(100)
+    assert broker.bumps == 1
+    changed = [m for m in sink.messages() if m["type"] == "history_changed"]
+    assert len(changed) == 1 and changed[0]["epoch"] == "e2"
+    # This room never saw the old history: it trusts none of it and re-sends the feed.
+    assert sink.seqs()[-1] == 4
+    assert [g["sender_id"] for g in sink.gifts() if g["seq"] == 4] == ["carol"]
+
+
+async def test_resuming_from_an_older_epoch(hub: Hub, broker: FakeBroker) -> None:
+    for _ in range(6):
+        broker.publish(STREAM)
+    s = broker.stream(STREAM)
+    s.prev_epoch, s.prev_epoch_seq, s.epoch = "e1", 4, "e2"
+    # Still good up to 4: resumed as usual, no message.
+    _, sink = await _join(hub, "a", since=3, epoch="e1")
+    assert sink.seqs() == [4, 5, 6] and "history_changed" not in sink.kinds()
+    # Saw 5 and 6 of the old history: told, then sent the current 5 and 6.
+    _, sink = await _join(hub, "b", since=6, epoch="e1")
+    assert sink.kinds()[1] == "history_changed" and sink.seqs() == [5, 6]
+    # An epoch nobody knows: everything the feed holds.
+    _, sink = await _join(hub, "c", since=2, epoch="zzz")
+    assert sink.messages()[1] == {"type": "history_changed", "epoch": "e2", "from_seq": 1}
+    assert sink.seqs() == [1, 2, 3, 4, 5, 6]
+
+
+async def test_a_second_process_follows_the_epoch_another_one_started(
+    broker: FakeBroker, hub: Hub
+) -> None:
+    _, sink = await _join(hub)
+    for _ in range(4):
+        broker.publish(STREAM)
+    await settle()
+    broker.roll_back(STREAM, 2)
+    # Another process bumped the epoch; this one hears of it only from the event.
+    await broker.bump_epoch(STREAM, "e1", 2)
+    broker.publish(STREAM, sender_id="dave")
+    await settle(100)
+    assert broker.bumps == 1
+    assert {"type": "history_changed", "epoch": "e2", "from_seq": 3} in sink.messages()
+    last = [m for m in sink.messages() if m["type"] == "gift"][-1]
+    assert (last["seq"], last["sender_id"], last["epoch"]) == (3, "dave", "e2")
+
+
+async def test_a_viewer_count_is_reported_with_each_tick(hub: Hub, broker: FakeBroker) -> None:
+    await _join(hub, "a")
+    await _join(hub, "b")
+    await hub.refresh(STREAM)
+    assert broker.viewers_reported[STREAM] == 2
+    assert await hub.viewers(STREAM) == 2
+
+
+def test_fake_events_have_the_lua_fields() -> None:
+    from server.protocol.events import GIFT_EVENT_FIELDS
+
+    broker = FakeBroker()
+    event = orjson.loads(orjson.dumps(broker.publish(STREAM)))
+    assert set(event) == GIFT_EVENT_FIELDS

@@ -1,0 +1,134 @@
+"""A room in-process: ordering, coalescing, gaps and duplicates, rollbacks."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from server.realtime.room import Room
+from tests.unit.fakes import FakeSink, settle, viewer
+
+
+def _gift(seq: int, tid: str | None = None) -> dict[str, Any]:
+    return {"type": "gift", "seq": seq, "transfer_id": tid or f"t{seq}"}
+
+
+class _Calls:
+    def __init__(self) -> None:
+        self.gaps: list[int] = []
+        self.rollbacks: list[int] = []
+
+
+def _room(hot_events_per_s: int = 1_000_000, batch_events_max: int = 50) -> tuple[Room, _Calls]:
+    calls = _Calls()
+    room = Room(
+        "s1",
+        batch_ms=20,
+        batch_events_max=batch_events_max,
+        hot_events_per_s=hot_events_per_s,
+        on_gap=lambda r: calls.gaps.append(r.last_seq),
+        on_rollback=lambda r: calls.rollbacks.append(r.last_seq),
+    )
+    return room, calls
+
+
+def _join(room: Room, n: int = 2) -> list[FakeSink]:
+    sinks = []
+    for i in range(n):
+        connection, sink = viewer(f"v{i}")
+        connection.finish_catching_up(room.last_seq)
+        room.connections.add(connection)
+        sinks.append(sink)
+    return sinks
+
+
+async def test_a_quiet_room_sends_each_gift_at_once_in_order_to_everyone() -> None:
+    room, _ = _room()
+    sinks = _join(room)
+    for seq in range(1, 6):
+        room.gift(_gift(seq))
+    await settle()
+    for sink in sinks:
+        assert sink.kinds() == ["gift"] * 5
+        assert sink.seqs() == [1, 2, 3, 4, 5]
+
+
+async def test_a_hot_room_coalesces_into_batches_of_at_most_the_cap() -> None:
+    room, _ = _room(hot_events_per_s=3, batch_events_max=4)
+    (sink,) = _join(room, 1)
+    for seq in range(1, 21):
+        room.gift(_gift(seq))
+    await asyncio.sleep(0.1)  # one tick
+    assert sink.seqs() == list(range(1, 21))
+    batches = [m for m in sink.messages() if m["type"] == "gifts"]
+    assert batches and all(len(b["events"]) <= 4 for b in batches)
+    assert len(sink.messages()) < 20
+
+
+async def test_a_jump_holds_events_and_the_feed_fills_the_gap_without_duplicates() -> None:
+    room, calls = _room()
+    (sink,) = _join(room, 1)
+    room.gift(_gift(1))
+    room.gift(_gift(4))  # 2 and 3 were lost
+    room.gift(_gift(5))
+    assert calls.gaps == [1] and room.fetching
+    room.repair()  # already reading: no second read
+    assert calls.gaps == [1]
+    room.fetched([_gift(2), _gift(3), _gift(4)])
+    room.gift(_gift(5))  # a late live copy
+    room.gift(_gift(6))
+    await settle()
+    assert sink.seqs() == [1, 2, 3, 4, 5, 6]
+    assert not room.fetching
+
+
+async def test_a_trimmed_feed_makes_the_sequence_jump_visibly() -> None:
+    room, _ = _room()
+    (sink,) = _join(room, 1)
+    room.gift(_gift(1))
+    room.gift(_gift(10))
+    room.fetched([_gift(8), _gift(9)])  # 2-7 are gone from the feed
+    await settle()
+    assert sink.seqs() == [1, 8, 9, 10]
+
+
+async def test_the_same_sequence_for_another_transfer_is_a_rollback_not_a_duplicate() -> None:
+    room, calls = _room()
+    (sink,) = _join(room, 1)
+    for seq in range(1, 6):
+        room.gift(_gift(seq))
+    room.gift(_gift(3))  # the same gift again: dropped
+    assert calls.rollbacks == []
+    room.gift(_gift(4, tid="new-4"))  # the store numbers a new gift 4
+    assert calls.rollbacks == [5] and room.fetching
+    room.restart("e2", "e1", 3)
+    assert room.last_seq == 3 and room.epoch == "e2" and room.prev_epoch == "e1"
+    for connection in room.connections:
+        connection.last_seq = 3  # the hub rewinds each connection (test_hub)
+    room.fetched([_gift(4, tid="new-4"), _gift(5, tid="new-5")])
+    await settle()
+    assert sink.seqs() == [1, 2, 3, 4, 5, 4, 5]
+    assert room.recent[4] == "new-4"
+
+
+async def test_the_feed_copy_wins_over_a_held_one() -> None:
+    room, _ = _room()
+    (sink,) = _join(room, 1)
+    room.gift(_gift(1))
+    room.gift(_gift(3, tid="stale"))  # held: 2 is missing
+    room.fetched([_gift(2), _gift(3, tid="true")])
+    await settle()
+    tids = [m["transfer_id"] for m in sink.messages()]
+    assert tids == ["t1", "t2", "true"]
+
+
+async def test_a_broadcast_keeps_its_place_among_the_gifts() -> None:
+    room, _ = _room(hot_events_per_s=1, batch_events_max=50)
+    (sink,) = _join(room, 1)
+    for seq in range(1, 4):
+        room.gift(_gift(seq))
+    room.flush()
+    room.broadcast({"type": "stream", "state": "ended"}, droppable=False)
+    await settle()
+    assert sink.kinds()[-1] == "stream"
+    assert sink.seqs() == [1, 2, 3]
