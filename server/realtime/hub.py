@@ -289,21 +289,31 @@ class Hub:
         self, connection: Connection, room: Room, since: int, epoch: str | None
     ) -> None:
         connection.last_seq = since
-        if (epoch is None or epoch == room.epoch) and since > room.last_seq:
-            # The client may have seen more of this epoch than the store holds now.
-            snapshot = await self.broker.snapshot(room.stream_id)
-            store = snapshot.position if snapshot else None
-            if store is not None and store.epoch == room.epoch and since > store.seq:
-                # The restart tells this connection, and replaces this task with its own
-                # catch-up; past this line only if no restart happened.
-                await asyncio.shield(self._rollback_once(room, store.seq))
+        valid: int | None = None
+        """The last sequence of the history ``since`` counts in that is still true (None:
+        all of it)."""
         if epoch is not None and epoch != room.epoch:
-            # Good up to the last sequence both histories share; none of an unknown epoch.
             snapshot = await self.broker.snapshot(room.stream_id)
             valid = snapshot.prev_epoch_seq if snapshot and epoch == snapshot.prev_epoch else 0
-            if since > valid:
-                connection.send(events.history_changed(room.epoch, valid + 1))
-                connection.last_seq = valid
+        elif since > room.last_seq:
+            # The client may have seen more of this epoch than the store holds now.
+            delivered = room.last_seq
+            snapshot = await self.broker.snapshot(room.stream_id)
+            store = snapshot.position if snapshot else None
+            if snapshot and store and store.epoch == room.epoch and since > store.seq:
+                if delivered > store.seq:
+                    # This room saw it too: a rollback. The restart tells this connection
+                    # and replaces this task with its own catch-up.
+                    await asyncio.shield(self._rollback_once(room, store.seq))
+                elif epoch is None and snapshot.prev_epoch:
+                    valid = snapshot.prev_epoch_seq  # the bare form, from before the change
+                else:
+                    # Only the client says so: it is told alone (a client's word cannot
+                    # change the epoch for everyone), and trusts none of what it holds.
+                    valid = 0
+        if valid is not None and since > valid:
+            connection.send(events.history_changed(room.epoch, valid + 1))
+            connection.last_seq = valid
         await self._catch_up(connection, room)
 
     def _behind(self, connection: Connection) -> None:

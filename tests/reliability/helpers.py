@@ -52,6 +52,7 @@ class Peer:
         self.ack_log: list[dict[str, Any]] = []
         self.errors: dict[str | None, list[dict[str, Any]]] = {}
         self.seqs: list[int] = []
+        self.gifts: list[dict[str, Any]] = []
         self.other: list[dict[str, Any]] = []
         self.stats = 0
         self.last_stats: dict[str, Any] = {}
@@ -69,8 +70,10 @@ class Peer:
         stream_id: str = STREAM,
         fmt: str = "json",
         since: int | None = None,
+        epoch: str | None = None,
     ) -> Peer:
         url = server.ws_url(stream_id) + ("" if since is None else f"?since={since}")
+        url += "" if epoch is None else f"&epoch={epoch}"
         ws = await connect(
             url,
             subprotocols=[f"giftwire.{fmt}", f"bearer.{bearer}"],  # type: ignore[list-item]
@@ -120,8 +123,10 @@ class Peer:
             self.errors.setdefault(message.get("id"), []).append(message)
         elif kind == "gift":
             self.seqs.append(message["seq"])
+            self.gifts.append(message)
         elif kind == "gifts":
             self.seqs.extend(event["seq"] for event in message["events"])
+            self.gifts.extend(message["events"])
         elif kind == "stats":
             self.stats += 1
             self.last_stats = message

@@ -258,21 +258,38 @@ async def test_a_stale_snapshot_is_not_mistaken_for_a_rollback(
     assert sink.seqs() == [1, 2, 3, 4]
 
 
-async def test_a_client_resuming_past_the_store_starts_a_new_epoch(
-    hub: Hub, broker: FakeBroker
-) -> None:
+async def test_a_client_resuming_past_the_store_is_told_alone(hub: Hub, broker: FakeBroker) -> None:
     for _ in range(5):
         broker.publish(STREAM)
     broker.roll_back(STREAM, 3)
     broker.publish(STREAM, sender_id="carol")  # numbered 4 again
     _, sink = await _join(hub, since=5)  # the bare form: the current epoch
     await settle(100)
-    assert broker.bumps == 1
-    changed = [m for m in sink.messages() if m["type"] == "history_changed"]
-    assert len(changed) == 1 and changed[0]["epoch"] == "e2"
-    # This room never saw the old history: it trusts none of it and re-sends the feed.
-    assert sink.seqs()[-1] == 4
+    # This room never saw the lost history: a client's word alone does not change the
+    # epoch for everyone (any client could claim any number), but this client trusts
+    # none of what it holds and gets the feed again.
+    assert broker.bumps == 0
+    assert sink.messages()[1] == {"type": "history_changed", "epoch": "e1", "from_seq": 1}
+    assert sink.seqs() == [1, 2, 3, 4]
     assert [g["sender_id"] for g in sink.gifts() if g["seq"] == 4] == ["carol"]
+
+
+async def test_a_client_resuming_past_the_store_of_a_room_that_saw_it_too(
+    hub: Hub, broker: FakeBroker
+) -> None:
+    _, watcher = await _join(hub, "watcher")
+    for _ in range(5):
+        broker.publish(STREAM)
+    broker.roll_back(STREAM, 3)
+    # Further than the store, and the room saw more than the store too: a rollback.
+    _, sink = await _join(hub, since=6)
+    await settle(100)
+    assert broker.bumps == 1
+    assert {"type": "history_changed", "epoch": "e2", "from_seq": 4} in sink.messages()
+    assert {"type": "history_changed", "epoch": "e2", "from_seq": 4} in watcher.messages()
+    broker.publish(STREAM, sender_id="carol")
+    await settle()
+    assert sink.gifts()[-1]["seq"] == 4 and sink.gifts()[-1]["sender_id"] == "carol"
 
 
 async def test_resuming_from_an_older_epoch(hub: Hub, broker: FakeBroker) -> None:
