@@ -122,7 +122,10 @@ async def seed_demo(settings: Settings, url: str) -> str:
             stream_id = DEMO_STREAM if attempt == 1 else f"{DEMO_STREAM}-{attempt}"
             with contextlib.suppress(LedgerRefusal):
                 await ledger.start_stream(
-                    stream_id=stream_id, creator_id=DEMO_CREATOR, title="giftwire demo stream"
+                    stream_id=stream_id,
+                    creator_id=DEMO_CREATOR,
+                    title="giftwire demo stream",
+                    creator_name="Demo Creator",
                 )
                 return stream_id
         raise LedgerRefusal(ErrorCode.STREAM_EXISTS, "no free demo stream id")
