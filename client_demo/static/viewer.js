@@ -306,7 +306,7 @@ function onState(name, detail) {
   state.connected = name === "live";
   const waiting = name === "connecting" || name === "reconnecting";
   $("offline").hidden = !waiting;
-  $("offline-title").textContent = STATE_TEXT[name] ?? name;
+  $("offline-title").textContent = name === "connecting" ? "Connecting…" : "Reconnecting…";
   setEnded(state.ended);
   if (name === "denied" || name === "no-stream") {
     state.blocked = true;

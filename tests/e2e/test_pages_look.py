@@ -108,6 +108,20 @@ async def test_on_a_phone_the_stage_the_panel_and_a_big_gift_share_the_first_scr
     await assert_in_first_viewport(bob, bob.get_by_test_id("gift-panel"))
     await screenshot(bob, shots, "viewer-phone-error")
 
+    # Tapping a gift Bob cannot afford opens "get coins", on screen.
+    await bob.get_by_test_id("gift-corgi").click()
+    await expect(bob.get_by_test_id("get-coins")).to_be_visible()
+    await assert_in_first_viewport(bob, bob.get_by_test_id("get-coins"))
+    await screenshot(bob, shots, "viewer-phone-get-coins")
+    await bob.locator("#coins-close").click()
+
+    # Disconnected: the banner over the panel is on screen and the tiles are off.
+    server.stop()
+    await expect(bob.get_by_test_id("offline")).to_be_visible()
+    await assert_in_first_viewport(bob, bob.get_by_test_id("offline"))
+    await expect(bob.get_by_test_id("gift-rose")).to_be_disabled()
+    await screenshot(bob, shots, "viewer-phone-reconnecting")
+
 
 async def test_on_a_wide_screen_every_page_shows_its_artwork(
     pages: Pages, ledger: Ledger, server: ServerProcess, shots: Path
