@@ -156,6 +156,7 @@ DESCRIPTIONS: dict[str, str] = {
     "log_level": "debug, info, warning or error",
     "socket_send_buffer_bytes": "kernel send buffer per WebSocket (bounds a stalled viewer)",
     "frame_bytes_max": "largest incoming WebSocket message (bytes; larger: close 1009)",
+    "body_bytes_max": "largest HTTP request body (bytes; larger: 413 message_too_large)",
     "json_depth_max": "deepest nesting in a message",
     "string_length_max": "longest string in a message",
     "messages_per_s_max": "messages per connection per second (burst: 2 s worth)",
