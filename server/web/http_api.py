@@ -191,15 +191,24 @@ def _last_seq(rows: list[bytes], default: int) -> int:
     return int(orjson.loads(rows[-1])["seq"]) if rows else default
 
 
+def _signature_matches(secret: str, body: bytes, header: str) -> bool:
+    """``header`` is ``sha256=<hex HMAC-SHA256 of body>``, compared in constant time.
+
+    Compared as bytes: ``hmac.compare_digest`` raises TypeError for a str that is not
+    ASCII, and a header may hold any latin-1 character (Starlette decodes them so).
+    """
+    given = header.removeprefix("sha256=").encode("latin-1")
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest().encode()
+    return bool(secret) and hmac.compare_digest(given, expected)
+
+
 @endpoint
 async def payment_webhook(request: Request) -> Response:
     """Top-ups and chargebacks from the payment provider, signed with HMAC-SHA256."""
     services = _services(request)
     secret = services.settings.webhook_secret
     body = await _body(request)
-    given = request.headers.get(SIGNATURE_HEADER, "").removeprefix("sha256=")
-    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    if not secret or not hmac.compare_digest(given, expected):
+    if not _signature_matches(secret, body, request.headers.get(SIGNATURE_HEADER, "")):
         raise RequestError(ErrorCode.BAD_SIGNATURE)
     doc = _parse_json(body)
     event, payment_id, user_id = (

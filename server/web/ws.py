@@ -43,6 +43,7 @@ from server.realtime.outbox import FrameSink, Outbox
 from server.realtime.room import Room
 from server.web.auth import bearer_from_header, bearer_from_subprotocols, verify_token
 from server.web.errors import error_response
+from server.web.inputs import ascii_int
 from server.web.metrics import CONNECTIONS, ERRORS, FANOUT_DROPS, GIFT_SECONDS, GIFTS, SLOW_CLOSES
 from server.web.services import Services
 from server.web.uvicorn_ws import FRAME_SINK_EXTENSION
@@ -76,9 +77,10 @@ def _resume_since(raw: str | None) -> int | None:
     """``?since=N`` on the handshake URL: send the gifts after sequence N with the welcome."""
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 16 or int(raw) > SEQUENCE_MAX:
+    since = ascii_int(raw)  # ASCII only: "²".isdigit() is true and int("²") raises
+    if since is None or since > SEQUENCE_MAX:
         raise RequestError(ErrorCode.INVALID_REQUEST, "since must be a gift sequence number")
-    return int(raw)
+    return since
 
 
 def _frame_sink(websocket: WebSocket) -> FrameSink | None:

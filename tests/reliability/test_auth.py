@@ -124,7 +124,7 @@ async def test_bad_tokens_are_refused_at_the_handshake_and_over_http(
     # A token is never taken from the query string, and `since` must be a sequence.
     assert await _refused(server, f"?token={token('alice')}") == (401, "unauthorized")
     protocols = [f"bearer.{token('alice')}"]
-    for since in ("abc", "-1", "1e3", "9" * 17):
+    for since in ("abc", "-1", "1e3", "9" * 17, "%C2%B2", "%D9%A3"):  # ², ٣
         refusal = await _refused(server, f"?since={since}", subprotocols=protocols)
         assert refusal == (400, "invalid_request")
     assert (await ledger.balance("alice")).coins == 100
