@@ -177,6 +177,7 @@ DESCRIPTIONS: dict[str, str] = {
     "receipt_ttl_s": "how long gift receipts are kept for retries (s)",
     "combo_window_ms": "same gift from the same sender within this window counts as a combo",
     "cashout_diamonds_min": "smallest cash-out (diamonds)",
+    "streams_per_creator_max": "stream ids one creator may own, live or ended (restartable)",
 }
 
 

@@ -64,3 +64,6 @@ class Limits:
     receipt_ttl_s: int = 86_400
     combo_window_ms: int = 5_000
     cashout_diamonds_min: int = 1_000
+    streams_per_creator_max: int = 100
+    """Stream ids one creator may own (live or ended: an ended id stays its owner's, who may
+    start it again). A new id past it is refused with ``stream_limit``."""
