@@ -39,7 +39,7 @@ from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
 from server.protocol.close_codes import CloseCode
 from tests.reliability.conftest import Spawn
-from tests.reliability.helpers import CREATOR, STREAM, readyz_status
+from tests.reliability.helpers import CREATOR, STREAM, readyz_status, rss_kib
 from tests.reliability.hostile import json_text, msgpack_bytes
 from tests.support.servers import ServerProcess, http_json, token
 
@@ -49,14 +49,6 @@ DOCUMENTED_CLOSES: set[int | None] = {code.value for code in CloseCode}
 DOCUMENTED_CLOSES.add(None)  # the TCP connection closed without a close frame
 HARMLESS = {"welcome", "pong", "stats", "leaderboard", "lag", "gap", "stream", "gift", "gifts"}
 COINS = 1_000
-
-
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -178,7 +170,7 @@ def test_hostile_frames_get_documented_answers_and_change_nothing(
     fuzzers["msgpack"].send(msgpack.packb({"type": "ping"}))
 
     # Baseline: plain pings, as many as the hostile frames to come.
-    rss_before, cpu_before = _rss_kib(pid), _cpu_ticks(pid)
+    rss_before, cpu_before = rss_kib(pid), _cpu_ticks(pid)
     for n in range(FRAMES_PER_FORMAT):
         fuzzers["json"].send(orjson.dumps({"type": "ping", "id": f"p{n}"}).decode())
         fuzzers["msgpack"].send(msgpack.packb({"type": "ping", "id": f"p{n}"}))
@@ -204,7 +196,7 @@ def test_hostile_frames_get_documented_answers_and_change_nothing(
     fuzz()
     cpu_hostile = _cpu_ticks(pid) - cpu_before
     hostile_frames = sum(f.frames for f in fuzzers.values()) - baseline_frames
-    rss_after = _rss_kib(pid)
+    rss_after = rss_kib(pid)
 
     assert readyz_status(server) == 200
     spent = sum(f.spent for f in fuzzers.values())
