@@ -137,6 +137,8 @@ def _check(s: Settings, errors: list[str]) -> None:
         errors.append(f"{env_name('catalog_path')}: no such file {s.catalog_path}")
     if s.limits.frame_bytes_max < 256:
         errors.append(f"{env_name('frame_bytes_max')}: at least 256")
+    if s.limits.streams_per_creator_max > 1_000_000:  # start_stream.lua refuses more
+        errors.append(f"{env_name('streams_per_creator_max')}: at most 1000000")
 
 
 DESCRIPTIONS: dict[str, str] = {
