@@ -26,6 +26,7 @@ from tests.support.browser import (
     assert_in_first_viewport,
     box,
     needs_chromium,
+    settled,
 )
 from tests.support.servers import ServerProcess, http_json, token
 
@@ -111,6 +112,7 @@ async def test_on_a_phone_the_stage_the_panel_and_a_big_gift_share_the_first_scr
     # Tapping a gift Bob cannot afford opens "get coins", on screen.
     await bob.get_by_test_id("gift-corgi").click()
     await expect(bob.get_by_test_id("get-coins")).to_be_visible()
+    await settled(bob.get_by_test_id("get-coins"))
     await assert_in_first_viewport(bob, bob.get_by_test_id("get-coins"))
     await screenshot(bob, shots, "viewer-phone-get-coins")
     await bob.locator("#coins-close").click()

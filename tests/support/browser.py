@@ -112,6 +112,11 @@ async def box(locator: Locator) -> Box:
     return Box(found["x"], found["y"], found["width"], found["height"])
 
 
+async def settled(locator: Locator) -> None:
+    """Wait until the element's own CSS animations have finished (where it comes to rest)."""
+    await locator.evaluate("el => Promise.all(el.getAnimations().map(a => a.finished))")
+
+
 async def assert_in_first_viewport(page: Page, locator: Locator) -> None:
     """The whole element is on screen without scrolling."""
     size = page.viewport_size
