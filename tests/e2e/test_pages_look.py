@@ -129,7 +129,9 @@ async def test_on_a_wide_screen_every_page_shows_its_artwork(
     pages: Pages, ledger: Ledger, server: ServerProcess, shots: Path
 ) -> None:
     await _go_live(server, ledger, ("alice", 200_000), ("carol", 1))
-    viewer = await pages.open("viewer", "carol", viewport=WIDE)
+    viewer = await pages.open(
+        "viewer", "carol", viewport=WIDE, query="&coins_url=https://pay.example/coins"
+    )
     creator = await pages.open("creator", CREATOR, Role.CREATOR, viewport=WIDE)
     overlay = await pages.open("overlay", CREATOR, Role.CREATOR, query="&top=3", viewport=WIDE)
     phone_creator = await pages.open("creator", CREATOR, Role.CREATOR, viewport=PHONE)
@@ -141,6 +143,14 @@ async def test_on_a_wide_screen_every_page_shows_its_artwork(
     await expect(viewer.get_by_test_id("gift-rose")).to_have_attribute("title", "Rose: 1 coin each")
     await expect(viewer.get_by_test_id("gift-heart")).to_have_attribute("data-affordable", "true")
     await expect(viewer.get_by_test_id("gift-cap")).to_have_attribute("data-affordable", "false")
+    await viewer.get_by_test_id("gift-cap").click()  # the platform's checkout, not a send
+    await expect(viewer.get_by_test_id("coins-buy")).to_have_attribute(
+        "href", "https://pay.example/coins"
+    )
+    await expect(viewer.get_by_test_id("coins-need")).to_have_text(
+        "Cap costs 99 coins; you have 1 coin."
+    )
+    await viewer.locator("#coins-close").click()
 
     # Six-digit coins spent: 3 Universes are 104,997 coins.
     await _gift(ledger, "u", "universe", "alice", count=3)
@@ -173,11 +183,17 @@ async def assert_one_line(page: Page, test_id: str) -> None:
     assert (lines, clipped) == (1, False)
 
 
-async def test_with_reduced_motion_a_big_gift_shows_still_and_stays_visible(
+async def test_with_reduced_motion_a_big_gift_shows_still_and_a_script_checkout_is_ignored(
     pages: Pages, ledger: Ledger, server: ServerProcess
 ) -> None:
     await _go_live(server, ledger, ("alice", 5_000))
-    viewer = await pages.open("viewer", "bob", viewport=PHONE, reduced_motion="reduce")
+    viewer = await pages.open(
+        "viewer",
+        "bob",
+        viewport=PHONE,
+        reduced_motion="reduce",
+        query="&coins_url=javascript:alert(1)",
+    )
     await _gift(ledger, "big", "galaxy", "alice")
     scene = viewer.locator("[data-testid=big-gift][data-gift=galaxy]")
     await expect(scene).to_be_visible()
@@ -187,3 +203,7 @@ async def test_with_reduced_motion_a_big_gift_shows_still_and_stays_visible(
     )
     assert style == ["none", "1", "none"]
     await expect(scene.locator(".sparks")).to_be_hidden()
+    # Only an http(s) checkout is linked: a script URL in the page's address is ignored.
+    await viewer.get_by_test_id("get-coins-button").click()
+    await expect(viewer.get_by_test_id("get-coins")).to_be_visible()
+    await expect(viewer.get_by_test_id("coins-buy")).to_be_hidden()
