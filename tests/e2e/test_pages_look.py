@@ -1,4 +1,4 @@
-"""How the demo pages look, in a real headless Chromium with no emoji font installed.
+"""How the demo pages look, in a real headless Chromium, needing no emoji font.
 
 Every gift tile shows its own shipped SVG; on a phone (390×844) the stage and the gift panel
 share the first screen and a big gift's caption stays off the strip; the pages are
@@ -24,6 +24,7 @@ from tests.support.browser import (
     Pages,
     assert_art_loaded,
     assert_in_first_viewport,
+    assert_no_emoji,
     box,
     needs_chromium,
     settled,
@@ -97,6 +98,7 @@ async def test_on_a_phone_the_stage_the_panel_and_a_big_gift_share_the_first_scr
     await assert_in_first_viewport(bob, caption)
     for row in await bob.get_by_test_id("strip-row").all():
         assert not (await box(caption)).overlaps(await box(row))
+    await assert_no_emoji(bob)
     await screenshot(bob, shots, "viewer-phone")
 
     # An error banner leaves the combo button on screen.
@@ -164,6 +166,8 @@ async def test_on_a_wide_screen_every_page_shows_its_artwork(
     await expect(overlay.get_by_test_id("alert")).to_have_count(3)
     await assert_art_loaded(overlay, overlay.locator("#alerts .gift-art"), 3)
     await expect(viewer.locator("[data-testid=big-gift]")).to_be_visible()
+    for page in (viewer, creator, phone_creator, overlay):
+        await assert_no_emoji(page)
     await screenshot(viewer, shots, "viewer-wide")
     await screenshot(creator, shots, "creator")
     await screenshot(phone_creator, shots, "creator-phone")

@@ -2,7 +2,8 @@
 
 Playwright's own browser downloads are never used: the browser is launched by
 ``executable_path``. Test modules skip, with the reason, where no Chromium is installed;
-``.ci/run`` installs it. No emoji font is installed either: the pages ship their artwork.
+``.ci/run`` installs it. No emoji font is needed (CI installs none): the pages ship their
+artwork, and ``assert_no_emoji`` checks that no text on a page would need one.
 """
 
 from __future__ import annotations
@@ -124,6 +125,29 @@ async def assert_in_first_viewport(page: Page, locator: Locator) -> None:
     found = await box(locator)
     assert found.x >= 0 and found.y >= 0, found
     assert found.right <= size["width"] and found.bottom <= size["height"], (found, size)
+
+
+async def assert_no_emoji(page: Page) -> None:
+    """No text on the page (pseudo-elements included) needs an emoji font to render."""
+    found = await page.evaluate(
+        r"""() => {
+            const emoji = /\p{Extended_Pictographic}/u;
+            const hits = [];
+            for (const el of document.querySelectorAll("body, body *")) {
+                for (const pseudo of ["::before", "::after"]) {
+                    const content = getComputedStyle(el, pseudo).content;
+                    if (emoji.test(content)) hits.push(`${el.className}${pseudo}: ${content}`);
+                }
+                for (const node of el.childNodes) {
+                    if (node.nodeType === 3 && emoji.test(node.textContent)) {
+                        hits.push(node.textContent.trim());
+                    }
+                }
+            }
+            return hits;
+        }"""
+    )
+    assert found == []
 
 
 async def assert_art_loaded(page: Page, images: Locator, count: int) -> None:
