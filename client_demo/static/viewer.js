@@ -231,7 +231,8 @@ function onRefused(error, pending) {
   let text = errorText(error.code, error.message);
   if (error.code === "insufficient_funds" && gift) {
     const price = gift.price_coins * pending.count;
-    text = `Not enough coins: ${gift.name} ×${pending.count} costs ${plural(price, "coin")},`
+    const times = pending.count > 1 ? ` ×${pending.count}` : "";
+    text = `Not enough coins: ${gift.name}${times} costs ${plural(price, "coin")},`
       + ` you have ${plural(state.coins ?? 0, "coin")}.`;
   }
   if (error.code === "stream_not_live") setEnded(true);

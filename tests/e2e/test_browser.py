@@ -87,7 +87,7 @@ async def test_a_gift_from_one_viewer_shows_everywhere_and_a_refused_one_moves_n
     error = bob.get_by_test_id("error")
     await expect(error).to_be_visible()
     await expect(error).to_have_attribute("data-code", "insufficient_funds")
-    await expect(error).to_contain_text("Not enough coins")
+    await expect(error).to_have_text("Not enough coins: Corgi costs 299 coins, you have 50 coins.")
     await expect(bob.get_by_test_id("pending")).to_have_attribute("data-count", "0")
     await coins(bob, 50)
     assert (await ledger.balance("bob")).coins == 50

@@ -153,6 +153,12 @@ async def test_on_a_wide_screen_every_page_shows_its_artwork(
         "Cap costs 99 coins; you have 1 coin."
     )
     await viewer.locator("#coins-close").click()
+    await viewer.evaluate("() => giftwire.socket.sendGift('cap', 1)")  # refused: 1 coin
+    await expect(viewer.get_by_test_id("error")).to_have_attribute(
+        "data-code", "insufficient_funds"
+    )
+    await assert_in_first_viewport(viewer, viewer.get_by_test_id("combo"))
+    await assert_in_first_viewport(viewer, viewer.get_by_test_id("gift-panel"))
 
     # Six-digit coins spent: 3 Universes are 104,997 coins.
     await _gift(ledger, "u", "universe", "alice", count=3)
