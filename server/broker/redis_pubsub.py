@@ -265,6 +265,7 @@ class RedisPubSubBroker:
         return RoomSnapshot(
             stream_id=stream_id,
             creator_id=stream.creator_id,
+            creator_name=stream.creator_name,
             title=stream.title,
             state=stream.state.value,
             position=StreamPosition(stream.last_sequence, stream.epoch),

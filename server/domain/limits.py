@@ -31,8 +31,6 @@ MESSAGE_KEYS_MAX = 64
 MESSAGE_ARRAY_MAX = 256
 
 # HTTP (web/http_api.py).
-BODY_BYTES_MAX = 16 * 1024
-"""Largest HTTP request body; larger ones get 413 ``message_too_large``."""
 PAGE_MAX = 200
 """Most gift events one ``GET /api/streams/{id}/gifts`` returns."""
 
@@ -63,6 +61,9 @@ class Limits:
 
     frame_bytes_max: int = 4096
     """Largest incoming WebSocket message; larger ones close the connection with 1009."""
+    body_bytes_max: int = 16 * 1024
+    """Largest HTTP request body (every endpoint, the webhook too): a larger declared
+    ``Content-Length`` is refused before reading, a chunked body at the bound (413)."""
     json_depth_max: int = 4
     string_length_max: int = 256
     messages_per_s_max: int = 20
@@ -97,3 +98,6 @@ class Limits:
     receipt_ttl_s: int = 86_400
     combo_window_ms: int = 5_000
     cashout_diamonds_min: int = 1_000
+    streams_per_creator_max: int = 100
+    """Stream ids one creator may own (live or ended: an ended id stays its owner's, who may
+    start it again). A new id past it is refused with ``stream_limit``."""

@@ -212,9 +212,16 @@ class Ledger:
         return CashOutReceipt.from_reply(body, replayed)
 
     async def start_stream(
-        self, *, stream_id: str, creator_id: str, title: str, epoch: str | None = None
+        self,
+        *,
+        stream_id: str,
+        creator_id: str,
+        title: str,
+        creator_name: str | None = None,
+        epoch: str | None = None,
     ) -> StreamChange:
-        """Open a live stream; ``epoch`` (default: a fresh random id) names its history."""
+        """Open a live stream; ``creator_name`` (default: the creator id) is the host's name,
+        ``epoch`` (default: a fresh random id) names a new stream's history."""
         k = self.keys
         body, replayed = await self._run(
             ScriptName.START_STREAM,
@@ -223,8 +230,16 @@ class Ledger:
                 k.room_channel(stream_id),
                 k.feed(stream_id),
                 k.leaderboard(stream_id),
+                k.creator_streams(creator_id),
             ],
-            [stream_id, creator_id, title, epoch or uuid.uuid4().hex[:16]],
+            [
+                stream_id,
+                creator_id,
+                title,
+                self.limits.streams_per_creator_max,
+                creator_id if creator_name is None else creator_name,
+                epoch or uuid.uuid4().hex[:16],
+            ],
             order_key=stream_id,
         )
         return _stream_change(body, replayed)
@@ -321,6 +336,7 @@ def stream_from_hash(stream_id: str, raw: dict[bytes, bytes]) -> Stream | None:
     return Stream(
         stream_id=stream_id,
         creator_id=raw[b"creator"].decode(),
+        creator_name=raw.get(b"creator_name", raw[b"creator"]).decode(),
         state=StreamState(raw[b"state"].decode()),
         title=raw.get(b"title", b"").decode(),
         last_sequence=_int(raw.get(b"seq")),

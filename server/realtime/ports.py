@@ -45,6 +45,7 @@ class RoomSnapshot:
     creator_id: str
     title: str
     state: str
+    creator_name: str
     position: StreamPosition
     coins: int
     diamonds: int

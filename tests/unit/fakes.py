@@ -229,6 +229,7 @@ class FakeBroker:
         snapshot = RoomSnapshot(
             stream_id=stream_id,
             creator_id="bob",
+            creator_name="Bob",
             title="t",
             state="live",
             position=StreamPosition(s.seq, s.epoch),
