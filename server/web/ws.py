@@ -181,7 +181,7 @@ async def gift_socket(websocket: WebSocket) -> None:
 
 
 class _Session:
-    """One accepted connection: its reader loop, writer task and in-flight gifts."""
+    """One accepted connection: its reader loop, its place in the room and its gifts in flight."""
 
     __slots__ = (
         "balance", "connection", "creator_id", "epoch", "fmt", "gift_tasks", "identity",
