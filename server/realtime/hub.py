@@ -9,7 +9,7 @@ room read the missing events from the feed (``docs/fan-out.md``).
 
 Catching up is the hub's job alone: the welcome's resume (``join(..., since=N)``), a
 client's ``resume`` and the repair of a connection whose outbox dropped gifts all run as
-the connection's one catch-up task (``_catch_up``), which pages the feed only while the
+the connection's one catch-up task (``catch_up.py``), which pages the feed only while the
 connection's outbox has room and waits for it to drain otherwise.
 
 Epochs: a sequence compares only within its stream's epoch. When the store's history goes
@@ -35,8 +35,8 @@ from server.domain.catalog import Catalog
 from server.domain.errors import UnavailableError
 from server.domain.limits import ROOM_RECENT_SEQS_MAX, TOP_MAX, Limits
 from server.protocol import events
-from server.protocol.close_codes import CloseCode
 from server.protocol.events import Message, enrich_gift
+from server.realtime.catch_up import CatchUps
 from server.realtime.connection import Connection
 from server.realtime.ports import Broker, RoomSnapshot, StreamPosition
 from server.realtime.room import Room
@@ -66,7 +66,7 @@ class Hub:
         self.stats_interval_s = stats_interval_s
         self.rooms: dict[str, Room] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._catch_ups: dict[Connection, asyncio.Task[None]] = {}
+        self.catch_ups = CatchUps(broker, limits, self._decode)
         self._rollbacks: dict[Room, asyncio.Task[None]] = {}
 
     # Lifecycle.
@@ -76,9 +76,10 @@ class Hub:
         self._spawn(self._stats_forever())
 
     async def stop(self) -> None:
-        for task in [*self._tasks, *self._catch_ups.values()]:
+        tasks = [*self._tasks, *self.catch_ups.tasks()]
+        for task in tasks:
             task.cancel()
-        for task in [*self._tasks, *self._catch_ups.values()]:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for room in self.rooms.values():
@@ -126,7 +127,10 @@ class Hub:
             snapshot = dataclasses.replace(snapshot, viewers=max(snapshot.viewers, len(room)))
             connection.send(greeting(snapshot))
             if since is None:
-                connection.finish_catching_up(snapshot.position.seq)
+                seq = snapshot.position.seq
+                if snapshot.position.epoch != room.epoch:
+                    seq = min(seq, room.last_seq)  # the epoch changed meanwhile
+                connection.finish_catching_up(seq)
             else:
                 await self.resume(connection, since, epoch)
         except BaseException:
@@ -165,9 +169,7 @@ class Hub:
         return room
 
     def leave(self, connection: Connection) -> None:
-        task = self._catch_ups.pop(connection, None)
-        if task is not None:
-            task.cancel()
+        self.catch_ups.cancel(connection)
         room = self.rooms.get(connection.stream_id)
         if room is None:
             return
@@ -268,22 +270,7 @@ class Hub:
         if room is None:
             return
         connection.start_catching_up()
-        old = self._catch_ups.pop(connection, None)
-        if old is not None:
-            old.cancel()
-        task = asyncio.get_running_loop().create_task(self._resume(connection, room, since, epoch))
-        self._catch_ups[connection] = task
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                task.cancel()
-                raise
-            # Replaced by a newer catch-up (an epoch restart): that one carries on.
-        finally:
-            if self._catch_ups.get(connection) is task:
-                del self._catch_ups[connection]
+        await self.catch_ups.replace(connection, self._resume(connection, room, since, epoch))
 
     async def _resume(
         self, connection: Connection, room: Room, since: int, epoch: str | None
@@ -314,67 +301,13 @@ class Hub:
         if valid is not None and since > valid:
             connection.send(events.history_changed(room.epoch, valid + 1))
             connection.last_seq = valid
-        await self._catch_up(connection, room)
+        await self.catch_ups.catch_up(connection, room)
 
     def _behind(self, connection: Connection) -> None:
         """A connection dropped a gift: re-send from its last sequence once it has room."""
-        if connection in self._catch_ups:
-            return  # the catch-up in flight reads on to the room's end
         room = self.rooms.get(connection.stream_id)
-        if room is None:
-            return
-        task = asyncio.get_running_loop().create_task(self._repair(connection, room))
-        self._catch_ups[connection] = task
-
-    async def _repair(self, connection: Connection, room: Room) -> None:
-        try:
-            await self._catch_up(connection, room)
-        finally:
-            if self._catch_ups.get(connection) is asyncio.current_task():
-                del self._catch_ups[connection]
-
-    async def _catch_up(self, connection: Connection, room: Room) -> None:
-        """Page the feed after ``connection.last_seq`` into the outbox, as its budget
-        allows, then release what was held. Resumed frames count toward the budget: when
-        the outbox is full this waits for it to drain (and a connection that never drains
-        is closed with 4008 by its outbox)."""
-        outbox = connection.outbox
-        while True:
-            try:
-                if not await self._page_feed(connection, room):
-                    return  # the connection is closing
-            except UnavailableError:
-                outbox.close(CloseCode.GOING_AWAY, "ledger unavailable; reconnect and resume")
-                return
-            connection.finish_catching_up(connection.last_seq)
-            if not connection.catching_up:
-                return
-            # It fell behind again while what was held went out: go on from there.
-
-    async def _page_feed(self, connection: Connection, room: Room) -> bool:
-        """Queue up to ``resume_events_max`` gifts after ``connection.last_seq``, a page at a
-        time while the outbox has room; False if the connection closed meanwhile."""
-        batch_max = self.limits.batch_events_max
-        outbox = connection.outbox
-        sent = 0
-        while sent < self.limits.resume_events_max:
-            if not outbox.has_room() and not await outbox.wait_room():
-                return False
-            rows = await self.broker.feed(room.stream_id, connection.last_seq, batch_max)
-            if not rows:
-                return True
-            page = [self._decode(room, raw) for raw in rows]
-            first = page[0]["seq"]
-            if first > connection.last_seq + 1:
-                connection.send(events.gap(connection.last_seq + 1, first - 1))
-            connection.send_events(page)
-            sent += len(page)
-            if len(rows) < batch_max:
-                return True
-        if room.last_seq > connection.last_seq:
-            connection.send(events.gap(connection.last_seq + 1, room.last_seq))
-            connection.last_seq = room.last_seq
-        return True
+        if room is not None:
+            self.catch_ups.repair(connection, room)
 
     # Epochs.
 
@@ -450,24 +383,25 @@ class Hub:
 
     def _restart(self, room: Room, old_epoch: str, position: StreamPosition) -> None:
         """Move the room to ``position.epoch``, true up to ``position.seq``: connections
-        that were sent more are told, and every connection catches up from the feed."""
+        that were sent more are told and rewound, and the room reads the feed from there
+        (one read for the room; only connections that were catching up get their own)."""
         if room.epoch != old_epoch:
             return  # already moved on
         room.restart(position.epoch, old_epoch, position.seq)
         valid = room.last_seq
         current = asyncio.current_task()
         for connection in list(room.connections):
-            if self._catch_ups.get(connection) is current:
+            running = self.catch_ups.running(connection)
+            if running is current:
                 continue  # the resume that found the rollback goes on from its own since
-            connection.forget_held()
             if connection.last_seq > valid:
                 connection.send(events.history_changed(position.epoch, valid + 1))
                 connection.last_seq = valid
-            old = self._catch_ups.pop(connection, None)
-            if old is not None:
-                old.cancel()
-            connection.start_catching_up()
-            self._behind(connection)
+            if connection.catching_up:
+                # What it held, and any page in flight, may be of the lost history.
+                connection.forget_held()
+                self.catch_ups.cancel(connection)
+                self._behind(connection)
         room.repair()
 
     # Stats.
