@@ -170,15 +170,17 @@ class FakeBroker:
             raise UnavailableError("fake broker down")
 
     async def subscribe(self, stream_id: str) -> None:
+        # Applied in call order, as Redis applies the commands of one connection; the
+        # confirmation comes a turn later.
         self._check()
         self.calls.append(("subscribe", stream_id))
-        await asyncio.sleep(0)
         self.subscribed.add(stream_id)
+        await asyncio.sleep(0)
 
     async def unsubscribe(self, stream_id: str) -> None:
         self.calls.append(("unsubscribe", stream_id))
-        await asyncio.sleep(0)
         self.subscribed.discard(stream_id)
+        await asyncio.sleep(0)
 
     def publish(self, stream_id: str, **fields: Any) -> dict[str, Any]:
         s = self.stream(stream_id)
