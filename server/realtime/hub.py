@@ -67,6 +67,7 @@ class Hub:
         self.rooms: dict[str, Room] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.catch_ups = CatchUps(broker, limits, self._decode)
+        self._on_behind = self._behind  # one bound method for every connection, not one each
         self._rollbacks: dict[Room, asyncio.Task[None]] = {}
 
     # Lifecycle.
@@ -117,7 +118,7 @@ class Hub:
         """
         room = await self._open(stream_id)
         connection.stream_id = stream_id
-        connection.on_behind = self._behind
+        connection.on_behind = self._on_behind
         connection.start_catching_up()
         room.connections.add(connection)
         try:

@@ -294,8 +294,7 @@ class Outbox:
                 await self._send(frame)
                 if (self.dropped or self._full_since is not None) and self._drained():
                     self._caught_up(None)
-            if self._room_waiter is not None:
-                self._caught_up(None)
+            self._wake(True)  # (the loop caught up already when it had dropped or waited)
         except Exception:
             self._notify_close()  # the peer went away while we wrote
 

@@ -12,7 +12,7 @@ import uuid
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from server.domain.accounts import Identity
+from server.domain.accounts import Balance, Identity
 from server.domain.errors import (
     ErrorCode,
     InvariantError,
@@ -184,7 +184,7 @@ class _Session:
     """One accepted connection: its reader loop, its place in the room and its gifts in flight."""
 
     __slots__ = (
-        "balance", "connection", "creator_id", "epoch", "fmt", "gift_tasks", "identity",
+        "connection", "creator_id", "epoch", "fmt", "gift_tasks", "identity",
         "joined", "outbox", "rate", "services", "since", "stream_id", "token_expires_at_s",
         "websocket",
     )  # fmt: skip
@@ -221,7 +221,6 @@ class _Session:
         self.rate = _RateLimit(limits.messages_per_s_max)
         self.gift_tasks: set[asyncio.Task[None]] = set()
         self.joined = False
-        self.balance = (0, 0)
         # The token's ``exp``: gifts after it are refused and the socket closed (4001).
         self.token_expires_at_s = token_expires_at_s
 
@@ -235,13 +234,16 @@ class _Session:
         reader: asyncio.Task[CloseCode | None] | None = None
         try:
             balance = await self.services.ledger.balance(self.identity.user_id)
-            self.balance = (balance.coins, balance.diamonds)
             self.joined = True
             # Returns once the welcome and the gifts after `since` are queued: live events
             # wait until then. (A `resume` message sent after the welcome instead races
             # the live events sent in between.)
             await hub.join(
-                self.connection, self.stream_id, self._welcome, since=self.since, epoch=self.epoch
+                self.connection,
+                self.stream_id,
+                functools.partial(self._welcome, balance),
+                since=self.since,
+                epoch=self.epoch,
             )
             reader = asyncio.get_running_loop().create_task(self._read())
             # A slow-consumer close (or a write that found the peer gone) stops the reading.
@@ -282,8 +284,7 @@ class _Session:
             raise error  # handled (or not) by run(), as if read in place
         return reader.result(), ""
 
-    def _welcome(self, snapshot: RoomSnapshot) -> events.Message:
-        coins, diamonds = self.balance
+    def _welcome(self, balance: Balance, snapshot: RoomSnapshot) -> events.Message:
         return events.welcome(
             stream={
                 "id": self.stream_id,
@@ -298,7 +299,7 @@ class _Session:
                 "role": self.identity.role.value,
                 "display_name": self.identity.display_name,
             },
-            balance={"coins": coins, "diamonds": diamonds},
+            balance={"coins": balance.coins, "diamonds": balance.diamonds},
             viewers=snapshot.viewers,
             top=snapshot.top,
             last_seq=snapshot.position.seq,
