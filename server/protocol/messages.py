@@ -93,7 +93,7 @@ def parse_message(doc: dict[str, Any]) -> ClientMessage:
     if kind == "resume":
         since = _int_field(doc, "since", 0, SEQUENCE_MAX, None)
         epoch = doc.get("epoch")
-        if epoch is not None and not is_epoch(epoch):
+        if "epoch" in doc and not is_epoch(epoch):
             raise ProtocolError(ErrorCode.INVALID_REQUEST, "epoch must be an epoch id")
         return Resume(since, epoch)
     if "id" in doc and client_id is None:
