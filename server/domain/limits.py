@@ -35,6 +35,12 @@ PAGE_MAX = 200
 """Most gift events one ``GET /api/streams/{id}/gifts`` returns."""
 
 # WebSocket connections (web/ws.py, realtime/).
+MESSAGE_BURST_S = 2
+"""A connection's message bucket holds this many seconds of ``messages_per_s_max``."""
+MESSAGE_STRIKES_S = 5
+"""Refused messages, in seconds of ``messages_per_s_max``, before the close with 4029."""
+CLOSE_TIMEOUT_S = 1.0
+"""How long the server waits for its close frame to go out before dropping the socket."""
 IN_FLIGHT_GIFTS_MAX = 32
 """Gifts of one connection awaiting the ledger; beyond it the socket is not read."""
 HELD_DELIVERIES_MAX = 1024

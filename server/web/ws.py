@@ -21,7 +21,13 @@ from server.domain.errors import (
     RequestError,
     UnavailableError,
 )
-from server.domain.limits import IN_FLIGHT_GIFTS_MAX, SEQUENCE_MAX
+from server.domain.limits import (
+    CLOSE_TIMEOUT_S,
+    IN_FLIGHT_GIFTS_MAX,
+    MESSAGE_BURST_S,
+    MESSAGE_STRIKES_S,
+    SEQUENCE_MAX,
+)
 from server.protocol import events
 from server.protocol.close_codes import CloseCode
 from server.protocol.codec import (
@@ -105,7 +111,7 @@ class _RateLimit:
 
     def __init__(self, per_s: int) -> None:
         self._rate = float(per_s)
-        self._capacity = float(per_s * 2)
+        self._capacity = float(per_s * MESSAGE_BURST_S)
         self._tokens = self._capacity
         self._at = time.monotonic()
 
@@ -269,7 +275,7 @@ class _Session:
                 reader.cancel()
         if close_code is not None:
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(1.0):
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
                     await self.websocket.close(close_code, reason)
 
     def _outcome(self, reader: asyncio.Task[CloseCode | None]) -> tuple[CloseCode | None, str]:
@@ -327,7 +333,7 @@ class _Session:
             if not self.rate.allow():
                 strikes += 1
                 self._error(ErrorCode.RATE_LIMITED, None, "too many messages")
-                if strikes > limits.messages_per_s_max * 5:
+                if strikes > limits.messages_per_s_max * MESSAGE_STRIKES_S:
                     return CloseCode.RATE_LIMITED
                 continue
             if len(data) > limits.frame_bytes_max:
