@@ -119,9 +119,17 @@ export class BigGiftQueue {
     }
     const rate = this.waiting.length > 3 ? this.playMs / this.fastPlayMs : 1;
     this.root.dataset.seq = String(event.seq);
-    const show = new Show(this.root, event, {
-      playMs: this.playMs, rate, reduced: this.reduced(), waiting: this._waitingText(),
-    });
+    let show;
+    try {
+      show = new Show(this.root, event, {
+        playMs: this.playMs, rate, reduced: this.reduced(), waiting: this._waitingText(),
+      });
+    } catch (error) {
+      // A show that cannot be built must not stall the queue behind it.
+      console.error("big gift", event.gift_id, error);
+      setTimeout(() => this._next(), 0);
+      return;
+    }
     this.show = show;
     show.finished.then(() => {
       if (this.show === show) this._next();

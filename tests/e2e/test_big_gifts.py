@@ -184,6 +184,15 @@ async def test_a_universe_enters_orbits_and_leaves_in_three_distinct_frames(
         jpeg = shots / f"anim-{name}.jpg"
         await stage.screenshot(path=str(jpeg), type="jpeg", quality=72)
         assert jpeg.stat().st_size < 100_000
+    # A moment is a function of time alone: seeking away and back draws the same particles.
+    canvas = "() => document.querySelector('[data-testid=particles]').toDataURL()"
+    loop = _moment(phases, "loop")
+    await _at(viewer, loop)
+    before = await viewer.evaluate(canvas)
+    await _at(viewer, _moment(phases, "exit"))
+    assert await viewer.evaluate(canvas) != before
+    await _at(viewer, loop)
+    assert await viewer.evaluate(canvas) == before
     # Each moment looks different from the others: the show really moves.
     for a, b in (("entrance", "loop"), ("loop", "exit"), ("entrance", "exit")):
         changed = await viewer.evaluate(PIXELS_CHANGED, [frames[a], frames[b]])
