@@ -115,9 +115,9 @@ function orbit(show) {
   present(show, halo, 0.85);
   spin(show, halo, -40);
   const orbits = [
-    { size: 180, turn: 520, start: 20 },
-    { size: 255, turn: 340, start: 160 },
-    { size: 340, turn: 210, start: 290 },
+    { size: 170, turn: 520, start: 20 },
+    { size: 235, turn: 340, start: 160 },
+    { size: 310, turn: 210, start: 290 },
   ];
   orbits.forEach(({ size, turn, start }, i) => {
     const planet = el("div", { class: `planet planet-${i}` });

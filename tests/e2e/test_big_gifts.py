@@ -255,9 +255,16 @@ async def test_on_the_overlay_a_universe_plays_before_the_gifts_that_came_first(
     for i, gift in enumerate(["lion", "fireworks", "universe"]):
         await _gift(ledger, f"q-{i}", gift)
     await expect(overlay.get_by_test_id("big-waiting")).to_have_text("+3 waiting")
-    for gift, waiting in (("universe", "+2 waiting"), ("lion", "+1 waiting"), ("fireworks", "")):
+    order = (
+        ("universe", "orbit", "+2 waiting"),
+        ("lion", "roar", "+1 waiting"),
+        ("fireworks", "fireworks", ""),
+    )
+    for gift, animation, waiting in order:
         await _finish(overlay)
         await _hold(overlay, gift)
+        # The overlay plays the same shows as the viewer page.
+        await expect(overlay.locator(SCENE)).to_have_attribute("data-animation", animation)
         await expect(overlay.get_by_test_id("big-waiting")).to_have_text(waiting)
     await _finish(overlay)
     await expect(overlay.locator(SCENE)).to_have_count(0)
