@@ -169,9 +169,14 @@ export class Show {
     for (const animation of [this.clock, ...this.animations]) animation.pause();
   }
 
-  /** Carry on from where `pause()` held it. */
+  /** Carry on from where `pause()` held it (held at its very end, the show ends). */
   resume() {
-    for (const animation of [this.clock, ...this.animations]) animation.play();
+    // play() at the end would rewind to the start: finish instead.
+    const atEnd = this.time() >= this.total;
+    for (const animation of [this.clock, ...this.animations]) {
+      if (atEnd) animation.finish();
+      else animation.play();
+    }
   }
 
   /** Put every part (and the particles) at `ms` into the show; call `pause()` first. */

@@ -156,10 +156,9 @@ def _moment(phases: dict[str, list[float]], name: str) -> float:
 
 
 async def _finish(page: Page) -> None:
-    """Let the held show play its last millisecond (at its very end, play() would rewind)."""
+    """End the held show: seek to its end and resume (the queue then starts the next)."""
     await page.evaluate(
-        "() => { const p = giftwire.big.phases(); giftwire.big.seek(p.exit[1] - 1);"
-        " giftwire.big.resume(); }"
+        "() => { giftwire.big.seek(giftwire.big.phases().exit[1]); giftwire.big.resume(); }"
     )
 
 
@@ -252,19 +251,25 @@ async def test_on_the_overlay_a_universe_plays_before_the_gifts_that_came_first(
     overlay = await pages.open("overlay", CREATOR, Role.CREATOR, viewport=WIDE)
     await _gift(ledger, "g", "galaxy")
     await _hold(overlay, "galaxy")  # held while the others arrive
-    for i, gift in enumerate(["lion", "fireworks", "universe"]):
+    for i, gift in enumerate(["whale", "lion", "fireworks", "universe", "nebula"]):
         await _gift(ledger, f"q-{i}", gift)
-    await expect(overlay.get_by_test_id("big-waiting")).to_have_text("+3 waiting")
-    order = (
-        ("universe", "orbit", "+2 waiting"),
-        ("lion", "roar", "+1 waiting"),
-        ("fireworks", "fireworks", ""),
-    )
-    for gift, animation, waiting in order:
+    await expect(overlay.get_by_test_id("big-waiting")).to_have_text("+5 waiting")
+    assert await overlay.evaluate("() => giftwire.big.show.rate") == 1
+    # Most valuable first; with more than 3 waiting a show plays at twice the speed.
+    order = [
+        ("universe", "orbit", 4, 2),
+        ("lion", "roar", 3, 1),
+        ("nebula", "swirl", 2, 1),
+        ("whale", "dive", 1, 1),
+        ("fireworks", "fireworks", 0, 1),
+    ]
+    for gift, animation, waiting, rate in order:
         await _finish(overlay)
         await _hold(overlay, gift)
         # The overlay plays the same shows as the viewer page.
         await expect(overlay.locator(SCENE)).to_have_attribute("data-animation", animation)
-        await expect(overlay.get_by_test_id("big-waiting")).to_have_text(waiting)
+        text = f"+{waiting} waiting" if waiting else ""
+        await expect(overlay.get_by_test_id("big-waiting")).to_have_text(text)
+        assert await overlay.evaluate("() => giftwire.big.show.rate") == rate, gift
     await _finish(overlay)
     await expect(overlay.locator(SCENE)).to_have_count(0)
