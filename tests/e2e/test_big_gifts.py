@@ -219,6 +219,12 @@ async def test_every_big_gift_animates_only_transform_and_opacity_and_leaves_not
     assert await viewer.evaluate(LEFTOVERS) == {"pending": 0, "animations": 0, "scenes": 0}
     ran = await viewer.evaluate("() => window.__frames.ran")
     assert ran > 0  # the particles were drawn by the page's frame loop
+    # All the artwork ships with the pages: nothing was fetched from anywhere else.
+    fetched = await viewer.evaluate(
+        "() => performance.getEntriesByType('resource').map((entry) => entry.name)"
+    )
+    assert any("/gifts/universe.svg" in url for url in fetched), fetched
+    assert all(url.startswith(f"{pages.server.http}/") for url in fetched), fetched
 
 
 async def test_with_reduced_motion_a_big_gift_stays_still_and_only_fades(
