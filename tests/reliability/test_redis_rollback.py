@@ -1,9 +1,10 @@
 """Redis goes back in time under a live room (issue 11 item 4): restored from an older copy.
 
 The restore brings the stream's sequence back from 10 to 6; the next paid gifts are numbered
-7, 8, 9 again. Before epochs, live rooms dropped them as already delivered and ``?since=10``
-skipped them. Now the server notices, starts a new epoch once, tells the viewers who saw
-the lost 7-10 (``history_changed``), and every paid gift reaches every viewer.
+7, 8, 9 again. Before epochs, live rooms dropped them as already delivered and
+``?since=10`` skipped them. Now the servers notice (viewers are on two processes), start a
+new epoch once, tell the viewers who saw the lost 7-10 (``history_changed``), and every paid
+gift reaches every viewer.
 """
 
 from __future__ import annotations
@@ -62,8 +63,10 @@ async def test_a_restored_redis_starts_a_new_epoch_and_no_paid_gift_is_invisible
 ) -> None:
     ledger = await books(own_redis.url)
     await open_stream(ledger, ("alice", 1_000))
-    server = spawn(own_redis.url)
-    viewers = [await Peer.open(server, token(f"viewer{i}")) for i in range(3)]
+    server, other = spawn(own_redis.url), spawn(own_redis.url)
+    # Viewers on two processes: both notice, the epoch changes once (compare and set).
+    viewers = [await Peer.open(server, token(f"viewer{i}")) for i in range(2)]
+    viewers.append(await Peer.open(other, token("viewer2")))
     leaver = await Peer.open(server, token("leaver"))
     alice = await Peer.open(server, token("alice"))
     late: list[Peer] = []
@@ -75,6 +78,7 @@ async def test_a_restored_redis_starts_a_new_epoch_and_no_paid_gift_is_invisible
         own_redis.stop()
         shutil.copytree(own_redis.data_dir, backup)  # the copy an operator restores later
         await _restart(own_redis, server)
+        await wait_ready(other)
         await settle(alice, [f"b{i}" for i in range(4)])
         for peer in (*viewers, leaver):
             await peer.wait_for(lambda p=peer: len(p.seqs) == 10)
@@ -82,6 +86,7 @@ async def test_a_restored_redis_starts_a_new_epoch_and_no_paid_gift_is_invisible
         await leaver.close()
 
         await _restart(own_redis, server, backup)  # gifts 7-10 are gone from Redis
+        await wait_ready(other)
         assert (await _stream(ledger)).last_sequence == 6
         # New paid gifts after the restore: Redis numbers them 7, 8, 9 again.
         await settle(alice, [f"c{i}" for i in range(3)])
@@ -95,6 +100,7 @@ async def test_a_restored_redis_starts_a_new_epoch_and_no_paid_gift_is_invisible
                 (9, change["epoch"]),
             ]
         new_epoch = _changes(viewers[0])[0]["epoch"]
+        assert {_changes(v)[0]["epoch"] for v in viewers} == {new_epoch}  # both processes
         stream = await _stream(ledger)
         assert (stream.epoch, stream.prev_epoch, stream.prev_epoch_seq) == (new_epoch, epoch, 6)
 
