@@ -33,12 +33,13 @@ import orjson
 
 from server.domain.catalog import Catalog
 from server.domain.errors import UnavailableError
-from server.domain.limits import ROOM_RECENT_SEQS_MAX, TOP_MAX, Limits
+from server.domain.limits import TOP_MAX, Limits
 from server.protocol import events
 from server.protocol.events import Message, enrich_gift
 from server.realtime.catch_up import CatchUps
 from server.realtime.connection import Connection
-from server.realtime.ports import Broker, RoomSnapshot, StreamPosition
+from server.realtime.epochs import Epochs
+from server.realtime.ports import Broker, RoomSnapshot
 from server.realtime.room import Room
 
 log = logging.getLogger("giftwire.realtime")
@@ -68,7 +69,7 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.catch_ups = CatchUps(broker, limits, self._decode)
         self._on_behind = self._behind  # one bound method for every connection, not one each
-        self._rollbacks: dict[Room, asyncio.Task[None]] = {}
+        self.epochs = Epochs(broker, self.rooms, self.catch_ups, self._track)
 
     # Lifecycle.
 
@@ -152,7 +153,7 @@ class Hub:
             batch_events_max=self.limits.batch_events_max,
             hot_events_per_s=self.hot_events_per_s,
             on_gap=self._fetch_missing,
-            on_rollback=self._rolled_back,
+            on_rollback=self.epochs.rolled_back,
             frames_per_s_max=self.limits.room_frames_per_s_max,
         )
         self.rooms[stream_id] = room
@@ -202,10 +203,10 @@ class Hub:
                 room.gift(enrich_gift(event, self.catalog))
             else:
                 room.hold(enrich_gift(event, self.catalog))
-                self._spawn(self._resync(room))
+                self._spawn(self.epochs.resync(room))
         elif kind == "epoch":
             room.hold()
-            self._spawn(self._resync(room))
+            self._spawn(self.epochs.resync(room))
         else:
             room.flush()  # keep order: gifts before the state change that followed them
             room.broadcast(event, droppable=False)
@@ -254,7 +255,7 @@ class Hub:
             and fetched[0]["seq"] == room.last_seq
             and known not in (None, fetched[0].get("transfer_id"))
         ):
-            self._rolled_back(room)
+            self.epochs.rolled_back(room)
             return
         if self.rooms.get(room.stream_id) is room and room.fetching:
             room.fetched(fetched)
@@ -292,7 +293,7 @@ class Hub:
                 if delivered > store.seq:
                     # This room saw it too: a rollback. The restart tells this connection
                     # and replaces this task with its own catch-up.
-                    await asyncio.shield(self._rollback_once(room, store.seq))
+                    await asyncio.shield(self.epochs.rollback_once(room, store.seq))
                 elif epoch is None and snapshot.prev_epoch:
                     valid = snapshot.prev_epoch_seq  # the bare form, from before the change
                 else:
@@ -309,101 +310,6 @@ class Hub:
         room = self.rooms.get(connection.stream_id)
         if room is not None:
             self.catch_ups.repair(connection, room)
-
-    # Epochs.
-
-    def _rolled_back(self, room: Room) -> None:
-        """The room saw its history change under it (a sequence came again)."""
-        _ = self._rollback_once(room, None)
-
-    def _rollback_once(self, room: Room, store_seq: int | None) -> asyncio.Future[None]:
-        """The rollback of this room in flight, or a new one: never two at once (a second
-        would bump the epoch the first one just set)."""
-        task = self._rollbacks.get(room)
-        if task is None:
-            room.hold()
-            task = asyncio.get_running_loop().create_task(self._rollback(room, store_seq))
-            self._rollbacks[room] = task
-            self._track(task)
-            task.add_done_callback(lambda _: self._rollbacks.pop(room, None))
-        return task
-
-    async def _rollback(self, room: Room, store_seq: int | None) -> None:
-        """Find the last sequence this room and the store agree on, bump the epoch (once,
-        across every process: compare and set), and restart the room from there."""
-        old_epoch = room.epoch
-        try:
-            if store_seq is None:
-                snapshot = await self.broker.snapshot(room.stream_id)
-                store_seq = snapshot.position.seq if snapshot else 0
-            valid = await self._shared_history(room, store_seq)
-            log.error(
-                "stream %s: the store's history went back (it holds seq %d, this room saw "
-                "%d); new epoch from seq %d",
-                room.stream_id, store_seq, room.last_seq, valid,
-            )  # fmt: skip
-            position = await self.broker.bump_epoch(room.stream_id, old_epoch, valid)
-        except UnavailableError:
-            await asyncio.sleep(0.5)
-            if self.rooms.get(room.stream_id) is room:
-                room.repair(force=True)
-            return
-        # (The epoch event may have arrived first and moved the room already.)
-        self._restart(room, old_epoch, position)
-
-    async def _shared_history(self, room: Room, store_seq: int) -> int:
-        """The highest sequence up to which the room's recent transfers match the feed."""
-        recent = room.recent
-        if not recent or min(recent) > store_seq + 1:
-            return 0  # nothing to compare: trust none of it
-        low = min(recent)
-        rows = await self.broker.feed(room.stream_id, low - 1, ROOM_RECENT_SEQS_MAX)
-        valid = low - 1
-        for raw in rows:
-            event = orjson.loads(raw)
-            seq = event["seq"]
-            if seq > store_seq or recent.get(seq) != event.get("transfer_id"):
-                break
-            valid = seq
-        return valid
-
-    async def _resync(self, room: Room) -> None:
-        """An event of another epoch arrived: another process started one; follow it."""
-        try:
-            snapshot = await self.broker.snapshot(room.stream_id)
-        except UnavailableError:
-            await asyncio.sleep(0.5)
-            if self.rooms.get(room.stream_id) is room:
-                room.repair(force=True)  # what it held comes back, and asks again
-            return
-        if snapshot is None or snapshot.position.epoch == room.epoch:
-            room.repair(force=True)  # releases what was held
-            return
-        valid = snapshot.prev_epoch_seq if snapshot.prev_epoch == room.epoch else 0
-        self._restart(room, room.epoch, StreamPosition(valid, snapshot.position.epoch))
-
-    def _restart(self, room: Room, old_epoch: str, position: StreamPosition) -> None:
-        """Move the room to ``position.epoch``, true up to ``position.seq``: connections
-        that were sent more are told and rewound, and the room reads the feed from there
-        (one read for the room; only connections that were catching up get their own)."""
-        if room.epoch != old_epoch:
-            return  # already moved on
-        room.restart(position.epoch, old_epoch, position.seq)
-        valid = room.last_seq
-        current = asyncio.current_task()
-        for connection in list(room.connections):
-            running = self.catch_ups.running(connection)
-            if running is current:
-                continue  # the resume that found the rollback goes on from its own since
-            if connection.last_seq > valid:
-                connection.send(events.history_changed(position.epoch, valid + 1))
-                connection.last_seq = valid
-            if connection.catching_up:
-                # What it held, and any page in flight, may be of the lost history.
-                connection.forget_held()
-                self.catch_ups.cancel(connection)
-                self._behind(connection)
-        room.repair()
 
     # Stats.
 
@@ -447,9 +353,9 @@ class Hub:
         if room.epoch != epoch:
             return  # the epoch changed meanwhile: this snapshot is of no use
         if snapshot.position.epoch != room.epoch:
-            self._spawn(self._resync(room))
+            self._spawn(self.epochs.resync(room))
         elif seq < delivered and not room.fetching:
-            _ = self._rollback_once(room, seq)
+            _ = self.epochs.rollback_once(room, seq)
         elif seq > room.last_seq:
             room.repair()
 
