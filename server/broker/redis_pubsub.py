@@ -250,11 +250,17 @@ class RedisPubSubBroker:
                 pipe.hgetall(k.stream(stream_id))  # type: ignore[unused-awaitable]
                 pipe.hgetall(k.viewers(stream_id))  # type: ignore[unused-awaitable]
                 pipe.zrevrange(k.leaderboard(stream_id), 0, TOP_MAX - 1, withscores=True)  # type: ignore[unused-awaitable]
-                replies = await pipe.execute()
+                # A refused presence write (out of memory, a read-only replica) must not
+                # cost the room its stats: only the reads have to succeed.
+                replies = await pipe.execute(raise_on_error=False)
+                for reply in replies[-3:]:
+                    if isinstance(reply, Exception):
+                        raise reply
                 stream_raw, viewers_raw, top_raw = replies[-3:]
                 viewers, stale = _viewers(cast(dict[bytes, bytes], viewers_raw), now_ms)
                 if stale:
-                    await self.ledger.redis.hdel(k.viewers(stream_id), *stale)
+                    with contextlib.suppress(redis_errors.ResponseError):
+                        await self.ledger.redis.hdel(k.viewers(stream_id), *stale)
         except (*_REDIS_DOWN, redis_errors.ResponseError) as e:
             # A ResponseError (out of memory, a read-only replica, loading): Redis is up but
             # refuses; the caller tries again later, as for an outage.

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from server.broker.redis_pubsub import RedisPubSubBroker
 from server.domain.catalog import load_catalog
@@ -142,4 +143,23 @@ async def test_after_an_outage_it_subscribes_again_and_reports_the_loss(
         await listener.wait(lambda: _seqs(listener) == [1])
     finally:
         await b.stop()
+        await redis.aclose()
+
+
+async def test_a_refused_presence_write_still_gives_a_snapshot(
+    starved_redis: RedisProcess, keys: Keys
+) -> None:
+    redis = Redis.from_url(starved_redis.url)
+    ledger = Ledger(redis, keys=keys)
+    await ledger.prepare(load_catalog())
+    try:
+        await _live(ledger)
+        b = RedisPubSubBroker(ledger, presence_ttl_s=5, timeout_s=2)
+        filler = b"x" * 65536
+        with pytest.raises(ResponseError):  # out of memory: writes are refused from here
+            for i in range(1000):
+                await redis.set(f"{keys.prefix}fill:{i}", filler)
+        snapshot = await b.snapshot(STREAM, viewers_here=3)
+        assert snapshot is not None and snapshot.position.epoch == "ep1"
+    finally:
         await redis.aclose()
