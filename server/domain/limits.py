@@ -45,6 +45,8 @@ IN_FLIGHT_GIFTS_MAX = 32
 """Gifts of one connection awaiting the ledger; beyond it the socket is not read."""
 HELD_DELIVERIES_MAX = 1024
 """Live deliveries a catching-up connection keeps (the newest; the feed covers older)."""
+SEND_QUEUE_BYTES_MAX_DEFAULT = 1024 * 1024
+"""Default of ``Limits.send_queue_bytes_max``."""
 WRITE_BYTES_MAX = 64 * 1024
 """Most bytes the outbox's writer joins into one write when frames have queued up."""
 
@@ -79,7 +81,7 @@ class Limits:
     send_queue_frames_max: int = 256
     """Frames waiting for one slow connection before its live frames are dropped (it is
     told it lags); twice as many (acks, resumed gifts) close it with 4008."""
-    send_queue_bytes_max: int = 1024 * 1024
+    send_queue_bytes_max: int = SEND_QUEUE_BYTES_MAX_DEFAULT
     """Bytes waiting for one slow connection, bounded like ``send_queue_frames_max``."""
     lagging_s_max: float = 5.0
     """How long a connection may stay at its queue limit before it is closed (4008)."""

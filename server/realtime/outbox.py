@@ -34,10 +34,10 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 
-from server.domain.limits import IN_FLIGHT_GIFTS_MAX, WRITE_BYTES_MAX
+from server.domain.limits import IN_FLIGHT_GIFTS_MAX, SEND_QUEUE_BYTES_MAX_DEFAULT, WRITE_BYTES_MAX
 from server.protocol.close_codes import CloseCode
 from server.protocol.codec import OutFrame
-from server.realtime.ports import FrameSink
+from server.realtime.ports import FrameSink as FrameSink  # the port, kept importable here
 
 SendFrame = Callable[[OutFrame], Awaitable[None]]
 MakeLagNotice = Callable[[int], OutFrame]
@@ -89,7 +89,7 @@ class Outbox:
         send: SendFrame,
         *,
         frames_max: int,
-        bytes_max: int,
+        bytes_max: int = SEND_QUEUE_BYTES_MAX_DEFAULT,
         lagging_s_max: float,
         lag_notice: MakeLagNotice | None = None,
         on_drop: Callable[[int], None] | None = None,
