@@ -80,7 +80,10 @@ class RedisProcess:
         self.maxmemory = maxmemory
         self.extra_args = extra_args
         # Linux ties the death signal to the *thread* that started the child: only for
-        # processes started from the main thread of a long-lived parent (the CLI).
+        # processes started from the main thread of a long-lived parent (the CLI). Such a
+        # child also gets a process group of its own, so that Ctrl+C in a terminal (SIGINT
+        # to the whole foreground group) reaches only giftwire, which stops the server
+        # first and Redis after it, instead of both at once.
         self.die_with_parent = die_with_parent
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -111,6 +114,7 @@ class RedisProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             preexec_fn=_die_with_parent if self.die_with_parent else None,
+            process_group=0 if self.die_with_parent else None,
         )
         self._wait_ready(timeout_s)
 

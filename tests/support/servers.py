@@ -18,9 +18,11 @@ from typing import Any
 import msgpack
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Subprotocol
 
-from loadtest.http import http_json as http_json  # re-exported for the tests
-from loadtest.http import post_webhook
+from client_demo.http import http_json as http_json  # re-exported for the tests
+from client_demo.http import post_webhook
+from client_demo.wire import subprotocols
 from server.domain.accounts import Role
 from server.ledger.embedded import free_port
 from server.web.auth import issue_token
@@ -170,10 +172,10 @@ async def client(
     fmt: str = "json",
     extra_protocols: Sequence[str] = (),
 ) -> AsyncIterator[Client]:
-    protocols = [f"giftwire.{fmt}", f"bearer.{bearer}", *extra_protocols]
+    protocols = [*subprotocols(bearer, fmt), *extra_protocols]
     async with connect(
         server.ws_url(stream_id),
-        subprotocols=protocols,
+        subprotocols=[Subprotocol(p) for p in protocols],
         compression=None,  # type: ignore[arg-type]
         open_timeout=10,
         close_timeout=2,
