@@ -11,7 +11,7 @@ from redis import Redis as SyncRedis
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from server.ledger.embedded import RedisProcess
+from server.ledger.embedded import RedisProcess, check_data_readable, find_redis_server
 
 _PORT_FILE = "redis.port"
 
@@ -78,6 +78,7 @@ def ledger_redis_url(redis_url: str | None, data_dir: Path) -> Iterator[str]:
     if existing:
         yield existing
         return
+    check_data_readable(redis_dir, find_redis_server())
     server = RedisProcess(redis_dir, die_with_parent=True)
     server.start()
     (redis_dir / _PORT_FILE).write_text(str(server.port))

