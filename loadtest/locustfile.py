@@ -167,6 +167,8 @@ class _GiftwireUser(User):
         """Before connecting (Gifters top up here)."""
 
     def on_stop(self) -> None:
+        # The test is over: the reader sees its socket close, and that is no failure.
+        self.stopping = True
         reader = getattr(self, "reader", None)
         if reader is not None:
             reader.kill(block=False)
@@ -179,6 +181,8 @@ class _GiftwireUser(User):
             while True:
                 self.on_message(self.ws.recv())
         except (ConnectionClosedError, OSError) as e:
+            if getattr(self, "stopping", False):
+                return
             code = getattr(e, "code", None)
             _fire(self.environment, "disconnect", 0, ConnectionError(f"closed {code}"))
 

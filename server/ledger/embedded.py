@@ -65,8 +65,8 @@ def check_data_readable(data_dir: Path, binary: str) -> None:
     if 0 < major < 7:
         raise EmbeddedRedisError(
             f"{data_dir} holds data written by Redis 7, which {binary} (Redis {major}) cannot "
-            "read: install Redis 7 (apt-get install redis-server), or choose another "
-            "GIFTWIRE_DATA_DIR"
+            "read: install Redis 7 (apt-get install redis-server), start over (giftwire demo "
+            "--reset), or choose another GIFTWIRE_DATA_DIR"
         )
 
 
