@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import shutil
 import sys
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from server.cli.demo_secrets import secrets_path, with_demo_secrets
 from server.cli.serve import add_address, run_uvicorn
 from server.domain.accounts import Role
 from server.domain.catalog import load_catalog
-from server.domain.errors import ErrorCode, LedgerRefusal
 from server.ledger.connection import ledger_redis_url, make_client, running_embedded
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
@@ -45,8 +43,8 @@ class DemoState:
 async def seed_demo(settings: Settings, url: str) -> DemoState:
     """Idempotent: a demo creator with a live stream and three viewers with coins.
 
-    The live stream is ``demo``, or ``demo-2``, ``demo-3``… when an earlier demo stream was
-    ended (an ended stream stays ended). Balances are read back from the ledger.
+    The live stream is always ``demo``: a demo stream ended earlier is started again (its
+    owner may reopen it, ``docs/ledger.md``). Balances are read back from the ledger.
     """
     redis = make_client(url, timeout_s=5)
     try:
@@ -54,23 +52,15 @@ async def seed_demo(settings: Settings, url: str) -> DemoState:
         await ledger.prepare(load_catalog(settings.catalog_path))
         for viewer in DEMO_VIEWERS:
             await ledger.top_up(payment_id=f"demo-{viewer}", user_id=viewer, coins=DEMO_COINS)
-        stream_id = await _live_stream(ledger)
+        change = await ledger.start_stream(
+            stream_id=DEMO_STREAM, creator_id=DEMO_CREATOR, title="giftwire demo stream"
+        )
+        stream_id = change.stream_id
         coins = {viewer: (await ledger.balance(viewer)).coins for viewer in DEMO_VIEWERS}
         diamonds = (await ledger.balance(DEMO_CREATOR)).diamonds
         return DemoState(stream_id, coins, diamonds)
     finally:
         await redis.aclose()
-
-
-async def _live_stream(ledger: Ledger) -> str:
-    for attempt in range(1, 1000):
-        stream_id = DEMO_STREAM if attempt == 1 else f"{DEMO_STREAM}-{attempt}"
-        with contextlib.suppress(LedgerRefusal):
-            await ledger.start_stream(
-                stream_id=stream_id, creator_id=DEMO_CREATOR, title="giftwire demo stream"
-            )
-            return stream_id
-    raise LedgerRefusal(ErrorCode.STREAM_EXISTS, "no free demo stream id")
 
 
 def overlay_token(secret: str, stream_id: str, ttl_s: int) -> str:
