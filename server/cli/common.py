@@ -25,6 +25,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's help ends with its default; flags say ``off``, and options without a
     default (``None``) say in their own words what happens when they are left out."""
 
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+        # argparse sizes the first column by the options alone, not the subcommands:
+        # without a floor "reconcile" is longer than the column and its help wraps.
+        self._action_max_length = 16
+
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         if "%(default)" in text or action.default is argparse.SUPPRESS or action.required:

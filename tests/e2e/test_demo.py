@@ -65,15 +65,22 @@ def _env(**extra: str) -> dict[str, str]:
     return env | extra
 
 
-def _giftwire(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def _module(
+    module: str, cwd: Path, env: dict[str, str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGS`` in ``cwd``, as a user would type it there."""
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=90,
     )
+
+
+def _giftwire(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return _module("server.cli", cwd, env, *args)
 
 
 def _wait_ready(demo: Demo, timeout_s: float = 30) -> None:
@@ -173,6 +180,17 @@ async def test_demo_runs_from_any_folder_and_stops_cleanly(
     checked = _giftwire(other, env, "reconcile", "--json")
     assert checked.returncode == 0, checked.stderr
     assert orjson.loads(checked.stdout)["ok"] is True
+
+    # The load generator finds the demo's secrets the same way, and reconciles against the
+    # running demo's Redis afterwards, with nothing set but where the data folder is.
+    loaded = _module(
+        "loadtest", other, env, "run", "--url", f"http://127.0.0.1:{demo.port}",
+        "--hot-rooms", "1", "--cold-rooms", "0", "--viewers", "4", "--gifters", "2",
+        "--gifts", "20", "--duration", "15", "--drain", "3", "--probes", "2", "--quiet",
+    )  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    result = orjson.loads(loaded.stdout)
+    assert result["gifts"]["acked"] == 20 and result["reconcile"]["ok"] is True
     assert os.listdir(other) == []
 
 
