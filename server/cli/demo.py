@@ -25,6 +25,7 @@ from server.web.auth import issue_token
 
 DEMO_STREAM = "demo"
 DEMO_CREATOR = "demo_creator"
+DEMO_CREATOR_NAME = "Demo Creator"
 DEMO_VIEWERS = ("alice", "bob", "carol")
 DEMO_COINS = 50_000
 """Each demo viewer's top-up, made once (idempotent by payment id): spent coins stay spent."""
@@ -53,7 +54,10 @@ async def seed_demo(settings: Settings, url: str) -> DemoState:
         for viewer in DEMO_VIEWERS:
             await ledger.top_up(payment_id=f"demo-{viewer}", user_id=viewer, coins=DEMO_COINS)
         change = await ledger.start_stream(
-            stream_id=DEMO_STREAM, creator_id=DEMO_CREATOR, title="giftwire demo stream"
+            stream_id=DEMO_STREAM,
+            creator_id=DEMO_CREATOR,
+            title="giftwire demo stream",
+            creator_name=DEMO_CREATOR_NAME,
         )
         stream_id = change.stream_id
         coins = {viewer: (await ledger.balance(viewer)).coins for viewer in DEMO_VIEWERS}
@@ -79,7 +83,7 @@ def banner(settings: Settings, host: str, port: int, state: DemoState) -> str:
     base = f"http://{host}:{port}"
     secret, stream = settings.jwt_secret, state.stream_id
     creator = issue_token(
-        secret, DEMO_CREATOR, Role.CREATOR, name="Demo Creator", ttl_s=DEMO_TOKEN_TTL_S
+        secret, DEMO_CREATOR, Role.CREATOR, name=DEMO_CREATOR_NAME, ttl_s=DEMO_TOKEN_TTL_S
     )
     overlay = overlay_token(secret, stream, DEMO_TOKEN_TTL_S)
     coins = ", ".join(f"{viewer} {amount:,}" for viewer, amount in state.coins.items())
