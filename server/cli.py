@@ -1,4 +1,4 @@
-"""``giftwire`` commands: serve, demo, token, reconcile, settings."""
+"""``giftwire`` commands: serve, demo, token, reconcile, settings, catalog."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from server.ledger.connection import ledger_redis_url, make_client
 from server.ledger.keys import Keys
 from server.ledger.reconcile import Report, reconcile
 from server.settings import Settings, SettingsError, load_settings, settings_table
+from server.web.catalog_command import add_catalog_command
 from server.web.commands import add_commands
 
 
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--markdown", action="store_true", help="as the README's table")
     st.set_defaults(func=cmd_settings)
     add_commands(sub)
+    add_catalog_command(sub)
     return parser
 
 

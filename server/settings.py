@@ -16,6 +16,7 @@ from pathlib import Path
 from server.domain.limits import Limits
 from server.domain.money import Economics
 from server.ledger.keys import DEFAULT_PREFIX
+from server.ledger.redis_config import Durability
 
 ENV_PREFIX = "GIFTWIRE_"
 
@@ -48,11 +49,22 @@ class Settings:
     log_level: str = "info"
     socket_send_buffer_bytes: int = 64 * 1024
     """Kernel send buffer of each WebSocket (read by ``server/web/uvicorn_ws.py``)."""
+    durability: str = "everysec"
+    """When a write is acknowledged: ``everysec``, ``always`` or ``always+replica``
+    (``server/ledger/redis_config.py``, ``docs/operations.md``)."""
+    durability_replicas: int = 1
+    durability_wait_ms: int = 100
+    redis_check_interval_s: float = 1.0
+    """How often each process checks Redis' configuration, data and catalog version."""
     limits: Limits = field(default_factory=Limits)
 
     @property
     def economics(self) -> Economics:
         return Economics(self.creator_share_bps, self.cents_per_100_diamonds)
+
+    @property
+    def durability_mode(self) -> Durability:
+        return Durability(self.durability)
 
 
 _SCALARS = [f for f in dataclasses.fields(Settings) if f.name != "limits"]
@@ -135,6 +147,19 @@ def _check(s: Settings, errors: list[str]) -> None:
         errors.append(f"{env_name('log_level')}: expected debug, info, warning or error")
     if s.catalog_path is not None and not s.catalog_path.is_file():
         errors.append(f"{env_name('catalog_path')}: no such file {s.catalog_path}")
+    if s.durability not in {d.value for d in Durability}:
+        errors.append(
+            f"{env_name('durability')}: expected " + ", ".join(d.value for d in Durability)
+        )
+    if not 1 <= s.durability_replicas <= 16:
+        errors.append(f"{env_name('durability_replicas')}: expected 1..16")
+    if not 1 <= s.durability_wait_ms < s.limits.redis_timeout_s * 1000:
+        errors.append(
+            f"{env_name('durability_wait_ms')}: expected 1 and below "
+            f"{env_name('redis_timeout_s')} ({s.limits.redis_timeout_s * 1000:g} ms)"
+        )
+    if not 0.1 <= s.redis_check_interval_s <= 60:
+        errors.append(f"{env_name('redis_check_interval_s')}: expected 0.1..60")
     if s.limits.frame_bytes_max < 256:
         errors.append(f"{env_name('frame_bytes_max')}: at least 256")
 
@@ -155,6 +180,11 @@ DESCRIPTIONS: dict[str, str] = {
     "cents_per_100_diamonds": "payout per 100 diamonds cashed out (cents)",
     "log_level": "debug, info, warning or error",
     "socket_send_buffer_bytes": "kernel send buffer per WebSocket (bounds a stalled viewer)",
+    "durability": "acknowledge after: everysec (AOF fsync each second), always (fsync), "
+    "always+replica (fsync and WAIT for replicas)",
+    "durability_replicas": "replicas that must have a write before its ack (always+replica)",
+    "durability_wait_ms": "longest WAIT for the replicas; then the caller gets unavailable (ms)",
+    "redis_check_interval_s": "how often Redis' policy, data loss and catalog are checked (s)",
     "frame_bytes_max": "largest incoming WebSocket message (bytes; larger: close 1009)",
     "json_depth_max": "deepest nesting in a message",
     "string_length_max": "longest string in a message",

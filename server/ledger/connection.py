@@ -48,12 +48,14 @@ def _running_embedded(data_dir: Path) -> str | None:
 
 
 @contextmanager
-def ledger_redis_url(redis_url: str | None, data_dir: Path) -> Iterator[str]:
+def ledger_redis_url(
+    redis_url: str | None, data_dir: Path, *, appendfsync: str = "everysec"
+) -> Iterator[str]:
     """Yield the Redis URL to use.
 
     With ``redis_url`` set, that. Otherwise the embedded redis-server of ``data_dir``: the
-    one a running giftwire process already started there, or a new one (AOF on, in
-    ``data_dir/redis``) that is stopped when the block ends.
+    one a running giftwire process already started there, or a new one (AOF on with
+    ``appendfsync``, in ``data_dir/redis``) that is stopped when the block ends.
     """
     if redis_url:
         yield redis_url
@@ -63,7 +65,7 @@ def ledger_redis_url(redis_url: str | None, data_dir: Path) -> Iterator[str]:
     if existing:
         yield existing
         return
-    server = RedisProcess(redis_dir, die_with_parent=True)
+    server = RedisProcess(redis_dir, appendfsync=appendfsync, die_with_parent=True)
     server.start()
     (redis_dir / _PORT_FILE).write_text(str(server.port))
     try:

@@ -14,15 +14,17 @@ import sys
 
 import orjson
 import uvicorn
+from redis.exceptions import RedisError
 
 from server.domain.accounts import Role
 from server.domain.catalog import load_catalog
-from server.domain.errors import ErrorCode, LedgerRefusal
+from server.domain.errors import ErrorCode, GiftwireError, LedgerRefusal
 from server.ledger.connection import ledger_redis_url, make_client, wait_for_redis
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
 from server.settings import Settings, env_name
 from server.web.auth import issue_token
+from server.web.preflight import preflight
 
 DEMO_STREAM = "demo"
 DEMO_CREATOR = "demo_creator"
@@ -92,14 +94,33 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    with ledger_redis_url(settings.redis_url, settings.data_dir) as url:
+    appendfsync = settings.durability_mode.appendfsync
+    with ledger_redis_url(settings.redis_url, settings.data_dir, appendfsync=appendfsync) as url:
         if not settings.redis_url:
             print(
                 f"embedded Redis at {url} (data in {settings.data_dir / 'redis'})", file=sys.stderr
             )
         elif not wait_for_redis(url, wait_s=args.wait_redis_s, report=_say):
             return 3
+        if not _preflight(settings, url):
+            return 4
         return _run_uvicorn(settings, url, args.host, args.port, args.workers)
+
+
+def _preflight(settings: Settings, url: str) -> bool:
+    """Refuse an unfit Redis or a conflicting catalog with one line each, no traceback."""
+    try:
+        found = asyncio.run(preflight(settings, url, embedded=not settings.redis_url))
+    except (GiftwireError, RedisError, OSError) as e:
+        _say(f"refusing to start: cannot check Redis at {url.split('@')[-1]}: {e}")
+        return False
+    for line in found.notes:
+        _say(line)
+    for line in found.warnings:
+        _say(f"warning: {line}")
+    for line in found.problems:
+        _say(f"refusing to start: {line}")
+    return not found.problems
 
 
 def _say(message: str) -> None:
@@ -162,7 +183,10 @@ def _banner(settings: Settings, host: str, port: int, stream: str) -> str:
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     settings = _demo_secrets(settings)
-    with ledger_redis_url(settings.redis_url, settings.data_dir) as url:
+    appendfsync = settings.durability_mode.appendfsync
+    with ledger_redis_url(settings.redis_url, settings.data_dir, appendfsync=appendfsync) as url:
+        if not _preflight(settings, url):
+            return 4
         stream = asyncio.run(seed_demo(settings, url))
         print(_banner(settings, args.host, args.port, stream), file=sys.stderr)
         return _run_uvicorn(settings, url, args.host, args.port, 1)
