@@ -170,7 +170,8 @@ DESCRIPTIONS: dict[str, str] = {
     "key_prefix": "prefix of every Redis key",
     "jwt_secret": "HS256 secret of access tokens, 32+ characters (required by serve)",
     "webhook_secret": "HMAC-SHA256 secret of the payment webhook",
-    "catalog_path": "gift catalog JSON file; unset: the built-in catalog",
+    "catalog_path": "gift catalog JSON file seeding an empty Redis (a different one "
+    "refuses to start; see giftwire catalog push); unset: the built-in catalog",
     "allowed_origins": "comma-separated browser origins for WebSockets; empty: same host; *: any",
     "demo_pages": "serve client_demo pages under /demo/",
     "batch_ms": "coalescing tick of hot rooms (ms)",
