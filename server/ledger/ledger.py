@@ -33,6 +33,7 @@ from server.ledger.scripts import ScriptName
 
 log = logging.getLogger("giftwire.ledger")
 
+TO_VERIFY_MAX = 16
 LogPosition = tuple[int, int]
 """A ledger log entry id ``MS-SEQ`` as numbers, in the order Redis gives them."""
 
@@ -94,6 +95,10 @@ class Ledger:
         self.catalog: Catalog | None = None
         """The catalog this process serves: the version Redis held when last read."""
         self.highest_transfer: LogPosition | None = None
+        self.to_verify: set[LogPosition] = set()
+        """Highest log ids seen before a connection to Redis broke: the entries a restart
+        or failover in between may have lost, checked by ``LedgerWatch`` (whose later
+        receipts, with newer ids, would otherwise hide such a loss)."""
         self.runner = ScriptRunner(
             redis,
             timeout_s=self.limits.redis_timeout_s,
@@ -103,6 +108,7 @@ class Ledger:
             wait_timeout_ms=wait_timeout_ms,
             fence_key=self.keys.ledger_fence(),
         )
+        self.runner.on_unavailable = self.connection_broke
         self.catalogs = CatalogStore(redis, self.keys, self.runner)
 
     async def prepare(self, catalog: Catalog) -> Catalog:
@@ -147,6 +153,12 @@ class Ledger:
             if version is not None and version != self.catalog.version:
                 self.catalog = await self.catalogs.read(version)
         return self.catalog
+
+    def connection_broke(self) -> None:
+        """Redis went away (or timed out): what this process saw so far must still be there
+        when it is back. Bounded: only the highest id at each break, at most 16."""
+        if self.highest_transfer is not None and len(self.to_verify) < TO_VERIFY_MAX:
+            self.to_verify.add(self.highest_transfer)
 
     def saw_transfer(self, transfer_id: str) -> None:
         """Remember the highest ledger log id this process was told of (data-loss check)."""

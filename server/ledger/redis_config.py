@@ -54,6 +54,8 @@ class RedisConfig:
     """None when ``CONFIG GET`` is refused (renamed or disabled on managed services)."""
     connected_replicas: int
     version: str
+    run_id: str = ""
+    """Changes with every restart of Redis (and with a failover to another server)."""
 
 
 def _text(value: object) -> str:
@@ -76,6 +78,7 @@ async def read_config(redis: Redis) -> RedisConfig:
         appendfsync=appendfsync,
         connected_replicas=int(str(info.get("connected_slaves", "0"))),
         version=_text(info.get("redis_version", "unknown")),
+        run_id=_text(info.get("run_id", "")),
     )
 
 

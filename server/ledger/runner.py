@@ -116,6 +116,8 @@ class ScriptRunner:
         self.scripts = load_scripts()
         self.on_reload: Callable[[], Awaitable[None]] | None = None
         """Called after the scripts were loaded again (Redis restarted or was flushed)."""
+        self.on_unavailable: Callable[[], None] | None = None
+        """Called when a pipeline failed for want of Redis (connection lost, timeout)."""
 
     async def prepare(self) -> None:
         """Pick the script dialect for this server and load every script (SCRIPT LOAD)."""
@@ -231,6 +233,8 @@ class ScriptRunner:
             _NotReplicated,
         ) as e:
             log.warning("ledger call failed: %s: %s", type(e).__name__, e)
+            if self.on_unavailable is not None:
+                self.on_unavailable()
             for call in batch:
                 if not call.future.done():
                     call.future.set_exception(UnavailableError(str(e) or type(e).__name__))

@@ -32,8 +32,8 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 from redis import exceptions as redis_errors
 
@@ -74,6 +74,9 @@ class LedgerWatch:
         self.config_problems: list[str] = []
         self.data_loss: str | None = None
         self._generation: bytes | None = None
+        self._run_id = ""
+        self._checked: LogPosition | None = None
+        """The highest log id known at the end of the last check."""
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -97,8 +100,14 @@ class LedgerWatch:
                     config_problems(config, self.durability)
                     + replica_problems(config, self.durability, self.replicas)
                 )
+                if self._run_id and config.run_id != self._run_id and self._checked is not None:
+                    # Restarted or failed over since the last check, perhaps with no call
+                    # of ours failing: what that check saw must have survived.
+                    self.ledger.to_verify.add(self._checked)
+                self._run_id = config.run_id
                 await self._check_data_and_catalog()
         except REDIS_FAILURES as e:
+            self.ledger.connection_broke()
             raise UnavailableError(str(e) or type(e).__name__) from e
         return self.problems
 
@@ -113,56 +122,33 @@ class LedgerWatch:
     async def _check_data_and_catalog(self) -> None:
         ledger, keys = self.ledger, self.ledger.keys
         highest = ledger.highest_transfer
+        candidates = sorted(ledger.to_verify | ({highest} if highest else set()))
         async with ledger.redis.pipeline(transaction=False) as pipe:
             pipe.get(keys.ledger_generation())  # type: ignore[unused-awaitable]
             pipe.hget(keys.catalog(), VERSION_FIELD)  # type: ignore[unused-awaitable]
             pipe.xinfo_stream(keys.ledger())  # type: ignore[unused-awaitable]
-            if highest is not None:
-                entry = f"{highest[0]}-{highest[1]}"
+            for position in candidates:
+                entry = _entry_id(position)
                 pipe.xrange(keys.ledger(), min=entry, max=entry, count=1)  # type: ignore[unused-awaitable]
             replies = await pipe.execute(raise_on_error=False)
-        generation, version, info = replies[0], replies[1], replies[2]
-        found = replies[3] if highest is not None else None
         for reply in replies:
             if isinstance(reply, REDIS_FAILURES):
                 raise reply
+        generation, version, info = replies[0], replies[1], replies[2]
         if self.data_loss is None:
-            loss = self._judge(generation, info, highest, found)
+            loss = judge_loss(
+                self._generation, generation, info, zip(candidates, replies[3:], strict=True)
+            )
             if loss is not None:
                 self._lost(loss)
                 await self._remark()
+        ledger.to_verify.difference_update(candidates)
         if isinstance(info, dict):
             last = info.get("last-generated-id")
             if last is not None and (highest is None or log_position(last) > highest):
                 ledger.highest_transfer = log_position(last)
+        self._checked = ledger.highest_transfer
         await self._follow_catalog(version)
-
-    def _judge(
-        self,
-        generation: object,
-        info: object,
-        highest: LogPosition | None,
-        found: object,
-    ) -> str | None:
-        """Why Redis lost data, or None. Pure: decided from one check's replies."""
-        if self._generation is not None and generation != self._generation:
-            if generation is None:
-                return "the ledger's generation marker is gone (restarted empty or flushed)"
-            return "the ledger's generation marker changed (another or a restored Redis)"
-        if highest is None:
-            return None
-        entry = f"{highest[0]}-{highest[1]}"
-        if not isinstance(info, dict):
-            return f"the ledger log is gone; this process saw entry {entry}"
-        if found:
-            return None
-        deleted = info.get("max-deleted-entry-id")
-        if deleted is not None and log_position(deleted) >= highest:
-            return None  # trimmed or deleted on purpose, not lost
-        return (
-            f"ledger entry {entry}, seen by this process, is missing (restored from an "
-            "older copy, lost its last writes, or failed over to a replica that lacked them)"
-        )
 
     def _lost(self, reason: str) -> None:
         self.data_loss = f"Redis lost data: {reason}"
@@ -212,3 +198,51 @@ class LedgerWatch:
                 pass  # an outage: /readyz says so already; check again next time
             except Exception:
                 log.exception("Redis check failed")
+
+
+def _entry_id(position: LogPosition) -> str:
+    return f"{position[0]}-{position[1]}"
+
+
+def judge_loss(
+    marker_seen: bytes | None,
+    marker_now: object,
+    info: object,
+    lookups: Iterable[tuple[LogPosition, object]],
+) -> str | None:
+    """Why Redis lost data, or None. Pure: decided from one check's replies.
+
+    ``lookups`` pairs each log position this process saw with the XRANGE reply for it. An
+    entry that is not there was lost unless the log was trimmed past it (its first entry
+    is newer, or it is empty and was never behind) or it was deleted (XDEL).
+    """
+    if marker_seen is not None and marker_now != marker_seen:
+        if marker_now is None:
+            return "the ledger's generation marker is gone (restarted empty or flushed)"
+        return "the ledger's generation marker changed (another or a restored Redis)"
+    for position, found in lookups:
+        if found:
+            continue
+        entry = _entry_id(position)
+        if not isinstance(info, dict):
+            return f"the ledger log is gone; this process saw entry {entry}"
+        if not _removed_on_purpose(position, info):
+            return (
+                f"ledger entry {entry}, seen by this process, is missing (restored from an "
+                "older copy, lost its last writes, or failed over to a replica that lacked "
+                "them)"
+            )
+    return None
+
+
+def _removed_on_purpose(position: LogPosition, info: dict[str, Any]) -> bool:
+    last = info.get("last-generated-id")
+    if last is None or log_position(last) < position:
+        return False  # Redis never generated it: lost
+    first = info.get("first-entry")
+    if not first or first[0] is None:
+        return int(info.get("length", 0)) == 0  # trimmed to nothing
+    if log_position(first[0]) > position:
+        return True  # trimmed past it
+    deleted = info.get("max-deleted-entry-id")
+    return deleted is not None and log_position(deleted) >= position
