@@ -19,6 +19,10 @@ from server.ledger.keys import DEFAULT_PREFIX
 from server.ledger.redis_config import Durability
 
 ENV_PREFIX = "GIFTWIRE_"
+EMBEDDED_DURABILITY = Durability.ALWAYS
+"""The embedded Redis fsyncs every write before giftwire acknowledges it: measured in
+``docs/benchmarks.md`` (durability), it costs a fraction of a millisecond per ack and a
+third of the throughput at worst, and buys acks that survive a machine crash."""
 
 
 class SettingsError(ValueError):
@@ -49,9 +53,11 @@ class Settings:
     log_level: str = "info"
     socket_send_buffer_bytes: int = 64 * 1024
     """Kernel send buffer of each WebSocket (read by ``server/web/uvicorn_ws.py``)."""
-    durability: str = "everysec"
+    durability: str = ""
     """When a write is acknowledged: ``everysec``, ``always`` or ``always+replica``
-    (``server/ledger/redis_config.py``, ``docs/operations.md``)."""
+    (``server/ledger/redis_config.py``, ``docs/operations.md``). Unset: ``always`` for the
+    embedded Redis (chosen by measurement, ``docs/benchmarks.md``); an external Redis is
+    used as it is configured, with a warning if it runs without AOF."""
     durability_replicas: int = 1
     durability_wait_ms: int = 100
     redis_check_interval_s: float = 1.0
@@ -64,7 +70,14 @@ class Settings:
 
     @property
     def durability_mode(self) -> Durability:
-        return Durability(self.durability)
+        """What the checks hold Redis to; unset counts as ``everysec`` (warnings only)."""
+        return Durability(self.durability or Durability.EVERYSEC)
+
+    def for_embedded_redis(self) -> Settings:
+        """These settings with the embedded Redis' default durability filled in."""
+        if self.redis_url or self.durability:
+            return self
+        return dataclasses.replace(self, durability=EMBEDDED_DURABILITY.value)
 
 
 _SCALARS = [f for f in dataclasses.fields(Settings) if f.name != "limits"]
@@ -147,7 +160,7 @@ def _check(s: Settings, errors: list[str]) -> None:
         errors.append(f"{env_name('log_level')}: expected debug, info, warning or error")
     if s.catalog_path is not None and not s.catalog_path.is_file():
         errors.append(f"{env_name('catalog_path')}: no such file {s.catalog_path}")
-    if s.durability not in {d.value for d in Durability}:
+    if s.durability and s.durability not in {d.value for d in Durability}:
         errors.append(
             f"{env_name('durability')}: expected " + ", ".join(d.value for d in Durability)
         )
@@ -182,7 +195,8 @@ DESCRIPTIONS: dict[str, str] = {
     "log_level": "debug, info, warning or error",
     "socket_send_buffer_bytes": "kernel send buffer per WebSocket (bounds a stalled viewer)",
     "durability": "acknowledge after: everysec (AOF fsync each second), always (fsync), "
-    "always+replica (fsync and WAIT for replicas)",
+    "always+replica (fsync and WAIT for replicas); unset: always for the embedded Redis, "
+    "an external one as configured",
     "durability_replicas": "replicas that must have a write before its ack (always+replica)",
     "durability_wait_ms": "longest WAIT for the replicas; then the caller gets unavailable (ms)",
     "redis_check_interval_s": "how often Redis' policy, data loss and catalog are checked (s)",

@@ -94,6 +94,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
+    settings = _durability(settings)
     appendfsync = settings.durability_mode.appendfsync
     with ledger_redis_url(settings.redis_url, settings.data_dir, appendfsync=appendfsync) as url:
         if not settings.redis_url:
@@ -105,6 +106,14 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         if not _preflight(settings, url):
             return 4
         return _run_uvicorn(settings, url, args.host, args.port, args.workers)
+
+
+def _durability(settings: Settings) -> Settings:
+    """Fill in the embedded Redis' default durability, for this process and uvicorn's."""
+    settings = settings.for_embedded_redis()
+    if settings.durability:
+        os.environ[env_name("durability")] = settings.durability
+    return settings
 
 
 def _preflight(settings: Settings, url: str) -> bool:
@@ -182,7 +191,7 @@ def _banner(settings: Settings, host: str, port: int, stream: str) -> str:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    settings = _demo_secrets(settings)
+    settings = _durability(_demo_secrets(settings))
     appendfsync = settings.durability_mode.appendfsync
     with ledger_redis_url(settings.redis_url, settings.data_dir, appendfsync=appendfsync) as url:
         if not _preflight(settings, url):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -84,3 +85,35 @@ def test_readyz_fails_while_the_policy_is_changed_at_runtime(tmp_path: Path) -> 
             admin.close()
             server.stop()
     assert "maxmemory-policy is volatile-lru" in server.log()
+
+
+def test_the_embedded_redis_fsyncs_every_write_by_default(tmp_path: Path) -> None:
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("GIFTWIRE_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
+        cwd=REPO,
+        env={**env, "GIFTWIRE_JWT_SECRET": JWT_SECRET, "GIFTWIRE_DATA_DIR": str(tmp_path)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        port_file = tmp_path / "redis" / "redis.port"
+        for _ in range(400):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert process.poll() is None, "giftwire serve exited"
+            time.sleep(0.05)
+        admin = Redis(port=int(port_file.read_text()))
+        try:
+            assert admin.config_get("appendfsync") == {"appendfsync": "always"}
+            assert admin.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        finally:
+            admin.close()
+    finally:
+        process.terminate()
+        process.wait(30)

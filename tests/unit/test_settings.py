@@ -205,3 +205,14 @@ def test_durability_settings_are_checked() -> None:
     ):
         with pytest.raises(SettingsError, match=needle):
             load_settings(env)
+
+
+def test_the_embedded_redis_defaults_to_fsync_on_every_write() -> None:
+    from server.ledger.redis_config import Durability
+
+    assert load_settings({}).for_embedded_redis().durability_mode is Durability.ALWAYS
+    external = load_settings({"GIFTWIRE_REDIS_URL": "redis://r:6379/0"})
+    assert external.for_embedded_redis() == external
+    assert external.durability_mode is Durability.EVERYSEC  # warnings only
+    chosen = load_settings({"GIFTWIRE_DURABILITY": "everysec"})
+    assert chosen.for_embedded_redis().durability_mode is Durability.EVERYSEC
