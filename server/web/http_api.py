@@ -99,7 +99,10 @@ def endpoint(handler: Handler) -> Handler:
 @endpoint
 async def catalog(request: Request) -> Response:
     services = _services(request)
-    cat = await services.ledger.current_catalog()  # what Redis holds now, not at start
+    try:
+        cat = await services.ledger.current_catalog()  # what Redis holds now, not at start
+    except UnavailableError:
+        cat = services.catalog  # the last version read: gifts are refused meanwhile anyway
     if cat is not services.catalog:
         services.follow_catalog(cat)
     return JSONResponse({"version": cat.version, "gifts": [g.to_json() for g in cat]})

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
@@ -42,12 +43,15 @@ async def _wait_for_problem(server: ServerProcess, needle: str) -> dict[str, Any
 async def _gift(server: ServerProcess, gift_id: str) -> dict[str, Any]:
     """Send one gift, retrying with the same id while Redis is coming back."""
     for _ in range(100):
-        async with client(server, STREAM, token("alice")) as sender:
-            await sender.send({"type": "send_gift", "id": gift_id, "gift": "rose"})
-            reply = await sender.recv_type("gift_ack", "error")
-            if reply["type"] == "gift_ack":
-                return reply
-            assert reply["code"] == "unavailable", reply
+        try:
+            async with client(server, STREAM, token("alice")) as sender:
+                await sender.send({"type": "send_gift", "id": gift_id, "gift": "rose"})
+                reply = await sender.recv_type("gift_ack", "error")
+                if reply["type"] == "gift_ack":
+                    return reply
+                assert reply["code"] == "unavailable", reply
+        except (ConnectionClosed, InvalidStatus):
+            pass  # refused or closed while Redis was away: reconnect, same id
         await asyncio.sleep(0.1)
     raise AssertionError(f"{gift_id} never acknowledged")
 
