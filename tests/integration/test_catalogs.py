@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import orjson
 import pytest
@@ -16,6 +17,7 @@ from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
 from server.ledger.receipts import GiftReceipt
+from server.ledger.runner import StreamRows
 from server.ledger.scripts import ScriptName
 from tests.integration.helpers import CREATOR, STREAM, assert_books_reconcile, snapshot
 
@@ -174,6 +176,14 @@ async def test_send_gift_charges_the_version_the_client_names_or_refuses(
     # Without a version the current prices apply (older clients).
     assert (await _gift(ledger, "g3")).coins == 500
     assert (await ledger.balance("alice")).coins == 10_000 - 1001
+    # Each ledger entry names the version it was charged under, whose prices are kept.
+    rows = cast(StreamRows, await redis.xrange(keys.ledger()))
+    charged = [
+        (int(f[b"catalog_version"]), int(f[b"coins"])) for _, f in rows if f[b"type"] == b"gift"
+    ]
+    assert charged == [(1, 1), (2, 500), (2, 500)]
+    for version, coins in charged:
+        assert (await ledger.catalogs.read(version)).prices()["rose"] == coins
     await assert_books_reconcile(ledger)
 
 

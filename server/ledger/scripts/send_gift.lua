@@ -161,7 +161,8 @@ local combo = redis.call('INCRBY', KEYS[8], count)
 redis.call('PEXPIRE', KEYS[8], combo_window)
 local transfer_id = redis.call('XADD', KEYS[9], '*', 'type', 'gift', 'client_id', client_id,
   'from', sender, 'to', creator, 'stream', stream_id, 'gift', gift, 'count', int(count),
-  'coins', int(coins), 'diamonds', int(diamonds), 'platform', int(platform), 'seq', int(seq))
+  'coins', int(coins), 'diamonds', int(diamonds), 'platform', int(platform), 'seq', int(seq),
+  'catalog_version', version or '0')
 
 local event = cjson.encode({
   type = 'gift', seq = seq, transfer_id = transfer_id, stream_id = stream_id,
