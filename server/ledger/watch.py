@@ -38,7 +38,7 @@ from typing import Any, cast
 from redis import exceptions as redis_errors
 
 from server.domain.catalog import Catalog
-from server.domain.errors import UnavailableError
+from server.domain.errors import InvariantError, UnavailableError
 from server.ledger.catalogs import VERSION_FIELD
 from server.ledger.ledger import Ledger, LogPosition, log_position
 from server.ledger.redis_config import (
@@ -78,6 +78,7 @@ class LedgerWatch:
         self._checked: LogPosition | None = None
         """The highest log id known at the end of the last check."""
         self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
 
     @property
     def problems(self) -> list[str]:
@@ -92,7 +93,14 @@ class LedgerWatch:
         self._generation = cast(bytes | None, await redis.get(key))
 
     async def check(self) -> list[str]:
-        """Check once; return ``problems``. Raises ``UnavailableError`` if Redis is away."""
+        """Check once; return ``problems``. Raises ``UnavailableError`` if Redis is away.
+
+        One check at a time (probes and the periodic loop may overlap): a loss is judged
+        and logged once."""
+        async with self._lock:
+            return await self._check()
+
+    async def _check(self) -> list[str]:
         try:
             async with asyncio.timeout(self.ledger.limits.redis_timeout_s):
                 config = await read_config(self.ledger.redis)
@@ -169,7 +177,11 @@ class LedgerWatch:
             return
         if int(cast(bytes, version)) != ledger.catalog.version:
             before = ledger.catalog.version
-            catalog = await ledger.current_catalog()
+            try:
+                catalog = await ledger.current_catalog()
+            except InvariantError as e:
+                log.error("cannot follow the gift catalog: %s; serving version %d", e, before)
+                return
             log.warning("gift catalog changed: version %d -> %d", before, catalog.version)
             if self.on_catalog is not None:
                 self.on_catalog(catalog)
