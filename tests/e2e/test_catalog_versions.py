@@ -9,14 +9,19 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
+from playwright.async_api import expect
 from redis.asyncio import Redis
 
+from server.domain.catalog import parse_catalog
 from server.domain.limits import Limits
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
 from tests.e2e.conftest import FAST
 from tests.e2e.test_redis_fitness import _serve_once
+from tests.support.browser import STREAM as BROWSER_STREAM
+from tests.support.browser import Pages, needs_chromium
 from tests.support.servers import REPO, ServerProcess, client, http_json, token
 
 STREAM = "cat1"
@@ -115,3 +120,27 @@ async def test_two_processes_with_different_files_serve_and_charge_one_catalog(
         await redis.aclose()
         first.stop()
         second.stop()
+
+
+@pytest.mark.browser
+@needs_chromium
+async def test_the_viewer_page_is_never_charged_a_price_it_did_not_show(
+    pages: Pages, ledger: Ledger
+) -> None:
+    await ledger.start_stream(stream_id=BROWSER_STREAM, creator_id=CREATOR, title="prices")
+    await ledger.top_up(payment_id="pay-alice", user_id="alice", coins=2000)
+    alice = await pages.open("viewer", "alice")
+    balance = alice.get_by_test_id("balance")
+    await expect(balance).to_have_attribute("data-coins", "2000")
+    rose = alice.get_by_test_id("gift-rose")
+    await expect(rose).to_contain_text("1")
+    dear = parse_catalog(
+        orjson.dumps({"gifts": [{"id": "rose", "name": "Rose", "price_coins": 7}]})
+    )
+    assert (await ledger.catalogs.push(dear)).version == 2
+    await rose.click()  # the page still shows 1 coin: refused, not charged 7
+    await expect(alice.get_by_test_id("error")).to_contain_text("Prices changed")
+    await expect(rose).to_contain_text("7")  # the page fetched the new catalog
+    await expect(balance).to_have_attribute("data-coins", "2000")
+    await rose.click()
+    await expect(balance).to_have_attribute("data-coins", "1993")
