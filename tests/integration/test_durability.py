@@ -1,4 +1,5 @@
-"""GIFTWIRE_DURABILITY=always+replica: no reply before WAIT counted the replicas.
+"""GIFTWIRE_DURABILITY=always+replica: no reply before WAIT counted the replicas; and what
+asynchronous replication loses in a failover is noticed.
 
 A real primary (appendfsync always) and a real replica; the replica is paused with SIGSTOP
 to play a replica that has not got the last writes.
@@ -24,6 +25,7 @@ from server.ledger.ledger import Ledger
 from server.ledger.redis_config import Durability
 from server.ledger.watch import LedgerWatch
 from tests.integration.helpers import CREATOR, STREAM, assert_books_reconcile, gift
+from tests.support.proxy import CuttableProxy
 
 LIMITS = Limits(gifts_per_s_max=1000, gift_burst_max=1000, redis_timeout_s=5.0)
 
@@ -41,7 +43,8 @@ def primary_and_replica(tmp_path: Path) -> Iterator[tuple[RedisProcess, RedisPro
     replica = RedisProcess(
         tmp_path / "replica",
         appendfsync="always",
-        extra_args=("--replicaof", "127.0.0.1", str(primary.port)),
+        # Without AOF: a replica refuses SIGTERM while it writes its first AOF after a sync.
+        extra_args=("--replicaof", "127.0.0.1", str(primary.port), "--appendonly", "no"),
     )
     replica.start()
     try:
@@ -137,3 +140,50 @@ async def test_without_replicas_asked_for_nothing_waits(
     ledger = await _ledger(on_primary, keys, replicas=0)
     assert ledger.runner._wait == b""
     assert (await gift(ledger, "g1")).balance == 99
+
+
+async def test_a_failover_to_a_replica_that_lacked_writes_is_noticed(
+    primary_and_replica: tuple[RedisProcess, RedisProcess],
+    clients: tuple[Redis, Redis],
+    keys: Keys,
+) -> None:
+    """The ledger talks to "Redis" through a proxy; the failover points the proxy at the
+    replica, which had stopped replicating before the last acknowledged gift."""
+    on_primary, on_replica = clients
+    _, replica = primary_and_replica
+    proxy = CuttableProxy(on_primary.connection_pool.connection_kwargs["port"])
+    await proxy.start()
+    through = Redis.from_url(proxy.url)
+    try:
+        ledger = await _ledger(through, keys, replicas=0)  # asynchronous replication
+        watch = LedgerWatch(ledger)
+        await watch.prime()
+        await gift(ledger, "g1")
+        await on_primary.set("sync-probe", "2")
+        assert await on_primary.wait(1, 5000) == 1  # the replica has g1
+        await on_replica.replicaof("NO", "ONE")  # the replica falls behind for good
+        lost = await gift(ledger, "g2")  # acknowledged by the primary only
+        assert await watch.check() == []
+        proxy.target_port = replica.port  # the failover
+        proxy.cut_all()
+        for attempt in range(50):  # the promoted replica takes new gifts at once
+            try:
+                await gift(ledger, "g3")
+                break
+            except UnavailableError:  # the connections the failover cut
+                await asyncio.sleep(0.05 * (attempt + 1))
+        problems = await _check_until_reachable(watch)
+        assert len(problems) == 1 and f"ledger entry {lost.transfer_id}" in problems[0]
+        assert "is missing" in problems[0]
+    finally:
+        await through.aclose()
+        await proxy.stop()
+
+
+async def _check_until_reachable(watch: LedgerWatch) -> list[str]:
+    for attempt in range(50):
+        try:
+            return await watch.check()
+        except UnavailableError:
+            await asyncio.sleep(0.05 * (attempt + 1))
+    raise AssertionError("Redis stayed unavailable")
