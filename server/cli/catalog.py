@@ -10,8 +10,9 @@ from pathlib import Path
 
 import orjson
 
+from server.cli.common import CommandError, HelpFormatter
 from server.domain.catalog import CatalogError, load_catalog
-from server.domain.errors import GiftwireError, LedgerRefusal
+from server.domain.errors import LedgerRefusal, UnavailableError
 from server.ledger.connection import ledger_redis_url, make_client
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
@@ -63,27 +64,31 @@ def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
             path = args.file or settings.catalog_path
             return asyncio.run(_push(settings, url, path, args.expect_version))
     except CatalogError as e:
-        print(f"invalid catalog: {e}", file=sys.stderr)
-        return 2
+        raise CommandError(f"invalid catalog: {e}") from e
     except LedgerRefusal as e:
-        print(f"refused: {e.code}: {e.message} {e.detail or ''}", file=sys.stderr)
-        return 1
-    except (GiftwireError, OSError) as e:
-        print(f"giftwire catalog: {e}", file=sys.stderr)
-        return 3
+        raise CommandError(f"refused: {e.code}: {e.message} {e.detail or ''}", 1) from e
+    except (UnavailableError, OSError) as e:
+        raise CommandError(f"cannot reach Redis: {e}", 3) from e
 
 
-def add_catalog_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("catalog", help="show the gift catalog in Redis, or push a new one")
-    actions = parser.add_subparsers(dest="action", required=True)
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "catalog",
+        help="show the gift catalog in Redis, or push a new version",
+        description="The gift catalog every server serves is the one in Redis, versioned. "
+        "`show` prints the current version; `push` makes a file (default: "
+        "GIFTWIRE_CATALOG_PATH, else the built-in catalog) the next version.",
+        formatter_class=HelpFormatter,
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     show = actions.add_parser("show", help="the current version and its gifts")
-    show.add_argument("--json", action="store_true")
-    push = actions.add_parser("push", help="make a file (default: the built-in) the next version")
-    push.add_argument("file", nargs="?", type=Path, default=None)
+    show.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    push = actions.add_parser("push", help="make a file the next version")
+    push.add_argument("file", nargs="?", type=Path, default=None, help="catalog JSON file")
     push.add_argument(
         "--expect-version",
         type=int,
         default=0,
-        help="refuse unless this is the current version (compare-and-set)",
+        help="refuse unless this is the current version (compare-and-set; 0: any)",
     )
     parser.set_defaults(func=cmd_catalog)
