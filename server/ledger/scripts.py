@@ -22,6 +22,7 @@ class ScriptName(StrEnum):
     START_STREAM = "start_stream"
     END_STREAM = "end_stream"
     BUMP_EPOCH = "bump_epoch"
+    PUBLISH_CATALOG = "publish_catalog"
 
 
 @dataclass(frozen=True, slots=True)
