@@ -47,7 +47,8 @@ class Settings:
     cents_per_100_diamonds: int = 50
     log_level: str = "info"
     socket_send_buffer_bytes: int = 64 * 1024
-    """Kernel send buffer of each WebSocket (read by ``server/web/uvicorn_ws.py``)."""
+    """Kernel send buffer of each WebSocket (``server/web/uvicorn_setup.py`` passes it to
+    every connection through the protocol factory)."""
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -176,6 +177,9 @@ DESCRIPTIONS: dict[str, str] = {
     "receipt_ttl_s": "how long gift receipts are kept for retries (s)",
     "combo_window_ms": "same gift from the same sender within this window counts as a combo",
     "cashout_diamonds_min": "smallest cash-out (diamonds)",
+    "request_timeout_s": "time to send a whole HTTP request or finish a WebSocket handshake (s)",
+    "pending_requests_max": "incomplete requests and handshakes per process (oldest closed)",
+    "pending_requests_per_ip_max": "incomplete requests and handshakes per client address",
 }
 
 

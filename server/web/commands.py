@@ -23,6 +23,7 @@ from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
 from server.settings import Settings, env_name
 from server.web.auth import issue_token
+from server.web.uvicorn_setup import uvicorn_options
 
 DEMO_STREAM = "demo"
 DEMO_CREATOR = "demo_creator"
@@ -75,9 +76,7 @@ def _run_uvicorn(settings: Settings, url: str, host: str, port: int, workers: in
         host=host,
         port=port,
         workers=workers,
-        ws="server.web.uvicorn_ws:BoundedWebSocketProtocol",
-        ws_max_size=settings.limits.frame_bytes_max,
-        ws_per_message_deflate=False,
+        **uvicorn_options(settings),
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=5,
     )
