@@ -124,6 +124,7 @@ def giftwire_server(log_dir: Path, redis_url: str, key_prefix: str, **env: str) 
         "GIFTWIRE_LOG_LEVEL": "warning",
         # The benchmark's clients all come from this machine and send as fast as allowed.
         "GIFTWIRE_CONNECTIONS_PER_IP_MAX": "100000",
+        "GIFTWIRE_PENDING_REQUESTS_PER_IP_MAX": "100000",
         "GIFTWIRE_GIFTS_PER_S_MAX": "1000000",
         "GIFTWIRE_GIFT_BURST_MAX": "1000000",
         "GIFTWIRE_MESSAGES_PER_S_MAX": "1000000",

@@ -68,5 +68,5 @@ class Limits:
     pending_requests_max: int = 512
     """Incomplete requests and handshakes per process; beyond, the oldest is closed (never
     more than half the process's file descriptors)."""
-    pending_requests_per_ip_max: int = 32
+    pending_requests_per_ip_max: int = 128
     """Incomplete requests and handshakes per client address; beyond, it is closed unread."""

@@ -37,7 +37,7 @@ class PendingLimits:
     """The bounds above; ``Limits.pending_requests_*`` and ``request_timeout_s``."""
 
     total_max: int = 512
-    per_address_max: int = 32
+    per_address_max: int = 128
     timeout_s: float = 10.0
 
 
