@@ -12,6 +12,8 @@ What this adds to uvicorn's ``WebSocketsSansIOProtocol``:
 - **Bounded handshakes.** From the upgrade until the application accepts or refuses it, a
   connection counts as pending in ``pending.PendingRequests`` (per address, per process,
   with a timeout), like an incomplete HTTP request.
+- **Quiet refusals.** A handshake refused with an HTTP response (401, 429…) is complete:
+  uvicorn would log an error for each one.
 - **Quiet, graceful failure closes.** A text message that is not UTF-8 closes with 1007
   without uvicorn's traceback (a log a client could fill at will); a message past
   ``frame_bytes_max`` closes with 1009. After such a close frame the server half-closes
@@ -21,6 +23,9 @@ What this adds to uvicorn's ``WebSocketsSansIOProtocol``:
   Frames that arrive after the application closed are discarded, whatever they contain.
 - **Fewer read pauses.** Up to ``INCOMING_MESSAGES_QUEUED_MAX`` messages may wait for the
   application before reading pauses (uvicorn pauses after every one).
+- **Less memory per idle connection.** The upgrade request and response are dropped after
+  the accept; the incoming queue and the ``writable`` flag are slotted objects instead of
+  an ``asyncio.Queue`` and an ``asyncio.Event`` (``docs/benchmarks.md``: memory and GC).
 - **A frame sink** (the ASGI extension ``giftwire.frame_sink``): frames that were framed
   once for a whole room go straight to this connection's transport, without an ASGI
   ``send`` per viewer. See ``_FrameSink`` for its assumptions.
@@ -31,7 +36,9 @@ shipped in uvicorn 0.35; ``disconnected``, ``close_timer``, ``pause_writing`` cl
 ``writable`` and the discarding of messages after ``websocket.close`` arrived in 0.53,
 ``frames`` in 0.50) and reads its attributes ``conn`` (a ``websockets.ServerProtocol``),
 ``transport``, ``queue``, ``frames``, ``curr_msg_data_type``, ``read_paused``,
-``writable``, ``handshake_complete``, ``initial_response``, ``close_sent``,
+``writable`` (both replaced with objects of the same interface: ``put_nowait``, ``get``,
+``qsize``, ``empty``; ``set``, ``clear``, ``is_set``, ``wait``), ``handshake_complete``,
+``initial_response``, ``close_sent``,
 ``disconnected``, ``close_timer``, ``request``, ``response`` and ``scope``, and overrides
 ``connection_made``, ``data_received``, ``send_receive_event_to_app``,
 ``handle_connect``, ``handle_parser_exception``, ``send`` and ``connection_lost``.
@@ -91,6 +98,10 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.options = options
+        # uvicorn's asyncio.Queue and asyncio.Event cost four deques (about 600 bytes each)
+        # and two more objects per connection, for one reader and one writer.
+        self.queue = _MessageQueue()  # type: ignore[assignment]
+        self.writable = _Flag()  # type: ignore[assignment]
 
     @property
     def pending(self) -> PendingRequests:
@@ -191,11 +202,17 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def send(self, message: ASGISendEvent) -> None:
         await super().send(message)
-        if message["type"] == "websocket.accept":
+        kind = message["type"]
+        if kind == "websocket.accept":
             # uvicorn keeps the upgrade request and response (headers and all) for the
             # connection's lifetime but never reads them after the 101: about 3 KiB per
             # idle viewer.
             self.request = self.response = None  # type: ignore[assignment]
+        elif kind == "websocket.http.response.body" and not message.get("more_body", False):
+            # A refusal (401, 429…) is a complete handshake. uvicorn does not mark it so
+            # and logs "ASGI callable returned without completing handshake" at ERROR for
+            # every refused client: a log line anyone could add at will.
+            self.handshake_complete = True
         self._handshake_done()
 
     def handle_connect(self, event: Request) -> None:
@@ -204,6 +221,81 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if scope is not None:  # set only when the upgrade request was valid
             scope["extensions"][FRAME_SINK_EXTENSION] = {"sink": _FrameSink(self)}
+
+
+class _MessageQueue:
+    """What uvicorn uses of ``asyncio.Queue``, for its one reader (the app's ``receive``).
+
+    Unbounded like uvicorn's (the read pause bounds it); a second concurrent ``get`` is a
+    bug and raises rather than losing a wake-up.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self._items:
+            if self._waiter is not None:
+                raise RuntimeError("one reader at a time")
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def empty(self) -> bool:
+        return not self._items
+
+
+class _Flag:
+    """What uvicorn uses of ``asyncio.Event`` (``writable``); set at first."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if self._set:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            waiters = self._waiters  # set() may have replaced the list meanwhile
+            if waiters and waiter in waiters:
+                waiters.remove(waiter)
+        return True
 
 
 class _FrameSink:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -66,15 +66,22 @@ class App:
         return [m["text"] for m in self.received if m["type"] == "websocket.receive"]
 
 
+Problems = Callable[[], list[str]]
+
+
 @pytest.fixture
-async def problems(caplog: pytest.LogCaptureFixture) -> AsyncIterator[list[str]]:
-    """Every error the loop or a logger reported (uvicorn's tracebacks end up here)."""
+async def problems(caplog: pytest.LogCaptureFixture) -> AsyncIterator[Problems]:
+    """Every error the loop or a logger reported so far (uvicorn's tracebacks land here)."""
     found: list[str] = []
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _, context: found.append(str(context.get("message"))))
+
+    def so_far() -> list[str]:
+        logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        return found + logged
+
     with caplog.at_level(logging.WARNING):
-        yield found
-    found.extend(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
+        yield so_far
     loop.set_exception_handler(None)
 
 
@@ -84,7 +91,7 @@ def only_protocol(server: Server) -> BoundedWebSocketProtocol:
 
 
 async def test_frames_after_the_app_closed_are_discarded_without_a_traceback(
-    problems: list[str],
+    problems: Problems,
 ) -> None:
     """Late frames after a 4008 close, valid or not UTF-8, change nothing and log nothing
     (uvicorn 0.54 unpatched: ``Fatal error: protocol.data_received() call failed``)."""
@@ -106,10 +113,10 @@ async def test_frames_after_the_app_closed_are_discarded_without_a_traceback(
         await wait_for(app.done.is_set)
     assert app.texts() == []  # the app saw only its own disconnect
     assert [m["type"] for m in app.received] == ["websocket.disconnect"]
-    assert problems == []
+    assert problems() == []
 
 
-async def test_invalid_utf8_while_open_closes_1007_quietly(problems: list[str]) -> None:
+async def test_invalid_utf8_while_open_closes_1007_quietly(problems: Problems) -> None:
     app = App()
     server = Server(app)
     async with server.connect() as peer:
@@ -121,7 +128,7 @@ async def test_invalid_utf8_while_open_closes_1007_quietly(problems: list[str]) 
     assert app.texts() == ["fine"]
     assert app.received[-1]["type"] == "websocket.disconnect"
     assert app.received[-1]["code"] == 1007
-    assert problems == []  # no traceback per bad frame
+    assert problems() == []  # no traceback per bad frame
 
 
 async def test_invalid_utf8_split_across_fragments_closes_1007() -> None:
@@ -248,7 +255,7 @@ async def test_the_send_buffer_comes_from_the_factory() -> None:
 
 
 async def test_an_oversized_message_closes_1009_then_reads_until_the_client_leaves(
-    problems: list[str],
+    problems: Problems,
 ) -> None:
     """A 1009 is followed by a half-close, not a close: the client may still be writing,
     and a close would make the kernel reset the connection under the close frame."""
@@ -272,7 +279,7 @@ async def test_an_oversized_message_closes_1009_then_reads_until_the_client_leav
         await wait_for(app.done.is_set)
     assert app.received[-1]["type"] == "websocket.disconnect"
     assert app.received[-1]["code"] == 1009
-    assert problems == []
+    assert problems() == []
 
 
 async def test_a_handshake_counts_as_pending_until_the_app_accepts() -> None:
@@ -312,3 +319,18 @@ async def test_a_handshake_the_app_never_answers_is_closed_at_the_timeout() -> N
         with pytest.raises(EOFError):
             await peer.handshake()
         await wait_for(lambda: server.websockets() == [])
+
+
+async def test_a_refused_handshake_is_answered_and_logs_no_error(problems: Problems) -> None:
+    async def refusing_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.http.response.start", "status": 401, "headers": []})
+        await send({"type": "websocket.http.response.body", "body": b"no"})
+
+    server = Server(refusing_app)
+    async with server.connect() as peer:
+        peer.write(peer.upgrade_request())
+        answer = await peer.read_to_eof()
+        await wait_for(lambda: not server.state.tasks)
+    assert answer.startswith(b"HTTP/1.1 401 ") and answer.endswith(b"no")
+    assert problems() == []  # uvicorn alone: "ASGI callable returned without completing…"
