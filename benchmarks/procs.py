@@ -115,7 +115,13 @@ class Child:
                 self.process.wait()
 
 
-def giftwire_server(log_dir: Path, redis_url: str, key_prefix: str, **env: str) -> Child:
+def giftwire_server(
+    log_dir: Path,
+    redis_url: str,
+    key_prefix: str,
+    python: Sequence[str] = (sys.executable,),
+    **env: str,
+) -> Child:
     settings = {
         "GIFTWIRE_REDIS_URL": redis_url,
         "GIFTWIRE_KEY_PREFIX": key_prefix,
@@ -132,7 +138,7 @@ def giftwire_server(log_dir: Path, redis_url: str, key_prefix: str, **env: str) 
     }
     return Child(
         "giftwire",
-        [sys.executable, "-m", "server.cli", "serve", "--port", "{port}"],
+        [*python, "-m", "server.cli", "serve", "--port", "{port}"],
         log_dir,
         settings,
     )

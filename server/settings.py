@@ -49,6 +49,9 @@ class Settings:
     socket_send_buffer_bytes: int = 64 * 1024
     """Kernel send buffer of each WebSocket (``server/web/uvicorn_setup.py`` passes it to
     every connection through the protocol factory)."""
+    gc_freeze_every_connections: int = 500
+    """``server/web/gc_freeze.py``: freeze the collector's long-lived objects after this
+    many accepted WebSockets (keeps full collections short with a crowd); 0: never."""
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -136,6 +139,8 @@ def _check(s: Settings, errors: list[str]) -> None:
         errors.append(f"{env_name('log_level')}: expected debug, info, warning or error")
     if s.catalog_path is not None and not s.catalog_path.is_file():
         errors.append(f"{env_name('catalog_path')}: no such file {s.catalog_path}")
+    if s.gc_freeze_every_connections < 0:
+        errors.append(f"{env_name('gc_freeze_every_connections')}: 0 (never) or more")
     if s.limits.frame_bytes_max < 256:
         errors.append(f"{env_name('frame_bytes_max')}: at least 256")
     if s.limits.streams_per_creator_max > 1_000_000:  # start_stream.lua refuses more
@@ -158,6 +163,7 @@ DESCRIPTIONS: dict[str, str] = {
     "cents_per_100_diamonds": "payout per 100 diamonds cashed out (cents)",
     "log_level": "debug, info, warning or error",
     "socket_send_buffer_bytes": "kernel send buffer per WebSocket (bounds a stalled viewer)",
+    "gc_freeze_every_connections": "gc.freeze() after this many accepted WebSockets (0: never)",
     "frame_bytes_max": "largest incoming WebSocket message (bytes; larger: close 1009)",
     "body_bytes_max": "largest HTTP request body (bytes; larger: 413 message_too_large)",
     "json_depth_max": "deepest nesting in a message",

@@ -30,7 +30,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.run``/``uvicorn.Config`` (besides app and address)."""
     pending = pending_limits(settings)
     ws_options = WebSocketOptions(
-        send_buffer_bytes=settings.socket_send_buffer_bytes, pending=pending
+        send_buffer_bytes=settings.socket_send_buffer_bytes,
+        pending=pending,
+        gc_freeze_every=settings.gc_freeze_every_connections,
     )
     return {
         "http": functools.partial(BoundedH11Protocol, pending=pending),

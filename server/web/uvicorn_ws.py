@@ -26,6 +26,8 @@ What this adds to uvicorn's ``WebSocketsSansIOProtocol``:
 - **Less memory per idle connection.** The upgrade request and response are dropped after
   the accept; the incoming queue and the ``writable`` flag are slotted objects instead of
   an ``asyncio.Queue`` and an ``asyncio.Event`` (``docs/benchmarks.md``: memory and GC).
+- **Short garbage collections** with a crowd connected: ``gc_freeze.FreezePolicy`` counts
+  accepted and closed connections.
 - **A frame sink** (the ASGI extension ``giftwire.frame_sink``): frames that were framed
   once for a whole room go straight to this connection's transport, without an ASGI
   ``send`` per viewer. See ``_FrameSink`` for its assumptions.
@@ -60,6 +62,7 @@ from uvicorn.server import ServerState
 from websockets.http11 import Request
 from websockets.protocol import State
 
+from server.web.gc_freeze import freeze_policy
 from server.web.pending import PendingLimits, PendingRequests, pending_requests
 
 SEND_BUFFER_BYTES_DEFAULT = 64 * 1024  # Settings.socket_send_buffer_bytes
@@ -76,6 +79,8 @@ class WebSocketOptions:
 
     send_buffer_bytes: int = SEND_BUFFER_BYTES_DEFAULT
     pending: PendingLimits = field(default_factory=PendingLimits)
+    gc_freeze_every: int = 0
+    """``gc_freeze.FreezePolicy``: freeze after this many accepts (0: never)."""
 
 
 _DEFAULT_OPTIONS = WebSocketOptions()
@@ -86,6 +91,7 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
     an idle viewer pays only for what it sets."""
 
     _discarding = False
+    _accepted = False
 
     def __init__(
         self,
@@ -131,6 +137,8 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.pending.release(self)
+        if self._accepted and self.options.gc_freeze_every:
+            freeze_policy(self.options.gc_freeze_every).closed()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -203,7 +211,10 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
     async def send(self, message: ASGISendEvent) -> None:
         await super().send(message)
         kind = message["type"]
-        if kind == "websocket.accept":
+        if kind == "websocket.accept" and self.handshake_complete and not self._accepted:
+            self._accepted = True
+            if self.options.gc_freeze_every:
+                freeze_policy(self.options.gc_freeze_every).opened()
             # uvicorn keeps the upgrade request and response (headers and all) for the
             # connection's lifetime but never reads them after the 101: about 3 KiB per
             # idle viewer.
