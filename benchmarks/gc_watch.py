@@ -57,6 +57,12 @@ class Watch:
         self.window.append((generation, wall, cpu))
         self.collected[generation] += info["collected"]
 
+    def ask_census(self) -> None:
+        """On SIGUSR1, in the main thread: close the window now, so that the census's own
+        work (it walks every object, in another thread) falls outside it."""
+        self.last_window, self.window = self.window, []
+        self.census_wanted = True
+
     def summary(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
@@ -94,7 +100,6 @@ class Watch:
                 # Walking every object holds the GIL for a while: only when asked.
                 objects = gc.get_objects()
                 self.tracked = len(objects) + gc.get_freeze_count()
-                self.last_window, self.window = self.window, []
                 counts = collections.Counter(type(o).__qualname__ for o in objects)
                 self.census = dict(counts.most_common(40))
                 del objects
@@ -111,7 +116,7 @@ def main() -> None:
     module, *args = rest
     watch = Watch(Path(out))
     gc.callbacks.append(watch.on_gc)
-    signal.signal(signal.SIGUSR1, lambda *_: setattr(watch, "census_wanted", True))
+    signal.signal(signal.SIGUSR1, lambda *_: watch.ask_census())
     threading.Thread(target=watch.write_forever, daemon=True).start()
     sys.argv = [module, *args]
     runpy.run_module(module, run_name="__main__", alter_sys=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -247,8 +248,12 @@ def plot(result: dict[str, Any], path: Path = PLOT) -> None:
 
 
 def write_docs(result: dict[str, Any]) -> None:
-    """Replace the results section of docs/benchmarks.md and redraw the plot."""
-    plot(result)
+    """Replace the results section of docs/benchmarks.md and redraw the plot (when
+    matplotlib, from the ``bench`` extra, is installed)."""
+    try:
+        plot(result)
+    except ImportError:
+        print("matplotlib is not installed: the plot was not redrawn", file=sys.stderr)
     section = "\n\n".join(
         [
             START,
