@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -17,8 +18,11 @@ from typing import Any
 import pytest
 from websockets.frames import Opcode
 
+from server.domain.limits import Limits
 from server.protocol.codec import OPCODE_BINARY, OPCODE_TEXT, wire_frame
+from server.settings import Settings
 from server.web.pending import PendingLimits
+from server.web.uvicorn_setup import uvicorn_options
 from server.web.uvicorn_ws import (
     FRAME_SINK_EXTENSION,
     INCOMING_MESSAGES_QUEUED_MAX,
@@ -334,3 +338,22 @@ async def test_a_refused_handshake_is_answered_and_logs_no_error(problems: Probl
         await wait_for(lambda: not server.state.tasks)
     assert answer.startswith(b"HTTP/1.1 401 ") and answer.endswith(b"no")
     assert problems() == []  # uvicorn alone: "ASGI callable returned without completing…"
+
+
+def test_serve_passes_the_settings_through_the_protocol_factories() -> None:
+    settings = Settings(
+        socket_send_buffer_bytes=12_345,
+        gc_freeze_every_connections=7,
+        limits=Limits(
+            request_timeout_s=3.0, pending_requests_max=99, pending_requests_per_ip_max=9
+        ),
+    )
+    options = uvicorn_options(settings)
+    ws: WebSocketOptions = options["ws"].keywords["options"]
+    assert (ws.send_buffer_bytes, ws.gc_freeze_every) == (12_345, 7)
+    assert ws.pending == PendingLimits(total_max=99, per_address_max=9, timeout_s=3.0)
+    assert options["http"].keywords["pending"] == ws.pending  # one count for both
+    assert options["ws_max_size"] == settings.limits.frame_bytes_max
+    assert options["ws_per_message_deflate"] is False  # the frame sink needs it off
+    # --workers pickles uvicorn's config for each worker process.
+    assert pickle.loads(pickle.dumps(options["ws"])).keywords == options["ws"].keywords
