@@ -6,6 +6,9 @@ Checks, all in integers:
 * the platform account holds exactly the platform shares;
 * coins in (top-ups credited - coins clawed back) = coins held + coins spent;
 * coins spent = diamonds credited + platform share (per entry and in total);
+* each gift's diamonds and each cash-out's cents follow from the creator's carried
+  remainder (``share_rem``, ``cents_rem``), which the account holds exactly; in total,
+  coins x share = diamonds x 10000 + the remainders carried;
 * diamonds credited = diamonds held + diamonds cashed out;
 * no balance is negative.
 
@@ -22,6 +25,7 @@ from typing import cast
 
 from redis.asyncio import Redis
 
+from server.domain.money import BASIS_POINTS
 from server.ledger.keys import Keys
 from server.ledger.runner import StreamRows
 
@@ -33,6 +37,10 @@ class _Expected:
     coins: int = 0
     diamonds: int = 0
     debt: int = 0
+    share_rem: int = 0
+    """The creator's carried fraction of a diamond, in basis-point units."""
+    cents_rem: int = 0
+    """The creator's carried fraction of a cent, in hundredths of a cent."""
 
 
 @dataclass(slots=True)
@@ -52,6 +60,12 @@ class Totals:
     payout_cents: int = 0
     coins_held: int = 0
     diamonds_held: int = 0
+    share_units: int = 0
+    """Sum of coins x creator share (basis points) over the gifts that carry a remainder."""
+    diamonds_carried: int = 0
+    """Diamonds credited by those gifts."""
+    share_rem_held: int = 0
+    """Sum of the creators' carried remainders (basis-point units)."""
     debt_held: int = 0
     platform_held: int = 0
     accounts: int = 0
@@ -87,7 +101,10 @@ def _apply(
         if coins != diamonds + platform:
             problems.append(f"{entry_id}: gift splits {coins} into {diamonds} + {platform}")
         model[entry[b"from"].decode()].coins -= coins
-        model[entry[b"to"].decode()].diamonds += diamonds
+        creator = model[entry[b"to"].decode()]
+        if b"share_bps" in entry:
+            _carry_share(entry, coins, diamonds, creator, t, problems, entry_id)
+        creator.diamonds += diamonds
         t.gifts += 1
         t.coins_spent += coins
         t.diamonds_credited += diamonds
@@ -111,11 +128,51 @@ def _apply(
         t.coins_clawed += clawed
         t.debt_added += debt
     elif kind == b"cash_out":
-        model[entry[b"from"].decode()].diamonds -= int(entry[b"diamonds"])
+        creator = model[entry[b"from"].decode()]
+        if b"rate" in entry:
+            _carry_cents(entry, creator, problems, entry_id)
+        creator.diamonds -= int(entry[b"diamonds"])
         t.diamonds_cashed_out += int(entry[b"diamonds"])
         t.payout_cents += int(entry[b"cents"])
     else:
         problems.append(f"{entry_id}: unknown entry type {kind!r}")
+
+
+def _carry_share(
+    entry: dict[bytes, bytes],
+    coins: int,
+    diamonds: int,
+    creator: _Expected,
+    t: Totals,
+    problems: list[str],
+    entry_id: str,
+) -> None:
+    """Recompute send_gift's split with the creator's carried remainder (docs/ledger.md)."""
+    units = coins * int(entry[b"share_bps"])
+    t.share_units += units
+    t.diamonds_carried += diamonds
+    earned = creator.share_rem + units
+    want, rem = divmod(earned, BASIS_POINTS)
+    if (diamonds, int(entry[b"share_rem"])) != (want, rem):
+        problems.append(
+            f"{entry_id}: gift of {coins} coins credits {diamonds} diamonds carrying "
+            f"{int(entry[b'share_rem'])}, the share says {want} carrying {rem}"
+        )
+    creator.share_rem = rem
+
+
+def _carry_cents(
+    entry: dict[bytes, bytes], creator: _Expected, problems: list[str], entry_id: str
+) -> None:
+    """Recompute cash_out's payout with the creator's carried fraction of a cent."""
+    diamonds, cents = int(entry[b"diamonds"]), int(entry[b"cents"])
+    want, rem = divmod(creator.cents_rem + diamonds * int(entry[b"rate"]), 100)
+    if (cents, int(entry[b"cents_rem"])) != (want, rem):
+        problems.append(
+            f"{entry_id}: cash-out of {diamonds} diamonds pays {cents} cents carrying "
+            f"{int(entry[b'cents_rem'])}, the rate says {want} carrying {rem}"
+        )
+    creator.cents_rem = rem
 
 
 async def reconcile(
@@ -141,8 +198,9 @@ async def reconcile(
     async for key in redis.scan_iter(match=keys.account_pattern(), count=1000):
         user = keys.user_id_of_account(key.decode())
         seen.add(user)
-        coins, diamonds, debt = (
-            int(v or 0) for v in await redis.hmget(key, ["coins", "diamonds", "debt"])
+        coins, diamonds, debt, share_rem, cents_rem = (
+            int(v or 0)
+            for v in await redis.hmget(key, ["coins", "diamonds", "debt", "share_rem", "cents_rem"])
         )
         want = model.get(user, _Expected())
         if (coins, diamonds, debt) != (want.coins, want.diamonds, want.debt):
@@ -150,6 +208,12 @@ async def reconcile(
                 f"account {user}: holds coins={coins} diamonds={diamonds} debt={debt}, ledger "
                 f"says coins={want.coins} diamonds={want.diamonds} debt={want.debt}"
             )
+        if (share_rem, cents_rem) != (want.share_rem, want.cents_rem):
+            problems.append(
+                f"account {user}: carries share_rem={share_rem} cents_rem={cents_rem}, ledger "
+                f"says share_rem={want.share_rem} cents_rem={want.cents_rem}"
+            )
+        t.share_rem_held += share_rem
         if min(coins, diamonds, debt) < 0:
             problems.append(f"account {user}: negative balance")
         t.accounts += 1
@@ -170,6 +234,11 @@ async def reconcile(
         )
     if t.coins_spent != t.diamonds_credited + t.platform_coins:
         problems.append(f"coins spent {t.coins_spent} != diamonds + platform share")
+    if t.share_units != t.diamonds_carried * BASIS_POINTS + t.share_rem_held:
+        problems.append(
+            f"creator shares {t.share_units} bp-units != {t.diamonds_carried} diamonds x "
+            f"{BASIS_POINTS} + carried {t.share_rem_held}"
+        )
     if t.diamonds_credited != t.diamonds_held + t.diamonds_cashed_out:
         problems.append(
             f"diamonds credited {t.diamonds_credited} != held {t.diamonds_held}"

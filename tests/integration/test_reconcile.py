@@ -51,6 +51,9 @@ EXPECTED_TOTALS = {
     "payout_cents": 1_500,
     "coins_held": 0,
     "diamonds_held": 2_152,
+    "share_units": 10_305 * 5_000,
+    "diamonds_carried": 5_152,
+    "share_rem_held": 5_000,  # bob's 305 coins earned 152.5 diamonds
     "debt_held": 205,
     "platform_held": 5_153,
     "accounts": 3,

@@ -4,7 +4,7 @@
 --
 -- KEYS[1]  {u:SENDER}:gift:CLIENT_ID   receipt (string: fingerprint "\n" receipt JSON)
 -- KEYS[2]  {u:SENDER}:acct             sender account hash
--- KEYS[3]  {u:CREATOR}:acct            creator account hash
+-- KEYS[3]  {u:CREATOR}:acct            creator account hash (diamonds, share_rem)
 -- KEYS[4]  {platform}:acct             platform account hash
 -- KEYS[5]  {s:STREAM}:stream           stream hash (state, creator, seq, totals)
 -- KEYS[6]  {s:STREAM}:top              leaderboard zset
@@ -26,6 +26,8 @@
 -- Reply: {'ok', receipt JSON} | {'replay', receipt JSON} | {'refused', code [, detail JSON]}
 -- Receipt JSON: transfer_id, client_id, stream_id, gift_id, count, coins, diamonds,
 --   platform_coins, balance (sender's coins after), combo, seq, ts (ms)
+-- Ledger entry: type=gift, client_id, from, to, stream, gift, count, price (unit), coins,
+--   diamonds, platform, share_bps, share_rem (the creator's remainder after), seq
 -- Refusal codes: invalid_request, duplicate_mismatch, unknown_stream, stream_not_live,
 --   self_gift, unknown_gift, rate_limited, spending_limit, insufficient_funds, balance_limit
 
@@ -112,7 +114,17 @@ local balance = stored_int(acct[1])
 if balance < coins then
   return refuse('insufficient_funds', {balance = balance, price = coins})
 end
-local diamonds = math.floor(coins * share_bps / 10000)
+-- The split carries the creator's fraction of a diamond from gift to gift: `share_rem`
+-- (basis-point units, 0..9999) is what the creator has earned beyond its whole diamonds,
+-- so that however the coins arrive, the diamonds credited are the floor of the sum of
+-- coins x share. coins x share <= 10^11 x 10^4 stays exact below 2^53.
+local earned = stored_int(redis.call('HGET', KEYS[3], 'share_rem'))
+if earned < 0 or earned >= 10000 then
+  error('giftwire: stored share remainder out of range: ' .. int(earned))
+end
+earned = earned + coins * share_bps
+local diamonds = math.floor(earned / 10000)
+local share_rem = earned - diamonds * 10000
 local platform = coins - diamonds
 local creator_diamonds = stored_int(redis.call('HGET', KEYS[3], 'diamonds'))
 local platform_coins = stored_int(redis.call('HGET', KEYS[4], 'coins'))
@@ -143,6 +155,7 @@ local new_balance = redis.call('HINCRBY', KEYS[2], 'coins', -coins)
 redis.call('HSET', KEYS[2], 'spend_day', int(day), 'spend_coins', int(spent_today + coins),
   'rl_tokens', int(tokens - 1000), 'rl_at', int(ms))
 redis.call('HINCRBY', KEYS[3], 'diamonds', diamonds)
+redis.call('HSET', KEYS[3], 'share_rem', int(share_rem))
 redis.call('HINCRBY', KEYS[4], 'coins', platform)
 local seq = redis.call('HINCRBY', KEYS[5], 'seq', 1)
 redis.call('HINCRBY', KEYS[5], 'coins', coins)
@@ -153,7 +166,8 @@ local combo = redis.call('INCRBY', KEYS[8], count)
 redis.call('PEXPIRE', KEYS[8], combo_window)
 local transfer_id = redis.call('XADD', KEYS[9], '*', 'type', 'gift', 'client_id', client_id,
   'from', sender, 'to', creator, 'stream', stream_id, 'gift', gift, 'count', int(count),
-  'coins', int(coins), 'diamonds', int(diamonds), 'platform', int(platform), 'seq', int(seq))
+  'price', price, 'coins', int(coins), 'diamonds', int(diamonds), 'platform', int(platform),
+  'share_bps', int(share_bps), 'share_rem', int(share_rem), 'seq', int(seq))
 
 local event = cjson.encode({
   type = 'gift', seq = seq, transfer_id = transfer_id, stream_id = stream_id,
