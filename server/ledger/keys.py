@@ -16,7 +16,8 @@ key                                    type    holds
 ``{s:STREAM}:combo:USER:GIFT``         string  combo counter (TTL = combo window)
 ``{s:STREAM}:room``                    channel pub/sub channel of the room
 ``{s:STREAM}:viewers``                 hash    process id -> "count:expires_ms"
-``{pay:PAYMENT}:payment``              hash    one top-up and its chargeback
+``{pay:PAYMENT}:payment``              hash    one top-up and what was refunded of it
+``{pay:PAYMENT}:refund:REFUND_ID``     hash    one refund (chargeback) of a payment
 ``{platform}:acct``                    hash    the platform's share (coins)
 ``{ledger}:log``                       stream  every committed transfer, never trimmed
 ``{catalog}:prices``                   hash    gift id -> price in coins
@@ -70,6 +71,21 @@ class Keys:
 
     def payment(self, payment_id: str) -> str:
         return f"{self.prefix}{{pay:{payment_id}}}:payment"
+
+    def refund(self, payment_id: str, refund_id: str) -> str:
+        return f"{self.prefix}{{pay:{payment_id}}}:refund:{refund_id}"
+
+    def refund_pattern(self) -> str:
+        return f"{self.prefix}{{pay:*}}:refund:*"
+
+    def payment_pattern(self) -> str:
+        return f"{self.prefix}{{pay:*}}:payment"
+
+    def gift_receipt_pattern(self) -> str:
+        return f"{self.prefix}{{u:*}}:gift:*"
+
+    def cashout_pattern(self) -> str:
+        return f"{self.prefix}{{u:*}}:cashout:*"
 
     def platform(self) -> str:
         return f"{self.prefix}{{platform}}:acct"

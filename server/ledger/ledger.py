@@ -172,12 +172,25 @@ class Ledger:
         )
         return TopUpReceipt.from_reply(body, replayed)
 
-    async def refund(self, *, payment_id: str, user_id: str) -> RefundReceipt:
+    async def refund(
+        self, *, payment_id: str, user_id: str, refund_id: str, coins: int
+    ) -> RefundReceipt:
+        """Refund ``coins`` of a payment, once per ``refund_id``.
+
+        Refunds of one payment add up to at most its coins (a refund past that is capped:
+        ``receipt.refunded`` says what was taken back). A refund before its payment is
+        remembered (``receipt.before_payment``) and withheld from the payment's credit.
+        """
         k = self.keys
         body, replayed = await self._run(
             ScriptName.REFUND,
-            [k.payment(payment_id), k.account(user_id), k.ledger()],
-            [payment_id, user_id],
+            [
+                k.payment(payment_id),
+                k.account(user_id),
+                k.ledger(),
+                k.refund(payment_id, refund_id),
+            ],
+            [payment_id, user_id, refund_id, coins, AMOUNT_MAX],
             order_key=user_id,
         )
         return RefundReceipt.from_reply(body, replayed)

@@ -49,6 +49,8 @@ class Totals:
     top_ups: int = 0
     coins_bought: int = 0
     coins_credited: int = 0
+    coins_withheld: int = 0
+    """Coins of payments refunded before they arrived: bought, never credited."""
     debt_repaid: int = 0
     coins_clawed: int = 0
     debt_added: int = 0
@@ -112,17 +114,26 @@ def _apply(
     elif kind == b"top_up":
         account = model[entry[b"to"].decode()]
         credited, repaid = int(entry[b"credited"]), int(entry[b"repaid"])
-        if credited + repaid != int(entry[b"coins"]):
-            problems.append(f"{entry_id}: top-up credited {credited} + repaid {repaid}")
+        withheld = int(entry.get(b"withheld", 0))
+        if credited + repaid + withheld != int(entry[b"coins"]):
+            problems.append(
+                f"{entry_id}: top-up of {int(entry[b'coins'])} credited {credited} + repaid "
+                f"{repaid} + withheld {withheld}"
+            )
         account.coins += credited
         account.debt -= repaid
         t.top_ups += 1
         t.coins_bought += int(entry[b"coins"])
         t.coins_credited += credited
         t.debt_repaid += repaid
+        t.coins_withheld += withheld
     elif kind == b"refund":
         account = model[entry[b"from"].decode()]
         clawed, debt = int(entry[b"clawed"]), int(entry[b"debt"])
+        # Refunds before refund ids took the whole payment and had no `refunded` field.
+        refunded = int(entry.get(b"refunded", entry[b"coins"]))
+        if clawed + debt != refunded:
+            problems.append(f"{entry_id}: refund of {refunded} clawed {clawed} + debt {debt}")
         account.coins -= clawed
         account.debt += debt
         t.coins_clawed += clawed

@@ -30,7 +30,8 @@ async def _books(ledger: Ledger) -> None:
     await ledger.top_up(payment_id="pay-b", user_id="bob", coins=500)
     await gift(ledger, "a1", gift_id="interstellar")  # 10000 coins: 5000 diamonds
     await gift(ledger, "b1", sender="bob", gift_id="finger_heart", count=61)  # 305: 152 + 153
-    await ledger.refund(payment_id="pay-b", user_id="bob")  # claws 195, owes 305
+    await ledger.refund(payment_id="pay-b", user_id="bob", refund_id="r1", coins=500)
+    # ... which claws back 195 and leaves 305 owed
     await ledger.top_up(payment_id="pay-b2", user_id="bob", coins=100)  # repays 100
     await ledger.cash_out(client_id="c1", creator_id=CREATOR, diamonds=3_000)  # 1500 cents
 
@@ -40,6 +41,7 @@ EXPECTED_TOTALS = {
     "top_ups": 3,
     "coins_bought": 10_600,
     "coins_credited": 10_500,
+    "coins_withheld": 0,
     "debt_repaid": 100,
     "coins_clawed": 195,
     "debt_added": 305,
