@@ -12,6 +12,8 @@ Checks, all in integers:
 * diamonds credited = diamonds held + diamonds cashed out;
 * no balance is negative.
 
+Beyond the sums, ``server.ledger.books`` checks ids, receipts, sequences and prices.
+
 This reads the ledger; it never writes. It assumes no writes happen while it runs, or
 reports the in-flight ones as mismatches: run it on a quiet ledger or a replica.
 """
@@ -25,7 +27,9 @@ from typing import cast
 
 from redis.asyncio import Redis
 
+from server.domain.limits import Limits
 from server.domain.money import BASIS_POINTS
+from server.ledger.books import LogAudit
 from server.ledger.keys import Keys
 from server.ledger.runner import StreamRows
 
@@ -187,17 +191,29 @@ def _carry_cents(
 
 
 async def reconcile(
-    redis: Redis, keys: Keys, progress: Callable[[int], None] | None = None
+    redis: Redis,
+    keys: Keys,
+    progress: Callable[[int], None] | None = None,
+    *,
+    receipt_ttl_s: int | None = None,
 ) -> Report:
-    """Replay the ledger and check it against the balances. ``progress(entries_read)``."""
+    """Replay the ledger and check it against the balances and every record.
+
+    ``progress(entries_read)``; ``receipt_ttl_s``: the gift receipt window the server runs
+    with (default: the default limit), within which a missing receipt is a problem.
+    """
     report = Report()
     t, problems = report.totals, report.problems
     model: defaultdict[str, _Expected] = defaultdict(_Expected)
+    ttl_s = Limits().receipt_ttl_s if receipt_ttl_s is None else receipt_ttl_s
+    audit = LogAudit(keys, ttl_s, problems)
     start = "-"
     while True:
         rows = cast(StreamRows, await redis.xrange(keys.ledger(), min=start, max="+", count=_CHUNK))
-        for entry_id, entry in rows:
-            _apply(entry, model, t, problems, entry_id.decode())
+        for raw_id, entry in rows:
+            entry_id = raw_id.decode()
+            _apply(entry, model, t, problems, entry_id)
+            audit.see(entry_id, entry)
         t.entries += len(rows)
         if progress:
             progress(t.entries)
@@ -235,6 +251,7 @@ async def reconcile(
         if user not in seen and (want.coins, want.diamonds, want.debt) != (0, 0, 0):
             problems.append(f"account {user}: missing, ledger says it holds {want}")
 
+    await audit.finish(redis)
     t.platform_held = int(await redis.hget(keys.platform(), "coins") or 0)
     if t.platform_held != t.platform_coins:
         problems.append(f"platform holds {t.platform_held}, ledger says {t.platform_coins}")

@@ -7,17 +7,18 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
 from redis.asyncio import Redis
 
+from server.domain.limits import Limits
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
 from server.ledger.reconcile import reconcile
-from tests.integration.helpers import CREATOR, STREAM, gift
+from tests.integration.helpers import CREATOR, STREAM, gift, make_ledger
 
 REPO = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT_S = 60
@@ -92,7 +93,85 @@ async def _drop_account(redis: Redis, keys: Keys) -> None:
     await redis.delete(keys.account(CREATOR))
 
 
+async def _log(redis: Redis, keys: Keys) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    return cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(keys.ledger()))
+
+
+async def _duplicate_gift(redis: Redis, keys: Keys) -> None:
+    # The first gift applied twice, its money too: the sums alone would still agree.
+    _, entry = next(row for row in await _log(redis, keys) if row[1][b"type"] == b"gift")
+    await redis.xadd(keys.ledger(), entry)
+    await redis.hincrby(keys.account("alice"), "coins", -int(entry[b"coins"]))
+    await redis.hincrby(keys.account(CREATOR), "diamonds", int(entry[b"diamonds"]))
+    await redis.hincrby(keys.platform(), "coins", int(entry[b"platform"]))
+
+
+async def _lose_the_tail(redis: Redis, keys: Keys) -> None:
+    # A restore or a lost fsync took the log back to its first gift; the balances and the
+    # stream stayed as they were.
+    rows = await _log(redis, keys)
+    first_gift = next(i for i, row in enumerate(rows) if row[1][b"type"] == b"gift")
+    await redis.xdel(keys.ledger(), *(entry_id for entry_id, _ in rows[first_gift + 1 :]))
+
+
+async def _mischarge(redis: Redis, keys: Keys) -> None:
+    # Five finger hearts (5 coins each) charged 20 in all, the split and balances made to fit.
+    await redis.xadd(
+        keys.ledger(),
+        {
+            "type": "gift", "client_id": "m1", "from": "alice", "to": "other", "stream": "s9",
+            "gift": "finger_heart", "count": 5, "price": 5, "coins": 20, "diamonds": 10,
+            "platform": 10, "seq": 1,
+        },
+    )  # fmt: skip
+
+
+async def _evict_receipt(redis: Redis, keys: Keys) -> None:
+    await redis.delete(keys.gift_receipt("alice", "a1"))
+
+
+async def _alter_receipt(redis: Redis, keys: Keys) -> None:
+    key = keys.gift_receipt("bob", "b1")
+    head, _, body = cast(bytes, await redis.get(key)).partition(b"\n")
+    receipt = orjson.loads(body) | {"coins": 1}
+    await redis.set(key, head + b"\n" + orjson.dumps(receipt), keepttl=True)
+
+
+async def _reuse_seq(redis: Redis, keys: Keys) -> None:
+    _, entry = next(row for row in await _log(redis, keys) if row[1].get(b"client_id") == b"b1")
+    await redis.xadd(keys.ledger(), {**entry, b"client_id": b"b2", b"seq": b"1"})
+
+
+async def _skip_in_feed(redis: Redis, keys: Keys) -> None:
+    await redis.xdel(keys.feed(STREAM), "1-0")
+    await redis.xadd(keys.feed(STREAM), {"e": b"{}"}, id="5-0")
+
+
 TAMPERING: dict[str, tuple[Callable[[Redis, Keys], Awaitable[object]], str]] = {
+    "duplicated gift": (_duplicate_gift, "gift a1 of alice is in the log twice"),
+    "lost tail": (_lose_the_tail, f"stream {STREAM}: holds seq 2, the log's last gift is seq 1"),
+    "lost tail's payments": (_lose_the_tail, "{pay:pay-b2}:payment: no such payment in the log"),
+    "price mismatch": (_mischarge, "gift charged 20 coins for 5 x finger_heart at 5"),
+    "evicted receipt": (_evict_receipt, "the receipt of gift a1 of alice is gone"),
+    "altered receipt": (_alter_receipt, "gift:b1: does not match log entry"),
+    "reused seq": (_reuse_seq, f"stream {STREAM} gift seq 1 again within one stream"),
+    "feed skips": (_skip_in_feed, f"stream {STREAM}: the feed skips from 2 to 5"),
+    "payment record gone": (
+        lambda r, k: r.delete(k.payment("pay-a")),
+        "payment pay-a: in the log, but its record is gone",
+    ),
+    "refund record gone": (
+        lambda r, k: r.delete(k.refund("pay-b", "r1")),
+        "refund ('pay-b', 'r1'): in the log, but its record is gone",
+    ),
+    "refund recorded larger": (
+        lambda r, k: r.hset(k.payment("pay-b"), "refunded", 400),
+        "payment pay-b: record says 400 refunded, the log 500",
+    ),
+    "cash-out record gone": (
+        lambda r, k: r.delete(k.cashout(CREATOR, "c1")),
+        f"cash-out ('{CREATOR}', 'c1'): in the log, but its record is gone",
+    ),
     "coins added": (lambda r, k: r.hincrby(k.account("alice"), "coins", 5), "account alice"),
     "diamonds taken": (
         lambda r, k: r.hincrby(k.account(CREATOR), "diamonds", -1),
@@ -187,3 +266,22 @@ async def test_cli_prints_totals_and_the_verdict(
     assert code == 1
     assert "books DO NOT reconcile: 1 problem(s)" in out
     assert "platform holds 5152, ledger says 5153" in out
+
+
+async def test_a_client_id_reused_after_its_receipt_expired_is_not_a_duplicate(
+    redis: Redis, keys: Keys
+) -> None:
+    limits = Limits(gifts_per_s_max=100_000, gift_burst_max=100_000, receipt_ttl_s=1)
+    ledger = await make_ledger(redis, keys, limits)
+    await ledger.start_stream(stream_id=STREAM, creator_id=CREATOR, title="t")
+    await ledger.top_up(payment_id="pay-a", user_id="alice", coins=10)
+    first = await gift(ledger, "g1")
+    # Redis expires a key on access once its time is up: wait that long, once.
+    await asyncio.sleep(await redis.pttl(keys.gift_receipt("alice", "g1")) / 1000 + 0.05)
+    second = await gift(ledger, "g1")
+    assert not second.replayed and second.transfer_id != first.transfer_id
+    report = await reconcile(redis, keys, receipt_ttl_s=1)
+    assert report.ok, report.problems
+    # Within a longer window, the same two entries are one gift applied twice.
+    report = await reconcile(redis, keys, receipt_ttl_s=3_600)
+    assert any("gift g1 of alice is in the log twice" in line for line in report.problems)
