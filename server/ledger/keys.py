@@ -6,8 +6,9 @@ The part in braces is the Redis Cluster hash tag: keys that share it share a slo
 =====================================  ======  ==========================================
 key                                    type    holds
 =====================================  ======  ==========================================
-``{u:USER}:acct``                      hash    coins, diamonds, debt, spend_day/_coins,
-                                               rl_tokens/rl_at (rate limiter), daily_limit
+``{u:USER}:acct``                      hash    coins, diamonds, debt, share_rem, cents_rem,
+                                               spend_hour/_hours (daily cap), rl_tokens/
+                                               rl_at (rate limiter), daily_limit
 ``{u:USER}:gift:CLIENT_ID``            string  send_gift receipt (TTL = receipt window)
 ``{u:USER}:cashout:CLIENT_ID``         hash    one cash-out (pending payout)
 ``{s:STREAM}:stream``                  hash    creator, state, title, seq, totals

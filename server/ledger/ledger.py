@@ -15,7 +15,13 @@ from redis.asyncio import Redis
 
 from server.domain.accounts import Balance
 from server.domain.catalog import Catalog
-from server.domain.errors import ErrorCode, RequestError, UnavailableError
+from server.domain.errors import (
+    INSUFFICIENT_DIAMONDS_MESSAGE,
+    ErrorCode,
+    LedgerRefusal,
+    RequestError,
+    UnavailableError,
+)
 from server.domain.limits import AMOUNT_MAX, SEND_COINS_MAX, Limits
 from server.domain.money import Economics
 from server.domain.streams import Stream, StreamState
@@ -197,19 +203,26 @@ class Ledger:
 
     async def cash_out(self, *, client_id: str, creator_id: str, diamonds: int) -> CashOutReceipt:
         k = self.keys
-        body, replayed = await self._run(
-            ScriptName.CASH_OUT,
-            [k.cashout(creator_id, client_id), k.account(creator_id), k.ledger()],
-            [
-                client_id,
-                creator_id,
-                diamonds,
-                self.limits.cashout_diamonds_min,
-                self.economics.cents_per_100_diamonds,
-                AMOUNT_MAX,
-            ],
-            order_key=creator_id,
-        )
+        try:
+            body, replayed = await self._run(
+                ScriptName.CASH_OUT,
+                [k.cashout(creator_id, client_id), k.account(creator_id), k.ledger()],
+                [
+                    client_id,
+                    creator_id,
+                    diamonds,
+                    self.limits.cashout_diamonds_min,
+                    self.economics.cents_per_100_diamonds,
+                    AMOUNT_MAX,
+                ],
+                order_key=creator_id,
+            )
+        except LedgerRefusal as refusal:
+            if refusal.code is not ErrorCode.INSUFFICIENT_FUNDS:
+                raise
+            raise LedgerRefusal(
+                refusal.code, INSUFFICIENT_DIAMONDS_MESSAGE, refusal.detail
+            ) from None
         return CashOutReceipt.from_reply(body, replayed)
 
     async def start_stream(self, *, stream_id: str, creator_id: str, title: str) -> StreamChange:

@@ -3,7 +3,8 @@
 -- and publish the event to the room. All checks come before the first write.
 --
 -- KEYS[1]  {u:SENDER}:gift:CLIENT_ID   receipt (string: fingerprint "\n" receipt JSON)
--- KEYS[2]  {u:SENDER}:acct             sender account hash
+-- KEYS[2]  {u:SENDER}:acct             sender account hash (coins, spend_hour/spend_hours,
+--                                      rl_tokens/rl_at, daily_limit)
 -- KEYS[3]  {u:CREATOR}:acct            creator account hash (diamonds, share_rem)
 -- KEYS[4]  {platform}:acct             platform account hash
 -- KEYS[5]  {s:STREAM}:stream           stream hash (state, creator, seq, totals)
@@ -87,8 +88,8 @@ end
 for i = 3, 6 do
   stored_int(stream[i])
 end
-local acct = redis.call('HMGET', KEYS[2], 'coins', 'spend_day', 'spend_coins', 'rl_tokens',
-  'rl_at', 'daily_limit')
+local acct = redis.call('HMGET', KEYS[2], 'coins', 'spend_hour', 'spend_hours', 'rl_tokens',
+  'rl_at', 'daily_limit', 'spend_day', 'spend_coins')
 local ms, seconds = now_ms()
 -- Token bucket in milli-tokens: `rate` tokens per second is `rate` milli-tokens per ms.
 local capacity = burst * 1000
@@ -101,15 +102,46 @@ tokens = math.min(capacity, tokens + elapsed * rate)
 if tokens < 1000 then
   return refuse('rate_limited', {retry_after_ms = math.ceil((1000 - tokens) / rate)})
 end
-local day = math.floor(seconds / 86400)
-local spent_today = 0
-if tonumber(acct[2]) == day then
-  spent_today = tonumber(acct[3]) or 0
+-- The daily cap is a rolling window of 25 hourly buckets (the current hour and the 24
+-- before it), so no 24 hours ever hold more than the cap: midnight resets nothing.
+-- `spend_hours` lists the buckets oldest first, the newest one being hour `spend_hour`.
+-- A clock that steps back does not reopen the window: the hour never goes below
+-- `spend_hour`, so such gifts count in the newest bucket and leave it later, not sooner.
+local hour = math.floor(seconds / 3600)
+local newest = acct[2] and stored_int(acct[2]) or hour
+local buckets = {}
+if acct[3] then
+  for n in string.gmatch(acct[3], '[^,]+') do
+    buckets[#buckets + 1] = stored_int(n)
+  end
+  if #buckets ~= 25 then
+    error('giftwire: stored spend_hours is not 25 buckets: ' .. acct[3])
+  end
+else
+  for i = 1, 25 do
+    buckets[i] = 0
+  end
+  -- Spend from before the rolling window (a UTC calendar day) still counts today.
+  if acct[7] and stored_int(acct[7]) == math.floor(seconds / 86400) then
+    buckets[25] = stored_int(acct[8])
+  end
 end
-local daily_limit = tonumber(acct[6]) or daily_default
-if daily_limit > 0 and spent_today + coins > daily_limit then
-  return refuse('spending_limit', {limit = daily_limit, spent_today = spent_today})
+if hour > newest then
+  local shift = math.min(hour - newest, 25)
+  for i = 1, 25 do
+    buckets[i] = buckets[i + shift] or 0
+  end
+  newest = hour
 end
+local spent = 0
+for i = 1, 25 do
+  spent = spent + buckets[i]
+end
+local daily_limit = acct[6] and stored_int(acct[6]) or daily_default
+if daily_limit > 0 and spent + coins > daily_limit then
+  return refuse('spending_limit', {limit = daily_limit, spent_24h = spent})
+end
+buckets[25] = buckets[25] + coins
 local balance = stored_int(acct[1])
 if balance < coins then
   return refuse('insufficient_funds', {balance = balance, price = coins})
@@ -152,7 +184,10 @@ redis.call('XLEN', KEYS[9])
 
 -- Every check passed: write.
 local new_balance = redis.call('HINCRBY', KEYS[2], 'coins', -coins)
-redis.call('HSET', KEYS[2], 'spend_day', int(day), 'spend_coins', int(spent_today + coins),
+for i = 1, 25 do
+  buckets[i] = int(buckets[i])
+end
+redis.call('HSET', KEYS[2], 'spend_hour', int(newest), 'spend_hours', table.concat(buckets, ','),
   'rl_tokens', int(tokens - 1000), 'rl_at', int(ms))
 redis.call('HINCRBY', KEYS[3], 'diamonds', diamonds)
 redis.call('HSET', KEYS[3], 'share_rem', int(share_rem))
