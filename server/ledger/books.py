@@ -22,6 +22,7 @@ It only reads, and it keeps one small tuple per log entry in memory.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -156,8 +157,7 @@ class LogAudit:
 
     async def _check_gift_receipts(self, redis: Redis, now_ms: int) -> None:
         found: set[str] = set()
-        async for key in redis.scan_iter(match=self.keys.gift_receipt_pattern(), count=_SCAN_COUNT):
-            raw = cast(bytes | None, await redis.get(key))
+        async for key, raw in _values(redis, self.keys.gift_receipt_pattern()):
             if raw is None:
                 continue  # expired between SCAN and GET
             receipt = _receipt(raw.partition(b"\n")[2])
@@ -299,6 +299,23 @@ class LogAudit:
                 f"stream {stream}: the feed ends at seq {previous}, the log's last gift is "
                 f"seq {last}"
             )
+
+
+async def _values(redis: Redis, pattern: str) -> AsyncIterator[tuple[bytes, bytes | None]]:
+    """Each string key matching ``pattern`` with its value, read a SCAN page at a time."""
+    page: list[bytes] = []
+    keys = redis.scan_iter(match=pattern, count=_SCAN_COUNT)
+    done = False
+    while not done:
+        try:
+            page.append(await anext(keys))
+        except StopAsyncIteration:
+            done = True
+        if page and (done or len(page) == _SCAN_COUNT):
+            values = cast(list[bytes | None], await redis.mget(page))
+            for pair in zip(page, values, strict=True):
+                yield pair
+            page = []
 
 
 def _s(entry: dict[bytes, bytes], name: bytes) -> str:

@@ -124,6 +124,9 @@ async def _mischarge(redis: Redis, keys: Keys) -> None:
             "platform": 10, "seq": 1,
         },
     )  # fmt: skip
+    await redis.hincrby(keys.account("alice"), "coins", -20)
+    await redis.hincrby(keys.account("other"), "diamonds", 10)
+    await redis.hincrby(keys.platform(), "coins", 10)
 
 
 async def _evict_receipt(redis: Redis, keys: Keys) -> None:
