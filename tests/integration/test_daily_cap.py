@@ -40,7 +40,11 @@ async def _spent(redis: Redis, keys: Keys, hour: int, coins: int) -> None:
     """Record ``coins`` spent in the hour ``hour`` (the newest bucket)."""
     await redis.hset(
         keys.account("alice"),
-        mapping={"spend_hour": hour, "spend_hours": ",".join(["0"] * 24 + [str(coins)])},
+        mapping={
+            "spend_hour": hour,
+            "spend_hours": ",".join(["0"] * 24 + [str(coins)]),
+            "spend_sum": coins,
+        },
     )
 
 
@@ -82,6 +86,27 @@ async def test_spend_leaves_the_window_after_25_hours(
     spend = await redis.hmget(keys.account("alice"), ["spend_hour", "spend_hours"])
     assert spend[1] == b",".join([b"0"] * 24 + [b"100"])
     await assert_books_reconcile(ledger)
+
+
+async def test_moving_on_drops_only_the_hours_that_left_the_window(
+    ledger: Ledger, redis: Redis, keys: Keys
+) -> None:
+    await _capped(ledger)
+    await ledger.set_daily_limit("alice", 300)
+    # 10 coins in each of the 25 hours up to two hours ago: 23 of them are still in.
+    await redis.hset(
+        keys.account("alice"),
+        mapping={
+            "spend_hour": await _hour(redis) - 2,
+            "spend_hours": ",".join(["10"] * 25),
+            "spend_sum": 250,
+        },
+    )
+    refusal = await _refusal(ledger, "g1", count=15)  # 230 + 75 > 300
+    assert refusal.detail == {"limit": 300, "spent_24h": 230}
+    await gift(ledger, "g2", gift_id="finger_heart", count=14)  # 230 + 70 fits
+    spend = await redis.hmget(keys.account("alice"), ["spend_hours", "spend_sum"])
+    assert spend == [b",".join([b"10"] * 23 + [b"0", b"70"]), b"300"]
 
 
 async def test_a_clock_stepping_back_does_not_reopen_the_window(
@@ -126,16 +151,23 @@ async def test_concurrent_sends_never_pass_the_cap(ledger: Ledger) -> None:
 
 
 @pytest.mark.parametrize(
-    "spend_hours", ["0,0,0", ",".join(["1"] * 26), ",".join(["x"] * 25), ",".join(["1.5"] * 25)]
+    ("hours_ago", "fields"),
+    [
+        (1, {"spend_hours": "0,0,0"}),  # read in full when the hour moves on
+        (1, {"spend_hours": ",".join(["1"] * 26)}),
+        (1, {"spend_hours": ",".join(["x"] * 25)}),
+        (0, {"spend_hours": ",".join(["1.5"] * 25)}),  # the newest bucket, read every gift
+        (0, {"spend_hours": "1,2,x"}),
+        (0, {"spend_sum": "lots"}),
+        (0, {"spend_hour": "1e6"}),
+    ],
 )
 async def test_a_corrupt_spending_record_fails_before_any_write(
-    ledger: Ledger, redis: Redis, keys: Keys, spend_hours: str
+    ledger: Ledger, redis: Redis, keys: Keys, hours_ago: int, fields: dict[str, str]
 ) -> None:
     await _capped(ledger)
-    await redis.hset(
-        keys.account("alice"),
-        mapping={"spend_hour": await _hour(redis), "spend_hours": spend_hours},
-    )
+    await _spent(redis, keys, await _hour(redis) - hours_ago, 0)
+    await redis.hset(keys.account("alice"), mapping=fields)  # type: ignore[arg-type]
     before = await snapshot(redis, keys)
     with pytest.raises(InvariantError):
         await gift(ledger, "g1")

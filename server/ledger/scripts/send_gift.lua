@@ -3,7 +3,7 @@
 -- and publish the event to the room. All checks come before the first write.
 --
 -- KEYS[1]  {u:SENDER}:gift:CLIENT_ID   receipt (string: fingerprint "\n" receipt JSON)
--- KEYS[2]  {u:SENDER}:acct             sender account hash (coins, spend_hour/spend_hours,
+-- KEYS[2]  {u:SENDER}:acct             sender account hash (coins, spend_hour/_hours/_sum,
 --                                      rl_tokens/rl_at, daily_limit)
 -- KEYS[3]  {u:CREATOR}:acct            creator account hash (diamonds, share_rem)
 -- KEYS[4]  {platform}:acct             platform account hash
@@ -89,7 +89,7 @@ for i = 3, 6 do
   stored_int(stream[i])
 end
 local acct = redis.call('HMGET', KEYS[2], 'coins', 'spend_hour', 'spend_hours', 'rl_tokens',
-  'rl_at', 'daily_limit', 'spend_day', 'spend_coins')
+  'rl_at', 'daily_limit', 'spend_day', 'spend_coins', 'spend_sum')
 local ms, seconds = now_ms()
 -- Token bucket in milli-tokens: `rate` tokens per second is `rate` milli-tokens per ms.
 local capacity = burst * 1000
@@ -104,44 +104,49 @@ if tokens < 1000 then
 end
 -- The daily cap is a rolling window of 25 hourly buckets (the current hour and the 24
 -- before it), so no 24 hours ever hold more than the cap: midnight resets nothing.
--- `spend_hours` lists the buckets oldest first, the newest one being hour `spend_hour`.
--- A clock that steps back does not reopen the window: the hour never goes below
--- `spend_hour`, so such gifts count in the newest bucket and leave it later, not sooner.
+-- `spend_hours` lists the buckets oldest first, the newest one being hour `spend_hour`;
+-- `spend_sum` is their sum, so that a gift in the same hour as the last one reads and
+-- rewrites only the newest bucket. A clock that steps back does not reopen the window:
+-- the hour never goes below `spend_hour`, so such gifts count in the newest bucket and
+-- leave it later, not sooner.
 local hour = math.floor(seconds / 3600)
-local newest = acct[2] and stored_int(acct[2]) or hour
-local buckets = {}
-if acct[3] then
-  for n in string.gmatch(acct[3], '[^,]+') do
-    buckets[#buckets + 1] = stored_int(n)
-  end
-  if #buckets ~= 25 then
-    error('giftwire: stored spend_hours is not 25 buckets: ' .. acct[3])
-  end
+local newest, ring, spent = hour, acct[3], stored_int(acct[9])
+if ring then
+  newest = stored_int(acct[2])
 else
-  for i = 1, 25 do
-    buckets[i] = 0
-  end
+  ring, spent = string.rep('0,', 24) .. '0', 0
   -- Spend from before the rolling window (a UTC calendar day) still counts today.
   if acct[7] and stored_int(acct[7]) == math.floor(seconds / 86400) then
-    buckets[25] = stored_int(acct[8])
+    spent = stored_int(acct[8])
+    ring = string.rep('0,', 24) .. int(spent)
   end
 end
 if hour > newest then
+  local buckets = {}
+  for n in string.gmatch(ring, '[^,]+') do
+    buckets[#buckets + 1] = stored_int(n)
+  end
+  if #buckets ~= 25 then
+    error('giftwire: stored spend_hours is not 25 buckets: ' .. ring)
+  end
   local shift = math.min(hour - newest, 25)
+  spent = 0
   for i = 1, 25 do
     buckets[i] = buckets[i + shift] or 0
+    spent = spent + buckets[i]
+    buckets[i] = int(buckets[i])
   end
-  newest = hour
-end
-local spent = 0
-for i = 1, 25 do
-  spent = spent + buckets[i]
+  ring, newest = table.concat(buckets, ','), hour
 end
 local daily_limit = acct[6] and stored_int(acct[6]) or daily_default
 if daily_limit > 0 and spent + coins > daily_limit then
   return refuse('spending_limit', {limit = daily_limit, spent_24h = spent})
 end
-buckets[25] = buckets[25] + coins
+local ring_head, ring_last = string.match(ring, '^(.*,)(%d+)$')
+if not ring_head then
+  error('giftwire: stored spend_hours is not a list of buckets: ' .. ring)
+end
+ring = ring_head .. int(stored_int(ring_last) + coins)
 local balance = stored_int(acct[1])
 if balance < coins then
   return refuse('insufficient_funds', {balance = balance, price = coins})
@@ -150,7 +155,8 @@ end
 -- (basis-point units, 0..9999) is what the creator has earned beyond its whole diamonds,
 -- so that however the coins arrive, the diamonds credited are the floor of the sum of
 -- coins x share. coins x share <= 10^11 x 10^4 stays exact below 2^53.
-local earned = stored_int(redis.call('HGET', KEYS[3], 'share_rem'))
+local creator_acct = redis.call('HMGET', KEYS[3], 'diamonds', 'share_rem')
+local earned = stored_int(creator_acct[2])
 if earned < 0 or earned >= 10000 then
   error('giftwire: stored share remainder out of range: ' .. int(earned))
 end
@@ -158,7 +164,7 @@ earned = earned + coins * share_bps
 local diamonds = math.floor(earned / 10000)
 local share_rem = earned - diamonds * 10000
 local platform = coins - diamonds
-local creator_diamonds = stored_int(redis.call('HGET', KEYS[3], 'diamonds'))
+local creator_diamonds = stored_int(creator_acct[1])
 local platform_coins = stored_int(redis.call('HGET', KEYS[4], 'coins'))
 if creator_diamonds + diamonds > amount_max or platform_coins + platform > amount_max then
   return refuse('balance_limit')
@@ -184,13 +190,10 @@ redis.call('XLEN', KEYS[9])
 
 -- Every check passed: write.
 local new_balance = redis.call('HINCRBY', KEYS[2], 'coins', -coins)
-for i = 1, 25 do
-  buckets[i] = int(buckets[i])
-end
-redis.call('HSET', KEYS[2], 'spend_hour', int(newest), 'spend_hours', table.concat(buckets, ','),
-  'rl_tokens', int(tokens - 1000), 'rl_at', int(ms))
-redis.call('HINCRBY', KEYS[3], 'diamonds', diamonds)
-redis.call('HSET', KEYS[3], 'share_rem', int(share_rem))
+redis.call('HSET', KEYS[2], 'spend_hour', int(newest), 'spend_hours', ring,
+  'spend_sum', int(spent + coins), 'rl_tokens', int(tokens - 1000), 'rl_at', int(ms))
+redis.call('HSET', KEYS[3], 'diamonds', int(creator_diamonds + diamonds),
+  'share_rem', int(share_rem))
 redis.call('HINCRBY', KEYS[4], 'coins', platform)
 local seq = redis.call('HINCRBY', KEYS[5], 'seq', 1)
 redis.call('HINCRBY', KEYS[5], 'coins', coins)
