@@ -24,6 +24,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INSUFFICIENT_FUNDS: 409,
     ErrorCode.DUPLICATE_MISMATCH: 409,
     ErrorCode.STREAM_EXISTS: 409,
+    ErrorCode.STREAM_LIMIT: 409,
     ErrorCode.STREAM_NOT_LIVE: 409,
     ErrorCode.SELF_GIFT: 422,
     ErrorCode.SPENDING_LIMIT: 422,
