@@ -118,6 +118,19 @@ async def test_cash_out_carries_the_fraction_of_a_cent(
     await assert_books_reconcile(ledger)
 
 
+async def test_concurrent_cash_outs_carry_the_cents_exactly(redis: Redis, keys: Keys) -> None:
+    ledger = await _ledger(redis, keys, Economics(cents_per_100_diamonds=7))
+    await ledger.top_up(payment_id="pay1", user_id="fan", coins=10_000)
+    await gift(ledger, "earn", sender="fan", gift_id="interstellar")  # 5000 diamonds
+    receipts = await asyncio.gather(
+        *(ledger.cash_out(client_id=f"c{i}", creator_id=CREATOR, diamonds=13) for i in range(40))
+    )
+    # 0.91 cents each: apart, every one would pay 0; together they pay 36 of the 36.4.
+    assert sum(r.cents for r in receipts) == 40 * 13 * 7 // 100 == 36
+    assert await _carried(redis, keys, CREATOR) == (0, 40 * 13 * 7 % 100)
+    await assert_books_reconcile(ledger)
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("share_rem", "10000"), ("share_rem", "-1"), ("share_rem", "half"), ("share_rem", "5e3")],
