@@ -6,8 +6,9 @@ which checks, after the whole log was read:
 
 * each gift client id appears once per sender, each payment id once, each refund id once
   per payment, each cash-out id once per creator;
-* every gift's coins are its unit price × count, and the refunds of a payment (with what
-  top_up withheld) never pass its coins;
+* every gift's coins are its unit price × count, that price is the one its catalog version
+  lists (when the entry names the version it was charged under), and the refunds of a
+  payment (with what top_up withheld) never pass its coins;
 * every stored receipt or record (gift receipts, payments, refunds, cash-outs) matches its
   log entry, every log entry younger than the receipt window still has its gift receipt
   (an older one expired; a younger one was evicted or deleted), and every payment, refund
@@ -29,6 +30,7 @@ from typing import Any, cast
 import orjson
 from redis.asyncio import Redis
 
+from server.domain.catalog import CatalogError, parse_catalog
 from server.ledger.keys import Keys
 from server.ledger.runner import StreamRows
 
@@ -64,6 +66,10 @@ class LogAudit:
     cash_outs: dict[tuple[str, str], dict[bytes, bytes]] = field(default_factory=dict)
     refunded: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     early: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    charged: defaultdict[tuple[int, str], list[tuple[str, int]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    """(catalog version, gift id) -> (entry id, unit price charged) of each gift."""
     last_seq: dict[str, int] = field(default_factory=dict)
     last_gift_ms: dict[str, int] = field(default_factory=dict)
     restarts: defaultdict[str, list[tuple[str, int]]] = field(
@@ -127,6 +133,9 @@ class LogAudit:
         else:
             self.gifts[(g.sender, g.client_id)] = g
         self.gifts_by_id[entry_id] = g
+        if b"catalog" in entry:
+            version = int(entry[b"catalog"])
+            self.charged[(version, g.gift)].append((entry_id, int(entry[b"price"])))
         if b"price" in entry and int(entry[b"price"]) * g.count != g.coins:
             self.problems.append(
                 f"{entry_id}: gift charged {g.coins} coins for {g.count} x {g.gift} "
@@ -154,6 +163,32 @@ class LogAudit:
         await self._check_refunds(redis)
         await self._check_cash_outs(redis)
         await self._check_streams(redis)
+        await self._check_prices(redis)
+
+    async def _check_prices(self, redis: Redis) -> None:
+        """Each gift's unit price is the one its catalog version lists (``{catalog}:versions``
+        keeps every version's document, never rewritten)."""
+        prices: dict[int, dict[str, int] | None] = {}
+        for (version, gift_id), charges in self.charged.items():
+            if version not in prices:
+                raw = cast(
+                    bytes | None, await redis.hget(self.keys.catalog_versions(), str(version))
+                )
+                try:
+                    prices[version] = parse_catalog(raw).prices() if raw else None
+                except CatalogError:
+                    prices[version] = None
+                if prices[version] is None:
+                    self.problems.append(f"catalog version {version}: not in Redis, or unreadable")
+            listed = prices[version]
+            if listed is None:
+                continue
+            for entry_id, price in charges:
+                if listed.get(gift_id) != price:
+                    self.problems.append(
+                        f"{entry_id}: {gift_id} charged at {price}, catalog version {version} "
+                        f"lists {listed.get(gift_id)}"
+                    )
 
     async def _check_gift_receipts(self, redis: Redis, now_ms: int) -> None:
         found: set[str] = set()

@@ -100,3 +100,6 @@ class Keys:
 
     def catalog(self) -> str:
         return f"{self.prefix}{{catalog}}:prices"
+
+    def catalog_versions(self) -> str:
+        return f"{self.prefix}{{catalog}}:versions"

@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
@@ -129,6 +130,32 @@ async def _mischarge(redis: Redis, keys: Keys) -> None:
     await redis.hincrby(keys.platform(), "coins", 10)
 
 
+async def _charge_another_version(redis: Redis, keys: Keys) -> None:
+    # A gift charged at 5 coins a rose under catalog version 1, which lists the rose at 1:
+    # the coins, split and balances all fit the 5, only the catalog says otherwise.
+    catalog = resources.files("server.domain").joinpath("data/catalog.json").read_bytes()
+    await redis.hset(keys.catalog_versions(), "1", catalog)
+    await redis.xadd(
+        keys.ledger(),
+        {
+            "type": "gift", "client_id": "v1", "from": "alice", "to": "other", "stream": "s9",
+            "gift": "rose", "count": 2, "price": 5, "coins": 10, "diamonds": 5,
+            "platform": 5, "seq": 1, "catalog": 1,
+        },
+    )  # fmt: skip
+
+
+async def _charge_a_lost_version(redis: Redis, keys: Keys) -> None:
+    await redis.xadd(
+        keys.ledger(),
+        {
+            "type": "gift", "client_id": "v2", "from": "alice", "to": "other", "stream": "s9",
+            "gift": "rose", "count": 1, "price": 1, "coins": 1, "diamonds": 0, "platform": 1,
+            "seq": 1, "catalog": 7,
+        },
+    )  # fmt: skip
+
+
 async def _evict_receipt(redis: Redis, keys: Keys) -> None:
     await redis.delete(keys.gift_receipt("alice", "a1"))
 
@@ -155,6 +182,11 @@ TAMPERING: dict[str, tuple[Callable[[Redis, Keys], Awaitable[object]], str]] = {
     "lost tail": (_lose_the_tail, f"stream {STREAM}: holds seq 2, the log's last gift is seq 1"),
     "lost tail's payments": (_lose_the_tail, "{pay:pay-b2}:payment: no such payment in the log"),
     "price mismatch": (_mischarge, "gift charged 20 coins for 5 x finger_heart at 5"),
+    "price of another catalog version": (
+        _charge_another_version,
+        "rose charged at 5, catalog version 1 lists 1",
+    ),
+    "catalog version gone": (_charge_a_lost_version, "catalog version 7: not in Redis"),
     "evicted receipt": (_evict_receipt, "the receipt of gift a1 of alice is gone"),
     "altered receipt": (_alter_receipt, "gift:b1: does not match log entry"),
     "reused seq": (_reuse_seq, f"stream {STREAM} gift seq 1 again within one stream"),
