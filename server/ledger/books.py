@@ -133,8 +133,8 @@ class LogAudit:
         else:
             self.gifts[(g.sender, g.client_id)] = g
         self.gifts_by_id[entry_id] = g
-        if b"catalog" in entry:
-            version = int(entry[b"catalog"])
+        version = int(entry.get(b"catalog_version", 0))
+        if version and b"price" in entry:
             self.charged[(version, g.gift)].append((entry_id, int(entry[b"price"])))
         if b"price" in entry and int(entry[b"price"]) * g.count != g.coins:
             self.problems.append(

@@ -140,7 +140,7 @@ async def _charge_another_version(redis: Redis, keys: Keys) -> None:
         {
             "type": "gift", "client_id": "v1", "from": "alice", "to": "other", "stream": "s9",
             "gift": "rose", "count": 2, "price": 5, "coins": 10, "diamonds": 5,
-            "platform": 5, "seq": 1, "catalog": 1,
+            "platform": 5, "seq": 1, "catalog_version": 1,
         },
     )  # fmt: skip
 
@@ -151,7 +151,7 @@ async def _charge_a_lost_version(redis: Redis, keys: Keys) -> None:
         {
             "type": "gift", "client_id": "v2", "from": "alice", "to": "other", "stream": "s9",
             "gift": "rose", "count": 1, "price": 1, "coins": 1, "diamonds": 0, "platform": 1,
-            "seq": 1, "catalog": 7,
+            "seq": 1, "catalog_version": 7,
         },
     )  # fmt: skip
 
