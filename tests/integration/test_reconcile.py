@@ -320,3 +320,25 @@ async def test_a_client_id_reused_after_its_receipt_expired_is_not_a_duplicate(
     # Within a longer window, the same two entries are one gift applied twice.
     report = await reconcile(redis, keys, receipt_ttl_s=3_600)
     assert any("gift g1 of alice is in the log twice" in line for line in report.problems)
+
+
+async def test_each_gift_is_checked_against_the_catalog_version_it_was_charged_under(
+    ledger: Ledger, redis: Redis, keys: Keys
+) -> None:
+    await _books(ledger)
+    rows = await _log(redis, keys)
+    gifts = [entry for _, entry in rows if entry[b"type"] == b"gift"]
+    assert {(e[b"gift"], e[b"price"], e[b"catalog_version"]) for e in gifts} == {
+        (b"interstellar", b"10000", b"1"),
+        (b"finger_heart", b"5", b"1"),
+    }
+    assert (await reconcile(redis, keys)).ok
+    # Rewrite version 1 (which never happens: versions are kept as published) to list the
+    # finger heart at 4: the gifts charged 5 under it no longer match.
+    doc = orjson.loads(cast(bytes, await redis.hget(keys.catalog_versions(), "1")))
+    for item in doc["gifts"]:
+        if item["id"] == "finger_heart":
+            item["price_coins"] = 4
+    await redis.hset(keys.catalog_versions(), "1", orjson.dumps(doc))
+    report = await reconcile(redis, keys)
+    assert any("finger_heart charged at 5, catalog version 1 lists 4" in p for p in report.problems)
