@@ -261,7 +261,7 @@ DESCRIPTIONS: dict[str, str] = {
     "lagging_s_max": "how long a viewer may stay at its queue limit before close 4008 (s)",
     "gifts_per_s_max": "gifts per user per second, across all processes",
     "gift_burst_max": "burst of the per-user gift rate",
-    "daily_spend_coins_max": "default daily spending cap per user (coins; 0: none)",
+    "daily_spend_coins_max": "default spending cap per user over any 24 hours (coins; 0: none)",
     "feed_events_max": "gift events kept per stream for resume and history",
     "resume_events_max": "most events replayed by one resume or gap repair",
     "batch_events_max": "most gift events in one coalesced frame",

@@ -55,7 +55,12 @@ async def _reconcile(settings: Settings, url: str, as_json: bool) -> int:
             print(f"\r  read {entries:,} ledger entries…", end="", file=sys.stderr, flush=True)
 
     try:
-        report = await reconcile(redis, Keys(settings.key_prefix), progress)
+        report = await reconcile(
+            redis,
+            Keys(settings.key_prefix),
+            progress,
+            receipt_ttl_s=settings.limits.receipt_ttl_s,
+        )
     finally:
         await redis.aclose()
     if last:
