@@ -1,0 +1,245 @@
+"""The cluster script runner against the loopback cluster: routing, order, NOSCRIPT, MOVED,
+ASK, and a primary killed under load.
+
+The calls here run a probe script (append ARGV[1] to the list KEYS[1]) rather than a ledger
+script: what is tested is where and in which order calls run, which a list shows exactly.
+The ledger's own scripts get their cluster tests with the two legs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from server.domain.errors import InvariantError, UnavailableError
+from server.ledger.cluster_keys import slot_of
+from server.ledger.cluster_runner import ClusterScriptRunner
+from server.ledger.keys import Keys
+from server.ledger.scripts import LuaScript, ScriptName
+from tests.support.cluster import RedisCluster
+
+_PROBE_SOURCE = b"""
+-- KEYS[1]: a list. ARGV[1]: a value. Appends the value; replies {'ok', new length}.
+local n = redis.call('RPUSH', KEYS[1], ARGV[1])
+return {'ok', tostring(n)}
+"""
+PROBE = LuaScript("probe", _PROBE_SOURCE, hashlib.sha1(_PROBE_SOURCE).hexdigest())  # type: ignore[arg-type]
+
+
+async def make_runner(cluster: RedisCluster, **options: float) -> ClusterScriptRunner:
+    runner = ClusterScriptRunner(
+        cluster.startup_urls,
+        timeout_s=options.pop("timeout_s", 5.0),
+        calls_per_pipeline_max=int(options.pop("calls_per_pipeline_max", 8)),
+        pipelines_in_flight_max=int(options.pop("pipelines_in_flight_max", 4)),
+    )
+    runner.register(PROBE)
+    await runner.prepare()
+    return runner
+
+
+@pytest.fixture
+async def runner(redis_cluster: RedisCluster) -> AsyncIterator[ClusterScriptRunner]:
+    runner = await make_runner(redis_cluster)
+    yield runner
+    await runner.aclose()
+
+
+def probe_key(keys: Keys, owner: str) -> str:
+    return f"{keys.prefix}{{u:{owner}}}:probe"
+
+
+async def on_node(port: int, key: str) -> list[bytes]:
+    """LRANGE sent straight to one node: a node that does not own the key replies MOVED."""
+    client = Redis(port=port)
+    try:
+        values: list[bytes] = await client.lrange(key, 0, -1)  # type: ignore[misc]
+        return values
+    finally:
+        await client.aclose()
+
+
+async def run_probe(runner: ClusterScriptRunner, key: str, value: str) -> list[bytes]:
+    return await runner.run("probe", [key], [value], order_key=key)
+
+
+async def test_each_call_runs_on_the_primary_of_its_slot(
+    runner: ClusterScriptRunner, redis_cluster: RedisCluster, keys: Keys
+) -> None:
+    owners = [f"user{i}" for i in range(60)]
+    replies = await asyncio.gather(
+        *(run_probe(runner, probe_key(keys, o), f"v-{o}") for o in owners)
+    )
+    assert all(reply == [b"ok", b"1"] for reply in replies)
+    ports = set()
+    for owner in owners:
+        key = probe_key(keys, owner)
+        primary = redis_cluster.primary_for_slot(slot_of(key))
+        assert runner.primary_of(slot_of(key))[1] == primary.port
+        assert await on_node(primary.port, key) == [f"v-{owner}".encode()]
+        ports.add(primary.port)
+    assert len(ports) == 3  # 60 users cover every primary
+
+
+async def test_each_senders_calls_keep_their_order_under_concurrency(
+    runner: ClusterScriptRunner, redis_cluster: RedisCluster, keys: Keys
+) -> None:
+    senders = [f"sender{i}" for i in range(21)]  # not a multiple of the lanes
+    calls_each = 30
+    # Interleaved: every sender's n-th call is made before any sender's (n+1)-th.
+    calls = [
+        run_probe(runner, probe_key(keys, sender), str(n))
+        for n, sender in itertools.product(range(calls_each), senders)
+    ]
+    await asyncio.gather(*calls)
+    for sender in senders:
+        key = probe_key(keys, sender)
+        port = redis_cluster.primary_for_slot(slot_of(key)).port
+        assert await on_node(port, key) == [str(n).encode() for n in range(calls_each)]
+
+
+async def test_a_call_whose_keys_span_slots_is_refused_before_it_is_sent(
+    runner: ClusterScriptRunner, redis_cluster: RedisCluster, keys: Keys
+) -> None:
+    first, second = probe_key(keys, "alice"), probe_key(keys, "bob")
+    assert slot_of(first) != slot_of(second)
+    with pytest.raises(InvariantError, match="more than one slot"):
+        await runner.run("probe", [first, second], ["x"])
+    with pytest.raises(InvariantError):
+        await runner.run(ScriptName.END_STREAM, [], [])
+    port = redis_cluster.primary_for_slot(slot_of(first)).port
+    assert await on_node(port, first) == []
+
+
+async def test_a_node_that_lost_its_scripts_gets_them_again(
+    runner: ClusterScriptRunner, redis_cluster: RedisCluster, keys: Keys
+) -> None:
+    flushed = redis_cluster.primary_for_slot(slot_of(probe_key(keys, "alice")))
+    admin = Redis(port=flushed.port)
+    try:
+        await admin.script_flush()
+        assert not await runner.scripts_loaded()
+        owners = [f"user{i}" for i in range(30)]
+        replies = await asyncio.gather(
+            *(run_probe(runner, probe_key(keys, o), "once") for o in owners)
+        )
+        assert all(reply == [b"ok", b"1"] for reply in replies)
+        assert await runner.scripts_loaded()
+        shas = [script.sha for script in runner.scripts.values()]
+        assert all(await admin.script_exists(*shas))
+    finally:
+        await admin.aclose()
+    # Each call ran exactly once, the ones on the flushed node included.
+    for owner in owners:
+        key = probe_key(keys, owner)
+        assert await on_node(redis_cluster.primary_for_slot(slot_of(key)).port, key) == [b"once"]
+
+
+async def test_moved_is_followed_and_the_slot_map_corrected(
+    runner: ClusterScriptRunner, redis_cluster: RedisCluster, keys: Keys
+) -> None:
+    key = probe_key(keys, "alice")
+    slot = slot_of(key)
+    right = runner.primary_of(slot)
+    wrong = next(address for address in runner.primaries() if address != right)
+    runner._owners[slot] = wrong  # what the runner believes after a slot moved away
+    assert await run_probe(runner, key, "a") == [b"ok", b"1"]
+    assert runner.primary_of(slot) == right
+    assert await on_node(right[1], key) == [b"a"]
+
+
+async def test_a_slot_migrated_under_the_runner_is_followed_by_ask_then_moved(
+    runner: ClusterScriptRunner, redis_cluster: RedisCluster, keys: Keys
+) -> None:
+    key = probe_key(keys, "migrating")
+    slot = slot_of(key)
+    source = redis_cluster.primary_for_slot(slot)
+    target = next(n for n in redis_cluster.primaries() if n.port != source.port)
+    source_client, target_client = Redis(port=source.port), Redis(port=target.port)
+    try:
+        await target_client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
+        await source_client.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id)
+        # The key does not exist on the source: it answers ASK, the target takes it.
+        assert await run_probe(runner, key, "during") == [b"ok", b"1"]
+    finally:
+        for primary in redis_cluster.primaries():
+            client = Redis(port=primary.port)
+            try:
+                await client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
+            finally:
+                await client.aclose()
+        await source_client.aclose()
+        await target_client.aclose()
+    await asyncio.to_thread(redis_cluster.wait_ok)
+    # The runner still believes the source owns the slot: MOVED, then the target.
+    assert runner.primary_of(slot)[1] == source.port
+    assert await run_probe(runner, key, "after") == [b"ok", b"2"]
+    assert runner.primary_of(slot)[1] == target.port
+    assert await on_node(target.port, key) == [b"during", b"after"]
+
+
+async def test_a_primary_killed_under_load_is_unknown_then_served_by_its_replica(
+    own_cluster: RedisCluster, keys: Keys
+) -> None:
+    runner = await make_runner(own_cluster, timeout_s=1.0)
+    try:
+        senders = [f"sender{i}" for i in range(12)]
+        victim_key = probe_key(keys, senders[0])
+        victim = own_cluster.primary_for_slot(slot_of(victim_key))
+        outcomes: Counter[str] = Counter()
+        acked: dict[str, list[str]] = {sender: [] for sender in senders}
+        attempted: dict[str, list[str]] = {sender: [] for sender in senders}
+        stop = asyncio.Event()
+
+        async def send_until_stopped(sender: str) -> None:
+            for n in itertools.count():
+                if stop.is_set():
+                    return
+                value = f"{sender}-{n}"
+                attempted[sender].append(value)
+                try:
+                    await run_probe(runner, probe_key(keys, sender), value)
+                except UnavailableError:
+                    outcomes["unavailable"] += 1
+                    await asyncio.sleep(0.05)
+                else:
+                    outcomes["ok"] += 1
+                    acked[sender].append(value)
+
+        load = [asyncio.create_task(send_until_stopped(s)) for s in senders]
+        await asyncio.sleep(0.3)
+        before = outcomes["ok"]
+        own_cluster.kill(victim.port)
+        promoted = await asyncio.to_thread(own_cluster.wait_promoted, victim.port)
+        # After the promotion the victim's slot is served again (its scripts reloaded on
+        # NOSCRIPT): the load goes on succeeding for every sender.
+        served_after = {s: len(acked[s]) for s in senders}
+        for _ in range(200):
+            if all(len(acked[s]) > served_after[s] for s in senders):
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.gather(*load)  # every call returned: none hangs, none raised otherwise
+    finally:
+        await runner.aclose()
+
+    assert before > 0 and outcomes["unavailable"] > 0
+    assert all(len(acked[s]) > served_after[s] for s in senders)
+    assert runner.primary_of(slot_of(victim_key))[1] == promoted.port
+    for sender in senders:
+        key = probe_key(keys, sender)
+        stored = [
+            v.decode() for v in await on_node(own_cluster.primary_for_slot(slot_of(key)).port, key)
+        ]
+        # Never re-sent: no value twice; nothing that was not attempted; order kept.
+        assert len(stored) == len(set(stored))
+        assert set(stored) <= set(attempted[sender])
+        assert stored == sorted(stored, key=lambda v: int(v.rsplit("-", 1)[1]))
+        # Acknowledged after the promotion means written on the new primary.
+        assert set(acked[sender][served_after[sender] :]) <= set(stored)
