@@ -21,6 +21,7 @@ from server.ledger.ledger import Ledger
 from server.realtime.hub import Hub
 from server.settings import Settings, load_settings
 from server.web import log_redaction
+from server.web.cluster_app import create_cluster_app
 from server.web.http_api import ROUTES
 from server.web.metrics import FANOUT_DROPS
 from server.web.services import Services
@@ -62,6 +63,8 @@ def create_app(settings: Settings) -> Starlette:
         raise ValueError("create_app needs settings.redis_url (the CLI starts the embedded Redis)")
     if not settings.jwt_secret:
         raise ValueError("GIFTWIRE_JWT_SECRET is required")
+    if settings.redis_cluster:
+        return create_cluster_app(settings)
     redis_url = settings.redis_url
 
     @asynccontextmanager
