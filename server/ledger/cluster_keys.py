@@ -11,7 +11,6 @@ key                                        type    holds
 =========================================  ======  =========================================
 ``{u:USER}:acct``                          hash    as in single-node mode
 ``{u:USER}:gift:CLIENT_ID``                string  the debit leg's receipt (TTL)
-``{u:USER}:outbox``                        stream  debited transfers waiting for their credit
 ``{u:CREATOR}:credit:TRANSFER_ID``         string  the credit leg's receipt (idempotency)
 ``{u:CREATOR}:s:STREAM:stream``            hash    the stream, in its creator's slot
 ``{u:CREATOR}:s:STREAM:top|feed|room``     ...     leaderboard, feed, shard channel (SPUBLISH)
@@ -22,6 +21,8 @@ key                                        type    holds
 ``{~N}:platform``                          hash    platform share earned in this slot
 ``{~N}:log``                               stream  transfers committed in this slot
 ``{~N}:catalog``                           hash    this slot's copy of the catalog
+``{~N}:outbox``                            stream  transfers debited in this slot, not yet
+                                                   credited (the relay's work list)
 =========================================  ======  =========================================
 
 ``{~N}`` is a *slot tag*: a short string chosen so that it hashes to one given slot, so a
@@ -104,9 +105,6 @@ class ClusterKeys:
     def gift_receipt(self, sender_id: str, client_id: str) -> str:
         return f"{self.prefix}{{u:{sender_id}}}:gift:{client_id}"
 
-    def outbox(self, sender_id: str) -> str:
-        return f"{self.prefix}{{u:{sender_id}}}:outbox"
-
     # The creator's slot: the credit leg, and the creator's streams.
 
     def credit_receipt(self, creator_id: str, transfer: str) -> str:
@@ -147,6 +145,11 @@ class ClusterKeys:
     def catalog_shard(self, slot: int) -> str:
         return f"{self.prefix}{{{slot_tag(slot)}}}:catalog"
 
+    def outbox_shard(self, slot: int) -> str:
+        """Per slot, not per sender: a relay can sweep at most 16384 outboxes, but could not
+        even find millions of per-sender ones."""
+        return f"{self.prefix}{{{slot_tag(slot)}}}:outbox"
+
     def platform_shards(self) -> list[str]:
         """Every platform shard, to sum on read (most do not exist until a gift lands)."""
         return [self.platform_shard(slot) for slot in range(SLOTS)]
@@ -157,6 +160,9 @@ class ClusterKeys:
     def catalog_shards(self) -> list[str]:
         return [self.catalog_shard(slot) for slot in range(SLOTS)]
 
+    def outbox_shards(self) -> list[str]:
+        return [self.outbox_shard(slot) for slot in range(SLOTS)]
+
     # What each leg passes in KEYS: one slot per script, checked by the tests and the runner.
 
     def debit_keys(self, sender_id: str, client_id: str) -> list[str]:
@@ -164,7 +170,7 @@ class ClusterKeys:
         return [
             self.gift_receipt(sender_id, client_id),
             self.account(sender_id),
-            self.outbox(sender_id),
+            self.outbox_shard(slot),
             self.ledger_shard(slot),
             self.catalog_shard(slot),
         ]

@@ -97,6 +97,14 @@ class ClusterScriptRunner:
         """The primary serving ``slot`` in the slot map as last read."""
         return self._owners[slot]
 
+    @property
+    def stale(self) -> bool:
+        """True when the slot map may be out of date (a node failed or redirected)."""
+        return self._stale
+
+    def mark_stale(self) -> None:
+        self._stale = True
+
     def primaries(self) -> list[Address]:
         return sorted(set(self._owners))
 
