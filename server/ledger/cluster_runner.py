@@ -49,6 +49,9 @@ Address = tuple[str, int]
 REDIRECTS_MAX = 3
 """MOVED/ASK replies followed for one call before it fails as unavailable: one for a
 failover or a finished migration, one for a migration under way, one to spare."""
+REFRESH_INTERVAL_S = 0.1
+"""While a node is down every batch for it fails; the slot map is read again at most this
+often meanwhile (a MOVED reply carries its own correction and does not wait)."""
 _ASKING = b"*1\r\n$6\r\nASKING\r\n"
 _CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 _NOT_RUN = (redis_errors.ClusterDownError, redis_errors.TryAgainError)
@@ -77,6 +80,9 @@ class ClusterScriptRunner:
         self._clients: dict[Address, Redis] = {}
         self._owners: list[Address] = []
         self._stale = True
+        self._refreshed_at = -math.inf
+        self._failing: set[Address] = set()
+        """Nodes whose last pipeline failed: logged once when they fail, once when back."""
         self._refreshing: asyncio.Task[None] | None = None
         self.scripts: dict[str, LuaScript] = _by_name(load_scripts())
         self._extra: list[LuaScript] = []
@@ -111,10 +117,15 @@ class ClusterScriptRunner:
     async def refresh(self) -> None:
         """Read the slot map again; concurrent callers share one read."""
         if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.get_running_loop().create_task(self._read_slot_map())
+            task = asyncio.get_running_loop().create_task(self._read_slot_map())
+            # A caller that timed out leaves the read running (shield); its failure is then
+            # nobody's to see, and the next batch reads again.
+            task.add_done_callback(_retrieve)
+            self._refreshing = task
         await asyncio.shield(self._refreshing)
 
     async def _read_slot_map(self) -> None:
+        self._refreshed_at = asyncio.get_running_loop().time()
         known = [*dict.fromkeys([*self._clients, *self._startup])]
         failures: list[str] = []
         for address in known:
@@ -241,7 +252,10 @@ class ClusterScriptRunner:
     async def _send(self, batch: list[_Call]) -> None:
         try:
             async with asyncio.timeout(self._timeout_s):
-                if self._stale:
+                now = asyncio.get_running_loop().time()
+                if self._stale and (
+                    not self._owners or now - self._refreshed_at >= REFRESH_INTERVAL_S
+                ):
                     await self.refresh()
                 await self._route(batch, REDIRECTS_MAX)
         except (*_CONNECTION_ERRORS, TimeoutError, UnavailableError) as e:
@@ -271,9 +285,11 @@ class ClusterScriptRunner:
                 # Unknown outcome: these calls are not sent again; the next batch reads
                 # the slot map again (a failover may be under way).
                 self._stale = True
-                log.warning(
-                    "cluster node %s:%d failed: %s: %s", *node, type(result).__name__, result
-                )
+                if node not in self._failing:
+                    self._failing.add(node)
+                    log.warning(
+                        "cluster node %s:%d failed: %s: %s", *node, type(result).__name__, result
+                    )
                 _fail(part, UnavailableError(str(result) or type(result).__name__))
             elif isinstance(result, BaseException):
                 _fail(part, result)
@@ -284,7 +300,11 @@ class ClusterScriptRunner:
         noscript: list[_Call] = []
         moved: list[tuple[_Call, redis_errors.MovedError]] = []
         asked: dict[Address, list[_Call]] = defaultdict(list)
-        for call, reply in zip(calls, await self._pipeline(node, calls), strict=True):
+        replies = await self._pipeline(node, calls)
+        if node in self._failing:
+            self._failing.discard(node)
+            log.warning("cluster node %s:%d answers again", *node)
+        for call, reply in zip(calls, replies, strict=True):
             if _is_noscript(reply):
                 noscript.append(call)
             elif isinstance(reply, redis_errors.MovedError):
@@ -357,6 +377,11 @@ def _settle_on_cluster(call: _Call, reply: object) -> None:
         _fail([call], UnavailableError(f"cluster: {type(reply).__name__}: {reply}"))
     else:
         _settle(call, reply)
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _by_name(scripts: Mapping[ScriptName, LuaScript]) -> dict[str, LuaScript]:
