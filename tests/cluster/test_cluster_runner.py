@@ -13,6 +13,7 @@ import hashlib
 import itertools
 from collections import Counter
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -243,3 +244,67 @@ async def test_a_primary_killed_under_load_is_unknown_then_served_by_its_replica
         assert stored == sorted(stored, key=lambda v: int(v.rsplit("-", 1)[1]))
         # Acknowledged after the promotion means written on the new primary.
         assert set(acked[sender][served_after[sender] :]) <= set(stored)
+
+
+async def test_per_sender_order_survives_a_slot_migrated_under_load(
+    runner: ClusterScriptRunner,
+    redis_cluster: RedisCluster,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Calls keep running while the slot moves (served by the source, then ASK, then MOVED):
+    each sender's list still holds every acknowledged value once, in order."""
+    # Four senders' lists in one slot (one hash tag), moved together.
+    senders = [f"{keys.prefix}{{u:mover}}:probe{i}" for i in range(4)]
+    slot = slot_of(senders[0])
+    asked: list[int] = []
+    original = ClusterScriptRunner._on_node_asking
+
+    async def counting(self: ClusterScriptRunner, node: Any, calls: Any) -> None:
+        asked.append(len(calls))
+        await original(self, node, calls)
+
+    monkeypatch.setattr(ClusterScriptRunner, "_on_node_asking", counting)
+    source = redis_cluster.primary_for_slot(slot)
+    target = next(n for n in redis_cluster.primaries() if n.port != source.port)
+    acked: dict[str, list[str]] = {k: [] for k in senders}
+    stop = asyncio.Event()
+
+    async def send(k: str) -> None:
+        for n in itertools.count():
+            if stop.is_set():
+                return
+            await run_probe(runner, k, str(n))  # no failure is expected: nothing is down
+            acked[k].append(str(n))
+
+    load = [asyncio.create_task(send(k)) for k in senders]
+    source_client, target_client = Redis(port=source.port), Redis(port=target.port)
+    try:
+        await asyncio.sleep(0.2)
+        await target_client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
+        await source_client.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id)
+        await asyncio.sleep(0.1)
+        # Move the keys one by one while calls go on (MIGRATE is atomic per key).
+        for k in senders:
+            await source_client.execute_command(
+                "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", k
+            )
+            await asyncio.sleep(0.05)
+        for primary in redis_cluster.primaries():
+            client = Redis(port=primary.port)
+            try:
+                await client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
+            finally:
+                await client.aclose()
+        await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        await asyncio.gather(*load)
+        await source_client.aclose()
+        await target_client.aclose()
+    await asyncio.to_thread(redis_cluster.wait_ok)
+    assert runner.primary_of(slot)[1] == target.port
+    for k in senders:
+        stored = [v.decode() for v in await on_node(target.port, k)]
+        assert stored == acked[k] and len(stored) > 10
+    assert asked  # the ASK path was taken, not only MOVED
