@@ -1,4 +1,7 @@
-"""Reads over every shard of a cluster: what the platform earned, what waits in the outboxes.
+"""Reads and writes over every per-slot shard of a cluster (``cluster_keys``: ``{~N}:...``).
+
+Reads: what the platform earned, what waits in the outboxes. Writes: the same hash into
+every slot (the catalog copy that the debit leg reads next to the sender's account).
 
 A sharded value (``cluster_keys``: ``{~N}:platform``, ``{~N}:outbox``) is summed on read.
 Each key is read on the primary that owns its slot, all the keys of one primary in one
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from redis import exceptions as redis_errors
 
@@ -27,14 +30,14 @@ from server.ledger.cluster_runner import Address, ClusterScriptRunner
 _DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, TimeoutError)
 
 
-class ShardReader:
+class Shards:
     def __init__(self, runner: ClusterScriptRunner, *, timeout_s: float) -> None:
         self._runner = runner
         self._timeout_s = timeout_s
 
     async def sum_field(self, keys: Sequence[str], field: str) -> int:
         """The sum of the integer ``field`` of every hash in ``keys`` (missing: 0)."""
-        replies = await self._read(keys, "HGET", field)
+        replies = await self._each(keys, "HGET", field)
         total = 0
         for key, value in replies.items():
             if value is None:
@@ -46,12 +49,13 @@ class ShardReader:
 
     async def lengths(self, keys: Sequence[str]) -> dict[str, int]:
         """XLEN of every stream in ``keys`` that has entries."""
-        replies = await self._read(keys, "XLEN")
+        replies = await self._each(keys, "XLEN")
         return {
             key: int(value) for key, value in replies.items() if isinstance(value, int) and value
         }
 
-    async def _read(self, keys: Sequence[str], command: str, *args: str) -> dict[str, object]:
+    async def _each(self, keys: Sequence[str], command: str, *args: str | int) -> dict[str, object]:
+        """Send ``command key *args`` for every key, one pipeline per primary, all at once."""
         if self._runner.stale:
             await self._runner.refresh()
         by_node: dict[Address, list[str]] = defaultdict(list)
@@ -60,18 +64,33 @@ class ShardReader:
         try:
             async with asyncio.timeout(self._timeout_s):
                 parts = await asyncio.gather(
-                    *(self._read_on(node, part, command, args) for node, part in by_node.items())
+                    *(self._on_node(node, part, command, args) for node, part in by_node.items())
                 )
         except (*_DOWN, redis_errors.MovedError, redis_errors.ClusterDownError) as e:
             self._runner.mark_stale()
-            raise UnavailableError(f"shard read failed: {type(e).__name__}: {e}") from e
+            raise UnavailableError(f"shard command failed: {type(e).__name__}: {e}") from e
         replies: dict[str, object] = {}
         for part in parts:
             replies.update(part)
         return replies
 
-    async def _read_on(
-        self, node: Address, keys: list[str], command: str, args: Sequence[str]
+    async def copy_to_every_shard(
+        self, keys: Sequence[str], fields: Mapping[str, str | int], removed: Sequence[str] = ()
+    ) -> None:
+        """Write ``fields`` into every hash of ``keys`` (one HSET each, so a reader of a shard
+        sees all of the new fields or none), then HDEL ``removed`` (fields that left).
+
+        Not atomic across shards: while it runs, some slots have the new copy and some the
+        old. A script that must not mix the two checks a version field against its ARGV.
+        Safe to repeat after a failure (``UnavailableError``): every write is idempotent.
+        """
+        flat: list[str | int] = [item for pair in fields.items() for item in pair]
+        await self._each(keys, "HSET", *flat)
+        if removed:
+            await self._each(keys, "HDEL", *removed)
+
+    async def _on_node(
+        self, node: Address, keys: list[str], command: str, args: Sequence[str | int]
     ) -> dict[str, object]:
         async with self._runner.client(node).pipeline(transaction=False) as pipe:
             for key in keys:
