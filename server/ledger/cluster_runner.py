@@ -126,7 +126,11 @@ class ClusterScriptRunner:
 
     async def _read_slot_map(self) -> None:
         self._refreshed_at = asyncio.get_running_loop().time()
-        known = [*dict.fromkeys([*self._clients, *self._startup])]
+        # Nodes that just failed go last: a black-holed host would otherwise cost each
+        # read its whole connect timeout before a live node is asked.
+        known = sorted(
+            dict.fromkeys([*self._clients, *self._startup]), key=lambda a: a in self._failing
+        )
         failures: list[str] = []
         for address in known:
             try:
