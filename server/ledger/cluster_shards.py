@@ -18,6 +18,7 @@ after refreshing the slot map: a read is safe to repeat.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
@@ -26,8 +27,14 @@ from redis import exceptions as redis_errors
 from server.domain.errors import InvariantError, UnavailableError
 from server.ledger.cluster_keys import slot_of
 from server.ledger.cluster_runner import Address, ClusterScriptRunner
+from server.ledger.runner import _bulk
 
 _DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, TimeoutError)
+_NOT_SERVED = (
+    redis_errors.AskError,  # MOVED too (a subclass): the slot map is stale
+    redis_errors.ClusterDownError,
+    redis_errors.TryAgainError,
+)
 
 
 class Shards:
@@ -66,9 +73,11 @@ class Shards:
                 parts = await asyncio.gather(
                     *(self._on_node(node, part, command, args) for node, part in by_node.items())
                 )
-        except (*_DOWN, redis_errors.MovedError, redis_errors.ClusterDownError) as e:
+        except (*_DOWN, *_NOT_SERVED) as e:
             self._runner.mark_stale()
             raise UnavailableError(f"shard command failed: {type(e).__name__}: {e}") from e
+        except redis_errors.ResponseError as e:  # WRONGTYPE and the like: a broken shard
+            raise InvariantError(f"shard command {command} failed: {e}") from e
         replies: dict[str, object] = {}
         for part in parts:
             replies.update(part)
@@ -92,8 +101,33 @@ class Shards:
     async def _on_node(
         self, node: Address, keys: list[str], command: str, args: Sequence[str | int]
     ) -> dict[str, object]:
-        async with self._runner.client(node).pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.execute_command(command, key, *args)
-            values = await pipe.execute()
+        """One write of every command for ``node``, then one reply each.
+
+        Packed by hand as the script runner does: with redis-py's pipeline a sum over 16384
+        shards took about 1 s here, packed 0.2-0.4 s (the catalog copy: 3 s, then 1.5-2 s,
+        bound by Redis). An error reply
+        (MOVED: the map is stale) is raised once every reply is read, so the connection
+        goes back to the pool clean.
+        """
+        tail = [_bulk(str(arg).encode()) for arg in args]
+        head = b"*%d\r\n%b" % (2 + len(args), _bulk(command.encode()))
+        packed = b"".join(head + _bulk(key.encode()) + b"".join(tail) for key in keys)
+        pool = self._runner.client(node).connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_packed_command(packed, check_health=False)
+            values: list[object] = []
+            for _ in keys:
+                try:
+                    values.append(await connection.read_response(timeout=math.inf))
+                except redis_errors.ResponseError as error:
+                    values.append(error)
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
+        for value in values:
+            if isinstance(value, redis_errors.ResponseError):
+                raise value
         return dict(zip(keys, values, strict=True))

@@ -108,3 +108,12 @@ async def test_a_hash_copied_into_every_slot_replaces_the_old_copy(
         finally:
             await node.aclose()
         assert copy == {b"rose": b"2", b"@version": b"2"}
+
+
+async def test_a_shard_of_the_wrong_type_is_an_invariant_error(
+    shards: Shards, client: ClusterClient, keys: Keys
+) -> None:
+    cluster_keys = ClusterKeys(keys.prefix)
+    await client.set(cluster_keys.platform_shard(77), "not a hash")
+    with pytest.raises(InvariantError, match="wrong kind of value"):
+        await shards.sum_field(cluster_keys.platform_shards(), "coins")
