@@ -10,9 +10,10 @@ that does not exist counts as zero.
 
 These reads are not atomic across shards: a transfer that commits while they run may be
 counted in one shard and not yet in another. Reconcile runs them on a quiet ledger, as the
-single-node reconcile does (``docs/ledger.md``, "Reconciliation"). A MOVED reply (a slot
-moved while reading) or a lost connection fails the whole read with ``UnavailableError``
-after refreshing the slot map: a read is safe to repeat.
+single-node reconcile does (``docs/ledger.md``, "Reconciliation"). A MOVED or ASK reply (a
+slot moved while reading), CLUSTERDOWN or a lost connection fails the whole command with
+``UnavailableError`` and marks the slot map stale, so that the next one reads it again:
+every read, and every write here, is safe to repeat.
 """
 
 from __future__ import annotations
