@@ -84,6 +84,7 @@ class ClusterScriptRunner:
         self._failing: set[Address] = set()
         """Nodes whose last pipeline failed: logged once when they fail, once when back."""
         self._refreshing: asyncio.Task[None] | None = None
+        self._reloading: dict[Address, asyncio.Task[None]] = {}
         self.scripts: dict[str, LuaScript] = _by_name(load_scripts())
         self._extra: list[LuaScript] = []
         self.on_reload: Callable[[], Awaitable[None]] | None = None
@@ -184,11 +185,21 @@ class ClusterScriptRunner:
         for address in self.primaries():
             shas = [script.sha for script in self.scripts.values()]
             if not all(await self.client(address).script_exists(*shas)):
-                log.warning("cluster node %s:%d lost the ledger scripts; loading", *address)
                 await self._reloaded(address)
         return await self.scripts_loaded()
 
     async def _reloaded(self, address: Address) -> None:
+        """Load the scripts on ``address`` again; lanes that meet NOSCRIPT there at the same
+        moment (every lane, after a promotion) share one load."""
+        task = self._reloading.get(address)
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(self._reload_on(address))
+            task.add_done_callback(_retrieve)
+            self._reloading[address] = task
+        await asyncio.shield(task)
+
+    async def _reload_on(self, address: Address) -> None:
+        log.warning("cluster node %s:%d had no scripts (promoted or restarted)", *address)
         await self._load_on(address)
         if self.on_reload is not None:
             await self.on_reload()
@@ -324,7 +335,6 @@ class ClusterScriptRunner:
             _fail(again, UnavailableError("too many cluster redirections"))
             return
         if noscript:
-            log.warning("cluster node %s:%d had no scripts (promoted or restarted)", *node)
             await self._reloaded(node)
             await self._on_node(node, noscript, redirects_left - 1)
         for target, part in asked.items():
