@@ -66,6 +66,28 @@ async def on_node(port: int, key: str) -> list[bytes]:
         await client.aclose()
 
 
+class Acks:
+    """The values acknowledged to each sender, and a way to wait for the load to progress
+    (rather than sleeping a fixed time on a machine whose speed varies)."""
+
+    def __init__(self, senders: list[str]) -> None:
+        self.values: dict[str, list[str]] = {sender: [] for sender in senders}
+        self._changed = asyncio.Condition()
+
+    async def add(self, sender: str, value: str) -> None:
+        self.values[sender].append(value)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def each_more(self, more: int = 2) -> None:
+        """Return once every sender had ``more`` further calls acknowledged."""
+        marks = {sender: len(values) for sender, values in self.values.items()}
+        async with asyncio.timeout(30), self._changed:
+            await self._changed.wait_for(
+                lambda: all(len(v) >= marks[s] + more for s, v in self.values.items())
+            )
+
+
 async def run_probe(runner: ClusterScriptRunner, key: str, value: str) -> list[bytes]:
     return await runner.run("probe", [key], [value], order_key=key)
 
@@ -194,7 +216,8 @@ async def test_a_primary_killed_under_load_is_unknown_then_served_by_its_replica
         victim_key = probe_key(keys, senders[0])
         victim = own_cluster.primary_for_slot(slot_of(victim_key))
         outcomes: Counter[str] = Counter()
-        acked: dict[str, list[str]] = {sender: [] for sender in senders}
+        acks = Acks(senders)
+        acked = acks.values
         attempted: dict[str, list[str]] = {sender: [] for sender in senders}
         stop = asyncio.Event()
 
@@ -211,20 +234,17 @@ async def test_a_primary_killed_under_load_is_unknown_then_served_by_its_replica
                     await asyncio.sleep(0.05)
                 else:
                     outcomes["ok"] += 1
-                    acked[sender].append(value)
+                    await acks.add(sender, value)
 
         load = [asyncio.create_task(send_until_stopped(s)) for s in senders]
-        await asyncio.sleep(0.3)
+        await acks.each_more()
         before = outcomes["ok"]
         own_cluster.kill(victim.port)
         promoted = await asyncio.to_thread(own_cluster.wait_promoted, victim.port)
         # After the promotion the victim's slot is served again (its scripts reloaded on
         # NOSCRIPT): the load goes on succeeding for every sender.
         served_after = {s: len(acked[s]) for s in senders}
-        for _ in range(200):
-            if all(len(acked[s]) > served_after[s] for s in senders):
-                break
-            await asyncio.sleep(0.05)
+        await acks.each_more(1)
         stop.set()
         await asyncio.gather(*load)  # every call returned: none hangs, none raised otherwise
     finally:
@@ -267,7 +287,8 @@ async def test_per_sender_order_survives_a_slot_migrated_under_load(
     monkeypatch.setattr(ClusterScriptRunner, "_on_node_asking", counting)
     source = redis_cluster.primary_for_slot(slot)
     target = next(n for n in redis_cluster.primaries() if n.port != source.port)
-    acked: dict[str, list[str]] = {k: [] for k in senders}
+    acks = Acks(senders)
+    acked = acks.values
     stop = asyncio.Event()
 
     async def send(k: str) -> None:
@@ -275,28 +296,28 @@ async def test_per_sender_order_survives_a_slot_migrated_under_load(
             if stop.is_set():
                 return
             await run_probe(runner, k, str(n))  # no failure is expected: nothing is down
-            acked[k].append(str(n))
+            await acks.add(k, str(n))
 
     load = [asyncio.create_task(send(k)) for k in senders]
     source_client, target_client = Redis(port=source.port), Redis(port=target.port)
     try:
-        await asyncio.sleep(0.2)
+        await acks.each_more()
         await target_client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
         await source_client.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id)
-        await asyncio.sleep(0.1)
+        await acks.each_more()
         # Move the keys one by one while calls go on (MIGRATE is atomic per key).
         for k in senders:
             await source_client.execute_command(
                 "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", k
             )
-            await asyncio.sleep(0.05)
+            await acks.each_more()  # some served by the source, some by ASK
         for primary in redis_cluster.primaries():
             client = Redis(port=primary.port)
             try:
                 await client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
             finally:
                 await client.aclose()
-        await asyncio.sleep(0.2)
+        await acks.each_more()  # by MOVED, then the new owner
     finally:
         stop.set()
         await asyncio.gather(*load)
@@ -306,5 +327,5 @@ async def test_per_sender_order_survives_a_slot_migrated_under_load(
     assert runner.primary_of(slot)[1] == target.port
     for k in senders:
         stored = [v.decode() for v in await on_node(target.port, k)]
-        assert stored == acked[k] and len(stored) > 10
+        assert stored == acked[k] and len(stored) >= 2 * (3 + len(senders))
     assert asked  # the ASK path was taken, not only MOVED

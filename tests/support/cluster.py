@@ -24,7 +24,7 @@ from pathlib import Path
 from redis import Redis as SyncRedis
 from redis import exceptions as redis_errors
 
-from server.ledger.embedded import RedisProcess, find_redis_server, free_port
+from server.ledger.embedded import EmbeddedRedisError, RedisProcess, find_redis_server, free_port
 
 SLOTS = 16384
 NODE_TIMEOUT_MS = 2000
@@ -87,21 +87,47 @@ class RedisCluster:
         self.base_dir = base_dir
         self.primary_count = primaries
         self.replicas = replicas
-        self.nodes: list[RedisProcess] = []
-        for index in range(primaries * (1 + replicas)):
-            node_dir = base_dir / f"node{index}"
-            args = (
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", str(node_dir / "nodes.conf"),
-                # An explicit bus port: the default (port + 10000) does not exist for the
-                # high ephemeral ports that free_port() hands out.
-                "--cluster-port", str(free_port()),
-                "--cluster-node-timeout", str(node_timeout_ms),
-                # A replica may take over however long it was cut off: the tests kill
-                # primaries right after writing to them.
-                "--cluster-replica-validity-factor", "0",
-            )  # fmt: skip
-            self.nodes.append(RedisProcess(node_dir, extra_args=args))
+        self.node_timeout_ms = node_timeout_ms
+        self._ports_taken: set[int] = set()
+        self.nodes = [self._new_node(index) for index in range(primaries * (1 + replicas))]
+
+    def _free_port(self) -> int:
+        """A free port not already given to a node or bus of this cluster: ``free_port``
+        may hand out a port it just returned."""
+        while True:
+            port = free_port()
+            if port not in self._ports_taken:
+                self._ports_taken.add(port)
+                return port
+
+    def _new_node(self, index: int) -> RedisProcess:
+        node_dir = self.base_dir / f"node{index}"
+        args = (
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", str(node_dir / "nodes.conf"),
+            # An explicit bus port: the default (port + 10000) does not exist for the
+            # high ephemeral ports that free_port() hands out.
+            "--cluster-port", str(self._free_port()),
+            "--cluster-node-timeout", str(self.node_timeout_ms),
+            # A replica may take over however long it was cut off: the tests kill
+            # primaries right after writing to them.
+            "--cluster-replica-validity-factor", "0",
+        )  # fmt: skip
+        return RedisProcess(node_dir, port=self._free_port(), extra_args=args)
+
+    def _start_node(self, index: int, attempts: int = 3) -> None:
+        """Start a node of a cluster not yet formed; on a port taken meanwhile by another
+        process of the machine, try again on new ports."""
+        for attempt in range(attempts):
+            try:
+                self.nodes[index].start()
+                return
+            except EmbeddedRedisError as e:
+                if "Address already in use" not in str(e) or attempt == attempts - 1:
+                    raise
+                self.nodes[index].stop()  # reaps it and closes its stderr pipe
+                shutil.rmtree(self.nodes[index].data_dir, ignore_errors=True)
+                self.nodes[index] = self._new_node(index)
 
     @property
     def ports(self) -> list[int]:
@@ -119,8 +145,8 @@ class RedisCluster:
             raise
 
     def _form(self, timeout_s: float) -> None:
-        for node in self.nodes:
-            node.start()
+        for index in range(len(self.nodes)):
+            self._start_node(index)
         redis_cli = shutil.which("redis-cli") or str(
             Path(find_redis_server()).with_name("redis-cli")
         )
