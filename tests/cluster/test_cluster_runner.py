@@ -329,3 +329,38 @@ async def test_per_sender_order_survives_a_slot_migrated_under_load(
         stored = [v.decode() for v in await on_node(target.port, k)]
         assert stored == acked[k] and len(stored) >= 2 * (3 + len(senders))
     assert asked  # the ASK path was taken, not only MOVED
+
+
+async def test_a_timeout_is_unknown_and_never_re_sent(
+    redis_cluster: RedisCluster, keys: Keys
+) -> None:
+    """A primary that holds the call past the timeout: the caller hears ``unavailable``
+    while the other primary's part of the batch succeeds; the runner does not send the
+    call again (the held connection is closed, and Redis drops what it held); the client's
+    retry runs it once."""
+    runner = await make_runner(redis_cluster, timeout_s=0.3)
+    held = probe_key(keys, "alice")
+    held_port = redis_cluster.primary_for_slot(slot_of(held)).port
+    free = next(
+        key
+        for key in (probe_key(keys, f"user{i}") for i in range(100))
+        if redis_cluster.primary_for_slot(slot_of(key)).port != held_port
+    )
+    admin = Redis(port=held_port)
+    try:
+        await admin.client_pause(1_000, all=False)  # writes wait; the pause ends by itself
+        results = await asyncio.gather(
+            run_probe(runner, held, "once"), run_probe(runner, free, "free"),
+            return_exceptions=True,
+        )  # fmt: skip
+        assert isinstance(results[0], UnavailableError)
+        assert results[1] == [b"ok", b"1"]
+        # A write of our own waits for the end of the pause: after it, whatever the runner
+        # had sent and Redis still held would have run.
+        await admin.set(f"{keys.prefix}{{u:alice}}:barrier", "1")
+        assert await on_node(held_port, held) == []
+        assert await run_probe(runner, held, "once") == [b"ok", b"1"]  # the retry
+        assert await on_node(held_port, held) == [b"once"]
+    finally:
+        await admin.aclose()
+        await runner.aclose()
