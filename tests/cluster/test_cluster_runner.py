@@ -364,3 +364,23 @@ async def test_a_timeout_is_unknown_and_never_re_sent(
     finally:
         await admin.aclose()
         await runner.aclose()
+
+
+async def test_a_slot_without_a_primary_is_unavailable_and_writes_nothing(
+    runner: ClusterScriptRunner, redis_cluster: RedisCluster, keys: Keys
+) -> None:
+    """CLUSTERDOWN (here: the owner dropped the slot) means the script did not run."""
+    key = probe_key(keys, "alice")
+    slot = slot_of(key)
+    owner = redis_cluster.primary_for_slot(slot)
+    admin = Redis(port=owner.port)
+    try:
+        await admin.execute_command("CLUSTER", "DELSLOTS", slot)
+        with pytest.raises(UnavailableError, match="ClusterDownError"):
+            await run_probe(runner, key, "never")
+    finally:
+        await admin.execute_command("CLUSTER", "ADDSLOTS", slot)
+        await admin.aclose()
+    await asyncio.to_thread(redis_cluster.wait_ok)
+    assert await on_node(owner.port, key) == []
+    assert await run_probe(runner, key, "after") == [b"ok", b"1"]
