@@ -384,3 +384,42 @@ async def test_a_slot_without_a_primary_is_unavailable_and_writes_nothing(
     await asyncio.to_thread(redis_cluster.wait_ok)
     assert await on_node(owner.port, key) == []
     assert await run_probe(runner, key, "after") == [b"ok", b"1"]
+
+
+@pytest.mark.parametrize("spread", ["every primary", "one slot"])
+async def test_each_primary_gets_pipelines_of_at_most_the_limit_in_order(
+    redis_cluster: RedisCluster, keys: Keys, monkeypatch: pytest.MonkeyPatch, spread: str
+) -> None:
+    """A lane's batch takes up to the limit for each primary (not in total), and a call
+    whose primary is full waits without letting the calls of its slot overtake it."""
+    sizes: list[int] = []
+    original = ClusterScriptRunner._pipeline
+
+    async def counting(self: ClusterScriptRunner, node: Any, calls: Any, **kw: Any) -> Any:
+        sizes.append(len(calls))
+        return await original(self, node, calls, **kw)
+
+    monkeypatch.setattr(ClusterScriptRunner, "_pipeline", counting)
+    runner = await make_runner(redis_cluster, calls_per_pipeline_max=4, pipelines_in_flight_max=2)
+    try:
+        if spread == "one slot":
+            senders = [f"{keys.prefix}{{u:hot}}:probe{i}" for i in range(5)]
+        else:
+            senders = [probe_key(keys, f"user{i}") for i in range(30)]
+        calls_each = 12
+        await asyncio.gather(
+            *(
+                run_probe(runner, sender, str(n))
+                for n, sender in itertools.product(range(calls_each), senders)
+            )
+        )
+    finally:
+        await runner.aclose()
+    assert sum(sizes) == calls_each * len(senders) and max(sizes) <= 4
+    if spread == "every primary":
+        # Cut at 4 calls per batch in total, each batch would make three pipelines of
+        # about 1.3 calls (some 270 here); cut at 4 per primary, close to 90.
+        assert len(sizes) < calls_each * len(senders) / 2
+    for sender in senders:
+        port = redis_cluster.primary_for_slot(slot_of(sender)).port
+        assert await on_node(port, sender) == [str(n).encode() for n in range(calls_each)]
