@@ -38,22 +38,17 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from server.domain.errors import InvariantError, UnavailableError
-from server.ledger.cluster_keys import SLOTS, slot_of
-from server.ledger.connection import make_client
+from server.ledger.cluster_keys import slot_of
+from server.ledger.cluster_topology import CONNECTION_ERRORS, Address, SlotMap, retrieve
 from server.ledger.runner import Reply, _Call, _is_noscript, _Lane, _pack_evalsha, _settle
 from server.ledger.scripts import LuaScript, ScriptName, load_scripts
 
 log = logging.getLogger("giftwire.ledger")
 
-Address = tuple[str, int]
 REDIRECTS_MAX = 3
 """MOVED/ASK replies followed for one call before it fails as unavailable: one for a
 failover or a finished migration, one for a migration under way, one to spare."""
-REFRESH_INTERVAL_S = 0.1
-"""While a node is down every batch for it fails; the slot map is read again at most this
-often meanwhile (a MOVED reply carries its own correction and does not wait)."""
 _ASKING = b"*1\r\n$6\r\nASKING\r\n"
-_CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 _NOT_RUN = (redis_errors.ClusterDownError, redis_errors.TryAgainError)
 
 
@@ -69,90 +64,29 @@ class ClusterScriptRunner:
         pipelines_in_flight_max: int = 4,
         pool_max: int = 64,
     ) -> None:
-        if not startup_urls:
-            raise InvariantError("a cluster runner needs at least one startup node")
-        self._startup = [_address(url) for url in startup_urls]
+        self.slots = SlotMap(startup_urls, timeout_s=timeout_s, pool_max=pool_max)
         self._timeout_s = timeout_s
         self._calls_max = calls_per_pipeline_max
-        self._pool_max = pool_max
         self._lanes = [_Lane() for _ in range(max(1, pipelines_in_flight_max))]
         self._next_lane = itertools.cycle(self._lanes)
-        self._clients: dict[Address, Redis] = {}
-        self._owners: list[Address] = []
-        self._primary_count = 0
-        self._stale = True
-        self._refreshed_at = -math.inf
-        self._failing: set[Address] = set()
-        """Nodes whose last pipeline failed: logged once when they fail, once when back."""
-        self._refreshing: asyncio.Task[None] | None = None
         self._reloading: dict[Address, asyncio.Task[None]] = {}
         self.scripts: dict[str, LuaScript] = _by_name(load_scripts())
         self._extra: list[LuaScript] = []
         self.on_reload: Callable[[], Awaitable[None]] | None = None
         """Called after the scripts were loaded again on a node."""
 
-    # Topology
-
     def client(self, address: Address) -> Redis:
-        client = self._clients.get(address)
-        if client is None:
-            url = f"redis://{address[0]}:{address[1]}/0"
-            client = make_client(url, timeout_s=self._timeout_s, pool_max=self._pool_max)
-            self._clients[address] = client
-        return client
+        return self.slots.client(address)
 
     def primary_of(self, slot: int) -> Address:
         """The primary serving ``slot`` in the slot map as last read."""
-        return self._owners[slot]
-
-    @property
-    def stale(self) -> bool:
-        """True when the slot map may be out of date (a node failed or redirected)."""
-        return self._stale
-
-    def mark_stale(self) -> None:
-        self._stale = True
+        return self.slots.owners[slot]
 
     def primaries(self) -> list[Address]:
-        return sorted(set(self._owners))
+        return self.slots.primaries()
 
     async def refresh(self) -> None:
-        """Read the slot map again; concurrent callers share one read."""
-        if self._refreshing is None or self._refreshing.done():
-            task = asyncio.get_running_loop().create_task(self._read_slot_map())
-            # A caller that timed out leaves the read running (shield); its failure is then
-            # nobody's to see, and the next batch reads again.
-            task.add_done_callback(_retrieve)
-            self._refreshing = task
-        await asyncio.shield(self._refreshing)
-
-    async def _read_slot_map(self) -> None:
-        self._refreshed_at = asyncio.get_running_loop().time()
-        # Nodes that just failed go last: a black-holed host would otherwise cost each
-        # read its whole connect timeout before a live node is asked.
-        known = sorted(
-            dict.fromkeys([*self._clients, *self._startup]), key=lambda a: a in self._failing
-        )
-        failures: list[str] = []
-        for address in known:
-            try:
-                client = self.client(address)
-                reply = await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
-            except (*_CONNECTION_ERRORS, redis_errors.ResponseError) as e:
-                failures.append(f"{address[0]}:{address[1]}: {e}")
-                continue
-            owners: list[Address | None] = [None] * SLOTS
-            for low, high, primary, *_replicas in reply:
-                host = primary[0].decode() if isinstance(primary[0], bytes) else primary[0]
-                owners[low : high + 1] = [(host or address[0], int(primary[1]))] * (high - low + 1)
-            if any(owner is None for owner in owners):
-                failures.append(f"{address[0]}:{address[1]}: not every slot is served")
-                continue
-            self._owners = [owner for owner in owners if owner is not None]
-            self._primary_count = len(set(self._owners))
-            self._stale = False
-            return
-        raise UnavailableError("no cluster node gave a slot map: " + "; ".join(failures))
+        await self.slots.refresh()
 
     # Scripts
 
@@ -196,7 +130,7 @@ class ClusterScriptRunner:
         task = self._reloading.get(address)
         if task is None or task.done():
             task = asyncio.get_running_loop().create_task(self._reload_on(address))
-            task.add_done_callback(_retrieve)
+            task.add_done_callback(retrieve)
             self._reloading[address] = task
         await asyncio.shield(task)
 
@@ -216,9 +150,7 @@ class ClusterScriptRunner:
         self.scripts[str(script.name)] = script
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()
+        await self.slots.aclose()
 
     # Calls
 
@@ -269,15 +201,15 @@ class ClusterScriptRunner:
         order. The scan is bounded, so a lane full of one primary's calls costs no more.
         """
         pending = lane.pending
-        if self._primary_count <= 1:
+        if self.slots.primary_count <= 1:
             return [pending.popleft() for _ in range(min(self._calls_max, len(pending)))]
-        room = self._calls_max * self._primary_count
+        room = self._calls_max * self.slots.primary_count
         per_node: dict[Address, int] = defaultdict(int)
         batch: list[_Call] = []
         skipped: list[_Call] = []
         for _ in range(min(len(pending), 2 * room)):
             call = pending.popleft()
-            node = self._owners[slot_of(call.keys[0])]
+            node = self.slots.owners[slot_of(call.keys[0])]
             if per_node[node] < self._calls_max:
                 per_node[node] += 1
                 batch.append(call)
@@ -296,14 +228,10 @@ class ClusterScriptRunner:
     async def _send(self, batch: list[_Call]) -> None:
         try:
             async with asyncio.timeout(self._timeout_s):
-                now = asyncio.get_running_loop().time()
-                if self._stale and (
-                    not self._owners or now - self._refreshed_at >= REFRESH_INTERVAL_S
-                ):
-                    await self.refresh()
+                await self.slots.refresh_if_due()
                 await self._route(batch, REDIRECTS_MAX)
-        except (*_CONNECTION_ERRORS, TimeoutError, UnavailableError) as e:
-            self._stale = True
+        except (*CONNECTION_ERRORS, TimeoutError, UnavailableError) as e:
+            self.slots.stale = True
             _fail(batch, UnavailableError(str(e) or type(e).__name__))
         except BaseException as e:  # never leave a caller waiting forever
             _fail(batch, e)
@@ -318,19 +246,19 @@ class ClusterScriptRunner:
         """
         by_node: dict[Address, list[_Call]] = defaultdict(list)
         for call in calls:
-            by_node[self._owners[slot_of(call.keys[0])]].append(call)
+            by_node[self.slots.owners[slot_of(call.keys[0])]].append(call)
         parts = list(by_node.items())
         results = await asyncio.gather(
             *(self._on_node(node, part, redirects_left) for node, part in parts),
             return_exceptions=True,
         )
         for (node, part), result in zip(parts, results, strict=True):
-            if isinstance(result, (*_CONNECTION_ERRORS, UnavailableError)):
+            if isinstance(result, (*CONNECTION_ERRORS, UnavailableError)):
                 # Unknown outcome: these calls are not sent again; the next batch reads
                 # the slot map again (a failover may be under way).
-                self._stale = True
-                if node not in self._failing:
-                    self._failing.add(node)
+                self.slots.stale = True
+                if node not in self.slots.failing:
+                    self.slots.failing.add(node)
                     log.warning(
                         "cluster node %s:%d failed: %s: %s", *node, type(result).__name__, result
                     )
@@ -345,8 +273,8 @@ class ClusterScriptRunner:
         moved: list[tuple[_Call, redis_errors.MovedError]] = []
         asked: dict[Address, list[_Call]] = defaultdict(list)
         replies = await self._pipeline(node, calls)
-        if node in self._failing:
-            self._failing.discard(node)
+        if node in self.slots.failing:
+            self.slots.failing.discard(node)
             log.warning("cluster node %s:%d answers again", *node)
         for call, reply in zip(calls, replies, strict=True):
             if _is_noscript(reply):
@@ -371,7 +299,7 @@ class ClusterScriptRunner:
         if moved:
             await self.refresh()
             for _, reply in moved:  # newer than a map read from a node that lags behind
-                self._owners[reply.slot_id] = (reply.host, reply.port)
+                self.slots.owners[reply.slot_id] = (reply.host, reply.port)
             await self._route([call for call, _ in moved], redirects_left - 1)
 
     async def _on_node_asking(self, node: Address, calls: list[_Call]) -> None:
@@ -422,11 +350,6 @@ def _settle_on_cluster(call: _Call, reply: object) -> None:
         _settle(call, reply)
 
 
-def _retrieve(task: asyncio.Task[None]) -> None:
-    if not task.cancelled():
-        task.exception()
-
-
 def _by_name(scripts: Mapping[ScriptName, LuaScript]) -> dict[str, LuaScript]:
     return {str(name): script for name, script in scripts.items()}
 
@@ -435,12 +358,3 @@ def _fail(calls: Sequence[_Call], error: BaseException) -> None:
     for call in calls:
         if not call.future.done():
             call.future.set_exception(error)
-
-
-def _address(url: str) -> Address:
-    """``redis://host:port[/db]`` (or ``host:port``) as an address."""
-    rest = url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
-    host, _, port = rest.rpartition(":")
-    if not host or not port.isdigit():
-        raise InvariantError(f"not a cluster node address: {url!r}")
-    return host, int(port)

@@ -27,7 +27,7 @@ from redis import exceptions as redis_errors
 
 from server.domain.errors import InvariantError, UnavailableError
 from server.ledger.cluster_keys import slot_of
-from server.ledger.cluster_runner import Address, ClusterScriptRunner
+from server.ledger.cluster_topology import Address, SlotMap
 from server.ledger.runner import _bulk
 
 _DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, TimeoutError)
@@ -39,8 +39,8 @@ _NOT_SERVED = (
 
 
 class Shards:
-    def __init__(self, runner: ClusterScriptRunner, *, timeout_s: float) -> None:
-        self._runner = runner
+    def __init__(self, slots: SlotMap, *, timeout_s: float) -> None:
+        self._slots = slots
         self._timeout_s = timeout_s
 
     async def sum_field(self, keys: Sequence[str], field: str) -> int:
@@ -64,18 +64,19 @@ class Shards:
 
     async def _each(self, keys: Sequence[str], command: str, *args: str | int) -> dict[str, object]:
         """Send ``command key *args`` for every key, one pipeline per primary, all at once."""
-        if self._runner.stale:
-            await self._runner.refresh()
+        await self._slots.refresh_if_due()
         by_node: dict[Address, list[str]] = defaultdict(list)
         for key in keys:
-            by_node[self._runner.primary_of(slot_of(key))].append(key)
+            by_node[self._slots.owners[slot_of(key)]].append(key)
         try:
             async with asyncio.timeout(self._timeout_s):
                 parts = await asyncio.gather(
                     *(self._on_node(node, part, command, args) for node, part in by_node.items())
                 )
         except (*_DOWN, *_NOT_SERVED) as e:
-            self._runner.mark_stale()
+            self._slots.stale = True
+            if isinstance(e, redis_errors.MovedError):  # the new owner, sooner than a re-read
+                self._slots.owners[e.slot_id] = (e.host, e.port)
             raise UnavailableError(f"shard command failed: {type(e).__name__}: {e}") from e
         except redis_errors.ResponseError as e:  # WRONGTYPE and the like: a broken shard
             raise InvariantError(f"shard command {command} failed: {e}") from e
@@ -113,7 +114,7 @@ class Shards:
         tail = [_bulk(str(arg).encode()) for arg in args]
         head = b"*%d\r\n%b" % (2 + len(args), _bulk(command.encode()))
         packed = b"".join(head + _bulk(key.encode()) + b"".join(tail) for key in keys)
-        pool = self._runner.client(node).connection_pool
+        pool = self._slots.client(node).connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             await connection.send_packed_command(packed, check_health=False)

@@ -171,7 +171,7 @@ async def test_moved_is_followed_and_the_slot_map_corrected(
     slot = slot_of(key)
     right = runner.primary_of(slot)
     wrong = next(address for address in runner.primaries() if address != right)
-    runner._owners[slot] = wrong  # what the runner believes after a slot moved away
+    runner.slots.owners[slot] = wrong  # what the runner believes after a slot moved away
     assert await run_probe(runner, key, "a") == [b"ok", b"1"]
     assert runner.primary_of(slot) == right
     assert await on_node(right[1], key) == [b"a"]

@@ -11,18 +11,18 @@ from redis.asyncio.cluster import RedisCluster as ClusterClient
 
 from server.domain.errors import InvariantError, UnavailableError
 from server.ledger.cluster_keys import SLOTS, ClusterKeys
-from server.ledger.cluster_runner import ClusterScriptRunner
 from server.ledger.cluster_shards import Shards
+from server.ledger.cluster_topology import SlotMap
 from server.ledger.keys import Keys
 from tests.support.cluster import RedisCluster
 
 
 @pytest.fixture
 async def shards(redis_cluster: RedisCluster) -> AsyncIterator[Shards]:
-    runner = ClusterScriptRunner(redis_cluster.startup_urls[:1], timeout_s=5.0)
-    await runner.refresh()
-    yield Shards(runner, timeout_s=5.0)
-    await runner.aclose()
+    slots = SlotMap(redis_cluster.startup_urls[:1], timeout_s=5.0, pool_max=8)
+    await slots.refresh()
+    yield Shards(slots, timeout_s=5.0)
+    await slots.aclose()
 
 
 @pytest.fixture
@@ -78,14 +78,13 @@ async def test_a_stale_slot_map_fails_the_read_once_then_it_is_refreshed(
 ) -> None:
     cluster_keys = ClusterKeys(keys.prefix)
     await client.hset(cluster_keys.platform_shard(42), "coins", "7")  # type: ignore[misc]
-    runner = shards._runner
-    right = runner.primary_of(42)
-    runner._owners[42] = next(a for a in runner.primaries() if a != right)
+    slots = shards._slots
+    right = slots.owners[42]
+    slots.owners[42] = next(a for a in slots.primaries() if a != right)
     with pytest.raises(UnavailableError, match="MovedError"):
         await shards.sum_field([cluster_keys.platform_shard(42)], "coins")
-    assert runner.stale
+    assert slots.stale and slots.owners[42] == right  # from the MOVED reply itself
     assert await shards.sum_field([cluster_keys.platform_shard(42)], "coins") == 7
-    assert runner.primary_of(42) == right
 
 
 async def test_a_hash_copied_into_every_slot_replaces_the_old_copy(

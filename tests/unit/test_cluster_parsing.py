@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.domain.errors import InvariantError
-from server.ledger.cluster_runner import _address
+from server.ledger.cluster_topology import address_of
 from tests.support.cluster import _parse_nodes
 
 
@@ -19,13 +19,13 @@ from tests.support.cluster import _parse_nodes
     ],
 )
 def test_node_addresses(url: str, address: tuple[str, int]) -> None:
-    assert _address(url) == address
+    assert address_of(url) == address
 
 
 @pytest.mark.parametrize("url", ["redis://host", "redis://:7000", "redis://host:port"])
 def test_a_url_without_host_and_port_is_refused(url: str) -> None:
     with pytest.raises(InvariantError):
-        _address(url)
+        address_of(url)
 
 
 def test_cluster_nodes_lines() -> None:
