@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from server.cli.common import CommandError, HelpFormatter, refuse_cluster, say
 from server.cli.demo_secrets import secrets_path, with_demo_secrets
-from server.cli.serve import add_address, run_uvicorn
+from server.cli.serve import add_address, fit_to_serve, run_uvicorn, with_durability
 from server.domain.accounts import Role
 from server.domain.catalog import load_catalog
 from server.ledger.connection import ledger_redis_url, make_client, running_embedded
@@ -133,8 +133,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     refuse_cluster(settings, "demo")
     if args.reset:
         reset(settings)
-    settings = with_demo_secrets(settings, create=True)
-    with ledger_redis_url(settings.redis_url, settings.data_dir) as url:
+    settings = with_durability(with_demo_secrets(settings, create=True))
+    appendfsync = settings.durability_mode.appendfsync
+    with ledger_redis_url(settings.redis_url, settings.data_dir, appendfsync=appendfsync) as url:
+        if not fit_to_serve(settings, url):
+            return 4
         state = asyncio.run(seed_demo(settings, url))
         print(banner(settings, args.host, args.port, state), file=sys.stderr, flush=True)
         return run_uvicorn(settings, url, args.host, args.port, 1)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import signal
 
 import uvicorn
+from redis.exceptions import RedisError
 
 from server.cli.common import CommandError, HelpFormatter, say
+from server.domain.errors import GiftwireError
 from server.ledger.connection import ledger_redis_url, wait_for_redis
 from server.settings import Settings, env_name
+from server.web.preflight import preflight
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -62,12 +66,40 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             f"{env_name('jwt_secret')} is not set: set it to a random string of 32+ characters "
             "(or use `giftwire demo`, which makes one)"
         )
-    with ledger_redis_url(settings.redis_url, settings.data_dir) as url:
+    settings = with_durability(settings)
+    appendfsync = settings.durability_mode.appendfsync
+    with ledger_redis_url(settings.redis_url, settings.data_dir, appendfsync=appendfsync) as url:
         if not settings.redis_url:
             say(f"embedded Redis at {url} (data in {settings.data_dir / 'redis'})")
         elif not wait_for_redis(url, wait_s=args.wait_redis_s, report=say):
             return 3
+        if not fit_to_serve(settings, url):
+            return 4
         return run_uvicorn(settings, url, args.host, args.port, args.workers)
+
+
+def with_durability(settings: Settings) -> Settings:
+    """Fill in the embedded Redis' default durability, for this process and uvicorn's."""
+    settings = settings.for_embedded_redis()
+    if settings.durability:
+        os.environ[env_name("durability")] = settings.durability
+    return settings
+
+
+def fit_to_serve(settings: Settings, url: str) -> bool:
+    """Refuse an unfit Redis or a conflicting catalog: one line each, no traceback."""
+    try:
+        found = asyncio.run(preflight(settings, url, embedded=not settings.redis_url))
+    except (GiftwireError, RedisError, OSError) as e:
+        say(f"refusing to start: cannot check Redis at {url.split('@')[-1]}: {e}")
+        return False
+    for line in found.notes:
+        say(line)
+    for line in found.warnings:
+        say(f"warning: {line}")
+    for line in found.problems:
+        say(f"refusing to start: {line}")
+    return not found.problems
 
 
 def add_address(parser: argparse.ArgumentParser) -> None:

@@ -38,6 +38,7 @@ class ErrorCode(StrEnum):
     BALANCE_LIMIT = "balance_limit"
     BELOW_MINIMUM = "below_minimum"
     UNKNOWN_PAYMENT = "unknown_payment"
+    CATALOG_CHANGED = "catalog_changed"
     # Edge refusals.
     INVALID_REQUEST = "invalid_request"
     MESSAGE_TOO_LARGE = "message_too_large"
@@ -68,6 +69,7 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.BALANCE_LIMIT: "the balance would exceed its maximum",
     ErrorCode.BELOW_MINIMUM: "the amount is below the minimum",
     ErrorCode.UNKNOWN_PAYMENT: "no such payment",
+    ErrorCode.CATALOG_CHANGED: "the gift catalog changed; fetch it and send again",
     ErrorCode.INVALID_REQUEST: "the request is malformed",
     ErrorCode.MESSAGE_TOO_LARGE: "the message is larger than allowed",
     ErrorCode.UNAUTHORIZED: "missing or invalid credentials",

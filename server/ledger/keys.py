@@ -20,7 +20,11 @@ key                                    type    holds
 ``{pay:PAYMENT}:payment``              hash    one top-up and its chargeback
 ``{platform}:acct``                    hash    the platform's share (coins)
 ``{ledger}:log``                       stream  every committed transfer, never trimmed
-``{catalog}:prices``                   hash    gift id -> price in coins
+``{ledger}:generation``                string  random marker set once; gone or changed:
+                                               Redis lost its data (``watch.py``)
+``{ledger}:fence``                     string  written before WAIT (``always+replica``)
+``{catalog}:prices``                   hash    gift id -> price in coins, and ``@version``
+``{catalog}:versions``                 hash    version -> catalog document (JSON)
 =====================================  ======  ==========================================
 """
 
@@ -81,5 +85,14 @@ class Keys:
     def ledger(self) -> str:
         return f"{self.prefix}{{ledger}}:log"
 
+    def ledger_generation(self) -> str:
+        return f"{self.prefix}{{ledger}}:generation"
+
+    def ledger_fence(self) -> str:
+        return f"{self.prefix}{{ledger}}:fence"
+
     def catalog(self) -> str:
         return f"{self.prefix}{{catalog}}:prices"
+
+    def catalog_versions(self) -> str:
+        return f"{self.prefix}{{catalog}}:versions"

@@ -21,6 +21,7 @@ class ScriptName(StrEnum):
     CASH_OUT = "cash_out"
     START_STREAM = "start_stream"
     END_STREAM = "end_stream"
+    PUBLISH_CATALOG = "publish_catalog"
 
 
 @dataclass(frozen=True, slots=True)
