@@ -60,8 +60,8 @@ async def on_node(port: int, key: str) -> list[bytes]:
     """LRANGE sent straight to one node: a node that does not own the key replies MOVED."""
     client = Redis(port=port)
     try:
-        values: list[bytes] = await client.lrange(key, 0, -1)  # type: ignore[misc]
-        return values
+        values = await client.lrange(key, 0, -1)
+        return [v if isinstance(v, bytes) else v.encode() for v in values]
     finally:
         await client.aclose()
 
@@ -86,6 +86,11 @@ class Acks:
             await self._changed.wait_for(
                 lambda: all(len(v) >= marks[s] + more for s, v in self.values.items())
             )
+
+
+async def command(client: Redis, *args: object) -> object:
+    """An admin command sent to one node (redis-py leaves execute_command untyped)."""
+    return await client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
 async def run_probe(runner: ClusterScriptRunner, key: str, value: str) -> list[bytes]:
@@ -186,15 +191,15 @@ async def test_a_slot_migrated_under_the_runner_is_followed_by_ask_then_moved(
     target = next(n for n in redis_cluster.primaries() if n.port != source.port)
     source_client, target_client = Redis(port=source.port), Redis(port=target.port)
     try:
-        await target_client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
-        await source_client.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id)
+        await command(target_client, "CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
+        await command(source_client, "CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id)
         # The key does not exist on the source: it answers ASK, the target takes it.
         assert await run_probe(runner, key, "during") == [b"ok", b"1"]
     finally:
         for primary in redis_cluster.primaries():
             client = Redis(port=primary.port)
             try:
-                await client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
+                await command(client, "CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
             finally:
                 await client.aclose()
         await source_client.aclose()
@@ -302,19 +307,19 @@ async def test_per_sender_order_survives_a_slot_migrated_under_load(
     source_client, target_client = Redis(port=source.port), Redis(port=target.port)
     try:
         await acks.each_more()
-        await target_client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
-        await source_client.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id)
+        await command(target_client, "CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
+        await command(source_client, "CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id)
         await acks.each_more()
         # Move the keys one by one while calls go on (MIGRATE is atomic per key).
         for k in senders:
-            await source_client.execute_command(
-                "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", k
+            await command(
+                source_client, "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", k
             )
             await acks.each_more()  # some served by the source, some by ASK
         for primary in redis_cluster.primaries():
             client = Redis(port=primary.port)
             try:
-                await client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
+                await command(client, "CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
             finally:
                 await client.aclose()
         await acks.each_more()  # by MOVED, then the new owner
@@ -375,11 +380,11 @@ async def test_a_slot_without_a_primary_is_unavailable_and_writes_nothing(
     owner = redis_cluster.primary_for_slot(slot)
     admin = Redis(port=owner.port)
     try:
-        await admin.execute_command("CLUSTER", "DELSLOTS", slot)
+        await command(admin, "CLUSTER", "DELSLOTS", slot)
         with pytest.raises(UnavailableError, match="ClusterDownError"):
             await run_probe(runner, key, "never")
     finally:
-        await admin.execute_command("CLUSTER", "ADDSLOTS", slot)
+        await command(admin, "CLUSTER", "ADDSLOTS", slot)
         await admin.aclose()
     await asyncio.to_thread(redis_cluster.wait_ok)
     assert await on_node(owner.port, key) == []

@@ -42,7 +42,7 @@ async def test_platform_shards_are_summed_across_every_primary(
     # Shards spread over the slot range, hence over every primary.
     written = {slot: slot + 1 for slot in range(0, SLOTS, 997)}
     for slot, coins in written.items():
-        await client.hset(cluster_keys.platform_shard(slot), "coins", str(coins))  # type: ignore[misc]
+        await client.hset(cluster_keys.platform_shard(slot), "coins", str(coins))
     ports = {redis_cluster.primary_for_slot(slot).port for slot in written}
     assert len(ports) == 3
     total = await shards.sum_field(cluster_keys.platform_shards(), "coins")
@@ -68,7 +68,7 @@ async def test_a_shard_that_is_not_an_integer_is_an_invariant_error(
     shards: Shards, client: ClusterClient, keys: Keys
 ) -> None:
     cluster_keys = ClusterKeys(keys.prefix)
-    await client.hset(cluster_keys.platform_shard(5), "coins", "12x")  # type: ignore[misc]
+    await client.hset(cluster_keys.platform_shard(5), "coins", "12x")
     with pytest.raises(InvariantError, match="not an integer"):
         await shards.sum_field(cluster_keys.platform_shards(), "coins")
 
@@ -77,7 +77,7 @@ async def test_a_stale_slot_map_fails_the_read_once_then_it_is_refreshed(
     shards: Shards, client: ClusterClient, keys: Keys
 ) -> None:
     cluster_keys = ClusterKeys(keys.prefix)
-    await client.hset(cluster_keys.platform_shard(42), "coins", "7")  # type: ignore[misc]
+    await client.hset(cluster_keys.platform_shard(42), "coins", "7")
     slots = shards._slots
     right = slots.owners[42]
     slots.owners[42] = next(a for a in slots.primaries() if a != right)
@@ -103,7 +103,7 @@ async def test_a_hash_copied_into_every_slot_replaces_the_old_copy(
         primary = redis_cluster.primary_for_slot(slot)
         node = Redis(port=primary.port)
         try:
-            copy = await node.hgetall(cluster_keys.catalog_shard(slot))  # type: ignore[misc]
+            copy = await node.hgetall(cluster_keys.catalog_shard(slot))
         finally:
             await node.aclose()
         assert copy == {b"rose": b"2", b"@version": b"2"}
