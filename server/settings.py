@@ -82,7 +82,11 @@ class Settings:
     cents_per_100_diamonds: int = 50
     log_level: str = "info"
     socket_send_buffer_bytes: int = 64 * 1024
-    """Kernel send buffer of each WebSocket (read by ``server/web/uvicorn_ws.py``)."""
+    """Kernel send buffer of each WebSocket (``server/web/uvicorn_setup.py`` passes it to
+    every connection through the protocol factory)."""
+    gc_freeze_every_connections: int = 500
+    """``server/web/gc_freeze.py``: freeze the collector's long-lived objects after this
+    many accepted WebSockets (keeps full collections short with a crowd); 0: never."""
     durability: str = ""
     """When a write is acknowledged: ``everysec``, ``always`` or ``always+replica``
     (``server/ledger/redis_config.py``, ``docs/operations.md``). Unset: ``always`` for the
@@ -204,6 +208,8 @@ def _check(s: Settings, errors: list[str]) -> None:
         errors.append(f"{env_name('log_level')}: expected debug, info, warning or error")
     if s.catalog_path is not None and not s.catalog_path.is_file():
         errors.append(f"{env_name('catalog_path')}: no such file {s.catalog_path}")
+    if s.gc_freeze_every_connections < 0:
+        errors.append(f"{env_name('gc_freeze_every_connections')}: 0 (never) or more")
     if s.durability and s.durability not in {d.value for d in Durability}:
         errors.append(
             f"{env_name('durability')}: expected " + ", ".join(d.value for d in Durability)
@@ -245,6 +251,7 @@ DESCRIPTIONS: dict[str, str] = {
     "cents_per_100_diamonds": "payout per 100 diamonds cashed out (cents)",
     "log_level": "debug, info, warning or error",
     "socket_send_buffer_bytes": "kernel send buffer per WebSocket (bounds a stalled viewer)",
+    "gc_freeze_every_connections": "gc.freeze() after this many accepted WebSockets (0: never)",
     "durability": "acknowledge after: everysec (AOF fsync each second), always (fsync), "
     "always+replica (fsync and WAIT for replicas); unset: always for the embedded Redis, "
     "an external one as configured",
@@ -274,6 +281,9 @@ DESCRIPTIONS: dict[str, str] = {
     "receipt_ttl_s": "how long gift receipts are kept for retries (s)",
     "combo_window_ms": "same gift from the same sender within this window counts as a combo",
     "cashout_diamonds_min": "smallest cash-out (diamonds)",
+    "request_timeout_s": "time to send a whole HTTP request or finish a WebSocket handshake (s)",
+    "pending_requests_max": "incomplete requests and handshakes per process (oldest closed)",
+    "pending_requests_per_ip_max": "incomplete requests and handshakes per client address",
     "streams_per_creator_max": "stream ids one creator may own, live or ended (restartable)",
 }
 

@@ -16,6 +16,7 @@ from server.domain.errors import GiftwireError
 from server.ledger.connection import ledger_redis_url, wait_for_redis
 from server.settings import Settings, env_name
 from server.web.preflight import preflight
+from server.web.uvicorn_setup import uvicorn_options
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -50,9 +51,7 @@ def run_uvicorn(settings: Settings, url: str, host: str, port: int, workers: int
         host=host,
         port=port,
         workers=workers,
-        ws="server.web.uvicorn_ws:BoundedWebSocketProtocol",
-        ws_max_size=settings.limits.frame_bytes_max,
-        ws_per_message_deflate=False,
+        **uvicorn_options(settings),
         log_level=settings.log_level.lower(),
         access_log=settings.access_log,
         timeout_graceful_shutdown=5,

@@ -32,6 +32,7 @@ from server.domain.errors import ErrorCode, UnavailableError
 from server.ledger.cluster_runner import ClusterScriptRunner
 from server.protocol.close_codes import CloseCode
 from server.settings import Settings
+from server.web.edge import DirectWebSocket
 from server.web.errors import error_response
 
 log = logging.getLogger("giftwire")
@@ -43,7 +44,7 @@ NOT_YET_SUPPORTED = (
 _DOWN = (UnavailableError, redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 
 
-def create_cluster_app(settings: Settings) -> Starlette:
+def create_cluster_app(settings: Settings) -> DirectWebSocket:
     if not settings.redis_url:
         raise ValueError("cluster mode needs settings.redis_url (a node of the cluster)")
     node_url = settings.redis_url
@@ -73,7 +74,9 @@ def create_cluster_app(settings: Settings) -> Starlette:
         Route("/api/{path:path}", _refuse, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
         WebSocketRoute("/ws/streams/{stream_id}", _refuse_socket),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    # The same ASGI shape as single-node mode (create_app): upgrades skip the stack.
+    return DirectWebSocket(app, "/ws/streams/", "stream_id", _refuse_socket)
 
 
 async def _healthz(request: Request) -> Response:

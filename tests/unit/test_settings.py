@@ -139,6 +139,9 @@ BAD_VALUES = [
     ("GIFTWIRE_CATALOG_PATH", "/no/such/catalog.json", "no such file /no/such/catalog.json"),
     ("GIFTWIRE_FRAME_BYTES_MAX", "255", "at least 256"),
     ("GIFTWIRE_STREAMS_PER_CREATOR_MAX", "1000001", "at most 1000000"),
+    ("GIFTWIRE_GC_FREEZE_EVERY_CONNECTIONS", "-1", "0 (never) or more"),
+    ("GIFTWIRE_REQUEST_TIMEOUT_S", "0", "must be positive"),
+    ("GIFTWIRE_PENDING_REQUESTS_PER_IP_MAX", "0", "must be positive"),
 ]
 
 
