@@ -60,6 +60,8 @@ class SettingsError(ValueError):
 class Settings:
     redis_url: str | None = None
     """Redis to use. Unset: start a private redis-server with AOF in ``data_dir``."""
+    redis_cluster: bool = False
+    """``redis_url`` is one node of a Redis Cluster (``docs/ledger.md``, "Redis Cluster")."""
     data_dir: Path = field(default_factory=default_data_dir)
     """Always absolute when loaded by ``load_settings``."""
     key_prefix: str = DEFAULT_PREFIX
@@ -192,6 +194,12 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
 def _check(s: Settings, errors: list[str]) -> None:
     if s.redis_url is not None and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
         errors.append(f"{env_name('redis_url')}: expected redis://host:port/db")
+    if s.redis_cluster and s.redis_url is None:
+        errors.append(
+            f"{env_name('redis_cluster')}: needs {env_name('redis_url')} (a cluster node)"
+        )
+    if s.redis_cluster and ("{" in s.key_prefix or "}" in s.key_prefix):
+        errors.append(f"{env_name('key_prefix')}: no braces in cluster mode (they set the slot)")
     if s.jwt_secret and len(s.jwt_secret) < 32:
         errors.append(f"{env_name('jwt_secret')}: use at least 32 characters")
     if not 1 <= s.batch_ms <= 1000:
@@ -223,6 +231,7 @@ def _check(s: Settings, errors: list[str]) -> None:
 
 DESCRIPTIONS: dict[str, str] = {
     "redis_url": "Redis holding the ledger; unset: a private redis-server with AOF in data_dir",
+    "redis_cluster": "redis_url is a node of a Redis Cluster (gifts there: not yet, unavailable)",
     "data_dir": (
         "embedded Redis data, demo secrets, multiprocess metrics; installed without a "
         "checkout: $XDG_DATA_HOME/giftwire (~/.local/share/giftwire); relative: from the "

@@ -19,6 +19,7 @@ from server.ledger.watch import REDIS_FAILURES, LedgerWatch
 from server.realtime.hub import Hub
 from server.settings import Settings, load_settings
 from server.web import log_redaction
+from server.web.cluster_app import create_cluster_app
 from server.web.edge import DirectWebSocket
 from server.web.home import home_json, home_page
 from server.web.http_api import ROUTES
@@ -74,6 +75,8 @@ def create_app(settings: Settings) -> DirectWebSocket:
         raise ValueError("create_app needs settings.redis_url (the CLI starts the embedded Redis)")
     if not settings.jwt_secret:
         raise ValueError("GIFTWIRE_JWT_SECRET is required")
+    if settings.redis_cluster:
+        return create_cluster_app(settings)
     redis_url = settings.redis_url
 
     @asynccontextmanager
