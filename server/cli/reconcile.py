@@ -9,7 +9,7 @@ import sys
 import orjson
 from redis import exceptions as redis_errors
 
-from server.cli.common import CommandError, HelpFormatter, say
+from server.cli.common import CommandError, HelpFormatter, refuse_cluster, say
 from server.ledger.connection import ledger_redis_url, make_client, running_embedded
 from server.ledger.keys import Keys
 from server.ledger.reconcile import Report, reconcile
@@ -55,7 +55,12 @@ async def _reconcile(settings: Settings, url: str, as_json: bool) -> int:
             print(f"\r  read {entries:,} ledger entries…", end="", file=sys.stderr, flush=True)
 
     try:
-        report = await reconcile(redis, Keys(settings.key_prefix), progress)
+        report = await reconcile(
+            redis,
+            Keys(settings.key_prefix),
+            progress,
+            receipt_ttl_s=settings.limits.receipt_ttl_s,
+        )
     finally:
         await redis.aclose()
     if last:
@@ -68,6 +73,7 @@ async def _reconcile(settings: Settings, url: str, as_json: bool) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    refuse_cluster(settings, "reconcile")
     if not settings.redis_url:
         redis_dir = settings.data_dir / "redis"
         if running_embedded(redis_dir):

@@ -10,6 +10,7 @@ from server.domain.errors import ErrorCode
 from server.protocol.close_codes import CloseCode
 from server.protocol.events import SERVER_MESSAGE_TYPES
 from server.settings import settings_table
+from server.web.errors import HTTP_STATUS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,3 +38,13 @@ def test_protocol_doc_lists_every_close_code(code: CloseCode) -> None:
 @pytest.mark.parametrize("kind", SERVER_MESSAGE_TYPES)
 def test_protocol_doc_lists_every_server_message(kind: str) -> None:
     assert f"| `{kind}` |" in (ROOT / "docs" / "protocol.md").read_text()
+
+
+@pytest.mark.parametrize("code", list(HTTP_STATUS), ids=str)
+def test_protocol_doc_gives_each_code_its_http_status(code: ErrorCode) -> None:
+    rows = [
+        line
+        for line in (ROOT / "docs" / "protocol.md").read_text().splitlines()
+        if line.startswith(f"| {HTTP_STATUS[code]} |")
+    ]
+    assert any(f"`{code.value}`" in row for row in rows), f"{code} is not under {HTTP_STATUS[code]}"
