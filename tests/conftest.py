@@ -15,6 +15,7 @@ from server.domain.limits import Limits
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
+from server.record.connection import RecordPool, open_record
 from server.record.embedded import PostgresProcess
 
 
@@ -87,3 +88,11 @@ def own_postgres(tmp_path: Path) -> Iterator[PostgresProcess]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def record_pool(database_url: str) -> AsyncIterator[RecordPool]:
+    """A pool on this test's own database, its schema migrated."""
+    pool = await open_record(database_url)
+    yield pool
+    await pool.close()
