@@ -12,6 +12,7 @@ import orjson
 from server.ledger.connection import ledger_redis_url, make_client
 from server.ledger.keys import Keys
 from server.ledger.reconcile import Report, reconcile
+from server.record.commands import add_record_commands
 from server.settings import Settings, SettingsError, load_settings, settings_table
 from server.web.commands import add_commands
 
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--markdown", action="store_true", help="as the README's table")
     st.set_defaults(func=cmd_settings)
     add_commands(sub)
+    add_record_commands(sub)
     return parser
 
 

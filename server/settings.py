@@ -29,6 +29,9 @@ class Settings:
     redis_url: str | None = None
     """Redis to use. Unset: start a private redis-server with AOF in ``data_dir``."""
     data_dir: Path = Path("var/giftwire")
+    database_url: str | None = None
+    """PostgreSQL of the durable record. Unset: with an embedded Redis, an embedded
+    PostgreSQL in ``data_dir``; with ``redis_url`` set, no record (and no archiver)."""
     key_prefix: str = DEFAULT_PREFIX
     jwt_secret: str = ""
     """HS256 secret for access tokens (at least 32 characters). Required by ``serve``."""
@@ -127,6 +130,10 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
 def _check(s: Settings, errors: list[str]) -> None:
     if s.redis_url is not None and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
         errors.append(f"{env_name('redis_url')}: expected redis://host:port/db")
+    if s.database_url is not None and not s.database_url.startswith(
+        ("postgresql://", "postgres://")
+    ):
+        errors.append(f"{env_name('database_url')}: expected postgresql://user@host:port/db")
     if s.jwt_secret and len(s.jwt_secret) < 32:
         errors.append(f"{env_name('jwt_secret')}: use at least 32 characters")
     if not 1 <= s.batch_ms <= 1000:
@@ -142,6 +149,7 @@ def _check(s: Settings, errors: list[str]) -> None:
 DESCRIPTIONS: dict[str, str] = {
     "redis_url": "Redis holding the ledger; unset: a private redis-server with AOF in data_dir",
     "data_dir": "embedded Redis data, demo secrets, multiprocess metrics",
+    "database_url": "PostgreSQL of the durable record; unset: embedded one if Redis is embedded",
     "key_prefix": "prefix of every Redis key",
     "jwt_secret": "HS256 secret of access tokens, 32+ characters (required by serve)",
     "webhook_secret": "HMAC-SHA256 secret of the payment webhook",

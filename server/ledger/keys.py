@@ -18,7 +18,9 @@ key                                    type    holds
 ``{s:STREAM}:viewers``                 hash    process id -> "count:expires_ms"
 ``{pay:PAYMENT}:payment``              hash    one top-up and its chargeback
 ``{platform}:acct``                    hash    the platform's share (coins)
-``{ledger}:log``                       stream  every committed transfer, never trimmed
+``{ledger}:log``                       stream  every committed transfer; the archiver trims
+                                               what PostgreSQL holds (group ``archiver``)
+``{ledger}:archiver``                  string  lease of the active archiver (TTL)
 ``{catalog}:prices``                   hash    gift id -> price in coins
 =====================================  ======  ==========================================
 """
@@ -76,6 +78,9 @@ class Keys:
 
     def ledger(self) -> str:
         return f"{self.prefix}{{ledger}}:log"
+
+    def archiver_lease(self) -> str:
+        return f"{self.prefix}{{ledger}}:archiver"
 
     def catalog(self) -> str:
         return f"{self.prefix}{{catalog}}:prices"
