@@ -42,7 +42,7 @@ def _gift(text: str) -> GiftCommand:
 
 
 def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError("a positive integer")
     return int(text)
 

@@ -63,7 +63,7 @@ def parse_gift(text: str) -> GiftCommand:
     count = 1
     if len(words) == 2:
         raw = words[1].removeprefix("x").removeprefix("×")
-        if not raw.isdigit() or not 1 <= int(raw) <= GIFT_COUNT_MAX:
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= GIFT_COUNT_MAX:
             raise ValueError(f"count must be 1..{GIFT_COUNT_MAX}, got {words[1]!r}")
         count = int(raw)
     return GiftCommand(words[0], count)

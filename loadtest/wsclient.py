@@ -96,7 +96,7 @@ def handshake_status(head: bytes) -> tuple[int, str]:
     """The status and the chosen subprotocol of an HTTP upgrade response's head."""
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
-    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isascii() and parts[1].isdigit() else 0
     subprotocol = ""
     for line in lines[1:]:
         name, _, value = line.partition(":")

@@ -144,6 +144,8 @@ def _check(s: Settings, errors: list[str]) -> None:
         errors.append(f"{env_name('catalog_path')}: no such file {s.catalog_path}")
     if s.limits.frame_bytes_max < 256:
         errors.append(f"{env_name('frame_bytes_max')}: at least 256")
+    if s.limits.streams_per_creator_max > 1_000_000:  # start_stream.lua refuses more
+        errors.append(f"{env_name('streams_per_creator_max')}: at most 1000000")
 
 
 DESCRIPTIONS: dict[str, str] = {
@@ -164,6 +166,7 @@ DESCRIPTIONS: dict[str, str] = {
     "log_level": "debug, info, warning or error",
     "socket_send_buffer_bytes": "kernel send buffer per WebSocket (bounds a stalled viewer)",
     "frame_bytes_max": "largest incoming WebSocket message (bytes; larger: close 1009)",
+    "body_bytes_max": "largest HTTP request body (bytes; larger: 413 message_too_large)",
     "json_depth_max": "deepest nesting in a message",
     "string_length_max": "longest string in a message",
     "messages_per_s_max": "messages per connection per second (burst: 2 s worth)",
@@ -184,6 +187,7 @@ DESCRIPTIONS: dict[str, str] = {
     "receipt_ttl_s": "how long gift receipts are kept for retries (s)",
     "combo_window_ms": "same gift from the same sender within this window counts as a combo",
     "cashout_diamonds_min": "smallest cash-out (diamonds)",
+    "streams_per_creator_max": "stream ids one creator may own, live or ended (restartable)",
 }
 
 

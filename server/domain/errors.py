@@ -29,6 +29,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_STREAM = "unknown_stream"
     STREAM_NOT_LIVE = "stream_not_live"
     STREAM_EXISTS = "stream_exists"
+    STREAM_LIMIT = "stream_limit"
     NOT_STREAM_OWNER = "not_stream_owner"
     SELF_GIFT = "self_gift"
     RATE_LIMITED = "rate_limited"
@@ -56,7 +57,8 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.UNKNOWN_GIFT: "no such gift in the catalog",
     ErrorCode.UNKNOWN_STREAM: "no such stream",
     ErrorCode.STREAM_NOT_LIVE: "the stream is not live",
-    ErrorCode.STREAM_EXISTS: "a stream with this id already exists",
+    ErrorCode.STREAM_EXISTS: "this stream id belongs to another creator",
+    ErrorCode.STREAM_LIMIT: "this creator owns the most stream ids allowed; restart one",
     ErrorCode.NOT_STREAM_OWNER: "only the stream's creator may do this",
     ErrorCode.SELF_GIFT: "creators cannot send gifts to their own stream",
     ErrorCode.RATE_LIMITED: "too many gifts too quickly; slow down",

@@ -30,6 +30,9 @@ class Limits:
 
     frame_bytes_max: int = 4096
     """Largest incoming WebSocket message; larger ones close the connection with 1009."""
+    body_bytes_max: int = 16 * 1024
+    """Largest HTTP request body (every endpoint, the webhook too): a larger declared
+    ``Content-Length`` is refused before reading, a chunked body at the bound (413)."""
     json_depth_max: int = 4
     string_length_max: int = 256
     messages_per_s_max: int = 20
@@ -61,3 +64,6 @@ class Limits:
     receipt_ttl_s: int = 86_400
     combo_window_ms: int = 5_000
     cashout_diamonds_min: int = 1_000
+    streams_per_creator_max: int = 100
+    """Stream ids one creator may own (live or ended: an ended id stays its owner's, who may
+    start it again). A new id past it is refused with ``stream_limit``."""

@@ -10,7 +10,8 @@ key                                    type    holds
                                                rl_tokens/rl_at (rate limiter), daily_limit
 ``{u:USER}:gift:CLIENT_ID``            string  send_gift receipt (TTL = receipt window)
 ``{u:USER}:cashout:CLIENT_ID``         hash    one cash-out (pending payout)
-``{s:STREAM}:stream``                  hash    creator, state, title, seq, totals
+``{u:USER}:streams``                   set     stream ids the creator owns (bounded)
+``{s:STREAM}:stream``                  hash    creator, state, title, starts, seq, totals
 ``{s:STREAM}:top``                     zset    top gifters by coins
 ``{s:STREAM}:feed``                    stream  gift events, entry id ``SEQ-0``
 ``{s:STREAM}:combo:USER:GIFT``         string  combo counter (TTL = combo window)
@@ -51,6 +52,9 @@ class Keys:
 
     def cashout(self, creator_id: str, client_id: str) -> str:
         return f"{self.prefix}{{u:{creator_id}}}:cashout:{client_id}"
+
+    def creator_streams(self, creator_id: str) -> str:
+        return f"{self.prefix}{{u:{creator_id}}}:streams"
 
     def stream(self, stream_id: str) -> str:
         return f"{self.prefix}{{s:{stream_id}}}:stream"

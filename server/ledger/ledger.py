@@ -208,8 +208,9 @@ class Ledger:
                 k.room_channel(stream_id),
                 k.feed(stream_id),
                 k.leaderboard(stream_id),
+                k.creator_streams(creator_id),
             ],
-            [stream_id, creator_id, title],
+            [stream_id, creator_id, title, self.limits.streams_per_creator_max],
             order_key=stream_id,
         )
         return _stream_change(body, replayed)

@@ -18,10 +18,11 @@ class CloseCode(IntEnum):
     INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012
     """The server process is stopping (SIGTERM): reconnect, to another process, and resume."""
-    # 4001, 4003, 4004 and 4009 are reserved: today those refusals happen at the handshake,
-    # as HTTP 401, 403, 404 and 429 (docs/protocol.md).
+    # 4003, 4004 and 4009 are reserved: today those refusals happen at the handshake, as
+    # HTTP 403, 404 and 429 (docs/protocol.md).
     UNAUTHORIZED = 4001
-    """The token is missing, invalid or expired: get a new one, then reconnect."""
+    """The token expired while the socket was open (a gift after ``exp`` was refused with
+    ``token_expired``): get a new token, then reconnect with ``?since=``."""
     FORBIDDEN = 4003
     UNKNOWN_STREAM = 4004
     SLOW_CONSUMER = 4008

@@ -33,6 +33,15 @@ def issue_token(
 
 def verify_token(secret: str, token: str) -> Identity:
     """Return the token's identity, or raise RequestError(unauthorized | token_expired)."""
+    return verify_token_until(secret, token)[0]
+
+
+def verify_token_until(secret: str, token: str) -> tuple[Identity, float]:
+    """The token's identity and its ``exp`` (Unix seconds), or raise like ``verify_token``.
+
+    A WebSocket outlives the check at its handshake: it keeps ``exp`` and refuses gifts
+    from then on (``docs/protocol.md``, close 4001).
+    """
     try:
         claims = jwt.decode(
             token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub"]}
@@ -42,11 +51,13 @@ def verify_token(secret: str, token: str) -> Identity:
     except jwt.PyJWTError:
         raise RequestError(ErrorCode.UNAUTHORIZED) from None
     user_id, role, name = claims.get("sub"), claims.get("role", "viewer"), claims.get("name")
+    expires_at_s = float(claims["exp"])  # PyJWT checked it is a number, not yet passed
     if not is_valid_id(user_id) or role not in Role.__members__.values():
         raise RequestError(ErrorCode.UNAUTHORIZED)
-    return Identity(
+    identity = Identity(
         user_id, Role(role), clean_display_name(name if isinstance(name, str) else user_id)
     )
+    return identity, expires_at_s
 
 
 def bearer_from_header(value: str | None) -> str | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import os
 import secrets
@@ -17,7 +16,6 @@ import uvicorn
 
 from server.domain.accounts import Role
 from server.domain.catalog import load_catalog
-from server.domain.errors import ErrorCode, LedgerRefusal
 from server.ledger.connection import ledger_redis_url, make_client, wait_for_redis
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
@@ -109,8 +107,8 @@ def _say(message: str) -> None:
 async def seed_demo(settings: Settings, url: str) -> str:
     """Idempotent: a demo creator with a live stream and three viewers with coins.
 
-    Returns the live stream's id: ``demo``, or ``demo-2``, ``demo-3``… when an earlier demo
-    stream was ended (an ended stream stays ended).
+    Returns the live stream's id, always ``demo``: a demo stream ended earlier is started
+    again (its owner may reopen it, ``docs/ledger.md``).
     """
     redis = make_client(url, timeout_s=5)
     try:
@@ -118,14 +116,10 @@ async def seed_demo(settings: Settings, url: str) -> str:
         await ledger.prepare(load_catalog(settings.catalog_path))
         for viewer in DEMO_VIEWERS:
             await ledger.top_up(payment_id=f"demo-{viewer}", user_id=viewer, coins=DEMO_COINS)
-        for attempt in range(1, 1000):
-            stream_id = DEMO_STREAM if attempt == 1 else f"{DEMO_STREAM}-{attempt}"
-            with contextlib.suppress(LedgerRefusal):
-                await ledger.start_stream(
-                    stream_id=stream_id, creator_id=DEMO_CREATOR, title="giftwire demo stream"
-                )
-                return stream_id
-        raise LedgerRefusal(ErrorCode.STREAM_EXISTS, "no free demo stream id")
+        change = await ledger.start_stream(
+            stream_id=DEMO_STREAM, creator_id=DEMO_CREATOR, title="giftwire demo stream"
+        )
+        return change.stream_id
     finally:
         await redis.aclose()
 

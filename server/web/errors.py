@@ -21,6 +21,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INSUFFICIENT_FUNDS: 409,
     ErrorCode.DUPLICATE_MISMATCH: 409,
     ErrorCode.STREAM_EXISTS: 409,
+    ErrorCode.STREAM_LIMIT: 409,
     ErrorCode.STREAM_NOT_LIVE: 409,
     ErrorCode.MESSAGE_TOO_LARGE: 413,
     ErrorCode.RATE_LIMITED: 429,

@@ -18,11 +18,11 @@ from server.domain.errors import ErrorCode, OperatingError, RequestError, Unavai
 from server.domain.limits import AMOUNT_MAX
 from server.web.auth import bearer_from_header, verify_token
 from server.web.errors import error_response
+from server.web.inputs import int_param, read_body
 from server.web.metrics import render
 from server.web.services import Services
 
 SIGNATURE_HEADER = "x-giftwire-signature"
-BODY_BYTES_MAX = 16 * 1024
 PAGE_MAX = 200
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -40,10 +40,15 @@ def _identity(request: Request) -> Identity:
     return verify_token(_services(request).settings.jwt_secret, token)
 
 
+async def _body(request: Request) -> bytes:
+    return await read_body(request, _services(request).settings.limits.body_bytes_max)
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
-    body = await request.body()
-    if len(body) > BODY_BYTES_MAX:
-        raise RequestError(ErrorCode.MESSAGE_TOO_LARGE)
+    return _parse_json(await _body(request))
+
+
+def _parse_json(body: bytes) -> dict[str, Any]:
     try:
         doc = orjson.loads(body or b"{}")
     except orjson.JSONDecodeError:
@@ -70,12 +75,7 @@ def _amount_field(doc: dict[str, Any], name: str) -> int:
 
 
 def _int_param(request: Request, name: str, default: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or int(raw) > high:
-        raise RequestError(ErrorCode.INVALID_REQUEST, f"{name} must be an integer 0..{high}")
-    return int(raw)
+    return int_param(request.query_params.get(name), name, default, high)
 
 
 def endpoint(handler: Handler) -> Handler:
@@ -85,7 +85,11 @@ def endpoint(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except OperatingError as e:
-            return error_response(e.code, e.message, e.detail)
+            response = error_response(e.code, e.message, e.detail)
+            if e.code is ErrorCode.MESSAGE_TOO_LARGE:
+                # The rest of the body is still coming: close rather than read it through.
+                response.headers["connection"] = "close"
+            return response
         except UnavailableError:
             return error_response(ErrorCode.UNAVAILABLE)
 
@@ -187,19 +191,26 @@ def _last_seq(rows: list[bytes], default: int) -> int:
     return int(orjson.loads(rows[-1])["seq"]) if rows else default
 
 
+def _signature_matches(secret: str, body: bytes, header: str) -> bool:
+    """``header`` is ``sha256=<hex HMAC-SHA256 of body>``, compared in constant time.
+
+    Compared as bytes: ``hmac.compare_digest`` raises TypeError for a str that is not
+    ASCII, and a header may hold any latin-1 character (Starlette decodes them so).
+    """
+    given = header.removeprefix("sha256=").encode("latin-1")
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest().encode()
+    return bool(secret) and hmac.compare_digest(given, expected)
+
+
 @endpoint
 async def payment_webhook(request: Request) -> Response:
     """Top-ups and chargebacks from the payment provider, signed with HMAC-SHA256."""
     services = _services(request)
     secret = services.settings.webhook_secret
-    body = await request.body()
-    if len(body) > BODY_BYTES_MAX:
-        raise RequestError(ErrorCode.MESSAGE_TOO_LARGE)
-    given = request.headers.get(SIGNATURE_HEADER, "").removeprefix("sha256=")
-    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    if not secret or not hmac.compare_digest(given, expected):
+    body = await _body(request)
+    if not _signature_matches(secret, body, request.headers.get(SIGNATURE_HEADER, "")):
         raise RequestError(ErrorCode.BAD_SIGNATURE)
-    doc = await _json_body(request)
+    doc = _parse_json(body)
     event, payment_id, user_id = (
         doc.get("type"),
         _id_field(doc, "payment_id"),

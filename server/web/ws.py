@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import time
 import uuid
 
@@ -41,8 +42,9 @@ from server.protocol.messages import (
 from server.realtime.connection import Connection
 from server.realtime.outbox import FrameSink, Outbox
 from server.realtime.room import Room
-from server.web.auth import bearer_from_header, bearer_from_subprotocols, verify_token
+from server.web.auth import bearer_from_header, bearer_from_subprotocols, verify_token_until
 from server.web.errors import error_response
+from server.web.inputs import ascii_int
 from server.web.metrics import CONNECTIONS, ERRORS, FANOUT_DROPS, GIFT_SECONDS, GIFTS, SLOW_CLOSES
 from server.web.services import Services
 from server.web.uvicorn_ws import FRAME_SINK_EXTENSION
@@ -76,9 +78,10 @@ def _resume_since(raw: str | None) -> int | None:
     """``?since=N`` on the handshake URL: send the gifts after sequence N with the welcome."""
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 16 or int(raw) > SEQUENCE_MAX:
+    since = ascii_int(raw)  # ASCII only: "²".isdigit() is true and int("²") raises
+    if since is None or since > SEQUENCE_MAX:
         raise RequestError(ErrorCode.INVALID_REQUEST, "since must be a gift sequence number")
-    return int(raw)
+    return since
 
 
 def _frame_sink(websocket: WebSocket) -> FrameSink | None:
@@ -134,7 +137,7 @@ async def gift_socket(websocket: WebSocket) -> None:
         await _deny(websocket, ErrorCode.UNAUTHORIZED)
         return
     try:
-        identity = verify_token(settings.jwt_secret, token)
+        identity, expires_at_s = verify_token_until(settings.jwt_secret, token)
         since = _resume_since(websocket.query_params.get("since"))
         stream = await services.ledger.stream(stream_id)
     except OperatingError as e:
@@ -159,7 +162,9 @@ async def gift_socket(websocket: WebSocket) -> None:
     services.connections_by_user[identity.user_id] += 1
     services.connections_by_ip[client_ip] += 1
     CONNECTIONS.inc()
-    session = _Session(websocket, services, identity, fmt, stream_id, stream.creator_id, since)
+    session = _Session(
+        websocket, services, identity, fmt, stream_id, stream.creator_id, since, expires_at_s
+    )
     try:
         await session.run()
     finally:
@@ -179,7 +184,7 @@ class _Session:
 
     __slots__ = (
         "connection", "creator_id", "fmt", "gift_tasks", "identity", "outbox", "rate",
-        "repair", "room", "services", "since", "stream_id", "websocket",
+        "repair", "room", "services", "since", "stream_id", "token_expires_at_s", "websocket",
     )  # fmt: skip
 
     def __init__(
@@ -191,6 +196,7 @@ class _Session:
         stream_id: str,
         creator_id: str,
         since: int | None = None,
+        token_expires_at_s: float = math.inf,
     ) -> None:
         self.websocket = websocket
         self.since = since
@@ -213,6 +219,8 @@ class _Session:
         self.gift_tasks: set[asyncio.Task[None]] = set()
         self.repair: asyncio.Task[None] | None = None
         self.room: Room | None = None
+        # The token's ``exp``: gifts after it are refused and the socket closed (4001).
+        self.token_expires_at_s = token_expires_at_s
 
     async def _write(self, frame: OutFrame) -> None:
         await self.websocket.send(frame.asgi())
@@ -244,6 +252,8 @@ class _Session:
             self.outbox.on_close = functools.partial(_cancel, reader)
             await asyncio.wait({reader})
             close_code, reason = self._outcome(reader)
+            if close_code is CloseCode.UNAUTHORIZED:
+                reason = "token expired: reconnect with a new token"
         except UnavailableError:
             close_code, reason = CloseCode.GOING_AWAY, "ledger unavailable; reconnect"
         except (WebSocketDisconnect, OSError, RuntimeError):
@@ -346,7 +356,20 @@ class _Session:
             except ProtocolError as e:
                 self._error(e.code, e.client_id, e.message)
                 continue
+            if isinstance(parsed, SendGift) and time.time() >= self.token_expires_at_s:
+                return await self._token_expired(parsed)
             await self._handle(parsed)
+
+    async def _token_expired(self, message: SendGift) -> CloseCode:
+        """Refuse a gift sent after the token's ``exp``, then have the socket closed (4001).
+
+        The gifts sent before it finish first, so that each of them gets its answer; the
+        refusal names the gift's id, which tells the client it was not applied.
+        """
+        if self.gift_tasks:
+            await asyncio.wait(self.gift_tasks)
+        self._error(ErrorCode.TOKEN_EXPIRED, message.client_id)
+        return CloseCode.UNAUTHORIZED
 
     async def _handle(self, message: SendGift | Resume | Ping) -> None:
         if isinstance(message, SendGift):

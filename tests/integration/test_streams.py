@@ -11,10 +11,18 @@ import pytest
 from redis.asyncio import Redis
 
 from server.domain.errors import ErrorCode, InvariantError, LedgerRefusal
+from server.domain.limits import Limits
 from server.domain.streams import StreamState
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger, StreamChange
-from tests.integration.helpers import CREATOR, STREAM, assert_books_reconcile, gift, snapshot
+from tests.integration.helpers import (
+    CREATOR,
+    STREAM,
+    assert_books_reconcile,
+    gift,
+    make_ledger,
+    snapshot,
+)
 
 
 async def _events_of(redis: Redis, keys: Keys, action: Awaitable[object]) -> list[Any]:
@@ -111,16 +119,100 @@ async def test_start_refusals_write_nothing(
     assert await snapshot(redis, keys) == before
 
 
-async def test_an_ended_stream_cannot_be_started_again(
+async def test_an_ended_stream_is_reopened_by_its_owner_and_keeps_its_history(
     ledger: Ledger, redis: Redis, keys: Keys
 ) -> None:
+    """Issue #11 item 13: an ended id stays its owner's, who may start it again."""
+    await _start(ledger)
+    await ledger.top_up(payment_id="pay1", user_id="alice", coins=10)
+    await gift(ledger, "g1", count=2)
+    await _end(ledger)
+    top_before = await redis.zrange(keys.leaderboard(STREAM), 0, -1, withscores=True)
+    events = await _events_of(redis, keys, _start(ledger, title="second live"))
+    assert events == [{"type": "stream", "stream_id": STREAM, "state": "live"}]
+    stream = await ledger.stream(STREAM)
+    assert stream is not None
+    assert (stream.state, stream.title, stream.creator_id) == (
+        StreamState.LIVE,
+        "second live",
+        CREATOR,
+    )
+    # The same stream again: the sequence, totals, feed and leaderboard carry on.
+    assert (stream.last_sequence, stream.coins_total, stream.gifts_total) == (1, 2, 2)
+    assert await redis.hget(keys.stream(STREAM), "starts") == b"2"
+    assert await redis.hexists(keys.stream(STREAM), "ended_at") == 0
+    assert await redis.zrange(keys.leaderboard(STREAM), 0, -1, withscores=True) == top_before
+    receipt = await gift(ledger, "g2")
+    assert receipt.seq == 2  # never a sequence number used twice
+    assert [orjson.loads(e)["seq"] for e in await ledger.feed(STREAM, 0, 10)] == [1, 2]
+    # Starting it again while live is a replay, as before.
+    assert (await _start(ledger)).replayed is True
+    # Ended and reopened once more: each restart counts.
+    await _end(ledger)
+    assert (await _start(ledger)).replayed is False
+    assert await redis.hget(keys.stream(STREAM), "starts") == b"3"
+    assert await redis.smembers(keys.creator_streams(CREATOR)) == {STREAM.encode()}
+    await assert_books_reconcile(ledger)
+
+
+async def test_an_ended_stream_stays_its_owners(ledger: Ledger, redis: Redis, keys: Keys) -> None:
     await _start(ledger)
     await _end(ledger)
     before = await snapshot(redis, keys)
     with pytest.raises(LedgerRefusal) as refused:
-        await _start(ledger)
+        await _start(ledger, creator="squatter")
     assert refused.value.code is ErrorCode.STREAM_EXISTS
     assert await snapshot(redis, keys) == before
+
+
+async def test_a_creator_owns_at_most_the_bound_of_stream_ids(redis: Redis, keys: Keys) -> None:
+    ledger = await make_ledger(redis, keys, Limits(streams_per_creator_max=3))
+    for n in range(3):
+        await ledger.start_stream(stream_id=f"mine{n}", creator_id=CREATOR, title="")
+        await ledger.end_stream(stream_id=f"mine{n}", actor_id=CREATOR, is_admin=False)
+    before = await snapshot(redis, keys)
+    with pytest.raises(LedgerRefusal) as refused:
+        await ledger.start_stream(stream_id="mine3", creator_id=CREATOR, title="")
+    assert refused.value.code is ErrorCode.STREAM_LIMIT
+    assert refused.value.detail == {"streams_max": 3}
+    assert await snapshot(redis, keys) == before
+    # Ended ids still count, and may be started again; another creator has its own bound.
+    assert (await ledger.start_stream(stream_id="mine1", creator_id=CREATOR, title="")).state
+    await ledger.start_stream(stream_id="theirs", creator_id="creator2", title="")
+    assert await redis.scard(keys.creator_streams(CREATOR)) == 3
+
+
+async def test_concurrent_claims_are_bounded_per_creator(redis: Redis, keys: Keys) -> None:
+    bound = 5
+    ledger = await make_ledger(redis, keys, Limits(streams_per_creator_max=bound))
+    creators = [f"creator{c}" for c in range(4)]
+    ids = [f"hot{i}" for i in range(12)]
+    # Every creator races for every id, twice: each id is won once, no creator passes the
+    # bound, and each refusal is either "another creator owns it" or "you own enough".
+    calls = [
+        ledger.start_stream(stream_id=i, creator_id=c, title="")
+        for _ in range(2)
+        for i in ids
+        for c in creators
+    ]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    owners: dict[str, str] = {}
+    for result in results:
+        if isinstance(result, StreamChange):
+            assert owners.setdefault(result.stream_id, result.creator_id) == result.creator_id
+        else:
+            assert isinstance(result, LedgerRefusal), result
+            assert result.code in (ErrorCode.STREAM_EXISTS, ErrorCode.STREAM_LIMIT)
+    assert sum(isinstance(r, StreamChange) and not r.replayed for r in results) == len(owners)
+    for creator in creators:
+        owned = {m.decode() for m in await redis.smembers(keys.creator_streams(creator))}
+        assert len(owned) <= bound
+        assert owned == {i for i, c in owners.items() if c == creator}
+    for stream_id, creator in owners.items():
+        stream = await ledger.stream(stream_id)
+        assert stream is not None and stream.creator_id == creator
+    # 12 ids, 4 creators of at most 5: every id found an owner.
+    assert set(owners) == set(ids)
 
 
 async def test_concurrent_starts_open_the_stream_once(ledger: Ledger) -> None:
@@ -255,6 +347,29 @@ STREAM_CORRUPTIONS: dict[str, Callable[[Redis, Keys], Awaitable[object]]] = {
     "stream is a string": lambda r, k: r.set(k.stream(STREAM), "x"),
     "stream is a list": _stream_is_a_list,
 }
+
+
+async def _ended_with_corrupt_starts(redis: Redis, keys: Keys) -> None:
+    await redis.hset(
+        keys.stream(STREAM), mapping={"creator": CREATOR, "state": "ended", "starts": "1e3"}
+    )
+
+
+START_CORRUPTIONS: dict[str, Callable[[Redis, Keys], Awaitable[object]]] = {
+    "creator's stream set is a string": lambda r, k: r.set(k.creator_streams(CREATOR), "x"),
+    "an ended stream's starts is not an integer": _ended_with_corrupt_starts,
+}
+
+
+@pytest.mark.parametrize("corruption", list(START_CORRUPTIONS))
+async def test_corrupt_start_keys_fail_before_any_write(
+    ledger: Ledger, redis: Redis, keys: Keys, corruption: str
+) -> None:
+    await START_CORRUPTIONS[corruption](redis, keys)
+    before = await snapshot(redis, keys)
+    with pytest.raises(InvariantError):
+        await _start(ledger)
+    assert await snapshot(redis, keys) == before
 
 
 @pytest.mark.parametrize("corruption", list(STREAM_CORRUPTIONS))

@@ -287,3 +287,12 @@ def readyz_status(server: ServerProcess) -> int:
         return int(error.code)
     except OSError:
         return 0
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process, from ``/proc`` (KiB)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")

@@ -15,6 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from server.domain.accounts import Role
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
 from tests.reliability.conftest import Books, Spawn
@@ -24,7 +25,7 @@ from tests.reliability.helpers import (
     assert_books_hold,
     open_stream,
 )
-from tests.support.servers import ServerProcess, token
+from tests.support.servers import ServerProcess, http_json, token
 
 RATE_PER_S, BURST = 5, 10
 
@@ -184,3 +185,32 @@ async def test_a_combo_burst_is_bounded_by_the_largest_count(
         await alice.close()
     expected = 20_000 - count if count <= 9_999 else 20_000
     assert (await ledger.balance("alice")).coins == expected
+
+
+async def test_stream_ids_are_bounded_per_creator_and_reopened_by_their_owner(
+    redis_server: RedisProcess, spawn: Spawn
+) -> None:
+    """Issue #11 item 13: one creator made 5,000 streams in 3.5 s, and a squatter who
+    claimed ``bob`` kept it from its owner for good."""
+    server = spawn(redis_server.url, GIFTWIRE_STREAMS_PER_CREATOR_MAX="3")
+    squatter, bob = token("squatter", Role.CREATOR), token("bob", Role.CREATOR)
+    url = f"{server.http}/api/streams"
+    started = [http_json("POST", url, {"title": "x"}, bearer=squatter) for _ in range(3)]
+    assert [status for status, _ in started] == [201, 201, 201]
+    status, body = http_json("POST", url, {"stream_id": "bob"}, bearer=squatter)
+    assert (status, body["error"]["code"]) == (409, "stream_limit")
+    assert body["error"]["detail"] == {"streams_max": 3}
+    # bob claims his own id; ended, it stays his, and he opens it again.
+    assert http_json("POST", url, {"stream_id": "bob"}, bearer=bob)[0] == 201
+    assert http_json("POST", f"{url}/bob/end", bearer=bob)[0] == 200
+    status, body = http_json("POST", url, {"stream_id": "bob"}, bearer=squatter)
+    assert (status, body["error"]["code"]) == (409, "stream_exists")
+    status, body = http_json("POST", url, {"stream_id": "bob", "title": "again"}, bearer=bob)
+    assert (status, body["state"]) == (201, "live")
+    status, body = http_json("GET", f"{url}/bob")
+    assert (status, body["state"], body["title"], body["creator_id"]) == (
+        200,
+        "live",
+        "again",
+        "bob",
+    )

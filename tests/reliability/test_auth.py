@@ -6,6 +6,7 @@ giftwire uses no one-time tickets: a WebSocket is opened with the access token i
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -124,7 +125,7 @@ async def test_bad_tokens_are_refused_at_the_handshake_and_over_http(
     # A token is never taken from the query string, and `since` must be a sequence.
     assert await _refused(server, f"?token={token('alice')}") == (401, "unauthorized")
     protocols = [f"bearer.{token('alice')}"]
-    for since in ("abc", "-1", "1e3", "9" * 17):
+    for since in ("abc", "-1", "1e3", "9" * 17, "%C2%B2", "%D9%A3"):  # ², ٣
         refusal = await _refused(server, f"?since={since}", subprotocols=protocols)
         assert refusal == (400, "invalid_request")
     assert (await ledger.balance("alice")).coins == 100
@@ -238,3 +239,45 @@ async def test_no_token_reaches_a_log_line(
     for secret in secrets:
         for part in (secret, *(p for p in secret.split(".")[1:] if len(p) > 8)):
             assert part not in text, f"token material in the {level} log"
+
+
+async def test_a_gift_after_the_tokens_expiry_is_refused_and_the_socket_closed_4001(
+    books: Books, redis_server: RedisProcess, keys: Keys, spawn: Spawn
+) -> None:
+    """Issue #11 item 9: a gift was acked 2 s after ``exp`` on a socket opened before it."""
+    ledger = await books(redis_server.url)
+    await open_stream(ledger, ("alice", 100))
+    server = spawn(redis_server.url)
+    short = token("alice", ttl_s=4)
+    expires_at_s = jwt.decode(short, options={"verify_signature": False})["exp"]
+    peer = await Peer.open(server, short)
+    try:
+        await peer.send_gift("before-exp")
+        await peer.wait_replies(["before-exp"])
+        assert peer.acks["before-exp"]["coins"] == 1  # the token was good: applied
+        # Wait for the expiry itself (not a timing assertion): the socket is still open.
+        await asyncio.sleep(max(0.0, expires_at_s - time.time()) + 0.2)
+        assert not peer.closed.is_set()
+        await peer.send_gift("after-exp")
+        await peer.wait_replies(["after-exp"])
+        refusal = peer.reply("after-exp")
+        assert refusal is not None and refusal["type"] == "error", refusal
+        assert refusal["code"] == "token_expired"
+        await asyncio.wait_for(peer.closed.wait(), 10)
+        assert peer.ws.close_code == 4001
+        assert "token expired" in (peer.ws.close_reason or "")
+    finally:
+        await peer.close()
+    # HTTP agrees with the socket, and a fresh token carries on where the client was.
+    status, body = http_json("GET", f"{server.http}/api/me/wallet", bearer=short)
+    assert (status, body["error"]["code"]) == (401, "token_expired")
+    assert await _refused(server, subprotocols=[f"bearer.{short}"]) == (401, "token_expired")
+    fresh = await Peer.open(server, token("alice"), since=0)
+    try:
+        await fresh.send_gift("after-exp")  # the refused gift, retried with its id
+        await fresh.wait_replies(["after-exp"])
+        assert fresh.acks["after-exp"]["replayed"] is False  # it had not been applied
+    finally:
+        await fresh.close()
+    assert (await ledger.balance("alice")).coins == 98
+    await assert_books_hold(ledger.redis, keys)

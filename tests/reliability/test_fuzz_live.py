@@ -19,6 +19,7 @@ import os
 import socket
 import struct
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis import Redis
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from server.domain.errors import ErrorCode
@@ -38,9 +39,9 @@ from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
 from server.protocol.close_codes import CloseCode
 from tests.reliability.conftest import Spawn
-from tests.reliability.helpers import CREATOR, STREAM, readyz_status
+from tests.reliability.helpers import CREATOR, STREAM, readyz_status, rss_kib
 from tests.reliability.hostile import json_text, msgpack_bytes
-from tests.support.servers import ServerProcess, token
+from tests.support.servers import ServerProcess, http_json, token
 
 FRAMES_PER_FORMAT = 400
 DOCUMENTED_CODES = {code.value for code in ErrorCode}
@@ -48,14 +49,6 @@ DOCUMENTED_CLOSES: set[int | None] = {code.value for code in CloseCode}
 DOCUMENTED_CLOSES.add(None)  # the TCP connection closed without a close frame
 HARMLESS = {"welcome", "pong", "stats", "leaderboard", "lag", "gap", "stream", "gift", "gifts"}
 COINS = 1_000
-
-
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -177,7 +170,7 @@ def test_hostile_frames_get_documented_answers_and_change_nothing(
     fuzzers["msgpack"].send(msgpack.packb({"type": "ping"}))
 
     # Baseline: plain pings, as many as the hostile frames to come.
-    rss_before, cpu_before = _rss_kib(pid), _cpu_ticks(pid)
+    rss_before, cpu_before = rss_kib(pid), _cpu_ticks(pid)
     for n in range(FRAMES_PER_FORMAT):
         fuzzers["json"].send(orjson.dumps({"type": "ping", "id": f"p{n}"}).decode())
         fuzzers["msgpack"].send(msgpack.packb({"type": "ping", "id": f"p{n}"}))
@@ -203,7 +196,7 @@ def test_hostile_frames_get_documented_answers_and_change_nothing(
     fuzz()
     cpu_hostile = _cpu_ticks(pid) - cpu_before
     hostile_frames = sum(f.frames for f in fuzzers.values()) - baseline_frames
-    rss_after = _rss_kib(pid)
+    rss_after = rss_kib(pid)
 
     assert readyz_status(server) == 200
     spent = sum(f.spent for f in fuzzers.values())
@@ -334,3 +327,60 @@ def test_raw_frames_are_closed_with_documented_codes(
     assert readyz_status(server) == 200
     assert int(redis.hget(keys.account("fuzzer"), "coins") or 0) == COINS
     print(f"\nraw frames: {seen}")
+
+
+# Text that ``str.isdigit()`` accepts but is no ASCII number: int() rejects the first two
+# (a 500 with a traceback before the fix) and reads the third as 3.
+NOT_ASCII_NUMBERS = ["²", "1²", "٣", "１"]  # superscript two, Arabic-Indic three, fullwidth one
+# Header values (latin-1, as HTTP carries them) that are not ASCII: compare_digest raised
+# TypeError on them, a 500 and a 60-line traceback per unauthenticated request.
+NOT_ASCII_SIGNATURES = ["sha256=²", "sha256=é" + "0" * 63, "é", "sha256=" + "ÿ" * 64]
+
+
+def _status_code(method: str, url: str, **kwargs: Any) -> tuple[int, str]:
+    status, body = http_json(method, url, **kwargs)
+    return status, body["error"]["code"] if status >= 400 else ""
+
+
+def test_non_ascii_numbers_and_headers_get_documented_refusals(
+    live: tuple[ServerProcess, dict[str, Fuzzer], Redis], keys: Keys
+) -> None:
+    server, _, redis = live
+    base = f"{server.http}/api/streams/{STREAM}"
+    for raw in NOT_ASCII_NUMBERS:
+        text = urllib.parse.quote(raw)
+        for url in (f"{base}/gifts?after={text}", f"{base}/gifts?limit={text}",
+                    f"{base}/leaderboard?limit={text}"):  # fmt: skip
+            assert _status_code("GET", url) == (400, "invalid_request"), (raw, url)
+        since_url = server.ws_url(STREAM) + f"?since={text}"
+        bearer = [f"bearer.{token('fuzzer')}"]
+        with (
+            pytest.raises(InvalidStatus) as refused,
+            connect(
+                since_url,
+                subprotocols=bearer,
+                open_timeout=10,  # type: ignore[arg-type]
+            ),
+        ):
+            pass
+        response = refused.value.response
+        assert response.status_code == 400, raw
+        assert orjson.loads(response.body)["error"]["code"] == "invalid_request"
+    # ASCII still works, so the refusals above are about the digits.
+    assert _status_code("GET", f"{base}/gifts?after=0&limit=5") == (200, "")
+
+    event = orjson.dumps({"type": "payment.succeeded", "payment_id": "p1", "user_id": "fuzzer",
+                          "coins": 5})  # fmt: skip
+    webhook = f"{server.http}/api/webhooks/payments"
+    for signature in NOT_ASCII_SIGNATURES:
+        refusal = _status_code(
+            "POST", webhook, raw=event, headers={"x-giftwire-signature": signature}
+        )
+        assert refusal == (401, "bad_signature"), signature
+    for bearer in ("é", "²." * 3, "ÿ" * 40):
+        refusal = _status_code("GET", f"{server.http}/api/me/wallet", headers={
+            "authorization": f"Bearer {bearer}"})  # fmt: skip
+        assert refusal == (401, "unauthorized"), bearer
+    assert readyz_status(server) == 200
+    assert int(redis.hget(keys.account("fuzzer"), "coins") or 0) == COINS
+    # The spawn fixture then checks the server's log holds no traceback.

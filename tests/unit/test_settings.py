@@ -129,6 +129,7 @@ BAD_VALUES = [
     ("GIFTWIRE_LOG_LEVEL", "verbose", "expected debug, info, warning or error"),
     ("GIFTWIRE_CATALOG_PATH", "/no/such/catalog.json", "no such file /no/such/catalog.json"),
     ("GIFTWIRE_FRAME_BYTES_MAX", "255", "at least 256"),
+    ("GIFTWIRE_STREAMS_PER_CREATOR_MAX", "1000001", "at most 1000000"),
 ]
 
 

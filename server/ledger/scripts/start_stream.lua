@@ -1,36 +1,73 @@
--- start_stream: a creator opens a live stream. Starting the same stream again is a replay.
+-- start_stream: a creator opens a live stream, or reopens one of its own that has ended.
+-- Starting a live stream again is a replay.
 --
--- KEYS[1]  {s:STREAM}:stream   stream hash
--- KEYS[2]  {s:STREAM}:room     pub/sub channel
--- KEYS[3]  {s:STREAM}:feed     gift feed (cleared when a new stream takes the id)
--- KEYS[4]  {s:STREAM}:top      leaderboard (cleared likewise)
+-- A stream id belongs to the creator that first claimed it, for good: nobody else can take
+-- it, and its owner can start it again after ending it. A restart reopens the same stream:
+-- seq, feed, leaderboard and totals carry on, so that a `?since=` or a history page held
+-- by a client stays valid and no sequence number is ever used twice (realtime's epoch, set
+-- here, need not change on a restart; a restart that reset seq or the feed would need a
+-- new one). Each creator may own at most ARGV[4] ids (docs/ledger.md, "Stream ids").
+--
+-- KEYS[1]  {s:STREAM}:stream    stream hash
+-- KEYS[2]  {s:STREAM}:room      pub/sub channel
+-- KEYS[3]  {s:STREAM}:feed      gift feed (cleared when a new stream takes the id)
+-- KEYS[4]  {s:STREAM}:top       leaderboard (cleared likewise)
+-- KEYS[5]  {u:CREATOR}:streams  set of the stream ids the creator owns
 --
 -- ARGV[1]  stream id     ARGV[2]  creator id     ARGV[3]  title
+-- ARGV[4]  most stream ids one creator may own (streams_per_creator_max)
 --
--- Reply: {'ok', stream JSON} | {'replay', stream JSON} | {'refused', code}
--- Stream JSON: stream_id, creator_id, title, state, started_at (ms)
--- Refusal codes: invalid_request, stream_exists (owned by someone else, or already ended)
+-- Reply: {'ok', stream JSON} | {'replay', stream JSON} | {'refused', code[, detail JSON]}
+-- Stream JSON: stream_id, creator_id, title, state, started_at (ms), starts (1 when new)
+-- Refusal codes: invalid_request, stream_exists (owned by another creator),
+--   stream_limit (a new id past the creator's bound; detail: streams_max)
 
 local stream_id, creator, title = ARGV[1], ARGV[2], ARGV[3]
-if not (id_arg(stream_id) and id_arg(creator) and type(title) == 'string' and #title <= 256) then
+local streams_max = int_arg(ARGV[4], 1, 1000000)
+if not (id_arg(stream_id) and id_arg(creator) and type(title) == 'string' and #title <= 256
+    and streams_max) then
   return refuse('invalid_request')
 end
-local existing = redis.call('HMGET', KEYS[1], 'creator', 'state', 'title', 'started_at')
+local existing = redis.call('HMGET', KEYS[1], 'creator', 'state', 'title', 'started_at',
+  'starts')
+local owned = redis.call('SCARD', KEYS[5])  -- fails on a wrong-typed key, before any write
+local ms = now_ms()
+local function body(state, shown_title, started_at, starts)
+  return cjson.encode({stream_id = stream_id, creator_id = creator, title = shown_title,
+    state = state, started_at = started_at, starts = starts})
+end
+local function announce()
+  redis.call('PUBLISH', KEYS[2], cjson.encode({type = 'stream', stream_id = stream_id,
+    state = 'live'}))
+end
+
 if existing[1] then
-  if existing[1] ~= creator or existing[2] ~= 'live' then
+  if existing[1] ~= creator then
     return refuse('stream_exists')
   end
-  return {'replay', cjson.encode({stream_id = stream_id, creator_id = creator,
-    title = existing[3], state = 'live', started_at = tonumber(existing[4])})}
+  -- 'starts' is absent on streams started before restarts existed: they count as one.
+  local starts = existing[5] and stored_int(existing[5]) or 1
+  if existing[2] == 'live' then
+    return {'replay', body('live', existing[3], tonumber(existing[4]), starts)}
+  end
+  -- The owner reopens an ended stream: only its state, title and start change.
+  starts = starts + 1
+  redis.call('SADD', KEYS[5], stream_id)
+  redis.call('HSET', KEYS[1], 'state', 'live', 'title', title, 'started_at', int(ms),
+    'starts', int(starts))
+  redis.call('HDEL', KEYS[1], 'ended_at')
+  announce()
+  return {'ok', body('live', title, ms, starts)}
 end
-local ms = now_ms()
+
+if owned >= streams_max then
+  return refuse('stream_limit', {streams_max = streams_max})
+end
 -- A feed or leaderboard without its stream hash is a leftover (the hash was deleted by
 -- hand): clear it, so that feed entry ids restart at 1 with the sequence.
 redis.call('DEL', KEYS[3], KEYS[4])
+redis.call('SADD', KEYS[5], stream_id)
 redis.call('HSET', KEYS[1], 'creator', creator, 'state', 'live', 'title', title,
-  'started_at', int(ms), 'seq', 0, 'coins', 0, 'diamonds', 0, 'gifts', 0)
-local body = cjson.encode({stream_id = stream_id, creator_id = creator, title = title,
-  state = 'live', started_at = ms})
-redis.call('PUBLISH', KEYS[2], cjson.encode({type = 'stream', stream_id = stream_id,
-  state = 'live'}))
-return {'ok', body}
+  'started_at', int(ms), 'starts', 1, 'seq', 0, 'coins', 0, 'diamonds', 0, 'gifts', 0)
+announce()
+return {'ok', body('live', title, ms, 1)}
