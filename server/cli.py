@@ -13,12 +13,15 @@ from server.ledger.connection import ledger_redis_url, make_client
 from server.ledger.keys import Keys
 from server.ledger.reconcile import Report, reconcile
 from server.record.commands import add_record_commands
+from server.record.connection import open_record, record_database_url
+from server.record.reconcile import CrossReport, reconcile_across
 from server.settings import Settings, SettingsError, load_settings, settings_table
 from server.web.commands import add_commands
 
 
-def _print_report(report: Report) -> None:
-    t = report.totals
+def _print_report(report: Report | CrossReport) -> None:
+    cross = report if isinstance(report, CrossReport) else None
+    t = report.ledger.totals if isinstance(report, CrossReport) else report.totals
     rows = [
         ("ledger entries", t.entries),
         ("accounts", t.accounts),
@@ -35,17 +38,26 @@ def _print_report(report: Report) -> None:
         ("payouts (cents)", t.payout_cents),
         ("debt outstanding", t.debt_held),
     ]
+    if cross:
+        r = cross.record
+        rows += [
+            ("record: transfers", r.recorded),
+            ("  trimmed from Redis", r.trimmed),
+            ("  left in Redis", r.redis_tail),
+            ("  not archived (lag)", r.lag),
+        ]
     for label, value in rows:
         print(f"{label:<24}{value:>20,}")
+    problems = [*cross.ledger.problems, *cross.problems] if cross else report.problems
     if report.ok:
-        print("books reconcile: OK")
+        print("books reconcile: OK" + (" (Redis and the record)" if cross else ""))
     else:
-        print(f"books DO NOT reconcile: {len(report.problems)} problem(s)")
-        for problem in report.problems[:50]:
+        print(f"books DO NOT reconcile: {len(problems)} problem(s)")
+        for problem in problems[:50]:
             print(f"  - {problem}")
 
 
-async def _reconcile(settings: Settings, url: str, as_json: bool) -> int:
+async def _reconcile(settings: Settings, url: str, as_json: bool, database_url: str | None) -> int:
     redis = make_client(url, timeout_s=30)
     last = 0
 
@@ -55,8 +67,17 @@ async def _reconcile(settings: Settings, url: str, as_json: bool) -> int:
             last = entries
             print(f"\r  read {entries:,} ledger entries…", end="", file=sys.stderr, flush=True)
 
+    report: Report | CrossReport
     try:
-        report = await reconcile(redis, Keys(settings.key_prefix), progress)
+        if database_url:
+            # The archiver trims Redis' log: the history is the record's part and the tail.
+            pool = await open_record(database_url)
+            try:
+                report = await reconcile_across(redis, Keys(settings.key_prefix), pool, progress)
+            finally:
+                await pool.close()
+        else:
+            report = await reconcile(redis, Keys(settings.key_prefix), progress)
     finally:
         await redis.aclose()
     if last:
@@ -69,8 +90,11 @@ async def _reconcile(settings: Settings, url: str, as_json: bool) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    with ledger_redis_url(settings.redis_url, settings.data_dir) as url:
-        return asyncio.run(_reconcile(settings, url, args.json))
+    with (
+        ledger_redis_url(settings.redis_url, settings.data_dir) as url,
+        record_database_url(settings.database_url, settings.redis_url, settings.data_dir) as db,
+    ):
+        return asyncio.run(_reconcile(settings, url, args.json, db))
 
 
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:

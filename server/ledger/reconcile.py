@@ -16,7 +16,7 @@ reports the in-flight ones as mismatches: run it on a quiet ledger or a replica.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -118,24 +118,38 @@ def _apply(
         problems.append(f"{entry_id}: unknown entry type {kind!r}")
 
 
+async def log_entries(redis: Redis, keys: Keys, start: str = "-") -> AsyncIterator[StreamRows]:
+    """``{ledger}:log`` from ``start`` on, oldest first, in chunks."""
+    while True:
+        rows = cast(StreamRows, await redis.xrange(keys.ledger(), min=start, max="+", count=_CHUNK))
+        if rows:
+            yield rows
+        if len(rows) < _CHUNK:
+            return
+        start = "(" + rows[-1][0].decode()
+
+
 async def reconcile(
-    redis: Redis, keys: Keys, progress: Callable[[int], None] | None = None
+    redis: Redis,
+    keys: Keys,
+    progress: Callable[[int], None] | None = None,
+    entries: AsyncIterator[StreamRows] | None = None,
 ) -> Report:
-    """Replay the ledger and check it against the balances. ``progress(entries_read)``."""
+    """Replay the ledger and check it against the balances. ``progress(entries_read)``.
+
+    ``entries``: the whole history, oldest first; by default Redis' log. Once the archiver
+    has trimmed the log, ``server.record.reconcile`` passes the record's part followed by
+    what is left in Redis.
+    """
     report = Report()
     t, problems = report.totals, report.problems
     model: defaultdict[str, _Expected] = defaultdict(_Expected)
-    start = "-"
-    while True:
-        rows = cast(StreamRows, await redis.xrange(keys.ledger(), min=start, max="+", count=_CHUNK))
+    async for rows in entries if entries is not None else log_entries(redis, keys):
         for entry_id, entry in rows:
             _apply(entry, model, t, problems, entry_id.decode())
         t.entries += len(rows)
         if progress:
             progress(t.entries)
-        if len(rows) < _CHUNK:
-            break
-        start = "(" + rows[-1][0].decode()
 
     seen: set[str] = set()
     async for key in redis.scan_iter(match=keys.account_pattern(), count=1000):
