@@ -14,10 +14,8 @@ from server.ledger.connection import ledger_redis_url, make_client
 from server.ledger.keys import Keys
 from server.record.archiver import LEASE_TTL_MS, Archiver, ArchiverConfig
 from server.record.connection import open_record, record_database_url
+from server.record.service import ARCHIVER_REDIS_TIMEOUT_S
 from server.settings import Settings, env_name
-
-ARCHIVER_REDIS_TIMEOUT_S = 10.0
-"""Above the archiver's blocking read (``block_ms``), which holds the connection."""
 
 
 async def _archive(

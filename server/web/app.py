@@ -19,6 +19,7 @@ from server.ledger.connection import make_client
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
 from server.realtime.hub import Hub
+from server.record.service import RecordService
 from server.settings import Settings, load_settings
 from server.web import log_redaction
 from server.web.http_api import ROUTES
@@ -85,12 +86,20 @@ def create_app(settings: Settings) -> Starlette:
             on_drop=FANOUT_DROPS.inc,
         )
         await hub.start()
-        app.state.services = Services(settings, catalog, redis, ledger, hub)
+        record = None
+        if settings.database_url:
+            record = RecordService(settings.database_url, redis_url, Keys(settings.key_prefix))
+            record.start()
+        else:
+            log.warning("no durable record: set GIFTWIRE_DATABASE_URL to archive the ledger")
+        app.state.services = Services(settings, catalog, redis, ledger, hub, record)
         log.info("giftwire ready (pid %s, redis %s)", os.getpid(), redis_url.split("@")[-1])
         try:
             yield
         finally:
             await hub.stop()
+            if record is not None:
+                await record.stop()
             await redis.aclose()
 
     routes: list[object] = [*ROUTES, WebSocketRoute("/ws/streams/{stream_id}", gift_socket)]

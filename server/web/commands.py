@@ -19,6 +19,7 @@ from server.domain.catalog import load_catalog
 from server.ledger.connection import ledger_redis_url, make_client, wait_for_redis
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
+from server.record.connection import record_database_url
 from server.settings import Settings, env_name
 from server.web.auth import issue_token
 
@@ -60,6 +61,8 @@ def _run_uvicorn(settings: Settings, url: str, host: str, port: int, workers: in
     # redis-server; raising SystemExit instead unwinds through ``ledger_redis_url``.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     os.environ[env_name("redis_url")] = url
+    if settings.database_url:
+        os.environ[env_name("database_url")] = settings.database_url
     os.environ[env_name("jwt_secret")] = settings.jwt_secret
     os.environ[env_name("webhook_secret")] = settings.webhook_secret
     if workers > 1:
@@ -90,14 +93,25 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    with ledger_redis_url(settings.redis_url, settings.data_dir) as url:
+    with (
+        ledger_redis_url(settings.redis_url, settings.data_dir) as url,
+        record_database_url(settings.database_url, settings.redis_url, settings.data_dir) as db,
+    ):
         if not settings.redis_url:
             print(
                 f"embedded Redis at {url} (data in {settings.data_dir / 'redis'})", file=sys.stderr
             )
         elif not wait_for_redis(url, wait_s=args.wait_redis_s, report=_say):
             return 3
+        _say_embedded_record(settings, db)
+        settings = dataclasses.replace(settings, database_url=db)
         return _run_uvicorn(settings, url, args.host, args.port, args.workers)
+
+
+def _say_embedded_record(settings: Settings, database_url: str | None) -> None:
+    if database_url and not settings.database_url:
+        where = settings.data_dir / "postgres"
+        print(f"embedded PostgreSQL at {database_url} (data in {where})", file=sys.stderr)
 
 
 def _say(message: str) -> None:
@@ -156,7 +170,12 @@ def _banner(settings: Settings, host: str, port: int, stream: str) -> str:
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     settings = _demo_secrets(settings)
-    with ledger_redis_url(settings.redis_url, settings.data_dir) as url:
+    with (
+        ledger_redis_url(settings.redis_url, settings.data_dir) as url,
+        record_database_url(settings.database_url, settings.redis_url, settings.data_dir) as db,
+    ):
+        _say_embedded_record(settings, db)
+        settings = dataclasses.replace(settings, database_url=db)
         stream = asyncio.run(seed_demo(settings, url))
         print(_banner(settings, args.host, args.port, stream), file=sys.stderr)
         return _run_uvicorn(settings, url, args.host, args.port, 1)

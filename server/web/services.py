@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from server.domain.catalog import Catalog
 from server.ledger.ledger import Ledger
 from server.realtime.hub import Hub
+from server.record.service import RecordService
 from server.settings import Settings
 
 
@@ -20,5 +21,7 @@ class Services:
     redis: Redis
     ledger: Ledger
     hub: Hub
+    record: RecordService | None = None
+    """The durable record (PostgreSQL); None without GIFTWIRE_DATABASE_URL."""
     connections_by_user: Counter[str] = field(default_factory=Counter)
     connections_by_ip: Counter[str] = field(default_factory=Counter)
