@@ -2,7 +2,7 @@
 // start/end control. The feed is gapless and duplicate-free across reconnects: the socket
 // runs in ordered mode and resumes from the last sequence it handed over.
 
-import { Api, GiftSocket, el, emojiFor, errorText, fmt, pageConfig, topRow } from "./giftwire.js";
+import { Api, GiftSocket, el, errorText, fmt, giftArt, pageConfig, topRow } from "./giftwire.js";
 
 const HISTORY_EVENTS = 50; // gifts shown from before the page was opened
 const FEED_ROWS_MAX = 200;
@@ -104,9 +104,9 @@ function onGift(event) {
         "data-sender": event.sender_id,
       },
       el("span", { class: "time", text: timeOf(event.ts) }),
-      el("span", { class: "gift-emoji emoji", text: emojiFor(event.animation) }),
+      giftArt(event.gift_id),
       text,
-      el("span", { class: "earn" }, `+${fmt.format(event.diamonds)} 💎`, el("small", { text: `#${event.seq}` })),
+      el("span", { class: "earn" }, el("span", { class: "diamond", text: `+${fmt.format(event.diamonds)}` }), el("small", { text: `#${event.seq}` })),
     ),
   );
   renderTotals(true);

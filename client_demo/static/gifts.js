@@ -1,6 +1,6 @@
 // Gift animations shared by the viewer page and the OBS overlay (styles in gifts.css).
 
-import { el, emojiFor, fmt } from "./giftwire.js";
+import { el, fmt, giftArt } from "./giftwire.js";
 
 export const BIG_TIER_MIN = 3; // tiers 1-2 scroll in the strip, 3-4 play full screen
 
@@ -39,7 +39,7 @@ export class GiftStrip {
           el("span", { class: "who", text: event.sender_name }),
           el("span", { class: "what", text: `sent ${event.gift_name ?? event.gift_id}` }),
         ),
-        el("span", { class: "gift-emoji emoji", text: emojiFor(event.animation) }),
+        giftArt(event.gift_id),
         comboNode,
       );
       row = { node, comboNode, timer: null };
@@ -109,10 +109,9 @@ export class BigGiftQueue {
       return;
     }
     const playMs = this.waiting.length > 3 ? this.fastPlayMs : this.playMs;
-    const emoji = emojiFor(event.animation);
     const sparks = el("div", { class: "sparks" });
     for (let i = 0; i < 12; i += 1) {
-      const spark = el("span", { class: "spark emoji", text: emoji });
+      const spark = giftArt(event.gift_id, "spark");
       spark.style.setProperty("--angle", `${i * 30}deg`);
       spark.style.setProperty("--delay", `${0.25 + (i % 3) * 0.12}s`);
       sparks.append(spark);
@@ -122,13 +121,14 @@ export class BigGiftQueue {
     caption.append(
       el("b", { text: event.sender_name }),
       ` sent ${event.gift_name ?? event.gift_id}${count}`,
+      el("span", { class: "queue-count", "data-testid": "big-waiting" }),
     );
     const scene = el(
       "div",
       { class: `scene tier-${event.tier}`, "data-testid": "big-gift", "data-gift": event.gift_id },
       ...(event.tier >= 4 ? [el("div", { class: "rays" })] : []),
       sparks,
-      el("div", { class: "hero emoji", text: emoji }),
+      giftArt(event.gift_id, "hero"),
       caption,
     );
     scene.style.setProperty("--play-ms", `${playMs}ms`);
@@ -139,16 +139,9 @@ export class BigGiftQueue {
   }
 
   _updateCount() {
-    if (!this.playing) return;
-    let badge = this.root.querySelector(".queue-count");
-    if (this.waiting.length === 0) {
-      badge?.remove();
-      return;
-    }
-    if (!badge) {
-      badge = el("div", { class: "queue-count" });
-      this.root.append(badge);
-    }
-    badge.textContent = `+${this.waiting.length} waiting`;
+    // In the caption, so that it never lands on what the page has in its corners.
+    const badge = this.root.querySelector(".queue-count");
+    if (!this.playing || !badge) return;
+    badge.textContent = this.waiting.length === 0 ? "" : `+${fmt.format(this.waiting.length)} waiting`;
   }
 }

@@ -11,16 +11,29 @@
 //
 // The protocol is in docs/protocol.md; this file is meant to be copied.
 
-export const EMOJI = {
-  rose: "🌹", heart: "❤️", "finger-heart": "🫰", perfume: "🧴", doughnut: "🍩",
-  cap: "🧢", "hand-hearts": "🫶", corgi: "🐕", "money-gun": "💸", swan: "🦢",
-  galaxy: "🌌", fireworks: "🎆", whale: "🐋", motorcycle: "🏍️", "private-jet": "🛩️",
-  "sports-car": "🏎️", interstellar: "🚀", falcon: "🦅", nebula: "🌠", lion: "🦁",
-  universe: "🪐",
-};
+// Gift artwork ships with the pages, one SVG per catalog gift id (gifts/<id>.svg), so no
+// gift depends on an emoji font. A gift added to the catalog without its picture shows a
+// plain gift box (icons/gift.svg) until its SVG is dropped in.
+const ART_FALLBACK = new URL("icons/gift.svg", import.meta.url).href;
 
-export function emojiFor(animation) {
-  return EMOJI[animation] ?? "🎁";
+export function artFor(giftId) {
+  return new URL(`gifts/${encodeURIComponent(giftId ?? "gift")}.svg`, import.meta.url).href;
+}
+
+/** An <img> of a gift's artwork; decorative (the gift's name is always written next to it). */
+export function giftArt(giftId, className = "gift-art") {
+  const img = el("img", {
+    class: className, src: artFor(giftId), alt: "", draggable: "false", "data-art": giftId ?? "",
+  });
+  img.addEventListener("error", () => {
+    if (img.src !== ART_FALLBACK) img.src = ART_FALLBACK;
+  }, { once: true });
+  return img;
+}
+
+/** "1 coin", "2 coins", "1,000 coins". */
+export function plural(count, word) {
+  return `${fmt.format(count)} ${word}${count === 1 ? "" : "s"}`;
 }
 
 export const ERROR_TEXT = {

@@ -14,7 +14,7 @@
 //   test=1               show sample alerts, to place the source in OBS
 // The token comes in the fragment (#token=…): use the creator's.
 
-import { GiftSocket, el, emojiFor, fmt, pageConfig, topRow } from "./giftwire.js";
+import { GiftSocket, el, fmt, giftArt, pageConfig, topRow } from "./giftwire.js";
 import { BigGiftQueue, isBig } from "./gifts.js";
 
 const POSITIONS = new Set(["top-left", "top-right", "bottom-left", "bottom-right", "center"]);
@@ -59,7 +59,7 @@ function alertFor(event) {
     const node = el(
       "div",
       { class: `alert-card tier-${event.tier ?? 1}`, "data-testid": "alert", "data-gift": event.gift_id },
-      el("span", { class: "gift-emoji emoji", text: emojiFor(event.animation) }),
+      giftArt(event.gift_id),
       el(
         "span",
         {},

@@ -1,6 +1,8 @@
 // The viewer page: join a stream, see the balance, tap gifts, watch everyone's gifts.
 
-import { Api, GiftSocket, el, emojiFor, errorText, fmt, pageConfig, topRow } from "./giftwire.js";
+import {
+  Api, GiftSocket, el, errorText, fmt, giftArt, pageConfig, plural, topRow,
+} from "./giftwire.js";
 import { BigGiftQueue, GiftStrip, isBig } from "./gifts.js";
 
 const COMBO_WINDOW_MS = 5000; // the server's default GIFTWIRE_COMBO_WINDOW_MS
@@ -8,6 +10,17 @@ const ERROR_SHOWN_MS = 8000;
 
 const config = pageConfig();
 const $ = (id) => document.getElementById(id);
+const NARROW = matchMedia("(max-width: 899px)").matches;
+
+// Where "Buy coins" goes: the platform's checkout (?coins_url=https://…); http(s) only.
+function checkoutUrl() {
+  try {
+    const url = new URL(config.query.get("coins_url") ?? "", location.href);
+    return config.query.has("coins_url") && /^https?:$/.test(url.protocol) ? url.href : null;
+  } catch {
+    return null;
+  }
+}
 
 const state = {
   catalog: new Map(), // gift id -> {id, name, price_coins, animation, tier}
@@ -20,11 +33,12 @@ const state = {
   ended: false,
   joined: false, // a welcome came: the stream's state is known
   blocked: false, // bad token or no such stream: nothing can be sent
+  connected: false, // welcomed on an open socket: gifts can go out now
   errorTimer: null,
 };
 
 const api = new Api(config.server, config.token);
-const strip = new GiftStrip($("strip"));
+const strip = new GiftStrip($("strip"), { rowsMax: NARROW ? 3 : 4 });
 const big = new BigGiftQueue($("big"));
 let socket = null;
 
@@ -33,6 +47,7 @@ function setBalance(coins, { animate = false } = {}) {
   const node = $("balance");
   node.textContent = fmt.format(coins);
   node.dataset.coins = String(coins);
+  $("coins-word").textContent = coins === 1 ? "coin" : "coins";
   if (animate) {
     node.classList.remove("drop");
     void node.offsetWidth;
@@ -40,8 +55,35 @@ function setBalance(coins, { animate = false } = {}) {
   }
   for (const card of document.querySelectorAll(".gift-card")) {
     const gift = state.catalog.get(card.dataset.gift);
-    card.classList.toggle("unaffordable", gift.price_coins * state.count > coins);
+    const short = !canAfford(gift, state.count);
+    card.classList.toggle("unaffordable", short);
+    card.dataset.affordable = String(!short);
   }
+}
+
+function canAfford(gift, count) {
+  return state.coins === null || gift.price_coins * count <= state.coins;
+}
+
+function openCoins(want) {
+  const need = $("coins-need");
+  if (want) {
+    const price = want.gift.price_coins * want.count;
+    const times = want.count > 1 ? ` ×${want.count}` : "";
+    need.textContent = `${want.gift.name}${times} costs ${plural(price, "coin")};`
+      + ` you have ${plural(state.coins ?? 0, "coin")}.`;
+  } else {
+    need.textContent = `You have ${plural(state.coins ?? 0, "coin")}.`;
+  }
+  const buy = checkoutUrl();
+  $("coins-buy").hidden = buy === null;
+  if (buy) $("coins-buy").href = buy;
+  $("coins-demo").hidden = buy !== null;
+  $("coins-sheet").hidden = false;
+}
+
+function closeCoins() {
+  $("coins-sheet").hidden = true;
 }
 
 async function refreshWallet() {
@@ -98,10 +140,10 @@ function renderCatalog(gifts) {
           class: `gift-card tier-${gift.tier}`,
           "data-gift": gift.id,
           "data-testid": `gift-${gift.id}`,
-          title: `${gift.name}: ${fmt.format(gift.price_coins)} coins each`,
+          title: `${gift.name}: ${plural(gift.price_coins, "coin")} each`,
           onclick: (e) => tap(gift.id, state.count, e.currentTarget),
         },
-        el("span", { class: "gift-emoji emoji", text: emojiFor(gift.animation) }),
+        giftArt(gift.id),
         el("span", { class: "gift-name", text: gift.name }),
         el("span", { class: "gift-price coin", text: fmt.format(gift.price_coins) }),
       ),
@@ -112,8 +154,14 @@ function renderCatalog(gifts) {
 }
 
 function tap(giftId, count, card) {
-  if (!socket || state.ended || state.blocked) return;
+  if (!socket || state.ended || state.blocked || !state.connected) return;
+  const gift = state.catalog.get(giftId);
+  if (gift && !canAfford(gift, count)) {
+    openCoins({ gift, count }); // the server would refuse it: nothing is sent
+    return;
+  }
   clearError();
+  closeCoins();
   socket.sendGift(giftId, count);
   state.last = { gift: giftId, count };
   if (card) {
@@ -129,10 +177,15 @@ function updateCombo(ack) {
   const button = $("combo");
   if (!state.last) return;
   const gift = state.catalog.get(state.last.gift);
-  button.disabled = state.ended;
+  button.disabled = state.ended || !state.connected;
   const combo = ack && ack.gift === state.last.gift ? ` · combo ×${fmt.format(ack.combo)}` : "";
   $("combo-label").textContent =
-    `${emojiFor(gift?.animation)} Again: ${gift?.name ?? state.last.gift} ×${state.last.count}${combo}`;
+    `Again: ${gift?.name ?? state.last.gift} ×${state.last.count}${combo}`;
+  const art = button.querySelector(".gift-art");
+  if (art?.dataset.art !== state.last.gift) {
+    art?.remove();
+    button.insertBefore(giftArt(state.last.gift), $("combo-label"));
+  }
   if (ack) {
     button.style.setProperty("--window-ms", `${COMBO_WINDOW_MS}ms`);
     button.classList.remove("counting");
@@ -149,9 +202,10 @@ function setEnded(ended) {
     $("live").className = `pill ${ended ? "ended" : "live"}`;
     $("host-sub").textContent = ended ? "has ended" : "is live";
   }
-  const off = ended || state.blocked;
+  const off = ended || state.blocked || !state.connected;
   for (const card of document.querySelectorAll(".gift-card")) card.disabled = off;
   if (off) $("combo").disabled = true;
+  else if (state.last) $("combo").disabled = false;
 }
 
 function onGift(event) {
@@ -177,8 +231,9 @@ function onRefused(error, pending) {
   let text = errorText(error.code, error.message);
   if (error.code === "insufficient_funds" && gift) {
     const price = gift.price_coins * pending.count;
-    text = `Not enough coins: ${gift.name} ×${pending.count} costs ${fmt.format(price)},`
-      + ` you have ${fmt.format(state.coins ?? 0)}.`;
+    const times = pending.count > 1 ? ` ×${pending.count}` : "";
+    text = `Not enough coins: ${gift.name}${times} costs ${plural(price, "coin")},`
+      + ` you have ${plural(state.coins ?? 0, "coin")}.`;
   }
   if (error.code === "stream_not_live") setEnded(true);
   showError(text, { code: error.code });
@@ -221,8 +276,9 @@ function onWelcome(welcome, { reconnected }) {
   state.joined = true;
   state.blocked = false;
   $("title").textContent = welcome.stream.title || welcome.stream.id;
-  $("host-name").textContent = welcome.stream.creator_id;
-  $("host-avatar").textContent = welcome.stream.creator_id.slice(0, 1).toUpperCase();
+  const host = welcome.stream.creator_name || welcome.stream.creator_id;
+  $("host-name").textContent = host;
+  $("host-avatar").textContent = host.trim().slice(0, 1).toUpperCase();
   $("me").textContent = welcome.you.display_name;
   $("viewers").textContent = fmt.format(welcome.viewers);
   state.names.set(welcome.you.user_id, welcome.you.display_name);
@@ -247,6 +303,12 @@ function onState(name, detail) {
   const status = $("status");
   status.dataset.state = name;
   status.textContent = STATE_TEXT[name] ?? name;
+  // Gifts go out only on a live connection: anything else pauses the panel, plainly.
+  state.connected = name === "live";
+  const waiting = name === "connecting" || name === "reconnecting";
+  $("offline").hidden = !waiting;
+  $("offline-title").textContent = name === "connecting" ? "Connecting…" : "Reconnecting…";
+  setEnded(state.ended);
   if (name === "denied" || name === "no-stream") {
     state.blocked = true;
     setEnded(state.ended);
@@ -290,6 +352,12 @@ async function main() {
   }
   $("combo").addEventListener("click", () => {
     if (state.last) tap(state.last.gift, state.last.count, null);
+  });
+  $("get-coins-button").addEventListener("click", () => openCoins(null));
+  $("coins-close").addEventListener("click", closeCoins);
+  $("coins-refresh").addEventListener("click", async () => {
+    await refreshWallet();
+    openCoins(null);
   });
   renderTop();
   socket.start();

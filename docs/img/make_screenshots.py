@@ -3,9 +3,10 @@
     .venv/bin/python docs/img/make_screenshots.py
 
 Starts a private redis-server and a giftwire server, seeds a live stream, opens the viewer
-page twice, the creator dashboard and the OBS overlay, sends gifts from the pages, and saves
-PNGs next to this file. Needs Debian's ``chromium`` and the ``playwright`` package (never
-``playwright install``); emoji need ``fonts-noto-color-emoji``.
+page on a wide screen and on a phone (390×844), the creator dashboard and the OBS overlay,
+sends gifts from the pages, and saves JPEGs next to this file (the four together well under
+1 MB). Needs Debian's ``chromium`` and the ``playwright`` package (never ``playwright
+install``). No emoji font is needed: the gift artwork ships with the pages.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from playwright.async_api import Page, async_playwright
+from playwright.async_api import Browser, Page, async_playwright
 from redis.asyncio import Redis
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,8 +31,11 @@ from server.ledger.ledger import Ledger  # noqa: E402
 from tests.support.servers import ServerProcess, token  # noqa: E402
 
 OUT = Path(__file__).resolve().parent
+SHOTS = ("viewer.jpg", "viewer-phone.jpg", "creator.jpg", "overlay.jpg")
+JPEG_QUALITY = 78
 STREAM = "friday-night"
 CREATOR = "maya"
+CREATOR_NAME = "Maya Lin"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -58,8 +62,13 @@ async def seed(redis_url: str, prefix: str) -> None:
     redis = Redis.from_url(redis_url)
     ledger = Ledger(redis, keys=Keys(prefix), limits=Limits(gifts_per_s_max=10_000))
     await ledger.prepare(load_catalog())
-    await ledger.start_stream(stream_id=STREAM, creator_id=CREATOR, title="Friday night karaoke")
-    for user, coins in [("alice", 120_000), ("bob", 9_000), ("carol", 40_000), ("dan", 3_000)]:
+    await ledger.start_stream(
+        stream_id=STREAM,
+        creator_id=CREATOR,
+        title="Friday night karaoke",
+        creator_name=CREATOR_NAME,
+    )
+    for user, coins in [("alice", 220_000), ("bob", 9_000), ("carol", 40_000), ("dan", 3_000)]:
         await ledger.top_up(payment_id=f"seed-{user}", user_id=user, coins=coins)
     # Some history for the creator's feed and the leaderboard.
     history = [
@@ -86,16 +95,68 @@ async def seed(redis_url: str, prefix: str) -> None:
 def url(
     server: ServerProcess, page: str, user: str, role: Role = Role.VIEWER, extra: str = ""
 ) -> str:
-    return (
-        f"{server.http}/demo/{page}.html?stream={STREAM}{extra}"
-        f"#token={token(user, role, name=user.title())}"
+    name = CREATOR_NAME if user == CREATOR else user.title()
+    return f"{server.http}/demo/{page}.html?stream={STREAM}{extra}#token={token(user, role, name=name)}"
+
+
+async def open_page(
+    browser: Browser, address: str, width: int, height: int, scale: float = 1
+) -> Page:
+    context = await browser.new_context(
+        viewport={"width": width, "height": height}, device_scale_factor=scale
     )
+    page = await context.new_page()
+    page.on("console", lambda m: print("console:", m.type, m.text))
+    page.on("pageerror", lambda e: print("page error:", e))
+    await page.goto(address)
+    await page.wait_for_selector("[data-testid=status][data-state=live]")
+    return page
 
 
 async def tap(page: Page, gift: str, times: int = 1) -> None:
     for _ in range(times):
         await page.click(f"[data-testid=gift-{gift}]")
         await page.wait_for_timeout(120)
+
+
+async def shoot(page: Page, name: str) -> None:
+    await page.screenshot(path=str(OUT / name), type="jpeg", quality=JPEG_QUALITY)
+
+
+async def take(browser: Browser, server: ServerProcess) -> None:
+    alice = await open_page(browser, url(server, "viewer", "alice"), 1280, 720)
+    bob = await open_page(browser, url(server, "viewer", "bob"), 1280, 720)
+    phone = await open_page(browser, url(server, "viewer", "carol"), 390, 844, scale=2)
+    creator = await open_page(browser, url(server, "creator", CREATOR, Role.CREATOR), 1280, 720)
+    overlay = await open_page(
+        browser, url(server, "overlay", CREATOR, Role.CREATOR, "&min_coins=5&top=3"), 1280, 720
+    )
+    await alice.wait_for_selector("[data-testid=gift-rose]")
+    await bob.wait_for_selector("[data-testid=gift-rose]")
+    await tap(alice, "rose", 4)
+    await tap(bob, "finger_heart", 3)
+    await tap(alice, "heart", 2)
+    await bob.click("[data-testid=gift-corgi]")
+    await alice.click("[data-testid=gift-universe]")
+    await bob.wait_for_selector("[data-testid=big-gift][data-gift=universe]")
+    await bob.wait_for_timeout(1100)
+    await shoot(bob, SHOTS[0])
+    await phone.wait_for_selector("[data-testid=strip-row]")
+    await tap(bob, "doughnut", 2)
+    await alice.click("[data-testid=gift-lion]")
+    await phone.wait_for_selector("[data-testid=big-gift][data-gift=lion]")
+    await phone.wait_for_timeout(1100)
+    await shoot(phone, SHOTS[1])
+    await alice.click("[data-testid=gift-galaxy]")
+    await alice.click("[data-testid=combo]")
+    await creator.wait_for_timeout(1200)
+    await shoot(creator, SHOTS[2])
+    await overlay.add_style_tag(content=OVERLAY_BACKDROP)
+    await tap(bob, "perfume", 3)
+    await alice.click("[data-testid=gift-whale]")
+    await overlay.wait_for_selector("[data-testid=big-gift][data-gift=whale]")
+    await overlay.wait_for_timeout(1100)
+    await shoot(overlay, SHOTS[3])
 
 
 async def main() -> None:
@@ -110,55 +171,14 @@ async def main() -> None:
                 browser = await p.chromium.launch(
                     executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
                 )
-                context = await browser.new_context(
-                    viewport={"width": 1280, "height": 760}, device_scale_factor=1
-                )
-                alice = await context.new_page()
-                bob = await context.new_page()
-                creator = await context.new_page()
-                overlay_context = await browser.new_context(viewport={"width": 1280, "height": 720})
-                overlay = await overlay_context.new_page()
-                for page in (alice, bob, creator, overlay):
-                    page.on("console", lambda m: print("console:", m.type, m.text))
-                    page.on("pageerror", lambda e: print("page error:", e))
-                await alice.goto(url(server, "viewer", "alice"))
-                await bob.goto(url(server, "viewer", "bob"))
-                await creator.goto(url(server, "creator", CREATOR, Role.CREATOR))
-                await overlay.goto(
-                    url(server, "overlay", CREATOR, Role.CREATOR, "&min_coins=5&top=3")
-                )
-                for page in (alice, bob, creator, overlay):
-                    await page.wait_for_selector("[data-testid=status][data-state=live]")
-                await alice.wait_for_selector("[data-testid=gift-rose]")
-                await bob.wait_for_selector("[data-testid=gift-rose]")
-                await tap(alice, "rose", 4)
-                await tap(bob, "finger_heart", 3)
-                await tap(alice, "heart", 2)
-                await bob.click("[data-testid=gift-corgi]")
-                await alice.click("[data-testid=gift-universe]")
-                await bob.wait_for_selector("[data-testid=big-gift][data-gift=universe]")
-                await bob.wait_for_timeout(1100)
-                await bob.screenshot(path=str(OUT / "viewer.png"))
-                await alice.click("[data-testid=gift-galaxy]")
-                await alice.click("[data-testid=combo]")
-                await tap(bob, "doughnut", 2)
-                await creator.wait_for_timeout(1200)
-                await creator.screenshot(path=str(OUT / "creator.png"))
-                await overlay.add_style_tag(content=OVERLAY_BACKDROP)
-                await tap(bob, "perfume", 3)
-                await alice.click("[data-testid=gift-lion]")
-                await overlay.wait_for_selector("[data-testid=big-gift][data-gift=lion]")
-                await overlay.wait_for_timeout(1100)
-                await overlay.screenshot(path=str(OUT / "overlay.png"))
-                await bob.click("[data-testid=gift-universe]")  # Bob cannot afford it
-                await bob.wait_for_selector("[data-testid=error]:not([hidden])")
-                await bob.wait_for_timeout(400)
-                await bob.screenshot(path=str(OUT / "viewer-error.png"))
+                await take(browser, server)
                 await browser.close()
         finally:
             server.stop()
             redis.stop()
-    print("wrote", *sorted(p.name for p in OUT.glob("*.png")))
+    sizes = {name: (OUT / name).stat().st_size for name in SHOTS}
+    print("wrote", ", ".join(f"{n} ({s // 1024} KiB)" for n, s in sizes.items()))
+    print(f"together {sum(sizes.values()) / 1e6:.2f} MB")
 
 
 if __name__ == "__main__":

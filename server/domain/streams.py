@@ -15,6 +15,7 @@ class StreamState(StrEnum):
 class Stream:
     stream_id: str
     creator_id: str
+    creator_name: str  # the creator's display name when the stream started
     state: StreamState
     title: str
     last_sequence: int

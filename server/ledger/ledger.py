@@ -199,7 +199,10 @@ class Ledger:
         )
         return CashOutReceipt.from_reply(body, replayed)
 
-    async def start_stream(self, *, stream_id: str, creator_id: str, title: str) -> StreamChange:
+    async def start_stream(
+        self, *, stream_id: str, creator_id: str, title: str, creator_name: str | None = None
+    ) -> StreamChange:
+        """Open a live stream; ``creator_name`` (default: the creator id) is the host's name."""
         k = self.keys
         body, replayed = await self._run(
             ScriptName.START_STREAM,
@@ -210,7 +213,13 @@ class Ledger:
                 k.leaderboard(stream_id),
                 k.creator_streams(creator_id),
             ],
-            [stream_id, creator_id, title, self.limits.streams_per_creator_max],
+            [
+                stream_id,
+                creator_id,
+                title,
+                self.limits.streams_per_creator_max,
+                creator_id if creator_name is None else creator_name,
+            ],
             order_key=stream_id,
         )
         return _stream_change(body, replayed)
@@ -253,6 +262,7 @@ class Ledger:
         return Stream(
             stream_id=stream_id,
             creator_id=raw[b"creator"].decode(),
+            creator_name=raw.get(b"creator_name", raw[b"creator"]).decode(),
             state=StreamState(raw[b"state"].decode()),
             title=raw.get(b"title", b"").decode(),
             last_sequence=_int(raw.get(b"seq")),

@@ -131,7 +131,10 @@ async def seed_demo(settings: Settings, url: str) -> str:
         for viewer in DEMO_VIEWERS:
             await ledger.top_up(payment_id=f"demo-{viewer}", user_id=viewer, coins=DEMO_COINS)
         change = await ledger.start_stream(
-            stream_id=DEMO_STREAM, creator_id=DEMO_CREATOR, title="giftwire demo stream"
+            stream_id=DEMO_STREAM,
+            creator_id=DEMO_CREATOR,
+            title="giftwire demo stream",
+            creator_name="Demo Creator",
         )
         return change.stream_id
     finally:

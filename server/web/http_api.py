@@ -127,7 +127,7 @@ async def start_stream(request: Request) -> Response:
     if not isinstance(title, str) or len(title) > 256:
         raise RequestError(ErrorCode.INVALID_REQUEST, "title must be a string of at most 256")
     change = await _services(request).ledger.start_stream(
-        stream_id=stream_id, creator_id=who.user_id, title=title
+        stream_id=stream_id, creator_id=who.user_id, title=title, creator_name=who.display_name
     )
     return JSONResponse(
         {"stream_id": change.stream_id, "creator_id": change.creator_id, "state": change.state},
@@ -157,6 +157,7 @@ async def get_stream(request: Request) -> Response:
         {
             "stream_id": stream.stream_id,
             "creator_id": stream.creator_id,
+            "creator_name": stream.creator_name,
             "title": stream.title,
             "state": stream.state,
             "last_seq": stream.last_sequence,

@@ -301,6 +301,7 @@ class _Session:
                 "stream": {
                     "id": self.stream_id,
                     "creator_id": self.creator_id,
+                    "creator_name": stream.creator_name if stream else self.creator_id,
                     "title": stream.title if stream else "",
                     "state": stream.state.value if stream else "ended",
                     "diamonds": stream.diamonds_total if stream else 0,

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from playwright.async_api import Browser, async_playwright
 
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, STREAM, Pages
 from tests.support.servers import ServerProcess
 
 # Rate limits high enough that tests of other behaviour are never throttled.
@@ -39,3 +41,22 @@ def server(redis_server: RedisProcess, keys: Keys, tmp_path: Path) -> Iterator[S
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if CHROMIUM is None:
+        pytest.skip("no Chromium installed (apt-get install chromium; .ci/run installs it)")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest.fixture
+async def pages(browser: Browser, server: ServerProcess) -> AsyncIterator[Pages]:
+    opened = Pages(browser, server, STREAM)
+    yield opened
+    assert opened.errors == []

@@ -1,98 +1,22 @@
-"""The demo pages in a real headless Chromium (Debian's ``chromium``), against a real server.
+"""The demo pages' behaviour in a real headless Chromium, against a real server.
 
-Driven by Playwright's async API with ``executable_path``: Playwright's own browser
-downloads are never used. Skipped, with the reason, where no Chromium is installed;
-``.ci/run`` installs it.
+How they look (artwork, the phone layout, screenshots) is in test_pages_look.py.
 """
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Page, expect
 
 from server.domain.accounts import Role
 from server.ledger.ledger import Ledger
 from tests.integration.helpers import gift as send_gift
-from tests.support.servers import ServerProcess, token
+from tests.support.browser import STREAM, Pages, live, needs_chromium
+from tests.support.servers import ServerProcess
 
-CHROMIUM = shutil.which("chromium") or (
-    "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
-)
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-STREAM = "web1"
 CREATOR = "star"
-WAIT_MS = 15_000
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        CHROMIUM is None,
-        reason="no Chromium installed (apt-get install chromium; .ci/run installs it)",
-    ),
-]
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
-
-
-class Pages:
-    """Opens demo pages, and fails the test on any uncaught JavaScript error in them."""
-
-    def __init__(self, browser: Browser, server: ServerProcess) -> None:
-        self.browser = browser
-        self.server = server
-        self.errors: list[str] = []
-
-    async def open(
-        self,
-        name: str,
-        user: str,
-        role: Role = Role.VIEWER,
-        *,
-        stream: str = STREAM,
-        query: str = "",
-        wait_live: bool = True,
-    ) -> Page:
-        context = await self.browser.new_context(viewport={"width": 1280, "height": 800})
-        page = await context.new_page()
-        page.set_default_timeout(WAIT_MS)
-        page.on("pageerror", lambda error: self.errors.append(f"{name}/{user}: {error}"))
-        bearer = token(user, role, name=user.title())
-        await page.goto(
-            f"{self.server.http}/demo/{name}.html?stream={stream}{query}#token={bearer}"
-        )
-        if wait_live:
-            await live(page)
-        return page
-
-
-@pytest.fixture
-async def pages(browser: Browser, server: ServerProcess) -> AsyncIterator[Pages]:
-    opened = Pages(browser, server)
-    yield opened
-    assert opened.errors == []
-
-
-async def live(page: Page) -> None:
-    await expect(page.get_by_test_id("status")).to_have_attribute("data-state", "live")
+pytestmark = [pytest.mark.browser, needs_chromium]
 
 
 async def coins(page: Page, expected: int) -> None:
@@ -145,12 +69,25 @@ async def test_a_gift_from_one_viewer_shows_everywhere_and_a_refused_one_moves_n
     await expect(bob.locator("[data-testid=big-gift][data-gift=galaxy]")).to_be_visible()
     await expect(creator.get_by_test_id("feed-row")).to_have_count(3)
 
-    # Bob cannot afford a Corgi (299): the error shows and nothing moves.
-    await bob.get_by_test_id("gift-corgi").click()
+    # Bob cannot afford a Corgi (299): the tile offers coins instead of sending.
+    corgi = bob.get_by_test_id("gift-corgi")
+    await expect(corgi).to_have_attribute("data-affordable", "false")
+    await corgi.click()
+    sheet = bob.get_by_test_id("get-coins")
+    await expect(sheet).to_be_visible()
+    await expect(bob.get_by_test_id("coins-need")).to_have_text(
+        "Corgi costs 299 coins; you have 50 coins."
+    )
+    await expect(sheet).to_contain_text("POST /api/webhooks/payments")
+    await expect(bob.get_by_test_id("coins-buy")).to_be_hidden()  # no checkout configured
+    await expect(bob.get_by_test_id("pending")).to_have_attribute("data-count", "0")
+    await expect(bob.get_by_test_id("error")).to_be_hidden()
+    # Sent anyway (an old tab, a script): the server refuses, the error shows, nothing moves.
+    await bob.evaluate("() => giftwire.socket.sendGift('corgi', 1)")
     error = bob.get_by_test_id("error")
     await expect(error).to_be_visible()
     await expect(error).to_have_attribute("data-code", "insufficient_funds")
-    await expect(error).to_contain_text("Not enough coins")
+    await expect(error).to_have_text("Not enough coins: Corgi costs 299 coins, you have 50 coins.")
     await expect(bob.get_by_test_id("pending")).to_have_attribute("data-count", "0")
     await coins(bob, 50)
     assert (await ledger.balance("bob")).coins == 50
@@ -175,13 +112,21 @@ async def test_the_viewer_page_never_sends_a_gift_twice_across_reconnects(
         await live(alice)
         await expect(alice.get_by_test_id("pending")).to_have_attribute("data-count", "0")
         await coins(alice, expected)
-    # A gift tapped while the server is down waits, and is sent once it is back.
+    # While the server is down the panel says so and no gift can be tapped; a gift sent
+    # anyway (by a script) waits, and is sent once the connection is back.
     server.stop()
-    await expect(alice.get_by_test_id("status")).not_to_have_attribute("data-state", "live")
-    await alice.get_by_test_id("gift-heart").click()
-    await expect(alice.get_by_test_id("pending")).to_have_attribute("data-count", "1")
+    await expect(alice.get_by_test_id("status")).to_have_attribute("data-state", "reconnecting")
+    await expect(alice.get_by_test_id("offline")).to_be_visible()
+    await expect(alice.get_by_test_id("offline")).to_contain_text("Gifts are paused")
+    await expect(alice.get_by_test_id("gift-heart")).to_be_disabled()
+    await expect(alice.get_by_test_id("combo")).to_be_disabled()
+    await expect(alice.locator(".gift-card:enabled")).to_have_count(0)
+    await alice.evaluate("() => giftwire.socket.sendGift('heart', 1)")
+    assert await alice.evaluate("() => giftwire.socket.pending.size") == 1
     server.start()
     await live(alice)
+    await expect(alice.get_by_test_id("offline")).to_be_hidden()
+    await expect(alice.get_by_test_id("gift-heart")).to_be_enabled()
     await expect(alice.get_by_test_id("pending")).to_have_attribute("data-count", "0")
     await coins(alice, 996)
     assert (await ledger.balance("alice")).coins == 996

@@ -91,6 +91,53 @@ async def test_start_clears_a_leftover_feed_and_leaderboard(
     assert receipt.seq == 1
 
 
+async def test_each_start_stores_the_creator_display_name_and_a_replay_keeps_it(
+    ledger: Ledger, redis: Redis, keys: Keys
+) -> None:
+    await ledger.start_stream(
+        stream_id=STREAM, creator_id=CREATOR, title="t", creator_name="Maya ✨ Star"
+    )
+    stream = await ledger.stream(STREAM)
+    assert stream is not None and stream.creator_name == "Maya ✨ Star"
+    before = await snapshot(redis, keys)
+    again = await ledger.start_stream(
+        stream_id=STREAM, creator_id=CREATOR, title="t", creator_name="Someone Else"
+    )
+    assert again.replayed
+    assert await snapshot(redis, keys) == before  # a replay renames nothing
+    assert (await ledger.stream(STREAM)).creator_name == "Maya ✨ Star"  # type: ignore[union-attr]
+    # Ended and started again by its owner: a new start takes the name of its token.
+    await _end(ledger)
+    reopened = await ledger.start_stream(
+        stream_id=STREAM, creator_id=CREATOR, title="t", creator_name="Maya Lin"
+    )
+    assert not reopened.replayed
+    assert (await ledger.stream(STREAM)).creator_name == "Maya Lin"  # type: ignore[union-attr]
+
+
+async def test_a_stream_without_a_stored_name_shows_its_creator_id(
+    ledger: Ledger, redis: Redis, keys: Keys
+) -> None:
+    await _start(ledger)  # no name given: the creator id stands in
+    assert (await ledger.stream(STREAM)).creator_name == CREATOR  # type: ignore[union-attr]
+    await redis.hdel(keys.stream(STREAM), "creator_name")  # started before names were kept
+    assert (await ledger.stream(STREAM)).creator_name == CREATOR  # type: ignore[union-attr]
+    assert (await _start(ledger)).replayed
+
+
+@pytest.mark.parametrize("name", ["", "n" * 257, "é" * 129], ids=["empty", "long", "long-utf8"])
+async def test_start_refuses_a_bad_creator_name_and_writes_nothing(
+    ledger: Ledger, redis: Redis, keys: Keys, name: str
+) -> None:
+    before = await snapshot(redis, keys)
+    with pytest.raises(LedgerRefusal) as refused:
+        await ledger.start_stream(
+            stream_id=STREAM, creator_id=CREATOR, title="t", creator_name=name
+        )
+    assert refused.value.code is ErrorCode.INVALID_REQUEST
+    assert await snapshot(redis, keys) == before
+
+
 @pytest.mark.parametrize(
     ("stream_id", "creator", "title", "code"),
     [

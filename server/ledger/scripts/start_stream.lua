@@ -16,25 +16,27 @@
 --
 -- ARGV[1]  stream id     ARGV[2]  creator id     ARGV[3]  title
 -- ARGV[4]  most stream ids one creator may own (streams_per_creator_max)
+-- ARGV[5]  creator display name: the host viewers see (set on each start, kept on replay)
 --
 -- Reply: {'ok', stream JSON} | {'replay', stream JSON} | {'refused', code[, detail JSON]}
--- Stream JSON: stream_id, creator_id, title, state, started_at (ms), starts (1 when new)
+-- Stream JSON: stream_id, creator_id, creator_name, title, state, started_at (ms),
+--   starts (1 when new)
 -- Refusal codes: invalid_request, stream_exists (owned by another creator),
 --   stream_limit (a new id past the creator's bound; detail: streams_max)
 
-local stream_id, creator, title = ARGV[1], ARGV[2], ARGV[3]
+local stream_id, creator, title, name = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
 local streams_max = int_arg(ARGV[4], 1, 1000000)
 if not (id_arg(stream_id) and id_arg(creator) and type(title) == 'string' and #title <= 256
-    and streams_max) then
+    and streams_max and type(name) == 'string' and #name >= 1 and #name <= 256) then
   return refuse('invalid_request')
 end
 local existing = redis.call('HMGET', KEYS[1], 'creator', 'state', 'title', 'started_at',
-  'starts')
+  'starts', 'creator_name')
 local owned = redis.call('SCARD', KEYS[5])  -- fails on a wrong-typed key, before any write
 local ms = now_ms()
-local function body(state, shown_title, started_at, starts)
-  return cjson.encode({stream_id = stream_id, creator_id = creator, title = shown_title,
-    state = state, started_at = started_at, starts = starts})
+local function body(state, shown_name, shown_title, started_at, starts)
+  return cjson.encode({stream_id = stream_id, creator_id = creator, creator_name = shown_name,
+    title = shown_title, state = state, started_at = started_at, starts = starts})
 end
 local function announce()
   redis.call('PUBLISH', KEYS[2], cjson.encode({type = 'stream', stream_id = stream_id,
@@ -48,16 +50,18 @@ if existing[1] then
   -- 'starts' is absent on streams started before restarts existed: they count as one.
   local starts = existing[5] and stored_int(existing[5]) or 1
   if existing[2] == 'live' then
-    return {'replay', body('live', existing[3], tonumber(existing[4]), starts)}
+    -- A stream started before names were stored has none: its creator id stands in.
+    return {'replay', body('live', existing[6] or creator, existing[3], tonumber(existing[4]),
+      starts)}
   end
   -- The owner reopens an ended stream: only its state, title and start change.
   starts = starts + 1
   redis.call('SADD', KEYS[5], stream_id)
-  redis.call('HSET', KEYS[1], 'state', 'live', 'title', title, 'started_at', int(ms),
-    'starts', int(starts))
+  redis.call('HSET', KEYS[1], 'state', 'live', 'title', title, 'creator_name', name,
+    'started_at', int(ms), 'starts', int(starts))
   redis.call('HDEL', KEYS[1], 'ended_at')
   announce()
-  return {'ok', body('live', title, ms, starts)}
+  return {'ok', body('live', name, title, ms, starts)}
 end
 
 if owned >= streams_max then
@@ -67,7 +71,8 @@ end
 -- hand): clear it, so that feed entry ids restart at 1 with the sequence.
 redis.call('DEL', KEYS[3], KEYS[4])
 redis.call('SADD', KEYS[5], stream_id)
-redis.call('HSET', KEYS[1], 'creator', creator, 'state', 'live', 'title', title,
-  'started_at', int(ms), 'starts', 1, 'seq', 0, 'coins', 0, 'diamonds', 0, 'gifts', 0)
+redis.call('HSET', KEYS[1], 'creator', creator, 'creator_name', name, 'state', 'live',
+  'title', title, 'started_at', int(ms), 'starts', 1, 'seq', 0, 'coins', 0, 'diamonds', 0,
+  'gifts', 0)
 announce()
-return {'ok', body('live', title, ms, 1)}
+return {'ok', body('live', name, title, ms, 1)}
