@@ -11,11 +11,12 @@ from psycopg import AsyncConnection
 from server.record.postings import RecordError, Transfer
 
 _INSERT_TRANSFERS = """
-INSERT INTO transfers
-    (log_ms, log_seq, type, at, client_id, payment_id, stream_id, gift_id, count, fields)
-SELECT m, s, t, to_timestamp(m / 1000.0), c, p, st, g, n, f::jsonb
+INSERT INTO transfers (log_ms, log_seq, type, at, from_user, to_user, client_id, payment_id,
+                       stream_id, gift_id, count, fields)
+SELECT m, s, t, to_timestamp(m / 1000.0), fu, tu, c, p, st, g, n, f::jsonb
   FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],
-              %s::text[], %s::integer[], %s::text[]) AS u(m, s, t, c, p, st, g, n, f)
+              %s::text[], %s::text[], %s::text[], %s::integer[], %s::text[])
+       AS u(m, s, t, fu, tu, c, p, st, g, n, f)
 ON CONFLICT (log_ms, log_seq) DO NOTHING
 RETURNING log_ms, log_seq
 """
@@ -49,6 +50,8 @@ async def record_transfers(conn: AsyncConnection[Any], transfers: Sequence[Trans
                 [t.log_ms for t in transfers],
                 [t.log_seq for t in transfers],
                 [t.type for t in transfers],
+                [t.text("from") for t in transfers],
+                [t.text("to") for t in transfers],
                 [t.text("client_id") for t in transfers],
                 [t.text("payment") for t in transfers],
                 [t.text("stream") for t in transfers],

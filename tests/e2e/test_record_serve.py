@@ -9,19 +9,23 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+import orjson
 import psycopg
 from redis.asyncio import Redis
 
+from server.domain.accounts import Role
 from server.domain.catalog import load_catalog
 from server.domain.limits import Limits
 from server.ledger.embedded import RedisProcess, free_port
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
+from tests.integration.helpers import CREATOR, STREAM
 from tests.integration.record_helpers import mixed_transfers
-from tests.support.servers import REPO, ServerProcess
+from tests.support.servers import REPO, ServerProcess, token
 
 
 def _recorded(database_url: str) -> set[str]:
@@ -99,3 +103,90 @@ def test_demo_starts_an_embedded_postgresql_and_archives_into_it(tmp_path: Path)
         process.wait(30)
     assert not (tmp_path / "data" / "postgres" / "postgres.port").exists()
     assert not _accepts(pg_port)
+
+
+def _get(url: str, bearer: str) -> tuple[int, str, bytes]:
+    request = urllib.request.Request(url, headers={"authorization": f"Bearer {bearer}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers.get("content-type", ""), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers.get("content-type", ""), error.read()
+
+
+async def test_history_and_statements_over_http_and_the_cli(
+    redis_server: RedisProcess, keys: Keys, limits: Limits, database_url: str, tmp_path: Path
+) -> None:
+    server = ServerProcess(
+        redis_server.url, keys.prefix, tmp_path, GIFTWIRE_DATABASE_URL=database_url
+    )
+    server.start()
+    redis = Redis.from_url(redis_server.url)
+    try:
+        ledger = Ledger(redis, keys=keys, limits=limits)
+        await ledger.prepare(load_catalog())
+        ids = await mixed_transfers(ledger, 120, gifters=2, concurrency=10)
+        await _until_recorded(database_url, ids)
+        viewer, creator = token("g1-0"), token(CREATOR, Role.CREATOR)
+
+        seen: list[str] = []
+        before = ""
+        while True:
+            status, _, body = await asyncio.to_thread(
+                _get, f"{server.http}/api/me/transactions?limit=25{before}", viewer
+            )
+            assert status == 200, body
+            page = orjson.loads(body)
+            seen += [item["transfer_id"] for item in page["transactions"]]
+            if page["next_before"] is None:
+                break
+            before = f"&before={page['next_before']}"
+        mine = [i for i in ids if i in set(seen)]
+        assert len(seen) == len(set(seen)) == len(mine) > 25
+        assert seen == sorted(seen, key=lambda i: tuple(int(p) for p in i.split("-")))[::-1]
+
+        month = time.strftime("%Y-%m", time.gmtime())
+        url = f"{server.http}/api/creators/me/statements?month={month}"
+        status, _, body = await asyncio.to_thread(_get, url, creator)
+        doc = orjson.loads(body)
+        stream = await ledger.stream(STREAM)
+        assert stream is not None
+        assert (status, doc["totals"]["diamonds"]) == (200, stream.diamonds_total)
+        status, kind, csv_body = await asyncio.to_thread(_get, url + "&format=csv", creator)
+        assert (status, kind.split(";")[0]) == (200, "text/csv")
+        total = csv_body.decode().splitlines()[-2].split(",")
+        assert total[0] == "total" and int(total[4]) == stream.diamonds_total
+        for bad, code in [("?month=2026-13", 400), ("?year=26", 400), ("", 400)]:
+            status, _, body = await asyncio.to_thread(
+                _get, f"{server.http}/api/creators/me/statements{bad}", creator
+            )
+            assert (status, orjson.loads(body)["error"]["code"]) == (code, "invalid_request"), body
+        status, _, body = await asyncio.to_thread(_get, url, viewer)
+        assert (status, orjson.loads(body)["error"]["code"]) == (403, "forbidden")
+        status, _, body = await asyncio.to_thread(
+            _get, f"{server.http}/api/me/transactions?before=nope", viewer
+        )
+        assert (status, orjson.loads(body)["error"]["code"]) == (400, "invalid_request")
+
+        cli = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "server.cli", "statement", "--creator", CREATOR,
+             "--month", month, "--csv"],
+            cwd=REPO, env={**server.env}, capture_output=True, timeout=60, check=True,
+        )  # fmt: skip
+        assert cli.stdout == csv_body
+    finally:
+        await redis.aclose()
+        server.stop()
+
+
+def test_without_a_record_the_endpoints_are_unavailable(
+    redis_server: RedisProcess, keys: Keys, tmp_path: Path
+) -> None:
+    server = ServerProcess(redis_server.url, keys.prefix, tmp_path)
+    server.start()
+    try:
+        status, _, body = _get(f"{server.http}/api/me/transactions", token("alice"))
+        assert (status, orjson.loads(body)["error"]["code"]) == (503, "unavailable")
+    finally:
+        server.stop()

@@ -9,6 +9,10 @@ CREATE TABLE transfers (
     log_seq     bigint      NOT NULL CHECK (log_seq >= 0),
     type        text        NOT NULL,
     at          timestamptz NOT NULL,
+    -- The parties (the entry's "from" and "to"): a wallet's history is every transfer it is
+    -- a party to, even one that moved nothing into it (a 1-coin gift earns 0 diamonds).
+    from_user   text,
+    to_user     text,
     client_id   text,
     payment_id  text,
     stream_id   text,
@@ -22,6 +26,10 @@ CREATE TABLE transfers (
 );
 
 CREATE INDEX transfers_by_stream ON transfers (stream_id, log_ms) WHERE stream_id IS NOT NULL;
+CREATE INDEX transfers_from_user ON transfers (from_user, log_ms DESC, log_seq DESC)
+    WHERE from_user IS NOT NULL;
+CREATE INDEX transfers_to_user ON transfers (to_user, log_ms DESC, log_seq DESC)
+    WHERE to_user IS NOT NULL;
 
 -- Each transfer moves value between accounts; its postings sum to zero. All amounts are in
 -- one unit, the coin: a diamond is worth one coin of the gift it came from. A user's debt
