@@ -37,6 +37,8 @@ class Settings:
     """HS256 secret for access tokens (at least 32 characters). Required by ``serve``."""
     webhook_secret: str = ""
     """HMAC-SHA256 secret of the payment provider's top-up webhook."""
+    payout_webhook_secret: str = ""
+    """HMAC-SHA256 secret of the payout provider's webhook; empty: the webhook is refused."""
     catalog_path: Path | None = None
     allowed_origins: tuple[str, ...] = ()
     """Browser origins allowed to open a WebSocket; empty: same host only. ``*``: any."""
@@ -155,6 +157,7 @@ DESCRIPTIONS: dict[str, str] = {
     "key_prefix": "prefix of every Redis key",
     "jwt_secret": "HS256 secret of access tokens, 32+ characters (required by serve)",
     "webhook_secret": "HMAC-SHA256 secret of the payment webhook",
+    "payout_webhook_secret": "HMAC-SHA256 secret of the payout webhook; empty: refused",
     "catalog_path": "gift catalog JSON file; unset: the built-in catalog",
     "allowed_origins": "comma-separated browser origins for WebSockets; empty: same host; *: any",
     "demo_pages": "serve client_demo pages under /demo/",

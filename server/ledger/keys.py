@@ -9,7 +9,7 @@ key                                    type    holds
 ``{u:USER}:acct``                      hash    coins, diamonds, debt, spend_day/_coins,
                                                rl_tokens/rl_at (rate limiter), daily_limit
 ``{u:USER}:gift:CLIENT_ID``            string  send_gift receipt (TTL = receipt window)
-``{u:USER}:cashout:CLIENT_ID``         hash    one cash-out (pending payout)
+``{u:USER}:cashout:CLIENT_ID``         hash    one cash-out (pending, then paid or failed)
 ``{u:USER}:streams``                   set     stream ids the creator owns (bounded)
 ``{s:STREAM}:stream``                  hash    creator, state, title, starts, seq, totals
 ``{s:STREAM}:top``                     zset    top gifters by coins

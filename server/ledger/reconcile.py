@@ -114,6 +114,14 @@ def _apply(
         model[entry[b"from"].decode()].diamonds -= int(entry[b"diamonds"])
         t.diamonds_cashed_out += int(entry[b"diamonds"])
         t.payout_cents += int(entry[b"cents"])
+    elif kind == b"payout":
+        # A failed payout returns the cash-out's diamonds: as if it had not been cashed out.
+        if entry[b"state"] == b"failed":
+            model[entry[b"to"].decode()].diamonds += int(entry[b"diamonds"])
+            t.diamonds_cashed_out -= int(entry[b"diamonds"])
+            t.payout_cents -= int(entry[b"cents"])
+        elif entry[b"state"] != b"paid":
+            problems.append(f"{entry_id}: payout in state {entry[b'state']!r}")
     else:
         problems.append(f"{entry_id}: unknown entry type {kind!r}")
 

@@ -42,6 +42,8 @@ class HistoryPage:
 def _kind(entry_type: str, fields: dict[str, str], user_id: str) -> str:
     if entry_type == "gift":
         return "gift_sent" if fields.get("from") == user_id else "gift_received"
+    if entry_type == "payout":
+        return f"payout_{fields.get('state')}"
     return entry_type
 
 

@@ -129,11 +129,27 @@ def _cash_out(f: Fields) -> list[Posting]:
     ]
 
 
+def _payout(f: Fields) -> list[Posting]:
+    diamonds, state = _amount(f, "diamonds"), f.get("state")
+    if state == "paid":
+        return [
+            Posting(None, Account.PAYOUTS, -diamonds),
+            Posting(None, Account.PAID_OUT, diamonds),
+        ]
+    if state == "failed":
+        return [
+            Posting(None, Account.PAYOUTS, -diamonds),
+            Posting(_user(f, "to"), Account.DIAMONDS, diamonds),
+        ]
+    raise RecordError(f"payout state {state!r} is neither paid nor failed")
+
+
 RULES: dict[str, Callable[[Fields], list[Posting]]] = {
     "gift": _gift,
     "top_up": _top_up,
     "refund": _refund,
     "cash_out": _cash_out,
+    "payout": _payout,
 }
 """Entry type -> its postings. A new entry type gets a rule here (and a test)."""
 

@@ -24,6 +24,7 @@ from server.settings import Settings, load_settings
 from server.web import log_redaction
 from server.web.http_api import ROUTES
 from server.web.metrics import FANOUT_DROPS
+from server.web.payouts_api import PAYOUT_ROUTES
 from server.web.record_api import RECORD_ROUTES
 from server.web.services import Services
 from server.web.ws import gift_socket
@@ -106,6 +107,7 @@ def create_app(settings: Settings) -> Starlette:
     routes: list[object] = [
         *ROUTES,
         *RECORD_ROUTES,
+        *PAYOUT_ROUTES,
         WebSocketRoute("/ws/streams/{stream_id}", gift_socket),
     ]
     if settings.demo_pages and DEMO_PAGES_DIR.is_dir():

@@ -16,7 +16,9 @@ from server.ledger.ledger import Ledger
 from server.ledger.reconcile import reconcile
 from server.record.archiver import Archiver, ArchiverConfig
 from server.record.connection import RecordPool
+from server.record.history import wallet_history
 from server.record.reconcile import reconcile_across
+from tests.integration.helpers import CREATOR
 from tests.integration.record_helpers import mixed_transfers
 
 CONFIG = ArchiverConfig(batch_max=200, block_ms=20)
@@ -165,3 +167,21 @@ async def test_the_cli_archives_and_reconciles_across_both_stores(
     code, out = await _giftwire(redis_server.url, database_url, prefix, "reconcile")
     assert code == 1
     assert "record: platform is" in out
+
+
+async def test_settled_payouts_are_recorded_and_reconcile(
+    ledger: Ledger, record_pool: RecordPool
+) -> None:
+    await mixed_transfers(ledger, 400)
+    for i, outcome in enumerate(["paid", "failed", "paid"]):
+        await ledger.cash_out(client_id=f"pay{i}", creator_id=CREATOR, diamonds=1_000)
+        await ledger.settle_payout(client_id=f"pay{i}", creator_id=CREATOR, outcome=outcome)
+    await _archive(ledger, record_pool)
+    report = await reconcile_across(ledger.redis, ledger.keys, record_pool)
+    assert report.ok, report.problems
+    page = await wallet_history(record_pool, CREATOR, before=None, limit=6)
+    kinds = [(item["kind"], item["diamonds"]) for item in page.items]
+    assert kinds == [
+        ("payout_paid", 0), ("cash_out", -1_000), ("payout_failed", 1_000), ("cash_out", -1_000),
+        ("payout_paid", 0), ("cash_out", -1_000),
+    ]  # fmt: skip

@@ -89,3 +89,23 @@ def test_an_unknown_entry_type_is_refused_not_skipped() -> None:
 def test_entry_ids_must_be_stream_ids(entry_id: str) -> None:
     with pytest.raises(RecordError, match="not a stream entry id"):
         to_transfer(entry_id, GIFT)
+
+
+def test_a_paid_payout_moves_pending_diamonds_out() -> None:
+    entry = {"type": "payout", "client_id": "c", "to": "bob", "state": "paid",
+             "diamonds": "1000", "cents": "500"}  # fmt: skip
+    assert to_transfer("8-0", entry).postings == (
+        Posting(None, Account.PAYOUTS, -1000),
+        Posting(None, Account.PAID_OUT, 1000),
+    )
+
+
+def test_a_failed_payout_returns_the_diamonds() -> None:
+    entry = {"type": "payout", "client_id": "c", "to": "bob", "state": "failed",
+             "diamonds": "1000", "cents": "500"}  # fmt: skip
+    assert to_transfer("8-0", entry).postings == (
+        Posting(None, Account.PAYOUTS, -1000),
+        Posting("bob", Account.DIAMONDS, 1000),
+    )
+    with pytest.raises(RecordError, match="neither paid nor failed"):
+        to_transfer("8-0", {**entry, "state": "pending"})
