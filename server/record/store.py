@@ -10,21 +10,25 @@ from psycopg import AsyncConnection
 
 from server.record.postings import RecordError, Transfer
 
+# Each batch travels as one JSON document per table (orjson on our side, jsonb_to_recordset
+# on PostgreSQL's): an order of magnitude less client CPU than arrays of text, which psycopg
+# escapes element by element.
 _INSERT_TRANSFERS = """
 INSERT INTO transfers (log_ms, log_seq, type, at, from_user, to_user, client_id, payment_id,
                        stream_id, gift_id, count, fields)
-SELECT m, s, t, to_timestamp(m / 1000.0), fu, tu, c, p, st, g, n, f::jsonb
-  FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],
-              %s::text[], %s::text[], %s::text[], %s::integer[], %s::text[])
-       AS u(m, s, t, fu, tu, c, p, st, g, n, f)
+SELECT m, s, t, to_timestamp(m / 1000.0), fu, tu, c, p, st, g, n, f
+  FROM jsonb_to_recordset(%s::jsonb)
+       AS u(m bigint, s bigint, t text, fu text, tu text, c text, p text, st text, g text,
+            n integer, f jsonb)
 ON CONFLICT (log_ms, log_seq) DO NOTHING
 RETURNING log_ms, log_seq
 """
 
 _INSERT_POSTINGS = """
 INSERT INTO postings (log_ms, log_seq, line, user_id, account, amount)
-SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::smallint[], %s::text[], %s::text[],
-                     %s::bigint[])
+SELECT m, s, l, u, a, v
+  FROM jsonb_to_recordset(%s::jsonb)
+       AS r(m bigint, s bigint, l smallint, u text, a text, v bigint)
 """
 
 _STORED_FIELDS = """
@@ -44,40 +48,25 @@ async def record_transfers(conn: AsyncConnection[Any], transfers: Sequence[Trans
     if not transfers:
         return 0
     async with conn.transaction():
-        cursor = await conn.execute(
-            _INSERT_TRANSFERS,
-            [
-                [t.log_ms for t in transfers],
-                [t.log_seq for t in transfers],
-                [t.type for t in transfers],
-                [t.text("from") for t in transfers],
-                [t.text("to") for t in transfers],
-                [t.text("client_id") for t in transfers],
-                [t.text("payment") for t in transfers],
-                [t.text("stream") for t in transfers],
-                [t.text("gift") for t in transfers],
-                [t.count for t in transfers],
-                [orjson.dumps(t.fields).decode() for t in transfers],
-            ],
-        )
+        rows = [
+            {"m": t.log_ms, "s": t.log_seq, "t": t.type, "fu": t.text("from"),
+             "tu": t.text("to"), "c": t.text("client_id"), "p": t.text("payment"),
+             "st": t.text("stream"), "g": t.text("gift"), "n": t.count, "f": t.fields}
+            for t in transfers
+        ]  # fmt: skip
+        cursor = await conn.execute(_INSERT_TRANSFERS, [orjson.dumps(rows).decode()])
         new = {(int(ms), int(seq)) for ms, seq in await cursor.fetchall()}
         replays = [t for t in transfers if (t.log_ms, t.log_seq) not in new]
         if replays:
             await _check_replays(conn, replays)
-        lines = [(t, i, p) for t in transfers if (t.log_ms, t.log_seq) in new
-                 for i, p in enumerate(t.postings)]  # fmt: skip
+        lines = [
+            {"m": t.log_ms, "s": t.log_seq, "l": i, "u": p.user_id, "a": p.account.value,
+             "v": p.amount}
+            for t in transfers if (t.log_ms, t.log_seq) in new
+            for i, p in enumerate(t.postings)
+        ]  # fmt: skip
         if lines:
-            await conn.execute(
-                _INSERT_POSTINGS,
-                [
-                    [t.log_ms for t, _, _ in lines],
-                    [t.log_seq for t, _, _ in lines],
-                    [i for _, i, _ in lines],
-                    [p.user_id for _, _, p in lines],
-                    [p.account.value for _, _, p in lines],
-                    [p.amount for _, _, p in lines],
-                ],
-            )
+            await conn.execute(_INSERT_POSTINGS, [orjson.dumps(lines).decode()])
     return len(new)
 
 
