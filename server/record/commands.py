@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
 import logging
+import os
 import signal
+import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import orjson
 
@@ -114,3 +121,62 @@ def add_record_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     period.add_argument("--year", help="YYYY (UTC): per stream and per month, for tax")
     statement.add_argument("--csv", action="store_true", help="CSV instead of JSON")
     statement.set_defaults(func=cmd_statement)
+
+
+ARCHIVER_RESTART_S = 1.0
+
+
+@contextmanager
+def archiver_process(settings: Settings, redis_url: str, database_url: str) -> Iterator[None]:
+    """Run ``giftwire archive`` as a child of ``serve`` while the block runs, started again
+    if it dies, and stopped (SIGTERM: it finishes its batch) when the block ends.
+
+    A process of its own rather than a task in a server worker: recording costs tens of
+    microseconds of CPU per transfer, which on the workers' event loop would delay every
+    WebSocket frame behind it; apart, it only uses a core the workers are not using. Any
+    number of serve processes may each run one: the lease keeps one active.
+    """
+    env = {
+        **os.environ,
+        env_name("redis_url"): redis_url,
+        env_name("database_url"): database_url,
+        env_name("key_prefix"): settings.key_prefix,
+        env_name("log_level"): settings.log_level,
+    }
+    stopping = threading.Event()
+    current: list[subprocess.Popen[bytes]] = []
+
+    def supervise() -> None:
+        while not stopping.is_set():
+            child = subprocess.Popen(
+                [sys.executable, "-m", "server.cli", "archive"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
+            current[:] = [child]
+            code = child.wait()
+            if not stopping.is_set():
+                print(f"giftwire: the archiver exited ({code}); restarting", file=sys.stderr)
+                stopping.wait(ARCHIVER_RESTART_S)
+
+    thread = threading.Thread(target=supervise, name="giftwire-archiver", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stopping.set()
+        for child in current:
+            if child.poll() is None:
+                child.terminate()
+                try:
+                    child.wait(10)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+        thread.join(15)
+
+
+def _die_with_parent() -> None:
+    # Not Linux: the archiver outlives a hard-killed serve (and, holding the lease, goes on).
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

@@ -90,7 +90,10 @@ def create_app(settings: Settings) -> Starlette:
         await hub.start()
         record = None
         if settings.database_url:
-            record = RecordService(settings.database_url, redis_url, Keys(settings.key_prefix))
+            # Reads only: `giftwire serve` runs the archiver in a process of its own.
+            record = RecordService(
+                settings.database_url, redis_url, Keys(settings.key_prefix), archive=False
+            )
             record.start()
         else:
             log.warning("no durable record: set GIFTWIRE_DATABASE_URL to archive the ledger")

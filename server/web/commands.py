@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import secrets
@@ -19,6 +20,7 @@ from server.domain.catalog import load_catalog
 from server.ledger.connection import ledger_redis_url, make_client, wait_for_redis
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
+from server.record.commands import archiver_process
 from server.record.connection import record_database_url
 from server.settings import Settings, env_name
 from server.web.auth import issue_token
@@ -105,7 +107,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             return 3
         _say_embedded_record(settings, db)
         settings = dataclasses.replace(settings, database_url=db)
-        return _run_uvicorn(settings, url, args.host, args.port, args.workers)
+        with _archiving(settings, url):
+            return _run_uvicorn(settings, url, args.host, args.port, args.workers)
+
+
+def _archiving(settings: Settings, redis_url: str) -> contextlib.AbstractContextManager[None]:
+    """The archiver next to the server, when there is a record to archive into."""
+    if settings.database_url is None:
+        return contextlib.nullcontext()
+    return archiver_process(settings, redis_url, settings.database_url)
 
 
 def _say_embedded_record(settings: Settings, database_url: str | None) -> None:
@@ -181,7 +191,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         settings = dataclasses.replace(settings, database_url=db)
         stream = asyncio.run(seed_demo(settings, url))
         print(_banner(settings, args.host, args.port, stream), file=sys.stderr)
-        return _run_uvicorn(settings, url, args.host, args.port, 1)
+        with _archiving(settings, url):
+            return _run_uvicorn(settings, url, args.host, args.port, 1)
 
 
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -189,4 +190,58 @@ def test_without_a_record_the_endpoints_are_unavailable(
         status, _, body = _get(f"{server.http}/api/me/transactions", token("alice"))
         assert (status, orjson.loads(body)["error"]["code"]) == (503, "unavailable")
     finally:
+        server.stop()
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _archiver_of(server: ServerProcess) -> int:
+    assert server.process is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for child in _children(server.process.pid):
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            if b"archive" in cmdline:
+                return child
+        time.sleep(0.05)
+    raise AssertionError("serve started no archiver")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+
+
+async def test_serves_archiver_is_restarted_after_kill_9_and_dies_with_serve(
+    redis_server: RedisProcess, keys: Keys, limits: Limits, database_url: str, tmp_path: Path
+) -> None:
+    server = ServerProcess(
+        redis_server.url, keys.prefix, tmp_path, GIFTWIRE_DATABASE_URL=database_url
+    )
+    server.start()
+    redis = Redis.from_url(redis_server.url)
+    try:
+        ledger = Ledger(redis, keys=keys, limits=limits)
+        await ledger.prepare(load_catalog())
+        first = _archiver_of(server)
+        os.kill(first, signal.SIGKILL)
+        ids = await mixed_transfers(ledger, 100, gifters=2, concurrency=10)
+        # The restarted archiver waits out the dead one's lease (10 s), then takes over.
+        await _until_recorded(database_url, ids, timeout_s=60)
+        second = _archiver_of(server)
+        assert second != first
+        server.kill()
+        deadline = time.monotonic() + 20
+        while not _gone(second):
+            assert time.monotonic() < deadline, "the archiver outlived serve"
+            await asyncio.sleep(0.05)
+    finally:
+        await redis.aclose()
         server.stop()
