@@ -31,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("GIFTWIRE_REDIS_URL"),
         help="reconcile the books after the run (skipped when unset)",
     )
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get("GIFTWIRE_DATABASE_URL"),
+        help="the server's durable record: reconcile across Redis and it",
+    )
     p.add_argument("--key-prefix", default=os.environ.get("GIFTWIRE_KEY_PREFIX", d.key_prefix))
     p.add_argument("--hot-rooms", type=int, default=d.hot_rooms)
     p.add_argument("--cold-rooms", type=int, default=d.cold_rooms)
@@ -60,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         jwt_secret=args.jwt_secret,
         webhook_secret=args.webhook_secret,
         redis_url=args.redis_url,
+        database_url=args.database_url,
         key_prefix=args.key_prefix,
         hot_rooms=args.hot_rooms,
         cold_rooms=args.cold_rooms,

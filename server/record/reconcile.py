@@ -12,29 +12,36 @@ still in Redis) followed by Redis' tail, through the same checks as before
   the postings of the entries not archived yet (the *lag*, reported);
 * every transfer's postings sum to zero, and so do all postings together.
 
-It reads both stores and writes neither. Run it on a quiet ledger: the tail is read first,
-then the record, then the balances, and a transfer that commits meanwhile is a mismatch.
+It reads both stores and writes neither. Run it on a quiet ledger: a transfer that
+commits while it runs is a mismatch. A running archiver is waited for (up to 10 s) to
+catch up first; then Redis' tail is read, then one snapshot of the record (repeatable
+read), then Redis' balances.
 Redis' tail is held in memory (about 300 B an entry): small while the archiver keeps up.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from psycopg import AsyncConnection
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from server.ledger.keys import Keys
 from server.ledger.reconcile import Report, log_entries, reconcile
 from server.ledger.runner import StreamRows
+from server.record.archiver import GROUP, ArchiverConfig
 from server.record.connection import RecordPool
 from server.record.postings import Account, RecordError, parse_entry_id, to_transfer
 
 _CHUNK = 5_000
 AccountKey = tuple[str | None, str]
+Connection = AsyncConnection[Any]
 
 
 @dataclass(slots=True)
@@ -80,16 +87,12 @@ async def _tail(redis: Redis, keys: Keys) -> StreamRows:
 
 
 async def _recorded_below(
-    pool: RecordPool, first: tuple[int, int] | None, totals: RecordTotals
+    conn: Connection, first: tuple[int, int] | None, totals: RecordTotals
 ) -> AsyncIterator[StreamRows]:
     """The record's transfers below ``first`` (all of them if None), oldest first, shaped
     like log entries; read with a server-side cursor."""
     bound = first or (2**62, 0)
-    async with (
-        pool.connection() as conn,
-        conn.transaction(),
-        conn.cursor(name="recorded_below") as cursor,
-    ):
+    async with conn.cursor(name="recorded_below") as cursor:
         await cursor.execute(
             "SELECT log_ms, log_seq, fields FROM transfers WHERE (log_ms, log_seq) < (%s, %s)"
             " ORDER BY log_ms, log_seq",
@@ -103,13 +106,12 @@ async def _recorded_below(
             ]
 
 
-async def _recorded_from(pool: RecordPool, first: tuple[int, int]) -> dict[str, dict[str, Any]]:
-    async with pool.connection() as conn:
-        cursor = await conn.execute(
-            "SELECT log_ms, log_seq, fields FROM transfers WHERE (log_ms, log_seq) >= (%s, %s)",
-            list(first),
-        )
-        return {f"{ms}-{seq}": dict(f) for ms, seq, f in await cursor.fetchall()}
+async def _recorded_from(conn: Connection, first: tuple[int, int]) -> dict[str, dict[str, Any]]:
+    cursor = await conn.execute(
+        "SELECT log_ms, log_seq, fields FROM transfers WHERE (log_ms, log_seq) >= (%s, %s)",
+        list(first),
+    )
+    return {f"{ms}-{seq}": dict(f) for ms, seq, f in await cursor.fetchall()}
 
 
 async def _redis_balances(redis: Redis, keys: Keys) -> Counter[AccountKey]:
@@ -126,37 +128,73 @@ async def _redis_balances(redis: Redis, keys: Keys) -> Counter[AccountKey]:
     return held
 
 
-async def _record_balances(pool: RecordPool) -> tuple[Counter[AccountKey], int, int, int]:
+async def _record_balances(conn: Connection) -> tuple[Counter[AccountKey], int, int, int]:
     """(balance per account, postings, total of all postings, unbalanced transfers)."""
-    async with pool.connection() as conn:
-        rows = await (
-            await conn.execute("SELECT user_id, account, balance, postings FROM account_balances")
-        ).fetchall()
-        bad = await (
-            await conn.execute(
-                "SELECT count(*) FROM (SELECT 1 FROM postings GROUP BY log_ms, log_seq"
-                " HAVING sum(amount) <> 0) AS unbalanced"
-            )
-        ).fetchone()
+    rows = await (
+        await conn.execute("SELECT user_id, account, balance, postings FROM account_balances")
+    ).fetchall()
+    bad = await (
+        await conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM postings GROUP BY log_ms, log_seq"
+            " HAVING sum(amount) <> 0) AS unbalanced"
+        )
+    ).fetchone()
     balances: Counter[AccountKey] = Counter({(u, a): int(b) for u, a, b, _ in rows})
     postings = sum(int(n) for *_, n in rows)
     return balances, postings, sum(balances.values()), int(bad[0]) if bad else 0
 
 
+async def _archiver_caught_up(redis: Redis, keys: Keys, wait_s: float) -> None:
+    """While an archiver holds the lease, wait up to ``wait_s`` for it to record (and trim)
+    everything: a reconcile right after a load would otherwise race its last batches."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and await redis.exists(keys.archiver_lease()):
+        try:
+            groups = await redis.xinfo_groups(keys.ledger())
+        except redis_errors.ResponseError:
+            return
+        ours = [g for g in groups if g["name"] == GROUP.encode()]
+        if not ours or int(ours[0]["pending"]) + int(ours[0].get("lag") or 0) == 0:
+            await asyncio.sleep(ArchiverConfig().trim_interval_s)  # its last trim
+            return
+        await asyncio.sleep(0.1)
+
+
 async def reconcile_across(
-    redis: Redis, keys: Keys, pool: RecordPool, progress: Callable[[int], None] | None = None
+    redis: Redis,
+    keys: Keys,
+    pool: RecordPool,
+    progress: Callable[[int], None] | None = None,
+    *,
+    archiver_wait_s: float = 10.0,
 ) -> CrossReport:
+    await _archiver_caught_up(redis, keys, archiver_wait_s)
     tail = await _tail(redis, keys)
     try:
         info: dict[str, Any] = await redis.xinfo_stream(keys.ledger())
     except redis_errors.ResponseError:
         info = {}  # no log at all: nothing was ever written, or everything was lost
+    # One snapshot of the record for every read below, taken after Redis' tail: an entry
+    # archived meanwhile is in the tail and, consistently, not yet in this snapshot.
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        return await _across(redis, keys, conn, tail, info, progress)
+
+
+async def _across(
+    redis: Redis,
+    keys: Keys,
+    conn: Connection,
+    tail: StreamRows,
+    info: dict[str, Any],
+    progress: Callable[[int], None] | None,
+) -> CrossReport:
     first = parse_entry_id(tail[0][0].decode()) if tail else None
     totals = RecordTotals(redis_tail=len(tail))
     problems: list[str] = []
 
     async def history() -> AsyncIterator[StreamRows]:
-        async for rows in _recorded_below(pool, first, totals):
+        async for rows in _recorded_below(conn, first, totals):
             yield rows
         if tail:
             yield tail
@@ -174,7 +212,7 @@ async def reconcile_across(
     elif not tail:
         totals.trimmed = totals.recorded  # Redis 6 does not count: assume all was recorded
 
-    in_both = await _recorded_from(pool, first) if first else {}
+    in_both = await _recorded_from(conn, first) if first else {}
     unarchived: Counter[AccountKey] = Counter()
     for entry_id, fields in tail:
         eid, entry = entry_id.decode(), _decoded(fields)
@@ -193,7 +231,7 @@ async def reconcile_across(
         problems.append(f"the record holds {len(in_both)} entries Redis never had (first "
                         f"{sorted(in_both)[0]})")  # fmt: skip
 
-    recorded, totals.postings, total, unbalanced = await _record_balances(pool)
+    recorded, totals.postings, total, unbalanced = await _record_balances(conn)
     if unbalanced:
         problems.append(f"{unbalanced} recorded transfers have postings that do not sum to 0")
     if total != 0:

@@ -185,3 +185,19 @@ async def test_settled_payouts_are_recorded_and_reconcile(
         ("payout_paid", 0), ("cash_out", -1_000), ("payout_failed", 1_000), ("cash_out", -1_000),
         ("payout_paid", 0), ("cash_out", -1_000),
     ]  # fmt: skip
+
+
+async def test_right_after_a_load_it_waits_for_a_running_archiver(
+    ledger: Ledger, record_pool: RecordPool
+) -> None:
+    stop = asyncio.Event()
+    archiver = Archiver(ledger.redis, record_pool, ledger.keys, config=CONFIG, consumer="live")
+    task = asyncio.create_task(archiver.run(stop))
+    try:
+        ids = await mixed_transfers(ledger, 3_000)
+        report = await reconcile_across(ledger.redis, ledger.keys, record_pool)
+        assert report.ok, report.problems
+        assert (report.record.lag, report.ledger.totals.entries) == (0, len(ids))
+    finally:
+        stop.set()
+        await task
