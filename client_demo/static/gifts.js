@@ -1,6 +1,8 @@
-// Gift animations shared by the viewer page and the OBS overlay (styles in gifts.css).
+// Gift animations shared by the viewer page and the OBS overlay (styles in gifts.css): the
+// strip of small gifts and the queue of big ones (each played by show.js).
 
 import { el, fmt, giftArt } from "./giftwire.js";
+import { Show, prefersReducedMotion } from "./show.js";
 
 export const BIG_TIER_MIN = 3; // tiers 1-2 scroll in the strip, 3-4 play full screen
 
@@ -80,16 +82,21 @@ export class GiftStrip {
 /**
  * Big gifts, played one at a time, most valuable first: the queue is ordered by coins (then
  * by arrival), so a Universe is never stuck behind a hundred Lions. When the queue is full
- * the least valuable waiting gift is dropped, and a long queue plays faster.
+ * the least valuable waiting gift is dropped, and a long queue plays faster (each show at
+ * `playMs / fastPlayMs` times the speed). Each gift plays as a Show (show.js): entrance,
+ * loop, exit; the next starts when its clock ends. `pause`, `seek` and `resume` hold the
+ * current show for the browser tests.
  */
 export class BigGiftQueue {
-  constructor(root, { queueMax = 40, playMs = 3200, fastPlayMs = 1600 } = {}) {
+  constructor(root, { queueMax = 40, playMs = 3200, fastPlayMs = 1600, reduced = prefersReducedMotion } = {}) {
     this.root = root;
     this.queueMax = queueMax;
     this.playMs = playMs;
     this.fastPlayMs = fastPlayMs;
+    this.reduced = reduced;
     this.waiting = [];
     this.playing = null;
+    this.show = null;
   }
 
   push(event) {
@@ -101,6 +108,8 @@ export class BigGiftQueue {
   }
 
   _next() {
+    this.show?.dispose();
+    this.show = null;
     this.root.replaceChildren();
     const event = this.waiting.shift();
     this.playing = event ?? null;
@@ -108,40 +117,40 @@ export class BigGiftQueue {
       delete this.root.dataset.seq;
       return;
     }
-    const playMs = this.waiting.length > 3 ? this.fastPlayMs : this.playMs;
-    const sparks = el("div", { class: "sparks" });
-    for (let i = 0; i < 12; i += 1) {
-      const spark = giftArt(event.gift_id, "spark");
-      spark.style.setProperty("--angle", `${i * 30}deg`);
-      spark.style.setProperty("--delay", `${0.25 + (i % 3) * 0.12}s`);
-      sparks.append(spark);
-    }
-    const count = event.count > 1 ? ` ×${fmt.format(event.count)}` : "";
-    const caption = el("div", { class: "caption" });
-    caption.append(
-      el("b", { text: event.sender_name }),
-      ` sent ${event.gift_name ?? event.gift_id}${count}`,
-      el("span", { class: "queue-count", "data-testid": "big-waiting" }),
-    );
-    const scene = el(
-      "div",
-      { class: `scene tier-${event.tier}`, "data-testid": "big-gift", "data-gift": event.gift_id },
-      ...(event.tier >= 4 ? [el("div", { class: "rays" })] : []),
-      sparks,
-      giftArt(event.gift_id, "hero"),
-      caption,
-    );
-    scene.style.setProperty("--play-ms", `${playMs}ms`);
+    const rate = this.waiting.length > 3 ? this.playMs / this.fastPlayMs : 1;
     this.root.dataset.seq = String(event.seq);
-    this.root.append(scene);
-    this._updateCount();
-    setTimeout(() => this._next(), playMs);
+    let show;
+    try {
+      show = new Show(this.root, event, {
+        playMs: this.playMs, rate, reduced: this.reduced(), waiting: this._waitingText(),
+      });
+    } catch (error) {
+      // A show that cannot be built must not stall the queue behind it.
+      console.error("big gift", event.gift_id, error);
+      setTimeout(() => this._next(), 0);
+      return;
+    }
+    this.show = show;
+    show.finished.then(() => {
+      if (this.show === show) this._next();
+    });
+  }
+
+  _waitingText() {
+    return this.waiting.length === 0 ? "" : `+${fmt.format(this.waiting.length)} waiting`;
   }
 
   _updateCount() {
     // In the caption, so that it never lands on what the page has in its corners.
-    const badge = this.root.querySelector(".queue-count");
-    if (!this.playing || !badge) return;
-    badge.textContent = this.waiting.length === 0 ? "" : `+${fmt.format(this.waiting.length)} waiting`;
+    this.show?.updateWaiting(this._waitingText());
   }
+
+  /** The current show's phases, {entrance: [from, to], loop: …, exit: …} in ms, or null. */
+  phases() {
+    return this.show?.phases ?? null;
+  }
+
+  pause() { this.show?.pause(); }
+  seek(ms) { this.show?.seek(ms); }
+  resume() { this.show?.resume(); }
 }

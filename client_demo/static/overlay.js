@@ -152,6 +152,7 @@ function main() {
   $("top-box").dataset.pos = options.topPosition;
   renderTop();
   if (options.test) {
+    window.giftwire = { big, options };
     onState("test");
     showSamples();
     return;
@@ -171,7 +172,7 @@ function main() {
     historyEvents: 100,
     callbacks: { onGift, onMessage, onWelcome, onState },
   });
-  window.giftwire = { socket, options };
+  window.giftwire = { socket, options, big };
   socket.start();
 }
 

@@ -341,7 +341,7 @@ async function main() {
     token: config.token,
     callbacks: { onState, onWelcome, onGift, onAck, onRefused, onMessage },
   });
-  window.giftwire = { socket, state }; // for the console (and the browser tests)
+  window.giftwire = { socket, state, big }; // for the console (and the browser tests)
   for (const chip of document.querySelectorAll(".count-chip")) {
     chip.addEventListener("click", () => {
       for (const other of document.querySelectorAll(".count-chip")) other.classList.remove("selected");

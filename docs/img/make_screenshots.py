@@ -119,6 +119,22 @@ async def tap(page: Page, gift: str, times: int = 1) -> None:
         await page.wait_for_timeout(120)
 
 
+async def hold(page: Page, gift: str) -> None:
+    """Hold a big gift's show at the middle of its loop with the page's hook, not by waiting."""
+    await page.wait_for_selector(f"[data-testid=big-gift][data-gift={gift}]")
+    await page.evaluate(
+        "() => { const [start, end] = giftwire.big.phases().loop;"
+        " giftwire.big.pause(); giftwire.big.seek((start + end) / 2); }"
+    )
+    await page.evaluate(
+        "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
+    )
+
+
+async def resume(page: Page) -> None:
+    await page.evaluate("() => giftwire.big.resume()")
+
+
 async def shoot(page: Page, name: str) -> None:
     await page.screenshot(path=str(OUT / name), type="jpeg", quality=JPEG_QUALITY)
 
@@ -138,15 +154,15 @@ async def take(browser: Browser, server: ServerProcess) -> None:
     await tap(alice, "heart", 2)
     await bob.click("[data-testid=gift-corgi]")
     await alice.click("[data-testid=gift-universe]")
-    await bob.wait_for_selector("[data-testid=big-gift][data-gift=universe]")
-    await bob.wait_for_timeout(1100)
+    await hold(bob, "universe")
     await shoot(bob, SHOTS[0])
+    await resume(bob)
     await phone.wait_for_selector("[data-testid=strip-row]")
     await tap(bob, "doughnut", 2)
     await alice.click("[data-testid=gift-lion]")
-    await phone.wait_for_selector("[data-testid=big-gift][data-gift=lion]")
-    await phone.wait_for_timeout(1100)
+    await hold(phone, "lion")
     await shoot(phone, SHOTS[1])
+    await resume(phone)
     await alice.click("[data-testid=gift-galaxy]")
     await alice.click("[data-testid=combo]")
     await creator.wait_for_timeout(1200)
@@ -154,8 +170,7 @@ async def take(browser: Browser, server: ServerProcess) -> None:
     await overlay.add_style_tag(content=OVERLAY_BACKDROP)
     await tap(bob, "perfume", 3)
     await alice.click("[data-testid=gift-whale]")
-    await overlay.wait_for_selector("[data-testid=big-gift][data-gift=whale]")
-    await overlay.wait_for_timeout(1100)
+    await hold(overlay, "whale")
     await shoot(overlay, SHOTS[3])
 
 

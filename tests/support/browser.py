@@ -85,11 +85,14 @@ class Pages:
         wait_live: bool = True,
         viewport: tuple[int, int] = (1280, 800),
         reduced_motion: Literal["reduce", "no-preference"] | None = None,
+        init_script: str | None = None,
     ) -> Page:
         width, height = viewport
         context = await self.browser.new_context(
             viewport={"width": width, "height": height}, reduced_motion=reduced_motion
         )
+        if init_script is not None:  # runs in every document before the page's own scripts
+            await context.add_init_script(init_script)
         page = await context.new_page()
         page.set_default_timeout(WAIT_MS)
         page.on("pageerror", lambda error: self.errors.append(f"{name}/{user}: {error}"))
