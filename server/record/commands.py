@@ -153,6 +153,9 @@ def archiver_process(settings: Settings, redis_url: str, database_url: str) -> I
                 env=env,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent,
+                # Out of the terminal's process group: Ctrl-C stops serve, which stops it,
+                # instead of reaching both and reading as a crash to restart.
+                start_new_session=True,
             )
             current[:] = [child]
             code = child.wait()
