@@ -38,6 +38,15 @@ SELECT count(*), coalesce(sum((t.fields->>'diamonds')::bigint), 0)::bigint,
 """
 
 
+_PAYOUTS = """
+SELECT t.fields->>'state', count(*), coalesce(sum((t.fields->>'diamonds')::bigint), 0)::bigint,
+       coalesce(sum((t.fields->>'cents')::bigint), 0)::bigint
+  FROM transfers t
+ WHERE t.to_user = %s AND t.type = 'payout' AND t.log_ms >= %s AND t.log_ms < %s
+ GROUP BY 1
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Period:
     label: str
@@ -105,6 +114,13 @@ class Statement:
     cash_outs: int = 0
     cashed_out_diamonds: int = 0
     cashed_out_cents: int = 0
+    payouts: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    """Settled in the period, by outcome (``paid``, ``failed``): (count, diamonds, cents).
+    A failed payout's diamonds went back to the creator."""
+
+    def _payout(self, state: str) -> dict[str, int]:
+        count, diamonds, cents = self.payouts.get(state, (0, 0, 0))
+        return {"count": count, "diamonds": diamonds, "cents": cents}
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -135,6 +151,7 @@ class Statement:
                 "diamonds": self.cashed_out_diamonds,
                 "cents": self.cashed_out_cents,
             },
+            "payouts": {"paid": self._payout("paid"), "failed": self._payout("failed")},
         }
 
     def to_csv(self) -> str:
@@ -148,6 +165,9 @@ class Statement:
             ["cashed_out", "", self.cash_outs, "", self.cashed_out_diamonds,
              self.cashed_out_cents]
         )  # fmt: skip
+        for state in ("paid", "failed"):
+            p = self._payout(state)
+            writer.writerow([f"payouts_{state}", "", p["count"], "", p["diamonds"], p["cents"]])
         return out.getvalue()
 
 
@@ -160,6 +180,7 @@ async def creator_statement(
     async with pool.connection() as conn:
         rows = await (await conn.execute(_EARNINGS, [period.by, fmt, *bounds])).fetchall()
         cash = await (await conn.execute(_CASH_OUTS, bounds)).fetchone()
+        payouts = await (await conn.execute(_PAYOUTS, bounds)).fetchall()
     for bucket, stream_id, gifts, coins, diamonds in rows:
         cents = cash_value_cents(int(diamonds), cents_per_100_diamonds)
         statement.rows.append(
@@ -173,4 +194,8 @@ async def creator_statement(
         statement.cash_outs, statement.cashed_out_diamonds, statement.cashed_out_cents = (
             int(v) for v in cash
         )
+    statement.payouts = {
+        str(state): (int(count), int(diamonds), int(cents))
+        for state, count, diamonds, cents in payouts
+    }
     return statement

@@ -80,6 +80,9 @@ async def test_statement_totals_equal_the_ledgers_in_json_and_csv(
                        stream="s-a" if i % 2 else "s-b")
         )  # fmt: skip
     cash = await ledger.cash_out(client_id="c1", creator_id=CREATOR, diamonds=10_000)
+    for client_id, outcome in (("c2", "failed"), ("c3", "paid")):
+        await ledger.cash_out(client_id=client_id, creator_id=CREATOR, diamonds=1_000)
+        await ledger.settle_payout(client_id=client_id, creator_id=CREATOR, outcome=outcome)
     await _archive(ledger, record_pool)
 
     month = datetime.fromtimestamp(sent[0].ts / 1000, UTC).strftime("%Y-%m")
@@ -93,17 +96,23 @@ async def test_statement_totals_equal_the_ledgers_in_json_and_csv(
     assert totals["coins"] == sum(s.coins_total for s in streams if s)
     assert totals["gifts"] == sum(s.gifts_total for s in streams if s)
     assert totals["cents"] == diamonds * RATE // 100
-    assert doc["cash_outs"] == {"count": 1, "diamonds": 10_000, "cents": cash.cents}
+    assert doc["cash_outs"] == {"count": 3, "diamonds": 12_000, "cents": cash.cents + 1_000}
+    assert doc["payouts"] == {
+        "paid": {"count": 1, "diamonds": 1_000, "cents": 500},
+        "failed": {"count": 1, "diamonds": 1_000, "cents": 500},
+    }
     assert {r.stream_id for r in statement.rows} == {"s-a", "s-b"}
     assert sum(r.diamonds for r in statement.rows) == diamonds
 
     rows = list(csv.reader(io.StringIO(statement.to_csv())))
     assert rows[0] == ["day", "stream_id", "gifts", "coins", "diamonds", "cents"]
-    body = rows[1:-2]
+    body = rows[1:-4]
     assert sum(int(r[4]) for r in body) == diamonds
-    assert rows[-2] == ["total", "", str(totals["gifts"]), str(totals["coins"]), str(diamonds),
+    assert rows[-4] == ["total", "", str(totals["gifts"]), str(totals["coins"]), str(diamonds),
                         str(totals["cents"])]  # fmt: skip
-    assert rows[-1] == ["cashed_out", "", "1", "", "10000", str(cash.cents)]
+    assert rows[-3] == ["cashed_out", "", "3", "", "12000", str(cash.cents + 1_000)]
+    assert rows[-2:] == [["payouts_paid", "", "1", "", "1000", "500"],
+                         ["payouts_failed", "", "1", "", "1000", "500"]]  # fmt: skip
 
     year = await creator_statement(record_pool, CREATOR, parse_period(None, month[:4]), RATE)
     assert year.diamonds == diamonds
