@@ -26,6 +26,7 @@ import orjson
 from redis.asyncio import Redis
 
 from benchmarks.procs import JWT_SECRET, Child, cpu_seconds, giftwire_server, rss_bytes
+from client_demo.wire import subprotocols
 from loadtest.histogram import Histogram
 from loadtest.wsclient import OP_TEXT, WsClientProtocol, open_connection
 from server.domain.accounts import Role
@@ -211,7 +212,7 @@ class Giftwire(Target):
 
     def protocols(self, index: int) -> list[str]:
         token = issue_token(JWT_SECRET, f"v{index}", Role.VIEWER, ttl_s=3600)
-        return ["giftwire.json", f"bearer.{token}"]
+        return subprotocols(token)
 
     def events_in(self, payload: bytes) -> int:
         return payload.count(b'"seq":') if b'"type":"gift' in payload else 0

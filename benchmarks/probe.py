@@ -20,6 +20,7 @@ import time
 
 import orjson
 
+from client_demo.wire import subprotocols
 from loadtest.histogram import Histogram
 from loadtest.wsclient import OP_TEXT, WsClientProtocol, open_connection
 from server.domain.accounts import Role
@@ -66,7 +67,7 @@ async def main(url: str, kind: str, count: int, secret: str) -> None:
         protocols: list[str] = []
         if kind == "giftwire":
             token = issue_token(secret, f"probe{index}", Role.VIEWER, ttl_s=3600)
-            protocols = ["giftwire.json", f"bearer.{token}"]
+            protocols = subprotocols(token)
         proto, _ = await open_connection(url, on_frame(index), protocols=protocols)  # type: ignore[arg-type]
         protos[index] = proto
         if index in replies:

@@ -182,3 +182,5 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_run(args, out))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # a reader that went away before the printer noticed
+        return 0

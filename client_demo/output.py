@@ -3,12 +3,18 @@
 With ``--json`` every server message is printed as it came (a coalesced ``gifts`` frame as
 one ``gift`` line per event), and the client's own notices carry ``"local": true``
 (``disconnected``, ``refused``, ``gave_up``, ``usage``, ``catalog``, ``wallet``). Scripts
-read stdout line by line; every line is flushed at once.
+read stdout line by line; every line is flushed at once. When the reader goes away
+(``| head``), the printer goes quiet and tells the session to finish: no traceback, no
+reconnecting.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import orjson
@@ -83,6 +89,9 @@ class Printer:
         self.verbose = verbose
         self.out = out or sys.stdout
         self.err = err or sys.stderr
+        self.closed = False
+        """True once a reader went away; nothing is printed after that."""
+        self.on_closed: Callable[[], None] | None = None
 
     def message(self, message: Message) -> None:
         """A message from the server."""
@@ -107,7 +116,27 @@ class Printer:
             text = kind.replace("_", " ")
             if fields:
                 text += ": " + ", ".join(f"{k}={v}" for k, v in fields.items())
-        print(text, file=self.out if answer else self.err, flush=True)
+        self._write(text, self.out if answer else self.err)
 
     def _line(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
+        self._write(line, self.out)
+
+    def _write(self, line: str, stream: TextIO) -> None:
+        if self.closed:
+            return
+        try:
+            print(line, file=stream, flush=True)
+        except BrokenPipeError:
+            self.closed = True
+            _silence(stream)
+            if self.on_closed is not None:
+                self.on_closed()
+
+
+def _silence(stream: TextIO) -> None:
+    """Point a closed pipe's file descriptor at /dev/null, so that the interpreter's last
+    flush at exit does not fail on it again."""
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)

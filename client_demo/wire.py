@@ -31,6 +31,15 @@ EXIT_CANNOT_CONNECT = 2
 RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 OPEN_TIMEOUT_S = 10.0
 FATAL_STATUSES = frozenset({400, 401, 403, 404})
+FORMAT_SUBPROTOCOL_PREFIX = "giftwire."
+BEARER_SUBPROTOCOL_PREFIX = "bearer."
+
+
+def subprotocols(token: str, fmt: str = "json") -> list[str]:
+    """What a client offers in the handshake: the wire format, then the token (a browser
+    cannot set an Authorization header on a WebSocket). The one spelling of the list in
+    Python: the terminal client, the load tools and the tests all call this."""
+    return [f"{FORMAT_SUBPROTOCOL_PREFIX}{fmt}", f"{BEARER_SUBPROTOCOL_PREFIX}{token}"]
 
 
 def encode(message: Message, fmt: WireFormat) -> str | bytes:
@@ -109,6 +118,7 @@ class Session:
         self.welcomes = 0
         self._finished = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        out.on_closed = self.finish  # the reader of our output went away (`| head`)
 
     # For subclasses.
 
@@ -195,10 +205,7 @@ class Session:
 
     async def _connection(self) -> bool:
         """One connection, from handshake to close. True if it got as far as the welcome."""
-        protocols = [
-            Subprotocol(f"giftwire.{self.options.fmt}"),
-            Subprotocol(f"bearer.{self.options.token}"),
-        ]
+        protocols = [Subprotocol(p) for p in subprotocols(self.options.token, self.options.fmt)]
         async with connect(
             stream_url(self.options.url, self.options.stream_id),
             subprotocols=protocols,

@@ -1,14 +1,15 @@
 """``python -m loadtest run [options]``: run the asyncio load generator, print its JSON.
 
-Secrets default to the server's own environment variables (``GIFTWIRE_JWT_SECRET``,
-``GIFTWIRE_WEBHOOK_SECRET``, ``GIFTWIRE_REDIS_URL``, ``GIFTWIRE_KEY_PREFIX``).
+Secrets are found the way ``giftwire token`` finds them: the server's own environment
+variables (``GIFTWIRE_JWT_SECRET``, ``GIFTWIRE_WEBHOOK_SECRET``, ``GIFTWIRE_REDIS_URL``,
+``GIFTWIRE_KEY_PREFIX``), else the demo's ``demo-secrets.json`` in the data folder (and the
+running demo's embedded Redis, to reconcile the books after the run).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,27 +17,38 @@ from pathlib import Path
 import orjson
 
 from loadtest.generator import RunConfig, run
+from server.cli.common import CommandError
+from server.cli.demo_secrets import ClientSecrets, client_secrets
+from server.settings import SettingsError
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__)
+def build_parser(found: ClientSecrets) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run the generator against a running server")
     d = RunConfig()
     p.add_argument("--url", default=d.url, help="server base URL (default %(default)s)")
-    p.add_argument("--jwt-secret", default=os.environ.get("GIFTWIRE_JWT_SECRET", ""))
-    p.add_argument("--webhook-secret", default=os.environ.get("GIFTWIRE_WEBHOOK_SECRET", ""))
+    p.add_argument("--jwt-secret", default=found.jwt_secret, help=f"default: from {found.source}")
+    p.add_argument(
+        "--webhook-secret", default=found.webhook_secret, help=f"default: from {found.source}"
+    )
     p.add_argument(
         "--redis-url",
-        default=os.environ.get("GIFTWIRE_REDIS_URL"),
-        help="reconcile the books after the run (skipped when unset)",
+        default=found.redis_url,
+        help="reconcile the books after the run (default: GIFTWIRE_REDIS_URL, else the "
+        "running demo's Redis; skipped when neither)",
     )
     p.add_argument(
         "--database-url",
-        default=os.environ.get("GIFTWIRE_DATABASE_URL"),
-        help="the server's durable record: reconcile across Redis and it",
+        default=found.database_url,
+        help="the server's durable record: reconcile across Redis and it (default: "
+        "GIFTWIRE_DATABASE_URL, else the running demo's PostgreSQL)",
     )
-    p.add_argument("--key-prefix", default=os.environ.get("GIFTWIRE_KEY_PREFIX", d.key_prefix))
+    p.add_argument("--key-prefix", default=found.key_prefix)
     p.add_argument("--hot-rooms", type=int, default=d.hot_rooms)
     p.add_argument("--cold-rooms", type=int, default=d.cold_rooms)
     p.add_argument("--viewers", type=int, default=d.viewers)
@@ -59,7 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        found = client_secrets()
+    except (SettingsError, CommandError) as e:
+        print(e, file=sys.stderr)
+        return 2
+    args = build_parser(found).parse_args(argv)
     config = RunConfig(
         url=args.url,
         jwt_secret=args.jwt_secret,
@@ -85,8 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not config.jwt_secret or not config.webhook_secret:
         print(
-            "set --jwt-secret and --webhook-secret (or GIFTWIRE_JWT_SECRET and "
-            "GIFTWIRE_WEBHOOK_SECRET)",
+            "no secrets: start `./dev demo` once (it keeps them in its data folder), or set "
+            "GIFTWIRE_JWT_SECRET and GIFTWIRE_WEBHOOK_SECRET (or --jwt-secret, --webhook-secret)",
             file=sys.stderr,
         )
         return 2

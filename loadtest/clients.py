@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from client_demo.wire import subprotocols
 from loadtest.histogram import Histogram
 from loadtest.wsclient import OP_TEXT, WsClientProtocol, open_connection
 
@@ -79,7 +80,7 @@ class Totals:
 
 
 def protocols(token: str) -> list[str]:
-    return ["giftwire.json", f"bearer.{token}"]
+    return subprotocols(token, "json")
 
 
 class Viewer:

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from loadtest import http
+from client_demo import http
 from loadtest.clients import DeliveryClock, GiftBudget, Gifter, Totals, Viewer
 from loadtest.wsclient import HandshakeError
 from server.domain.accounts import Role

@@ -1,10 +1,12 @@
 """Locust users for giftwire: Viewer, Gifter and Creator on one live stream.
 
-    locust -f loadtest/locustfile.py --headless -u 50 -r 10 -t 60s \\
+    ./dev locust --headless -u 50 -r 10 -t 60s \\
         --host http://127.0.0.1:8000 --gw-stream loadtest --gw-gift-rate 2
 
-Secrets come from ``--gw-jwt-secret`` / ``--gw-webhook-secret`` or the server's own
-``GIFTWIRE_JWT_SECRET`` / ``GIFTWIRE_WEBHOOK_SECRET``. At test start the stream is started
+(``./dev locust`` is ``locust -f loadtest/locustfile.py`` from any folder.) Secrets come
+from ``--gw-jwt-secret`` / ``--gw-webhook-secret``, else the way ``giftwire token`` finds
+them: the server's own ``GIFTWIRE_JWT_SECRET`` / ``GIFTWIRE_WEBHOOK_SECRET``, else the
+demo's ``demo-secrets.json`` in the data folder. At test start the stream is started
 (idempotent) by its creator; each Gifter is topped up through the signed payment webhook.
 
 What lands in Locust's statistics (request type ``WS``):
@@ -17,13 +19,13 @@ What lands in Locust's statistics (request type ``WS``):
   saw its event. Send times are shared in memory, so this is measured within one Locust
   process (run the users in one process, or read it per worker).
 
-Locust is an optional extra (``pip install -e '.[loadtest]'``), never a server dependency.
+Locust is an optional extra (``loadtest``, which ``./dev`` installs), never a server
+dependency.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 import time
 import uuid
 from collections import OrderedDict
@@ -34,9 +36,11 @@ from gevent.event import AsyncResult
 from locust import User, between, constant, events, task
 from locust.env import Environment
 
-from loadtest import http
+from client_demo import http
+from client_demo.wire import subprotocols
 from loadtest.syncws import ConnectionClosedError, SyncWebSocket
 from loadtest.wsclient import HandshakeError
+from server.cli.demo_secrets import client_secrets
 from server.domain.accounts import Role
 from server.web.auth import issue_token
 
@@ -57,13 +61,14 @@ def _options(parser: Any) -> None:
     group = parser.add_argument_group("giftwire")
     group.add_argument("--gw-stream", default="loadtest", help="stream id to load")
     group.add_argument("--gw-creator", default="loadtest_creator", help="the stream's creator")
+    found = client_secrets()
     group.add_argument(
-        "--gw-jwt-secret", default=os.environ.get("GIFTWIRE_JWT_SECRET", ""), help="JWT secret"
+        "--gw-jwt-secret", default=found.jwt_secret, help=f"JWT secret (from {found.source})"
     )
     group.add_argument(
         "--gw-webhook-secret",
-        default=os.environ.get("GIFTWIRE_WEBHOOK_SECRET", ""),
-        help="payment webhook secret (tops up gifters)",
+        default=found.webhook_secret,
+        help=f"payment webhook secret, tops up gifters (from {found.source})",
     )
     group.add_argument("--gw-gift", default="rose", help="gift id the Gifters send")
     group.add_argument("--gw-gift-rate", type=float, default=1.0, help="gifts/s per Gifter")
@@ -114,7 +119,7 @@ def _fire(env: Environment, name: str, seconds: float, exc: Exception | None = N
 def _token(env: Environment, user: str, role: Role) -> str:
     secret = env.parsed_options.gw_jwt_secret
     if not secret:
-        raise RuntimeError("set --gw-jwt-secret or GIFTWIRE_JWT_SECRET")
+        raise RuntimeError("no JWT secret: start `./dev demo` once, or set GIFTWIRE_JWT_SECRET")
     return issue_token(secret, user, role, name=user, ttl_s=6 * 3600)
 
 
@@ -142,7 +147,7 @@ class _GiftwireUser(User):
         self.uid = self.user_id()
         self.prepare()
         url = self.host.replace("http", "ws", 1) + f"/ws/streams/{self.stream_id}"
-        protocols = ["giftwire.json", "bearer." + _token(self.environment, self.uid, self.role)]
+        protocols = subprotocols(_token(self.environment, self.uid, self.role))
         started = time.perf_counter()
         try:
             self.ws = SyncWebSocket(url, protocols)
@@ -162,6 +167,8 @@ class _GiftwireUser(User):
         """Before connecting (Gifters top up here)."""
 
     def on_stop(self) -> None:
+        # The test is over: the reader sees its socket close, and that is no failure.
+        self.stopping = True
         reader = getattr(self, "reader", None)
         if reader is not None:
             reader.kill(block=False)
@@ -174,6 +181,8 @@ class _GiftwireUser(User):
             while True:
                 self.on_message(self.ws.recv())
         except (ConnectionClosedError, OSError) as e:
+            if getattr(self, "stopping", False):
+                return
             code = getattr(e, "code", None)
             _fire(self.environment, "disconnect", 0, ConnectionError(f"closed {code}"))
 
@@ -225,7 +234,7 @@ class Gifter(_GiftwireUser):
         self.interval_s = 1.0 / rate if rate > 0 else 0.0
         self.next_at = time.monotonic()
         if not options.gw_webhook_secret:
-            raise RuntimeError("set --gw-webhook-secret or GIFTWIRE_WEBHOOK_SECRET")
+            raise RuntimeError("no webhook secret: start `./dev demo` once, or set it")
         http.top_up(
             self.host, options.gw_webhook_secret, f"{self.uid}-pay", self.uid, options.gw_coins
         )

@@ -2,6 +2,10 @@
 
 Every field of ``Limits`` is also a setting: ``GIFTWIRE_`` + its name in upper case
 (``GIFTWIRE_FRAME_BYTES_MAX=8192``). ``giftwire settings`` prints the full table.
+
+Paths are made absolute once, here: a relative value is taken from the folder giftwire
+starts in, and nothing later depends on the working directory (redis-server, for one,
+changes into its data folder before it opens its log file).
 """
 
 from __future__ import annotations
@@ -18,6 +22,29 @@ from server.domain.money import Economics
 from server.ledger.keys import DEFAULT_PREFIX
 
 ENV_PREFIX = "GIFTWIRE_"
+CHECKOUT = Path(__file__).resolve().parents[1]
+"""Where the ``server`` package lives: the source checkout when giftwire runs from one."""
+
+
+def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    """``var/giftwire`` in the source checkout giftwire runs from; else the XDG data folder.
+
+    The same folder from whichever folder a command is typed, so that ``giftwire demo``,
+    ``giftwire token``, ``giftwire reconcile`` and the load tools find the same data and
+    demo secrets.
+    """
+    env = os.environ if env is None else env
+    pyproject = CHECKOUT / "pyproject.toml"
+    if pyproject.is_file() and 'name = "giftwire"' in pyproject.read_text(errors="replace"):
+        return CHECKOUT / "var" / "giftwire"
+    xdg = env.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
+    return base / "giftwire"
+
+
+def absolute(path: Path) -> Path:
+    """``path`` with ``~`` expanded, relative to the current folder, symlinks resolved."""
+    return path.expanduser().resolve()
 
 
 class SettingsError(ValueError):
@@ -28,7 +55,8 @@ class SettingsError(ValueError):
 class Settings:
     redis_url: str | None = None
     """Redis to use. Unset: start a private redis-server with AOF in ``data_dir``."""
-    data_dir: Path = Path("var/giftwire")
+    data_dir: Path = field(default_factory=default_data_dir)
+    """Always absolute when loaded by ``load_settings``."""
     database_url: str | None = None
     """PostgreSQL of the durable record. Unset: with an embedded Redis, an embedded
     PostgreSQL in ``data_dir``; with ``redis_url`` set, no record (and no archiver)."""
@@ -53,6 +81,8 @@ class Settings:
     log_level: str = "info"
     socket_send_buffer_bytes: int = 64 * 1024
     """Kernel send buffer of each WebSocket (read by ``server/web/uvicorn_ws.py``)."""
+    access_log: bool = True
+    """uvicorn's access log: one line per HTTP request and WebSocket handshake."""
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -77,7 +107,7 @@ def _convert(raw: str, kind: object, name: str) -> object:
     if "tuple" in text:
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     if "Path" in text:
-        return Path(raw)
+        return absolute(Path(raw))
     if "float" in text:
         value = float(raw)
         if not math.isfinite(value):
@@ -107,7 +137,13 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
                 target[f.name] = _convert(raw, f.type, f.name)
             except ValueError as exc:
                 errors.append(f"{env_name(f.name)}={raw!r}: {exc}")
+    if "data_dir" not in values:
+        values["data_dir"] = default_data_dir(env)
     values.update(overrides)
+    for name in ("data_dir", "catalog_path"):
+        path = values.get(name)
+        if isinstance(path, Path):
+            values[name] = absolute(path)
     for name, value in limit_values.items():
         if not isinstance(value, int | float):
             continue
@@ -152,7 +188,11 @@ def _check(s: Settings, errors: list[str]) -> None:
 
 DESCRIPTIONS: dict[str, str] = {
     "redis_url": "Redis holding the ledger; unset: a private redis-server with AOF in data_dir",
-    "data_dir": "embedded Redis data, demo secrets, multiprocess metrics",
+    "data_dir": (
+        "embedded Redis data, demo secrets, multiprocess metrics; installed without a "
+        "checkout: $XDG_DATA_HOME/giftwire (~/.local/share/giftwire); relative: from the "
+        "folder giftwire starts in"
+    ),
     "database_url": "PostgreSQL of the durable record; unset: embedded one if Redis is embedded",
     "key_prefix": "prefix of every Redis key",
     "jwt_secret": "HS256 secret of access tokens, 32+ characters (required by serve)",
@@ -168,6 +208,7 @@ DESCRIPTIONS: dict[str, str] = {
     "cents_per_100_diamonds": "payout per 100 diamonds cashed out (cents)",
     "log_level": "debug, info, warning or error",
     "socket_send_buffer_bytes": "kernel send buffer per WebSocket (bounds a stalled viewer)",
+    "access_log": "uvicorn's access log, a line per request and handshake (false: quiet)",
     "frame_bytes_max": "largest incoming WebSocket message (bytes; larger: close 1009)",
     "body_bytes_max": "largest HTTP request body (bytes; larger: 413 message_too_large)",
     "json_depth_max": "deepest nesting in a message",
@@ -194,6 +235,9 @@ DESCRIPTIONS: dict[str, str] = {
 }
 
 
+DATA_DIR_SHOWN = "<checkout>/var/giftwire"
+
+
 def settings_table() -> list[tuple[str, str, str]]:
     """(variable, default, description) for every setting."""
     rows: list[tuple[str, str, str]] = []
@@ -201,6 +245,8 @@ def settings_table() -> list[tuple[str, str, str]]:
     for f in _SCALARS:
         default = getattr(defaults, f.name)
         shown = "" if default in (None, "", ()) else str(default)
+        if f.name == "data_dir":
+            shown = DATA_DIR_SHOWN  # the same on every machine, unlike the absolute path
         rows.append((env_name(f.name), shown, DESCRIPTIONS[f.name]))
     for f in dataclasses.fields(Limits):
         rows.append((env_name(f.name), str(getattr(defaults.limits, f.name)), DESCRIPTIONS[f.name]))

@@ -16,6 +16,9 @@ class Role(StrEnum):
     VIEWER = "viewer"
     CREATOR = "creator"
     ADMIN = "admin"
+    OVERLAY = "overlay"
+    """Read-only: may watch the one stream its token names, and change nothing (an OBS
+    browser source's URL gets shared with scene exports)."""
 
 
 def is_valid_id(value: object) -> TypeGuard[str]:
@@ -39,6 +42,16 @@ class Identity:
     user_id: str
     role: Role
     display_name: str
+    watch_stream: str | None = None
+    """The one stream this identity may watch (overlay tokens); None: any stream."""
+
+    @property
+    def read_only(self) -> bool:
+        """True when this identity may change nothing: no gift, stream or cash-out."""
+        return self.role is Role.OVERLAY
+
+    def may_watch(self, stream_id: str) -> bool:
+        return self.watch_stream is None or self.watch_stream == stream_id
 
 
 @dataclass(frozen=True, slots=True)

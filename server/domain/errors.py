@@ -46,6 +46,7 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = "unauthorized"
     TOKEN_EXPIRED = "token_expired"
     FORBIDDEN = "forbidden"
+    READ_ONLY = "read_only"
     NOT_FOUND = "not_found"
     TOO_MANY_CONNECTIONS = "too_many_connections"
     BAD_SIGNATURE = "bad_signature"
@@ -76,6 +77,7 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.UNAUTHORIZED: "missing or invalid credentials",
     ErrorCode.TOKEN_EXPIRED: "the token has expired",
     ErrorCode.FORBIDDEN: "not allowed for this user",
+    ErrorCode.READ_ONLY: "this token may only watch a stream; it cannot change anything",
     ErrorCode.NOT_FOUND: "not found",
     ErrorCode.TOO_MANY_CONNECTIONS: "too many connections for this user or address",
     ErrorCode.BAD_SIGNATURE: "the signature does not match",

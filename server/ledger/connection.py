@@ -11,7 +11,7 @@ from redis import Redis as SyncRedis
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from server.ledger.embedded import RedisProcess
+from server.ledger.embedded import RedisProcess, check_data_readable, find_redis_server
 
 _PORT_FILE = "redis.port"
 
@@ -35,16 +35,31 @@ def make_client(url: str, *, timeout_s: float, pool_max: int = 64) -> Redis:
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
-def _running_embedded(data_dir: Path) -> str | None:
-    port_file = data_dir / _PORT_FILE
+def running_embedded(redis_dir: Path) -> str | None:
+    """The URL of the embedded redis-server that a running giftwire started in
+    ``redis_dir``, or None. A stale port file (the owner was killed) whose port now belongs
+    to some other Redis is recognised by that Redis's own ``dir``."""
+    port_file = redis_dir / _PORT_FILE
     if not port_file.exists():
         return None
     try:
         port = int(port_file.read_text().strip())
     except ValueError:
         return None
-    probe = RedisProcess(data_dir, port=port)
-    return probe.url if probe._ping() else None
+    probe = RedisProcess(redis_dir, port=port)
+    if not probe._ping():
+        return None
+    client = SyncRedis.from_url(
+        probe.url, socket_timeout=2, socket_connect_timeout=2, decode_responses=True
+    )
+    try:
+        served = str(client.config_get("dir").get("dir", ""))
+    except (redis_errors.RedisError, OSError):
+        return None
+    finally:
+        client.close()
+    same = Path(served).resolve() == redis_dir.resolve()
+    return probe.url if same else None
 
 
 @contextmanager
@@ -59,10 +74,11 @@ def ledger_redis_url(redis_url: str | None, data_dir: Path) -> Iterator[str]:
         yield redis_url
         return
     redis_dir = data_dir / "redis"
-    existing = _running_embedded(redis_dir)
+    existing = running_embedded(redis_dir)
     if existing:
         yield existing
         return
+    check_data_readable(redis_dir, find_redis_server())
     server = RedisProcess(redis_dir, die_with_parent=True)
     server.start()
     (redis_dir / _PORT_FILE).write_text(str(server.port))

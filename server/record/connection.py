@@ -42,7 +42,8 @@ _PORT_FILE = "postgres.port"
 EMBEDDED_DATABASE = "giftwire"
 
 
-def _running_embedded(root: Path) -> str | None:
+def running_embedded_postgres(root: Path) -> str | None:
+    """The URL of the embedded PostgreSQL a giftwire process runs in ``root``, if any."""
     port_file = root / _PORT_FILE
     try:
         port = int(port_file.read_text().strip())
@@ -75,7 +76,7 @@ def record_database_url(
         yield None
         return
     root = data_dir / "postgres"
-    existing = _running_embedded(root)
+    existing = running_embedded_postgres(root)
     if existing:
         yield existing
         return

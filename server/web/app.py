@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from starlette.applications import Starlette
-from starlette.routing import Mount, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from server.domain.catalog import Catalog, load_catalog
@@ -22,6 +22,7 @@ from server.realtime.hub import Hub
 from server.record.service import RecordService
 from server.settings import Settings, load_settings
 from server.web import log_redaction
+from server.web.home import home_json, home_page
 from server.web.http_api import ROUTES
 from server.web.metrics import FANOUT_DROPS
 from server.web.payouts_api import PAYOUT_ROUTES
@@ -115,6 +116,9 @@ def create_app(settings: Settings) -> Starlette:
     ]
     if settings.demo_pages and DEMO_PAGES_DIR.is_dir():
         routes.append(Mount("/demo", StaticFiles(directory=DEMO_PAGES_DIR, html=True), name="demo"))
+        routes.append(Route("/", home_page))
+    else:
+        routes.append(Route("/", home_json))
     return Starlette(routes=routes, lifespan=lifespan)  # type: ignore[arg-type]
 
 

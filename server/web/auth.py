@@ -1,4 +1,5 @@
-"""HS256 access tokens: ``sub`` (user id), ``role``, ``name`` (display name), ``exp``.
+"""HS256 access tokens: ``sub`` (user id), ``role``, ``name`` (display name), ``exp``, and
+for the read-only ``overlay`` role ``stream``, the one stream the token may watch.
 
 Browsers cannot set headers on a WebSocket, so a token may also arrive as the subprotocol
 ``bearer.<token>``: unlike a query string, it never appears in access logs.
@@ -18,16 +19,27 @@ BEARER_SUBPROTOCOL_PREFIX = "bearer."
 
 
 def issue_token(
-    secret: str, user_id: str, role: Role, *, name: str | None = None, ttl_s: int = 3600
+    secret: str,
+    user_id: str,
+    role: Role,
+    *,
+    name: str | None = None,
+    ttl_s: int = 3600,
+    stream: str | None = None,
 ) -> str:
+    """A signed token; ``stream`` is required for (and only for) ``Role.OVERLAY``."""
+    if (role is Role.OVERLAY) != (stream is not None):
+        raise ValueError("an overlay token names its stream, and only an overlay token does")
     now = int(time.time())
-    claims = {
+    claims: dict[str, object] = {
         "sub": user_id,
         "role": role.value,
         "name": name or user_id,
         "iat": now,
         "exp": now + ttl_s,
     }
+    if stream is not None:
+        claims["stream"] = stream
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -54,8 +66,14 @@ def verify_token_until(secret: str, token: str) -> tuple[Identity, float]:
     expires_at_s = float(claims["exp"])  # PyJWT checked it is a number, not yet passed
     if not is_valid_id(user_id) or role not in Role.__members__.values():
         raise RequestError(ErrorCode.UNAUTHORIZED)
+    stream = claims.get("stream")
+    if role == Role.OVERLAY and not is_valid_id(stream):
+        raise RequestError(ErrorCode.UNAUTHORIZED)  # an overlay token without its stream
     identity = Identity(
-        user_id, Role(role), clean_display_name(name if isinstance(name, str) else user_id)
+        user_id,
+        Role(role),
+        clean_display_name(name if isinstance(name, str) else user_id),
+        stream if role == Role.OVERLAY else None,
     )
     return identity, expires_at_s
 

@@ -13,6 +13,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.TOKEN_EXPIRED: 401,
     ErrorCode.BAD_SIGNATURE: 401,
     ErrorCode.FORBIDDEN: 403,
+    ErrorCode.READ_ONLY: 403,
     ErrorCode.NOT_STREAM_OWNER: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.UNKNOWN_STREAM: 404,

@@ -40,6 +40,14 @@ def _identity(request: Request) -> Identity:
     return verify_token(_services(request).settings.jwt_secret, token)
 
 
+def _acting_identity(request: Request) -> Identity:
+    """The identity of a request that changes something: never a read-only token."""
+    who = _identity(request)
+    if who.read_only:
+        raise RequestError(ErrorCode.READ_ONLY)
+    return who
+
+
 async def _body(request: Request) -> bytes:
     return await read_body(request, _services(request).settings.limits.body_bytes_max)
 
@@ -118,7 +126,7 @@ async def my_wallet(request: Request) -> Response:
 
 @endpoint
 async def start_stream(request: Request) -> Response:
-    who = _identity(request)
+    who = _acting_identity(request)
     if who.role not in (Role.CREATOR, Role.ADMIN):
         raise RequestError(ErrorCode.FORBIDDEN, "only creators start streams")
     doc = await _json_body(request)
@@ -137,7 +145,7 @@ async def start_stream(request: Request) -> Response:
 
 @endpoint
 async def end_stream(request: Request) -> Response:
-    who = _identity(request)
+    who = _acting_identity(request)
     change = await _services(request).ledger.end_stream(
         stream_id=request.path_params["stream_id"],
         actor_id=who.user_id,
@@ -248,7 +256,7 @@ async def payment_webhook(request: Request) -> Response:
 
 @endpoint
 async def cash_out(request: Request) -> Response:
-    who = _identity(request)
+    who = _acting_identity(request)
     if who.role not in (Role.CREATOR, Role.ADMIN):
         raise RequestError(ErrorCode.FORBIDDEN, "only creators cash out")
     doc = await _json_body(request)

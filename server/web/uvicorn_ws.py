@@ -82,6 +82,11 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
             # connection's lifetime but never reads them after the 101: about 3 KiB per
             # idle viewer.
             self.request = self.response = None  # type: ignore[assignment]
+        elif message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            # A denial response (401, 404, ...) is the end of the handshake, but uvicorn
+            # leaves handshake_complete unset and, once the app returns, logs "ASGI callable
+            # returned without completing handshake" for every refused client.
+            self.handshake_complete = True
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)

@@ -146,6 +146,11 @@ async def gift_socket(websocket: WebSocket) -> None:
     except UnavailableError:
         await _deny(websocket, ErrorCode.UNAVAILABLE)
         return
+    if not identity.may_watch(stream_id):
+        await _deny(
+            websocket, ErrorCode.FORBIDDEN, f"this token may only watch {identity.watch_stream}"
+        )
+        return
     if stream is None:
         await _deny(websocket, ErrorCode.UNKNOWN_STREAM)
         return
@@ -374,6 +379,9 @@ class _Session:
 
     async def _handle(self, message: SendGift | Resume | Ping) -> None:
         if isinstance(message, SendGift):
+            if self.identity.read_only:
+                self._error(ErrorCode.READ_ONLY, message.client_id)
+                return
             if len(self.gift_tasks) >= IN_FLIGHT_GIFTS_MAX:
                 # Backpressure: stop reading this socket until one of its gifts is done.
                 await asyncio.wait(self.gift_tasks, return_when=asyncio.FIRST_COMPLETED)

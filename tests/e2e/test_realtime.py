@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
 
+from client_demo.wire import subprotocols
 from server.domain.accounts import Role
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
@@ -316,7 +318,7 @@ async def test_lagging_viewer_gets_every_gift_late_in_order_not_a_hole(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         ws = await connect(
             server.ws_url(STREAM), sock=sock, compression=None, max_queue=4,
-            subprotocols=["giftwire.json", f"bearer.{token('lagger')}"],  # type: ignore[list-item]
+            subprotocols=[Subprotocol(p) for p in subprotocols(token("lagger"))],
         )  # fmt: skip
         lagger = Client(ws, "json")
         lagger.welcome = await lagger.recv_type("welcome")

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from client_demo.wire import subprotocols
 from server.domain.catalog import load_catalog
 from server.domain.errors import UnavailableError
 from server.ledger.keys import Keys
@@ -73,7 +74,7 @@ class Peer:
         url = server.ws_url(stream_id) + ("" if since is None else f"?since={since}")
         ws = await connect(
             url,
-            subprotocols=[f"giftwire.{fmt}", f"bearer.{bearer}"],  # type: ignore[list-item]
+            subprotocols=subprotocols(bearer, fmt),  # type: ignore[arg-type]
             compression=None,
             open_timeout=10,
             close_timeout=2,

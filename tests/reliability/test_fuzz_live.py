@@ -34,6 +34,7 @@ from redis import Redis
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from client_demo.wire import subprotocols
 from server.domain.errors import ErrorCode
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
@@ -77,7 +78,7 @@ class Fuzzer:
             self.ws = self.stack.enter_context(
                 connect(
                     self.server.ws_url(STREAM),
-                    subprotocols=[f"giftwire.{self.fmt}", f"bearer.{token('fuzzer')}"],  # type: ignore[list-item]
+                    subprotocols=subprotocols(token("fuzzer"), self.fmt),  # type: ignore[arg-type]
                     open_timeout=10,
                     close_timeout=2,
                     max_size=None,
@@ -228,7 +229,7 @@ def _raw_connect(server: ServerProcess) -> socket.socket:
         f"GET /ws/streams/{STREAM} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
         "Upgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-        f"Sec-WebSocket-Protocol: giftwire.json, bearer.{token('fuzzer')}\r\n\r\n"
+        f"Sec-WebSocket-Protocol: {', '.join(subprotocols(token('fuzzer')))}\r\n\r\n"
     )
     sock.sendall(request.encode())
     head = b""

@@ -15,12 +15,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import msgpack
-import orjson
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Subprotocol
 
-from loadtest.http import http_json as http_json  # re-exported for the tests
-from loadtest.http import post_webhook
+from client_demo.http import http_json as http_json  # re-exported for the tests
+from client_demo.http import post_webhook
+from client_demo.wire import decode, encode, subprotocols
 from server.domain.accounts import Role
 from server.ledger.embedded import free_port
 from server.web.auth import issue_token
@@ -118,10 +118,7 @@ class Client:
         self.backlog: list[dict[str, Any]] = []
 
     async def send(self, message: dict[str, Any]) -> None:
-        if self.fmt == "msgpack":
-            await self.ws.send(msgpack.packb(message))
-        else:
-            await self.ws.send(orjson.dumps(message).decode())
+        await self.ws.send(encode(message, "msgpack" if self.fmt == "msgpack" else "json"))
 
     async def recv(self, timeout_s: float = 10.0) -> dict[str, Any]:
         """The next message: first any that ``recv_type`` set aside, then from the socket."""
@@ -133,9 +130,9 @@ class Client:
         raw = await asyncio.wait_for(self.ws.recv(), timeout_s)
         if self.fmt == "msgpack":
             assert isinstance(raw, bytes), "msgpack connections get binary frames"
-            return dict(msgpack.unpackb(raw))
+            return decode(raw, "msgpack")
         assert isinstance(raw, str), "JSON connections get text frames"
-        return dict(orjson.loads(raw))
+        return decode(raw, "json")
 
     async def recv_type(self, *types: str, timeout_s: float = 10.0) -> dict[str, Any]:
         """The next message of one of ``types``; others are set aside for later, not lost
@@ -170,10 +167,10 @@ async def client(
     fmt: str = "json",
     extra_protocols: Sequence[str] = (),
 ) -> AsyncIterator[Client]:
-    protocols = [f"giftwire.{fmt}", f"bearer.{bearer}", *extra_protocols]
+    protocols = [*subprotocols(bearer, fmt), *extra_protocols]
     async with connect(
         server.ws_url(stream_id),
-        subprotocols=protocols,
+        subprotocols=[Subprotocol(p) for p in protocols],
         compression=None,  # type: ignore[arg-type]
         open_timeout=10,
         close_timeout=2,

@@ -7,10 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from server import settings as settings_module
 from server.domain.limits import Limits
 from server.domain.money import Economics
 from server.ledger.keys import DEFAULT_PREFIX
-from server.settings import Settings, SettingsError, env_name, load_settings, settings_table
+from server.settings import (
+    Settings,
+    SettingsError,
+    default_data_dir,
+    env_name,
+    load_settings,
+    settings_table,
+)
 
 LIMIT_FIELDS = [f.name for f in dataclasses.fields(Limits)]
 ZERO_MEANS_NONE = {"daily_spend_coins_max", "cashout_diamonds_min"}
@@ -187,3 +195,63 @@ def test_the_table_lists_every_setting_with_its_default() -> None:
     assert set(rows) == {env_name(name) for name in scalars + LIMIT_FIELDS}
     assert rows["GIFTWIRE_KEY_PREFIX"] == DEFAULT_PREFIX
     assert rows["GIFTWIRE_FRAME_BYTES_MAX"] == str(Limits().frame_bytes_max)
+
+
+# Paths: absolute once loaded, the same from any folder.
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_default_data_dir_is_the_checkouts_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_settings({}).data_dir == REPO / "var" / "giftwire"
+    assert not (tmp_path / "var").exists()
+
+
+def test_a_relative_data_dir_is_made_absolute_from_the_starting_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings({"GIFTWIRE_DATA_DIR": "here/data"})
+    assert settings.data_dir == tmp_path.resolve() / "here" / "data"
+    assert settings.data_dir.is_absolute()
+
+
+def test_home_in_a_path_is_expanded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_settings({"GIFTWIRE_DATA_DIR": "~/gw"}).data_dir == tmp_path.resolve() / "gw"
+
+
+def test_a_relative_catalog_path_is_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "catalog.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings({"GIFTWIRE_CATALOG_PATH": "catalog.json"})
+    assert settings.catalog_path == tmp_path.resolve() / "catalog.json"
+
+
+def test_an_override_path_is_made_absolute_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_settings({}, data_dir=Path("d")).data_dir == tmp_path.resolve() / "d"
+
+
+def test_without_a_checkout_the_data_dir_is_the_xdg_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings_module, "CHECKOUT", tmp_path / "site-packages")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    xdg = tmp_path / "xdg"
+    assert default_data_dir({"XDG_DATA_HOME": str(xdg)}) == xdg / "giftwire"
+    # The XDG spec says to ignore a relative XDG_DATA_HOME.
+    assert default_data_dir({"XDG_DATA_HOME": "rel"}) == tmp_path / "home/.local/share/giftwire"
+    assert default_data_dir({}) == tmp_path / "home/.local/share/giftwire"
+
+
+def test_the_table_shows_a_data_dir_default_that_is_the_same_on_every_machine() -> None:
+    rows = {name: default for name, default, _ in settings_table()}
+    assert rows["GIFTWIRE_DATA_DIR"] == "<checkout>/var/giftwire"

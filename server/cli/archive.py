@@ -1,5 +1,5 @@
-"""``giftwire archive`` (the archiver on its own, for operators who run it apart) and
-``giftwire statement`` (a creator's statement from the record)."""
+"""``giftwire archive``: the archiver on its own (operators who run it apart), and the
+child process that ``serve`` and ``demo`` run it in."""
 
 from __future__ import annotations
 
@@ -18,14 +18,12 @@ from contextlib import contextmanager
 
 import orjson
 
-from server.domain.accounts import is_valid_id
-from server.domain.errors import RequestError
+from server.cli.common import CommandError, HelpFormatter
 from server.ledger.connection import ledger_redis_url, make_client
 from server.ledger.keys import Keys
 from server.record.archiver import LEASE_TTL_MS, Archiver, ArchiverConfig
 from server.record.connection import open_record, record_database_url
 from server.record.service import ARCHIVER_REDIS_TIMEOUT_S
-from server.record.statements import creator_statement, parse_period
 from server.settings import Settings, env_name
 
 
@@ -62,47 +60,17 @@ def cmd_archive(args: argparse.Namespace, settings: Settings) -> int:
         record_database_url(settings.database_url, settings.redis_url, settings.data_dir) as url,
     ):
         if url is None:
-            print(f"set {env_name('database_url')} to the record's PostgreSQL", file=sys.stderr)
-            return 2
+            raise CommandError(f"set {env_name('database_url')} to the record's PostgreSQL")
         return asyncio.run(_archive(settings, redis_url, url, args))
 
 
-async def _statement(database_url: str, settings: Settings, args: argparse.Namespace) -> int:
-    period = parse_period(args.month, args.year)
-    pool = await open_record(database_url)
-    try:
-        statement = await creator_statement(
-            pool, args.creator, period, settings.economics.cents_per_100_diamonds
-        )
-    finally:
-        await pool.close()
-    if args.csv:
-        sys.stdout.write(statement.to_csv())
-    else:
-        sys.stdout.write(orjson.dumps(statement.to_json(), option=orjson.OPT_INDENT_2).decode())
-        sys.stdout.write("\n")
-    return 0
-
-
-def cmd_statement(args: argparse.Namespace, settings: Settings) -> int:
-    if not is_valid_id(args.creator):
-        print("--creator must be a user id", file=sys.stderr)
-        return 2
-    try:
-        parse_period(args.month, args.year)
-    except RequestError as e:
-        print(e.message, file=sys.stderr)
-        return 2
-    with record_database_url(settings.database_url, settings.redis_url, settings.data_dir) as url:
-        if url is None:
-            print(f"set {env_name('database_url')} to the record's PostgreSQL", file=sys.stderr)
-            return 2
-        return asyncio.run(_statement(url, settings, args))
-
-
-def add_record_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     archive = sub.add_parser(
-        "archive", help="move committed ledger entries into PostgreSQL (until stopped)"
+        "archive",
+        help="move committed ledger entries into PostgreSQL (until stopped)",
+        description="Archive every committed ledger entry into the durable record once, and "
+        "trim Redis' log below what PostgreSQL holds. serve and demo run one themselves.",
+        formatter_class=HelpFormatter,
     )
     archive.add_argument(
         "--once", action="store_true", help="archive what is there, trim, print stats, exit"
@@ -114,13 +82,6 @@ def add_record_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         help="how long a silent archiver keeps the lease before another takes over",
     )
     archive.set_defaults(func=cmd_archive)
-    statement = sub.add_parser("statement", help="a creator's earnings for a month or a year")
-    statement.add_argument("--creator", required=True, help="the creator's user id")
-    period = statement.add_mutually_exclusive_group(required=True)
-    period.add_argument("--month", help="YYYY-MM (UTC): per stream and per day")
-    period.add_argument("--year", help="YYYY (UTC): per stream and per month, for tax")
-    statement.add_argument("--csv", action="store_true", help="CSV instead of JSON")
-    statement.set_defaults(func=cmd_statement)
 
 
 ARCHIVER_RESTART_S = 1.0

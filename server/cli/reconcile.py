@@ -1,22 +1,21 @@
-"""``giftwire`` commands: serve, demo, token, reconcile, settings."""
+"""``giftwire reconcile``: replay the ledger and check every balance."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable, Sequence
 
 import orjson
+from redis import exceptions as redis_errors
 
-from server.ledger.connection import ledger_redis_url, make_client
+from server.cli.common import CommandError, HelpFormatter, say
+from server.ledger.connection import ledger_redis_url, make_client, running_embedded
 from server.ledger.keys import Keys
 from server.ledger.reconcile import Report, reconcile
-from server.record.commands import add_record_commands
 from server.record.connection import open_record, record_database_url
 from server.record.reconcile import CrossReport, reconcile_across
-from server.settings import Settings, SettingsError, load_settings, settings_table
-from server.web.commands import add_commands
+from server.settings import Settings, env_name
 
 
 def _print_report(report: Report | CrossReport) -> None:
@@ -90,52 +89,39 @@ async def _reconcile(settings: Settings, url: str, as_json: bool, database_url: 
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    with (
-        ledger_redis_url(settings.redis_url, settings.data_dir) as url,
-        record_database_url(settings.database_url, settings.redis_url, settings.data_dir) as db,
-    ):
-        return asyncio.run(_reconcile(settings, url, args.json, db))
+    if not settings.redis_url:
+        redis_dir = settings.data_dir / "redis"
+        if running_embedded(redis_dir):
+            say(f"reconciling the running demo's Redis ({redis_dir})")
+        else:
+            # No giftwire is running on this data folder: read its AOF with a Redis of our own.
+            say(f"no giftwire running on {redis_dir}: reading its data with a private Redis")
+    try:
+        with (
+            ledger_redis_url(settings.redis_url, settings.data_dir) as url,
+            record_database_url(
+                settings.database_url, settings.redis_url, settings.data_dir
+            ) as database_url,
+        ):
+            return asyncio.run(_reconcile(settings, url, args.json, database_url))
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as e:
+        where = (settings.redis_url or "").split("@")[-1]
+        raise CommandError(
+            f"cannot reach Redis at {where} ({e}): start it, or fix {env_name('redis_url')}",
+            exit_code=3,
+        ) from None
 
 
-def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
-    if args.markdown:
-        print("| variable | default | meaning |\n|---|---|---|")
-        for name, default, meaning in settings_table():
-            print(f"| `{name}` | {default and f'`{default}`'} | {meaning} |")
-        return 0
-    for name, default, meaning in settings_table():
-        print(f"{name:<36}{default:<14}{meaning}")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="giftwire", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    rec = sub.add_parser("reconcile", help="replay the ledger and check every balance")
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rec = sub.add_parser(
+        "reconcile",
+        help="replay the ledger and check every balance",
+        description="Replay the ledger and check every balance against it; exit 1 on any "
+        "mismatch. With GIFTWIRE_REDIS_URL unset: the demo's Redis (started for the check "
+        "if the demo is not running). With a durable record (GIFTWIRE_DATABASE_URL, or the "
+        "demo's embedded PostgreSQL): the record's part of the history, then Redis' log, "
+        "and both stores checked against each other.",
+        formatter_class=HelpFormatter,
+    )
     rec.add_argument("--json", action="store_true", help="one JSON object on stdout")
     rec.set_defaults(func=cmd_reconcile)
-    st = sub.add_parser("settings", help="list every GIFTWIRE_* setting and its default")
-    st.add_argument("--markdown", action="store_true", help="as the README's table")
-    st.set_defaults(func=cmd_settings)
-    add_commands(sub)
-    add_record_commands(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    func: Callable[[argparse.Namespace, Settings], int] = args.func
-    try:
-        return func(args, settings)
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
