@@ -1,6 +1,6 @@
 """The record inside a server process: its pool for reads, and optionally an archiver on
 the same event loop (``giftwire serve`` runs the archiver as a process of its own instead,
-``server.record.commands.archiver_process``, so that recording never delays the workers).
+``server.cli.archive.archiver_process``, so that recording never delays the workers).
 
 Gifts never wait for PostgreSQL: Redis decides every transfer, and the record follows. So
 a server starts without its database, and keeps serving gifts while the database is away;
