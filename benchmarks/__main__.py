@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from benchmarks import fanout, hotpath, report
+from benchmarks import durability, fanout, hotpath, report
 from benchmarks.procs import REPO, machine
 from server.ledger.embedded import RedisProcess
 
@@ -69,6 +69,10 @@ async def run(viewers: int, scale: float, only: set[str], progress: _Progress) -
                     )
                     rounds.append(hot)
                 result["hot_path"] = hotpath.best_of(rounds)
+            if "durability" in only:
+                result["durability"] = await durability.measure(
+                    log_dir / "durability", progress, scale
+                )
             if "fanout" in only:
                 result["fanout"] = await _fanout(redis, redis_process.url, log_dir, viewers,
                                                  progress)  # fmt: skip
@@ -119,7 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "latest.json")
     r.add_argument("--viewers", type=int, default=5000, help="viewers in the fan-out room")
     r.add_argument("--scale", type=float, default=1.0, help="multiply gift counts (0.1: quick)")
-    r.add_argument("--only", default="hot,fanout", help="comma list of: hot, fanout")
+    r.add_argument(
+        "--only", default="hot,fanout,durability", help="comma list of: hot, fanout, durability"
+    )
     r.add_argument("--report", action="store_true", help="then update docs/benchmarks.md")
     p = sub.add_parser("report", help="write the table and the plot into docs/")
     p.add_argument("--in", dest="path", type=Path,
@@ -131,9 +137,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
         progress(f"wrote {args.out}")
-        print(report.table(result))
+        if "hot_path" in result or "fanout" in result:
+            print(report.table(result))
+        if "durability" in result:
+            print(durability.table(result["durability"]))
         if args.report:
-            report.write_docs(result)
+            if "hot_path" in result or "fanout" in result:
+                report.write_docs(result)
+            if "durability" in result:
+                durability.write_docs(result)
         return 0
     report.write_docs(orjson.loads(args.path.read_bytes()))
     return 0

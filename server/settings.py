@@ -20,8 +20,13 @@ from pathlib import Path
 from server.domain.limits import Limits
 from server.domain.money import Economics
 from server.ledger.keys import DEFAULT_PREFIX
+from server.ledger.redis_config import Durability
 
 ENV_PREFIX = "GIFTWIRE_"
+EMBEDDED_DURABILITY = Durability.ALWAYS
+"""The embedded Redis fsyncs every write before giftwire acknowledges it: measured in
+``docs/benchmarks.md`` (durability), it costs a fraction of a millisecond per ack and a
+third of the throughput at worst, and buys acks that survive a machine crash."""
 CHECKOUT = Path(__file__).resolve().parents[1]
 """Where the ``server`` package lives: the source checkout when giftwire runs from one."""
 
@@ -81,6 +86,15 @@ class Settings:
     log_level: str = "info"
     socket_send_buffer_bytes: int = 64 * 1024
     """Kernel send buffer of each WebSocket (read by ``server/web/uvicorn_ws.py``)."""
+    durability: str = ""
+    """When a write is acknowledged: ``everysec``, ``always`` or ``always+replica``
+    (``server/ledger/redis_config.py``, ``docs/operations.md``). Unset: ``always`` for the
+    embedded Redis (chosen by measurement, ``docs/benchmarks.md``); an external Redis is
+    used as it is configured, with a warning if it runs without AOF."""
+    durability_replicas: int = 1
+    durability_wait_ms: int = 100
+    redis_check_interval_s: float = 1.0
+    """How often each process checks Redis' configuration, data and catalog version."""
     access_log: bool = True
     """uvicorn's access log: one line per HTTP request and WebSocket handshake."""
     limits: Limits = field(default_factory=Limits)
@@ -88,6 +102,17 @@ class Settings:
     @property
     def economics(self) -> Economics:
         return Economics(self.creator_share_bps, self.cents_per_100_diamonds)
+
+    @property
+    def durability_mode(self) -> Durability:
+        """What the checks hold Redis to; unset counts as ``everysec`` (warnings only)."""
+        return Durability(self.durability or Durability.EVERYSEC)
+
+    def for_embedded_redis(self) -> Settings:
+        """These settings with the embedded Redis' default durability filled in."""
+        if self.redis_url or self.durability:
+            return self
+        return dataclasses.replace(self, durability=EMBEDDED_DURABILITY.value)
 
 
 _SCALARS = [f for f in dataclasses.fields(Settings) if f.name != "limits"]
@@ -180,6 +205,19 @@ def _check(s: Settings, errors: list[str]) -> None:
         errors.append(f"{env_name('log_level')}: expected debug, info, warning or error")
     if s.catalog_path is not None and not s.catalog_path.is_file():
         errors.append(f"{env_name('catalog_path')}: no such file {s.catalog_path}")
+    if s.durability and s.durability not in {d.value for d in Durability}:
+        errors.append(
+            f"{env_name('durability')}: expected " + ", ".join(d.value for d in Durability)
+        )
+    if not 1 <= s.durability_replicas <= 16:
+        errors.append(f"{env_name('durability_replicas')}: expected 1..16")
+    if not 1 <= s.durability_wait_ms < s.limits.redis_timeout_s * 1000:
+        errors.append(
+            f"{env_name('durability_wait_ms')}: expected 1 and below "
+            f"{env_name('redis_timeout_s')} ({s.limits.redis_timeout_s * 1000:g} ms)"
+        )
+    if not 0.1 <= s.redis_check_interval_s <= 60:
+        errors.append(f"{env_name('redis_check_interval_s')}: expected 0.1..60")
     if s.limits.frame_bytes_max < 256:
         errors.append(f"{env_name('frame_bytes_max')}: at least 256")
     if s.limits.streams_per_creator_max > 1_000_000:  # start_stream.lua refuses more
@@ -198,7 +236,8 @@ DESCRIPTIONS: dict[str, str] = {
     "jwt_secret": "HS256 secret of access tokens, 32+ characters (required by serve)",
     "webhook_secret": "HMAC-SHA256 secret of the payment webhook",
     "payout_webhook_secret": "HMAC-SHA256 secret of the payout webhook; empty: refused",
-    "catalog_path": "gift catalog JSON file; unset: the built-in catalog",
+    "catalog_path": "gift catalog JSON file seeding an empty Redis (a different one "
+    "refuses to start; see giftwire catalog push); unset: the built-in catalog",
     "allowed_origins": "comma-separated browser origins for WebSockets; empty: same host; *: any",
     "demo_pages": "serve client_demo pages under /demo/",
     "batch_ms": "coalescing tick of hot rooms (ms)",
@@ -208,6 +247,12 @@ DESCRIPTIONS: dict[str, str] = {
     "cents_per_100_diamonds": "payout per 100 diamonds cashed out (cents)",
     "log_level": "debug, info, warning or error",
     "socket_send_buffer_bytes": "kernel send buffer per WebSocket (bounds a stalled viewer)",
+    "durability": "acknowledge after: everysec (AOF fsync each second), always (fsync), "
+    "always+replica (fsync and WAIT for replicas); unset: always for the embedded Redis, "
+    "an external one as configured",
+    "durability_replicas": "replicas that must have a write before its ack (always+replica)",
+    "durability_wait_ms": "longest WAIT for the replicas; then the caller gets unavailable (ms)",
+    "redis_check_interval_s": "how often Redis' policy, data loss and catalog are checked (s)",
     "access_log": "uvicorn's access log, a line per request and handshake (false: quiet)",
     "frame_bytes_max": "largest incoming WebSocket message (bytes; larger: close 1009)",
     "body_bytes_max": "largest HTTP request body (bytes; larger: 413 message_too_large)",

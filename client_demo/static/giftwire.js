@@ -41,6 +41,7 @@ export const ERROR_TEXT = {
   rate_limited: "Too many gifts too quickly: slow down a little.",
   stream_not_live: "The stream has ended: gifts are no longer accepted.",
   unknown_gift: "That gift is no longer in the catalog.",
+  catalog_changed: "Prices changed: the gifts show the new ones now. Tap again to send.",
   self_gift: "Creators cannot send gifts to their own stream.",
   spending_limit: "Your daily spending limit is reached.",
   unknown_stream: "There is no stream with this id.",
@@ -195,9 +196,10 @@ export class GiftSocket {
   }
 
   /** Send a new gift: a fresh client id per tap, kept until the gift is acked or refused. */
-  sendGift(gift, count = 1) {
+  sendGift(gift, count = 1, catalogVersion = null) {
     const id = newClientId();
-    this.pending.set(id, { id, gift, count, sentAt: 0, refusals: 0 });
+    // The catalog version whose prices the user saw: the server charges those or refuses.
+    this.pending.set(id, { id, gift, count, catalogVersion, sentAt: 0, refusals: 0 });
     this._sendPending(id);
     return id;
   }
@@ -214,7 +216,9 @@ export class GiftSocket {
     const p = this.pending.get(id);
     if (!p) return;
     // Always the same id: if the first attempt was applied, the server replays its receipt.
-    if (this._send({ type: "send_gift", id, gift: p.gift, count: p.count })) {
+    const message = { type: "send_gift", id, gift: p.gift, count: p.count };
+    if (p.catalogVersion) message.catalog_version = p.catalogVersion;
+    if (this._send(message)) {
       p.sentAt = Date.now();
     }
   }

@@ -24,6 +24,7 @@ function checkoutUrl() {
 
 const state = {
   catalog: new Map(), // gift id -> {id, name, price_coins, animation, tier}
+  catalogVersion: null, // the version of the prices shown, sent with each gift
   coins: null,
   balanceSeq: 0, // the stream sequence of the ack that set `coins`
   names: new Map(), // user id -> display name, learned from gift events
@@ -131,6 +132,7 @@ function renderTop() {
 function renderCatalog(gifts) {
   const grid = $("gifts");
   grid.replaceChildren();
+  state.catalog.clear();
   for (const gift of gifts) {
     state.catalog.set(gift.id, gift);
     grid.append(
@@ -162,7 +164,7 @@ function tap(giftId, count, card) {
   }
   clearError();
   closeCoins();
-  socket.sendGift(giftId, count);
+  socket.sendGift(giftId, count, state.catalogVersion);
   state.last = { gift: giftId, count };
   if (card) {
     card.classList.remove("tapped");
@@ -236,6 +238,7 @@ function onRefused(error, pending) {
       + ` you have ${plural(state.coins ?? 0, "coin")}.`;
   }
   if (error.code === "stream_not_live") setEnded(true);
+  if (error.code === "catalog_changed") loadCatalog();
   showError(text, { code: error.code });
   showPending();
 }
@@ -361,9 +364,17 @@ async function main() {
   });
   renderTop();
   socket.start();
+  await loadCatalog();
+}
+
+async function loadCatalog() {
   const catalog = await api.catalog();
-  if (catalog.ok) renderCatalog([...catalog.body.gifts].sort((a, b) => a.price_coins - b.price_coins));
-  else showError("Could not load the gift catalog; reload the page.");
+  if (!catalog.ok) {
+    showError("Could not load the gift catalog; reload the page.");
+    return;
+  }
+  state.catalogVersion = catalog.body.version;
+  renderCatalog([...catalog.body.gifts].sort((a, b) => a.price_coins - b.price_coins));
 }
 
 main();

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 from server.cli.common import CommandError, HelpFormatter, say
 from server.cli.demo_secrets import secrets_path, with_demo_secrets
-from server.cli.serve import add_address, archiving, run_uvicorn, with_record
+from server.cli.serve import (
+    add_address,
+    archiving,
+    fit_to_serve,
+    run_uvicorn,
+    with_durability,
+    with_record,
+)
 from server.domain.accounts import Role
 from server.domain.catalog import load_catalog
 from server.ledger.connection import ledger_redis_url, make_client, running_embedded
@@ -143,11 +150,14 @@ def reset(settings: Settings) -> None:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     if args.reset:
         reset(settings)
-    settings = with_demo_secrets(settings, create=True)
+    settings = with_durability(with_demo_secrets(settings, create=True))
+    appendfsync = settings.durability_mode.appendfsync
     with (
-        ledger_redis_url(settings.redis_url, settings.data_dir) as url,
+        ledger_redis_url(settings.redis_url, settings.data_dir, appendfsync=appendfsync) as url,
         record_database_url(settings.database_url, settings.redis_url, settings.data_dir) as db,
     ):
+        if not fit_to_serve(settings, url):
+            return 4
         settings = with_record(settings, db)
         state = asyncio.run(seed_demo(settings, url))
         print(banner(settings, args.host, args.port, state), file=sys.stderr, flush=True)

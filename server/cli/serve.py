@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import dataclasses
 import os
@@ -10,12 +11,15 @@ import shutil
 import signal
 
 import uvicorn
+from redis.exceptions import RedisError
 
 from server.cli.archive import archiver_process
 from server.cli.common import CommandError, HelpFormatter, say
+from server.domain.errors import GiftwireError
 from server.ledger.connection import ledger_redis_url, wait_for_redis
 from server.record.connection import record_database_url
 from server.settings import Settings, env_name
+from server.web.preflight import preflight
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -68,14 +72,18 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             f"{env_name('jwt_secret')} is not set: set it to a random string of 32+ characters "
             "(or use `giftwire demo`, which makes one)"
         )
+    settings = with_durability(settings)
+    appendfsync = settings.durability_mode.appendfsync
     with (
-        ledger_redis_url(settings.redis_url, settings.data_dir) as url,
+        ledger_redis_url(settings.redis_url, settings.data_dir, appendfsync=appendfsync) as url,
         record_database_url(settings.database_url, settings.redis_url, settings.data_dir) as db,
     ):
         if not settings.redis_url:
             say(f"embedded Redis at {url} (data in {settings.data_dir / 'redis'})")
         elif not wait_for_redis(url, wait_s=args.wait_redis_s, report=say):
             return 3
+        if not fit_to_serve(settings, url):
+            return 4
         settings = with_record(settings, db)
         with archiving(settings, url):
             return run_uvicorn(settings, url, args.host, args.port, args.workers)
@@ -94,6 +102,30 @@ def archiving(settings: Settings, redis_url: str) -> contextlib.AbstractContextM
     if settings.database_url is None:
         return contextlib.nullcontext()
     return archiver_process(settings, redis_url, settings.database_url)
+
+
+def with_durability(settings: Settings) -> Settings:
+    """Fill in the embedded Redis' default durability, for this process and uvicorn's."""
+    settings = settings.for_embedded_redis()
+    if settings.durability:
+        os.environ[env_name("durability")] = settings.durability
+    return settings
+
+
+def fit_to_serve(settings: Settings, url: str) -> bool:
+    """Refuse an unfit Redis or a conflicting catalog: one line each, no traceback."""
+    try:
+        found = asyncio.run(preflight(settings, url, embedded=not settings.redis_url))
+    except (GiftwireError, RedisError, OSError) as e:
+        say(f"refusing to start: cannot check Redis at {url.split('@')[-1]}: {e}")
+        return False
+    for line in found.notes:
+        say(line)
+    for line in found.warnings:
+        say(f"warning: {line}")
+    for line in found.problems:
+        say(f"refusing to start: {line}")
+    return not found.problems
 
 
 def add_address(parser: argparse.ArgumentParser) -> None:

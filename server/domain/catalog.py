@@ -1,4 +1,9 @@
-"""The gift catalog: shipped as package data, overridable by a file named in the settings."""
+"""The gift catalog: shipped as package data, overridable by a file named in the settings.
+
+The catalog a server serves and charges is the one in Redis (``server/ledger/catalogs.py``),
+numbered there; a file (or this built-in default) only seeds an empty Redis, or becomes a
+new version by ``giftwire catalog push``. The ``version`` field of a file is informative.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +57,14 @@ class Catalog:
 
     def prices(self) -> dict[str, int]:
         return {gift.gift_id: gift.price_coins for gift in self}
+
+    def document(self) -> bytes:
+        """The gifts as stored in Redis: canonical JSON without the version, so that two
+        files with the same gifts in the same order are the same catalog."""
+        return orjson.dumps({"gifts": [gift.to_json() for gift in self]})
+
+    def same_gifts(self, other: Catalog) -> bool:
+        return self.document() == other.document()
 
 
 def _parse_gift(index: int, raw: object) -> Gift:

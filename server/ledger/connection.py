@@ -63,12 +63,14 @@ def running_embedded(redis_dir: Path) -> str | None:
 
 
 @contextmanager
-def ledger_redis_url(redis_url: str | None, data_dir: Path) -> Iterator[str]:
+def ledger_redis_url(
+    redis_url: str | None, data_dir: Path, *, appendfsync: str = "everysec"
+) -> Iterator[str]:
     """Yield the Redis URL to use.
 
     With ``redis_url`` set, that. Otherwise the embedded redis-server of ``data_dir``: the
-    one a running giftwire process already started there, or a new one (AOF on, in
-    ``data_dir/redis``) that is stopped when the block ends.
+    one a running giftwire process already started there, or a new one (AOF on with
+    ``appendfsync``, in ``data_dir/redis``) that is stopped when the block ends.
     """
     if redis_url:
         yield redis_url
@@ -79,7 +81,7 @@ def ledger_redis_url(redis_url: str | None, data_dir: Path) -> Iterator[str]:
         yield existing
         return
     check_data_readable(redis_dir, find_redis_server())
-    server = RedisProcess(redis_dir, die_with_parent=True)
+    server = RedisProcess(redis_dir, appendfsync=appendfsync, die_with_parent=True)
     server.start()
     (redis_dir / _PORT_FILE).write_text(str(server.port))
     try:

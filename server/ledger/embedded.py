@@ -93,7 +93,8 @@ class RedisProcess:
     """One redis-server child process on 127.0.0.1, with its data in ``data_dir``.
 
     ``appendfsync`` is ``everysec`` (at most about a second of acknowledged writes lost on a
-    machine crash) or ``always`` (none, at a cost); see ``docs/operations.md``.
+    machine crash) or ``always`` (none, at a cost); see ``docs/operations.md``. Extra
+    arguments come last, so a test can override any of these (``--maxmemory-policy``).
     """
 
     def __init__(
@@ -132,11 +133,14 @@ class RedisProcess:
             "--save", "",
             "--appendonly", "yes",
             "--appendfsync", self.appendfsync,
+            # Never evict: an evicted gift receipt would let a retry charge the gift again
+            # (``server/ledger/redis_config.py``). A full Redis refuses writes instead.
+            "--maxmemory-policy", "noeviction",
             "--logfile", str(self.data_dir / "redis.log"),
             "--daemonize", "no",
         ]  # fmt: skip
         if self.maxmemory:
-            cmd += ["--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction"]
+            cmd += ["--maxmemory", self.maxmemory]
         return cmd + list(self.extra_args)
 
     def start(self, timeout_s: float = 10.0) -> None:

@@ -22,7 +22,11 @@ key                                    type    holds
 ``{ledger}:log``                       stream  every committed transfer; the archiver trims
                                                what PostgreSQL holds (group ``archiver``)
 ``{ledger}:archiver``                  string  lease of the active archiver (TTL)
-``{catalog}:prices``                   hash    gift id -> price in coins
+``{ledger}:generation``                string  random marker set once; gone or changed:
+                                               Redis lost its data (``watch.py``)
+``{ledger}:fence``                     string  written before WAIT (``always+replica``)
+``{catalog}:prices``                   hash    gift id -> price in coins, and ``@version``
+``{catalog}:versions``                 hash    version -> catalog document (JSON)
 =====================================  ======  ==========================================
 """
 
@@ -86,5 +90,14 @@ class Keys:
     def archiver_lease(self) -> str:
         return f"{self.prefix}{{ledger}}:archiver"
 
+    def ledger_generation(self) -> str:
+        return f"{self.prefix}{{ledger}}:generation"
+
+    def ledger_fence(self) -> str:
+        return f"{self.prefix}{{ledger}}:fence"
+
     def catalog(self) -> str:
         return f"{self.prefix}{{catalog}}:prices"
+
+    def catalog_versions(self) -> str:
+        return f"{self.prefix}{{catalog}}:versions"

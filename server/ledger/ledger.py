@@ -15,10 +15,11 @@ from redis.asyncio import Redis
 
 from server.domain.accounts import Balance
 from server.domain.catalog import Catalog
-from server.domain.errors import ErrorCode, RequestError, UnavailableError
+from server.domain.errors import ErrorCode, InvariantError, RequestError, UnavailableError
 from server.domain.limits import AMOUNT_MAX, SEND_COINS_MAX, Limits
 from server.domain.money import Economics
 from server.domain.streams import Stream, StreamState
+from server.ledger.catalogs import CatalogStore
 from server.ledger.keys import Keys
 from server.ledger.receipts import (
     CashOutReceipt,
@@ -32,6 +33,16 @@ from server.ledger.runner import ScriptRunner, StreamRows
 from server.ledger.scripts import ScriptName
 
 log = logging.getLogger("giftwire.ledger")
+
+TO_VERIFY_MAX = 16
+LogPosition = tuple[int, int]
+"""A ledger log entry id ``MS-SEQ`` as numbers, in the order Redis gives them."""
+
+
+def log_position(entry_id: str | bytes) -> LogPosition:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,41 +84,88 @@ class Ledger:
         keys: Keys | None = None,
         limits: Limits | None = None,
         economics: Economics | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
     ) -> None:
+        """``wait_replicas`` > 0: acknowledge a write only once that many replicas have it
+        (``GIFTWIRE_DURABILITY=always+replica``, ``runner.py``)."""
         self.redis = redis
         self.keys = keys or Keys()
         self.limits = limits or Limits()
         self.economics = economics or Economics()
-        self._catalog: Catalog | None = None
+        self.catalog: Catalog | None = None
+        """The catalog this process serves: the version Redis held when last read."""
+        self.highest_transfer: LogPosition | None = None
+        self.to_verify: set[LogPosition] = set()
+        """Highest log ids seen before a connection to Redis broke: the entries a restart
+        or failover in between may have lost, checked by ``LedgerWatch`` (whose later
+        receipts, with newer ids, would otherwise hide such a loss)."""
         self.runner = ScriptRunner(
             redis,
             timeout_s=self.limits.redis_timeout_s,
             calls_per_pipeline_max=self.limits.pipeline_calls_max,
             pipelines_in_flight_max=self.limits.pipelines_in_flight_max,
+            wait_replicas=wait_replicas,
+            wait_timeout_ms=wait_timeout_ms,
+            fence_key=self.keys.ledger_fence(),
         )
+        self.runner.on_unavailable = self.connection_broke
+        self.catalogs = CatalogStore(redis, self.keys, self.runner)
 
-    async def prepare(self, catalog: Catalog) -> None:
-        """Load the scripts and publish the catalog's prices (the scripts read them)."""
-        self._catalog = catalog
-        self.runner.on_reload = self._check_catalog
+    async def prepare(self, catalog: Catalog) -> Catalog:
+        """Load the scripts and seed ``catalog`` into Redis if Redis holds none.
+
+        Returns the catalog Redis holds, which every process serves: ``catalog`` itself
+        (numbered by Redis) when this call seeded it, else the one already there, which
+        may differ (the caller decides whether that is an error, ``server/ledger/preflight``).
+        """
+        self.runner.on_reload = self._after_reload
         async with _redis_errors():
             await self.runner.prepare()
-            await self.publish_catalog(catalog)
+            await self.catalogs.seed(catalog)
+            held = await self.catalogs.current()
+        if held is None:
+            raise InvariantError("the catalog vanished right after it was seeded")
+        self.catalog = held
+        return held
 
-    async def _check_catalog(self) -> None:
+    async def _after_reload(self) -> None:
+        await self.restore_catalog()
+
+    async def restore_catalog(self) -> bool:
         """After a Redis restart: if the catalog is gone, Redis lost its data (it ran without
-        persistence), and every gift would be refused as unknown. Say so loudly and publish
-        the catalog again; the balances are whatever Redis kept."""
-        if self._catalog is not None and not await self.redis.exists(self.keys.catalog()):
-            log.error("Redis restarted without its data: the catalog was gone; publishing it")
-            await self.publish_catalog(self._catalog)
+        persistence, or was flushed), and every gift would be refused. Say so loudly and
+        seed the version this process served, under its number. True if it was gone."""
+        if self.catalog is None or await self.catalogs.version() is not None:
+            return False
+        log.error(
+            "Redis lost its data: the gift catalog was gone; seeding version %d again",
+            self.catalog.version,
+        )
+        await self.catalogs.seed(self.catalog, self.catalog.version)
+        return True
 
-    async def publish_catalog(self, catalog: Catalog) -> None:
-        key = self.keys.catalog()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(key)  # type: ignore[unused-awaitable]
-            pipe.hset(key, mapping=catalog.prices())  # type: ignore[unused-awaitable, arg-type]
-            await pipe.execute()
+    async def current_catalog(self) -> Catalog:
+        """The catalog Redis holds now (re-read when its version changed)."""
+        if self.catalog is None:
+            raise InvariantError("current_catalog before prepare")
+        async with _redis_errors():
+            version = await self.catalogs.version()
+            if version is not None and version != self.catalog.version:
+                self.catalog = await self.catalogs.read(version)
+        return self.catalog
+
+    def connection_broke(self) -> None:
+        """Redis went away (or timed out): what this process saw so far must still be there
+        when it is back. Bounded: only the highest id at each break, at most 16."""
+        if self.highest_transfer is not None and len(self.to_verify) < TO_VERIFY_MAX:
+            self.to_verify.add(self.highest_transfer)
+
+    def saw_transfer(self, transfer_id: str) -> None:
+        """Remember the highest ledger log id this process was told of (data-loss check)."""
+        position = log_position(transfer_id)
+        if self.highest_transfer is None or position > self.highest_transfer:
+            self.highest_transfer = position
 
     async def _run(
         self, name: ScriptName, keys: list[str], args: list[str | int], order_key: str
@@ -124,7 +182,10 @@ class Ledger:
         creator_id: str,
         gift_id: str,
         count: int,
+        catalog_version: int | None = None,
     ) -> GiftReceipt:
+        """Send a gift. With ``catalog_version`` (the version the client was shown), refused
+        with ``catalog_changed`` unless it is the current one."""
         k, lim = self.keys, self.limits
         body, replayed = await self._run(
             ScriptName.SEND_GIFT,
@@ -158,10 +219,13 @@ class Ledger:
                 lim.feed_events_max,
                 AMOUNT_MAX,
                 SEND_COINS_MAX,
+                catalog_version or 0,
             ],
             order_key=sender_id,
         )
-        return GiftReceipt.from_reply(body, replayed)
+        receipt = GiftReceipt.from_reply(body, replayed)
+        self.saw_transfer(receipt.transfer_id)
+        return receipt
 
     async def top_up(self, *, payment_id: str, user_id: str, coins: int) -> TopUpReceipt:
         k = self.keys
@@ -171,7 +235,9 @@ class Ledger:
             [payment_id, user_id, coins, AMOUNT_MAX],
             order_key=user_id,
         )
-        return TopUpReceipt.from_reply(body, replayed)
+        receipt = TopUpReceipt.from_reply(body, replayed)
+        self.saw_transfer(receipt.transfer_id)
+        return receipt
 
     async def refund(self, *, payment_id: str, user_id: str) -> RefundReceipt:
         k = self.keys
@@ -181,7 +247,9 @@ class Ledger:
             [payment_id, user_id],
             order_key=user_id,
         )
-        return RefundReceipt.from_reply(body, replayed)
+        receipt = RefundReceipt.from_reply(body, replayed)
+        self.saw_transfer(receipt.transfer_id)
+        return receipt
 
     async def cash_out(self, *, client_id: str, creator_id: str, diamonds: int) -> CashOutReceipt:
         k = self.keys
@@ -198,7 +266,9 @@ class Ledger:
             ],
             order_key=creator_id,
         )
-        return CashOutReceipt.from_reply(body, replayed)
+        receipt = CashOutReceipt.from_reply(body, replayed)
+        self.saw_transfer(receipt.transfer_id)
+        return receipt
 
     async def settle_payout(
         self, *, client_id: str, creator_id: str, outcome: str

@@ -11,6 +11,15 @@ loaded again and only those calls are re-sent.
 
 A connection error or timeout fails every call of the pipeline with ``UnavailableError``:
 the scripts may or may not have run, and a retry with the same client id says which.
+
+With ``wait_replicas`` (``GIFTWIRE_DURABILITY=always+replica``) each pipeline ends with a
+write to a fence key and ``WAIT replicas timeout``, and no reply of the pipeline is handed
+back before WAIT counted enough replicas. WAIT waits for the writes of its own connection;
+the fence makes that include every write Redis made before it, which matters for a replay:
+a replay writes nothing, and its receipt may be the one a replica has not got yet. When
+fewer replicas answer in time, every call of the pipeline fails with ``UnavailableError``
+(applied on the primary, not yet on the replicas): the client retries with the same id,
+and the replay is acknowledged once the replicas have it.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -44,6 +54,10 @@ _REFUSED_TO_RUN_ERRORS = (
     redis_errors.ReadOnlyError,
     redis_errors.MasterDownError,
 )
+
+
+class _NotReplicated(Exception):
+    """WAIT counted fewer replicas than asked for: the outcome is unknown to the caller."""
 
 
 class _Lane:
@@ -82,8 +96,19 @@ class ScriptRunner:
         timeout_s: float,
         calls_per_pipeline_max: int = 64,
         pipelines_in_flight_max: int = 4,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
+        fence_key: str = "{ledger}:fence",
     ) -> None:
         self.redis = redis
+        self._wait = (
+            b"*3\r\n$3\r\nSET\r\n" + _bulk(fence_key.encode()) + _bulk(b"1")
+            + b"*3\r\n$4\r\nWAIT\r\n" + _bulk(str(wait_replicas).encode())
+            + _bulk(str(wait_timeout_ms).encode())
+            if wait_replicas > 0
+            else b""
+        )  # fmt: skip
+        self._wait_replicas = wait_replicas
         self._timeout_s = timeout_s
         self._calls_max = calls_per_pipeline_max
         self._lanes = [_Lane() for _ in range(max(1, pipelines_in_flight_max))]
@@ -91,6 +116,8 @@ class ScriptRunner:
         self.scripts = load_scripts()
         self.on_reload: Callable[[], Awaitable[None]] | None = None
         """Called after the scripts were loaded again (Redis restarted or was flushed)."""
+        self.on_unavailable: Callable[[], None] | None = None
+        """Called when a pipeline failed for want of Redis (connection lost, timeout)."""
 
     async def prepare(self) -> None:
         """Pick the script dialect for this server and load every script (SCRIPT LOAD)."""
@@ -156,6 +183,29 @@ class ScriptRunner:
             loop.call_soon(self._flush, lane)
         return await call.future
 
+    async def run_now(
+        self, name: ScriptName, keys: Sequence[str], args: Sequence[str | int]
+    ) -> Reply:
+        """Run one script at once on a connection of its own, outside the lanes.
+
+        For rare calls that may be made from ``on_reload`` (seeding the catalog): that hook
+        runs while a lane waits for it, and a call queued behind that lane would wait for
+        ever. Loads the script on NOSCRIPT (without calling ``on_reload`` again).
+        """
+        script = self.scripts[name]
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            try:
+                reply = await self.redis.execute_command(*command)  # type: ignore[no-untyped-call]
+            except redis_errors.NoScriptError:
+                await self._load(script)
+                reply = await self.redis.execute_command(*command)  # type: ignore[no-untyped-call]
+        except redis_errors.ResponseError as error:
+            raise _script_error(script.name, error) from error
+        if not isinstance(reply, list):
+            raise InvariantError(f"{script.name} replied {reply!r}")
+        return cast(Reply, reply)
+
     def _flush(self, lane: _Lane) -> None:
         lane.scheduled = False
         if lane.busy or not lane.pending:
@@ -180,8 +230,11 @@ class ScriptRunner:
             redis_errors.TimeoutError,
             TimeoutError,
             OSError,
+            _NotReplicated,
         ) as e:
             log.warning("ledger call failed: %s: %s", type(e).__name__, e)
+            if self.on_unavailable is not None:
+                self.on_unavailable()
             for call in batch:
                 if not call.future.done():
                     call.future.set_exception(UnavailableError(str(e) or type(e).__name__))
@@ -220,7 +273,8 @@ class ScriptRunner:
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             await connection.send_packed_command(
-                b"".join([_pack_evalsha(call) for call in batch]), check_health=False
+                b"".join([_pack_evalsha(call) for call in batch]) + self._wait,
+                check_health=False,
             )
             replies: list[object] = []
             for _ in batch:
@@ -228,7 +282,16 @@ class ScriptRunner:
                     replies.append(await connection.read_response(timeout=math.inf))
                 except redis_errors.ResponseError as error:
                     replies.append(error)
+            if self._wait:
+                await connection.read_response(timeout=math.inf)  # the fence's OK
+                replicas = await connection.read_response(timeout=math.inf)
+                if not isinstance(replicas, int) or replicas < self._wait_replicas:
+                    raise _NotReplicated(
+                        f"applied, but on {replicas} of {self._wait_replicas} replicas in time"
+                    )
             return replies
+        except _NotReplicated:
+            raise  # the connection is in a known state: keep it
         except BaseException:
             await connection.disconnect()
             raise
@@ -269,17 +332,17 @@ def _settle(call: _Call, reply: object) -> None:
     if call.future.done():  # the caller was cancelled
         return
     if isinstance(reply, redis_errors.ResponseError):
-        call.future.set_exception(_script_error(call, reply))
+        call.future.set_exception(_script_error(call.script.name, reply))
     elif isinstance(reply, list):
         call.future.set_result(reply)
     else:
         call.future.set_exception(InvariantError(f"{call.script.name} replied {reply!r}"))
 
 
-def _script_error(call: _Call, error: redis_errors.ResponseError) -> Exception:
+def _script_error(name: ScriptName, error: redis_errors.ResponseError) -> Exception:
     message = str(error)
     if isinstance(error, _REFUSED_TO_RUN_ERRORS) or message.startswith(_REFUSED_TO_RUN):
         # Redis refused to run the script at all: nothing was written.
         return UnavailableError(message)
-    log.error("script %s failed: %s", call.script.name, message)
-    return InvariantError(f"script {call.script.name} failed: {message}")
+    log.error("script %s failed: %s", name, message)
+    return InvariantError(f"script {name} failed: {message}")

@@ -22,6 +22,7 @@ class ScriptName(StrEnum):
     SETTLE_PAYOUT = "settle_payout"
     START_STREAM = "start_stream"
     END_STREAM = "end_stream"
+    PUBLISH_CATALOG = "publish_catalog"
 
 
 @dataclass(frozen=True, slots=True)

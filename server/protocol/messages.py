@@ -30,6 +30,8 @@ class SendGift:
     client_id: str
     gift_id: str
     count: int
+    catalog_version: int | None = None
+    """The catalog version the client showed its user; a stale one is refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +47,7 @@ class Ping:
 ClientMessage = SendGift | Resume | Ping
 
 _FIELDS: dict[str, frozenset[str]] = {
-    "send_gift": frozenset({"type", "id", "gift", "count"}),
+    "send_gift": frozenset({"type", "id", "gift", "count", "catalog_version"}),
     "resume": frozenset({"type", "since"}),
     "ping": frozenset({"type", "id"}),
 }
@@ -81,7 +83,12 @@ def parse_message(doc: dict[str, Any]) -> ClientMessage:
         if not is_valid_id(gift):
             raise ProtocolError(ErrorCode.INVALID_REQUEST, "gift must be a gift id", client_id)
         count = 1 if "count" not in doc else _int_field(doc, "count", 1, GIFT_COUNT_MAX, client_id)
-        return SendGift(client_id, gift, count)
+        version = (
+            None
+            if "catalog_version" not in doc
+            else _int_field(doc, "catalog_version", 1, SEQUENCE_MAX, client_id)
+        )
+        return SendGift(client_id, gift, count, version)
     if kind == "resume":
         return Resume(_int_field(doc, "since", 0, SEQUENCE_MAX, None))
     if "id" in doc and client_id is None:

@@ -13,11 +13,9 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from server.domain.catalog import Catalog, load_catalog
-from server.domain.errors import UnavailableError
-from server.ledger.connection import make_client
-from server.ledger.keys import Keys
+from server.domain.errors import GiftwireError, UnavailableError
 from server.ledger.ledger import Ledger
+from server.ledger.watch import REDIS_FAILURES, LedgerWatch
 from server.realtime.hub import Hub
 from server.record.service import RecordService
 from server.settings import Settings, load_settings
@@ -26,6 +24,7 @@ from server.web.home import home_json, home_page
 from server.web.http_api import ROUTES
 from server.web.metrics import FANOUT_DROPS
 from server.web.payouts_api import PAYOUT_ROUTES
+from server.web.preflight import make_ledger, startup_problems
 from server.web.record_api import RECORD_ROUTES
 from server.web.services import Services
 from server.web.ws import gift_socket
@@ -38,20 +37,31 @@ DEMO_PAGES_DIR = Path(__file__).resolve().parents[2] / "client_demo" / "static"
 STARTUP_WAIT_S = 30.0
 
 
-async def _prepare_when_reachable(ledger: Ledger, catalog: Catalog, redis_url: str) -> None:
-    """Load the scripts and the catalog, waiting up to ``STARTUP_WAIT_S`` for Redis.
+class UnfitRedisError(GiftwireError):
+    """Redis' configuration or catalog forbids serving (``server/web/preflight.py``)."""
 
-    ``giftwire serve`` already waits for Redis before starting uvicorn (with a clear message
-    and no traceback); this covers Redis going away in between, or another ASGI server.
+
+async def _prepare_when_reachable(ledger: Ledger, settings: Settings, redis_url: str) -> None:
+    """Check Redis, load the scripts and the catalog, waiting up to ``STARTUP_WAIT_S``.
+
+    ``giftwire serve`` already waits for Redis and runs the same checks before starting
+    uvicorn (with a clear message and no traceback); this covers Redis going away or
+    changing in between, or another ASGI server.
     """
     delay_s = 0.2
     where = redis_url.split("@")[-1]
     deadline = asyncio.get_running_loop().time() + STARTUP_WAIT_S
     while True:
         try:
-            await ledger.prepare(catalog)
+            found = await startup_problems(ledger, settings)
+            for line in found.warnings:
+                log.warning("%s", line)
+            for line in found.problems:
+                log.error("%s", line)
+            if found.problems:
+                raise UnfitRedisError(found.problems[0])
             return
-        except UnavailableError as e:
+        except (UnavailableError, *REDIS_FAILURES) as e:
             if asyncio.get_running_loop().time() > deadline:
                 raise UnavailableError(
                     f"Redis at {where} unreachable for {STARTUP_WAIT_S:.0f} s"
@@ -70,15 +80,17 @@ def create_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        catalog = load_catalog(settings.catalog_path)
-        redis = make_client(redis_url, timeout_s=settings.limits.redis_timeout_s)
-        ledger = Ledger(
-            redis,
-            keys=Keys(settings.key_prefix),
-            limits=settings.limits,
-            economics=settings.economics,
+        ledger = make_ledger(settings, redis_url)
+        redis = ledger.redis
+        await _prepare_when_reachable(ledger, settings, redis_url)
+        catalog = await ledger.current_catalog()
+        watch = LedgerWatch(
+            ledger,
+            durability=settings.durability_mode,
+            replicas=settings.durability_replicas,
+            interval_s=settings.redis_check_interval_s,
         )
-        await _prepare_when_reachable(ledger, catalog, redis_url)
+        await watch.prime()
         hub = Hub(
             ledger,
             catalog,
@@ -92,17 +104,19 @@ def create_app(settings: Settings) -> Starlette:
         record = None
         if settings.database_url:
             # Reads only: `giftwire serve` runs the archiver in a process of its own.
-            record = RecordService(
-                settings.database_url, redis_url, Keys(settings.key_prefix), archive=False
-            )
+            record = RecordService(settings.database_url, redis_url, ledger.keys, archive=False)
             record.start()
         else:
             log.warning("no durable record: set GIFTWIRE_DATABASE_URL to archive the ledger")
-        app.state.services = Services(settings, catalog, redis, ledger, hub, record)
+        services = Services(settings, catalog, redis, ledger, hub, watch, record)
+        watch.on_catalog = services.follow_catalog
+        watch.start()
+        app.state.services = services
         log.info("giftwire ready (pid %s, redis %s)", os.getpid(), redis_url.split("@")[-1])
         try:
             yield
         finally:
+            await watch.stop()
             await hub.stop()
             if record is not None:
                 await record.stop()

@@ -26,6 +26,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.STREAM_EXISTS: 409,
     ErrorCode.STREAM_LIMIT: 409,
     ErrorCode.STREAM_NOT_LIVE: 409,
+    ErrorCode.CATALOG_CHANGED: 409,
     ErrorCode.MESSAGE_TOO_LARGE: 413,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.TOO_MANY_CONNECTIONS: 429,

@@ -106,7 +106,13 @@ def endpoint(handler: Handler) -> Handler:
 
 @endpoint
 async def catalog(request: Request) -> Response:
-    cat = _services(request).catalog
+    services = _services(request)
+    try:
+        cat = await services.ledger.current_catalog()  # what Redis holds now, not at start
+    except UnavailableError:
+        cat = services.catalog  # the last version read: gifts are refused meanwhile anyway
+    if cat is not services.catalog:
+        services.follow_catalog(cat)
     return JSONResponse({"version": cat.version, "gifts": [g.to_json() for g in cat]})
 
 
@@ -286,9 +292,18 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     services = _services(request)
     ready = await services.ledger.ping()
+    problems = services.watch.problems
+    if ready:
+        try:
+            # Checked now, not at the last interval: a CONFIG SET is seen by the next probe.
+            problems = await services.watch.check()
+        except UnavailableError:
+            ready = False
     pubsub = services.hub.pubsub_connected or not services.hub.rooms
-    status = 200 if ready and pubsub else 503
-    return JSONResponse({"redis": ready, "pubsub": pubsub}, status_code=status)
+    status = 200 if ready and pubsub and not problems else 503
+    return JSONResponse(
+        {"redis": ready, "pubsub": pubsub, "problems": problems}, status_code=status
+    )
 
 
 async def metrics(request: Request) -> Response:

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from server.domain.catalog import Catalog
 from server.ledger.ledger import Ledger
+from server.ledger.watch import LedgerWatch
 from server.realtime.hub import Hub
 from server.record.service import RecordService
 from server.settings import Settings
@@ -21,7 +22,13 @@ class Services:
     redis: Redis
     ledger: Ledger
     hub: Hub
+    watch: LedgerWatch
     record: RecordService | None = None
     """The durable record (PostgreSQL); None without GIFTWIRE_DATABASE_URL."""
     connections_by_user: Counter[str] = field(default_factory=Counter)
     connections_by_ip: Counter[str] = field(default_factory=Counter)
+
+    def follow_catalog(self, catalog: Catalog) -> None:
+        """A new catalog version is current in Redis: serve and display it from now on."""
+        self.catalog = catalog
+        self.hub.catalog = catalog

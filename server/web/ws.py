@@ -405,6 +405,7 @@ class _Session:
                 creator_id=self.creator_id,
                 gift_id=message.gift_id,
                 count=message.count,
+                catalog_version=message.catalog_version,
             )
         except LedgerRefusal as e:
             GIFTS.labels(e.code.value).inc()

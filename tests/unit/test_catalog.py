@@ -16,6 +16,7 @@ from server.domain.catalog import (
     parse_catalog,
 )
 from server.domain.limits import GIFT_COUNT_MAX, SEND_COINS_MAX
+from server.protocol.messages import ProtocolError, SendGift, parse_message
 
 PRICE_MAX = SEND_COINS_MAX // GIFT_COUNT_MAX
 
@@ -140,3 +141,20 @@ def test_invalid_catalogs_are_refused_with_the_reason(data: bytes, message: str)
 
 def test_catalog_error_is_a_value_error() -> None:
     assert issubclass(CatalogError, ValueError)
+
+
+def test_send_gift_may_name_the_catalog_version_it_was_shown() -> None:
+    doc = {"type": "send_gift", "id": "g1", "gift": "rose"}
+    assert parse_message(doc) == SendGift("g1", "rose", 1, None)
+    assert parse_message({**doc, "catalog_version": 3}) == SendGift("g1", "rose", 1, 3)
+    for bad in (0, -1, True, "3", 1.0, 2**53):
+        with pytest.raises(ProtocolError) as refused:
+            parse_message({**doc, "catalog_version": bad})
+        assert refused.value.client_id == "g1"
+
+
+def test_a_catalog_document_leaves_out_the_file_version() -> None:
+    one = parse_catalog(b'{"version": 1, "gifts": [{"id": "rose", "price_coins": 1}]}')
+    seven = parse_catalog(b'{"version": 7, "gifts": [{"id": "rose", "price_coins": 1}]}')
+    dearer = parse_catalog(b'{"version": 1, "gifts": [{"id": "rose", "price_coins": 2}]}')
+    assert one.same_gifts(seven) and not one.same_gifts(dearer)

@@ -197,6 +197,36 @@ def test_the_table_lists_every_setting_with_its_default() -> None:
     assert rows["GIFTWIRE_FRAME_BYTES_MAX"] == str(Limits().frame_bytes_max)
 
 
+def test_durability_settings_are_checked() -> None:
+    from server.ledger.redis_config import Durability
+
+    assert load_settings({}).durability_mode is Durability.EVERYSEC
+    settings = load_settings(
+        {"GIFTWIRE_DURABILITY": "always+replica", "GIFTWIRE_DURABILITY_REPLICAS": "2"}
+    )
+    assert settings.durability_mode is Durability.ALWAYS_REPLICA
+    assert settings.durability_replicas == 2
+    for env, needle in (
+        ({"GIFTWIRE_DURABILITY": "sometimes"}, "GIFTWIRE_DURABILITY: expected everysec"),
+        ({"GIFTWIRE_DURABILITY_REPLICAS": "0"}, "GIFTWIRE_DURABILITY_REPLICAS"),
+        ({"GIFTWIRE_DURABILITY_WAIT_MS": "5000"}, "GIFTWIRE_DURABILITY_WAIT_MS"),
+        ({"GIFTWIRE_REDIS_CHECK_INTERVAL_S": "0"}, "GIFTWIRE_REDIS_CHECK_INTERVAL_S"),
+    ):
+        with pytest.raises(SettingsError, match=needle):
+            load_settings(env)
+
+
+def test_the_embedded_redis_defaults_to_fsync_on_every_write() -> None:
+    from server.ledger.redis_config import Durability
+
+    assert load_settings({}).for_embedded_redis().durability_mode is Durability.ALWAYS
+    external = load_settings({"GIFTWIRE_REDIS_URL": "redis://r:6379/0"})
+    assert external.for_embedded_redis() == external
+    assert external.durability_mode is Durability.EVERYSEC  # warnings only
+    chosen = load_settings({"GIFTWIRE_DURABILITY": "everysec"})
+    assert chosen.for_embedded_redis().durability_mode is Durability.EVERYSEC
+
+
 # Paths: absolute once loaded, the same from any folder.
 
 REPO = Path(__file__).resolve().parents[2]

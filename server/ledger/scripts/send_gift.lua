@@ -22,12 +22,14 @@
 -- ARGV[11] default daily spend limit, coins (0 = none)  ARGV[12] receipt TTL, seconds
 -- ARGV[13] combo window, ms                             ARGV[14] feed length
 -- ARGV[15] largest balance                              ARGV[16] largest coins per send
+-- ARGV[17] catalog version the client was shown (0: not checked)
 --
 -- Reply: {'ok', receipt JSON} | {'replay', receipt JSON} | {'refused', code [, detail JSON]}
 -- Receipt JSON: transfer_id, client_id, stream_id, gift_id, count, coins, diamonds,
 --   platform_coins, balance (sender's coins after), combo, seq, ts (ms)
 -- Refusal codes: invalid_request, duplicate_mismatch, unknown_stream, stream_not_live,
---   self_gift, unknown_gift, rate_limited, spending_limit, insufficient_funds, balance_limit
+--   self_gift, unknown_gift, rate_limited, spending_limit, insufficient_funds, balance_limit,
+--   catalog_changed (detail: {catalog_version = current version})
 
 local client_id, sender, creator, stream_id, gift = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local count = int_arg(ARGV[6], 1, 9999)
@@ -40,9 +42,10 @@ local combo_window = int_arg(ARGV[13], 1, 1e9)
 local feed_max = int_arg(ARGV[14], 1, 1e9)
 local amount_max = int_arg(ARGV[15], 1, 1e13)
 local send_max = int_arg(ARGV[16], 1, 1e11)
+local shown_version = int_arg(ARGV[17], 0, 9007199254740991)
 if not (id_arg(client_id) and id_arg(sender) and id_arg(creator) and id_arg(stream_id)
     and id_arg(gift) and count and share_bps and rate and burst and daily_default
-    and receipt_ttl and combo_window and feed_max and amount_max and send_max
+    and receipt_ttl and combo_window and feed_max and amount_max and send_max and shown_version
     and type(ARGV[7]) == 'string' and #ARGV[7] <= 256) then
   return refuse('invalid_request')
 end
@@ -73,7 +76,12 @@ end
 if sender == creator then
   return refuse('self_gift')
 end
-local price = redis.call('HGET', KEYS[10], gift)
+-- The prices and their version are read together: a client that names the version it
+-- was shown is charged those prices or refused, never charged another version's.
+local price, version = unpack(redis.call('HMGET', KEYS[10], gift, '@version'))
+if shown_version > 0 and tonumber(version) ~= shown_version then
+  return refuse('catalog_changed', {catalog_version = tonumber(version) or 0})
+end
 if not price then
   return refuse('unknown_gift')
 end
@@ -153,7 +161,8 @@ local combo = redis.call('INCRBY', KEYS[8], count)
 redis.call('PEXPIRE', KEYS[8], combo_window)
 local transfer_id = redis.call('XADD', KEYS[9], '*', 'type', 'gift', 'client_id', client_id,
   'from', sender, 'to', creator, 'stream', stream_id, 'gift', gift, 'count', int(count),
-  'coins', int(coins), 'diamonds', int(diamonds), 'platform', int(platform), 'seq', int(seq))
+  'coins', int(coins), 'diamonds', int(diamonds), 'platform', int(platform), 'seq', int(seq),
+  'catalog_version', version or '0')
 
 local event = cjson.encode({
   type = 'gift', seq = seq, transfer_id = transfer_id, stream_id = stream_id,
