@@ -1,5 +1,8 @@
-"""``python -m benchmarks run --out benchmarks/results/latest.json`` (about 6–8 minutes)
+"""``python -m benchmarks run --out benchmarks/results/latest.json`` (about 10 minutes)
 and ``python -m benchmarks report`` (the table and the plot in docs/benchmarks.md).
+
+``--only`` keeps a run short while developing: ``--only bare,giftwire --viewers 1000`` for
+the fan-out side by side, ``--only gc --gc-viewers 3000`` for the collector.
 
 Everything is measured in the same run on the same machine, and each result is reported as
 a ratio to its baseline measured next to it: absolute numbers vary by ±30 % between runs of
@@ -39,7 +42,26 @@ class _Progress:
         print(f"[{time.monotonic() - self.started:6.1f}s] {line}", file=sys.stderr, flush=True)
 
 
-async def run(viewers: int, scale: float, only: set[str], progress: _Progress) -> dict[str, Any]:
+FANOUT_TARGETS = ("bare", "giftwire", "socketio", "coalescing", "floor")
+SECTIONS = ("hot", "durability", *FANOUT_TARGETS, "gc")
+
+
+def sections(only: str) -> set[str]:
+    """``--only``: section names, ``fanout`` meaning all five fan-out targets."""
+    chosen: set[str] = set()
+    for name in filter(None, (part.strip() for part in only.split(","))):
+        if name == "fanout":
+            chosen.update(FANOUT_TARGETS)
+        elif name in SECTIONS:
+            chosen.add(name)
+        else:
+            raise SystemExit(f"--only: unknown section {name!r} (one of fanout, {SECTIONS})")
+    return chosen
+
+
+async def run(
+    viewers: int, scale: float, only: set[str], progress: _Progress, gc_viewers: int = 10_000
+) -> dict[str, Any]:
     result: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "load_average_before": _load_average(),
@@ -73,9 +95,17 @@ async def run(viewers: int, scale: float, only: set[str], progress: _Progress) -
                 result["durability"] = await durability.measure(
                     log_dir / "durability", progress, scale
                 )
-            if "fanout" in only:
+            if only & set(FANOUT_TARGETS):
                 result["fanout"] = await _fanout(redis, redis_process.url, log_dir, viewers,
-                                                 progress)  # fmt: skip
+                                                 progress, only)  # fmt: skip
+            if "gc" in only:
+                result["gc"] = {
+                    key: await fanout.measure_gc(target, redis, gc_viewers, progress)
+                    for key, target in (
+                        ("bare", fanout.BareWebsockets(log_dir, redis_process.url)),
+                        ("giftwire", fanout.Giftwire(log_dir, redis_process.url, coalesce=True)),
+                    )
+                }
         finally:
             await redis.aclose()
             redis_process.stop()
@@ -92,20 +122,25 @@ def _load_average() -> list[float]:
 
 
 async def _fanout(
-    redis: Redis, redis_url: str, log_dir: Path, viewers: int, progress: _Progress
-) -> dict[str, Any]:
+    redis: Redis, redis_url: str, log_dir: Path, viewers: int, progress: _Progress,
+    only: set[str],
+) -> dict[str, Any]:  # fmt: skip
     per_frame_rates = [1.0, 2.0, 4.0, LATENCY_RATE, 12.0, 16.0, 24.0]
     # Offer 200,000 deliveries a second: more than any of them sends on this machine.
     saturating = max(40.0, 200_000 / viewers)
-    targets: list[tuple[fanout.Target, list[float], float]] = [
-        (fanout.BareWebsockets(log_dir, redis_url), per_frame_rates, saturating),
-        (fanout.Giftwire(log_dir, redis_url, coalesce=False), per_frame_rates, saturating),
-        (fanout.SocketIO(log_dir, redis_url), per_frame_rates, saturating),
-        (fanout.Giftwire(log_dir, redis_url, coalesce=True), [50.0, 200.0, 400.0], 1000.0),
-        (fanout.StarletteFloor(log_dir, redis_url), [], 0.0),
-    ]
+    targets: list[tuple[str, fanout.Target, list[float], float]] = [
+        ("bare", fanout.BareWebsockets(log_dir, redis_url), per_frame_rates, saturating),
+        ("giftwire", fanout.Giftwire(log_dir, redis_url, coalesce=False), per_frame_rates,
+         saturating),
+        ("socketio", fanout.SocketIO(log_dir, redis_url), per_frame_rates, saturating),
+        ("coalescing", fanout.Giftwire(log_dir, redis_url, coalesce=True), [50.0, 200.0, 400.0],
+         1000.0),
+        ("floor", fanout.StarletteFloor(log_dir, redis_url), [], 0.0),
+    ]  # fmt: skip
     out: dict[str, Any] = {}
-    for target, rates, saturation in targets:
+    for section, target, rates, saturation in targets:
+        if section not in only:
+            continue
         progress(f"fan-out: {target.name}, {viewers:,} viewers")
         key = {
             fanout.BareWebsockets: "bare",
@@ -123,9 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "latest.json")
     r.add_argument("--viewers", type=int, default=5000, help="viewers in the fan-out room")
     r.add_argument("--scale", type=float, default=1.0, help="multiply gift counts (0.1: quick)")
-    r.add_argument(
-        "--only", default="hot,fanout,durability", help="comma list of: hot, fanout, durability"
-    )
+    r.add_argument("--only", default="hot,fanout,durability,gc",
+                   help="comma list of: hot, durability, fanout (= bare, giftwire, socketio, "
+                        "coalescing, floor), gc")  # fmt: skip
+    r.add_argument("--gc-viewers", type=int, default=10_000,
+                   help="viewers that connect and sit idle while GC pauses are timed")  # fmt: skip
     r.add_argument("--report", action="store_true", help="then update docs/benchmarks.md")
     p = sub.add_parser("report", help="write the table and the plot into docs/")
     p.add_argument("--in", dest="path", type=Path,
@@ -133,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         progress = _Progress()
-        result = asyncio.run(run(args.viewers, args.scale, set(args.only.split(",")), progress))
+        chosen = sections(args.only)
+        result = asyncio.run(run(args.viewers, args.scale, chosen, progress, args.gc_viewers))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
         progress(f"wrote {args.out}")

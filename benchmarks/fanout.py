@@ -84,6 +84,14 @@ class Target:
         self.redis_url = redis_url
         self.child: Child | None = None
         self.seq = 0
+        self.gc_out: Path | None = None
+        """Set: the server runs under ``benchmarks.gc_watch``, which writes here."""
+
+    def python(self) -> list[str]:
+        """How to start the server's Python: plain, or with its collections timed."""
+        if self.gc_out is None:
+            return [sys.executable]
+        return [sys.executable, "-m", "benchmarks.gc_watch", str(self.gc_out)]
 
     async def start(self, redis: Redis) -> None:
         raise NotImplementedError
@@ -118,7 +126,7 @@ class BareWebsockets(Target):
     async def start(self, redis: Redis) -> None:
         self.child = Child(
             "bare-ws",
-            [sys.executable, "-m", "benchmarks.baselines.bare_ws", "--port", "{port}",
+            [*self.python(), "-m", "benchmarks.baselines.bare_ws", "--port", "{port}",
              "--redis-url", self.redis_url, "--channel", self.channel],
             self.log_dir, {},
         )  # fmt: skip
@@ -200,7 +208,9 @@ class Giftwire(Target):
         }
         env = {} if self.coalesce else per_frame
         # Stats every 2 s, as deployed; the benchmark's viewers all come from this machine.
-        self.child = giftwire_server(self.log_dir, self.redis_url, self.keys.prefix, **env)
+        self.child = giftwire_server(
+            self.log_dir, self.redis_url, self.keys.prefix, python=self.python(), **env
+        )
         ledger = Ledger(redis, keys=self.keys)
         await ledger.prepare(load_catalog())
         await ledger.start_stream(stream_id=STREAM, creator_id=CREATOR, title="fan-out")
@@ -493,3 +503,76 @@ async def measure(
 
 def _step_json(step: Step) -> dict[str, Any]:
     return {name: getattr(step, name) for name in Step.__slots__}
+
+
+async def measure_gc(
+    target: Target, redis: Redis, viewers: int, progress: Progress, idle_s: float = 5.0
+) -> dict[str, Any]:
+    """Garbage collection while ``viewers`` connect and then sit idle (no gifts).
+
+    The server runs under ``benchmarks.gc_watch``: every collection is timed by
+    ``gc.callbacks``, in wall time (what a viewer waits) and in the process's CPU time
+    (what the collector did: on a shared machine the wall time also counts the moments
+    other processes had the core). A census of tracked objects before and after gives the
+    objects each connection adds.
+    """
+    target.gc_out = target.log_dir / f"gc-{type(target).__name__}-{time.time_ns()}.json"
+    await target.start(redis)
+    assert target.child is not None
+    room = Room(target, viewers)
+    try:
+        warm = Room(target, 1)
+        warm.protos_by_index = {}
+        await warm.connect(progress)
+        before = await _gc_census(target)
+        connect_s = await room.connect(progress)
+        await asyncio.sleep(idle_s)
+        after = await _gc_census(target)
+        held = max(len(room.protos), 1)
+        result = {
+            "server": target.name,
+            "viewers": viewers,
+            "held": len(room.protos),
+            "connect_s": round(connect_s, 2),
+            # Collections between the two censuses: while the viewers connected and idled.
+            "max_pause_ms": after["window"]["max_pause_ms"],
+            "max_pause_cpu_ms": after["window"]["max_pause_cpu_ms"],
+            "collections": after["window"]["collections"],
+            "max_pause_since_start_ms": after["max_pause_ms"],
+            "generations": after["generations"],
+            "objects_per_viewer": round(
+                (after["tracked_objects"] - before["tracked_objects"]) / held, 1
+            ),
+            "tracked_objects": after["tracked_objects"],
+            "census_per_viewer": {
+                name: round((count - before["census"].get(name, 0)) / held, 2)
+                for name, count in list(after["census"].items())[:15]
+            },
+        }
+        progress(
+            f"{target.name}: GC with {held:,} viewers: longest pause"
+            f" {result['max_pause_ms']} ms ({result['max_pause_cpu_ms']} ms CPU),"
+            f" {result['objects_per_viewer']} objects per viewer"
+        )
+        return result
+    finally:
+        room.close()
+        target.stop()
+        target.gc_out = None
+
+
+async def _gc_census(target: Target) -> dict[str, Any]:
+    """Ask gc_watch for a census (SIGUSR1) and wait for the summary that has it."""
+    import os
+    import signal
+
+    assert target.child is not None and target.gc_out is not None
+    asked = time.time()
+    os.kill(target.child.pid, signal.SIGUSR1)
+    async with asyncio.timeout(60):
+        while True:
+            await asyncio.sleep(0.25)
+            if target.gc_out.exists():
+                summary: dict[str, Any] = orjson.loads(target.gc_out.read_bytes())
+                if summary.get("census_at", 0) >= asked:
+                    return summary

@@ -115,7 +115,13 @@ class Child:
                 self.process.wait()
 
 
-def giftwire_server(log_dir: Path, redis_url: str, key_prefix: str, **env: str) -> Child:
+def giftwire_server(
+    log_dir: Path,
+    redis_url: str,
+    key_prefix: str,
+    python: Sequence[str] = (sys.executable,),
+    **env: str,
+) -> Child:
     settings = {
         "GIFTWIRE_REDIS_URL": redis_url,
         "GIFTWIRE_KEY_PREFIX": key_prefix,
@@ -124,6 +130,7 @@ def giftwire_server(log_dir: Path, redis_url: str, key_prefix: str, **env: str) 
         "GIFTWIRE_LOG_LEVEL": "warning",
         # The benchmark's clients all come from this machine and send as fast as allowed.
         "GIFTWIRE_CONNECTIONS_PER_IP_MAX": "100000",
+        "GIFTWIRE_PENDING_REQUESTS_PER_IP_MAX": "100000",
         "GIFTWIRE_GIFTS_PER_S_MAX": "1000000",
         "GIFTWIRE_GIFT_BURST_MAX": "1000000",
         "GIFTWIRE_MESSAGES_PER_S_MAX": "1000000",
@@ -131,7 +138,7 @@ def giftwire_server(log_dir: Path, redis_url: str, key_prefix: str, **env: str) 
     }
     return Child(
         "giftwire",
-        [sys.executable, "-m", "server.cli", "serve", "--port", "{port}"],
+        [*python, "-m", "server.cli", "serve", "--port", "{port}"],
         log_dir,
         settings,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,7 @@ def ratios(result: dict[str, Any]) -> list[dict[str, Any]]:
         row("server CPU per gift", gw["server_cpu_us_per_gift"], "µs", asyncio_cpu,
             "redis.asyncio client, pipelines of 64", "<= 2.5", r <= 2.5)  # fmt: skip
     fan = result.get("fanout")
-    if fan:
+    if fan and "giftwire" in fan and "bare" in fan:
         gw, bare, sio = fan["giftwire"], fan["bare"], fan.get("socketio")
         g_rate = gw["saturation"]["events_per_s"]
         b_rate = bare["saturation"]["events_per_s"]
@@ -96,16 +97,29 @@ def ratios(result: dict[str, Any]) -> list[dict[str, Any]]:
             row(f"delivery p99 at {LATENCY_RATE:g} gifts/s", g99, "ms", b99,
                 "websockets broadcast()", "(one 4 s step)", None)  # fmt: skip
         pairs = _common_steps(gw, bare)
-        if pairs:
-            # One 4 s step's p99 is a few hundred samples: a single pause decides it. The
-            # median over every load both servers kept up with is the comparison.
-            per_load = [g["latency_ms"]["p99"] / b["latency_ms"]["p99"] for g, b in pairs]
-            median = statistics.median(per_load)
+        for quantile in ("p50", "p99"):
+            # Issue #10's target: at every load both servers kept up with, not the median.
+            per_load = [
+                (g["rate_per_s"], g["latency_ms"][quantile] / b["latency_ms"][quantile])
+                for g, b in pairs
+                if b["latency_ms"][quantile]
+            ]
+            if not per_load:
+                continue
+            rate, worst = max(per_load, key=lambda item: item[1])
             rows.append(
-                {"metric": f"delivery p99 / broadcast()'s, median over {len(pairs)} loads",
+                {"metric": f"delivery {quantile} / broadcast()'s, worst of {len(per_load)} loads"
+                           f" (at {rate:g} gifts/s)",
+                 "giftwire": round(worst, 2), "unit": "x", "baseline": 1.0,
+                 "baseline_name": "websockets broadcast() at the same load",
+                 "ratio": round(worst, 2), "target": "<= 1.2", "met": worst <= 1.2}
+            )  # fmt: skip
+            median = statistics.median(ratio for _, ratio in per_load)
+            rows.append(
+                {"metric": f"delivery {quantile} / broadcast()'s, median of {len(per_load)} loads",
                  "giftwire": round(median, 2), "unit": "x", "baseline": 1.0,
                  "baseline_name": "websockets broadcast() at the same load",
-                 "ratio": round(median, 2), "target": "<= 1.5", "met": median <= 1.5}
+                 "ratio": round(median, 2), "target": "(info)", "met": None}
             )  # fmt: skip
         g_mem, b_mem = gw["idle_bytes_per_viewer"], bare["idle_bytes_per_viewer"]
         row("memory per idle viewer", round(g_mem / 1024, 1), "KiB", round(b_mem / 1024, 1),
@@ -127,6 +141,17 @@ def ratios(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "broadcast() deliveries/s (1 event each)", ">> 1", many)  # fmt: skip
             row("coalescing: frames/s at that load", sat["frames_per_s"], "frames/s", b_rate,
                 "broadcast() frames/s", "(info)", None)  # fmt: skip
+    gc_runs = result.get("gc")
+    if gc_runs and "giftwire" in gc_runs and "bare" in gc_runs:
+        g, b = gc_runs["giftwire"], gc_runs["bare"]
+        n = f"{g['held']:,}"
+        row(f"longest GC pause, {n} viewers connecting then idle", g["max_pause_ms"], "ms",
+            b["max_pause_ms"], "websockets server, same viewers", "<= 50 ms",
+            g["max_pause_ms"] <= 50)  # fmt: skip
+        row("longest GC pause in CPU time (the collector's own work)", g["max_pause_cpu_ms"],
+            "ms", b["max_pause_cpu_ms"], "websockets server", "(info)", None)  # fmt: skip
+        row("objects tracked by the collector per idle viewer", g["objects_per_viewer"], "",
+            b["objects_per_viewer"], "websockets server", "(info)", None)  # fmt: skip
     return rows
 
 
@@ -223,8 +248,12 @@ def plot(result: dict[str, Any], path: Path = PLOT) -> None:
 
 
 def write_docs(result: dict[str, Any]) -> None:
-    """Replace the results section of docs/benchmarks.md and redraw the plot."""
-    plot(result)
+    """Replace the results section of docs/benchmarks.md and redraw the plot (when
+    matplotlib, from the ``bench`` extra, is installed)."""
+    try:
+        plot(result)
+    except ImportError:
+        print("matplotlib is not installed: the plot was not redrawn", file=sys.stderr)
     section = "\n\n".join(
         [
             START,

@@ -60,6 +60,8 @@ class SettingsError(ValueError):
 class Settings:
     redis_url: str | None = None
     """Redis to use. Unset: start a private redis-server with AOF in ``data_dir``."""
+    redis_cluster: bool = False
+    """``redis_url`` is one node of a Redis Cluster (``docs/ledger.md``, "Redis Cluster")."""
     data_dir: Path = field(default_factory=default_data_dir)
     """Always absolute when loaded by ``load_settings``."""
     database_url: str | None = None
@@ -85,7 +87,11 @@ class Settings:
     cents_per_100_diamonds: int = 50
     log_level: str = "info"
     socket_send_buffer_bytes: int = 64 * 1024
-    """Kernel send buffer of each WebSocket (read by ``server/web/uvicorn_ws.py``)."""
+    """Kernel send buffer of each WebSocket (``server/web/uvicorn_setup.py`` passes it to
+    every connection through the protocol factory)."""
+    gc_freeze_every_connections: int = 500
+    """``server/web/gc_freeze.py``: freeze the collector's long-lived objects after this
+    many accepted WebSockets (keeps full collections short with a crowd); 0: never."""
     durability: str = ""
     """When a write is acknowledged: ``everysec``, ``always`` or ``always+replica``
     (``server/ledger/redis_config.py``, ``docs/operations.md``). Unset: ``always`` for the
@@ -197,6 +203,12 @@ def _check(s: Settings, errors: list[str]) -> None:
         ("postgresql://", "postgres://")
     ):
         errors.append(f"{env_name('database_url')}: expected postgresql://user@host:port/db")
+    if s.redis_cluster and s.redis_url is None:
+        errors.append(
+            f"{env_name('redis_cluster')}: needs {env_name('redis_url')} (a cluster node)"
+        )
+    if s.redis_cluster and ("{" in s.key_prefix or "}" in s.key_prefix):
+        errors.append(f"{env_name('key_prefix')}: no braces in cluster mode (they set the slot)")
     if s.jwt_secret and len(s.jwt_secret) < 32:
         errors.append(f"{env_name('jwt_secret')}: use at least 32 characters")
     if not 1 <= s.batch_ms <= 1000:
@@ -205,6 +217,8 @@ def _check(s: Settings, errors: list[str]) -> None:
         errors.append(f"{env_name('log_level')}: expected debug, info, warning or error")
     if s.catalog_path is not None and not s.catalog_path.is_file():
         errors.append(f"{env_name('catalog_path')}: no such file {s.catalog_path}")
+    if s.gc_freeze_every_connections < 0:
+        errors.append(f"{env_name('gc_freeze_every_connections')}: 0 (never) or more")
     if s.durability and s.durability not in {d.value for d in Durability}:
         errors.append(
             f"{env_name('durability')}: expected " + ", ".join(d.value for d in Durability)
@@ -226,6 +240,7 @@ def _check(s: Settings, errors: list[str]) -> None:
 
 DESCRIPTIONS: dict[str, str] = {
     "redis_url": "Redis holding the ledger; unset: a private redis-server with AOF in data_dir",
+    "redis_cluster": "redis_url is a node of a Redis Cluster (gifts there: not yet, unavailable)",
     "data_dir": (
         "embedded Redis data, demo secrets, multiprocess metrics; installed without a "
         "checkout: $XDG_DATA_HOME/giftwire (~/.local/share/giftwire); relative: from the "
@@ -247,6 +262,7 @@ DESCRIPTIONS: dict[str, str] = {
     "cents_per_100_diamonds": "payout per 100 diamonds cashed out (cents)",
     "log_level": "debug, info, warning or error",
     "socket_send_buffer_bytes": "kernel send buffer per WebSocket (bounds a stalled viewer)",
+    "gc_freeze_every_connections": "gc.freeze() after this many accepted WebSockets (0: never)",
     "durability": "acknowledge after: everysec (AOF fsync each second), always (fsync), "
     "always+replica (fsync and WAIT for replicas); unset: always for the embedded Redis, "
     "an external one as configured",
@@ -265,7 +281,7 @@ DESCRIPTIONS: dict[str, str] = {
     "lagging_s_max": "how long a viewer may stay at its queue limit before close 4008 (s)",
     "gifts_per_s_max": "gifts per user per second, across all processes",
     "gift_burst_max": "burst of the per-user gift rate",
-    "daily_spend_coins_max": "default daily spending cap per user (coins; 0: none)",
+    "daily_spend_coins_max": "default spending cap per user over any 24 hours (coins; 0: none)",
     "feed_events_max": "gift events kept per stream for resume and history",
     "resume_events_max": "most events replayed by one resume or gap repair",
     "batch_events_max": "most gift events in one coalesced frame",
@@ -276,6 +292,9 @@ DESCRIPTIONS: dict[str, str] = {
     "receipt_ttl_s": "how long gift receipts are kept for retries (s)",
     "combo_window_ms": "same gift from the same sender within this window counts as a combo",
     "cashout_diamonds_min": "smallest cash-out (diamonds)",
+    "request_timeout_s": "time to send a whole HTTP request or finish a WebSocket handshake (s)",
+    "pending_requests_max": "incomplete requests and handshakes per process (oldest closed)",
+    "pending_requests_per_ip_max": "incomplete requests and handshakes per client address",
     "streams_per_creator_max": "stream ids one creator may own, live or ended (restartable)",
 }
 

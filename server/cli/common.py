@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from server.domain.errors import GiftwireError
+from server.settings import Settings, env_name
 
 
 class CommandError(GiftwireError):
@@ -14,6 +15,16 @@ class CommandError(GiftwireError):
     def __init__(self, message: str, exit_code: int = 2) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def refuse_cluster(settings: Settings, command: str) -> None:
+    """Commands that read or write the ledger as a single-node layout cannot run on a
+    cluster yet (``docs/ledger.md``, "Redis Cluster", Status)."""
+    if settings.redis_cluster:
+        raise CommandError(
+            f"{command} is not yet supported on a Redis Cluster "
+            f"({env_name('redis_cluster')} is set)"
+        )
 
 
 def say(message: str) -> None:

@@ -12,7 +12,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 
-from server.cli.common import CommandError, HelpFormatter, say
+from server.cli.common import CommandError, HelpFormatter, refuse_cluster, say
 from server.cli.demo_secrets import secrets_path, with_demo_secrets
 from server.cli.serve import (
     add_address,
@@ -148,6 +148,7 @@ def reset(settings: Settings) -> None:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    refuse_cluster(settings, "demo")
     if args.reset:
         reset(settings)
     settings = with_durability(with_demo_secrets(settings, create=True))

@@ -9,7 +9,7 @@ import sys
 import orjson
 from redis import exceptions as redis_errors
 
-from server.cli.common import CommandError, HelpFormatter, say
+from server.cli.common import CommandError, HelpFormatter, refuse_cluster, say
 from server.ledger.connection import ledger_redis_url, make_client, running_embedded
 from server.ledger.keys import Keys
 from server.ledger.reconcile import Report, reconcile
@@ -72,11 +72,22 @@ async def _reconcile(settings: Settings, url: str, as_json: bool, database_url: 
             # The archiver trims Redis' log: the history is the record's part and the tail.
             pool = await open_record(database_url)
             try:
-                report = await reconcile_across(redis, Keys(settings.key_prefix), pool, progress)
+                report = await reconcile_across(
+                    redis,
+                    Keys(settings.key_prefix),
+                    pool,
+                    progress,
+                    receipt_ttl_s=settings.limits.receipt_ttl_s,
+                )
             finally:
                 await pool.close()
         else:
-            report = await reconcile(redis, Keys(settings.key_prefix), progress)
+            report = await reconcile(
+                redis,
+                Keys(settings.key_prefix),
+                progress,
+                receipt_ttl_s=settings.limits.receipt_ttl_s,
+            )
     finally:
         await redis.aclose()
     if last:
@@ -89,6 +100,7 @@ async def _reconcile(settings: Settings, url: str, as_json: bool, database_url: 
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    refuse_cluster(settings, "reconcile")
     if not settings.redis_url:
         redis_dir = settings.data_dir / "redis"
         if running_embedded(redis_dir):

@@ -20,6 +20,7 @@ from server.ledger.connection import ledger_redis_url, wait_for_redis
 from server.record.connection import record_database_url
 from server.settings import Settings, env_name
 from server.web.preflight import preflight
+from server.web.uvicorn_setup import uvicorn_options
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -56,9 +57,7 @@ def run_uvicorn(settings: Settings, url: str, host: str, port: int, workers: int
         host=host,
         port=port,
         workers=workers,
-        ws="server.web.uvicorn_ws:BoundedWebSocketProtocol",
-        ws_max_size=settings.limits.frame_bytes_max,
-        ws_per_message_deflate=False,
+        **uvicorn_options(settings),
         log_level=settings.log_level.lower(),
         access_log=settings.access_log,
         timeout_graceful_shutdown=5,
@@ -82,7 +81,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             say(f"embedded Redis at {url} (data in {settings.data_dir / 'redis'})")
         elif not wait_for_redis(url, wait_s=args.wait_redis_s, report=say):
             return 3
-        if not fit_to_serve(settings, url):
+        # The preflight checks a single-node ledger (its catalog script spans slots); cluster
+        # mode refuses the ledger anyway until the two-leg scripts exist.
+        if not settings.redis_cluster and not fit_to_serve(settings, url):
             return 4
         settings = with_record(settings, db)
         with archiving(settings, url):

@@ -88,6 +88,10 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
 }
 
 
+INSUFFICIENT_DIAMONDS_MESSAGE = "not enough diamonds for this cash-out"
+"""``insufficient_funds`` of a cash-out: the default message speaks of coins and gifts."""
+
+
 class GiftwireError(Exception):
     """Base of every exception giftwire raises on purpose."""
 

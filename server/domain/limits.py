@@ -64,6 +64,15 @@ class Limits:
     receipt_ttl_s: int = 86_400
     combo_window_ms: int = 5_000
     cashout_diamonds_min: int = 1_000
+    # Connections before their request is complete (slowloris; ``server/web/pending.py``).
+    request_timeout_s: float = 10.0
+    """Time to send a whole HTTP request, or to finish a WebSocket handshake (then closed;
+    408 when nothing was answered yet). Starts again after each keep-alive response."""
+    pending_requests_max: int = 512
+    """Incomplete requests and handshakes per process; beyond, the oldest is closed (never
+    more than half the process's file descriptors)."""
+    pending_requests_per_ip_max: int = 128
+    """Incomplete requests and handshakes per client address; beyond, it is closed unread."""
     streams_per_creator_max: int = 100
     """Stream ids one creator may own (live or ended: an ended id stays its owner's, who may
     start it again). A new id past it is refused with ``stream_limit``."""

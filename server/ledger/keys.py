@@ -6,8 +6,9 @@ The part in braces is the Redis Cluster hash tag: keys that share it share a slo
 =====================================  ======  ==========================================
 key                                    type    holds
 =====================================  ======  ==========================================
-``{u:USER}:acct``                      hash    coins, diamonds, debt, spend_day/_coins,
-                                               rl_tokens/rl_at (rate limiter), daily_limit
+``{u:USER}:acct``                      hash    coins, diamonds, debt, share_rem, cents_rem,
+                                               spend_hour/_hours (daily cap), rl_tokens/
+                                               rl_at (rate limiter), daily_limit
 ``{u:USER}:gift:CLIENT_ID``            string  send_gift receipt (TTL = receipt window)
 ``{u:USER}:cashout:CLIENT_ID``         hash    one cash-out (pending, then paid or failed)
 ``{u:USER}:streams``                   set     stream ids the creator owns (bounded)
@@ -17,7 +18,8 @@ key                                    type    holds
 ``{s:STREAM}:combo:USER:GIFT``         string  combo counter (TTL = combo window)
 ``{s:STREAM}:room``                    channel pub/sub channel of the room
 ``{s:STREAM}:viewers``                 hash    process id -> "count:expires_ms"
-``{pay:PAYMENT}:payment``              hash    one top-up and its chargeback
+``{pay:PAYMENT}:payment``              hash    one top-up and what was refunded of it
+``{pay:PAYMENT}:refund:REFUND_ID``     hash    one refund (chargeback) of a payment
 ``{platform}:acct``                    hash    the platform's share (coins)
 ``{ledger}:log``                       stream  every committed transfer; the archiver trims
                                                what PostgreSQL holds (group ``archiver``)
@@ -80,6 +82,21 @@ class Keys:
 
     def payment(self, payment_id: str) -> str:
         return f"{self.prefix}{{pay:{payment_id}}}:payment"
+
+    def refund(self, payment_id: str, refund_id: str) -> str:
+        return f"{self.prefix}{{pay:{payment_id}}}:refund:{refund_id}"
+
+    def refund_pattern(self) -> str:
+        return f"{self.prefix}{{pay:*}}:refund:*"
+
+    def payment_pattern(self) -> str:
+        return f"{self.prefix}{{pay:*}}:payment"
+
+    def gift_receipt_pattern(self) -> str:
+        return f"{self.prefix}{{u:*}}:gift:*"
+
+    def cashout_pattern(self) -> str:
+        return f"{self.prefix}{{u:*}}:cashout:*"
 
     def platform(self) -> str:
         return f"{self.prefix}{{platform}}:acct"

@@ -15,7 +15,14 @@ from redis.asyncio import Redis
 
 from server.domain.accounts import Balance
 from server.domain.catalog import Catalog
-from server.domain.errors import ErrorCode, InvariantError, RequestError, UnavailableError
+from server.domain.errors import (
+    INSUFFICIENT_DIAMONDS_MESSAGE,
+    ErrorCode,
+    InvariantError,
+    LedgerRefusal,
+    RequestError,
+    UnavailableError,
+)
 from server.domain.limits import AMOUNT_MAX, SEND_COINS_MAX, Limits
 from server.domain.money import Economics
 from server.domain.streams import Stream, StreamState
@@ -239,12 +246,25 @@ class Ledger:
         self.saw_transfer(receipt.transfer_id)
         return receipt
 
-    async def refund(self, *, payment_id: str, user_id: str) -> RefundReceipt:
+    async def refund(
+        self, *, payment_id: str, user_id: str, refund_id: str, coins: int
+    ) -> RefundReceipt:
+        """Refund ``coins`` of a payment, once per ``refund_id``.
+
+        Refunds of one payment add up to at most its coins (a refund past that is capped:
+        ``receipt.refunded`` says what was taken back). A refund before its payment is
+        remembered (``receipt.before_payment``) and withheld from the payment's credit.
+        """
         k = self.keys
         body, replayed = await self._run(
             ScriptName.REFUND,
-            [k.payment(payment_id), k.account(user_id), k.ledger()],
-            [payment_id, user_id],
+            [
+                k.payment(payment_id),
+                k.account(user_id),
+                k.ledger(),
+                k.refund(payment_id, refund_id),
+            ],
+            [payment_id, user_id, refund_id, coins, AMOUNT_MAX],
             order_key=user_id,
         )
         receipt = RefundReceipt.from_reply(body, replayed)
@@ -253,19 +273,26 @@ class Ledger:
 
     async def cash_out(self, *, client_id: str, creator_id: str, diamonds: int) -> CashOutReceipt:
         k = self.keys
-        body, replayed = await self._run(
-            ScriptName.CASH_OUT,
-            [k.cashout(creator_id, client_id), k.account(creator_id), k.ledger()],
-            [
-                client_id,
-                creator_id,
-                diamonds,
-                self.limits.cashout_diamonds_min,
-                self.economics.cents_per_100_diamonds,
-                AMOUNT_MAX,
-            ],
-            order_key=creator_id,
-        )
+        try:
+            body, replayed = await self._run(
+                ScriptName.CASH_OUT,
+                [k.cashout(creator_id, client_id), k.account(creator_id), k.ledger()],
+                [
+                    client_id,
+                    creator_id,
+                    diamonds,
+                    self.limits.cashout_diamonds_min,
+                    self.economics.cents_per_100_diamonds,
+                    AMOUNT_MAX,
+                ],
+                order_key=creator_id,
+            )
+        except LedgerRefusal as refusal:
+            if refusal.code is not ErrorCode.INSUFFICIENT_FUNDS:
+                raise
+            raise LedgerRefusal(
+                refusal.code, INSUFFICIENT_DIAMONDS_MESSAGE, refusal.detail
+            ) from None
         receipt = CashOutReceipt.from_reply(body, replayed)
         self.saw_transfer(receipt.transfer_id)
         return receipt

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, Self
 
 import orjson
@@ -19,8 +19,14 @@ class _FromJSON:
     def from_reply(cls, body: bytes, replayed: bool) -> Self:
         doc: dict[str, Any] = orjson.loads(body)
         doc["replayed"] = replayed
-        names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-        return cls(**{name: doc[name] for name in names})
+        # A field with a default is newer than some stored receipts: absent there.
+        return cls(
+            **{
+                f.name: doc[f.name]
+                for f in fields(cls)  # type: ignore[arg-type]
+                if f.name in doc or f.default is MISSING
+            }
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,14 +57,20 @@ class TopUpReceipt(_FromJSON):
     balance: int
     ts: int
     replayed: bool
+    withheld: int = 0
+    """Coins refunded before the payment arrived, never credited."""
 
 
 @dataclass(frozen=True, slots=True)
 class RefundReceipt(_FromJSON):
     transfer_id: str
     payment_id: str
+    refund_id: str
     user_id: str
     coins: int
+    refunded: int
+    """Coins taken back now: ``coins`` capped at what is left of the payment; 0 before it."""
+    before_payment: bool
     clawed: int
     debt_added: int
     balance: int

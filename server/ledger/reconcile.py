@@ -6,8 +6,13 @@ Checks, all in integers:
 * the platform account holds exactly the platform shares;
 * coins in (top-ups credited - coins clawed back) = coins held + coins spent;
 * coins spent = diamonds credited + platform share (per entry and in total);
+* each gift's diamonds and each cash-out's cents follow from the creator's carried
+  remainder (``share_rem``, ``cents_rem``), which the account holds exactly; in total,
+  coins x share = diamonds x 10000 + the remainders carried;
 * diamonds credited = diamonds held + diamonds cashed out;
 * no balance is negative.
+
+Beyond the sums, ``server.ledger.books`` checks ids, receipts, sequences and prices.
 
 This reads the ledger; it never writes. It assumes no writes happen while it runs, or
 reports the in-flight ones as mismatches: run it on a quiet ledger or a replica.
@@ -22,6 +27,9 @@ from typing import cast
 
 from redis.asyncio import Redis
 
+from server.domain.limits import Limits
+from server.domain.money import BASIS_POINTS
+from server.ledger.books import LogAudit
 from server.ledger.keys import Keys
 from server.ledger.runner import StreamRows
 
@@ -33,6 +41,10 @@ class _Expected:
     coins: int = 0
     diamonds: int = 0
     debt: int = 0
+    share_rem: int = 0
+    """The creator's carried fraction of a diamond, in basis-point units."""
+    cents_rem: int = 0
+    """The creator's carried fraction of a cent, in hundredths of a cent."""
 
 
 @dataclass(slots=True)
@@ -41,6 +53,8 @@ class Totals:
     top_ups: int = 0
     coins_bought: int = 0
     coins_credited: int = 0
+    coins_withheld: int = 0
+    """Coins of payments refunded before they arrived: bought, never credited."""
     debt_repaid: int = 0
     coins_clawed: int = 0
     debt_added: int = 0
@@ -52,6 +66,12 @@ class Totals:
     payout_cents: int = 0
     coins_held: int = 0
     diamonds_held: int = 0
+    share_units: int = 0
+    """Sum of coins x creator share (basis points) over the gifts that carry a remainder."""
+    diamonds_carried: int = 0
+    """Diamonds credited by those gifts."""
+    share_rem_held: int = 0
+    """Sum of the creators' carried remainders (basis-point units)."""
     debt_held: int = 0
     platform_held: int = 0
     accounts: int = 0
@@ -87,7 +107,10 @@ def _apply(
         if coins != diamonds + platform:
             problems.append(f"{entry_id}: gift splits {coins} into {diamonds} + {platform}")
         model[entry[b"from"].decode()].coins -= coins
-        model[entry[b"to"].decode()].diamonds += diamonds
+        creator = model[entry[b"to"].decode()]
+        if b"share_bps" in entry:
+            _carry_share(entry, coins, diamonds, creator, t, problems, entry_id)
+        creator.diamonds += diamonds
         t.gifts += 1
         t.coins_spent += coins
         t.diamonds_credited += diamonds
@@ -95,23 +118,35 @@ def _apply(
     elif kind == b"top_up":
         account = model[entry[b"to"].decode()]
         credited, repaid = int(entry[b"credited"]), int(entry[b"repaid"])
-        if credited + repaid != int(entry[b"coins"]):
-            problems.append(f"{entry_id}: top-up credited {credited} + repaid {repaid}")
+        withheld = int(entry.get(b"withheld", 0))
+        if credited + repaid + withheld != int(entry[b"coins"]):
+            problems.append(
+                f"{entry_id}: top-up of {int(entry[b'coins'])} credited {credited} + repaid "
+                f"{repaid} + withheld {withheld}"
+            )
         account.coins += credited
         account.debt -= repaid
         t.top_ups += 1
         t.coins_bought += int(entry[b"coins"])
         t.coins_credited += credited
         t.debt_repaid += repaid
+        t.coins_withheld += withheld
     elif kind == b"refund":
         account = model[entry[b"from"].decode()]
         clawed, debt = int(entry[b"clawed"]), int(entry[b"debt"])
+        # Refunds before refund ids took the whole payment and had no `refunded` field.
+        refunded = int(entry.get(b"refunded", entry[b"coins"]))
+        if clawed + debt != refunded:
+            problems.append(f"{entry_id}: refund of {refunded} clawed {clawed} + debt {debt}")
         account.coins -= clawed
         account.debt += debt
         t.coins_clawed += clawed
         t.debt_added += debt
     elif kind == b"cash_out":
-        model[entry[b"from"].decode()].diamonds -= int(entry[b"diamonds"])
+        creator = model[entry[b"from"].decode()]
+        if b"rate" in entry:
+            _carry_cents(entry, creator, problems, entry_id)
+        creator.diamonds -= int(entry[b"diamonds"])
         t.diamonds_cashed_out += int(entry[b"diamonds"])
         t.payout_cents += int(entry[b"cents"])
     elif kind == b"payout":
@@ -124,6 +159,43 @@ def _apply(
             problems.append(f"{entry_id}: payout in state {entry[b'state']!r}")
     else:
         problems.append(f"{entry_id}: unknown entry type {kind!r}")
+
+
+def _carry_share(
+    entry: dict[bytes, bytes],
+    coins: int,
+    diamonds: int,
+    creator: _Expected,
+    t: Totals,
+    problems: list[str],
+    entry_id: str,
+) -> None:
+    """Recompute send_gift's split with the creator's carried remainder (docs/ledger.md)."""
+    units = coins * int(entry[b"share_bps"])
+    t.share_units += units
+    t.diamonds_carried += diamonds
+    earned = creator.share_rem + units
+    want, rem = divmod(earned, BASIS_POINTS)
+    if (diamonds, int(entry[b"share_rem"])) != (want, rem):
+        problems.append(
+            f"{entry_id}: gift of {coins} coins credits {diamonds} diamonds carrying "
+            f"{int(entry[b'share_rem'])}, the share says {want} carrying {rem}"
+        )
+    creator.share_rem = rem
+
+
+def _carry_cents(
+    entry: dict[bytes, bytes], creator: _Expected, problems: list[str], entry_id: str
+) -> None:
+    """Recompute cash_out's payout with the creator's carried fraction of a cent."""
+    diamonds, cents = int(entry[b"diamonds"]), int(entry[b"cents"])
+    want, rem = divmod(creator.cents_rem + diamonds * int(entry[b"rate"]), 100)
+    if (cents, int(entry[b"cents_rem"])) != (want, rem):
+        problems.append(
+            f"{entry_id}: cash-out of {diamonds} diamonds pays {cents} cents carrying "
+            f"{int(entry[b'cents_rem'])}, the rate says {want} carrying {rem}"
+        )
+    creator.cents_rem = rem
 
 
 async def log_entries(redis: Redis, keys: Keys, start: str = "-") -> AsyncIterator[StreamRows]:
@@ -141,10 +213,14 @@ async def reconcile(
     redis: Redis,
     keys: Keys,
     progress: Callable[[int], None] | None = None,
+    *,
+    receipt_ttl_s: int | None = None,
     entries: AsyncIterator[StreamRows] | None = None,
 ) -> Report:
-    """Replay the ledger and check it against the balances. ``progress(entries_read)``.
+    """Replay the ledger and check it against the balances and every record.
 
+    ``progress(entries_read)``; ``receipt_ttl_s``: the gift receipt window the server runs
+    with (default: the default limit), within which a missing receipt is a problem.
     ``entries``: the whole history, oldest first; by default Redis' log. Once the archiver
     has trimmed the log, ``server.record.reconcile`` passes the record's part followed by
     what is left in Redis.
@@ -152,9 +228,13 @@ async def reconcile(
     report = Report()
     t, problems = report.totals, report.problems
     model: defaultdict[str, _Expected] = defaultdict(_Expected)
+    ttl_s = Limits().receipt_ttl_s if receipt_ttl_s is None else receipt_ttl_s
+    audit = LogAudit(keys, ttl_s, problems)
     async for rows in entries if entries is not None else log_entries(redis, keys):
-        for entry_id, entry in rows:
-            _apply(entry, model, t, problems, entry_id.decode())
+        for raw_id, entry in rows:
+            entry_id = raw_id.decode()
+            _apply(entry, model, t, problems, entry_id)
+            audit.see(entry_id, entry)
         t.entries += len(rows)
         if progress:
             progress(t.entries)
@@ -163,8 +243,9 @@ async def reconcile(
     async for key in redis.scan_iter(match=keys.account_pattern(), count=1000):
         user = keys.user_id_of_account(key.decode())
         seen.add(user)
-        coins, diamonds, debt = (
-            int(v or 0) for v in await redis.hmget(key, ["coins", "diamonds", "debt"])
+        coins, diamonds, debt, share_rem, cents_rem = (
+            int(v or 0)
+            for v in await redis.hmget(key, ["coins", "diamonds", "debt", "share_rem", "cents_rem"])
         )
         want = model.get(user, _Expected())
         if (coins, diamonds, debt) != (want.coins, want.diamonds, want.debt):
@@ -172,6 +253,12 @@ async def reconcile(
                 f"account {user}: holds coins={coins} diamonds={diamonds} debt={debt}, ledger "
                 f"says coins={want.coins} diamonds={want.diamonds} debt={want.debt}"
             )
+        if (share_rem, cents_rem) != (want.share_rem, want.cents_rem):
+            problems.append(
+                f"account {user}: carries share_rem={share_rem} cents_rem={cents_rem}, ledger "
+                f"says share_rem={want.share_rem} cents_rem={want.cents_rem}"
+            )
+        t.share_rem_held += share_rem
         if min(coins, diamonds, debt) < 0:
             problems.append(f"account {user}: negative balance")
         t.accounts += 1
@@ -182,6 +269,7 @@ async def reconcile(
         if user not in seen and (want.coins, want.diamonds, want.debt) != (0, 0, 0):
             problems.append(f"account {user}: missing, ledger says it holds {want}")
 
+    await audit.finish(redis)
     t.platform_held = int(await redis.hget(keys.platform(), "coins") or 0)
     if t.platform_held != t.platform_coins:
         problems.append(f"platform holds {t.platform_held}, ledger says {t.platform_coins}")
@@ -192,6 +280,11 @@ async def reconcile(
         )
     if t.coins_spent != t.diamonds_credited + t.platform_coins:
         problems.append(f"coins spent {t.coins_spent} != diamonds + platform share")
+    if t.share_units != t.diamonds_carried * BASIS_POINTS + t.share_rem_held:
+        problems.append(
+            f"creator shares {t.share_units} bp-units != {t.diamonds_carried} diamonds x "
+            f"{BASIS_POINTS} + carried {t.share_rem_held}"
+        )
     if t.diamonds_credited != t.diamonds_held + t.diamonds_cashed_out:
         problems.append(
             f"diamonds credited {t.diamonds_credited} != held {t.diamonds_held}"

@@ -97,18 +97,9 @@ def decode(data: str | bytes, fmt: WireFormat, limits: Limits) -> dict[str, Any]
     return value
 
 
-def encode_json(message: object) -> str:
-    return orjson.dumps(message).decode()
-
-
 def encode_msgpack(message: object) -> bytes:
     data: bytes = msgpack.packb(message, use_bin_type=True)
     return data
-
-
-def encode(message: object, fmt: WireFormat) -> str | bytes:
-    """Encode one outgoing message. Broadcasts encode once per format, never per viewer."""
-    return encode_json(message) if fmt is WireFormat.JSON else encode_msgpack(message)
 
 
 OPCODE_TEXT = 0x1
@@ -159,7 +150,10 @@ def wire_frame(payload: bytes, opcode: int) -> bytes:
 
 
 def encode_frame(message: object, fmt: WireFormat) -> OutFrame:
-    """Encode one outgoing message into a frame (text for JSON, binary for msgpack)."""
+    """Encode one outgoing message into a frame (text for JSON, binary for msgpack).
+
+    Broadcasts encode once per format, never per viewer.
+    """
     if fmt is WireFormat.JSON:
         return OutFrame(orjson.dumps(message), text=True)
     return OutFrame(encode_msgpack(message), text=False)

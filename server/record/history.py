@@ -69,6 +69,7 @@ def _item(row: tuple[Any, ...], user_id: str) -> dict[str, Any]:
         "count": count,
         "client_id": client_id,
         "payment_id": payment_id,
+        "refund_id": fields.get("refund_id") or None,
         "counterparty": counterparty if entry_type == "gift" else None,
     }
     item.update({k: v for k, v in optional.items() if v is not None})

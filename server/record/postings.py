@@ -104,18 +104,25 @@ def _gift(f: Fields) -> list[Posting]:
 
 
 def _top_up(f: Fields) -> list[Posting]:
+    # Coins withheld against a refund that arrived before the payment never reach the buyer:
+    # the provider is owed only what was credited or repaid (entries before withholding
+    # have no such field).
     user = _user(f, "to")
+    withheld = _amount(f, "withheld") if "withheld" in f else 0
     return [
-        Posting(None, Account.PROVIDER, -_amount(f, "coins")),
+        Posting(None, Account.PROVIDER, -(_amount(f, "coins") - withheld)),
         Posting(user, Account.COINS, _amount(f, "credited")),
         Posting(user, Account.DEBT, _amount(f, "repaid")),
     ]
 
 
 def _refund(f: Fields) -> list[Posting]:
+    # A partial refund (refund_id) returns ``refunded`` of the payment's ``coins``; refunds
+    # before refund ids took the whole payment and have no ``refunded`` field.
     user = _user(f, "from")
+    refunded = _amount(f, "refunded") if "refunded" in f else _amount(f, "coins")
     return [
-        Posting(None, Account.PROVIDER, _amount(f, "coins")),
+        Posting(None, Account.PROVIDER, refunded),
         Posting(user, Account.COINS, -_amount(f, "clawed")),
         Posting(user, Account.DEBT, -_amount(f, "debt")),
     ]

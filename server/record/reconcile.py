@@ -167,6 +167,7 @@ async def reconcile_across(
     progress: Callable[[int], None] | None = None,
     *,
     archiver_wait_s: float = 10.0,
+    receipt_ttl_s: int | None = None,
 ) -> CrossReport:
     await _archiver_caught_up(redis, keys, archiver_wait_s)
     tail = await _tail(redis, keys)
@@ -178,7 +179,7 @@ async def reconcile_across(
     # archived meanwhile is in the tail and, consistently, not yet in this snapshot.
     async with pool.connection() as conn, conn.transaction():
         await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        return await _across(redis, keys, conn, tail, info, progress)
+        return await _across(redis, keys, conn, tail, info, progress, receipt_ttl_s)
 
 
 async def _across(
@@ -188,6 +189,7 @@ async def _across(
     tail: StreamRows,
     info: dict[str, Any],
     progress: Callable[[int], None] | None,
+    receipt_ttl_s: int | None,
 ) -> CrossReport:
     first = parse_entry_id(tail[0][0].decode()) if tail else None
     totals = RecordTotals(redis_tail=len(tail))
@@ -199,7 +201,9 @@ async def _across(
         if tail:
             yield tail
 
-    ledger_report = await reconcile(redis, keys, progress, entries=history())
+    ledger_report = await reconcile(
+        redis, keys, progress, receipt_ttl_s=receipt_ttl_s, entries=history()
+    )
     report = CrossReport(ledger_report, totals, problems)
 
     if "entries-added" in info:

@@ -20,6 +20,8 @@ from server.realtime.hub import Hub
 from server.record.service import RecordService
 from server.settings import Settings, load_settings
 from server.web import log_redaction
+from server.web.cluster_app import create_cluster_app
+from server.web.edge import DirectWebSocket
 from server.web.home import home_json, home_page
 from server.web.http_api import ROUTES
 from server.web.metrics import FANOUT_DROPS
@@ -71,11 +73,13 @@ async def _prepare_when_reachable(ledger: Ledger, settings: Settings, redis_url:
         delay_s = min(delay_s * 2, 5.0)
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings) -> DirectWebSocket:
     if not settings.redis_url:
         raise ValueError("create_app needs settings.redis_url (the CLI starts the embedded Redis)")
     if not settings.jwt_secret:
         raise ValueError("GIFTWIRE_JWT_SECRET is required")
+    if settings.redis_cluster:
+        return create_cluster_app(settings)
     redis_url = settings.redis_url
 
     @asynccontextmanager
@@ -122,6 +126,7 @@ def create_app(settings: Settings) -> Starlette:
                 await record.stop()
             await redis.aclose()
 
+    # The route stays listed (url_for, docs); DirectWebSocket serves it without the stack.
     routes: list[object] = [
         *ROUTES,
         *RECORD_ROUTES,
@@ -133,7 +138,8 @@ def create_app(settings: Settings) -> Starlette:
         routes.append(Route("/", home_page))
     else:
         routes.append(Route("/", home_json))
-    return Starlette(routes=routes, lifespan=lifespan)  # type: ignore[arg-type]
+    app = Starlette(routes=routes, lifespan=lifespan)  # type: ignore[arg-type]
+    return DirectWebSocket(app, "/ws/streams/", "stream_id", gift_socket)
 
 
 def configure_logging(level: str) -> None:
@@ -146,7 +152,7 @@ def configure_logging(level: str) -> None:
         logger.addHandler(handler)
 
 
-def create_app_from_env() -> Starlette:
+def create_app_from_env() -> DirectWebSocket:
     """uvicorn factory: ``uvicorn --factory server.web.app:create_app_from_env``."""
     settings = load_settings()
     configure_logging(settings.log_level)

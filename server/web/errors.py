@@ -7,6 +7,9 @@ from starlette.responses import JSONResponse
 from server.domain.errors import ERROR_MESSAGES, ErrorCode
 from server.web.metrics import ERRORS
 
+UNLISTED_STATUS = 422
+"""A well-formed request the rules refuse: the status of any code not listed below."""
+
 HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_REQUEST: 400,
     ErrorCode.UNAUTHORIZED: 401,
@@ -27,6 +30,10 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.STREAM_LIMIT: 409,
     ErrorCode.STREAM_NOT_LIVE: 409,
     ErrorCode.CATALOG_CHANGED: 409,
+    ErrorCode.SELF_GIFT: 422,
+    ErrorCode.SPENDING_LIMIT: 422,
+    ErrorCode.BALANCE_LIMIT: 422,
+    ErrorCode.BELOW_MINIMUM: 422,
     ErrorCode.MESSAGE_TOO_LARGE: 413,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.TOO_MANY_CONNECTIONS: 429,
@@ -42,4 +49,4 @@ def error_response(
     body: dict[str, object] = {"code": code.value, "message": message or ERROR_MESSAGES[code]}
     if detail:
         body["detail"] = detail
-    return JSONResponse({"error": body}, status_code=HTTP_STATUS.get(code, 422))
+    return JSONResponse({"error": body}, status_code=HTTP_STATUS.get(code, UNLISTED_STATUS))

@@ -240,15 +240,24 @@ async def payment_webhook(request: Request) -> Response:
                 "transfer_id": top_up.transfer_id,
                 "credited": top_up.credited,
                 "debt_repaid": top_up.debt_repaid,
+                "withheld": top_up.withheld,
                 "balance": top_up.balance,
                 "replayed": top_up.replayed,
             }
         )
     if event == "payment.refunded":
-        refund = await services.ledger.refund(payment_id=payment_id, user_id=user_id)
+        refund = await services.ledger.refund(
+            payment_id=payment_id,
+            user_id=user_id,
+            refund_id=_id_field(doc, "refund_id"),
+            coins=_amount_field(doc, "coins"),
+        )
         return JSONResponse(
             {
                 "transfer_id": refund.transfer_id,
+                "refund_id": refund.refund_id,
+                "refunded": refund.refunded,
+                "before_payment": refund.before_payment,
                 "clawed": refund.clawed,
                 "debt_added": refund.debt_added,
                 "balance": refund.balance,

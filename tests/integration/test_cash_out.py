@@ -100,6 +100,7 @@ async def test_refusals_say_why(ledger: Ledger) -> None:
     with pytest.raises(LedgerRefusal) as short:
         await ledger.cash_out(client_id="c1", creator_id=CREATOR, diamonds=6_000)
     assert short.value.detail == {"balance": 5_000}
+    assert short.value.message == "not enough diamonds for this cash-out"
 
 
 async def test_a_payout_beyond_the_largest_amount_is_refused(

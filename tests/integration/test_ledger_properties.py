@@ -75,6 +75,8 @@ class Refund:
     payment: int
     user: str | None
     """None: the payment's buyer, as far as the example knows it (else someone at random)."""
+    refund: int
+    coins: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +108,9 @@ ALLOWED_REFUSALS: dict[type, set[ErrorCode]] = {
         ErrorCode.SELF_GIFT,
         ErrorCode.STREAM_NOT_LIVE,
     },
-    Refund: {ErrorCode.UNKNOWN_PAYMENT, ErrorCode.INVALID_REQUEST},  # not paid, or not the buyer
+    # Not the buyer, or a refund id reused for another amount. A refund of a payment not yet
+    # made is remembered, not refused.
+    Refund: {ErrorCode.INVALID_REQUEST, ErrorCode.DUPLICATE_MISMATCH},
     CashOut: {
         ErrorCode.DUPLICATE_MISMATCH,
         ErrorCode.BELOW_MINIMUM,
@@ -130,7 +134,11 @@ _spend_alls = st.builds(
     SpendAll, st.integers(0, 9), st.sampled_from(PEOPLE), st.sampled_from(CREATORS)
 )
 _refunds = st.builds(
-    Refund, st.integers(0, 7 + len(PEOPLE)), st.sampled_from([None] * len(PEOPLE) + [*PEOPLE])
+    Refund,
+    st.integers(0, 7 + len(PEOPLE)),
+    st.sampled_from([None] * len(PEOPLE) + [*PEOPLE]),
+    st.integers(0, 2),
+    st.sampled_from([1, 50, 150, 300, 600]),
 )
 _cash_outs = st.builds(CashOut, st.integers(0, 3), st.sampled_from(CREATORS), st.integers(1, 200))
 _ends = st.builds(EndStream, st.sampled_from(CREATORS))
@@ -179,9 +187,14 @@ async def _apply(
                     gift_id="rose",
                     count=min(max(coins, 1), 9_999),
                 )
-            case Refund(payment, user):
+            case Refund(payment, user, refund, coins):
                 buyer = user or buyers.get(payment, PEOPLE[payment % len(PEOPLE)])
-                return await ledger.refund(payment_id=f"pay{payment}", user_id=buyer)
+                return await ledger.refund(
+                    payment_id=f"pay{payment}",
+                    user_id=buyer,
+                    refund_id=f"r{refund}",
+                    coins=coins,
+                )
             case CashOut(client, creator, diamonds):
                 return await ledger.cash_out(
                     client_id=f"c{client}", creator_id=creator, diamonds=diamonds
@@ -201,8 +214,8 @@ def _id_of(op: Operation) -> tuple[str, ...]:
     match op:
         case TopUp(payment, _, _):
             return ("top_up", str(payment))
-        case Refund(payment, _):
-            return ("refund", str(payment))
+        case Refund(payment, _, refund, _):
+            return ("refund", str(payment), str(refund))
         case Gift(client, sender, _, _, _) | SpendAll(client, sender, _):
             return ("gift", sender, str(client))
         case CashOut(client, creator, _):

@@ -83,7 +83,7 @@ async def test_script_flush_under_concurrent_calls_of_every_script(
     await redis.script_flush()
     results = await asyncio.gather(
         ledger.top_up(payment_id="pay-c", user_id="carol", coins=50),
-        ledger.refund(payment_id="pay-b", user_id="bob"),
+        ledger.refund(payment_id="pay-b", user_id="bob", refund_id="r1", coins=100),
         ledger.cash_out(client_id="c1", creator_id=CREATOR, diamonds=1_000),
         ledger.start_stream(stream_id="live2", creator_id="creator2", title="t"),
         *(gift(ledger, f"g{i}", sender="carol") for i in range(20)),
@@ -219,7 +219,9 @@ async def _prepare_books(ledger: Ledger) -> None:
 
 OPERATIONS: dict[str, Callable[[Ledger], Awaitable[object]]] = {
     "top_up": lambda ledger: ledger.top_up(payment_id="pay-c", user_id="bob", coins=5),
-    "refund": lambda ledger: ledger.refund(payment_id="pay-b", user_id="bob"),
+    "refund": lambda ledger: ledger.refund(
+        payment_id="pay-b", user_id="bob", refund_id="r1", coins=100
+    ),
     "cash_out": lambda ledger: ledger.cash_out(client_id="c1", creator_id=CREATOR, diamonds=1000),
     "send_gift": lambda ledger: gift(ledger, "small", sender="bob"),
     "start_stream": lambda ledger: ledger.start_stream(

@@ -100,7 +100,7 @@ async def test_replay_returns_the_original_receipt_and_moves_nothing(
 
 async def test_replay_after_a_refund_still_returns_the_top_up_receipt(ledger: Ledger) -> None:
     first = await ledger.top_up(payment_id="pay1", user_id="alice", coins=300)
-    await ledger.refund(payment_id="pay1", user_id="alice")
+    await ledger.refund(payment_id="pay1", user_id="alice", refund_id="r1", coins=300)
     again = await ledger.top_up(payment_id="pay1", user_id="alice", coins=300)
     assert again.replayed and again.transfer_id == first.transfer_id
     assert (await ledger.balance("alice")).coins == 0

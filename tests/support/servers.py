@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -30,6 +32,11 @@ WEBHOOK_SECRET = "webhook-secret-for-tests"
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _files_max(limit: int) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+
+
 class ServerProcess:
     """``giftwire serve`` in a child process on a free port."""
 
@@ -49,6 +56,7 @@ class ServerProcess:
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None
+        self.cwd = REPO
 
     @property
     def http(self) -> str:
@@ -57,14 +65,16 @@ class ServerProcess:
     def ws_url(self, stream_id: str) -> str:
         return f"ws://127.0.0.1:{self.port}/ws/streams/{stream_id}"
 
-    def start(self, timeout_s: float = 20.0) -> None:
+    def start(self, timeout_s: float = 20.0, *, files_max: int | None = None) -> None:
+        """``files_max``: the child's soft limit of open files (``ulimit -n``)."""
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port)],
                 env=self.env,
-                cwd=REPO,
+                cwd=self.cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=None if files_max is None else functools.partial(_files_max, files_max),
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -131,6 +131,7 @@ BAD_VALUES = [
     ("GIFTWIRE_CREATOR_SHARE_BPS", "10001", "creator_share_bps must be within 0..10000"),
     ("GIFTWIRE_CENTS_PER_100_DIAMONDS", "0", "cents_per_100_diamonds must be within 1..10000"),
     ("GIFTWIRE_REDIS_URL", "localhost:6379", "expected redis://host:port/db"),
+    ("GIFTWIRE_REDIS_CLUSTER", "true", "needs GIFTWIRE_REDIS_URL (a cluster node)"),
     ("GIFTWIRE_JWT_SECRET", "short", "use at least 32 characters"),
     ("GIFTWIRE_BATCH_MS", "0", "expected 1..1000"),
     ("GIFTWIRE_BATCH_MS", "1001", "expected 1..1000"),
@@ -138,6 +139,9 @@ BAD_VALUES = [
     ("GIFTWIRE_CATALOG_PATH", "/no/such/catalog.json", "no such file /no/such/catalog.json"),
     ("GIFTWIRE_FRAME_BYTES_MAX", "255", "at least 256"),
     ("GIFTWIRE_STREAMS_PER_CREATOR_MAX", "1000001", "at most 1000000"),
+    ("GIFTWIRE_GC_FREEZE_EVERY_CONNECTIONS", "-1", "0 (never) or more"),
+    ("GIFTWIRE_REQUEST_TIMEOUT_S", "0", "must be positive"),
+    ("GIFTWIRE_PENDING_REQUESTS_PER_IP_MAX", "0", "must be positive"),
 ]
 
 
@@ -150,6 +154,14 @@ def test_each_bad_value_is_named_with_its_fix(variable: str, raw: str, message: 
     assert message in text
     # Each line names the variable, except the economics' own checks, which name the field.
     assert variable in text or variable.removeprefix("GIFTWIRE_").lower() in text
+
+
+def test_cluster_mode_takes_a_node_url_and_a_prefix_without_braces() -> None:
+    node = {"GIFTWIRE_REDIS_URL": "redis://10.0.0.7:7000/0"}
+    assert load_settings({**node, "GIFTWIRE_REDIS_CLUSTER": "true"}).redis_cluster
+    assert not load_settings(node).redis_cluster
+    with pytest.raises(SettingsError, match="GIFTWIRE_KEY_PREFIX: no braces in cluster mode"):
+        load_settings({**node, "GIFTWIRE_REDIS_CLUSTER": "true", "GIFTWIRE_KEY_PREFIX": "{gw}:"})
 
 
 @pytest.mark.parametrize("name", sorted(set(LIMIT_FIELDS) - ZERO_MEANS_NONE))

@@ -1,49 +1,91 @@
--- refund: a chargeback of a top-up. Claws the payment's coins back from the buyer without
--- ever making a balance negative; what cannot be clawed back is recorded as debt, which
--- later top-ups repay first. Once per payment id.
+-- refund: a chargeback of (part of) a top-up, once per refund id. Claws the refunded coins
+-- back from the buyer without ever making a balance negative; what cannot be clawed back
+-- is recorded as debt, which later top-ups repay first. Several refunds of one payment add
+-- up to at most the payment's coins: a refund past that is capped at what is left. A
+-- refund that arrives before its payment moves nothing and is remembered on the payment
+-- record; top_up then withholds it from the credit.
 --
--- KEYS[1]  {pay:PAYMENT}:payment   payment hash written by top_up
--- KEYS[2]  {u:USER}:acct           the buyer's account hash
--- KEYS[3]  {ledger}:log            ledger stream
+-- KEYS[1]  {pay:PAYMENT}:payment           payment hash (user, coins, refunded, early, state)
+-- KEYS[2]  {u:USER}:acct                   the buyer's account hash
+-- KEYS[3]  {ledger}:log                    ledger stream
+-- KEYS[4]  {pay:PAYMENT}:refund:REFUND_ID  refund record (user, coins, receipt)
 --
 -- ARGV[1]  payment id     ARGV[2]  user id (must match the payment's buyer)
+-- ARGV[3]  refund id      ARGV[4]  coins to refund     ARGV[5]  largest amount
 --
 -- Reply: {'ok', receipt JSON} | {'replay', receipt JSON} | {'refused', code}
--- Receipt JSON: transfer_id, payment_id, user_id, coins, clawed, debt_added, balance, debt, ts
--- Refusal codes: invalid_request, unknown_payment
+-- Receipt JSON: transfer_id, payment_id, refund_id, user_id, coins (asked), refunded (taken
+--   back now; less than coins when capped, 0 before the payment), clawed, debt_added,
+--   balance, debt, before_payment (true: remembered until the payment arrives), ts
+-- Ledger entry: type=refund, payment, refund_id, from, coins, refunded, clawed, debt,
+--   before_payment ('1' or '0')
+-- Refusal codes: invalid_request (also: not the payment's buyer), duplicate_mismatch
 
-local payment_id, user = ARGV[1], ARGV[2]
-if not (id_arg(payment_id) and id_arg(user)) then
+local payment_id, user, refund_id = ARGV[1], ARGV[2], ARGV[3]
+local amount_max = int_arg(ARGV[5], 1, 1e13)
+local coins = amount_max and int_arg(ARGV[4], 1, amount_max)
+if not (id_arg(payment_id) and id_arg(user) and id_arg(refund_id) and coins) then
   return refuse('invalid_request')
 end
-local payment = redis.call('HMGET', KEYS[1], 'user', 'coins', 'state', 'refund_receipt')
-if not payment[1] then
-  return refuse('unknown_payment')
+
+local record = redis.call('HMGET', KEYS[4], 'user', 'coins', 'receipt')
+if record[1] then
+  if record[1] ~= user or tonumber(record[2]) ~= coins then
+    return refuse('duplicate_mismatch')
+  end
+  return {'replay', record[3]}
 end
-if payment[1] ~= user then
+local payment = redis.call('HMGET', KEYS[1], 'user', 'coins', 'state', 'refunded', 'early')
+if payment[1] and payment[1] ~= user then
+  -- Naming someone else is refused like today's refunds: the buyer is the payment's content.
   return refuse('invalid_request')
 end
-if payment[3] == 'refunded' then
-  return {'replay', payment[4]}
+
+local before_payment = not payment[3] or payment[3] == 'awaiting_payment'
+local refunded, early, paid, so_far = 0, 0, 0, 0
+if before_payment then
+  early = stored_int(payment[5]) + coins
+  if early > amount_max then
+    return refuse('invalid_request')
+  end
+else
+  paid = stored_int(payment[2])
+  so_far = stored_int(payment[4])
+  if payment[3] == 'refunded' and not payment[4] then
+    so_far = paid  -- refunded whole before refunds had ids
+  end
+  refunded = math.min(coins, paid - so_far)
+  if refunded < 0 then
+    error('giftwire: payment refunded beyond its coins: ' .. payment_id)
+  end
 end
-
-local coins = tonumber(payment[2])
-local balance = stored_int(redis.call('HGET', KEYS[2], 'coins'))
-stored_int(redis.call('HGET', KEYS[2], 'debt'))
-local clawed = math.min(balance, coins)
-local debt_added = coins - clawed
-
+local acct = redis.call('HMGET', KEYS[2], 'coins', 'debt')
+local balance = stored_int(acct[1])
+stored_int(acct[2])
+local clawed = math.min(balance, refunded)
+local debt_added = refunded - clawed
 redis.call('XLEN', KEYS[3])  -- a wrong-typed ledger key fails before any write
+
+-- Every check passed: write.
 -- int(): with nothing to claw back, -clawed is the double -0, which Lua passes to Redis as
 -- "-0", and HINCRBY refuses that as not an integer.
 local new_balance = redis.call('HINCRBY', KEYS[2], 'coins', int(-clawed))
 local debt = redis.call('HINCRBY', KEYS[2], 'debt', int(debt_added))
+if before_payment then
+  redis.call('HSET', KEYS[1], 'user', user, 'state', 'awaiting_payment', 'early', int(early))
+else
+  local total = so_far + refunded
+  redis.call('HSET', KEYS[1], 'refunded', int(total),
+    'state', total == paid and 'refunded' or 'credited')
+end
 local ms = now_ms()
 local transfer_id = redis.call('XADD', KEYS[3], '*', 'type', 'refund', 'payment', payment_id,
-  'from', user, 'coins', int(coins), 'clawed', int(clawed), 'debt', int(debt_added))
+  'refund_id', refund_id, 'from', user, 'coins', int(coins), 'refunded', int(refunded),
+  'clawed', int(clawed), 'debt', int(debt_added), 'before_payment', before_payment and '1' or '0')
 local receipt = cjson.encode({
-  transfer_id = transfer_id, payment_id = payment_id, user_id = user, coins = coins,
-  clawed = clawed, debt_added = debt_added, balance = new_balance, debt = debt, ts = ms,
+  transfer_id = transfer_id, payment_id = payment_id, refund_id = refund_id, user_id = user,
+  coins = coins, refunded = refunded, clawed = clawed, debt_added = debt_added,
+  balance = new_balance, debt = debt, before_payment = before_payment, ts = ms,
 })
-redis.call('HSET', KEYS[1], 'state', 'refunded', 'refund_receipt', receipt)
+redis.call('HSET', KEYS[4], 'user', user, 'coins', int(coins), 'receipt', receipt)
 return {'ok', receipt}

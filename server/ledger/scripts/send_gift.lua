@@ -3,8 +3,9 @@
 -- and publish the event to the room. All checks come before the first write.
 --
 -- KEYS[1]  {u:SENDER}:gift:CLIENT_ID   receipt (string: fingerprint "\n" receipt JSON)
--- KEYS[2]  {u:SENDER}:acct             sender account hash
--- KEYS[3]  {u:CREATOR}:acct            creator account hash
+-- KEYS[2]  {u:SENDER}:acct             sender account hash (coins, spend_hour/_hours/_sum,
+--                                      rl_tokens/rl_at, daily_limit)
+-- KEYS[3]  {u:CREATOR}:acct            creator account hash (diamonds, share_rem)
 -- KEYS[4]  {platform}:acct             platform account hash
 -- KEYS[5]  {s:STREAM}:stream           stream hash (state, creator, seq, totals)
 -- KEYS[6]  {s:STREAM}:top              leaderboard zset
@@ -27,6 +28,9 @@
 -- Reply: {'ok', receipt JSON} | {'replay', receipt JSON} | {'refused', code [, detail JSON]}
 -- Receipt JSON: transfer_id, client_id, stream_id, gift_id, count, coins, diamonds,
 --   platform_coins, balance (sender's coins after), combo, seq, ts (ms)
+-- Ledger entry: type=gift, client_id, from, to, stream, gift, count, price (unit), coins,
+--   diamonds, platform, share_bps, share_rem (the creator's remainder after), seq,
+--   catalog_version (the version charged, '0' when the catalog had none)
 -- Refusal codes: invalid_request, duplicate_mismatch, unknown_stream, stream_not_live,
 --   self_gift, unknown_gift, rate_limited, spending_limit, insufficient_funds, balance_limit,
 --   catalog_changed (detail: {catalog_version = current version})
@@ -93,8 +97,8 @@ end
 for i = 3, 6 do
   stored_int(stream[i])
 end
-local acct = redis.call('HMGET', KEYS[2], 'coins', 'spend_day', 'spend_coins', 'rl_tokens',
-  'rl_at', 'daily_limit')
+local acct = redis.call('HMGET', KEYS[2], 'coins', 'spend_hour', 'spend_hours', 'rl_tokens',
+  'rl_at', 'daily_limit', 'spend_day', 'spend_coins', 'spend_sum')
 local ms, seconds = now_ms()
 -- Token bucket in milli-tokens: `rate` tokens per second is `rate` milli-tokens per ms.
 local capacity = burst * 1000
@@ -107,22 +111,69 @@ tokens = math.min(capacity, tokens + elapsed * rate)
 if tokens < 1000 then
   return refuse('rate_limited', {retry_after_ms = math.ceil((1000 - tokens) / rate)})
 end
-local day = math.floor(seconds / 86400)
-local spent_today = 0
-if tonumber(acct[2]) == day then
-  spent_today = tonumber(acct[3]) or 0
+-- The daily cap is a rolling window of 25 hourly buckets (the current hour and the 24
+-- before it), so no 24 hours ever hold more than the cap: midnight resets nothing.
+-- `spend_hours` lists the buckets oldest first, the newest one being hour `spend_hour`;
+-- `spend_sum` is their sum, so that a gift in the same hour as the last one reads and
+-- rewrites only the newest bucket. A clock that steps back does not reopen the window:
+-- the hour never goes below `spend_hour`, so such gifts count in the newest bucket and
+-- leave it later, not sooner.
+local hour = math.floor(seconds / 3600)
+local newest, ring, spent = hour, acct[3], stored_int(acct[9])
+if ring then
+  newest = stored_int(acct[2])
+else
+  ring, spent = string.rep('0,', 24) .. '0', 0
+  -- Spend from before the rolling window (a UTC calendar day) still counts today.
+  if acct[7] and stored_int(acct[7]) == math.floor(seconds / 86400) then
+    spent = stored_int(acct[8])
+    ring = string.rep('0,', 24) .. int(spent)
+  end
 end
-local daily_limit = tonumber(acct[6]) or daily_default
-if daily_limit > 0 and spent_today + coins > daily_limit then
-  return refuse('spending_limit', {limit = daily_limit, spent_today = spent_today})
+if hour > newest then
+  local buckets = {}
+  for n in string.gmatch(ring, '[^,]+') do
+    buckets[#buckets + 1] = stored_int(n)
+  end
+  if #buckets ~= 25 then
+    error('giftwire: stored spend_hours is not 25 buckets: ' .. ring)
+  end
+  local shift = math.min(hour - newest, 25)
+  spent = 0
+  for i = 1, 25 do
+    buckets[i] = buckets[i + shift] or 0
+    spent = spent + buckets[i]
+    buckets[i] = int(buckets[i])
+  end
+  ring, newest = table.concat(buckets, ','), hour
 end
+local daily_limit = acct[6] and stored_int(acct[6]) or daily_default
+if daily_limit > 0 and spent + coins > daily_limit then
+  return refuse('spending_limit', {limit = daily_limit, spent_24h = spent})
+end
+local ring_head, ring_last = string.match(ring, '^(.*,)(%d+)$')
+if not ring_head then
+  error('giftwire: stored spend_hours is not a list of buckets: ' .. ring)
+end
+ring = ring_head .. int(stored_int(ring_last) + coins)
 local balance = stored_int(acct[1])
 if balance < coins then
   return refuse('insufficient_funds', {balance = balance, price = coins})
 end
-local diamonds = math.floor(coins * share_bps / 10000)
+-- The split carries the creator's fraction of a diamond from gift to gift: `share_rem`
+-- (basis-point units, 0..9999) is what the creator has earned beyond its whole diamonds,
+-- so that however the coins arrive, the diamonds credited are the floor of the sum of
+-- coins x share. coins x share <= 10^11 x 10^4 stays exact below 2^53.
+local creator_acct = redis.call('HMGET', KEYS[3], 'diamonds', 'share_rem')
+local earned = stored_int(creator_acct[2])
+if earned < 0 or earned >= 10000 then
+  error('giftwire: stored share remainder out of range: ' .. int(earned))
+end
+earned = earned + coins * share_bps
+local diamonds = math.floor(earned / 10000)
+local share_rem = earned - diamonds * 10000
 local platform = coins - diamonds
-local creator_diamonds = stored_int(redis.call('HGET', KEYS[3], 'diamonds'))
+local creator_diamonds = stored_int(creator_acct[1])
 local platform_coins = stored_int(redis.call('HGET', KEYS[4], 'coins'))
 if creator_diamonds + diamonds > amount_max or platform_coins + platform > amount_max then
   return refuse('balance_limit')
@@ -148,9 +199,10 @@ redis.call('XLEN', KEYS[9])
 
 -- Every check passed: write.
 local new_balance = redis.call('HINCRBY', KEYS[2], 'coins', -coins)
-redis.call('HSET', KEYS[2], 'spend_day', int(day), 'spend_coins', int(spent_today + coins),
-  'rl_tokens', int(tokens - 1000), 'rl_at', int(ms))
-redis.call('HINCRBY', KEYS[3], 'diamonds', diamonds)
+redis.call('HSET', KEYS[2], 'spend_hour', int(newest), 'spend_hours', ring,
+  'spend_sum', int(spent + coins), 'rl_tokens', int(tokens - 1000), 'rl_at', int(ms))
+redis.call('HSET', KEYS[3], 'diamonds', int(creator_diamonds + diamonds),
+  'share_rem', int(share_rem))
 redis.call('HINCRBY', KEYS[4], 'coins', platform)
 local seq = redis.call('HINCRBY', KEYS[5], 'seq', 1)
 redis.call('HINCRBY', KEYS[5], 'coins', coins)
@@ -161,7 +213,8 @@ local combo = redis.call('INCRBY', KEYS[8], count)
 redis.call('PEXPIRE', KEYS[8], combo_window)
 local transfer_id = redis.call('XADD', KEYS[9], '*', 'type', 'gift', 'client_id', client_id,
   'from', sender, 'to', creator, 'stream', stream_id, 'gift', gift, 'count', int(count),
-  'coins', int(coins), 'diamonds', int(diamonds), 'platform', int(platform), 'seq', int(seq),
+  'price', price, 'coins', int(coins), 'diamonds', int(diamonds), 'platform', int(platform),
+  'share_bps', int(share_bps), 'share_rem', int(share_rem), 'seq', int(seq),
   'catalog_version', version or '0')
 
 local event = cjson.encode({

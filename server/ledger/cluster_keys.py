@@ -1,0 +1,190 @@
+"""Redis key names in cluster mode (``GIFTWIRE_REDIS_CLUSTER``); ``keys.py`` spells single-node.
+
+On a Redis Cluster every key one script touches must hash to one slot. Today's names put
+the platform's share, the ledger log and the catalog in one slot each (``{platform}``,
+``{ledger}``, ``{catalog}``): every gift of every room would meet on one primary. Cluster
+mode therefore settles a gift in two legs, each inside one slot (``docs/ledger.md``,
+"Redis Cluster"), and shards what used to be global **per hash slot**:
+
+=========================================  ======  =========================================
+key                                        type    holds
+=========================================  ======  =========================================
+``{u:USER}:acct``                          hash    as in single-node mode
+``{u:USER}:gift:CLIENT_ID``                string  the debit leg's receipt (TTL)
+``{u:CREATOR}:credit:TRANSFER_ID``         string  the credit leg's receipt (idempotency)
+``{u:CREATOR}:s:STREAM:stream``            hash    the stream, in its creator's slot
+``{u:CREATOR}:s:STREAM:top|feed|room``     ...     leaderboard, feed, shard channel (SPUBLISH)
+``{u:CREATOR}:s:STREAM:combo:USER:GIFT``   string  combo counter (TTL)
+``{s:STREAM}:owner``                       string  the stream id's creator: claims the id
+                                                   once and lets a viewer find the slot
+``{s:STREAM}:viewers``                     hash    presence, as in single-node mode
+``{~N}:platform``                          hash    platform share earned in this slot
+``{~N}:log``                               stream  transfers committed in this slot
+``{~N}:catalog``                           hash    this slot's copy of the catalog
+``{~N}:outbox``                            stream  transfers debited in this slot, not yet
+                                                   credited (the relay's work list)
+=========================================  ======  =========================================
+
+``{~N}`` is a *slot tag*: a short string chosen so that it hashes to one given slot, so a
+shard key lives in the same slot as the account whose script writes it (Redis checks
+slots, not tags, for CROSSSLOT). There are at most 16384 shards of each kind, whatever the
+number of users: summing the platform share or reading every log means one read per slot
+that has the key, grouped per primary. ``~`` is outside the id alphabet, so a slot tag
+never equals a user's or a stream's tag.
+
+The transfer id joining the two legs is derived from the sender and the client id, so a
+retry after a crash between the legs finds the same transfer (``transfer_id``).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from redis.crc import key_slot
+
+from server.domain.errors import InvariantError
+from server.ledger.keys import DEFAULT_PREFIX
+
+SLOTS = 16384
+TRANSFER_SEPARATOR = "|"
+"""Outside the id alphabet (``[A-Za-z0-9_.:-]``): ``SENDER|CLIENT_ID`` is unambiguous."""
+
+
+def slot_of(key: str) -> int:
+    """The Redis Cluster hash slot of ``key`` (CRC16 of its hash tag, mod 16384)."""
+    return key_slot(key.encode())
+
+
+@functools.cache
+def _slot_tags() -> tuple[str, ...]:
+    """For every slot, the shortest ``~N`` (smallest N) that hashes to it.
+
+    Found by counting up once per process (about 200k CRCs, a fraction of a second); only
+    cluster mode asks for it.
+    """
+    tags: list[str | None] = [None] * SLOTS
+    missing, n = SLOTS, 0
+    while missing:
+        tag = f"~{n}"
+        slot = key_slot(tag.encode())
+        if tags[slot] is None:
+            tags[slot] = tag
+            missing -= 1
+        n += 1
+    return tuple(tag for tag in tags if tag is not None)
+
+
+def slot_tag(slot: int) -> str:
+    if not 0 <= slot < SLOTS:
+        raise InvariantError(f"no such slot {slot}")
+    return _slot_tags()[slot]
+
+
+def transfer_id(sender_id: str, client_id: str) -> str:
+    return f"{sender_id}{TRANSFER_SEPARATOR}{client_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterKeys:
+    """Key names of cluster mode; same prefix rule as ``Keys`` (no braces in the prefix)."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if "{" in self.prefix or "}" in self.prefix:
+            # The first {...} of a key is its hash tag: braces in the prefix would put
+            # every key in one slot.
+            raise InvariantError(f"a key prefix must not contain braces: {self.prefix!r}")
+
+    # The sender's slot: the debit leg.
+
+    def account(self, user_id: str) -> str:
+        return f"{self.prefix}{{u:{user_id}}}:acct"
+
+    def gift_receipt(self, sender_id: str, client_id: str) -> str:
+        return f"{self.prefix}{{u:{sender_id}}}:gift:{client_id}"
+
+    # The creator's slot: the credit leg, and the creator's streams.
+
+    def credit_receipt(self, creator_id: str, transfer: str) -> str:
+        return f"{self.prefix}{{u:{creator_id}}}:credit:{transfer}"
+
+    def stream(self, creator_id: str, stream_id: str) -> str:
+        return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:stream"
+
+    def leaderboard(self, creator_id: str, stream_id: str) -> str:
+        return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:top"
+
+    def feed(self, creator_id: str, stream_id: str) -> str:
+        return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:feed"
+
+    def combo(self, creator_id: str, stream_id: str, sender_id: str, gift_id: str) -> str:
+        return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:combo:{sender_id}:{gift_id}"
+
+    def room_channel(self, creator_id: str, stream_id: str) -> str:
+        """The room's shard channel: SPUBLISH from the credit leg, SSUBSCRIBE by servers."""
+        return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:room"
+
+    # The stream id's own slot: who owns it, who watches it.
+
+    def stream_owner(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:owner"
+
+    def viewers(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:viewers"
+
+    # Shards per slot, next to the account whose script writes them.
+
+    def platform_shard(self, slot: int) -> str:
+        return f"{self.prefix}{{{slot_tag(slot)}}}:platform"
+
+    def ledger_shard(self, slot: int) -> str:
+        return f"{self.prefix}{{{slot_tag(slot)}}}:log"
+
+    def catalog_shard(self, slot: int) -> str:
+        return f"{self.prefix}{{{slot_tag(slot)}}}:catalog"
+
+    def outbox_shard(self, slot: int) -> str:
+        """Per slot, not per sender: a relay can sweep at most 16384 outboxes, but could not
+        even find millions of per-sender ones."""
+        return f"{self.prefix}{{{slot_tag(slot)}}}:outbox"
+
+    def platform_shards(self) -> list[str]:
+        """Every platform shard, to sum on read (most do not exist until a gift lands)."""
+        return [self.platform_shard(slot) for slot in range(SLOTS)]
+
+    def ledger_shards(self) -> list[str]:
+        return [self.ledger_shard(slot) for slot in range(SLOTS)]
+
+    def catalog_shards(self) -> list[str]:
+        return [self.catalog_shard(slot) for slot in range(SLOTS)]
+
+    def outbox_shards(self) -> list[str]:
+        return [self.outbox_shard(slot) for slot in range(SLOTS)]
+
+    # What each leg passes in KEYS: one slot per script, checked by the tests and the runner.
+
+    def debit_keys(self, sender_id: str, client_id: str) -> list[str]:
+        slot = slot_of(self.account(sender_id))
+        return [
+            self.gift_receipt(sender_id, client_id),
+            self.account(sender_id),
+            self.outbox_shard(slot),
+            self.ledger_shard(slot),
+            self.catalog_shard(slot),
+        ]
+
+    def credit_keys(self, creator_id: str, stream_id: str) -> list[str]:
+        """The keys of one credit call into a creator's stream (a batch of transfers; the
+        per-transfer receipts and combo counters follow in KEYS after these)."""
+        slot = slot_of(self.account(creator_id))
+        return [
+            self.account(creator_id),
+            self.stream(creator_id, stream_id),
+            self.leaderboard(creator_id, stream_id),
+            self.feed(creator_id, stream_id),
+            self.room_channel(creator_id, stream_id),
+            self.platform_shard(slot),
+            self.ledger_shard(slot),
+        ]

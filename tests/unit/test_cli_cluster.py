@@ -1,0 +1,18 @@
+"""Commands that need the single-node ledger refuse cluster mode before touching Redis."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.cli import main
+
+
+@pytest.mark.parametrize("command", ["reconcile", "demo"])
+def test_single_node_commands_refuse_cluster_mode(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Port 1 is never listened on: a command that tried to connect would fail otherwise.
+    monkeypatch.setenv("GIFTWIRE_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("GIFTWIRE_REDIS_CLUSTER", "true")
+    assert main([command]) == 2
+    assert f"{command} is not yet supported on a Redis Cluster" in capsys.readouterr().err
