@@ -75,16 +75,26 @@ async def mixed_transfers(
 
 
 async def _charged_back_buyer(ledger: Ledger, tag: str) -> set[str]:
-    """A buyer tops up, spends some, and charges the payment back: coins clawed and debt."""
+    """A buyer tops up, spends some, and charges the payment back in two partial refunds
+    (coins clawed, then debt); and a refund that arrives before its payment, which the
+    payment's top-up then withholds."""
     buyer = f"cb{tag}"
     top_up = functools.partial(ledger.top_up, payment_id=f"p-{buyer}", user_id=buyer, coins=500)
     sent = functools.partial(gift, ledger, f"cbg{tag}", sender=buyer, gift_id="doughnut")
-    refund = functools.partial(ledger.refund, payment_id=f"p-{buyer}", user_id=buyer)
-    return {
-        (await retried(top_up)).transfer_id,
-        (await retried(sent)).transfer_id,
-        (await retried(refund)).transfer_id,
-    }
+    refunds = [
+        functools.partial(ledger.refund, payment_id=f"p-{buyer}", user_id=buyer,
+                          refund_id=f"r{i}", coins=coins)
+        for i, coins in enumerate((200, 300))
+    ]  # fmt: skip
+    early = functools.partial(ledger.refund, payment_id=f"pe-{buyer}", user_id=buyer,
+                              refund_id="r0", coins=100)  # fmt: skip
+    late = functools.partial(ledger.top_up, payment_id=f"pe-{buyer}", user_id=buyer, coins=400)
+    ids = {(await retried(top_up)).transfer_id, (await retried(sent)).transfer_id}
+    for refund in refunds:
+        ids.add((await retried(refund)).transfer_id)
+    ids.add((await retried(early)).transfer_id)
+    ids.add((await retried(late)).transfer_id)
+    return ids
 
 
 async def recorded_ids(pool: RecordPool) -> list[str]:

@@ -32,9 +32,14 @@ async def test_history_pages_newest_first_through_every_kind(
     made = [(await ledger.top_up(payment_id="p1", user_id="alice", coins=100_000)).transfer_id]
     for i in range(25):
         made.append((await gift(ledger, f"g{i}", gift_id="cap", count=1 + i % 2)).transfer_id)
-    made.append((await gift(ledger, "tiny", gift_id="rose")).transfer_id)  # earns 0 diamonds
+    tiny = await gift(ledger, "tiny", gift_id="rose")  # may earn 0 diamonds (or a carried 1)
+    made.append(tiny.transfer_id)
     made.append((await ledger.top_up(payment_id="p2", user_id="alice", coins=10)).transfer_id)
-    made.append((await ledger.refund(payment_id="p2", user_id="alice")).transfer_id)
+    made.append(
+        (
+            await ledger.refund(payment_id="p2", user_id="alice", refund_id="r1", coins=10)
+        ).transfer_id
+    )
     await _archive(ledger, record_pool)
 
     pages, before = [], None
@@ -58,7 +63,7 @@ async def test_history_pages_newest_first_through_every_kind(
     # The creator sees the same gifts as received, in diamonds.
     creator = await wallet_history(record_pool, CREATOR, before=None, limit=100)
     assert [i["kind"] for i in creator.items] == ["gift_received"] * 26
-    assert (creator.items[0]["gift_id"], creator.items[0]["diamonds"]) == ("rose", 0)
+    assert (creator.items[0]["gift_id"], creator.items[0]["diamonds"]) == ("rose", tiny.diamonds)
     held = await ledger.balance(CREATOR)
     assert sum(i["diamonds"] for i in creator.items) == held.diamonds
     assert creator.items[0]["counterparty"] == "alice"

@@ -109,3 +109,23 @@ def test_a_failed_payout_returns_the_diamonds() -> None:
     )
     with pytest.raises(RecordError, match="neither paid nor failed"):
         to_transfer("8-0", {**entry, "state": "pending"})
+
+
+def test_coins_withheld_for_an_earlier_refund_are_not_owed_to_the_provider() -> None:
+    entry = {"type": "top_up", "payment": "p1", "to": "al", "coins": "100", "credited": "70",
+             "repaid": "0", "withheld": "30"}  # fmt: skip
+    assert to_transfer("5-0", entry).postings == (
+        Posting(None, Account.PROVIDER, -70),
+        Posting("al", Account.COINS, 70),
+    )
+
+
+def test_a_partial_refund_posts_what_it_refunded() -> None:
+    entry = {"type": "refund", "payment": "p1", "refund_id": "r1", "from": "al",
+             "coins": "100", "refunded": "40", "clawed": "25", "debt": "15",
+             "before_payment": "0"}  # fmt: skip
+    assert to_transfer("6-0", entry).postings == (
+        Posting(None, Account.PROVIDER, 40),
+        Posting("al", Account.COINS, -25),
+        Posting("al", Account.DEBT, -15),
+    )
