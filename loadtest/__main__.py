@@ -42,6 +42,12 @@ def build_parser(found: ClientSecrets) -> argparse.ArgumentParser:
         help="reconcile the books after the run (default: GIFTWIRE_REDIS_URL, else the "
         "running demo's Redis; skipped when neither)",
     )
+    p.add_argument(
+        "--database-url",
+        default=found.database_url,
+        help="the server's durable record: reconcile across Redis and it (default: "
+        "GIFTWIRE_DATABASE_URL, else the running demo's PostgreSQL)",
+    )
     p.add_argument("--key-prefix", default=found.key_prefix)
     p.add_argument("--hot-rooms", type=int, default=d.hot_rooms)
     p.add_argument("--cold-rooms", type=int, default=d.cold_rooms)
@@ -76,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         jwt_secret=args.jwt_secret,
         webhook_secret=args.webhook_secret,
         redis_url=args.redis_url,
+        database_url=args.database_url,
         key_prefix=args.key_prefix,
         hot_rooms=args.hot_rooms,
         cold_rooms=args.cold_rooms,

@@ -41,6 +41,9 @@ class RunConfig:
     webhook_secret: str = ""
     redis_url: str | None = None
     """Set it (with ``key_prefix``) to reconcile the books after the run."""
+    database_url: str | None = None
+    """The server's durable record: then the books are reconciled across both stores (the
+    server's archiver trims Redis' log, which alone no longer holds the history)."""
     key_prefix: str = "gw:"
     hot_rooms: int = 1
     cold_rooms: int = 3
@@ -283,6 +286,16 @@ class Run:
 
         redis = Redis.from_url(self.config.redis_url, decode_responses=False)
         try:
+            if self.config.database_url:
+                from server.record.connection import open_record
+                from server.record.reconcile import reconcile_across
+
+                pool = await open_record(self.config.database_url)
+                try:
+                    across = await reconcile_across(redis, Keys(self.config.key_prefix), pool)
+                finally:
+                    await pool.close()
+                return across.to_json()
             report = await reconcile(redis, Keys(self.config.key_prefix))
         finally:
             await redis.aclose()

@@ -64,11 +64,16 @@ class Settings:
     """``redis_url`` is one node of a Redis Cluster (``docs/ledger.md``, "Redis Cluster")."""
     data_dir: Path = field(default_factory=default_data_dir)
     """Always absolute when loaded by ``load_settings``."""
+    database_url: str | None = None
+    """PostgreSQL of the durable record. Unset: with an embedded Redis, an embedded
+    PostgreSQL in ``data_dir``; with ``redis_url`` set, no record (and no archiver)."""
     key_prefix: str = DEFAULT_PREFIX
     jwt_secret: str = ""
     """HS256 secret for access tokens (at least 32 characters). Required by ``serve``."""
     webhook_secret: str = ""
     """HMAC-SHA256 secret of the payment provider's top-up webhook."""
+    payout_webhook_secret: str = ""
+    """HMAC-SHA256 secret of the payout provider's webhook; empty: the webhook is refused."""
     catalog_path: Path | None = None
     allowed_origins: tuple[str, ...] = ()
     """Browser origins allowed to open a WebSocket; empty: same host only. ``*``: any."""
@@ -194,6 +199,10 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
 def _check(s: Settings, errors: list[str]) -> None:
     if s.redis_url is not None and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
         errors.append(f"{env_name('redis_url')}: expected redis://host:port/db")
+    if s.database_url is not None and not s.database_url.startswith(
+        ("postgresql://", "postgres://")
+    ):
+        errors.append(f"{env_name('database_url')}: expected postgresql://user@host:port/db")
     if s.redis_cluster and s.redis_url is None:
         errors.append(
             f"{env_name('redis_cluster')}: needs {env_name('redis_url')} (a cluster node)"
@@ -237,9 +246,11 @@ DESCRIPTIONS: dict[str, str] = {
         "checkout: $XDG_DATA_HOME/giftwire (~/.local/share/giftwire); relative: from the "
         "folder giftwire starts in"
     ),
+    "database_url": "PostgreSQL of the durable record; unset: embedded one if Redis is embedded",
     "key_prefix": "prefix of every Redis key",
     "jwt_secret": "HS256 secret of access tokens, 32+ characters (required by serve)",
     "webhook_secret": "HMAC-SHA256 secret of the payment webhook",
+    "payout_webhook_secret": "HMAC-SHA256 secret of the payout webhook; empty: refused",
     "catalog_path": "gift catalog JSON file seeding an empty Redis (a different one "
     "refuses to start; see giftwire catalog push); unset: the built-in catalog",
     "allowed_origins": "comma-separated browser origins for WebSockets; empty: same host; *: any",

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real redis-server started by the tests, on a free port, in a temp dir."""
+"""Shared fixtures: a real redis-server and a real PostgreSQL started by the tests, each on a
+free port in a temp dir (never the machine's shared ones on 6379 and 5432)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from server.domain.limits import Limits
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
+from server.record.connection import RecordPool, open_record
+from server.record.embedded import PostgresProcess
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +60,39 @@ async def ledger(redis: Redis, keys: Keys, limits: Limits) -> Ledger:
     ledger = Ledger(redis, keys=keys, limits=limits)
     await ledger.prepare(load_catalog())
     return ledger
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresProcess]:
+    """One PostgreSQL for the whole session (started on first use); each test that asks
+    for ``database_url`` gets a database of its own in it."""
+    server = PostgresProcess(tmp_path_factory.mktemp("postgres"), fsync=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def database_url(postgres_server: PostgresProcess) -> Iterator[str]:
+    """A fresh, empty database of this test's own, dropped afterwards."""
+    name = f"t{uuid.uuid4().hex[:12]}"
+    url = postgres_server.create_database(name)
+    yield url
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[PostgresProcess]:
+    """A PostgreSQL of the test's own, which it may kill and restart."""
+    server = PostgresProcess(tmp_path / "postgres", fsync=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def record_pool(database_url: str) -> AsyncIterator[RecordPool]:
+    """A pool on this test's own database, its schema migrated."""
+    pool = await open_record(database_url)
+    yield pool
+    await pool.close()

@@ -137,6 +137,46 @@ function onWelcome(welcome, { reconnected }) {
   if (state.role === "viewer") showMessage("This link has a viewer's token: going live and ending need a creator's.", true);
 }
 
+// This month's earnings from the durable record (GET /api/creators/me/statements): shown
+// only when the server has a record and the token is a creator's; it trails the live
+// totals by the archive lag, so it is refreshed now and then, not per gift.
+const STATEMENT_REFRESH_MS = 60_000;
+
+function statementPath(format) {
+  const month = new Date().toISOString().slice(0, 7); // YYYY-MM, UTC like the statement
+  return `/api/creators/me/statements?month=${month}${format === "csv" ? "&format=csv" : ""}`;
+}
+
+async function refreshStatement() {
+  let response;
+  try {
+    response = await api.request("GET", statementPath("json"));
+  } catch {
+    return; // offline: the next refresh tries again
+  }
+  if (!response.ok || !response.body?.totals) return;
+  const totals = response.body.totals;
+  $("statement-diamonds").textContent = fmt.format(totals.diamonds);
+  $("statement-cash").textContent = `$${(totals.cents / 100).toFixed(2)}`;
+  $("statement").hidden = false;
+}
+
+async function downloadStatement(event) {
+  // A plain link cannot carry the bearer token: fetch the CSV and hand it over as a file.
+  event.preventDefault();
+  const response = await fetch(config.server + statementPath("csv"), {
+    headers: { authorization: `Bearer ${config.token}` },
+    cache: "no-store",
+  });
+  if (!response.ok) return;
+  const link = el("a", {
+    href: URL.createObjectURL(await response.blob()),
+    download: `giftwire-statement-${statementPath("json").slice(-7)}.csv`,
+  });
+  link.click();
+  URL.revokeObjectURL(link.href);
+}
+
 async function refreshTotals() {
   // Coins and gift counts are not in the welcome; the stream's totals are.
   const response = await api.stream(state.stream);
@@ -310,6 +350,9 @@ function main() {
   $("start").addEventListener("click", start);
   $("end").addEventListener("click", end);
   setInterval(renderPerMinute, 1000);
+  $("statement-csv").addEventListener("click", downloadStatement);
+  refreshStatement();
+  setInterval(refreshStatement, STATEMENT_REFRESH_MS);
   connect(config.stream);
 }
 

@@ -11,7 +11,16 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from server.cli import catalog, demo, reconcile, serve, show_settings, tokens
+from server.cli import (
+    archive,
+    catalog,
+    demo,
+    reconcile,
+    serve,
+    show_settings,
+    statement,
+    tokens,
+)
 from server.cli.common import CommandError, HelpFormatter
 from server.domain.errors import GiftwireError
 from server.settings import Settings, SettingsError, load_settings
@@ -24,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="giftwire", description=DESCRIPTION, formatter_class=HelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (serve, demo, tokens, reconcile, show_settings, catalog):
+    for command in (serve, demo, tokens, reconcile, archive, statement, show_settings, catalog):
         command.add_parser(sub)
     return parser
 

@@ -14,12 +14,20 @@ from dataclasses import dataclass
 
 from server.cli.common import CommandError, HelpFormatter, refuse_cluster, say
 from server.cli.demo_secrets import secrets_path, with_demo_secrets
-from server.cli.serve import add_address, fit_to_serve, run_uvicorn, with_durability
+from server.cli.serve import (
+    add_address,
+    archiving,
+    fit_to_serve,
+    run_uvicorn,
+    with_durability,
+    with_record,
+)
 from server.domain.accounts import Role
 from server.domain.catalog import load_catalog
 from server.ledger.connection import ledger_redis_url, make_client, running_embedded
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
+from server.record.connection import record_database_url, running_embedded_postgres
 from server.settings import Settings, env_name
 from server.web.auth import issue_token
 
@@ -115,7 +123,8 @@ def banner(settings: Settings, host: str, port: int, state: DemoState) -> str:
 
 
 def reset(settings: Settings) -> None:
-    """Wipe the embedded Redis's data (the demo's ledger); keep the secrets."""
+    """Wipe the embedded Redis's data (the demo's ledger) and the embedded record that goes
+    with it; keep the secrets."""
     if settings.redis_url:
         raise CommandError(
             f"--reset wipes only the embedded Redis, and {env_name('redis_url')} is set: "
@@ -125,8 +134,17 @@ def reset(settings: Settings) -> None:
     running = running_embedded(redis_dir)
     if running:
         raise CommandError(f"a demo is running on this data folder ({running}): stop it first")
-    shutil.rmtree(redis_dir, ignore_errors=True)
-    say(f"demo data wiped ({redis_dir})")
+    # The embedded record goes too: it would otherwise hold transfers the new Redis never
+    # had, and reconcile would (rightly) say so.
+    wiped = [redis_dir]
+    postgres_dir = settings.data_dir / "postgres"
+    if not settings.database_url:
+        if running_embedded_postgres(postgres_dir):
+            raise CommandError(f"a giftwire is using {postgres_dir}: stop it first")
+        wiped.append(postgres_dir)
+    for folder in wiped:
+        shutil.rmtree(folder, ignore_errors=True)
+    say(f"demo data wiped ({', '.join(map(str, wiped))})")
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -135,12 +153,17 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         reset(settings)
     settings = with_durability(with_demo_secrets(settings, create=True))
     appendfsync = settings.durability_mode.appendfsync
-    with ledger_redis_url(settings.redis_url, settings.data_dir, appendfsync=appendfsync) as url:
+    with (
+        ledger_redis_url(settings.redis_url, settings.data_dir, appendfsync=appendfsync) as url,
+        record_database_url(settings.database_url, settings.redis_url, settings.data_dir) as db,
+    ):
         if not fit_to_serve(settings, url):
             return 4
+        settings = with_record(settings, db)
         state = asyncio.run(seed_demo(settings, url))
         print(banner(settings, args.host, args.port, state), file=sys.stderr, flush=True)
-        return run_uvicorn(settings, url, args.host, args.port, 1)
+        with archiving(settings, url):
+            return run_uvicorn(settings, url, args.host, args.port, 1)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

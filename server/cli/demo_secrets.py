@@ -16,6 +16,7 @@ import orjson
 
 from server.cli.common import CommandError
 from server.ledger.connection import running_embedded
+from server.record.connection import running_embedded_postgres
 from server.settings import Settings, load_settings
 
 SECRETS_FILE = "demo-secrets.json"
@@ -64,6 +65,8 @@ class ClientSecrets:
     webhook_secret: str
     redis_url: str | None
     """``GIFTWIRE_REDIS_URL``, else the running demo's embedded Redis, else None."""
+    database_url: str | None
+    """``GIFTWIRE_DATABASE_URL``, else the running demo's embedded PostgreSQL, else None."""
     key_prefix: str
     source: str
     """Where the secrets came from, to say so in an error message."""
@@ -75,10 +78,14 @@ def client_secrets() -> ClientSecrets:
     filled = with_demo_secrets(settings)
     from_file = filled.jwt_secret != settings.jwt_secret
     redis_url = settings.redis_url or running_embedded(settings.data_dir / "redis")
+    database_url = settings.database_url or running_embedded_postgres(
+        settings.data_dir / "postgres"
+    )
     return ClientSecrets(
         jwt_secret=filled.jwt_secret,
         webhook_secret=filled.webhook_secret,
         redis_url=redis_url,
+        database_url=database_url,
         key_prefix=settings.key_prefix,
         source=str(secrets_path(settings)) if from_file else "the environment",
     )

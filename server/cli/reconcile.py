@@ -13,11 +13,14 @@ from server.cli.common import CommandError, HelpFormatter, refuse_cluster, say
 from server.ledger.connection import ledger_redis_url, make_client, running_embedded
 from server.ledger.keys import Keys
 from server.ledger.reconcile import Report, reconcile
+from server.record.connection import open_record, record_database_url
+from server.record.reconcile import CrossReport, reconcile_across
 from server.settings import Settings, env_name
 
 
-def _print_report(report: Report) -> None:
-    t = report.totals
+def _print_report(report: Report | CrossReport) -> None:
+    cross = report if isinstance(report, CrossReport) else None
+    t = report.ledger.totals if isinstance(report, CrossReport) else report.totals
     rows = [
         ("ledger entries", t.entries),
         ("accounts", t.accounts),
@@ -34,17 +37,26 @@ def _print_report(report: Report) -> None:
         ("payouts (cents)", t.payout_cents),
         ("debt outstanding", t.debt_held),
     ]
+    if cross:
+        r = cross.record
+        rows += [
+            ("record: transfers", r.recorded),
+            ("  trimmed from Redis", r.trimmed),
+            ("  left in Redis", r.redis_tail),
+            ("  not archived (lag)", r.lag),
+        ]
     for label, value in rows:
         print(f"{label:<24}{value:>20,}")
+    problems = [*cross.ledger.problems, *cross.problems] if cross else report.problems
     if report.ok:
-        print("books reconcile: OK")
+        print("books reconcile: OK" + (" (Redis and the record)" if cross else ""))
     else:
-        print(f"books DO NOT reconcile: {len(report.problems)} problem(s)")
-        for problem in report.problems[:50]:
+        print(f"books DO NOT reconcile: {len(problems)} problem(s)")
+        for problem in problems[:50]:
             print(f"  - {problem}")
 
 
-async def _reconcile(settings: Settings, url: str, as_json: bool) -> int:
+async def _reconcile(settings: Settings, url: str, as_json: bool, database_url: str | None) -> int:
     redis = make_client(url, timeout_s=30)
     last = 0
 
@@ -54,13 +66,28 @@ async def _reconcile(settings: Settings, url: str, as_json: bool) -> int:
             last = entries
             print(f"\r  read {entries:,} ledger entries…", end="", file=sys.stderr, flush=True)
 
+    report: Report | CrossReport
     try:
-        report = await reconcile(
-            redis,
-            Keys(settings.key_prefix),
-            progress,
-            receipt_ttl_s=settings.limits.receipt_ttl_s,
-        )
+        if database_url:
+            # The archiver trims Redis' log: the history is the record's part and the tail.
+            pool = await open_record(database_url)
+            try:
+                report = await reconcile_across(
+                    redis,
+                    Keys(settings.key_prefix),
+                    pool,
+                    progress,
+                    receipt_ttl_s=settings.limits.receipt_ttl_s,
+                )
+            finally:
+                await pool.close()
+        else:
+            report = await reconcile(
+                redis,
+                Keys(settings.key_prefix),
+                progress,
+                receipt_ttl_s=settings.limits.receipt_ttl_s,
+            )
     finally:
         await redis.aclose()
     if last:
@@ -82,8 +109,13 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
             # No giftwire is running on this data folder: read its AOF with a Redis of our own.
             say(f"no giftwire running on {redis_dir}: reading its data with a private Redis")
     try:
-        with ledger_redis_url(settings.redis_url, settings.data_dir) as url:
-            return asyncio.run(_reconcile(settings, url, args.json))
+        with (
+            ledger_redis_url(settings.redis_url, settings.data_dir) as url,
+            record_database_url(
+                settings.database_url, settings.redis_url, settings.data_dir
+            ) as database_url,
+        ):
+            return asyncio.run(_reconcile(settings, url, args.json, database_url))
     except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as e:
         where = (settings.redis_url or "").split("@")[-1]
         raise CommandError(
@@ -98,7 +130,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="replay the ledger and check every balance",
         description="Replay the ledger and check every balance against it; exit 1 on any "
         "mismatch. With GIFTWIRE_REDIS_URL unset: the demo's Redis (started for the check "
-        "if the demo is not running).",
+        "if the demo is not running). With a durable record (GIFTWIRE_DATABASE_URL, or the "
+        "demo's embedded PostgreSQL): the record's part of the history, then Redis' log, "
+        "and both stores checked against each other.",
         formatter_class=HelpFormatter,
     )
     rec.add_argument("--json", action="store_true", help="one JSON object on stdout")

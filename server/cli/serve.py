@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -11,9 +13,11 @@ import signal
 import uvicorn
 from redis.exceptions import RedisError
 
+from server.cli.archive import archiver_process
 from server.cli.common import CommandError, HelpFormatter, say
 from server.domain.errors import GiftwireError
 from server.ledger.connection import ledger_redis_url, wait_for_redis
+from server.record.connection import record_database_url
 from server.settings import Settings, env_name
 from server.web.preflight import preflight
 from server.web.uvicorn_setup import uvicorn_options
@@ -37,6 +41,8 @@ def run_uvicorn(settings: Settings, url: str, host: str, port: int, workers: int
     # The uvicorn workers load their settings from the environment again: hand them what
     # this process decided (the Redis it started, the secrets, the absolute data folder).
     os.environ[env_name("redis_url")] = url
+    if settings.database_url:
+        os.environ[env_name("database_url")] = settings.database_url
     os.environ[env_name("jwt_secret")] = settings.jwt_secret
     os.environ[env_name("webhook_secret")] = settings.webhook_secret
     os.environ[env_name("data_dir")] = str(settings.data_dir)
@@ -67,7 +73,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         )
     settings = with_durability(settings)
     appendfsync = settings.durability_mode.appendfsync
-    with ledger_redis_url(settings.redis_url, settings.data_dir, appendfsync=appendfsync) as url:
+    with (
+        ledger_redis_url(settings.redis_url, settings.data_dir, appendfsync=appendfsync) as url,
+        record_database_url(settings.database_url, settings.redis_url, settings.data_dir) as db,
+    ):
         if not settings.redis_url:
             say(f"embedded Redis at {url} (data in {settings.data_dir / 'redis'})")
         elif not wait_for_redis(url, wait_s=args.wait_redis_s, report=say):
@@ -76,7 +85,29 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         # mode refuses the ledger anyway until the two-leg scripts exist.
         if not settings.redis_cluster and not fit_to_serve(settings, url):
             return 4
-        return run_uvicorn(settings, url, args.host, args.port, args.workers)
+        settings = with_record(settings, db)
+        with archiving(settings, url):
+            return run_uvicorn(settings, url, args.host, args.port, args.workers)
+
+
+def with_record(settings: Settings, database_url: str | None) -> Settings:
+    """The settings with the record's URL that ``record_database_url`` decided, said aloud
+    when it is the embedded PostgreSQL."""
+    if database_url and not settings.database_url:
+        say(f"embedded PostgreSQL at {database_url} (data in {settings.data_dir / 'postgres'})")
+    return dataclasses.replace(settings, database_url=database_url)
+
+
+def archiving(settings: Settings, redis_url: str) -> contextlib.AbstractContextManager[None]:
+    """The archiver next to the server, when there is a record to archive into."""
+    if settings.database_url is None:
+        return contextlib.nullcontext()
+    if settings.redis_cluster:
+        # A cluster has one log per slot ({~N}:log); the archiver reads the single ledger's
+        # {ledger}:log only, and would archive nothing: say so rather than pretend.
+        say("the durable record does not follow cluster mode yet: no archiver runs")
+        return contextlib.nullcontext()
+    return archiver_process(settings, redis_url, settings.database_url)
 
 
 def with_durability(settings: Settings) -> Settings:
@@ -112,8 +143,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve = sub.add_parser(
         "serve",
         help="run the server (uvicorn)",
-        description="Run the server under uvicorn. With GIFTWIRE_REDIS_URL unset, a private "
-        "redis-server with AOF is started in the data folder and stopped afterwards.",
+        description="Run the server under uvicorn, and the archiver beside it when there is a "
+        "durable record (GIFTWIRE_DATABASE_URL). With GIFTWIRE_REDIS_URL unset, a private "
+        "redis-server with AOF, and with GIFTWIRE_DATABASE_URL unset too a private "
+        "PostgreSQL, are started in the data folder and stopped afterwards.",
         formatter_class=HelpFormatter,
     )
     add_address(serve)

@@ -38,6 +38,8 @@ class ErrorCode(StrEnum):
     BALANCE_LIMIT = "balance_limit"
     BELOW_MINIMUM = "below_minimum"
     UNKNOWN_PAYMENT = "unknown_payment"
+    UNKNOWN_PAYOUT = "unknown_payout"
+    PAYOUT_SETTLED = "payout_settled"
     CATALOG_CHANGED = "catalog_changed"
     # Edge refusals.
     INVALID_REQUEST = "invalid_request"
@@ -69,6 +71,8 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.BALANCE_LIMIT: "the balance would exceed its maximum",
     ErrorCode.BELOW_MINIMUM: "the amount is below the minimum",
     ErrorCode.UNKNOWN_PAYMENT: "no such payment",
+    ErrorCode.UNKNOWN_PAYOUT: "no such cash-out",
+    ErrorCode.PAYOUT_SETTLED: "the payout was already settled the other way",
     ErrorCode.CATALOG_CHANGED: "the gift catalog changed; fetch it and send again",
     ErrorCode.INVALID_REQUEST: "the request is malformed",
     ErrorCode.MESSAGE_TOO_LARGE: "the message is larger than allowed",

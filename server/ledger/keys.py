@@ -10,7 +10,7 @@ key                                    type    holds
                                                spend_hour/_hours (daily cap), rl_tokens/
                                                rl_at (rate limiter), daily_limit
 ``{u:USER}:gift:CLIENT_ID``            string  send_gift receipt (TTL = receipt window)
-``{u:USER}:cashout:CLIENT_ID``         hash    one cash-out (pending payout)
+``{u:USER}:cashout:CLIENT_ID``         hash    one cash-out (pending, then paid or failed)
 ``{u:USER}:streams``                   set     stream ids the creator owns (bounded)
 ``{s:STREAM}:stream``                  hash    creator, state, title, starts, seq, totals
 ``{s:STREAM}:top``                     zset    top gifters by coins
@@ -21,7 +21,9 @@ key                                    type    holds
 ``{pay:PAYMENT}:payment``              hash    one top-up and what was refunded of it
 ``{pay:PAYMENT}:refund:REFUND_ID``     hash    one refund (chargeback) of a payment
 ``{platform}:acct``                    hash    the platform's share (coins)
-``{ledger}:log``                       stream  every committed transfer, never trimmed
+``{ledger}:log``                       stream  every committed transfer; the archiver trims
+                                               what PostgreSQL holds (group ``archiver``)
+``{ledger}:archiver``                  string  lease of the active archiver (TTL)
 ``{ledger}:generation``                string  random marker set once; gone or changed:
                                                Redis lost its data (``watch.py``)
 ``{ledger}:fence``                     string  written before WAIT (``always+replica``)
@@ -101,6 +103,9 @@ class Keys:
 
     def ledger(self) -> str:
         return f"{self.prefix}{{ledger}}:log"
+
+    def archiver_lease(self) -> str:
+        return f"{self.prefix}{{ledger}}:archiver"
 
     def ledger_generation(self) -> str:
         return f"{self.prefix}{{ledger}}:generation"

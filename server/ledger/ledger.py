@@ -32,6 +32,7 @@ from server.ledger.keys import Keys
 from server.ledger.receipts import (
     CashOutReceipt,
     GiftReceipt,
+    PayoutReceipt,
     RefundReceipt,
     TopUpReceipt,
     unpack,
@@ -307,6 +308,20 @@ class Ledger:
         receipt = CashOutReceipt.from_reply(body, replayed)
         self.saw_transfer(receipt.transfer_id)
         return receipt
+
+    async def settle_payout(
+        self, *, client_id: str, creator_id: str, outcome: str
+    ) -> PayoutReceipt:
+        """The payout provider's outcome of cash-out ``client_id``: ``paid``, or ``failed``
+        (the diamonds go back to the creator). Idempotent per cash-out."""
+        k = self.keys
+        body, replayed = await self._run(
+            ScriptName.SETTLE_PAYOUT,
+            [k.cashout(creator_id, client_id), k.account(creator_id), k.ledger()],
+            [client_id, creator_id, outcome, AMOUNT_MAX],
+            order_key=creator_id,
+        )
+        return PayoutReceipt.from_reply(body, replayed)
 
     async def start_stream(
         self,

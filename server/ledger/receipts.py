@@ -92,6 +92,19 @@ class CashOutReceipt(_FromJSON):
     replayed: bool
 
 
+@dataclass(frozen=True, slots=True)
+class PayoutReceipt(_FromJSON):
+    transfer_id: str
+    client_id: str
+    user_id: str
+    diamonds: int
+    cents: int
+    state: str
+    balance: int
+    ts: int
+    replayed: bool
+
+
 def unpack(reply: list[bytes]) -> tuple[bytes, bool]:
     """Return (body, replayed) of a successful reply, or raise the script's refusal."""
     status = reply[0]

@@ -21,7 +21,7 @@ reports the in-flight ones as mismatches: run it on a quiet ledger or a replica.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -149,6 +149,14 @@ def _apply(
         creator.diamonds -= int(entry[b"diamonds"])
         t.diamonds_cashed_out += int(entry[b"diamonds"])
         t.payout_cents += int(entry[b"cents"])
+    elif kind == b"payout":
+        # A failed payout returns the cash-out's diamonds: as if it had not been cashed out.
+        if entry[b"state"] == b"failed":
+            model[entry[b"to"].decode()].diamonds += int(entry[b"diamonds"])
+            t.diamonds_cashed_out -= int(entry[b"diamonds"])
+            t.payout_cents -= int(entry[b"cents"])
+        elif entry[b"state"] != b"paid":
+            problems.append(f"{entry_id}: payout in state {entry[b'state']!r}")
     else:
         problems.append(f"{entry_id}: unknown entry type {kind!r}")
 
@@ -190,26 +198,39 @@ def _carry_cents(
     creator.cents_rem = rem
 
 
+async def log_entries(redis: Redis, keys: Keys, start: str = "-") -> AsyncIterator[StreamRows]:
+    """``{ledger}:log`` from ``start`` on, oldest first, in chunks."""
+    while True:
+        rows = cast(StreamRows, await redis.xrange(keys.ledger(), min=start, max="+", count=_CHUNK))
+        if rows:
+            yield rows
+        if len(rows) < _CHUNK:
+            return
+        start = "(" + rows[-1][0].decode()
+
+
 async def reconcile(
     redis: Redis,
     keys: Keys,
     progress: Callable[[int], None] | None = None,
     *,
     receipt_ttl_s: int | None = None,
+    entries: AsyncIterator[StreamRows] | None = None,
 ) -> Report:
     """Replay the ledger and check it against the balances and every record.
 
     ``progress(entries_read)``; ``receipt_ttl_s``: the gift receipt window the server runs
     with (default: the default limit), within which a missing receipt is a problem.
+    ``entries``: the whole history, oldest first; by default Redis' log. Once the archiver
+    has trimmed the log, ``server.record.reconcile`` passes the record's part followed by
+    what is left in Redis.
     """
     report = Report()
     t, problems = report.totals, report.problems
     model: defaultdict[str, _Expected] = defaultdict(_Expected)
     ttl_s = Limits().receipt_ttl_s if receipt_ttl_s is None else receipt_ttl_s
     audit = LogAudit(keys, ttl_s, problems)
-    start = "-"
-    while True:
-        rows = cast(StreamRows, await redis.xrange(keys.ledger(), min=start, max="+", count=_CHUNK))
+    async for rows in entries if entries is not None else log_entries(redis, keys):
         for raw_id, entry in rows:
             entry_id = raw_id.decode()
             _apply(entry, model, t, problems, entry_id)
@@ -217,9 +238,6 @@ async def reconcile(
         t.entries += len(rows)
         if progress:
             progress(t.entries)
-        if len(rows) < _CHUNK:
-            break
-        start = "(" + rows[-1][0].decode()
 
     seen: set[str] = set()
     async for key in redis.scan_iter(match=keys.account_pattern(), count=1000):

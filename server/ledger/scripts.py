@@ -19,6 +19,7 @@ class ScriptName(StrEnum):
     TOP_UP = "top_up"
     REFUND = "refund"
     CASH_OUT = "cash_out"
+    SETTLE_PAYOUT = "settle_payout"
     START_STREAM = "start_stream"
     END_STREAM = "end_stream"
     BUMP_EPOCH = "bump_epoch"

@@ -18,13 +18,16 @@ from server.domain.errors import GiftwireError, UnavailableError
 from server.ledger.ledger import Ledger
 from server.ledger.watch import REDIS_FAILURES, LedgerWatch
 from server.realtime.hub import Hub
+from server.record.service import RecordService
 from server.settings import Settings, load_settings
 from server.web import log_redaction
 from server.web.cluster_app import create_cluster_app
 from server.web.edge import DirectWebSocket
 from server.web.home import home_json, home_page
 from server.web.http_api import ROUTES
+from server.web.payouts_api import PAYOUT_ROUTES
 from server.web.preflight import make_ledger, startup_problems
+from server.web.record_api import RECORD_ROUTES
 from server.web.services import Services
 from server.web.ws import gift_socket
 
@@ -107,7 +110,14 @@ def create_app(settings: Settings) -> DirectWebSocket:
             stats_interval_s=settings.stats_interval_s,
         )
         await hub.start()
-        services = Services(settings, catalog, redis, ledger, hub, watch)
+        record = None
+        if settings.database_url:
+            # Reads only: `giftwire serve` runs the archiver in a process of its own.
+            record = RecordService(settings.database_url, redis_url, ledger.keys, archive=False)
+            record.start()
+        else:
+            log.warning("no durable record: set GIFTWIRE_DATABASE_URL to archive the ledger")
+        services = Services(settings, catalog, redis, ledger, hub, watch, record)
         watch.on_catalog = services.follow_catalog
         watch.start()
         app.state.services = services
@@ -117,10 +127,17 @@ def create_app(settings: Settings) -> DirectWebSocket:
         finally:
             await watch.stop()
             await hub.stop()
+            if record is not None:
+                await record.stop()
             await redis.aclose()
 
     # The route stays listed (url_for, docs); DirectWebSocket serves it without the stack.
-    routes: list[object] = [*ROUTES, WebSocketRoute("/ws/streams/{stream_id}", gift_socket)]
+    routes: list[object] = [
+        *ROUTES,
+        *RECORD_ROUTES,
+        *PAYOUT_ROUTES,
+        WebSocketRoute("/ws/streams/{stream_id}", gift_socket),
+    ]
     if settings.demo_pages and DEMO_PAGES_DIR.is_dir():
         routes.append(Mount("/demo", StaticFiles(directory=DEMO_PAGES_DIR, html=True), name="demo"))
         routes.append(Route("/", home_page))

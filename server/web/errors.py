@@ -21,6 +21,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.UNKNOWN_STREAM: 404,
     ErrorCode.UNKNOWN_PAYMENT: 404,
+    ErrorCode.UNKNOWN_PAYOUT: 404,
+    ErrorCode.PAYOUT_SETTLED: 409,
     ErrorCode.UNKNOWN_GIFT: 404,
     ErrorCode.INSUFFICIENT_FUNDS: 409,
     ErrorCode.DUPLICATE_MISMATCH: 409,

@@ -11,6 +11,7 @@ from server.domain.catalog import Catalog
 from server.ledger.ledger import Ledger
 from server.ledger.watch import LedgerWatch
 from server.realtime.hub import Hub
+from server.record.service import RecordService
 from server.settings import Settings
 
 
@@ -22,6 +23,8 @@ class Services:
     ledger: Ledger
     hub: Hub
     watch: LedgerWatch
+    record: RecordService | None = None
+    """The durable record (PostgreSQL); None without GIFTWIRE_DATABASE_URL."""
     connections_by_user: Counter[str] = field(default_factory=Counter)
     connections_by_ip: Counter[str] = field(default_factory=Counter)
 

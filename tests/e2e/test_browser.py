@@ -48,7 +48,8 @@ async def test_a_gift_from_one_viewer_shows_everywhere_and_a_refused_one_moves_n
     await coins(alice, 2000)
     await coins(bob, 50)
 
-    # Alice taps the Cap (99 coins), then the combo button sends it again.
+    # Alice taps the Cap (99 coins), then the combo button sends it again: 198 coins at a
+    # 50 % share pay the creator 99 diamonds (the half diamond of the first is carried).
     await alice.get_by_test_id("gift-cap").click()
     await coins(alice, 1901)
     await alice.get_by_test_id("combo").click()
@@ -61,7 +62,7 @@ async def test_a_gift_from_one_viewer_shows_everywhere_and_a_refused_one_moves_n
     first = creator.locator("[data-testid=feed-row][data-seq='1']")
     await expect(first).to_have_attribute("data-gift", "cap")
     await expect(first).to_contain_text("Alice sent Cap")
-    await expect(creator.get_by_test_id("diamonds")).to_have_attribute("data-value", "98")
+    await expect(creator.get_by_test_id("diamonds")).to_have_attribute("data-value", "99")
 
     # A big gift plays full screen for the others.
     await alice.get_by_test_id("gift-galaxy").click()

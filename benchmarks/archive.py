@@ -1,0 +1,218 @@
+"""``python -m benchmarks.archive [--scale 1.0] [--out benchmarks/results/archive.json]``:
+what the durable record costs the hot path, measured in one run.
+
+* **Gifts per second** end to end (gifters over WebSockets against one ``giftwire serve``,
+  as ``benchmarks.hotpath`` measures it) with the archiver off (no database) and on (serve
+  runs its archiver into a PostgreSQL of its own), alternating; the ratio on / off of the
+  best rounds, and of each pair of rounds.
+* **Archive lag**: for every transfer of the "on" rounds, the time from its commit in
+  Redis (the entry id's clock) to the commit of its batch in PostgreSQL (``archived_at``),
+  p50 / p99 / max.
+* **Redis memory under a sustained load** of ``200,000 × scale`` gifts sent straight to the
+  ledger, with ``giftwire archive`` running and without: ``used_memory`` and the log's own
+  bytes at each tenth of the load. Receipts expire after 1 s so that only the log can grow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+from redis.asyncio import Redis
+
+from benchmarks.hotpath import measure_end_to_end
+from benchmarks.procs import REPO, machine
+from server.domain.catalog import load_catalog
+from server.domain.limits import Limits
+from server.ledger.embedded import RedisProcess
+from server.ledger.keys import Keys
+from server.ledger.ledger import Ledger
+from server.record.embedded import PostgresProcess
+
+ROUNDS = 3
+MEMORY_GIFTS = 200_000
+MEMORY_SAMPLES = 10
+SENDERS = 50
+IN_FLIGHT = 200
+
+
+def _say(line: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+
+def _lag_ms(database_url: str) -> dict[str, float]:
+    query = (
+        "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY lag), max(lag), count(*)"
+        " FROM (SELECT extract(epoch FROM archived_at - at) * 1000 AS lag FROM transfers) AS t"
+    )
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(query).fetchone()
+    assert row is not None
+    (p50, p99), top, count = row
+    return {"p50": round(p50, 1), "p99": round(p99, 1), "max": round(float(top), 1),
+            "transfers": int(count)}  # fmt: skip
+
+
+async def _throughput(redis_url: str, postgres: PostgresProcess, log_dir: Path, scale: float
+                      ) -> dict[str, Any]:  # fmt: skip
+    off_rounds, on_rounds, lags = [], [], []
+    for number in range(1, ROUNDS + 1):
+        _say(f"archiver off, round {number}")
+        off_rounds.append(await measure_end_to_end(redis_url, log_dir, _say, scale, {}))
+        database = postgres.create_database(f"bench{number}_{time.time_ns() % 10**6}")
+        _say(f"archiver on, round {number}")
+        on = await measure_end_to_end(
+            redis_url, log_dir, _say, scale, {"GIFTWIRE_DATABASE_URL": database}
+        )
+        # The last batches land a moment after the last ack.
+        await asyncio.sleep(2)
+        on_rounds.append(on)
+        lags.append(_lag_ms(database))
+    off = max(off_rounds, key=lambda r: r["gifts_per_s"])
+    on = max(on_rounds, key=lambda r: r["gifts_per_s"])
+    for side in (off, on):
+        side.pop("reconciled", None)  # loadtest's Redis-only check: moot once the log is trimmed
+    return {
+        "off": off,
+        "on": on,
+        "ratio_on_off": round(on["gifts_per_s"] / off["gifts_per_s"], 3),
+        # Each "on" round against the "off" round just before it: drift in the machine's
+        # other load falls on both sides of a pair.
+        "paired_ratios": [
+            round(n["gifts_per_s"] / f["gifts_per_s"], 3)
+            for f, n in zip(off_rounds, on_rounds, strict=True)
+        ],
+        "archive_lag_ms": max(lags, key=lambda lag: lag["p99"]),
+        "all_rounds_gifts_per_s": {
+            "off": [r["gifts_per_s"] for r in off_rounds],
+            "on": [r["gifts_per_s"] for r in on_rounds],
+        },
+    }
+
+
+async def _sustained(redis_url: str, database_url: str | None, log_dir: Path, scale: float,
+                     tag: str) -> dict[str, Any]:  # fmt: skip
+    keys = Keys(f"mem{tag}:")
+    redis = Redis.from_url(redis_url)
+    limits = Limits(gifts_per_s_max=10**6, gift_burst_max=10**6, receipt_ttl_s=1)
+    ledger = Ledger(redis, keys=keys, limits=limits)
+    await ledger.prepare(load_catalog())
+    archiver = None
+    if database_url:
+        env = {
+            **os.environ,
+            "GIFTWIRE_REDIS_URL": redis_url,
+            "GIFTWIRE_DATABASE_URL": database_url,
+            "GIFTWIRE_KEY_PREFIX": keys.prefix,
+        }
+        archiver = subprocess.Popen(  # noqa: ASYNC220 (started once, not awaited)
+            [sys.executable, "-m", "server.cli", "archive"], env=env, cwd=REPO,
+            stdout=subprocess.DEVNULL, stderr=(log_dir / f"archive-{tag}.log").open("wb"),
+        )  # fmt: skip
+    try:
+        await ledger.start_stream(stream_id="mem", creator_id="memc", title="memory")
+        senders = [f"s{i}" for i in range(SENDERS)]
+        for sender in senders:
+            await ledger.top_up(payment_id=f"p{sender}", user_id=sender, coins=10**12)
+        total = int(MEMORY_GIFTS * scale)
+        step = total // MEMORY_SAMPLES
+        samples = []
+        sent, started = 0, time.perf_counter()
+        while sent < total:
+            batch = min(IN_FLIGHT, total - sent)
+            await asyncio.gather(*(
+                ledger.send_gift(client_id=f"{tag}{sent + i}", sender_id=senders[i % SENDERS],
+                                 sender_name="s", stream_id="mem", creator_id="memc",
+                                 gift_id="rose", count=1)
+                for i in range(batch)
+            ))  # fmt: skip
+            sent += batch
+            if sent % step == 0:
+                info = await redis.info("memory")
+                log_bytes = int(await redis.memory_usage(keys.ledger()) or 0)
+                entries = await redis.xlen(keys.ledger())
+                samples.append({"gifts": sent, "used_memory": int(info["used_memory"]),
+                                "log_bytes": log_bytes, "log_entries": entries})  # fmt: skip
+        elapsed = time.perf_counter() - started
+    finally:
+        if archiver is not None:
+            archiver.terminate()
+            archiver.wait(20)
+        await redis.aclose()
+    first, last = samples[0], samples[-1]
+    return {
+        "gifts": total,
+        "gifts_per_s": round(total / elapsed),
+        "samples": samples,
+        "used_memory_growth_bytes": last["used_memory"] - first["used_memory"],
+        "log_bytes_max": max(s["log_bytes"] for s in samples),
+    }
+
+
+async def run(scale: float) -> dict[str, Any]:
+    result: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                              "machine": machine(), "scale": scale}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="giftwire-bench-archive-") as tmp:
+        log_dir = Path(tmp)
+        redis = RedisProcess(log_dir / "redis")
+        postgres = PostgresProcess(log_dir / "postgres")
+        redis.start()
+        postgres.start()
+        try:
+            result["throughput"] = await _throughput(redis.url, postgres, log_dir, scale)
+            _say("sustained load, archiver off")
+            off = await _sustained(redis.url, None, log_dir, scale, "off")
+            _say("sustained load, archiver on")
+            database = postgres.create_database("sustained")
+            on = await _sustained(redis.url, database, log_dir, scale, "on")
+            result["memory"] = {"off": off, "on": on}
+        finally:
+            postgres.stop()
+            redis.stop()
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    t, m = result["throughput"], result["memory"]
+    lag = t["archive_lag_ms"]
+    return "\n".join([
+        "| measure | archiver off | archiver on |",
+        "|---|---|---|",
+        f"| gifts/s end to end (best of {ROUNDS}) | {t['off']['gifts_per_s']:,} "
+        f"| {t['on']['gifts_per_s']:,} ({t['ratio_on_off']:.2f}×) |",
+        f"| on / off, each pair of rounds | | {', '.join(map(str, t['paired_ratios']))} |",
+        f"| server CPU per gift (µs) | {t['off']['server_cpu_us_per_gift']} "
+        f"| {t['on']['server_cpu_us_per_gift']} |",
+        f"| archive lag p50 / p99 / max (ms) | — | {lag['p50']} / {lag['p99']} / {lag['max']} |",
+        f"| Redis used_memory growth over {m['on']['gifts']:,} gifts | "
+        f"{m['off']['used_memory_growth_bytes'] / 2**20:+.1f} MiB "
+        f"| {m['on']['used_memory_growth_bytes'] / 2**20:+.1f} MiB |",
+        f"| largest ledger log (bytes) | {m['off']['log_bytes_max']:,} "
+        f"| {m['on']['log_bytes_max']:,} |",
+    ])  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.archive", description=__doc__)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply gift counts")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/archive.json")
+    args = parser.parse_args(argv)
+    result = asyncio.run(run(args.scale))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The durable record: every committed ledger transfer, archived into PostgreSQL once."""

@@ -1,0 +1,92 @@
+"""Reads of the record: a wallet's history, paged newest first.
+
+The record trails Redis by the archive lag (about a second while the archiver keeps up):
+a transfer shows up here once it is archived.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from server.record.connection import RecordPool
+from server.record.postings import Account
+
+HISTORY_PAGE_MAX = 100
+
+# Every transfer the user is a party to, with the user's own postings (none for a gift that
+# earned 0 diamonds).
+_HISTORY = """
+SELECT t.log_ms, t.log_seq, t.type, t.stream_id, t.gift_id, t.count, t.client_id,
+       t.payment_id, t.fields,
+       coalesce(array_agg(p.account) FILTER (WHERE p.account IS NOT NULL), '{}'),
+       coalesce(array_agg(p.amount) FILTER (WHERE p.account IS NOT NULL), '{}')
+  FROM transfers t
+  LEFT JOIN postings p
+    ON p.log_ms = t.log_ms AND p.log_seq = t.log_seq AND p.user_id = %(user)s
+ WHERE (t.from_user = %(user)s OR t.to_user = %(user)s)
+   AND (t.log_ms, t.log_seq) < (%(ms)s, %(seq)s)
+ GROUP BY t.log_ms, t.log_seq
+ ORDER BY t.log_ms DESC, t.log_seq DESC
+ LIMIT %(limit)s
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    items: list[dict[str, Any]]
+    next_before: str | None
+    """Pass as ``before`` for the next (older) page; None on the last page."""
+
+
+def _kind(entry_type: str, fields: dict[str, str], user_id: str) -> str:
+    if entry_type == "gift":
+        return "gift_sent" if fields.get("from") == user_id else "gift_received"
+    if entry_type == "payout":
+        return f"payout_{fields.get('state')}"
+    return entry_type
+
+
+def _item(row: tuple[Any, ...], user_id: str) -> dict[str, Any]:
+    ms, seq, entry_type, stream_id, gift_id, count, client_id, payment_id, fields = row[:9]
+    accounts, amounts = row[9], row[10]
+    changes: dict[str, int] = {}
+    for account, amount in zip(accounts, amounts, strict=True):
+        changes[account] = changes.get(account, 0) + int(amount)
+    counterparty = fields.get("to") if fields.get("from") == user_id else fields.get("from")
+    item: dict[str, Any] = {
+        "transfer_id": f"{ms}-{seq}",
+        "kind": _kind(entry_type, fields, user_id),
+        "at_ms": int(ms),
+        "coins": changes.get(Account.COINS.value, 0),
+        "diamonds": changes.get(Account.DIAMONDS.value, 0),
+        # The debt account holds minus what is owed: owing more is a positive change here.
+        "debt_coins": -changes.get(Account.DEBT.value, 0),
+    }
+    optional = {
+        "stream_id": stream_id,
+        "gift_id": gift_id,
+        "count": count,
+        "client_id": client_id,
+        "payment_id": payment_id,
+        "refund_id": fields.get("refund_id") or None,
+        "counterparty": counterparty if entry_type == "gift" else None,
+    }
+    item.update({k: v for k, v in optional.items() if v is not None})
+    return item
+
+
+async def wallet_history(
+    pool: RecordPool, user_id: str, *, before: tuple[int, int] | None, limit: int
+) -> HistoryPage:
+    """The user's transfers older than ``before`` (an entry id), newest first."""
+    limit = max(1, min(limit, HISTORY_PAGE_MAX))
+    start = before or (2**62, 0)
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            _HISTORY, {"user": user_id, "ms": start[0], "seq": start[1], "limit": limit + 1}
+        )
+        rows = await cursor.fetchall()
+    items = [_item(row, user_id) for row in rows[:limit]]
+    next_before = items[-1]["transfer_id"] if len(rows) > limit else None
+    return HistoryPage(items, next_before)

@@ -1,0 +1,178 @@
+"""From a ledger log entry to a transfer and its double-entry postings. Pure: no I/O.
+
+One rule per entry ``type``. A rule reads the entry's fields and returns the postings; every
+other field is kept in the transfer's ``fields`` as it is, so a field a script adds later
+is recorded before any rule uses it. A type with no rule, a missing or malformed amount, or
+postings that do not sum to zero raise ``RecordError``: the archiver stops on that entry
+(and says why) rather than record something wrong.
+
+Accounts, all in one unit (a coin; a diamond is worth the coin it came from)::
+
+    coins     USER   coins a user holds
+    diamonds  USER   diamonds a creator holds
+    debt      USER   minus the coins a user owes after a chargeback
+    platform  -      the platform's share of gifts
+    provider  -      the payment provider: coins sold (negative) less coins charged back
+    payouts   -      diamonds cashed out, waiting for the payout provider
+    paid_out  -      diamonds paid out
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from server.domain.errors import GiftwireError
+
+Fields = Mapping[str, str]
+
+
+class RecordError(GiftwireError):
+    """A log entry the record cannot take as it is (unknown type, bad or unbalanced)."""
+
+
+class Account(StrEnum):
+    COINS = "coins"
+    DIAMONDS = "diamonds"
+    DEBT = "debt"
+    PLATFORM = "platform"
+    PROVIDER = "provider"
+    PAYOUTS = "payouts"
+    PAID_OUT = "paid_out"
+
+
+USER_ACCOUNTS = frozenset({Account.COINS, Account.DIAMONDS, Account.DEBT})
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    user_id: str | None
+    account: Account
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    log_ms: int
+    log_seq: int
+    type: str
+    fields: Fields
+    postings: tuple[Posting, ...]
+
+    @property
+    def transfer_id(self) -> str:
+        return f"{self.log_ms}-{self.log_seq}"
+
+    def text(self, name: str) -> str | None:
+        return self.fields.get(name)
+
+    @property
+    def count(self) -> int | None:
+        raw = self.fields.get("count")
+        return int(raw) if raw is not None else None
+
+
+def parse_entry_id(entry_id: str) -> tuple[int, int]:
+    """``"MS-SEQ"`` -> (ms, seq)."""
+    ms, sep, seq = entry_id.partition("-")
+    if not (sep and ms.isdigit() and seq.isdigit() and ms.isascii() and seq.isascii()):
+        raise RecordError(f"not a stream entry id: {entry_id!r}")
+    return int(ms), int(seq)
+
+
+def _amount(fields: Fields, name: str) -> int:
+    raw = fields.get(name)
+    if raw is None or not raw.isascii() or not raw.isdigit():
+        raise RecordError(f"field {name!r} is not a non-negative integer: {raw!r}")
+    return int(raw)
+
+
+def _user(fields: Fields, name: str) -> str:
+    value = fields.get(name)
+    if not value:
+        raise RecordError(f"field {name!r} is missing")
+    return value
+
+
+def _gift(f: Fields) -> list[Posting]:
+    return [
+        Posting(_user(f, "from"), Account.COINS, -_amount(f, "coins")),
+        Posting(_user(f, "to"), Account.DIAMONDS, _amount(f, "diamonds")),
+        Posting(None, Account.PLATFORM, _amount(f, "platform")),
+    ]
+
+
+def _top_up(f: Fields) -> list[Posting]:
+    # Coins withheld against a refund that arrived before the payment never reach the buyer:
+    # the provider is owed only what was credited or repaid (entries before withholding
+    # have no such field).
+    user = _user(f, "to")
+    withheld = _amount(f, "withheld") if "withheld" in f else 0
+    return [
+        Posting(None, Account.PROVIDER, -(_amount(f, "coins") - withheld)),
+        Posting(user, Account.COINS, _amount(f, "credited")),
+        Posting(user, Account.DEBT, _amount(f, "repaid")),
+    ]
+
+
+def _refund(f: Fields) -> list[Posting]:
+    # A partial refund (refund_id) returns ``refunded`` of the payment's ``coins``; refunds
+    # before refund ids took the whole payment and have no ``refunded`` field.
+    user = _user(f, "from")
+    refunded = _amount(f, "refunded") if "refunded" in f else _amount(f, "coins")
+    return [
+        Posting(None, Account.PROVIDER, refunded),
+        Posting(user, Account.COINS, -_amount(f, "clawed")),
+        Posting(user, Account.DEBT, -_amount(f, "debt")),
+    ]
+
+
+def _cash_out(f: Fields) -> list[Posting]:
+    diamonds = _amount(f, "diamonds")
+    return [
+        Posting(_user(f, "from"), Account.DIAMONDS, -diamonds),
+        Posting(None, Account.PAYOUTS, diamonds),
+    ]
+
+
+def _payout(f: Fields) -> list[Posting]:
+    diamonds, state = _amount(f, "diamonds"), f.get("state")
+    if state == "paid":
+        return [
+            Posting(None, Account.PAYOUTS, -diamonds),
+            Posting(None, Account.PAID_OUT, diamonds),
+        ]
+    if state == "failed":
+        return [
+            Posting(None, Account.PAYOUTS, -diamonds),
+            Posting(_user(f, "to"), Account.DIAMONDS, diamonds),
+        ]
+    raise RecordError(f"payout state {state!r} is neither paid nor failed")
+
+
+RULES: dict[str, Callable[[Fields], list[Posting]]] = {
+    "gift": _gift,
+    "top_up": _top_up,
+    "refund": _refund,
+    "cash_out": _cash_out,
+    "payout": _payout,
+}
+"""Entry type -> its postings. A new entry type gets a rule here (and a test)."""
+
+
+def to_transfer(entry_id: str, fields: Fields) -> Transfer:
+    """The transfer of one log entry, with its postings (zero amounts left out)."""
+    log_ms, log_seq = parse_entry_id(entry_id)
+    kind = fields.get("type", "")
+    rule = RULES.get(kind)
+    if rule is None:
+        raise RecordError(f"{entry_id}: no posting rule for entry type {kind!r}")
+    try:
+        postings = tuple(p for p in rule(fields) if p.amount != 0)
+    except RecordError as e:
+        raise RecordError(f"{entry_id} ({kind}): {e}") from None
+    total = sum(p.amount for p in postings)
+    if total != 0:
+        raise RecordError(f"{entry_id} ({kind}): postings sum to {total}, not 0")
+    return Transfer(log_ms, log_seq, kind, dict(fields), postings)

@@ -1,0 +1,157 @@
+"""Exactly once under faults: ``kill -9`` of the archiver process, of PostgreSQL and of Redis
+at random moments during 20,000 transfers. Afterwards every committed transfer is in the
+record once, every transfer's postings sum to zero, and the books reconcile across both
+stores."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from server.domain.catalog import load_catalog
+from server.domain.limits import Limits
+from server.ledger.embedded import RedisProcess
+from server.ledger.keys import Keys
+from server.ledger.ledger import Ledger
+from server.record.connection import open_record
+from server.record.embedded import PostgresProcess
+from server.record.reconcile import reconcile_across
+from tests.integration.record_helpers import (
+    mixed_transfers,
+    recorded_ids,
+    retried,
+    unbalanced_transfers,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+TRANSFERS = 20_000
+LEASE_TTL_MS = 500
+
+
+class ArchiverProcess:
+    """``giftwire archive`` in a child process, which the test kills with SIGKILL."""
+
+    def __init__(self, redis_url: str, database_url: str, prefix: str, log_path: Path) -> None:
+        self.env = {
+            **os.environ,
+            "GIFTWIRE_REDIS_URL": redis_url,
+            "GIFTWIRE_DATABASE_URL": database_url,
+            "GIFTWIRE_KEY_PREFIX": prefix,
+            "GIFTWIRE_LOG_LEVEL": "warning",
+        }
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self.kills = 0
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "server.cli", "archive",
+                 "--lease-ttl-ms", str(LEASE_TTL_MS)],
+                env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+            self.kills += 1
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(20)
+
+
+@pytest.fixture
+def fault_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path / "redis", appendfsync="always")
+    server.start()
+    yield server
+    server.stop()
+
+
+async def _chaos(
+    target: str,
+    archiver: ArchiverProcess,
+    redis: RedisProcess,
+    postgres: PostgresProcess,
+    done: asyncio.Event,
+    rng: random.Random,
+) -> int:
+    """Kill ``target`` with SIGKILL at random moments until ``done``; returns the kills."""
+    kills = 0
+    while not done.is_set():
+        # Redis replays its AOF at every start, longer as the load goes on: kill it less often.
+        await asyncio.sleep(rng.uniform(0.1, 0.6) * (3 if target == "redis" else 1))
+        if target == "archiver":
+            archiver.kill()
+            await asyncio.sleep(rng.uniform(0.0, 0.3))
+            archiver.start()
+        elif target == "postgres":
+            postgres.kill()
+            await asyncio.sleep(rng.uniform(0.0, 0.3))
+            await asyncio.to_thread(postgres.start)
+        else:
+            redis.kill()
+            await asyncio.sleep(rng.uniform(0.0, 0.2))
+            await asyncio.to_thread(redis.start)
+        kills += 1
+    return kills  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("target", ["archiver", "postgres", "redis"])
+async def test_every_transfer_is_recorded_once_under_kill_9(
+    target: str, fault_redis: RedisProcess, own_postgres: PostgresProcess, tmp_path: Path
+) -> None:
+    keys = Keys(prefix="faults:")
+    database_url = own_postgres.create_database("record")
+    redis = Redis.from_url(fault_redis.url)
+    limits = Limits(gifts_per_s_max=100_000, gift_burst_max=100_000, redis_timeout_s=1.0)
+    ledger = Ledger(redis, keys=keys, limits=limits)
+    await ledger.prepare(load_catalog())
+    archiver = ArchiverProcess(fault_redis.url, database_url, keys.prefix, tmp_path / "arch.log")
+    archiver.start()
+    done, rng = asyncio.Event(), random.Random(target)
+    chaos = asyncio.create_task(_chaos(target, archiver, fault_redis, own_postgres, done, rng))
+    try:
+        ids = await mixed_transfers(ledger, TRANSFERS, seed=7)
+    finally:
+        done.set()
+        kills = await chaos
+    assert kills >= 5, "the faults must have hit during the load"
+    if archiver.process is None or archiver.process.poll() is not None:
+        archiver.start()
+    pool = await open_record(database_url)
+    try:
+        deadline = asyncio.get_running_loop().time() + 120
+        while len(recorded := await recorded_ids(pool)) < len(ids):
+            assert asyncio.get_running_loop().time() < deadline, (
+                f"{len(recorded)} of {len(ids)} recorded:\n{archiver.log_path.read_text()[-3000:]}"
+            )
+            await asyncio.sleep(0.2)
+        archiver.stop()
+        assert len(recorded) == len(set(recorded))
+        assert set(recorded) == ids
+        assert await unbalanced_transfers(pool) == 0
+        report = await retried(functools.partial(reconcile_across, redis, keys, pool))
+        assert report.ok, report.problems[:10]
+        assert (report.record.recorded, report.record.lag) == (len(ids), 0)
+        # The log was trimmed as the record caught up: far below the transfers made.
+        assert await retried(functools.partial(redis.xlen, keys.ledger())) < len(ids) // 4
+    finally:
+        archiver.stop()
+        await pool.close()
+        await redis.aclose()
