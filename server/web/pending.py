@@ -46,6 +46,20 @@ def _descriptors_soft_limit() -> int:
     return soft if soft > 0 else 1 << 20
 
 
+ACCEPT_BACKLOG_MAX = 2048
+"""uvicorn's own default listen backlog, kept where descriptors are plentiful."""
+
+
+def accept_backlog() -> int:
+    """The listen backlog, which asyncio also takes as the most connections it accepts in
+    one loop turn. Those are accepted before any of them reaches ``PendingRequests``, and
+    closing one takes two more turns: a burst of ``2 × backlog`` sockets beside the pending
+    ones must still fit the descriptor limit, or ``accept()`` fails with EMFILE and asyncio
+    logs a traceback. An eighth of the limit leaves room for that and for the pending half.
+    """
+    return max(64, min(ACCEPT_BACKLOG_MAX, _descriptors_soft_limit() // 8))
+
+
 class PendingRequests:
     """The pending connections of one process (see the module docstring)."""
 

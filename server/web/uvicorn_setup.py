@@ -12,7 +12,7 @@ import functools
 from typing import Any
 
 from server.settings import Settings
-from server.web.pending import PendingLimits
+from server.web.pending import PendingLimits, accept_backlog
 from server.web.uvicorn_http import BoundedH11Protocol
 from server.web.uvicorn_ws import BoundedWebSocketProtocol, WebSocketOptions
 
@@ -41,4 +41,5 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # The frame sink writes uncompressed frames (uvicorn_ws._FrameSink), and deflate
         # halves fan-out throughput and multiplies memory per connection (LIMITS.md).
         "ws_per_message_deflate": False,
+        "backlog": accept_backlog(),
     }

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from server.web.pending import PendingLimits, PendingRequests
+from server.web import pending
+from server.web.pending import PendingLimits, PendingRequests, accept_backlog
 from server.web.uvicorn_ws import WebSocketOptions
 from tests.support.uvicorn_pair import Server, wait_for
 
@@ -152,3 +153,17 @@ async def test_connections_past_the_address_bound_are_closed_unread() -> None:
             await c.reader.readexactly(1)
         assert app.requests == 0
         assert len(server.http()[0].pending) == 2
+
+
+@pytest.mark.parametrize(
+    ("files_max", "backlog"), [(1024, 128), (20_000, 2048), (256, 64), (1 << 20, 2048)]
+)
+def test_the_accept_burst_fits_beside_the_pending_half_of_the_descriptors(
+    monkeypatch: pytest.MonkeyPatch, files_max: int, backlog: int
+) -> None:
+    monkeypatch.setattr(pending, "_descriptors_soft_limit", lambda: files_max)
+    assert accept_backlog() == backlog
+    if files_max >= 1024:
+        # Two loop turns of accepts beside a full pending table stay under the limit.
+        total_max = PendingRequests(PendingLimits(total_max=1 << 20)).total_max
+        assert 2 * accept_backlog() + total_max < files_max
