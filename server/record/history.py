@@ -44,6 +44,10 @@ def _kind(entry_type: str, fields: dict[str, str], user_id: str) -> str:
         return "gift_sent" if fields.get("from") == user_id else "gift_received"
     if entry_type == "payout":
         return f"payout_{fields.get('state')}"
+    if entry_type == "clawback":
+        # A chargeback reversed a gift in the payout hold: the creator gave the diamonds
+        # back, the sender got the coins back (which the refund took).
+        return "clawback" if fields.get("from") == user_id else "gift_reversed"
     return entry_type
 
 
@@ -70,7 +74,7 @@ def _item(row: tuple[Any, ...], user_id: str) -> dict[str, Any]:
         "client_id": client_id,
         "payment_id": payment_id,
         "refund_id": fields.get("refund_id") or None,
-        "counterparty": counterparty if entry_type == "gift" else None,
+        "counterparty": counterparty if entry_type in ("gift", "clawback") else None,
     }
     item.update({k: v for k, v in optional.items() if v is not None})
     return item

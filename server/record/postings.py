@@ -121,10 +121,23 @@ def _refund(f: Fields) -> list[Posting]:
     # before refund ids took the whole payment and have no ``refunded`` field.
     user = _user(f, "from")
     refunded = _amount(f, "refunded") if "refunded" in f else _amount(f, "coins")
+    # The coins of gifts a chargeback reversed in the hold came back to the buyer with the
+    # clawback entries before this one; the refund takes them with the balance's.
+    reversed_coins = _amount(f, "reversed") if "reversed" in f else 0
     return [
         Posting(None, Account.PROVIDER, refunded),
-        Posting(user, Account.COINS, -_amount(f, "clawed")),
+        Posting(user, Account.COINS, -(_amount(f, "clawed") + reversed_coins)),
         Posting(user, Account.DEBT, -_amount(f, "debt")),
+    ]
+
+
+def _clawback(f: Fields) -> list[Posting]:
+    # A gift in the payout hold reversed by a chargeback: the creator's diamonds and the
+    # platform's share go back to the buyer as coins (which the refund entry then takes).
+    return [
+        Posting(_user(f, "from"), Account.DIAMONDS, -_amount(f, "diamonds")),
+        Posting(None, Account.PLATFORM, -_amount(f, "platform")),
+        Posting(_user(f, "to"), Account.COINS, _amount(f, "coins")),
     ]
 
 
@@ -155,6 +168,7 @@ RULES: dict[str, Callable[[Fields], list[Posting]]] = {
     "gift": _gift,
     "top_up": _top_up,
     "refund": _refund,
+    "clawback": _clawback,
     "cash_out": _cash_out,
     "payout": _payout,
 }

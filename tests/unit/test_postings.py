@@ -129,3 +129,25 @@ def test_a_partial_refund_posts_what_it_refunded() -> None:
         Posting("al", Account.COINS, -25),
         Posting("al", Account.DEBT, -15),
     )
+
+
+def test_a_clawback_reverses_a_held_gift_to_the_buyer() -> None:
+    entry = {"type": "clawback", "payment": "p1", "refund_id": "r1", "from": "bob",
+             "to": "al", "coins": "7", "diamonds": "3", "platform": "4", "share_bps": "5000",
+             "share_rem": "5000", "day": "20000"}  # fmt: skip
+    assert to_transfer("6-0", entry).postings == (
+        Posting("bob", Account.DIAMONDS, -3),
+        Posting(None, Account.PLATFORM, -4),
+        Posting("al", Account.COINS, 7),
+    )
+
+
+def test_a_refund_takes_the_coins_its_clawbacks_gave_back() -> None:
+    entry = {"type": "refund", "payment": "p1", "refund_id": "r1", "from": "al",
+             "coins": "100", "refunded": "100", "clawed": "20", "reversed": "70", "debt": "10",
+             "before_payment": "0"}  # fmt: skip
+    assert to_transfer("6-1", entry).postings == (
+        Posting(None, Account.PROVIDER, 100),
+        Posting("al", Account.COINS, -90),
+        Posting("al", Account.DEBT, -10),
+    )
