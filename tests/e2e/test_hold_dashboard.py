@@ -57,6 +57,13 @@ async def hold_pages(browser: Browser, hold_server: ServerProcess) -> AsyncItera
     assert opened.errors == []
 
 
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("GIFTWIRE_SCREENSHOTS_DIR") or tmp_path / "shots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 async def _books(redis: Redis, keys: Keys, database_url: str) -> None:
     """10,000 diamonds past the hold, 5,000 held, and a chargeback that clawed 5,000 back."""
     ledger = Ledger(redis, keys=keys, limits=Limits(gifts_per_s_max=1000, gift_burst_max=1000))
@@ -85,8 +92,7 @@ async def _books(redis: Redis, keys: Keys, database_url: str) -> None:
 
 
 async def test_the_dashboard_shows_held_withdrawable_and_the_statement(
-    hold_pages: Pages, redis_server: RedisProcess, keys: Keys, database_url: str,
-    tmp_path: Path,
+    hold_pages: Pages, redis_server: RedisProcess, keys: Keys, database_url: str, shots: Path,
 ) -> None:  # fmt: skip
     redis = Redis.from_url(redis_server.url)
     try:
@@ -106,8 +112,6 @@ async def test_the_dashboard_shows_held_withdrawable_and_the_statement(
     await expect(rows.first.locator("td").nth(2)).to_have_text("4")
     await expect(rows.first.locator("td").nth(3)).to_have_text("20,000")
     await expect(page.get_by_test_id("statement-clawbacks")).to_contain_text("5,000")
-    folder = Path(os.environ.get("GIFTWIRE_SCREENSHOTS_DIR") or tmp_path / "shots")
-    folder.mkdir(parents=True, exist_ok=True)
-    shot = folder / "creator-hold.png"
+    shot = shots / "creator-hold.png"
     await page.locator(".controls").screenshot(path=str(shot))
     assert shot.stat().st_size > 5_000  # a rendered panel, not an empty box
