@@ -23,11 +23,12 @@ SELECT t.log_ms, t.log_seq, t.type, t.stream_id, t.gift_id, t.count, t.client_id
        coalesce(array_agg(p.amount) FILTER (WHERE p.account IS NOT NULL), '{}')
   FROM transfers t
   LEFT JOIN postings p
-    ON p.log_ms = t.log_ms AND p.log_seq = t.log_seq AND p.user_id = %(user)s
+    ON p.log_slot = t.log_slot AND p.log_ms = t.log_ms AND p.log_seq = t.log_seq
+   AND p.user_id = %(user)s
  WHERE (t.from_user = %(user)s OR t.to_user = %(user)s)
    AND (t.log_ms, t.log_seq) < (%(ms)s, %(seq)s)
- GROUP BY t.log_ms, t.log_seq
- ORDER BY t.log_ms DESC, t.log_seq DESC
+ GROUP BY t.log_slot, t.log_ms, t.log_seq
+ ORDER BY t.log_ms DESC, t.log_seq DESC, t.log_slot DESC
  LIMIT %(limit)s
 """
 

@@ -42,6 +42,9 @@ class Account(StrEnum):
     PAID_OUT = "paid_out"
 
 
+SINGLE_NODE_LOG = -1
+"""``log_slot`` of the single-node ``{ledger}:log`` (cluster logs carry their slot)."""
+
 USER_ACCOUNTS = frozenset({Account.COINS, Account.DIAMONDS, Account.DEBT})
 
 
@@ -59,6 +62,9 @@ class Transfer:
     type: str
     fields: Fields
     postings: tuple[Posting, ...]
+    log_slot: int = SINGLE_NODE_LOG
+    """The hash slot of the log the entry came from (cluster mode's ``{~N}:log``), or
+    ``SINGLE_NODE_LOG`` for ``{ledger}:log``: with the entry id, the transfer's key."""
 
     @property
     def transfer_id(self) -> str:
@@ -175,8 +181,9 @@ RULES: dict[str, Callable[[Fields], list[Posting]]] = {
 """Entry type -> its postings. A new entry type gets a rule here (and a test)."""
 
 
-def to_transfer(entry_id: str, fields: Fields) -> Transfer:
-    """The transfer of one log entry, with its postings (zero amounts left out)."""
+def to_transfer(entry_id: str, fields: Fields, log_slot: int = SINGLE_NODE_LOG) -> Transfer:
+    """The transfer of one log entry (of the log of ``log_slot``), with its postings (zero
+    amounts left out)."""
     log_ms, log_seq = parse_entry_id(entry_id)
     kind = fields.get("type", "")
     rule = RULES.get(kind)
@@ -189,4 +196,4 @@ def to_transfer(entry_id: str, fields: Fields) -> Transfer:
     total = sum(p.amount for p in postings)
     if total != 0:
         raise RecordError(f"{entry_id} ({kind}): postings sum to {total}, not 0")
-    return Transfer(log_ms, log_seq, kind, dict(fields), postings)
+    return Transfer(log_ms, log_seq, kind, dict(fields), postings, log_slot)

@@ -37,7 +37,13 @@ from server.ledger.reconcile import Report, log_entries, reconcile
 from server.ledger.runner import StreamRows
 from server.record.archiver import GROUP, ArchiverConfig
 from server.record.connection import RecordPool
-from server.record.postings import Account, RecordError, parse_entry_id, to_transfer
+from server.record.postings import (
+    SINGLE_NODE_LOG,
+    Account,
+    RecordError,
+    parse_entry_id,
+    to_transfer,
+)
 
 _CHUNK = 5_000
 AccountKey = tuple[str | None, str]
@@ -87,16 +93,19 @@ async def _tail(redis: Redis, keys: Keys) -> StreamRows:
 
 
 async def _recorded_below(
-    conn: Connection, first: tuple[int, int] | None, totals: RecordTotals
+    conn: Connection,
+    first: tuple[int, int] | None,
+    totals: RecordTotals,
+    log_slot: int = SINGLE_NODE_LOG,
 ) -> AsyncIterator[StreamRows]:
     """The record's transfers below ``first`` (all of them if None), oldest first, shaped
     like log entries; read with a server-side cursor."""
     bound = first or (2**62, 0)
     async with conn.cursor(name="recorded_below") as cursor:
         await cursor.execute(
-            "SELECT log_ms, log_seq, fields FROM transfers WHERE (log_ms, log_seq) < (%s, %s)"
-            " ORDER BY log_ms, log_seq",
-            list(bound),
+            "SELECT log_ms, log_seq, fields FROM transfers WHERE log_slot = %s"
+            " AND (log_ms, log_seq) < (%s, %s) ORDER BY log_ms, log_seq",
+            [log_slot, *bound],
         )
         while rows := await cursor.fetchmany(_CHUNK):
             totals.recorded += len(rows)
@@ -106,10 +115,13 @@ async def _recorded_below(
             ]
 
 
-async def _recorded_from(conn: Connection, first: tuple[int, int]) -> dict[str, dict[str, Any]]:
+async def _recorded_from(
+    conn: Connection, first: tuple[int, int], log_slot: int = SINGLE_NODE_LOG
+) -> dict[str, dict[str, Any]]:
     cursor = await conn.execute(
-        "SELECT log_ms, log_seq, fields FROM transfers WHERE (log_ms, log_seq) >= (%s, %s)",
-        list(first),
+        "SELECT log_ms, log_seq, fields FROM transfers WHERE log_slot = %s"
+        " AND (log_ms, log_seq) >= (%s, %s)",
+        [log_slot, *first],
     )
     return {f"{ms}-{seq}": dict(f) for ms, seq, f in await cursor.fetchall()}
 
@@ -135,7 +147,7 @@ async def _record_balances(conn: Connection) -> tuple[Counter[AccountKey], int, 
     ).fetchall()
     bad = await (
         await conn.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM postings GROUP BY log_ms, log_seq"
+            "SELECT count(*) FROM (SELECT 1 FROM postings GROUP BY log_slot, log_ms, log_seq"
             " HAVING sum(amount) <> 0) AS unbalanced"
         )
     ).fetchone()
