@@ -41,6 +41,7 @@ from typing import Any, cast
 import psycopg
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from server.ledger.keys import Keys
 from server.record.connection import RecordPool
@@ -65,6 +66,9 @@ class LedgerLog:
     key: str
     slot: int = SINGLE_NODE_LOG
 
+
+LogClient = Redis | RedisCluster
+"""A single node's client, or a cluster's (every log command names one key)."""
 
 Discover = Callable[[], Awaitable[list[LedgerLog]]]
 """Finds the logs to archive (cluster mode: they appear as slots get their first transfer)."""
@@ -101,7 +105,7 @@ def consumer_name() -> str:
 class Archiver:
     def __init__(
         self,
-        redis: Redis,
+        redis: LogClient,
         pool: RecordPool,
         keys: Keys,
         *,
@@ -109,19 +113,24 @@ class Archiver:
         consumer: str | None = None,
         logs: Sequence[LedgerLog] | None = None,
         lease_key: str | None = None,
+        lease_redis: Redis | None = None,
         discover: Discover | None = None,
     ) -> None:
         """``redis``: a client of the single node, or a ``RedisCluster`` (each command here
         names one key, so it routes by it). ``logs`` (default: ``{ledger}:log``) and, in
-        cluster mode, ``discover`` to find them again now and then."""
-        self.redis = redis
+        cluster mode, ``discover`` to find them again now and then, and ``lease_redis``, a
+        client of the node holding ``lease_key`` (the lease uses WATCH, which a cluster
+        client's pipelines do not)."""
+        self.redis: Any = redis
         self.pool = pool
         self.logs = list(logs) if logs is not None else [LedgerLog(keys.ledger())]
         self.discover = discover
         self.config = config or ArchiverConfig()
         self.consumer = consumer or consumer_name()
+        if lease_redis is None and not isinstance(redis, Redis):
+            raise TypeError("a cluster's archiver needs lease_redis")
         self.lease = Lease(
-            redis, lease_key or keys.archiver_lease(), self.consumer,
+            lease_redis or cast(Redis, redis), lease_key or keys.archiver_lease(), self.consumer,
             ttl_ms=self.config.lease_ttl_ms,
         )  # fmt: skip
         self.stats = ArchiverStats()

@@ -1,0 +1,32 @@
+"""The ledger logs of a Redis Cluster, for the archiver and the record's reconcile.
+
+Every hash slot has its own log, ``{~N}:log`` (``server/ledger/cluster_keys.py``), written
+by the scripts of the accounts in that slot. The archiver archives the logs that have
+entries: ``log_discovery`` finds them with one ``XLEN`` per slot, pipelined per primary
+(``cluster_shards.Shards``): 16384 cheap commands, whatever the number of keys, where a
+``SCAN`` for the pattern would walk every key of every primary.
+"""
+
+from __future__ import annotations
+
+from server.ledger.cluster_keys import SLOTS, ClusterKeys, slot_of
+from server.ledger.cluster_shards import Shards
+from server.record.archiver import Discover, LedgerLog
+
+
+def cluster_log(keys: ClusterKeys, slot: int) -> LedgerLog:
+    return LedgerLog(keys.ledger_shard(slot), slot)
+
+
+def log_discovery(shards: Shards, keys: ClusterKeys) -> Discover:
+    """A ``Discover`` for the archiver: every slot's log that holds entries now."""
+
+    async def discover() -> list[LedgerLog]:
+        lengths = await shards.lengths(keys.ledger_shards())
+        return sorted((LedgerLog(key, slot_of(key)) for key in lengths), key=lambda x: x.slot)
+
+    return discover
+
+
+def every_cluster_log(keys: ClusterKeys) -> list[LedgerLog]:
+    return [cluster_log(keys, slot) for slot in range(SLOTS)]
