@@ -22,20 +22,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from server.domain.errors import InvariantError
 from server.domain.limits import AMOUNT_MAX, CREDIT_BATCH_MAX, Limits
 from server.ledger.cluster_keys import ClusterKeys
-from server.ledger.cluster_runner import ClusterScriptRunner
 from server.ledger.receipts import unpack
 from server.ledger.scripts import ScriptName
 
 log = logging.getLogger("giftwire.ledger")
+
+
+class ScriptRuns(Protocol):
+    """What the batcher needs of a runner: the cluster's, or the single-node one (the
+    scripts also run on one Redis, where their tests run them too)."""
+
+    async def run(
+        self,
+        name: ScriptName,
+        keys: Sequence[str],
+        args: Sequence[str | int],
+        *,
+        order_key: str = "",
+    ) -> list[bytes]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +156,7 @@ class CreditBatcher:
 
     def __init__(
         self,
-        runner: ClusterScriptRunner,
+        runner: ScriptRuns,
         keys: ClusterKeys,
         limits: Limits,
         *,

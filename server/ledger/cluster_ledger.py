@@ -59,6 +59,7 @@ from server.ledger.scripts import ScriptName
 
 log = logging.getLogger("giftwire.ledger")
 
+_COPY_PART = 1024
 _NOT_SERVED = (redis_errors.AskError, redis_errors.ClusterDownError, redis_errors.TryAgainError)
 
 
@@ -158,14 +159,22 @@ class ClusterLedger:
         """Copy ``catalog``'s prices into every slot whose copy is another version (one HSET
         per slot: a reader sees a whole version). Returns the slots written."""
         shards = self.keys.catalog_shards()
-        versions = await self.shards._each(shards, "HGET", VERSION_FIELD)
-        stale = [key for key, value in versions.items() if value != str(catalog.version).encode()]
-        if stale:
-            fields: dict[str, str | int] = dict(catalog.prices())
-            fields[VERSION_FIELD] = catalog.version
-            await self.shards.copy_to_every_shard(stale, fields)
-            log.info("catalog version %d copied into %d slots", catalog.version, len(stale))
-        return len(stale)
+        fields: dict[str, str | int] = dict(catalog.prices())
+        fields[VERSION_FIELD] = catalog.version
+        written = 0
+        # In parts, so that each part's pipelines finish well within the call timeout on a
+        # loaded machine (all 16384 at once took seconds here).
+        for start in range(0, len(shards), _COPY_PART):
+            part = shards[start : start + _COPY_PART]
+            versions = await self.shards.field_of_each(part, VERSION_FIELD)
+            want = str(catalog.version).encode()
+            stale = [key for key, value in versions.items() if value != want]
+            if stale:
+                await self.shards.copy_to_every_shard(stale, fields)
+                written += len(stale)
+        if written:
+            log.info("catalog version %d copied into %d slots", catalog.version, written)
+        return written
 
     # Streams: the id's claim in its own slot, the stream in its creator's.
 
@@ -404,8 +413,20 @@ class ClusterLedger:
         ]
 
     async def credit_transfers(self, transfers: list[Transfer]) -> list[CreditResult]:
-        """Credit ``transfers`` (the relay's batch), batched per stream."""
-        return list(await asyncio.gather(*(self.credits.credit(t) for t in transfers)))
+        """Credit ``transfers`` (the relay's batch), batched per stream. A call that failed
+        (``UnavailableError``: unknown outcome) gives its transfers status ``failed``."""
+        results = await asyncio.gather(
+            *(self.credits.credit(t) for t in transfers), return_exceptions=True
+        )
+        out: list[CreditResult] = []
+        for transfer, result in zip(transfers, results, strict=True):
+            if isinstance(result, UnavailableError):
+                out.append(CreditResult(transfer.transfer_id, "failed", code=str(result)))
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                out.append(result)
+        return out
 
     def _forget_outbox_entry(self, outbox: str, entry_id: str) -> None:
         """XDEL a settled entry, batched per outbox in the background. Lost in a crash, it

@@ -128,10 +128,10 @@ class Relay:
                     raise result
                 log.warning("relay: slot %d: %s: %s", slot, type(result).__name__, result)
                 continue
-            done, left, first = result
+            done, left, first, keep = result
             settled += done
             pending += left
-            if left == 0:
+            if not keep:
                 self.hot.discard(slot)
             elif first is not None:
                 oldest_ms = max(oldest_ms, now_ms - log_position(first)[0])
@@ -139,10 +139,11 @@ class Relay:
         self.stats = RelayStats(pending, oldest_ms, self.settled)
         return settled
 
-    async def _slot(self, slot: int) -> tuple[int, int, str | None]:
-        """Settle what slot ``slot``'s outbox holds past the grace: (settled, left, oldest id)."""
+    async def _slot(self, slot: int) -> tuple[int, int, str | None, bool]:
+        """Settle what slot ``slot``'s outbox holds past the grace: (settled, entries left,
+        the oldest's id, whether to keep watching the slot)."""
         if not 0 <= slot < SLOTS:
-            return 0, 0, None
+            return 0, 0, None, False
         ledger, outbox = self.ledger, self.ledger.keys.outbox_shard(slot)
         try:
             await self._read_new(outbox)
@@ -183,7 +184,11 @@ class Relay:
         if left:
             head = await ledger.command(outbox, "XRANGE", "-", "+", "COUNT", 1)
             first = head[0][0].decode() if head else None
-        return done, left, first
+            return done, left, first, True
+        # Entries read into the group and then deleted by the fast path leave the group at
+        # the next XAUTOCLAIM past the grace: the slot stays watched until they have.
+        summary = await ledger.command(outbox, "XPENDING", GROUP)
+        return done, 0, None, _pending_count(summary) > 0
 
     async def _read_new(self, outbox: str) -> None:
         """Move the outbox's new entries into the group (their content comes back through
@@ -207,6 +212,13 @@ class Relay:
         except redis_errors.ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
+
+
+def _pending_count(summary: Any) -> int:
+    """XPENDING's summary: a dict from redis-py's callback, else the raw list."""
+    if isinstance(summary, dict):
+        return int(summary.get("pending", 0))
+    return int(summary[0]) if summary else 0
 
 
 def _as_dict(fields: Any) -> dict[bytes, bytes]:
