@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import uuid
 from collections import OrderedDict, defaultdict
 from typing import Any, cast
@@ -59,6 +61,10 @@ from server.ledger.scripts import ScriptName
 
 log = logging.getLogger("giftwire.ledger")
 
+CRASH_AFTER_DEBIT_ENV = "GIFTWIRE_TEST_CRASH_AFTER_DEBIT"
+"""Test-only hook: ``1`` kills this process (SIGKILL) right after a debit committed, before
+its credit (``tests/cluster/test_leg_faults.py``). Read once, at import."""
+_CRASH_AFTER_DEBIT = os.environ.get(CRASH_AFTER_DEBIT_ENV) == "1"
 _COPY_PART = 1024
 _NOT_SERVED = (redis_errors.AskError, redis_errors.ClusterDownError, redis_errors.TryAgainError)
 
@@ -351,6 +357,8 @@ class ClusterLedger:
             order_key=sender_id,
         )
         debit: dict[str, Any] = orjson.loads(body)
+        if _CRASH_AFTER_DEBIT:
+            os.kill(os.getpid(), signal.SIGKILL)
         transfer = Transfer.from_receipt(debit, sender_id)
         slot = slot_of(self.keys.account(sender_id))
         try:

@@ -34,6 +34,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import time
 import uuid
 from dataclasses import dataclass
@@ -51,6 +53,10 @@ from server.ledger.ledger import log_position
 log = logging.getLogger("giftwire.relay")
 
 GROUP = "relay"
+CRASH_AFTER_CREDIT_ENV = "GIFTWIRE_TEST_CRASH_RELAY_AFTER_CREDIT"
+"""Test-only hook: ``1`` kills the relay's process (SIGKILL) after it credited a batch and
+before it acknowledged it (``tests/cluster/test_leg_faults.py``). Read once, at import."""
+_CRASH_AFTER_CREDIT = os.environ.get(CRASH_AFTER_CREDIT_ENV) == "1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +180,8 @@ class Relay:
                         "relay: outbox entry %s of slot %d is malformed: %s", entry_id, slot, e
                     )
             results = await ledger.credit_transfers([t for _, t in transfers])
+            if _CRASH_AFTER_CREDIT:
+                os.kill(os.getpid(), signal.SIGKILL)
             acked = [eid for (eid, _), r in zip(transfers, results, strict=True) if r.settled]
             if acked:
                 await ledger.command(outbox, "XACK", GROUP, *acked)
