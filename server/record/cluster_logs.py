@@ -12,6 +12,9 @@ from __future__ import annotations
 from server.ledger.cluster_keys import SLOTS, ClusterKeys, slot_of
 from server.ledger.cluster_shards import Shards
 from server.record.archiver import Discover, LedgerLog
+from server.record.connection import RecordPool
+
+Entry = tuple[str, dict[str, str]]
 
 
 def cluster_log(keys: ClusterKeys, slot: int) -> LedgerLog:
@@ -30,3 +33,19 @@ def log_discovery(shards: Shards, keys: ClusterKeys) -> Discover:
 
 def every_cluster_log(keys: ClusterKeys) -> list[LedgerLog]:
     return [cluster_log(keys, slot) for slot in range(SLOTS)]
+
+
+async def recorded_entries(pool: RecordPool, keys: ClusterKeys) -> dict[str, list[Entry]]:
+    """Every transfer the record holds from a cluster log, per log key, in log order: the
+    history the cluster reconcile adds to what Redis still holds (it holds both in memory,
+    like the logs themselves)."""
+    found: dict[str, list[Entry]] = {}
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT log_slot, log_ms, log_seq, fields FROM transfers WHERE log_slot >= 0"
+            " ORDER BY log_slot, log_ms, log_seq"
+        )
+        for slot, ms, seq, fields in await cursor.fetchall():
+            entry = {k: str(v) for k, v in fields.items()}
+            found.setdefault(keys.ledger_shard(int(slot)), []).append((f"{ms}-{seq}", entry))
+    return found

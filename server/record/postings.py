@@ -15,6 +15,7 @@ Accounts, all in one unit (a coin; a diamond is worth the coin it came from)::
     provider  -      the payment provider: coins sold (negative) less coins charged back
     payouts   -      diamonds cashed out, waiting for the payout provider
     paid_out  -      diamonds paid out
+    transit   -      cluster gifts debited from the sender, not yet credited to the creator
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Account(StrEnum):
     PROVIDER = "provider"
     PAYOUTS = "payouts"
     PAID_OUT = "paid_out"
+    TRANSIT = "transit"
 
 
 SINGLE_NODE_LOG = -1
@@ -147,6 +149,24 @@ def _clawback(f: Fields) -> list[Posting]:
     ]
 
 
+def _gift_debit(f: Fields) -> list[Posting]:
+    # Cluster mode, the sender's slot: the coins leave the sender and wait for the credit.
+    coins = _amount(f, "coins")
+    return [
+        Posting(_user(f, "from"), Account.COINS, -coins),
+        Posting(None, Account.TRANSIT, coins),
+    ]
+
+
+def _gift_credit(f: Fields) -> list[Posting]:
+    # Cluster mode, the creator's slot: the debited coins become diamonds and the share.
+    return [
+        Posting(None, Account.TRANSIT, -_amount(f, "coins")),
+        Posting(_user(f, "to"), Account.DIAMONDS, _amount(f, "diamonds")),
+        Posting(None, Account.PLATFORM, _amount(f, "platform")),
+    ]
+
+
 def _cash_out(f: Fields) -> list[Posting]:
     diamonds = _amount(f, "diamonds")
     return [
@@ -175,6 +195,8 @@ RULES: dict[str, Callable[[Fields], list[Posting]]] = {
     "top_up": _top_up,
     "refund": _refund,
     "clawback": _clawback,
+    "gift_debit": _gift_debit,
+    "gift_credit": _gift_credit,
     "cash_out": _cash_out,
     "payout": _payout,
 }

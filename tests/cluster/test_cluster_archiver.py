@@ -17,13 +17,15 @@ from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
 from server.ledger.cluster_keys import ClusterKeys, slot_of
+from server.ledger.cluster_reconcile import reconcile_cluster
 from server.ledger.cluster_shards import Shards
 from server.ledger.cluster_topology import SlotMap
 from server.ledger.keys import Keys
 from server.record.archiver import Archiver, ArchiverConfig
-from server.record.cluster_logs import cluster_log, log_discovery
+from server.record.cluster_logs import cluster_log, log_discovery, recorded_entries
 from server.record.connection import RecordPool
 from server.record.reconcile import reconcile_logs
+from tests.cluster.legs import funded, gift, live_stream, open_ledger
 from tests.support.cluster import RedisCluster
 
 CONFIG = ArchiverConfig(batch_max=50, block_ms=20, discover_interval_s=0.0)
@@ -164,3 +166,44 @@ async def test_the_running_archiver_holds_the_lease_and_follows_new_slots(
         stop.set()
         await task
     assert await client.get(ck.archiver_lease()) is None  # released on the way out
+
+
+async def test_the_two_legs_of_cluster_gifts_are_recorded_and_balance(
+    redis_cluster: RedisCluster,
+    client: ClusterClient,
+    slot_map: SlotMap,
+    record_pool: RecordPool,
+    keys: Keys,
+) -> None:
+    ledger = await open_ledger(redis_cluster, keys.prefix)
+    try:
+        stream, creator = await live_stream(ledger)
+        senders = [await funded(ledger, 1_000) for _ in range(4)]
+        for n, sender in enumerate(senders * 3):
+            await gift(ledger, sender, stream, creator, gift_id="cap", client_id=f"g{n}")
+        archiver = _archiver(client, slot_map, record_pool, keys, "legs")
+        await archiver.drain()
+        report = await reconcile_logs(client, record_pool, archiver.logs)
+        assert report.ok, report.problems
+        async with record_pool.connection() as conn:
+            rows = await (
+                await conn.execute("SELECT user_id, account, balance FROM account_balances")
+            ).fetchall()
+        balances = {(user, account): int(balance) for user, account, balance in rows}
+        assert balances.get((None, "transit"), 0) == 0  # every debit was credited
+        want = (await ledger.balance(creator)).diamonds
+        assert (
+            balances[(creator, "diamonds")] == want == 12 * 99 // 2
+        )  # share_rem carries the halves
+        for sender in senders:
+            assert balances[(sender, "coins")] == (await ledger.balance(sender)).coins
+        # Once the logs are trimmed (all of it is recorded), the cluster's reconcile needs
+        # the record's part of their history, and with it the books still add up.
+        for ledger_log in archiver.logs:
+            await client.xtrim(ledger_log.key, maxlen=0)
+        assert not (await reconcile_cluster(ledger)).ok
+        history = await recorded_entries(record_pool, ClusterKeys(keys.prefix))
+        whole = await reconcile_cluster(ledger, history)
+        assert whole.ok, whole.problems
+    finally:
+        await ledger.aclose()

@@ -27,3 +27,12 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+-- Cluster gifts are two transfers, a debit in the sender's slot and a credit in the
+-- creator's: between them the coins are in transit (an account of no user).
+ALTER TABLE postings DROP CONSTRAINT postings_account_check;
+ALTER TABLE postings ADD CONSTRAINT postings_account_check CHECK (account IN (
+    'coins', 'diamonds', 'debt', 'platform', 'provider', 'payouts', 'paid_out', 'transit'));
+ALTER TABLE postings DROP CONSTRAINT postings_check;
+ALTER TABLE postings ADD CONSTRAINT postings_check CHECK (
+    (user_id IS NULL) = (account IN ('platform', 'provider', 'payouts', 'paid_out', 'transit')));
