@@ -327,3 +327,22 @@ async def test_clawbacks_are_recorded_and_both_stores_reconcile(
     statement = await creator_statement(record_pool, CREATOR, parse_period(month, None), 50)
     assert statement.to_json()["clawbacks"] == {"count": 1, "diamonds": 5_000, "cents": 2_500}
     assert statement.to_csv().splitlines()[-1] == "clawed_back,,1,,5000,2500"
+
+
+async def test_a_hold_turned_off_and_on_again_keeps_working(redis: Redis, keys: Keys) -> None:
+    off = Limits(gifts_per_s_max=100_000, gift_burst_max=100_000, cashout_diamonds_min=1,
+                 payout_hold_days=0)  # fmt: skip
+    ledger = Ledger(redis, keys=keys, limits=HELD)
+    await ledger.prepare(load_catalog())
+    await ledger.start_stream(stream_id=STREAM, creator_id=CREATOR, title="t")
+    await _earn(ledger)
+    # With the hold off, everything is withdrawable, and the cash-out clears the buckets.
+    unheld = Ledger(redis, keys=keys, limits=off)
+    await unheld.prepare(load_catalog())
+    await unheld.cash_out(client_id="c1", creator_id=CREATOR, diamonds=1_000)
+    assert (await redis.hget(keys.account(CREATOR), "hold_ring")) == b""
+    # On again the same day: gifts are held again, from an empty ring.
+    await _earn(ledger, tag="2")
+    balance = await ledger.balance(CREATOR)
+    assert (balance.diamonds, balance.held_diamonds) == (9_000, 5_000)
+    await assert_books_reconcile(ledger)

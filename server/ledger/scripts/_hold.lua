@@ -115,7 +115,7 @@ local function hold_gift_prepare(creator_key, record_key, creator, share_bps, se
   local today = math.floor(seconds / day_s)
   local f = redis.call('HMGET', creator_key, 'held', 'hold_day', 'hold_ring')
   local plan = {creator_key = creator_key, record_key = record_key, prune = {}}
-  if f[3] and stored_int(f[2]) >= today then
+  if f[3] and f[3] ~= '' and stored_int(f[2]) >= today then
     -- The same day as the creator's last gift: only the newest bucket changes (no parse).
     local head, last = string.match(f[3], '^(.-)(%d+)$')
     if not head then
