@@ -8,6 +8,7 @@ do; one lets the real clock run with a one-second hold day (``payout_hold_day_s`
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import cast
 
@@ -15,7 +16,7 @@ import pytest
 from redis.asyncio import Redis
 
 from server.domain.catalog import load_catalog
-from server.domain.errors import ErrorCode, LedgerRefusal
+from server.domain.errors import ErrorCode, InvariantError, LedgerRefusal
 from server.domain.limits import Limits
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
@@ -346,3 +347,37 @@ async def test_a_hold_turned_off_and_on_again_keeps_working(redis: Redis, keys: 
     balance = await ledger.balance(CREATOR)
     assert (balance.diamonds, balance.held_diamonds) == (9_000, 5_000)
     await assert_books_reconcile(ledger)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("hold_ring", "0,0,0,0,0,0,x,5000"), ("hold_day", "1e3"), ("held", "-")]
+)
+async def test_a_corrupt_hold_fails_before_any_write(
+    held: Ledger, redis: Redis, keys: Keys, field: str, value: str
+) -> None:
+    await _earn(held, coins=20_000)
+    await held.top_up(payment_id="more", user_id="fan", coins=10_000)
+    await _age(redis, keys, 1)  # the next gift shifts the ring: the full path reads it all
+    await redis.hset(keys.account(CREATOR), field, value)
+    before = await snapshot(redis, keys)
+    attempts: list[Callable[[], Awaitable[object]]] = [
+        lambda: gift(held, "again", sender="fan", gift_id="interstellar"),
+        lambda: held.cash_out(client_id="c1", creator_id=CREATOR, diamonds=1),
+        lambda: held.refund(payment_id="pay-fan", user_id="fan", refund_id="r1", coins=30_000),
+    ]
+    for attempt in attempts:
+        with pytest.raises(InvariantError):
+            await attempt()
+        assert await snapshot(redis, keys) == before
+
+
+async def test_a_corrupt_hold_record_fails_the_chargeback_before_any_write(
+    held: Ledger, redis: Redis, keys: Keys
+) -> None:
+    await _earn(held)
+    [name] = [f for f in await redis.hkeys(keys.hold_record("fan")) if f != b"@day"]
+    await redis.hset(keys.hold_record("fan"), name, "abc")
+    before = await snapshot(redis, keys)
+    with pytest.raises(InvariantError):
+        await held.refund(payment_id="pay-fan", user_id="fan", refund_id="r1", coins=10_000)
+    assert await snapshot(redis, keys) == before
