@@ -53,6 +53,8 @@ def script_call(keys: Keys, client_id: str, limits: Limits) -> tuple[list[str], 
             keys.ledger(),
             keys.catalog(),
             keys.room_channel(STREAM),
+            keys.battle(STREAM),
+            keys.battle_top(STREAM),
         ],
         [
             client_id, SENDER, CREATOR, STREAM, "rose", "1", "Sender", "5000",

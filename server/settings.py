@@ -297,6 +297,10 @@ DESCRIPTIONS: dict[str, str] = {
     "pending_requests_max": "incomplete requests and handshakes per process (oldest closed)",
     "pending_requests_per_ip_max": "incomplete requests and handshakes per client address",
     "streams_per_creator_max": "stream ids one creator may own, live or ended (restartable)",
+    "battle_seconds_min": "shortest battle a creator may ask for (s)",
+    "battle_seconds_max": "longest battle a creator may ask for (s)",
+    "battle_seconds_default": "length of a battle when the invitation names none (s)",
+    "battle_invite_ttl_s": "how long a battle invitation waits for an answer (s)",
 }
 
 

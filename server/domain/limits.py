@@ -62,6 +62,19 @@ PUBSUB_DRAIN_MAX = 1000
 TOP_MAX = 10
 """Rows of a room's leaderboard sent to viewers."""
 
+# Battles and guests (ledger/battles.py, ledger/guests.py, web/battle_watch.py).
+BATTLE_TOP_MAX = 3
+"""Top gifters of each side in a battle's score and result messages."""
+BATTLE_INVITES_PER_STREAM_MAX = 16
+"""Pending battle invitations one stream may hold; beyond, ``invitee_busy``."""
+BATTLE_RESULT_TTL_S = 90 * 86_400
+"""How long a battle's result stays readable at ``GET /api/battles/{id}`` (s)."""
+BATTLE_TICK_S = 0.5
+"""How often each process sends a battling room the live score of both sides, and ends
+battles whose time is up."""
+GUESTS_MAX = 8
+"""Guests on one stage (invited or on stage); beyond, ``guest_limit``."""
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -118,3 +131,11 @@ class Limits:
     streams_per_creator_max: int = 100
     """Stream ids one creator may own (live or ended: an ended id stays its owner's, who may
     start it again). A new id past it is refused with ``stream_limit``."""
+    battle_seconds_min: int = 60
+    """Shortest battle a creator may ask for (invite_battle.lua refuses shorter)."""
+    battle_seconds_max: int = 600
+    """Longest battle a creator may ask for."""
+    battle_seconds_default: int = 300
+    """Length of a battle when the invitation names none."""
+    battle_invite_ttl_s: int = 60
+    """How long a battle invitation waits for its answer before it expires."""

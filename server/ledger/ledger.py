@@ -27,6 +27,7 @@ from server.domain.errors import (
 from server.domain.limits import AMOUNT_MAX, SEND_COINS_MAX, Limits
 from server.domain.money import Economics
 from server.domain.streams import Stream, StreamState
+from server.ledger.battles import Battles
 from server.ledger.catalogs import CatalogStore
 from server.ledger.keys import Keys
 from server.ledger.receipts import (
@@ -130,6 +131,7 @@ class Ledger:
         )
         self.runner.on_unavailable = self.connection_broke
         self.catalogs = CatalogStore(redis, self.keys, self.runner)
+        self.battles = Battles(redis, self.runner, self.keys, self.limits, _redis_errors)
 
     async def prepare(self, catalog: Catalog) -> Catalog:
         """Load the scripts and seed ``catalog`` into Redis if Redis holds none.
@@ -220,6 +222,8 @@ class Ledger:
                 k.ledger(),
                 k.catalog(),
                 k.room_channel(stream_id),
+                k.battle(stream_id),
+                k.battle_top(stream_id),
             ],
             [
                 client_id,

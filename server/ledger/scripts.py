@@ -26,6 +26,10 @@ class ScriptName(StrEnum):
     END_STREAM = "end_stream"
     BUMP_EPOCH = "bump_epoch"
     PUBLISH_CATALOG = "publish_catalog"
+    INVITE_BATTLE = "invite_battle"
+    ACCEPT_BATTLE = "accept_battle"
+    DECLINE_BATTLE = "decline_battle"
+    END_BATTLE = "end_battle"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,3 +1,4 @@
+-- include: _battle.lua
 -- send_gift: debit the sender's coins, credit the creator's diamonds and the platform's
 -- share, bump combo, leaderboard and totals, append to the ledger and the stream's feed,
 -- and publish the event to the room. All checks come before the first write.
@@ -14,6 +15,9 @@
 -- KEYS[9]  {ledger}:log                ledger stream
 -- KEYS[10] {catalog}:prices            gift id -> price hash
 -- KEYS[11] {s:STREAM}:room             pub/sub channel (declared as a key for sharded pub/sub)
+-- KEYS[12] {s:STREAM}:battle           the stream's battle side (_battle.lua): scores the
+--                                      coins while a battle runs
+-- KEYS[13] {s:STREAM}:battle_top       the side's top gifters (zset)
 --
 -- ARGV[1]  client id (the client-chosen transfer id)   ARGV[2]  sender id
 -- ARGV[3]  creator id (as the caller believes)          ARGV[4]  stream id
@@ -28,7 +32,8 @@
 -- Reply: {'ok', receipt JSON} | {'replay', receipt JSON} | {'refused', code [, detail JSON]}
 -- Event JSON (published and stored in the feed; fields in server/protocol/events.py):
 --   type, seq, epoch (the stream hash's, '' before epochs existed), transfer_id, stream_id,
---   sender_id, sender_name, gift_id, count, combo, coins, diamonds, ts (ms)
+--   sender_id, sender_name, gift_id, count, combo, coins, diamonds, ts (ms),
+--   battle_id (only when the gift scored in a battle)
 -- Receipt JSON: transfer_id, client_id, stream_id, gift_id, count, coins, diamonds,
 --   platform_coins, balance (sender's coins after), combo, seq, ts (ms)
 -- Ledger entry: type=gift, client_id, from, to, stream, gift, count, price (unit), coins,
@@ -38,6 +43,7 @@
 --   self_gift, unknown_gift, rate_limited, spending_limit, insufficient_funds, balance_limit,
 --   catalog_changed (detail: {catalog_version = current version})
 
+local K_BATTLE, K_BATTLE_TOP = KEYS[12], KEYS[13]
 local client_id, sender, creator, stream_id, gift = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local count = int_arg(ARGV[6], 1, 9999)
 local share_bps = int_arg(ARGV[8], 0, 10000)
@@ -199,6 +205,10 @@ if redis.call('EXISTS', KEYS[7]) == 1 then
 end
 stored_int(redis.call('GET', KEYS[8]))
 redis.call('XLEN', KEYS[9])
+-- Whether this gift scores in a battle: decided here, on this script's clock, so a gift
+-- racing the battle's start or end is inside the window or outside it, never both.
+local battle_id = battle_scoring(K_BATTLE, ms)
+redis.call('ZSCORE', K_BATTLE_TOP, sender)
 
 -- Every check passed: write.
 local new_balance = redis.call('HINCRBY', KEYS[2], 'coins', -coins)
@@ -214,6 +224,9 @@ redis.call('HINCRBY', KEYS[5], 'gifts', count)
 redis.call('ZINCRBY', KEYS[6], coins, sender)
 local combo = redis.call('INCRBY', KEYS[8], count)
 redis.call('PEXPIRE', KEYS[8], combo_window)
+if battle_id then
+  battle_score(K_BATTLE, K_BATTLE_TOP, sender, coins)
+end
 local transfer_id = redis.call('XADD', KEYS[9], '*', 'type', 'gift', 'client_id', client_id,
   'from', sender, 'to', creator, 'stream', stream_id, 'gift', gift, 'count', int(count),
   'price', price, 'coins', int(coins), 'diamonds', int(diamonds), 'platform', int(platform),
@@ -224,6 +237,7 @@ local event = cjson.encode({
   type = 'gift', seq = seq, epoch = stream[7] or '', transfer_id = transfer_id,
   stream_id = stream_id, sender_id = sender, sender_name = ARGV[7], gift_id = gift,
   count = count, combo = combo, coins = coins, diamonds = diamonds, ts = ms,
+  battle_id = battle_id,  -- nil (absent) unless the gift scored in a battle
 })
 redis.call('XADD', KEYS[7], 'MAXLEN', '~', int(feed_max), int(seq) .. '-0', 'e', event)
 redis.call('PUBLISH', KEYS[11], event)
