@@ -55,13 +55,14 @@ def script_call(keys: Keys, client_id: str, limits: Limits) -> tuple[list[str], 
             keys.room_channel(STREAM),
             keys.battle(STREAM),
             keys.battle_top(STREAM),
+            keys.guests(STREAM),
         ],
         [
             client_id, SENDER, CREATOR, STREAM, "rose", "1", "Sender", "5000",
             str(limits.gifts_per_s_max), str(limits.gift_burst_max),
             str(limits.daily_spend_coins_max), str(limits.receipt_ttl_s),
             str(limits.combo_window_ms), str(limits.feed_events_max),
-            str(AMOUNT_MAX), str(SEND_COINS_MAX), "0",
+            str(AMOUNT_MAX), str(SEND_COINS_MAX), "0", "", "",
         ],
     )  # fmt: skip
 

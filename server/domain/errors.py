@@ -54,6 +54,7 @@ class ErrorCode(StrEnum):
     NOT_A_GUEST = "not_a_guest"
     GUEST_LEFT = "guest_left"
     NO_GUESTS = "no_guests"
+    GUESTS_CHANGED = "guests_changed"
     # Edge refusals.
     INVALID_REQUEST = "invalid_request"
     MESSAGE_TOO_LARGE = "message_too_large"
@@ -98,6 +99,7 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.NOT_A_GUEST: "this user is not invited to (or not on) this stage",
     ErrorCode.GUEST_LEFT: "this guest has left the stage and can no longer receive gifts",
     ErrorCode.NO_GUESTS: "there are no guests on stage",
+    ErrorCode.GUESTS_CHANGED: "the stage changed while the gift was sent; send it again",
     ErrorCode.INVALID_REQUEST: "the request is malformed",
     ErrorCode.MESSAGE_TOO_LARGE: "the message is larger than allowed",
     ErrorCode.UNAUTHORIZED: "missing or invalid credentials",

@@ -74,6 +74,12 @@ BATTLE_TICK_S = 0.5
 battles whose time is up."""
 GUESTS_MAX = 8
 """Guests on one stage (invited or on stage); beyond, ``guest_limit``."""
+GUESTS_REMEMBERED_MAX = 64
+"""Guests a stage remembers, those who left included (a gift to one of them is
+``guest_left``); past it, inviting forgets the ones who left."""
+GUEST_GIFT_TRIES_MAX = 3
+"""Times a gift to all guests is sent again after ``guests_changed`` (the stage changed
+between reading it and the script)."""
 
 
 @dataclass(frozen=True, slots=True)

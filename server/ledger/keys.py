@@ -23,6 +23,8 @@ key                                    type    holds
 ``{s:STREAM}:battle_invite``           hash    the stream's pending invitation (TTL)
 ``{s:STREAM}:battle_invites``          zset    invitations to the stream: from -> expires ms
 ``{battle:BATTLE}:result``             string  a finished battle's result JSON (TTL)
+``{s:STREAM}:guests``                  hash    the stage: guest -> state, ``n|G`` name,
+                                               ``c|G``/``d|G`` coins/diamonds received
 ``{pay:PAYMENT}:payment``              hash    one top-up and what was refunded of it
 ``{pay:PAYMENT}:refund:REFUND_ID``     hash    one refund (chargeback) of a payment
 ``{platform}:acct``                    hash    the platform's share (coins)
@@ -99,6 +101,9 @@ class Keys:
 
     def battle_result(self, battle_id: str) -> str:
         return f"{self.prefix}{{battle:{battle_id}}}:result"
+
+    def guests(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:guests"
 
     def payment(self, payment_id: str) -> str:
         return f"{self.prefix}{{pay:{payment_id}}}:payment"

@@ -30,6 +30,9 @@ class ScriptName(StrEnum):
     ACCEPT_BATTLE = "accept_battle"
     DECLINE_BATTLE = "decline_battle"
     END_BATTLE = "end_battle"
+    INVITE_GUEST = "invite_guest"
+    JOIN_STAGE = "join_stage"
+    LEAVE_STAGE = "leave_stage"
 
 
 @dataclass(frozen=True, slots=True)

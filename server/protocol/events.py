@@ -23,8 +23,13 @@ GIFT_EVENT_FIELDS = frozenset(
     }
 )  # fmt: skip
 """What send_gift.lua publishes and stores in the feed for each gift."""
-GIFT_EVENT_OPTIONAL_FIELDS = frozenset({"battle_id"})
-"""Fields a gift event carries only sometimes: ``battle_id`` when it scored in a battle."""
+GIFT_EVENT_OPTIONAL_FIELDS = frozenset({"battle_id", "to", "recipients"})
+"""Fields a gift event carries only sometimes: ``battle_id`` when it scored in a battle,
+``to`` and ``recipients`` when guests received it (``_guests.lua``)."""
+GUESTS_EVENT_FIELDS = frozenset({"type", "stream_id", "guests"})
+"""invite_guest.lua, join_stage.lua, leave_stage.lua: the stage after the change."""
+GUEST_FIELDS = frozenset({"user_id", "name", "state", "coins", "diamonds"})
+"""Each of a ``guests`` event's ``guests`` (and of ``GET /api/streams/{id}/guests``)."""
 GIFT_DISPLAY_FIELDS = frozenset({"gift_name", "animation", "tier"})
 """Added from the catalog to every gift a client sees: live, resumed or paged by HTTP."""
 STREAM_EVENT_FIELDS = frozenset({"type", "stream_id", "state", "seq"})
@@ -54,6 +59,7 @@ BATTLE_SIDE_FIELDS = frozenset({"stream_id", "creator_id", "side", "score", "top
 SERVER_MESSAGE_TYPES = (
     "welcome", "gift_ack", "error", "gift", "gifts", "stats", "leaderboard", "stream", "lag",
     "gap", "history_changed", "pong", "battle_invite", "battle", "battle_score", "battle_end",
+    "guests",
 )  # fmt: skip
 """Every ``type`` the server sends to a client."""
 

@@ -25,6 +25,7 @@ from server.web.battle_api import BATTLE_ROUTES
 from server.web.battle_watch import BattleWatch
 from server.web.cluster_app import create_cluster_app
 from server.web.edge import DirectWebSocket
+from server.web.guests_api import GUEST_ROUTES
 from server.web.home import home_json, home_page
 from server.web.http_api import ROUTES
 from server.web.payouts_api import PAYOUT_ROUTES
@@ -142,6 +143,7 @@ def create_app(settings: Settings) -> DirectWebSocket:
         *RECORD_ROUTES,
         *PAYOUT_ROUTES,
         *BATTLE_ROUTES,
+        *GUEST_ROUTES,
         WebSocketRoute("/ws/streams/{stream_id}", gift_socket),
     ]
     if settings.demo_pages and DEMO_PAGES_DIR.is_dir():
