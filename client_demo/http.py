@@ -166,3 +166,20 @@ def stream_battle(base_url: str, stream_id: str) -> dict[str, Any]:
 def battle_result(base_url: str, battle_id: str) -> dict[str, Any]:
     status, reply = http_json("GET", f"{base_url}/api/battles/{battle_id}")
     return dict(_ok("battle result", status, reply))
+
+
+def invite_guest(base_url: str, creator_token: str, stream_id: str, user_id: str) -> Any:
+    """The creator invites ``user_id`` on stage; the stage after."""
+    status, reply = http_json(
+        "POST", f"{base_url}/api/streams/{stream_id}/guests", {"user_id": user_id},
+        bearer=creator_token,
+    )  # fmt: skip
+    return _ok("guest invitation", status, reply)
+
+
+def join_stage(base_url: str, guest_token: str, stream_id: str) -> Any:
+    """The invited user (the token's) goes on stage; the stage after."""
+    status, reply = http_json(
+        "POST", f"{base_url}/api/streams/{stream_id}/guests/join", {}, bearer=guest_token
+    )
+    return _ok("joining the stage", status, reply)
