@@ -284,6 +284,7 @@ def _side_doc(stream_id: str, raw: dict[bytes, bytes], top: list[tuple[bytes, fl
     return {
         "stream_id": stream_id,
         "creator_id": _text(raw, "creator"),
+        "creator_name": _text(raw, "name") or _text(raw, "creator"),
         "side": _text(raw, "side"),
         "score": _num(raw, "score"),
         "top": [{"user_id": user.decode(), "coins": int(coins)} for user, coins in top],

@@ -53,7 +53,7 @@ BATTLE_END_EVENT_FIELDS = frozenset(
      "draw", "sides"}
 )  # fmt: skip
 """end_battle.lua: the result (both rooms; stored, ``GET /api/battles/{id}``)."""
-BATTLE_SIDE_FIELDS = frozenset({"stream_id", "creator_id", "side", "score", "top"})
+BATTLE_SIDE_FIELDS = frozenset({"stream_id", "creator_id", "creator_name", "side", "score", "top"})
 """Each of ``sides`` (side ``a`` the inviter first); a result's sides add ``mvp``."""
 
 SERVER_MESSAGE_TYPES = (

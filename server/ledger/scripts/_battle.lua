@@ -1,6 +1,7 @@
 -- Battles (docs/ledger.md, "Battles"): functions shared by send_gift.lua and the battle
 -- scripts. A stream's side of its current (or last) battle is the hash {s:STREAM}:battle:
---   id, side ('a' the inviter, 'b' the invitee), creator, opponent (stream id),
+--   id, side ('a' the inviter, 'b' the invitee), creator, name (the creator's display
+--   name when the battle started), opponent (stream id),
 --   opponent_creator, duration_s, starts_at, ends_at (ms, Redis TIME), state ('running' |
 --   'ended'), score (coins gifted in this room during the window), ended_at, reason.
 -- Its top gifters are the zset {s:STREAM}:battle_top (cleared when a battle starts).

@@ -19,8 +19,8 @@
 --
 -- Reply: {'ok', battle JSON} | {'replay', battle JSON} | {'refused', code[, detail JSON]}
 -- Battle JSON (published to both rooms): type 'battle', battle_id, state 'running',
---   starts_at, ends_at, now (ms), duration_s, sides: [{stream_id, creator_id, side,
---   score, top}] (a first)
+--   starts_at, ends_at, now (ms), duration_s, sides: [{stream_id, creator_id,
+--   creator_name, side, score, top}] (a first)
 -- Refusal codes: invalid_request, unknown_invite (none pending from FROM to TO with this
 --   id, or it expired), not_stream_owner, unknown_stream, stream_not_live,
 --   battle_running (detail: stream_id)
@@ -42,8 +42,8 @@ local invite = redis.call('HMGET', KEYS[3], 'id', 'to', 'expires_at', 'duration_
 if invite[1] ~= battle_id or invite[2] ~= to or stored_int(invite[3]) <= ms then
   return refuse('unknown_invite')
 end
-local a = redis.call('HMGET', KEYS[1], 'state', 'creator')
-local b = redis.call('HMGET', KEYS[2], 'state', 'creator')
+local a = redis.call('HMGET', KEYS[1], 'state', 'creator', 'creator_name')
+local b = redis.call('HMGET', KEYS[2], 'state', 'creator', 'creator_name')
 if not a[1] or not b[1] then
   return refuse('unknown_stream')
 end
@@ -69,17 +69,20 @@ local duration = stored_int(invite[4])
 local ends_at = ms + duration * 1000
 local doc = {type = 'battle', battle_id = battle_id, state = 'running', starts_at = ms,
   ends_at = ends_at, now = ms, duration_s = duration, sides = '@S@'}
-local sides = '[' .. cjson.encode({stream_id = from, creator_id = a[2], side = 'a',
-  score = 0, top = '@T@'}) .. ',' .. cjson.encode({stream_id = to, creator_id = b[2],
-  side = 'b', score = 0, top = '@T@'}) .. ']'
+local a_name, b_name = a[3] or a[2], b[3] or b[2]
+local sides = '[' .. cjson.encode({stream_id = from, creator_id = a[2], creator_name = a_name,
+  side = 'a', score = 0, top = '@T@'}) .. ',' .. cjson.encode({stream_id = to,
+  creator_id = b[2], creator_name = b_name, side = 'b', score = 0, top = '@T@'}) .. ']'
 sides = string.gsub(sides, '"@T@"', '[]')
 local event = battle_encode(doc, {S = sides})
 redis.call('DEL', KEYS[3], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
 redis.call('ZREM', KEYS[4], from)
-redis.call('HSET', KEYS[5], 'id', battle_id, 'side', 'a', 'creator', a[2], 'opponent', to,
+redis.call('HSET', KEYS[5], 'id', battle_id, 'side', 'a', 'creator', a[2], 'name', a_name,
+  'opponent', to,
   'opponent_creator', b[2], 'duration_s', int(duration), 'starts_at', int(ms),
   'ends_at', int(ends_at), 'state', 'running', 'score', 0, 'json', event)
-redis.call('HSET', KEYS[6], 'id', battle_id, 'side', 'b', 'creator', b[2], 'opponent', from,
+redis.call('HSET', KEYS[6], 'id', battle_id, 'side', 'b', 'creator', b[2], 'name', b_name,
+  'opponent', from,
   'opponent_creator', a[2], 'duration_s', int(duration), 'starts_at', int(ms),
   'ends_at', int(ends_at), 'state', 'running', 'score', 0, 'json', event)
 redis.call('PUBLISH', KEYS[9], event)

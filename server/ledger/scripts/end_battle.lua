@@ -21,7 +21,7 @@
 -- Result JSON (published to both rooms, type 'battle_end'): battle_id, reason ('time' when
 --   the end had passed, whatever was asked), starts_at, ends_at, ended_at (ms),
 --   duration_s, winner (stream id, null on a draw), draw, sides: [{stream_id,
---   creator_id, side, score, mvp ({user_id, coins} or null), top}] (side a first)
+--   creator_id, creator_name, side, score, mvp ({user_id, coins} or null), top}] (a first)
 -- Refusal codes: invalid_request, unknown_battle (no such battle between X and Y),
 --   not_stream_owner, battle_not_over (reason 'time' before the end; detail: ends_at)
 
@@ -69,7 +69,8 @@ for i, s in ipairs(sides) do
   if best[1] then
     mvp = {user_id = best[1], coins = tonumber(best[2])}
   end
-  parts[i] = battle_encode({stream_id = s[3], creator_id = b.creator, side = b.side,
+  parts[i] = battle_encode({stream_id = s[3], creator_id = b.creator,
+    creator_name = b.name or b.creator, side = b.side,
     score = scores[i], mvp = mvp, top = '@T@'}, {T = battle_top_json(top_key, top_n)})
 end
 local winner = cjson.null
