@@ -42,6 +42,7 @@ class BattleWatch:
         self.tick_s = tick_s
         self.active: dict[str, str] = {}
         """Stream id -> the id of the battle it is in, for this process's rooms."""
+        self._opponents: dict[str, str] = {}
         self._checked: set[str] = set()
         self._last: dict[str, tuple[bytes, int]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -59,11 +60,16 @@ class BattleWatch:
     def room_event(self, stream_id: str, event: Message) -> None:
         kind = event.get("type")
         if kind == "battle":
-            self.active[stream_id] = str(event.get("battle_id"))
-            self._last.pop(stream_id, None)
+            self._follow(stream_id, event)
         elif kind == "battle_end":
-            self.active.pop(stream_id, None)
-            self._last.pop(stream_id, None)
+            self._forget(stream_id)
+
+    def _follow(self, stream_id: str, battle: Message) -> None:
+        self.active[stream_id] = str(battle["battle_id"])
+        self._last.pop(stream_id, None)
+        for side in battle.get("sides", ()):
+            if side.get("stream_id") != stream_id:
+                self._opponents[stream_id] = str(side.get("stream_id"))
 
     async def _run(self) -> None:
         while True:
@@ -81,32 +87,42 @@ class BattleWatch:
         rooms = self.hub.rooms
         for stream_id in list(self._checked - rooms.keys()):
             self._checked.discard(stream_id)
-            self.active.pop(stream_id, None)
-            self._last.pop(stream_id, None)
+            self._forget(stream_id)
         for stream_id in list(rooms.keys() - self._checked):
             self._checked.add(stream_id)
             live = await self.battles.live(stream_id)
             if live is not None and live["state"] == "running":
-                self.active[stream_id] = live["battle_id"]
-        for stream_id in list(self.active):
-            await self._score(stream_id)
+                self._follow(stream_id, live)
+        # One read per battle, even when both of its rooms are open here.
+        by_battle: dict[str, list[str]] = {}
+        for stream_id, battle_id in self.active.items():
+            by_battle.setdefault(battle_id, []).append(stream_id)
+        for streams in by_battle.values():
+            await self._score(streams)
 
-    async def _score(self, stream_id: str) -> None:
-        live = await self.battles.live(stream_id)
+    def _forget(self, stream_id: str) -> None:
+        self.active.pop(stream_id, None)
+        self._opponents.pop(stream_id, None)
+        self._last.pop(stream_id, None)
+
+    async def _score(self, streams: list[str]) -> None:
+        first = streams[0]
+        live = await self.battles.live(first, self._opponents.get(first))
         if live is None or live["state"] != "running":
-            self.active.pop(stream_id, None)
+            for stream_id in streams:
+                self._forget(stream_id)
             return
         now_ms = int(time.time() * 1000)
         if now_ms >= live["ends_at"]:
-            await self.battles.finish_due(stream_id)  # battle_end reaches the rooms
-            return
-        room = self.hub.rooms.get(stream_id)
-        if room is None:
+            await self.battles.finish_due(first)  # battle_end reaches the rooms
             return
         key = orjson.dumps(live["sides"])
-        last_key, ticks = self._last.get(stream_id, (b"", 0))
-        if key == last_key and ticks < RESEND_TICKS:
-            self._last[stream_id] = (key, ticks + 1)
-            return
-        self._last[stream_id] = (key, 0)
-        room.broadcast(events.battle_score(live, now_ms))
+        message = events.battle_score(live, now_ms)
+        for stream_id in streams:
+            room = self.hub.rooms.get(stream_id)
+            last_key, ticks = self._last.get(stream_id, (b"", 0))
+            if room is None or (key == last_key and ticks < RESEND_TICKS):
+                self._last[stream_id] = (last_key, ticks + 1)
+                continue
+            self._last[stream_id] = (key, 0)
+            room.broadcast(message)
