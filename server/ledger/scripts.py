@@ -33,6 +33,8 @@ class ScriptName(StrEnum):
     INVITE_GUEST = "invite_guest"
     JOIN_STAGE = "join_stage"
     LEAVE_STAGE = "leave_stage"
+    DEBIT_GIFT = "debit_gift"
+    CREDIT_GIFTS = "credit_gifts"
 
 
 @dataclass(frozen=True, slots=True)
