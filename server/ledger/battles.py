@@ -102,6 +102,7 @@ class Battles:
                 k.battle(to_stream),
                 k.room_channel(from_stream),
                 k.room_channel(to_stream),
+                k.creator_battle_invite(actor_id),
             ],
             [
                 battle_id,
@@ -126,6 +127,7 @@ class Battles:
         # store its result first.
         await self.finish_due(from_stream)
         await self.finish_due(to_stream)
+        inviter = await self._inviter(from_stream)
         return await self._run(
             ScriptName.ACCEPT_BATTLE,
             [
@@ -139,16 +141,26 @@ class Battles:
                 k.battle_top(to_stream),
                 k.room_channel(from_stream),
                 k.room_channel(to_stream),
+                k.creator_battle_invite(inviter),
             ],
-            [battle_id, from_stream, to_stream, actor_id],
+            [battle_id, from_stream, to_stream, actor_id, inviter],
             order_key=from_stream,
         )
+
+    async def _inviter(self, from_stream: str) -> str:
+        """The creator who sent ``from_stream``'s pending invitation ('-' when none is;
+        the script then refuses ``unknown_invite``, and checks the name itself)."""
+        async with self._redis_errors():
+            raw = await self.redis.hget(self.keys.battle_invite(from_stream), "from_creator")
+        inviter = raw.decode() if isinstance(raw, bytes) else ""
+        return inviter if inviter else SERVER_ACTOR
 
     async def decline(
         self, *, battle_id: str, from_stream: str, to_stream: str, actor_id: str
     ) -> BattleReply:
         """The invited creator declines, or the inviter withdraws, a pending invitation."""
         k = self.keys
+        inviter = await self._inviter(from_stream)
         return await self._run(
             ScriptName.DECLINE_BATTLE,
             [
@@ -156,8 +168,9 @@ class Battles:
                 k.battle_invites(to_stream),
                 k.room_channel(from_stream),
                 k.room_channel(to_stream),
+                k.creator_battle_invite(inviter),
             ],
-            [battle_id, from_stream, to_stream, actor_id],
+            [battle_id, from_stream, to_stream, actor_id, inviter],
             order_key=from_stream,
         )
 

@@ -23,6 +23,8 @@ key                                    type    holds
 ``{s:STREAM}:battle_invite``           hash    the stream's pending invitation (TTL)
 ``{s:STREAM}:battle_invites``          zset    invitations to the stream: from -> expires ms
 ``{battle:BATTLE}:result``             string  a finished battle's result JSON (TTL)
+``{u:USER}:battle_invite``             string  the stream of the creator's pending battle
+                                               invitation (TTL)
 ``{s:STREAM}:guests``                  hash    the stage: guest -> state, ``n|G`` name,
                                                ``c|G``/``d|G`` coins/diamonds received
 ``{pay:PAYMENT}:payment``              hash    one top-up and what was refunded of it
@@ -98,6 +100,9 @@ class Keys:
 
     def battle_invites(self, stream_id: str) -> str:
         return f"{self.prefix}{{s:{stream_id}}}:battle_invites"
+
+    def creator_battle_invite(self, creator_id: str) -> str:
+        return f"{self.prefix}{{u:{creator_id}}}:battle_invite"
 
     def battle_result(self, battle_id: str) -> str:
         return f"{self.prefix}{{battle:{battle_id}}}:result"

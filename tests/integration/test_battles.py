@@ -168,6 +168,8 @@ async def test_a_draw_has_no_winner_and_no_mvp_without_gifts(ledger: Ledger) -> 
     assert result["draw"] is True and result["winner"] is None
     assert [s["mvp"] for s in result["sides"]] == [None, None]
     assert [s["top"] for s in result["sides"]] == [[], []]
+    # The accepted invitation no longer holds its creator back: the next battle may start.
+    await ledger.battles.invite(battle_id="b2", from_stream=A, to_stream=C, actor_id=CA)
 
 
 async def test_ending_a_stream_ends_its_battle(ledger: Ledger) -> None:
@@ -234,6 +236,10 @@ async def test_every_invite_refusal_changes_nothing(
     await invite()
     detail = await _refused(ErrorCode.INVITE_PENDING, invite(battle_id="y", to_stream=C))
     assert detail is not None and detail["battle_id"] == "x" and detail["to_stream"] == B
+    # One pending invitation per creator, whichever of their streams sends it.
+    assert await _refused(
+        ErrorCode.INVITE_PENDING, invite(battle_id="y", from_stream="a2", to_stream=C)
+    ) == {"from_stream": A}
     await b.accept(battle_id="x", from_stream=A, to_stream=B, actor_id=CB)
     assert await _refused(
         ErrorCode.BATTLE_RUNNING,
@@ -289,10 +295,13 @@ async def test_every_accept_decline_and_end_refusal(
     await _refused(
         ErrorCode.UNKNOWN_INVITE, b.accept(battle_id="x", from_stream=A, to_stream=B, actor_id=CB)
     )
-    # The inviter may invite again at once, and withdraw that one.
-    await b.invite(battle_id="x2", from_stream=A, to_stream=B, actor_id=CA, duration_s=60)
-    await b.decline(battle_id="x2", from_stream=A, to_stream=B, actor_id=CA)
+    # The inviter may invite again at once (from any stream of theirs), and withdraw it.
+    await ledger.start_stream(stream_id="a2", creator_id=CA, title="second")
+    await b.invite(battle_id="x2", from_stream="a2", to_stream=B, actor_id=CA, duration_s=60)
+    await b.decline(battle_id="x2", from_stream="a2", to_stream=B, actor_id=CA)
     assert (await b.invites(B))["incoming"] == []
+    await b.invite(battle_id="x3", from_stream=A, to_stream=B, actor_id=CA, duration_s=60)
+    await b.decline(battle_id="x3", from_stream=A, to_stream=B, actor_id=CB)
 
     await _battle(ledger, "b3")
     await _refused(ErrorCode.NOT_STREAM_OWNER, b.end(stream_id=A, actor_id=CC, reason="ended"))

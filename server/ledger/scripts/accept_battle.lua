@@ -13,9 +13,10 @@
 -- KEYS[7]  {s:FROM}:battle_top      side a's gifters (cleared)
 -- KEYS[8]  {s:TO}:battle_top        side b's gifters (cleared)
 -- KEYS[9]  {s:FROM}:room            KEYS[10] {s:TO}:room   the rooms' channels
+-- KEYS[11] {u:FROM_CREATOR}:battle_invite  the inviter's pending mark (deleted)
 --
 -- ARGV[1]  battle id   ARGV[2]  from stream id   ARGV[3]  to stream id
--- ARGV[4]  acting user id
+-- ARGV[4]  acting user id   ARGV[5]  the inviting creator's id, as the caller read it
 --
 -- Reply: {'ok', battle JSON} | {'replay', battle JSON} | {'refused', code[, detail JSON]}
 -- Battle JSON (published to both rooms): type 'battle', battle_id, state 'running',
@@ -39,7 +40,8 @@ if a_battle.id == battle_id and b_battle.id == battle_id and a_battle.opponent =
 end
 local invite = redis.call('HMGET', KEYS[3], 'id', 'to', 'expires_at', 'duration_s',
   'from_creator', 'to_creator')
-if invite[1] ~= battle_id or invite[2] ~= to or stored_int(invite[3]) <= ms then
+if invite[1] ~= battle_id or invite[2] ~= to or stored_int(invite[3]) <= ms
+    or invite[5] ~= ARGV[5] then
   return refuse('unknown_invite')
 end
 local a = redis.call('HMGET', KEYS[1], 'state', 'creator', 'creator_name')
@@ -75,7 +77,7 @@ local sides = '[' .. cjson.encode({stream_id = from, creator_id = a[2], creator_
   creator_id = b[2], creator_name = b_name, side = 'b', score = 0, top = '@T@'}) .. ']'
 sides = string.gsub(sides, '"@T@"', '[]')
 local event = battle_encode(doc, {S = sides})
-redis.call('DEL', KEYS[3], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
+redis.call('DEL', KEYS[3], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[11])
 redis.call('ZREM', KEYS[4], from)
 redis.call('HSET', KEYS[5], 'id', battle_id, 'side', 'a', 'creator', a[2], 'name', a_name,
   'opponent', to,

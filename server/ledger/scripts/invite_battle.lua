@@ -1,7 +1,7 @@
 -- include: _battle.lua
 -- invite_battle: the creator of a live stream invites another live stream to a battle.
--- One pending invitation per inviting stream (it expires by itself), a bounded number of
--- pending invitations per invited stream. Inviting again with the same battle id and the
+-- One pending invitation per inviting creator (whichever of their streams sent it; it
+-- expires by itself), a bounded number of pending invitations per invited stream. Inviting again with the same battle id and the
 -- same stream is a replay.
 --
 -- KEYS[1]  {s:FROM}:stream          the inviter's stream hash
@@ -12,6 +12,8 @@
 -- KEYS[6]  {s:TO}:battle            the invited stream's battle hash
 -- KEYS[7]  {s:FROM}:room            pub/sub channel of the inviter's room
 -- KEYS[8]  {s:TO}:room              pub/sub channel of the invited room
+-- KEYS[9]  {u:ACTOR}:battle_invite   the inviting creator's pending invitation: the stream
+--                                    that sent it (string, the invitation's TTL)
 --
 -- ARGV[1]  battle id (client-chosen)   ARGV[2]  from stream id   ARGV[3]  to stream id
 -- ARGV[4]  acting user id              ARGV[5]  duration, seconds
@@ -23,7 +25,8 @@
 --   battle_id, from_stream, from_creator, to_stream, to_creator, duration_s, expires_at
 -- Refusal codes: invalid_request (detail: duration_s_min, duration_s_max when the length
 --   is out of bounds), unknown_stream, stream_not_live, not_stream_owner, self_battle,
---   invite_pending (detail: battle_id, to_stream, expires_at), battle_running (detail:
+--   invite_pending (detail: battle_id, to_stream, expires_at; or from_stream when another
+--   stream of the creator's has one pending), battle_running (detail:
 --   stream_id), invitee_busy (detail: invites_max)
 
 local battle_id, from, to, actor = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -67,6 +70,10 @@ if pending[1] and stored_int(pending[3]) > ms then
   return refuse('invite_pending', {battle_id = pending[1], to_stream = pending[2],
     expires_at = stored_int(pending[3])})
 end
+local elsewhere = redis.call('GET', KEYS[9])
+if elsewhere and elsewhere ~= from then
+  return refuse('invite_pending', {from_stream = elsewhere})
+end
 for i, key in ipairs({KEYS[5], KEYS[6]}) do
   if battle_busy(battle_read(key), ms) then
     return refuse('battle_running', {stream_id = i == 1 and from or to})
@@ -86,6 +93,7 @@ redis.call('HSET', KEYS[3], 'id', battle_id, 'to', to, 'to_creator', b[2],
   'from_creator', a[2], 'duration_s', int(duration), 'expires_at', int(expires_at),
   'json', invite)
 redis.call('PEXPIRE', KEYS[3], ttl_ms)
+redis.call('SET', KEYS[9], from, 'PX', ttl_ms)
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', int(ms))
 redis.call('ZADD', KEYS[4], expires_at, from)
 redis.call('PEXPIRE', KEYS[4], ttl_ms)
