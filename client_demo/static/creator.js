@@ -184,14 +184,18 @@ function onGift(event) {
     state.totals.coins += event.coins;
     state.totals.gifts += event.count;
   }
-  if (event.seq > state.wallet.seq && state.wallet.diamonds !== null) {
+  // A gift to guests credits them, not the creator's wallet.
+  if (event.seq > state.wallet.seq && state.wallet.diamonds !== null && !event.recipients) {
     state.wallet.seq = event.seq;
     state.wallet.diamonds += event.diamonds;
   }
   if (event.ts > Date.now() - MINUTE_MS) state.recent.push({ ts: event.ts, count: event.count });
   const combo = event.combo > event.count ? el("span", { class: "combo", text: `combo ×${fmt.format(event.combo)}` }) : "";
   const count = event.count > 1 ? ` ×${fmt.format(event.count)}` : "";
-  const text = el("span", { class: "text" }, el("b", { text: event.sender_name }), ` sent ${event.gift_name ?? event.gift_id}${count}`, combo);
+  const to = event.recipients
+    ? ` to ${event.recipients.map((r) => state.names.get(r.user_id) ?? r.user_id).join(", ")}`
+    : "";
+  const text = el("span", { class: "text" }, el("b", { text: event.sender_name }), ` sent ${event.gift_name ?? event.gift_id}${count}${to}`, combo);
   addFeedRow(
     el(
       "li",

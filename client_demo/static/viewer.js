@@ -232,6 +232,7 @@ function setEnded(ended) {
 
 function onGift(event) {
   state.names.set(event.sender_id, event.sender_name);
+  if (event.to && event.to !== "*") event.to_name = state.names.get(event.to);
   if (isBig(event)) big.push(event);
   else strip.show(event);
 }

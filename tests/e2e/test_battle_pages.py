@@ -80,6 +80,9 @@ async def test_viewer_battle_bar_guest_picker_and_creator_panels(
         "data-score", "299"
     )
     await expect(dashboard.get_by_test_id("stage-guest")).to_contain_text("299 coins")
+    # Who received what: the strip and the creator's feed name the guest.
+    await expect(viewer.get_by_test_id("strip")).to_contain_text("sent Corgi to Gina")
+    await expect(dashboard.get_by_test_id("feed-row")).to_contain_text("sent Corgi to Gina")
     assert int(await countdown.get_attribute("data-left-ms") or 0) < 300_000
     await _jpeg(viewer, shots, "viewer")
 
