@@ -306,6 +306,10 @@ DESCRIPTIONS: dict[str, str] = {
     "payout_hold_days": "days gift diamonds stay held before a cash-out may take them; 0: none",
     "payout_hold_day_s": "length of a hold day (s); 86400 except in tests and staging",
     "payout_hold_entries_max": "(creator, day) pairs one sender's gifts may name in the hold",
+    "battle_seconds_min": "shortest battle a creator may ask for (s)",
+    "battle_seconds_max": "longest battle a creator may ask for (s)",
+    "battle_seconds_default": "length of a battle when the invitation names none (s)",
+    "battle_invite_ttl_s": "how long a battle invitation waits for an answer (s)",
 }
 
 

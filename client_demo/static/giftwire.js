@@ -52,6 +52,16 @@ export const ERROR_TEXT = {
   stream_exists: "That stream id is taken (or has ended): pick another.",
   not_stream_owner: "Only the stream's creator can do that.",
   unavailable: "The server is busy; retrying…",
+  guest_left: "That guest has left the stage.",
+  not_a_guest: "That user is not on stage.",
+  no_guests: "Nobody is on stage right now.",
+  guest_limit: "The stage is full (8 guests).",
+  invite_pending: "You already have a battle invitation waiting for an answer.",
+  invitee_busy: "That stream has too many invitations waiting.",
+  battle_running: "A battle is already running.",
+  unknown_invite: "That invitation is no longer pending.",
+  unknown_battle: "There is no battle to end.",
+  self_battle: "You cannot battle your own stream.",
 };
 
 export function errorText(code, fallback) {
@@ -138,6 +148,7 @@ export class Api {
   leaderboard(id) { return this.request("GET", `/api/streams/${encodeURIComponent(id)}/leaderboard`); }
   startStream(id, title) { return this.request("POST", "/api/streams", { stream_id: id, title }); }
   endStream(id) { return this.request("POST", `/api/streams/${encodeURIComponent(id)}/end`); }
+  guests(id) { return this.request("GET", `/api/streams/${encodeURIComponent(id)}/guests`); }
 }
 
 const RETRY_DELAYS_MS = [250, 500, 1000, 2000, 4000, 8000];
@@ -196,10 +207,11 @@ export class GiftSocket {
   }
 
   /** Send a new gift: a fresh client id per tap, kept until the gift is acked or refused. */
-  sendGift(gift, count = 1, catalogVersion = null) {
+  sendGift(gift, count = 1, catalogVersion = null, to = null) {
     const id = newClientId();
     // The catalog version whose prices the user saw: the server charges those or refuses.
-    this.pending.set(id, { id, gift, count, catalogVersion, sentAt: 0, refusals: 0 });
+    // `to`: a guest on stage, or "*" for every guest; null: the host.
+    this.pending.set(id, { id, gift, count, catalogVersion, to, sentAt: 0, refusals: 0 });
     this._sendPending(id);
     return id;
   }
@@ -218,6 +230,7 @@ export class GiftSocket {
     // Always the same id: if the first attempt was applied, the server replays its receipt.
     const message = { type: "send_gift", id, gift: p.gift, count: p.count };
     if (p.catalogVersion) message.catalog_version = p.catalogVersion;
+    if (p.to) message.to = p.to;
     if (this._send(message)) {
       p.sentAt = Date.now();
     }

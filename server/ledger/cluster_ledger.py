@@ -330,8 +330,15 @@ class ClusterLedger:
         gift_id: str,
         count: int,
         catalog_version: int | None = None,
+        to: str | None = None,
     ) -> GiftReceipt:
-        """Debit, then credit at once; see the module docstring for the contract."""
+        """Debit, then credit at once; see the module docstring for the contract. Gifts to
+        guests (``to``) are single-node only so far (``docs/ledger.md``, "Guests on
+        stage"): refused here before anything is written."""
+        if to is not None:
+            raise LedgerRefusal(
+                ErrorCode.INVALID_REQUEST, "gifts to guests are not available on a cluster yet"
+            )
         owner = await self.owner(stream_id)
         if owner is None:
             state = "unknown"
