@@ -38,6 +38,7 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,7 @@ class Relay:
         batch_max: int = CREDIT_BATCH_MAX,
         interval_s: float = 0.5,
         full_sweep_s: float = RELAY_FULL_SWEEP_S,
+        on_round: Callable[[RelayStats], None] | None = None,
     ) -> None:
         self.ledger = ledger
         self.consumer = consumer or f"relay-{uuid.uuid4().hex[:12]}"
@@ -86,6 +88,8 @@ class Relay:
         self.batch_max = batch_max
         self.interval_s = interval_s
         self.full_sweep_s = full_sweep_s
+        self.on_round = on_round
+        """Called with the stats after every round (the server's metrics)."""
         self.hot: set[int] = set()
         self.settled = 0
         self.stats = RelayStats(0, 0, 0)
@@ -143,6 +147,8 @@ class Relay:
                 oldest_ms = max(oldest_ms, now_ms - log_position(first)[0])
         self.settled += settled
         self.stats = RelayStats(pending, oldest_ms, self.settled)
+        if self.on_round is not None:
+            self.on_round(self.stats)
         return settled
 
     async def _slot(self, slot: int) -> tuple[int, int, str | None, bool]:
