@@ -331,6 +331,12 @@ class ClusterLedger(ClusterReads):
         except UnavailableError:
             self.unsettled_slots.add(slot)
             raise
+        except LedgerRefusal as refusal:
+            # The coins are debited: a refusal now must not tell the client that nothing
+            # moved. The transfer waits in its outbox, reconcile lists it as pending.
+            self.unsettled_slots.add(slot)
+            log.error("credit of %s refused: %s", transfer.transfer_id, refusal.code)
+            raise UnavailableError(f"gift debited, credit pending: {refusal.code}") from None
         if not credit.settled:
             self.unsettled_slots.add(slot)
             raise UnavailableError(f"gift debited, credit pending: {credit.code}")
@@ -387,13 +393,16 @@ class ClusterLedger(ClusterReads):
 
     async def credit_transfers(self, transfers: list[Transfer]) -> list[CreditResult]:
         """Credit ``transfers`` (the relay's batch), batched per stream. A call that failed
-        (``UnavailableError``: unknown outcome) gives its transfers status ``failed``."""
+        (``UnavailableError``: unknown outcome; ``InvariantError``: broken data under that
+        transfer) gives its transfers status ``failed``."""
         results = await asyncio.gather(
             *(self.credits.credit(t) for t in transfers), return_exceptions=True
         )
         out: list[CreditResult] = []
         for transfer, result in zip(transfers, results, strict=True):
-            if isinstance(result, UnavailableError):
+            if isinstance(result, (UnavailableError, InvariantError)):
+                # Unknown outcome, or a transfer whose data is broken (logged by the
+                # runner): it stays pending, and the others go on.
                 out.append(CreditResult(transfer.transfer_id, "failed", code=str(result)))
             elif isinstance(result, BaseException):
                 raise result

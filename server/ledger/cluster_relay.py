@@ -91,6 +91,8 @@ class Relay:
         self.on_round = on_round
         """Called with the stats after every round (the server's metrics)."""
         self.hot: set[int] = set()
+        self._cursors: dict[int, str] = {}
+        """Per slot, where the next XAUTOCLAIM starts (at most one per watched slot)."""
         self.settled = 0
         self.stats = RelayStats(0, 0, 0)
         self._task: asyncio.Task[None] | None = None
@@ -143,6 +145,7 @@ class Relay:
             pending += left
             if not keep:
                 self.hot.discard(slot)
+                self._cursors.pop(slot, None)
             elif first is not None:
                 oldest_ms = max(oldest_ms, now_ms - log_position(first)[0])
         self.settled += settled
@@ -164,16 +167,23 @@ class Relay:
                 raise
             await self._create_group(outbox)
             await self._read_new(outbox)
+        # From where the last round stopped, so that entries that stay pending (a refused
+        # credit) cannot keep the ones behind them from ever being claimed.
         claimed = await ledger.command(
             outbox,
             "XAUTOCLAIM",
             GROUP,
             self.consumer,
             self.grace_ms,
-            "0-0",
+            self._cursors.get(slot, "0-0"),
             "COUNT",
             self.batch_max,
         )
+        cursor = claimed[0].decode() if isinstance(claimed[0], bytes) else str(claimed[0])
+        if cursor == "0-0":
+            self._cursors.pop(slot, None)
+        else:
+            self._cursors[slot] = cursor
         entries: list[tuple[bytes, Any]] = [e for e in claimed[1] if e and e[1]]
         done = 0
         if entries:
