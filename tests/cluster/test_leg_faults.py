@@ -24,6 +24,7 @@ import pytest
 
 from server.domain.catalog import load_catalog
 from server.domain.errors import UnavailableError
+from server.ledger.cluster_credits import CreditResult, Transfer
 from server.ledger.cluster_keys import ClusterKeys, slot_of
 from server.ledger.cluster_ledger import ClusterLedger
 from server.ledger.cluster_reconcile import reconcile_cluster
@@ -266,8 +267,15 @@ async def test_a_partitioned_creator_shard_delays_credits_and_loses_none(
         await proxy.start()
         await runner.slots.client(victim).aclose()
         runner.slots._clients[victim] = make_client(proxy.url, timeout_s=1.0, pool_max=16)
-        await ledger.stream_state(stream, creator)  # read before the partition (1 s)
-        proxy.partition(True)
+        real = ledger.credits.credit
+
+        async def partition_at_the_first_credit(transfer: Transfer) -> CreditResult:
+            # Between the legs of the first gift: its debit is made, its credit is not.
+            proxy.partition(True)
+            ledger.credits.credit = real  # type: ignore[method-assign]
+            return await real(transfer)
+
+        ledger.credits.credit = partition_at_the_first_credit  # type: ignore[method-assign]
         attempts = [
             asyncio.create_task(_send_until_acked(ledger, s, stream, creator, f"p{n}"))
             for n in range(3)
