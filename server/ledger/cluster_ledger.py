@@ -67,6 +67,10 @@ CRASH_AFTER_DEBIT_ENV = "GIFTWIRE_TEST_CRASH_AFTER_DEBIT"
 its credit (``tests/cluster/test_leg_faults.py``). Read once, at import."""
 _CRASH_AFTER_DEBIT = os.environ.get(CRASH_AFTER_DEBIT_ENV) == "1"
 _COPY_PART = 1024
+NO_HOLD = (0, 86_400)
+"""The payout hold's ARGV of cash_out.lua and refund.lua (days, seconds per day): cluster
+mode keeps no hold yet (credit_gifts.lua records no held diamonds), so none is asked for;
+the single-node scripts of today ignore these extra arguments."""
 
 
 class ClusterLedger(ClusterReads):
@@ -256,8 +260,10 @@ class ClusterLedger(ClusterReads):
                 k.account(user_id),
                 k.ledger_shard(slot_of(k.account(user_id))),
                 k.refund(user_id, payment_id, refund_id),
+                k.hold_record(user_id),
+                k.platform_shard(slot_of(k.account(user_id))),
             ],
-            [payment_id, user_id, refund_id, coins, AMOUNT_MAX],
+            [payment_id, user_id, refund_id, coins, AMOUNT_MAX, *NO_HOLD],
             order_key=user_id,
         )
         return RefundReceipt.from_reply(body, replayed)
@@ -279,6 +285,7 @@ class ClusterLedger(ClusterReads):
                 self.limits.cashout_diamonds_min,
                 self.economics.cents_per_100_diamonds,
                 AMOUNT_MAX,
+                *NO_HOLD,
             ],
             order_key=creator_id,
         )
