@@ -246,3 +246,28 @@ async def test_a_stream_id_is_claimed_once_and_the_bound_bounds_claims(
         assert ended.state.value == "ended"
     finally:
         await ledger.aclose()
+
+
+async def test_concurrent_gifts_from_three_processes_never_overspend(
+    redis_cluster: RedisCluster, keys: Keys
+) -> None:
+    processes = [await open_ledger(redis_cluster, keys.prefix) for _ in range(3)]
+    try:
+        stream, creator = await live_stream(processes[0])
+        sender = await funded(processes[0], 500)
+        outcomes = await asyncio.gather(
+            *(gift(processes[n % 3], sender, stream, creator, gift_id="cap") for n in range(20)),
+            return_exceptions=True,
+        )
+        sent = [o for o in outcomes if isinstance(o, GiftReceipt)]
+        refused = [o for o in outcomes if isinstance(o, LedgerRefusal)]
+        assert len(sent) == 5 and len(refused) == 15
+        assert all(r.code is ErrorCode.INSUFFICIENT_FUNDS for r in refused)
+        assert sorted(r.seq for r in sent) == [1, 2, 3, 4, 5]
+        assert (await processes[1].balance(sender)).coins == 500 - 5 * 99
+        await asyncio.sleep(0.05)
+        report = await reconciled(processes[2])
+        assert report.totals["transfers"] == 5
+    finally:
+        for process in processes:
+            await process.aclose()
