@@ -15,6 +15,10 @@ the Python client and everything else on the box, so the absolute credits/s are 
 client's as much as Redis'; the ratio batched/unbatched and Redis' CPU per credit are the
 figures that carry over to a larger machine, where one creator's slot is bound by its
 primary's one core.
+
+Then the relay's lag under load: ``--relay-rate`` gifts per second for ``--relay-seconds``
+with the fast path off (every gift left to the relay, as if each server died between the
+legs), one relay with the default grace; the lag from each debit to its credit.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from server.ledger.cluster_credits import CreditBatcher, CreditResult, Transfer
 from server.ledger.cluster_keys import ClusterKeys, slot_of
 from server.ledger.cluster_ledger import ClusterLedger
 from server.ledger.cluster_reconcile import reconcile_cluster
+from server.ledger.cluster_relay import Relay
 from server.ledger.cluster_runner import ClusterScriptRunner
 from tests.support.cluster import RedisCluster
 
@@ -117,6 +122,82 @@ async def _credit_round(
     }
 
 
+async def _relay_lag(
+    sender: ClusterLedger, settler: ClusterLedger, rate: float, seconds: float, *, hinted: bool
+) -> dict[str, Any]:
+    """Gifts at ``rate`` per second sent by ``sender``, whose fast path is off (as if every
+    server died between the legs), settled by one relay on ``settler`` with the default
+    grace: the lag from each debit to its credit, by Redis' clocks. ``hinted``: the relay
+    hears of the slots the sender left entries in (a relay in the same process, whose
+    credits timed out); else it finds them by its full sweep (the sender process died)."""
+    if hinted:
+        settler.unsettled_slots = sender.unsettled_slots
+    creator, stream = f"lag_creator{int(hinted)}", f"lag_stream{int(hinted)}"
+    await sender.start_stream(stream_id=stream, creator_id=creator, title="lag")
+    total = int(rate * seconds)
+    users = [f"l{n}" for n in range(100)]
+    await asyncio.gather(
+        *(sender.top_up(payment_id=f"q{u}", user_id=u, coins=total) for u in users)
+    )
+
+    async def parked(transfer: Transfer) -> CreditResult:
+        raise UnavailableError("parked for the relay")
+
+    sender.credits.credit = parked  # type: ignore[method-assign]
+    lags: list[int] = []
+    real_batch = settler.credit_transfers
+
+    async def measured(transfers: list[Transfer]) -> list[CreditResult]:
+        results = await real_batch(transfers)
+        lags.extend(r.ts - t.debit_ms for t, r in zip(transfers, results, strict=True) if r.ts)
+        return results
+
+    settler.credit_transfers = measured  # type: ignore[method-assign]
+    relay_round_done = asyncio.Event()
+    relay = Relay(settler, on_round=lambda _: relay_round_done.set())
+    relay.start()
+    started = time.perf_counter()
+    sends = []
+    for n in range(total):
+        delay = started + n / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        gift = _parked_gift(sender, users[n % 100], n, stream, creator)
+        sends.append(asyncio.ensure_future(gift))
+    await asyncio.gather(*sends)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(60):
+            while len(lags) < total:
+                await relay_round_done.wait()
+                relay_round_done.clear()
+    await relay.stop()
+    ordered = sorted(lags)
+
+    def pct(q: float) -> int:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else -1
+
+    return {
+        "rate_per_s": rate,
+        "gifts": total,
+        "settled": len(lags),
+        "lag_ms_p50": pct(0.5),
+        "lag_ms_p99": pct(0.99),
+        "lag_ms_max": ordered[-1] if ordered else -1,
+        "grace_ms": relay.grace_ms,
+        "round_interval_s": relay.interval_s,
+        "full_sweep_s": relay.full_sweep_s,
+        "hinted": hinted,
+    }
+
+
+async def _parked_gift(ledger: ClusterLedger, user: str, n: int, stream: str, creator: str) -> None:
+    with contextlib.suppress(UnavailableError):
+        await ledger.send_gift(
+            client_id=f"q{n}", sender_id=user, sender_name=user, stream_id=stream,
+            creator_id=creator, gift_id="rose", count=1,
+        )  # fmt: skip
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     rounds: dict[int, list[dict[str, Any]]] = {64: [], 1: []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,6 +216,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         print(f"round {r} batch {batch_max}: {result}", file=sys.stderr)
                     finally:
                         await ledger.aclose()
+            lag: dict[str, Any] = {}
+            for hinted in (True, False) if args.relay_rate > 0 else ():
+                sender = await _open(cluster, f"benchlag{int(hinted)}:")
+                settler = await _open(cluster, f"benchlag{int(hinted)}:")
+                try:
+                    lag["same_process" if hinted else "after_a_crash"] = one = await _relay_lag(
+                        sender, settler, args.relay_rate, args.relay_seconds, hinted=hinted
+                    )
+                    print(f"relay lag: {one}", file=sys.stderr)
+                finally:
+                    await sender.aclose()
+                    await settler.aclose()
         finally:
             cluster.stop()
     best = {b: max(rs, key=lambda x: x["credits_per_s"]) for b, rs in rounds.items()}
@@ -147,6 +240,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "batched": best[64],
         "unbatched": best[1],
         "ratio": round(best[64]["credits_per_s"] / best[1]["credits_per_s"], 2),
+        "relay_lag": lag,
     }
 
 
@@ -156,11 +250,14 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=500)
     parser.add_argument("--in-flight", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--relay-rate", type=float, default=200.0, help="0: skip")
+    parser.add_argument("--relay-seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     result = asyncio.run(run(args))
     args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
-    print(orjson.dumps({k: result[k] for k in ("batched", "unbatched", "ratio")}).decode())
+    keys = ("batched", "unbatched", "ratio", "relay_lag")
+    print(orjson.dumps({k: result[k] for k in keys}).decode())
 
 
 if __name__ == "__main__":
