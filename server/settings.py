@@ -246,7 +246,7 @@ def _check(s: Settings, errors: list[str]) -> None:
 
 DESCRIPTIONS: dict[str, str] = {
     "redis_url": "Redis holding the ledger; unset: a private redis-server with AOF in data_dir",
-    "redis_cluster": "redis_url is a node of a Redis Cluster (gifts there: not yet, unavailable)",
+    "redis_cluster": "redis_url is a node of a Redis Cluster (gifts in two legs, docs/ledger.md)",
     "data_dir": (
         "embedded Redis data, demo secrets, multiprocess metrics; installed without a "
         "checkout: $XDG_DATA_HOME/giftwire (~/.local/share/giftwire); relative: from the "
