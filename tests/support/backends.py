@@ -43,7 +43,22 @@ class Backend(Protocol):
         """One committed gift: its event is in the feed and published; returns its seq."""
         ...
 
+    async def roll_back(self, stream_id: str, creator_id: str, seq: int) -> None:
+        """What a restore from an older copy does to one stream: ``seq`` and the feed go
+        back to ``seq`` (the next gift reuses the numbers after it)."""
+        ...
+
     async def aclose(self) -> None: ...
+
+
+async def _roll_back(redis: Redis, stream_key: str, feed_key: str, seq: int) -> None:
+    # Written again, not trimmed: a stream remembers its last id, and an older copy of the
+    # store would not.
+    kept = await redis.xrange(feed_key, min="-", max=f"{seq}-0")
+    await redis.delete(feed_key)
+    for entry_id, fields in kept:
+        await redis.xadd(feed_key, fields, id=entry_id)
+    await redis.hset(stream_key, "seq", seq)
 
 
 class SingleBackend:
@@ -80,6 +95,10 @@ class SingleBackend:
             count=1,
         )
         return receipt.seq
+
+    async def roll_back(self, stream_id: str, creator_id: str, seq: int) -> None:
+        k = self.ledger.keys
+        await _roll_back(self.ledger.redis, k.stream(stream_id), k.feed(stream_id), seq)
 
     async def aclose(self) -> None:
         await self.ledger.redis.aclose()
@@ -122,6 +141,11 @@ class ClusterBackend:
             count=1,
         )
         return receipt.seq
+
+    async def roll_back(self, stream_id: str, creator_id: str, seq: int) -> None:
+        k = self.rooms.keys
+        stream_key, feed_key = k.stream(creator_id, stream_id), k.feed(creator_id, stream_id)
+        await self.rooms.on_slot(stream_key, lambda r: _roll_back(r, stream_key, feed_key, seq))
 
     async def aclose(self) -> None:
         await self.ledger.aclose()  # closes the runner the rooms share
