@@ -32,6 +32,10 @@ GENEROUS = Limits(gifts_per_s_max=100_000, gift_burst_max=100_000)
 
 class Backend(Protocol):
     name: str
+    server_url: str
+    """``GIFTWIRE_REDIS_URL`` for a server process on this store."""
+    server_env: dict[str, str]
+    """The settings a server process needs beyond the URL (cluster mode)."""
 
     def broker(self, *, presence_ttl_s: float = 5, timeout_s: float = 2) -> Broker: ...
 
@@ -63,16 +67,18 @@ async def _roll_back(redis: Redis, stream_key: str, feed_key: str, seq: int) -> 
 
 class SingleBackend:
     name = "single"
+    server_env: dict[str, str] = {}  # noqa: RUF012 (read only)
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, url: str) -> None:
         self.ledger = ledger
+        self.server_url = url
         self._ids = itertools.count()
 
     @classmethod
     async def open(cls, url: str, keys: Keys) -> SingleBackend:
         ledger = Ledger(Redis.from_url(url), keys=keys, limits=GENEROUS)
         await ledger.prepare(load_catalog())
-        return cls(ledger)
+        return cls(ledger, url)
 
     def broker(self, *, presence_ttl_s: float = 5, timeout_s: float = 2) -> Broker:
         return RedisPubSubBroker(self.ledger, presence_ttl_s=presence_ttl_s, timeout_s=timeout_s)
@@ -106,10 +112,12 @@ class SingleBackend:
 
 class ClusterBackend:
     name = "cluster"
+    server_env = {"GIFTWIRE_REDIS_CLUSTER": "true"}  # noqa: RUF012 (read only)
 
-    def __init__(self, ledger: ClusterLedger, rooms: ClusterRooms) -> None:
+    def __init__(self, ledger: ClusterLedger, rooms: ClusterRooms, url: str) -> None:
         self.ledger = ledger
         self.rooms = rooms
+        self.server_url = url
         self._ids = itertools.count()
 
     @classmethod
@@ -118,7 +126,7 @@ class ClusterBackend:
         cluster_keys = ClusterKeys(keys.prefix)
         ledger = ClusterLedger(runner, keys=cluster_keys, limits=GENEROUS)
         await ledger.prepare(load_catalog())
-        return cls(ledger, ClusterRooms(runner, cluster_keys, timeout_s=5.0))
+        return cls(ledger, ClusterRooms(runner, cluster_keys, timeout_s=5.0), startup_urls[0])
 
     def broker(self, *, presence_ttl_s: float = 5, timeout_s: float = 2) -> Broker:
         return ShardedPubSubBroker(self.rooms, presence_ttl_s=presence_ttl_s, timeout_s=timeout_s)
