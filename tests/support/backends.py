@@ -43,7 +43,7 @@ class Backend(Protocol):
         """A live stream, with a sender who can pay for every gift the test sends."""
         ...
 
-    async def gift(self, stream_id: str, creator_id: str, sender_id: str = "alice") -> int:
+    async def gift(self, stream_id: str, creator_id: str, sender_id: str | None = None) -> int:
         """One committed gift: its event is in the feed and published; returns its seq."""
         ...
 
@@ -88,8 +88,10 @@ class SingleBackend:
             stream_id=stream_id, creator_id=creator_id, title="a room", epoch=epoch
         )
 
-    async def gift(self, stream_id: str, creator_id: str, sender_id: str = "alice") -> int:
+    async def gift(self, stream_id: str, creator_id: str, sender_id: str | None = None) -> int:
         n = next(self._ids)
+        # A sender per gift: one sender's token bucket (a burst of 20) would refuse the 21st.
+        sender_id = sender_id or f"fan{n}"
         await self.ledger.top_up(payment_id=f"pay-{sender_id}-{n}", user_id=sender_id, coins=1)
         receipt = await self.ledger.send_gift(
             client_id=f"g{n}",
@@ -136,8 +138,9 @@ class ClusterBackend:
             stream_id=stream_id, creator_id=creator_id, title="a room", epoch=epoch
         )
 
-    async def gift(self, stream_id: str, creator_id: str, sender_id: str = "alice") -> int:
+    async def gift(self, stream_id: str, creator_id: str, sender_id: str | None = None) -> int:
         n = next(self._ids)
+        sender_id = sender_id or f"fan{n}"
         await self.ledger.top_up(payment_id=f"pay-{sender_id}-{n}", user_id=sender_id, coins=1)
         receipt = await self.ledger.send_gift(
             client_id=f"g{n}",
