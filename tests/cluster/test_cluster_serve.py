@@ -3,6 +3,7 @@ several processes at once; the record's routes refused with ``unavailable`` and 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -13,9 +14,9 @@ from server.domain.accounts import Role
 from server.ledger.cluster_keys import ClusterKeys
 from server.ledger.cluster_runner import ClusterScriptRunner
 from server.ledger.keys import Keys
+from tests.cluster.legs import funded, gift, live_stream, open_ledger
 from tests.reliability.helpers import Peer
 from tests.support.cluster import RedisCluster
-from tests.support.cluster_feed import open_stream, publish_gift
 from tests.support.servers import ServerProcess, http_json, signed_webhook, token
 
 
@@ -89,26 +90,35 @@ async def test_cluster_mode_serves_gifts_end_to_end(
 
 
 async def test_three_processes_serve_one_room_every_viewer_sees_each_seq_once_in_order(
-    cluster_servers: list[ServerProcess], rooms: ClusterRooms
+    cluster_servers: list[ServerProcess], redis_cluster: RedisCluster, keys: Keys
 ) -> None:
-    """Viewers on three server processes of one room; gifts credited (as the credit leg
-    does: feed entry + SPUBLISH in the creator's slot) while they watch: each viewer on
-    each process ends with exactly 1..N."""
-    await open_stream(rooms, "big", "big_creator")
-    peers = [
-        await Peer.open(server, token(f"viewer{i}_{n}"), stream_id="big")
-        for i, server in enumerate(cluster_servers)
-        for n in range(4)
-    ]
+    """Viewers on three server processes of one room; 300 real gifts (debit leg, then the
+    credit leg's SPUBLISH) from 20 senders at once while they watch: each viewer on each
+    process ends with exactly 1..300."""
+    ledger = await open_ledger(redis_cluster, keys.prefix)
     try:
+        stream, creator = await live_stream(ledger)
+        peers = [
+            await Peer.open(server, token(f"viewer{i}_{n}"), stream_id=stream)
+            for i, server in enumerate(cluster_servers)
+            for n in range(4)
+        ]
+        senders = [await funded(ledger, 1_000) for _ in range(20)]
         total = 300
-        for _ in range(total):
-            await publish_gift(rooms, "big", "big_creator")
-        for peer in peers:
-            await peer.wait_for(lambda p=peer: len(p.seqs) >= total)  # type: ignore[misc]
-        expected = list(range(1, total + 1))
-        for peer in peers:
-            assert peer.seqs == expected
+
+        async def send(sender: str) -> None:
+            for _ in range(total // len(senders)):
+                await gift(ledger, sender, stream, creator)
+
+        await asyncio.gather(*(send(s) for s in senders))
+        try:
+            for peer in peers:
+                await peer.wait_for(lambda p=peer: len(p.seqs) >= total)  # type: ignore[misc]
+            expected = list(range(1, total + 1))
+            for peer in peers:
+                assert peer.seqs == expected
+        finally:
+            for peer in peers:
+                await peer.close()
     finally:
-        for peer in peers:
-            await peer.close()
+        await ledger.aclose()
