@@ -570,8 +570,8 @@ async def measure_gc(
     """Garbage collection while ``viewers`` connect and then sit idle (no gifts).
 
     The server runs under ``benchmarks.gc_watch``: every collection is timed by
-    ``gc.callbacks``, in wall time (what a viewer waits) and in the process's CPU time
-    (what the collector did: on a shared machine the wall time also counts the moments
+    ``gc.callbacks``, in wall time (what a viewer waits) and in the collecting thread's CPU
+    time (what the collector did: on a shared machine the wall time also counts the moments
     other processes had the core). A census of tracked objects before and after gives the
     objects each connection adds.
     """
