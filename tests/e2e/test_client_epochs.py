@@ -15,8 +15,6 @@ import io
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.asyncio import Redis
-
 from client_demo.creator import Creator
 from client_demo.output import Printer
 from client_demo.viewer import Viewer
@@ -26,6 +24,7 @@ from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
 from tests.integration.helpers import gift as send_gift
 from tests.reliability.helpers import Peer
+from tests.support.restore import StreamBackup
 from tests.support.servers import ServerProcess, token
 
 STREAM = "epochs1"
@@ -59,22 +58,6 @@ class Recorder(Printer):
             while not predicate():
                 self.changed.clear()
                 await self.changed.wait()
-
-
-class Backup:
-    """The stream's hash and feed as they are now, to put back later (a restore)."""
-
-    def __init__(self, redis: Redis, keys: Keys) -> None:
-        self.redis = redis
-        self.names = [keys.stream(STREAM), keys.feed(STREAM)]
-        self.dumps: list[bytes] = []
-
-    async def take(self) -> None:
-        self.dumps = [await self.redis.dump(name) for name in self.names]
-
-    async def restore(self) -> None:
-        for name, dump in zip(self.names, self.dumps, strict=True):
-            await self.redis.restore(name, 0, dump, replace=True)
 
 
 async def _live(ledger: Ledger) -> None:
@@ -125,7 +108,7 @@ async def test_the_creator_feed_prints_the_true_gifts_after_history_changes_live
     gate = _gate(creator)
     task = await _running(creator, out)
     watcher = await Peer.open(server, token("watcher"), stream_id=STREAM)  # room open when away
-    backup = Backup(ledger.redis, keys)
+    backup = StreamBackup(ledger.redis, keys, STREAM)
     try:
         epoch = watcher.welcome["epoch"]
         for i in range(4):
@@ -180,7 +163,7 @@ async def test_a_viewer_shows_the_gifts_that_reuse_numbers_after_a_history_chang
         events_max=None, id_prefix=None, gifts_per_s=10.0,
     )  # fmt: skip
     task = await _running(viewer, out)
-    backup = Backup(ledger.redis, keys)
+    backup = StreamBackup(ledger.redis, keys, STREAM)
     try:
         for i in range(4):
             await _gift(ledger, f"a{i}")
