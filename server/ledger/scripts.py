@@ -26,6 +26,8 @@ class ScriptName(StrEnum):
     END_STREAM = "end_stream"
     BUMP_EPOCH = "bump_epoch"
     PUBLISH_CATALOG = "publish_catalog"
+    DEBIT_GIFT = "debit_gift"
+    CREDIT_GIFTS = "credit_gifts"
 
 
 @dataclass(frozen=True, slots=True)
