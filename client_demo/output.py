@@ -91,6 +91,11 @@ def describe(message: Message) -> str:
         return f"the stream is {message['state']}"
     if kind == "gap":
         return f"gifts #{message['from_seq']}-#{message['to_seq']} are no longer in the feed"
+    if kind == "history_changed":
+        return (
+            f"the server lost gifts #{message['from_seq']} on (its history changed):"
+            " they are sent again as they really are"
+        )
     if kind == "lag":
         return f"fell behind: {message['dropped']} frames dropped; catching up"
     if kind == "stats":

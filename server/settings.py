@@ -89,7 +89,7 @@ class Settings:
     socket_send_buffer_bytes: int = 64 * 1024
     """Kernel send buffer of each WebSocket (``server/web/uvicorn_setup.py`` passes it to
     every connection through the protocol factory)."""
-    gc_freeze_every_connections: int = 500
+    gc_freeze_every_connections: int = 200
     """``server/web/gc_freeze.py``: freeze the collector's long-lived objects after this
     many accepted WebSockets (keeps full collections short with a crowd); 0: never."""
     durability: str = ""

@@ -223,6 +223,22 @@ function onGap(gap) {
   addFeedRow(el("li", { class: "gap", "data-testid": "feed-gap", text: `⋯ ${fmt.format(n)} older gift${n === 1 ? "" : "s"} (#${gap.from_seq}–#${gap.to_seq}) are no longer in the feed` }));
 }
 
+function onHistoryChanged(change) {
+  // The server's Redis went back in time: the gifts from #from_seq on were not true. Their
+  // rows go (the true gifts follow, reusing those numbers), the stream's totals are read
+  // again, and the wallet, which counted them too, shows nothing until the next welcome.
+  for (const row of [...$("feed").querySelectorAll("[data-testid=feed-row]")]) {
+    if (Number(row.dataset.seq) >= change.from_seq) row.remove();
+  }
+  state.totals.seq = Math.min(state.totals.seq, change.from_seq - 1);
+  state.wallet = { seq: -1, diamonds: null };
+  $("wallet").textContent = "…";
+  delete $("wallet").dataset.value;
+  addFeedRow(el("li", { class: "gap", "data-testid": "feed-history-changed", text: `⋯ the server lost gifts from #${change.from_seq} on: the true ones follow` }));
+  refreshTotals();
+  renderTotals();
+}
+
 function onWelcome(welcome, { reconnected }) {
   $("title").textContent = welcome.stream.title || welcome.stream.id;
   $("stream-title").value ||= welcome.stream.title;
@@ -449,7 +465,7 @@ function connect(streamId) {
     token: config.token,
     ordered: true,
     historyEvents: HISTORY_EVENTS,
-    callbacks: { onState, onWelcome, onGift, onGap, onMessage },
+    callbacks: { onState, onWelcome, onGift, onGap, onHistoryChanged, onMessage },
   });
   battle = new BattleBar($("battle"), streamId, { names: state.names });
   window.giftwire = { socket, state, battle };

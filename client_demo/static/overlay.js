@@ -126,6 +126,12 @@ function onMessage(message) {
   }
 }
 
+function onHistoryChanged(change) {
+  // The true gifts from from_seq on follow: they are live gifts even where their numbers
+  // fall among what was history when the overlay opened.
+  if (liveFrom !== null) liveFrom = Math.min(liveFrom, change.from_seq - 1);
+}
+
 function onWelcome(welcome) {
   liveFrom ??= welcome.last_seq;
   top = welcome.top;
@@ -178,7 +184,7 @@ function main() {
     token: config.token,
     ordered: true,
     historyEvents: 100,
-    callbacks: { onGift, onMessage, onWelcome, onState },
+    callbacks: { onGift, onHistoryChanged, onMessage, onWelcome, onState },
   });
   window.giftwire = { socket, options, big, battle };
   socket.start();
