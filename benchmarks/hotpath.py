@@ -29,7 +29,7 @@ from loadtest.generator import Run, RunConfig
 from server.domain.catalog import load_catalog
 from server.domain.limits import AMOUNT_MAX, SEND_COINS_MAX, Limits
 from server.ledger.keys import Keys
-from server.ledger.ledger import Ledger
+from server.ledger.ledger import LADDER_ARG, Ledger
 from server.ledger.scripts import ScriptName
 
 STREAM = "hot"
@@ -53,13 +53,16 @@ def script_call(keys: Keys, client_id: str, limits: Limits) -> tuple[list[str], 
             keys.ledger(),
             keys.catalog(),
             keys.room_channel(STREAM),
+            keys.goals(STREAM),
+            keys.fans(CREATOR),
+            keys.names(STREAM),
         ],
         [
             client_id, SENDER, CREATOR, STREAM, "rose", "1", "Sender", "5000",
             str(limits.gifts_per_s_max), str(limits.gift_burst_max),
             str(limits.daily_spend_coins_max), str(limits.receipt_ttl_s),
             str(limits.combo_window_ms), str(limits.feed_events_max),
-            str(AMOUNT_MAX), str(SEND_COINS_MAX), "0",
+            str(AMOUNT_MAX), str(SEND_COINS_MAX), "0", LADDER_ARG,
         ],
     )  # fmt: skip
 

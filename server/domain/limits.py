@@ -62,6 +62,15 @@ PUBSUB_DRAIN_MAX = 1000
 TOP_MAX = 10
 """Rows of a room's leaderboard sent to viewers."""
 
+# Stream goals and gifter levels (domain/goals.py, domain/levels.py).
+GOALS_PER_STREAM_MAX = 5
+"""Goals one stream may hold at once: each gift advances at most this many (send_gift.lua
+reads only the goals that count its gift, so a gift's cost never grows beyond it)."""
+GOAL_TITLE_LENGTH_MAX = 64
+"""Longest goal title, in characters (at most 4 bytes each in the script's check)."""
+GOAL_TARGET_MAX = 10**12
+"""Largest goal target (coins, or a count of one gift)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:

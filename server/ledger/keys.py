@@ -18,6 +18,9 @@ key                                    type    holds
 ``{s:STREAM}:combo:USER:GIFT``         string  combo counter (TTL = combo window)
 ``{s:STREAM}:room``                    channel pub/sub channel of the room
 ``{s:STREAM}:viewers``                 hash    process id -> "count:expires_ms"
+``{s:STREAM}:goals``                   hash    the stream's goals and progress (_goals.lua)
+``{s:STREAM}:names``                   hash    sender -> display name (leaderboard)
+``{u:CREATOR}:fans``                   zset    viewer -> lifetime coins sent to the creator
 ``{pay:PAYMENT}:payment``              hash    one top-up and what was refunded of it
 ``{pay:PAYMENT}:refund:REFUND_ID``     hash    one refund (chargeback) of a payment
 ``{platform}:acct``                    hash    the platform's share (coins)
@@ -79,6 +82,15 @@ class Keys:
 
     def viewers(self, stream_id: str) -> str:
         return f"{self.prefix}{{s:{stream_id}}}:viewers"
+
+    def goals(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:goals"
+
+    def names(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:names"
+
+    def fans(self, creator_id: str) -> str:
+        return f"{self.prefix}{{u:{creator_id}}}:fans"
 
     def payment(self, payment_id: str) -> str:
         return f"{self.prefix}{{pay:{payment_id}}}:payment"

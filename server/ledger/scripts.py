@@ -26,6 +26,8 @@ class ScriptName(StrEnum):
     END_STREAM = "end_stream"
     BUMP_EPOCH = "bump_epoch"
     PUBLISH_CATALOG = "publish_catalog"
+    SET_GOAL = "set_goal"
+    DELETE_GOAL = "delete_goal"
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from server.domain.levels import TopGifter
 from server.domain.limits import BROADCAST_CHUNK_MAX, ROOM_BUFFER_EVENTS_MAX, ROOM_RECENT_SEQS_MAX
 from server.protocol.codec import OutFrame, WireFormat, encode_frame
 from server.protocol.events import Message
@@ -59,7 +60,7 @@ class Room:
         self._window_start = time.monotonic()
         self._window_events = 0
         self.last_stats: Message | None = None
-        self.last_top: list[tuple[str, int]] | None = None
+        self.last_top: list[TopGifter] | None = None
 
     def __len__(self) -> int:
         return len(self.connections)

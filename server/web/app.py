@@ -23,6 +23,7 @@ from server.settings import Settings, load_settings
 from server.web import log_redaction
 from server.web.cluster_app import create_cluster_app
 from server.web.edge import DirectWebSocket
+from server.web.goals_api import ROUTES as GOAL_ROUTES
 from server.web.home import home_json, home_page
 from server.web.http_api import ROUTES
 from server.web.payouts_api import PAYOUT_ROUTES
@@ -134,6 +135,7 @@ def create_app(settings: Settings) -> DirectWebSocket:
     # The route stays listed (url_for, docs); DirectWebSocket serves it without the stack.
     routes: list[object] = [
         *ROUTES,
+        *GOAL_ROUTES,
         *RECORD_ROUTES,
         *PAYOUT_ROUTES,
         WebSocketRoute("/ws/streams/{stream_id}", gift_socket),

@@ -30,6 +30,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.STREAM_LIMIT: 409,
     ErrorCode.STREAM_NOT_LIVE: 409,
     ErrorCode.CATALOG_CHANGED: 409,
+    ErrorCode.GOAL_LIMIT: 409,
     ErrorCode.SELF_GIFT: 422,
     ErrorCode.SPENDING_LIMIT: 422,
     ErrorCode.BALANCE_LIMIT: 422,

@@ -1,3 +1,4 @@
+-- include: _goals.lua
 -- send_gift: debit the sender's coins, credit the creator's diamonds and the platform's
 -- share, bump combo, leaderboard and totals, append to the ledger and the stream's feed,
 -- and publish the event to the room. All checks come before the first write.
@@ -14,6 +15,9 @@
 -- KEYS[9]  {ledger}:log                ledger stream
 -- KEYS[10] {catalog}:prices            gift id -> price hash
 -- KEYS[11] {s:STREAM}:room             pub/sub channel (declared as a key for sharded pub/sub)
+-- KEYS[12] {s:STREAM}:goals            the stream's goals and their progress (_goals.lua)
+-- KEYS[13] {u:CREATOR}:fans            zset: viewer -> lifetime coins sent to the creator
+-- KEYS[14] {s:STREAM}:names            hash: sender -> display name (for the leaderboard)
 --
 -- ARGV[1]  client id (the client-chosen transfer id)   ARGV[2]  sender id
 -- ARGV[3]  creator id (as the caller believes)          ARGV[4]  stream id
@@ -24,11 +28,16 @@
 -- ARGV[13] combo window, ms                             ARGV[14] feed length
 -- ARGV[15] largest balance                              ARGV[16] largest coins per send
 -- ARGV[17] catalog version the client was shown (0: not checked)
+-- ARGV[18] gifter level ladder (server/domain/levels.py, ladder_arg)
 --
 -- Reply: {'ok', receipt JSON} | {'replay', receipt JSON} | {'refused', code [, detail JSON]}
 -- Event JSON (published and stored in the feed; fields in server/protocol/events.py):
 --   type, seq, epoch (the stream hash's, '' before epochs existed), transfer_id, stream_id,
---   sender_id, sender_name, gift_id, count, combo, coins, diamonds, ts (ms)
+--   sender_id, sender_name, gift_id, count, combo, coins, diamonds, ts (ms), level (the
+--   sender's gifter level with the creator after this gift), and goals ({goal_id,
+--   progress} of each goal this gift advanced) only when it advanced one.
+-- Also published after the gift, when it causes them: level_up (type, stream_id, seq,
+--   user_id, user_name, level, prev_level, coins) and goal_reached (_goals.lua), once each.
 -- Receipt JSON: transfer_id, client_id, stream_id, gift_id, count, coins, diamonds,
 --   platform_coins, balance (sender's coins after), combo, seq, ts (ms)
 -- Ledger entry: type=gift, client_id, from, to, stream, gift, count, price (unit), coins,
@@ -38,6 +47,8 @@
 --   self_gift, unknown_gift, rate_limited, spending_limit, insufficient_funds, balance_limit,
 --   catalog_changed (detail: {catalog_version = current version})
 
+local K_GOALS, K_FANS, K_NAMES = KEYS[12], KEYS[13], KEYS[14]
+local ladder = ARGV[18]
 local client_id, sender, creator, stream_id, gift = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local count = int_arg(ARGV[6], 1, 9999)
 local share_bps = int_arg(ARGV[8], 0, 10000)
@@ -53,7 +64,7 @@ local shown_version = int_arg(ARGV[17], 0, 9007199254740991)
 if not (id_arg(client_id) and id_arg(sender) and id_arg(creator) and id_arg(stream_id)
     and id_arg(gift) and count and share_bps and rate and burst and daily_default
     and receipt_ttl and combo_window and feed_max and amount_max and send_max and shown_version
-    and type(ARGV[7]) == 'string' and #ARGV[7] <= 256) then
+    and type(ARGV[7]) == 'string' and #ARGV[7] <= 256 and ladder_ok(ladder)) then
   return refuse('invalid_request')
 end
 
@@ -199,6 +210,9 @@ if redis.call('EXISTS', KEYS[7]) == 1 then
 end
 stored_int(redis.call('GET', KEYS[8]))
 redis.call('XLEN', KEYS[9])
+local fan_coins = stored_int(redis.call('ZSCORE', K_FANS, sender))
+local known_name = redis.call('HGET', K_NAMES, sender)
+local goals = goals_for_gift(K_GOALS, gift)
 
 -- Every check passed: write.
 local new_balance = redis.call('HINCRBY', KEYS[2], 'coins', -coins)
@@ -212,6 +226,12 @@ redis.call('HINCRBY', KEYS[5], 'coins', coins)
 redis.call('HINCRBY', KEYS[5], 'diamonds', diamonds)
 redis.call('HINCRBY', KEYS[5], 'gifts', count)
 redis.call('ZINCRBY', KEYS[6], coins, sender)
+redis.call('ZINCRBY', K_FANS, coins, sender)
+local level = level_of(ladder, fan_coins + coins)
+if known_name ~= ARGV[7] then
+  redis.call('HSET', K_NAMES, sender, ARGV[7])
+end
+local progress, reached = goals_advance(K_GOALS, goals, coins, count)
 local combo = redis.call('INCRBY', KEYS[8], count)
 redis.call('PEXPIRE', KEYS[8], combo_window)
 local transfer_id = redis.call('XADD', KEYS[9], '*', 'type', 'gift', 'client_id', client_id,
@@ -223,10 +243,21 @@ local transfer_id = redis.call('XADD', KEYS[9], '*', 'type', 'gift', 'client_id'
 local event = cjson.encode({
   type = 'gift', seq = seq, epoch = stream[7] or '', transfer_id = transfer_id,
   stream_id = stream_id, sender_id = sender, sender_name = ARGV[7], gift_id = gift,
-  count = count, combo = combo, coins = coins, diamonds = diamonds, ts = ms,
+  count = count, combo = combo, coins = coins, diamonds = diamonds, ts = ms, level = level,
+  goals = #progress > 0 and progress or nil,
 })
 redis.call('XADD', KEYS[7], 'MAXLEN', '~', int(feed_max), int(seq) .. '-0', 'e', event)
 redis.call('PUBLISH', KEYS[11], event)
+-- Reaching level 1 is the first gift itself: only a climb past it is announced.
+if level >= 2 and level_threshold(ladder, level) > fan_coins then
+  redis.call('PUBLISH', KEYS[11], cjson.encode({type = 'level_up', stream_id = stream_id,
+    seq = seq, user_id = sender, user_name = ARGV[7], level = level,
+    prev_level = level_of(ladder, fan_coins), coins = fan_coins + coins}))
+end
+for _, goal in ipairs(reached) do
+  redis.call('PUBLISH', KEYS[11],
+    goal_reached_event(K_GOALS, stream_id, goal, seq, sender, ARGV[7], ms))
+end
 
 local receipt = cjson.encode({
   transfer_id = transfer_id, client_id = client_id, stream_id = stream_id, gift_id = gift,
