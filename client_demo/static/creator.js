@@ -2,7 +2,8 @@
 // start/end control. The feed is gapless and duplicate-free across reconnects: the socket
 // runs in ordered mode and resumes from the last sequence it handed over.
 
-import { Api, GiftSocket, el, errorText, fmt, giftArt, pageConfig, topRow } from "./giftwire.js";
+import { Api, GiftSocket, el, errorText, fmt, giftArt, levelBadge, newClientId, pageConfig, topRow } from "./giftwire.js";
+import { GoalBoard } from "./goals.js";
 
 const HISTORY_EVENTS = 50; // gifts shown from before the page was opened
 const FEED_ROWS_MAX = 200;
@@ -26,6 +27,46 @@ const state = {
   role: null,
 };
 let socket = null;
+const giftNames = new Map();
+const goals = new GoalBoard($("goals"), {
+  giftName: (id) => giftNames.get(id) ?? id,
+  onDelete: async (goalId) => {
+    const response = await api.deleteGoal(state.stream, goalId);
+    if (!response.ok) showMessage(errorText(response.body?.error?.code, response.body?.error?.message), true);
+  },
+});
+
+// The creator's goals: added and deleted over HTTP; the room (this page too) gets `goals`.
+async function addGoal(event) {
+  event.preventDefault();
+  const kind = $("goal-kind").value;
+  const goal = {
+    goal_id: newClientId("goal"),
+    kind,
+    target: Number.parseInt($("goal-target").value, 10),
+    title: $("goal-title").value.trim(),
+  };
+  if (kind === "gift") goal.gift_id = $("goal-gift").value;
+  const response = await api.addGoal(state.stream, goal);
+  if (!response.ok) {
+    showMessage(errorText(response.body?.error?.code, response.body?.error?.message), true);
+    return;
+  }
+  hideMessage();
+  $("goal-title").value = "";
+}
+
+async function loadGoalGifts() {
+  const catalog = await api.catalog();
+  if (!catalog.ok) return;
+  const select = $("goal-gift");
+  select.replaceChildren();
+  for (const gift of [...catalog.body.gifts].sort((a, b) => a.price_coins - b.price_coins)) {
+    giftNames.set(gift.id, gift.name);
+    select.append(el("option", { value: gift.id, text: `${gift.name} (${fmt.format(gift.price_coins)})` }));
+  }
+  goals.set(goals.all());
+}
 
 function setValue(id, value, { bump = false } = {}) {
   const node = $(id);
@@ -79,6 +120,7 @@ function addFeedRow(row) {
 
 function onGift(event) {
   state.names.set(event.sender_id, event.sender_name);
+  goals.progress(event.goals);
   if (event.seq > state.totals.seq) {
     state.totals.seq = event.seq;
     state.totals.diamonds += event.diamonds;
@@ -92,7 +134,8 @@ function onGift(event) {
   if (event.ts > Date.now() - MINUTE_MS) state.recent.push({ ts: event.ts, count: event.count });
   const combo = event.combo > event.count ? el("span", { class: "combo", text: `combo ×${fmt.format(event.combo)}` }) : "";
   const count = event.count > 1 ? ` ×${fmt.format(event.count)}` : "";
-  const text = el("span", { class: "text" }, el("b", { text: event.sender_name }), ` sent ${event.gift_name ?? event.gift_id}${count}`, combo);
+  const badge = levelBadge(event.level);
+  const text = el("span", { class: "text" }, el("b", { text: event.sender_name }), ...(badge ? [" ", badge] : []), ` sent ${event.gift_name ?? event.gift_id}${count}`, combo);
   addFeedRow(
     el(
       "li",
@@ -130,6 +173,7 @@ function onWelcome(welcome, { reconnected }) {
   // The wallet at welcome already holds every gift up to welcome.last_seq.
   state.wallet = { seq: welcome.last_seq, diamonds: welcome.balance.diamonds };
   state.top = welcome.top;
+  goals.set(welcome.goals);
   setLive(welcome.stream.state === "live");
   renderTotals();
   renderTop();
@@ -202,6 +246,12 @@ function onMessage(message) {
       break;
     case "stream":
       setLive(message.state === "live");
+      break;
+    case "goals":
+      goals.set(message.goals);
+      break;
+    case "goal_reached":
+      goals.reached(message);
       break;
     case "error":
       showMessage(errorText(message.code, message.message), true);
@@ -349,6 +399,9 @@ function main() {
   }
   $("start").addEventListener("click", start);
   $("end").addEventListener("click", end);
+  $("goal-form").addEventListener("submit", addGoal);
+  $("goal-kind").addEventListener("change", () => { $("goal-gift").hidden = $("goal-kind").value !== "gift"; });
+  loadGoalGifts();
   setInterval(renderPerMinute, 1000);
   $("statement-csv").addEventListener("click", downloadStatement);
   refreshStatement();
