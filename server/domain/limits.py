@@ -61,6 +61,9 @@ PUBSUB_DRAIN_MAX = 1000
 """Most buffered pub/sub messages dispatched in one go before yielding to the loop."""
 TOP_MAX = 10
 """Rows of a room's leaderboard sent to viewers."""
+ROOM_ANNOUNCEMENTS_MAX = 64
+"""level_up events a hot room holds until the tick that sends their gifts; more are dropped
+(each gift carries its sender's level). goal_reached is never dropped (at most one per goal)."""
 
 # Stream goals and gifter levels (domain/goals.py, domain/levels.py).
 GOALS_PER_STREAM_MAX = 5

@@ -143,3 +143,16 @@ async def test_a_replayed_gift_moves_no_level(ledger: Ledger, redis: Redis, keys
     _, out = await published(redis, keys, gift(ledger, "g1", gift_id="doughnut", count=2))
     assert out == []
     assert await redis.zscore(keys.fans(CREATOR), "alice") == 60
+
+
+@pytest.mark.parametrize("bad", ["", "12", "x" * 12, "0" * 12 * 51])
+async def test_a_malformed_ladder_is_refused_before_any_write(
+    ledger: Ledger, redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    await _live(ledger)
+    monkeypatch.setattr("server.ledger.ledger.LADDER_ARG", bad)
+    before = await snapshot(redis, keys)
+    with pytest.raises(LedgerRefusal) as refused:
+        await gift(ledger, "g1")
+    assert refused.value.code is ErrorCode.INVALID_REQUEST
+    assert await snapshot(redis, keys) == before

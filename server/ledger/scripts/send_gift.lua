@@ -213,6 +213,10 @@ redis.call('XLEN', KEYS[9])
 local fan_coins = stored_int(redis.call('ZSCORE', K_FANS, sender))
 local known_name = redis.call('HGET', K_NAMES, sender)
 local goals = goals_for_gift(K_GOALS, gift)
+-- The level after this gift, and whether it climbs past one (2 and up: level 1 is the first
+-- gift itself), computed now: a malformed ladder raises before anything is written.
+local level = level_of(ladder, fan_coins + coins)
+local leveled = level >= 2 and level_threshold(ladder, level) > fan_coins
 
 -- Every check passed: write.
 local new_balance = redis.call('HINCRBY', KEYS[2], 'coins', -coins)
@@ -227,7 +231,6 @@ redis.call('HINCRBY', KEYS[5], 'diamonds', diamonds)
 redis.call('HINCRBY', KEYS[5], 'gifts', count)
 redis.call('ZINCRBY', KEYS[6], coins, sender)
 redis.call('ZINCRBY', K_FANS, coins, sender)
-local level = level_of(ladder, fan_coins + coins)
 if known_name ~= ARGV[7] then
   redis.call('HSET', K_NAMES, sender, ARGV[7])
 end
@@ -248,8 +251,7 @@ local event = cjson.encode({
 })
 redis.call('XADD', KEYS[7], 'MAXLEN', '~', int(feed_max), int(seq) .. '-0', 'e', event)
 redis.call('PUBLISH', KEYS[11], event)
--- Reaching level 1 is the first gift itself: only a climb past it is announced.
-if level >= 2 and level_threshold(ladder, level) > fan_coins then
+if leveled then
   redis.call('PUBLISH', KEYS[11], cjson.encode({type = 'level_up', stream_id = stream_id,
     seq = seq, user_id = sender, user_name = ARGV[7], level = level,
     prev_level = level_of(ladder, fan_coins), coins = fan_coins + coins}))
