@@ -28,6 +28,8 @@ class ScriptName(StrEnum):
     PUBLISH_CATALOG = "publish_catalog"
     SET_GOAL = "set_goal"
     DELETE_GOAL = "delete_goal"
+    DEBIT_GIFT = "debit_gift"
+    CREDIT_GIFTS = "credit_gifts"
 
 
 @dataclass(frozen=True, slots=True)
