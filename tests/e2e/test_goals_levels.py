@@ -48,8 +48,27 @@ async def test_only_the_creator_manages_goals_over_http(
     overlay = issue_token(JWT_SECRET, CREATOR, Role.OVERLAY, name="OBS", stream=STREAM)
     status, body = await _post_goal(server, overlay, {**goal, "goal_id": "x"})
     assert status == 403 and body["error"]["code"] == "read_only"
-    status, body = await _post_goal(server, creator, {**goal, "goal_id": "y", "kind": "hype"})
-    assert status == 400 and body["error"]["code"] == "invalid_request"
+    for bad in (
+        {**goal, "goal_id": "y", "kind": "hype"},
+        {**goal, "goal_id": "y", "target": True},
+        {**goal, "goal_id": "y", "target": 1.5},
+        {**goal, "goal_id": "y", "target": 10**13},
+        {**goal, "goal_id": "y", "title": "x" * 65},
+        {**goal, "goal_id": "y", "title": "bell\a"},
+        {**goal, "goal_id": "a b"},
+        {"goal_id": "y", "kind": "coins", "gift_id": "rose", "target": 5},
+        {"goal_id": "y", "kind": "gift", "target": 5},
+    ):
+        status, body = await _post_goal(server, creator, bad)
+        assert status == 400 and body["error"]["code"] == "invalid_request", bad
+    status, body = await call(
+        "POST", server.http + "/api/streams/nope/goals", token=creator, body=goal
+    )
+    assert status == 404 and body["error"]["code"] == "unknown_stream"
+    status, body = await _post_goal(server, creator, {**goal, "goal_id": "u", "gift_id": "unicorn"})
+    assert status == 404 and body["error"]["code"] == "unknown_gift"
+    status, _ = await call("POST", server.http + GOALS, body=goal)
+    assert status == 401
     for i in range(4):
         await _post_goal(server, creator, {"goal_id": f"c{i}", "kind": "coins", "target": 10})
     status, body = await _post_goal(
