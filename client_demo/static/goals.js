@@ -7,14 +7,7 @@
 
 import { el, fmt, levelBadge } from "./giftwire.js";
 
-export { levelBadge };
-
-/** A display name followed by its level badge (none for level 0). */
-export function nameWithBadge(name, level, className = "who") {
-  const node = el("span", { class: className, text: name });
-  const badge = level ? levelBadge(level) : null;
-  return badge ? [node, badge] : [node];
-}
+export { levelBadge }; // defined beside topRow, which every leaderboard uses
 
 export class GoalBoard {
   /**

@@ -259,3 +259,16 @@ async def test_a_corrupted_progress_fails_the_gift_before_any_write(
     with pytest.raises(InvariantError):
         await gift(ledger, "g1", gift_id="rose")
     assert await snapshot(redis, keys) == before
+
+
+async def test_a_goal_whose_record_is_gone_fails_the_gift_that_reaches_it_before_any_write(
+    ledger: Ledger, redis: Redis, keys: Keys
+) -> None:
+    await _live(ledger)
+    await _set(ledger, ROSES)
+    await gift(ledger, "g1", gift_id="rose", count=9)
+    await redis.hdel(keys.goals(STREAM), "d:roses")  # corrupted by hand
+    before = await snapshot(redis, keys)
+    with pytest.raises(InvariantError):
+        await gift(ledger, "g2", gift_id="rose")  # the one that would reach 10
+    assert await snapshot(redis, keys) == before

@@ -12,9 +12,10 @@
 -- A gift reads two fields of it (and its goals' progress), never the whole hash: its cost
 -- is bounded by goals_max, whatever else the hash holds.
 
--- The goals a gift of `gift` advances, read before the first write: {id, target, coins
--- (true: counts coins, else the gift count), progress}. Raises on corrupted fields.
-local function goals_for_gift(key, gift)
+-- The goals a gift of `gift` (`coins` coins, `count` of it) advances, read before the first
+-- write: {id, target, progress, now (after the gift), doc (the goal's JSON, decoded, only
+-- for a goal this gift reaches)}. Raises on corrupted fields, so nothing is written then.
+local function goals_for_gift(key, gift, coins, count)
   local lists = redis.call('HMGET', key, '@coins', '@g:' .. gift)
   if not lists[1] and not lists[2] then
     return {}
@@ -22,31 +23,35 @@ local function goals_for_gift(key, gift)
   local goals, fields = {}, {}
   for i = 1, 2 do
     for id, target in string.gmatch(lists[i] or '', '([^=;]+)=(%d+)') do
-      goals[#goals + 1] = {id = id, target = stored_int(target), coins = i == 1}
+      goals[#goals + 1] = {id = id, target = stored_int(target), amount = i == 1 and coins
+        or count}
       fields[#fields + 1] = 'p:' .. id
     end
   end
   if #goals > 0 then
     local progress = redis.call('HMGET', key, unpack(fields))
-    for i = 1, #goals do
-      goals[i].progress = stored_int(progress[i])
+    for i, goal in ipairs(goals) do
+      goal.progress = stored_int(progress[i])
+      goal.now = goal.progress + goal.amount
+      -- Reached by this gift: the one that takes progress from below the target to it or
+      -- past it, so each goal is reached exactly once. Its title goes into goal_reached.
+      if goal.progress < goal.target and goal.now >= goal.target then
+        goal.doc = cjson.decode(redis.call('HGET', key, 'd:' .. goal.id))
+      end
     end
   end
   return goals
 end
 
--- Add one gift to its goals (after every check). Returns the progress list for the gift
--- event ({goal_id, progress}) and the goals this gift reached: the one gift that took
--- progress from below the target to it or past it, so each goal is reached exactly once.
-local function goals_advance(key, goals, coins, count)
+-- Add the gift to its goals (after every check). Returns the progress list for the gift
+-- event ({goal_id, progress}) and the goals this gift reached.
+local function goals_advance(key, goals)
   local progress, reached = {}, {}
   for _, goal in ipairs(goals) do
-    local amount = goal.coins and coins or count
-    local now = goal.progress + amount
-    redis.call('HSET', key, 'p:' .. goal.id, int(now))
-    progress[#progress + 1] = {goal_id = goal.id, progress = now}
-    if goal.progress < goal.target and now >= goal.target then
-      reached[#reached + 1] = {id = goal.id, target = goal.target, progress = now}
+    redis.call('HSET', key, 'p:' .. goal.id, int(goal.now))
+    progress[#progress + 1] = {goal_id = goal.id, progress = goal.now}
+    if goal.doc then
+      reached[#reached + 1] = goal
     end
   end
   return progress, reached
@@ -73,13 +78,12 @@ local function goals_event(key, stream_id)
     .. goals_json(key) .. '}'
 end
 
--- The `goal_reached` room event of one goal reached by the gift `seq`.
-local function goal_reached_event(key, stream_id, reached, seq, sender, sender_name, ms)
-  local goal = cjson.decode(redis.call('HGET', key, 'd:' .. reached.id))
-  return cjson.encode({type = 'goal_reached', stream_id = stream_id, goal_id = reached.id,
-    kind = goal.kind, gift_id = goal.gift_id, title = goal.title, target = reached.target,
-    progress = reached.progress, seq = seq, sender_id = sender, sender_name = sender_name,
-    ts = ms})
+-- The `goal_reached` room event of a goal reached by the gift `seq` (from goals_advance).
+local function goal_reached_event(stream_id, goal, seq, sender, sender_name, ms)
+  return cjson.encode({type = 'goal_reached', stream_id = stream_id, goal_id = goal.id,
+    kind = goal.doc.kind, gift_id = goal.doc.gift_id, title = goal.doc.title,
+    target = goal.target, progress = goal.now, seq = seq, sender_id = sender,
+    sender_name = sender_name, ts = ms})
 end
 
 -- Gifter levels. The ladder comes as one ARGV string of fixed-width thresholds

@@ -212,7 +212,7 @@ stored_int(redis.call('GET', KEYS[8]))
 redis.call('XLEN', KEYS[9])
 local fan_coins = stored_int(redis.call('ZSCORE', K_FANS, sender))
 local known_name = redis.call('HGET', K_NAMES, sender)
-local goals = goals_for_gift(K_GOALS, gift)
+local goals = goals_for_gift(K_GOALS, gift, coins, count)
 -- The level after this gift, and whether it climbs past one (2 and up: level 1 is the first
 -- gift itself), computed now: a malformed ladder raises before anything is written.
 local level = level_of(ladder, fan_coins + coins)
@@ -234,7 +234,7 @@ redis.call('ZINCRBY', K_FANS, coins, sender)
 if known_name ~= ARGV[7] then
   redis.call('HSET', K_NAMES, sender, ARGV[7])
 end
-local progress, reached = goals_advance(K_GOALS, goals, coins, count)
+local progress, reached = goals_advance(K_GOALS, goals)
 local combo = redis.call('INCRBY', KEYS[8], count)
 redis.call('PEXPIRE', KEYS[8], combo_window)
 local transfer_id = redis.call('XADD', KEYS[9], '*', 'type', 'gift', 'client_id', client_id,
@@ -258,7 +258,7 @@ if leveled then
 end
 for _, goal in ipairs(reached) do
   redis.call('PUBLISH', KEYS[11],
-    goal_reached_event(K_GOALS, stream_id, goal, seq, sender, ARGV[7], ms))
+    goal_reached_event(stream_id, goal, seq, sender, ARGV[7], ms))
 end
 
 local receipt = cjson.encode({
