@@ -162,9 +162,16 @@ async def measure_ceilings(
 
 
 async def measure_end_to_end(
-    redis_url: str, log_dir: Path, progress: Progress, scale: float, env: dict[str, str]
+    redis_url: str,
+    log_dir: Path,
+    progress: Progress,
+    scale: float,
+    env: dict[str, str],
+    *,
+    goals_per_room: int = 0,
 ) -> dict[str, Any]:
-    """Gifters over WebSockets against one giftwire process; CPU per gift from /proc."""
+    """Gifters over WebSockets against one giftwire process; CPU per gift from /proc.
+    ``goals_per_room``: goals set on each room first (every gift moves them)."""
     keys = Keys(f"e2e{time.time_ns() % 10**6}:")
     server = giftwire_server(log_dir, redis_url, keys.prefix, **env)
     server.start()
@@ -190,6 +197,7 @@ async def measure_end_to_end(
             duration_s=15 * scale,
             probe_viewers_per_room=0,
             progress=False,
+            goals_per_room=goals_per_room,
         )
         result = await Run(config, phase=phase).run()
     finally:
