@@ -41,6 +41,9 @@ class ErrorCode(StrEnum):
     UNKNOWN_PAYOUT = "unknown_payout"
     PAYOUT_SETTLED = "payout_settled"
     CATALOG_CHANGED = "catalog_changed"
+    FUNDS_HELD = "funds_held"
+    HOLD_LIMIT = "hold_limit"
+    HOLD_CHANGED = "hold_changed"
     GOAL_LIMIT = "goal_limit"
     # Edge refusals.
     INVALID_REQUEST = "invalid_request"
@@ -75,6 +78,9 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.UNKNOWN_PAYOUT: "no such cash-out",
     ErrorCode.PAYOUT_SETTLED: "the payout was already settled the other way",
     ErrorCode.CATALOG_CHANGED: "the gift catalog changed; fetch it and send again",
+    ErrorCode.FUNDS_HELD: "these diamonds are still in the payout hold",
+    ErrorCode.HOLD_LIMIT: "gifts to too many creators within the payout hold; try later",
+    ErrorCode.HOLD_CHANGED: "the gifts in the payout hold changed; retry",
     ErrorCode.GOAL_LIMIT: "this stream holds the most goals allowed; delete one first",
     ErrorCode.INVALID_REQUEST: "the request is malformed",
     ErrorCode.MESSAGE_TOO_LARGE: "the message is larger than allowed",
