@@ -54,6 +54,9 @@ def script_call(keys: Keys, client_id: str, limits: Limits) -> tuple[list[str], 
             keys.catalog(),
             keys.room_channel(STREAM),
             keys.hold_record(SENDER),
+            keys.battle(STREAM),
+            keys.battle_top(STREAM),
+            keys.guests(STREAM),
             keys.goals(STREAM),
             keys.fans(CREATOR),
             keys.names(STREAM),
@@ -64,7 +67,8 @@ def script_call(keys: Keys, client_id: str, limits: Limits) -> tuple[list[str], 
             str(limits.daily_spend_coins_max), str(limits.receipt_ttl_s),
             str(limits.combo_window_ms), str(limits.feed_events_max),
             str(AMOUNT_MAX), str(SEND_COINS_MAX), "0", str(limits.payout_hold_days),
-            str(limits.payout_hold_day_s), str(limits.payout_hold_entries_max), LADDER_ARG,
+            str(limits.payout_hold_day_s), str(limits.payout_hold_entries_max), "", "",
+            LADDER_ARG,
         ],
     )  # fmt: skip
 
@@ -170,9 +174,11 @@ async def measure_end_to_end(
     scale: float,
     env: dict[str, str],
     *,
+    battle_s: int = 0,
     goals_per_room: int = 0,
 ) -> dict[str, Any]:
     """Gifters over WebSockets against one giftwire process; CPU per gift from /proc.
+    ``battle_s``: the 32 rooms battle in pairs meanwhile (``benchmarks/battles.py``).
     ``goals_per_room``: goals set on each room first (every gift moves them)."""
     keys = Keys(f"e2e{time.time_ns() % 10**6}:")
     server = giftwire_server(log_dir, redis_url, keys.prefix, **env)
@@ -199,6 +205,7 @@ async def measure_end_to_end(
             duration_s=15 * scale,
             probe_viewers_per_room=0,
             progress=False,
+            battle_s=battle_s,
             goals_per_room=goals_per_room,
         )
         result = await Run(config, phase=phase).run()

@@ -11,12 +11,15 @@
 //   top=N                top gifters shown (0 hides the list)                   default 5
 //   top_position=P       where the list sits                                   default top-right
 //   duration_s=S         how long an alert stays                               default 5
+//   battle=1|0           the battle bar while a battle runs (and its result)  default 1
+//   battle_position=P    top or bottom                                         default top
 //   goals=1|0            show the stream's goals with their progress            default 1
 //   goal_ids=a,b         only these goals (ids from the dashboard or the API)   default all
 //   goals_position=P     where the goals sit (as position)                     default bottom-left
 //   test=1               show sample alerts, to place the source in OBS
 // The token comes in the fragment (#token=…): use the creator's.
 
+import { BattleBar } from "./battle.js";
 import { Api, GiftSocket, el, fmt, giftArt, pageConfig, topRow } from "./giftwire.js";
 import { BigGiftQueue, isBig } from "./gifts.js";
 import { GoalBoard } from "./goals.js";
@@ -43,6 +46,8 @@ const options = {
   goalIds: q.get("goal_ids") ? new Set(q.get("goal_ids").split(",").map((s) => s.trim())) : null,
   goalsPosition: POSITIONS.has(q.get("goals_position")) ? q.get("goals_position") : "bottom-left",
   test: q.get("test") === "1",
+  battle: q.get("battle") !== "0",
+  battlePosition: q.get("battle_position") === "bottom" ? "bottom" : "top",
 };
 
 const $ = (id) => document.getElementById(id);
@@ -66,6 +71,7 @@ function showGoals(goals) {
   $("goals").hidden = shown.length === 0;
 }
 let liveFrom = null; // gifts up to the first welcome's sequence are history: names only
+const battle = new BattleBar($("battle"), config.stream, { names });
 
 function wanted(event) {
   if (event.coins < options.minCoins) return false;
@@ -136,6 +142,7 @@ function onGift(event) {
 }
 
 function onMessage(message) {
+  if (options.battle && battle.onMessage(message)) return;
   if (message.type === "leaderboard") {
     top = message.top;
     renderTop();
@@ -144,6 +151,12 @@ function onMessage(message) {
   } else if (message.type === "goal_reached") {
     goalBoard.reached(message);
   }
+}
+
+function onHistoryChanged(change) {
+  // The true gifts from from_seq on follow: they are live gifts even where their numbers
+  // fall among what was history when the overlay opened.
+  if (liveFrom !== null) liveFrom = Math.min(liveFrom, change.from_seq - 1);
 }
 
 function onWelcome(welcome) {
@@ -187,6 +200,7 @@ function main() {
   $("alerts").dataset.pos = options.position;
   $("top-box").dataset.pos = options.topPosition;
   $("goals").dataset.pos = options.goalsPosition;
+  $("battle").dataset.pos = options.battlePosition;
   renderTop();
   if (options.test) {
     window.giftwire = { big, options };
@@ -208,10 +222,11 @@ function main() {
     token: config.token,
     ordered: true,
     historyEvents: 100,
-    callbacks: { onGift, onMessage, onWelcome, onState },
+    callbacks: { onGift, onHistoryChanged, onMessage, onWelcome, onState },
   });
-  window.giftwire = { socket, options, big };
+  window.giftwire = { socket, options, big, battle };
   socket.start();
+  if (options.battle) battle.load(new Api(config.server, config.token));
 }
 
 main();
