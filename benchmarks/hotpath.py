@@ -59,7 +59,7 @@ def script_call(keys: Keys, client_id: str, limits: Limits) -> tuple[list[str], 
             str(limits.gifts_per_s_max), str(limits.gift_burst_max),
             str(limits.daily_spend_coins_max), str(limits.receipt_ttl_s),
             str(limits.combo_window_ms), str(limits.feed_events_max),
-            str(AMOUNT_MAX), str(SEND_COINS_MAX), "0",
+            str(AMOUNT_MAX), str(SEND_COINS_MAX), "0", str(limits.monthly_spend_coins_max),
         ],
     )  # fmt: skip
 

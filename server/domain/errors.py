@@ -34,6 +34,7 @@ class ErrorCode(StrEnum):
     SELF_GIFT = "self_gift"
     RATE_LIMITED = "rate_limited"
     SPENDING_LIMIT = "spending_limit"
+    SPENDING_CAP = "spending_cap"
     DUPLICATE_MISMATCH = "duplicate_mismatch"
     BALANCE_LIMIT = "balance_limit"
     BELOW_MINIMUM = "below_minimum"
@@ -66,7 +67,8 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.NOT_STREAM_OWNER: "only the stream's creator may do this",
     ErrorCode.SELF_GIFT: "creators cannot send gifts to their own stream",
     ErrorCode.RATE_LIMITED: "too many gifts too quickly; slow down",
-    ErrorCode.SPENDING_LIMIT: "daily spending limit reached",
+    ErrorCode.SPENDING_LIMIT: "spending limit reached",
+    ErrorCode.SPENDING_CAP: "the platform caps this account's spending below that limit",
     ErrorCode.DUPLICATE_MISMATCH: "this id was already used for a different request",
     ErrorCode.BALANCE_LIMIT: "the balance would exceed its maximum",
     ErrorCode.BELOW_MINIMUM: "the amount is below the minimum",

@@ -26,6 +26,7 @@ class ScriptName(StrEnum):
     END_STREAM = "end_stream"
     BUMP_EPOCH = "bump_epoch"
     PUBLISH_CATALOG = "publish_catalog"
+    SPENDING_LIMITS = "spending_limits"
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from server.web.payouts_api import PAYOUT_ROUTES
 from server.web.preflight import make_ledger, startup_problems
 from server.web.record_api import RECORD_ROUTES
 from server.web.services import Services
+from server.web.spending_api import SPENDING_ROUTES
 from server.web.ws import gift_socket
 
 log = logging.getLogger("giftwire")
@@ -136,6 +137,7 @@ def create_app(settings: Settings) -> DirectWebSocket:
         *ROUTES,
         *RECORD_ROUTES,
         *PAYOUT_ROUTES,
+        *SPENDING_ROUTES,
         WebSocketRoute("/ws/streams/{stream_id}", gift_socket),
     ]
     if settings.demo_pages and DEMO_PAGES_DIR.is_dir():
