@@ -26,6 +26,18 @@ ID_LENGTH_MAX = 64
 
 DISPLAY_NAME_LENGTH_MAX = 64
 
+# The managed catalog (domain/catalog_edits.py, ledger/catalogs.py, web/catalog_api.py).
+CATALOG_GIFTS_MAX = 256
+"""Most gifts in one catalog version (every viewer is sent all of them on a change)."""
+GIFT_NAME_LENGTH_MAX = 64
+"""Longest gift name or animation name."""
+CATALOG_CHANGES_MAX = 64
+"""Most changes in one admin edit."""
+CATALOG_SCHEDULED_MAX = 32
+"""Most scheduled catalog edits waiting at once."""
+CATALOG_SCHEDULE_AHEAD_MS_MAX = 366 * 86_400_000
+"""Furthest ahead an edit may be scheduled."""
+
 SEQUENCE_MAX = 2**53 - 1
 """Largest gift sequence a client may name (``since``, ``after``)."""
 

@@ -27,6 +27,7 @@ class ScriptName(StrEnum):
     BUMP_EPOCH = "bump_epoch"
     PUBLISH_CATALOG = "publish_catalog"
     SPENDING_LIMITS = "spending_limits"
+    SCHEDULE_CATALOG = "schedule_catalog"
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ EPOCH_EVENT_FIELDS = frozenset({"type", "stream_id", "epoch", "prev_epoch", "pre
 
 SERVER_MESSAGE_TYPES = (
     "welcome", "gift_ack", "error", "gift", "gifts", "stats", "leaderboard", "stream", "lag",
-    "gap", "history_changed", "pong",
+    "gap", "history_changed", "pong", "catalog",
 )  # fmt: skip
 """Every ``type`` the server sends to a client."""
 
@@ -159,3 +159,9 @@ def history_changed(epoch: str, from_seq: int) -> Message:
 
 def pong(client_id: str | None) -> Message:
     return {"type": "pong", "id": client_id}
+
+
+def catalog(current: Catalog) -> Message:
+    """A new catalog version is current: show these gifts and prices, and send this
+    ``version`` with each gift from now on (``catalog_version``)."""
+    return {"type": "catalog", "version": current.version, "gifts": [g.to_json() for g in current]}

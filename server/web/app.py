@@ -15,12 +15,14 @@ from starlette.staticfiles import StaticFiles
 
 from server.broker.redis_pubsub import RedisPubSubBroker
 from server.domain.errors import GiftwireError, UnavailableError
+from server.ledger.catalog_schedule import CatalogSchedule
 from server.ledger.ledger import Ledger
 from server.ledger.watch import REDIS_FAILURES, LedgerWatch
 from server.realtime.hub import Hub
 from server.record.service import RecordService
 from server.settings import Settings, load_settings
 from server.web import log_redaction
+from server.web.catalog_api import CATALOG_ROUTES
 from server.web.cluster_app import create_cluster_app
 from server.web.edge import DirectWebSocket
 from server.web.home import home_json, home_page
@@ -121,11 +123,18 @@ def create_app(settings: Settings) -> DirectWebSocket:
         services = Services(settings, catalog, redis, ledger, hub, watch, record)
         watch.on_catalog = services.follow_catalog
         watch.start()
+        schedule = CatalogSchedule(
+            ledger.catalogs,
+            interval_s=settings.redis_check_interval_s,
+            on_published=services.catalog_changed,
+        )
+        schedule.start()
         app.state.services = services
         log.info("giftwire ready (pid %s, redis %s)", os.getpid(), redis_url.split("@")[-1])
         try:
             yield
         finally:
+            await schedule.stop()
             await watch.stop()
             await hub.stop()
             if record is not None:
@@ -138,6 +147,7 @@ def create_app(settings: Settings) -> DirectWebSocket:
         *RECORD_ROUTES,
         *PAYOUT_ROUTES,
         *SPENDING_ROUTES,
+        *CATALOG_ROUTES,
         WebSocketRoute("/ws/streams/{stream_id}", gift_socket),
     ]
     if settings.demo_pages and DEMO_PAGES_DIR.is_dir():

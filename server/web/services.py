@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from server.domain.catalog import Catalog
 from server.ledger.ledger import Ledger
 from server.ledger.watch import LedgerWatch
+from server.protocol import events
 from server.realtime.hub import Hub
 from server.record.service import RecordService
 from server.settings import Settings
@@ -29,6 +30,16 @@ class Services:
     connections_by_ip: Counter[str] = field(default_factory=Counter)
 
     def follow_catalog(self, catalog: Catalog) -> None:
-        """A new catalog version is current in Redis: serve and display it from now on."""
+        """A new catalog version is current in Redis: serve and display it from now on, and
+        tell every connected client (``catalog``). Once per version, whoever noticed it."""
+        if catalog.version == self.catalog.version:
+            return
+        previous = self.catalog
         self.catalog = catalog
-        self.hub.catalog = catalog
+        # Events of a retired gift (in flight, resumed, paged) keep their display fields.
+        self.hub.catalog = Catalog(catalog.version, {**previous.gifts, **catalog.gifts})
+        self.hub.announce(events.catalog(catalog))
+
+    async def catalog_changed(self, *_: object) -> None:
+        """This process just wrote a new version: follow it now, not at the next check."""
+        self.follow_catalog(await self.ledger.current_catalog())
