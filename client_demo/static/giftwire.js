@@ -43,7 +43,8 @@ export const ERROR_TEXT = {
   unknown_gift: "That gift is no longer in the catalog.",
   catalog_changed: "Prices changed: the gifts show the new ones now. Tap again to send.",
   self_gift: "Creators cannot send gifts to their own stream.",
-  spending_limit: "Your daily spending limit is reached.",
+  spending_limit: "Your spending limit is reached.",
+  spending_cap: "This account's spending is capped by the platform below that limit.",
   unknown_stream: "There is no stream with this id.",
   unauthorized: "This link's token is missing or invalid: ask for a new link.",
   token_expired: "This link's token has expired: ask for a new link.",
@@ -131,6 +132,8 @@ export class Api {
 
   catalog() { return this.request("GET", "/api/catalog"); }
   wallet() { return this.request("GET", "/api/me/wallet"); }
+  spending() { return this.request("GET", "/api/me/spending"); }
+  setSpending(limits) { return this.request("PUT", "/api/me/spending", limits); }
   stream(id) { return this.request("GET", `/api/streams/${encodeURIComponent(id)}`); }
   gifts(id, after, limit) {
     return this.request("GET", `/api/streams/${encodeURIComponent(id)}/gifts?after=${after}&limit=${limit}`);
