@@ -134,6 +134,17 @@ export class Api {
   wallet() { return this.request("GET", "/api/me/wallet"); }
   spending() { return this.request("GET", "/api/me/spending"); }
   setSpending(limits) { return this.request("PUT", "/api/me/spending", limits); }
+  adminCatalog() { return this.request("GET", "/api/admin/catalog"); }
+  editCatalog(edit) { return this.request("POST", "/api/admin/catalog", edit); }
+  cancelScheduled(id) {
+    return this.request("DELETE", `/api/admin/catalog/scheduled/${encodeURIComponent(id)}`);
+  }
+  accountSpending(user) {
+    return this.request("GET", `/api/admin/accounts/${encodeURIComponent(user)}/spending`);
+  }
+  protectAccount(user, body) {
+    return this.request("PUT", `/api/admin/accounts/${encodeURIComponent(user)}/spending`, body);
+  }
   stream(id) { return this.request("GET", `/api/streams/${encodeURIComponent(id)}`); }
   gifts(id, after, limit) {
     return this.request("GET", `/api/streams/${encodeURIComponent(id)}/gifts?after=${after}&limit=${limit}`);

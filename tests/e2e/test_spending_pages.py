@@ -6,12 +6,14 @@ come from here."""
 
 from __future__ import annotations
 
+import datetime
 import os
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Page, expect
 
+from server.domain.accounts import Role
 from server.domain.catalog_edits import parse_changes
 from server.ledger.ledger import Ledger
 from tests.support.browser import STREAM, Pages, needs_chromium
@@ -123,3 +125,41 @@ async def test_the_gift_panel_follows_a_new_catalog_live(
     # Tapped now, the rose is charged the price shown: 3.
     await alice.get_by_test_id("gift-rose").click()
     await expect(alice.get_by_test_id("balance")).to_have_attribute("data-coins", "4997")
+
+
+async def test_the_admin_page_reprices_a_gift_and_the_viewer_page_follows(
+    pages: Pages, ledger: Ledger, shots: Path
+) -> None:
+    await _live(ledger)
+    alice = await pages.open("viewer", "alice")
+    admin = await pages.open("admin", "ops", Role.ADMIN, wait_live=False, viewport=(1280, 720))
+    await expect(admin.get_by_test_id("version")).to_have_attribute("data-version", "1")
+    await admin.get_by_test_id("price-rose").fill("4")
+    await admin.get_by_test_id("reprice-rose").click()
+    await expect(admin.get_by_test_id("version")).to_have_attribute("data-version", "2")
+    await admin.get_by_test_id("retire-heart").click()
+    await expect(admin.get_by_test_id("version")).to_have_attribute("data-version", "3")
+    await expect(alice.get_by_test_id("gift-grid")).to_have_attribute("data-version", "3")
+    await expect(alice.get_by_test_id("gift-rose")).to_contain_text("4")
+    await expect(alice.get_by_test_id("gift-heart")).to_have_count(0)
+    # A scheduled edit is listed until its time, and can be cancelled.
+    await admin.get_by_test_id("when-mode").select_option("at")
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=30)
+    await admin.get_by_test_id("when-at").fill(later.strftime("%Y-%m-%dT12:00"))
+    await admin.get_by_test_id("reprice-cap").click()
+    scheduled = admin.get_by_test_id("scheduled")
+    await expect(scheduled).to_contain_text("cap → 99")
+    assert len(await ledger.catalogs.scheduled()) == 1
+    await admin.get_by_test_id("minor-user").fill("alice")
+    await admin.get_by_test_id("minor-day").fill("300")
+    await admin.get_by_test_id("minor-mark").click()
+    await expect(admin.get_by_test_id("minor-status")).to_contain_text("alice is a minor: caps 300")
+    path = shots / "admin.jpg"
+    await admin.screenshot(path=str(path), type="jpeg", quality=60)
+    assert path.stat().st_size < SHOT_BYTES_MAX * 2
+    await scheduled.get_by_role("button", name="Cancel").click()
+    await expect(scheduled).to_contain_text("Nothing scheduled.")
+    assert await ledger.catalogs.scheduled() == []
+    # A token that is not an admin's gets nothing.
+    viewer = await pages.open("admin", "bob", wait_live=False)
+    await expect(viewer.get_by_test_id("error")).to_contain_text("needs an admin token")
