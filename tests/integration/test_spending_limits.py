@@ -301,6 +301,7 @@ async def test_a_corrupt_limit_fails_before_any_write(
     ledger: Ledger, redis: Redis, keys: Keys
 ) -> None:
     await _open(ledger)
+    await ledger.spending.set("alice", month=5_000)
     await redis.hset(keys.account("alice"), "monthly_limit", "1e3")
     before = await snapshot(redis, keys)
     with pytest.raises(InvariantError):

@@ -10,6 +10,8 @@
 --   monthly_pending, monthly_pending_at the time (Redis ms) from which it is in force
 --   minor, cap_daily, cap_monthly       set by the platform for a minor: caps ('0': none)
 --                                       that no own limit can pass
+--   spend_limits                        '1' once any field above but daily_limit was written:
+--                                       the gift script reads them only then
 --   spend_hour, spend_hours, spend_sum  the rolling 24 h: 25 hourly buckets (send_gift.lua
 --                                       header, docs/ledger.md "The daily cap")
 --   spend_day, spend_coins              the calendar-day fields of older accounts
@@ -19,21 +21,41 @@
 -- Limit values are 0 (none) or 1..1e13. A limit in force is the own one, capped by the
 -- platform's: effective = min(own, cap) with 0 meaning unbounded on either side.
 
-local SPEND_FIELDS = {
-  'daily_limit', 'daily_pending', 'daily_pending_at',
-  'monthly_limit', 'monthly_pending', 'monthly_pending_at',
-  'minor', 'cap_daily', 'cap_monthly',
-  'spend_hour', 'spend_hours', 'spend_sum', 'spend_day', 'spend_coins',
-  'spend_month', 'spend_month_sum',
+-- The limit fields are read only when `spend_limits` is set (spending_limits.lua sets it
+-- with them): most accounts have none, and each field an HMGET names that the hash lacks
+-- costs a scan of the whole (small, listpack) hash.
+local SPEND_LIMIT_FIELDS = {
+  'daily_pending', 'daily_pending_at', 'monthly_limit', 'monthly_pending',
+  'monthly_pending_at', 'minor', 'cap_daily', 'cap_monthly',
 }
+-- Read once per account: before its first gift since the rolling window existed.
+local SPEND_OLD_FIELDS = {'spend_day', 'spend_coins'}
 
-local function spend_read(key)
-  local values = redis.call('HMGET', key, unpack(SPEND_FIELDS))
-  local f = {}
-  for i, name in ipairs(SPEND_FIELDS) do
-    f[name] = values[i] or nil
+local function spend_fetch(f, key, names)
+  local values = redis.call('HMGET', key, unpack(names))
+  for i = 1, #names do
+    f[names[i]] = values[i] or nil
   end
-  return f
+end
+
+-- The spending fields of account `key` by name (absent: nil), then the values of the
+-- other fields `...` the caller needs, read in the same HMGET (send_gift: coins and the
+-- rate limiter; absent: false). On the hot path: no table built but the one returned.
+local function spend_read(key, ...)
+  local v = redis.call('HMGET', key, 'daily_limit', 'spend_limits', 'spend_hour',
+    'spend_hours', 'spend_sum', 'spend_month', 'spend_month_sum', ...)
+  local f = {
+    daily_limit = v[1] or nil, spend_limits = v[2] or nil, spend_hour = v[3] or nil,
+    spend_hours = v[4] or nil, spend_sum = v[5] or nil, spend_month = v[6] or nil,
+    spend_month_sum = v[7] or nil,
+  }
+  if f.spend_limits then
+    spend_fetch(f, key, SPEND_LIMIT_FIELDS)
+  end
+  if not f.spend_hours then
+    spend_fetch(f, key, SPEND_OLD_FIELDS)
+  end
+  return f, unpack(v, 8)
 end
 
 -- The calendar month (UTC) of a Unix time, as year * 12 + month - 1: Howard Hinnant's
@@ -119,22 +141,27 @@ end
 
 -- Everything a gift or a status needs: the limits in force and the spend so far.
 local function spend_state(f, ms, seconds, daily_default, monthly_default)
-  local s = {}
-  s.ring, s.hour, s.day_spent = spend_window(f, seconds)
+  local ring, hour, day_spent = spend_window(f, seconds)
   -- Parsed here, before any write: a corrupt newest bucket fails the gift, not its record.
-  s.ring_head, s.ring_last = string.match(s.ring, '^(.*,)(%d+)$')
-  if not s.ring_head then
-    error('giftwire: stored spend_hours is not a list of buckets: ' .. s.ring)
+  local ring_head, ring_last = string.match(ring, '^(.*,)(%d+)$')
+  if not ring_head then
+    error('giftwire: stored spend_hours is not a list of buckets: ' .. ring)
   end
-  s.ring_last = stored_int(s.ring_last)
-  s.month, s.month_spent = spend_month_total(f, seconds)
-  s.day_own = spend_own(f.daily_limit, f.daily_pending, f.daily_pending_at, daily_default, ms)
-  s.month_own = spend_own(f.monthly_limit, f.monthly_pending, f.monthly_pending_at,
+  local month, month_spent = spend_month_total(f, seconds)
+  local day_own = spend_own(f.daily_limit, f.daily_pending, f.daily_pending_at, daily_default,
+    ms)
+  local month_own = spend_own(f.monthly_limit, f.monthly_pending, f.monthly_pending_at,
     monthly_default, ms)
-  s.day_cap, s.month_cap = stored_int(f.cap_daily), stored_int(f.cap_monthly)
-  s.day_limit, s.day_by = spend_effective(s.day_own, s.day_cap)
-  s.month_limit, s.month_by = spend_effective(s.month_own, s.month_cap)
-  return s
+  local day_cap, month_cap = stored_int(f.cap_daily), stored_int(f.cap_monthly)
+  local day_limit, day_by = spend_effective(day_own, day_cap)
+  local month_limit, month_by = spend_effective(month_own, month_cap)
+  -- One constructor: the table is sized once (field by field, it would grow five times).
+  return {
+    ring = ring, hour = hour, day_spent = day_spent, ring_head = ring_head,
+    ring_last = stored_int(ring_last), month = month, month_spent = month_spent,
+    day_own = day_own, month_own = month_own, day_cap = day_cap, month_cap = month_cap,
+    day_limit = day_limit, day_by = day_by, month_limit = month_limit, month_by = month_by,
+  }
 end
 
 -- send_gift's check, before any write: nil when `coins` fits both limits, else the
@@ -151,12 +178,13 @@ local function spend_over(s, coins)
   return nil
 end
 
--- send_gift's write: `coins` in the newest hourly bucket and in the month.
-local function spend_record(key, s, coins)
+-- send_gift's write: `coins` in the newest hourly bucket and in the month, and any `...`
+-- other field/value pairs of the account in the same HSET (the rate limiter's).
+local function spend_record(key, s, coins, ...)
   redis.call('HSET', key, 'spend_hour', int(s.hour),
     'spend_hours', s.ring_head .. int(s.ring_last + coins),
     'spend_sum', int(s.day_spent + coins), 'spend_month', int(s.month),
-    'spend_month_sum', int(s.month_spent + coins))
+    'spend_month_sum', int(s.month_spent + coins), ...)
 end
 
 -- A pending raise as shown: nil once in force (it then is the limit) or when there is none.

@@ -106,12 +106,13 @@ end
 for i = 3, 6 do
   stored_int(stream[i])
 end
-local acct = redis.call('HMGET', KEYS[2], 'coins', 'rl_tokens', 'rl_at')
+-- The sender's account: its coins and rate limiter, and the spending fields (_spend.lua).
+local acct, acct_coins, rl_tokens, rl_at = spend_read(KEYS[2], 'coins', 'rl_tokens', 'rl_at')
 local ms, seconds = now_ms()
 -- Token bucket in milli-tokens: `rate` tokens per second is `rate` milli-tokens per ms.
 local capacity = burst * 1000
-local tokens = tonumber(acct[2]) or capacity
-local elapsed = ms - (tonumber(acct[3]) or ms)
+local tokens = tonumber(rl_tokens) or capacity
+local elapsed = ms - (tonumber(rl_at) or ms)
 if elapsed < 0 then
   elapsed = 0
 end
@@ -121,12 +122,12 @@ if tokens < 1000 then
 end
 -- Spending limits (_spend.lua): the rolling 24 hours and the calendar month, each capped
 -- by the user's own limit and, for a minor, the platform's.
-local spend = spend_state(spend_read(KEYS[2]), ms, seconds, daily_default, monthly_default)
+local spend = spend_state(acct, ms, seconds, daily_default, monthly_default)
 local over = spend_over(spend, coins)
 if over then
   return refuse('spending_limit', over)
 end
-local balance = stored_int(acct[1])
+local balance = stored_int(acct_coins)
 if balance < coins then
   return refuse('insufficient_funds', {balance = balance, price = coins})
 end
@@ -169,8 +170,7 @@ redis.call('XLEN', KEYS[9])
 
 -- Every check passed: write.
 local new_balance = redis.call('HINCRBY', KEYS[2], 'coins', -coins)
-redis.call('HSET', KEYS[2], 'rl_tokens', int(tokens - 1000), 'rl_at', int(ms))
-spend_record(KEYS[2], spend, coins)
+spend_record(KEYS[2], spend, coins, 'rl_tokens', int(tokens - 1000), 'rl_at', int(ms))
 redis.call('HSET', KEYS[3], 'diamonds', int(creator_diamonds + diamonds),
   'share_rem', int(share_rem))
 redis.call('HINCRBY', KEYS[4], 'coins', platform)

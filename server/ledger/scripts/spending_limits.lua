@@ -60,7 +60,7 @@ if mode == 'protect' then
   end
   if minor == '1' then
     redis.call('HSET', key, 'minor', '1', 'cap_daily', int(day_cap), 'cap_monthly',
-      int(month_cap))
+      int(month_cap), 'spend_limits', '1')
   else
     redis.call('HDEL', key, 'minor', 'cap_daily', 'cap_monthly')
   end
@@ -91,7 +91,8 @@ for _, name in ipairs({'day', 'month'}) do
   end
 end
 
--- Every check passed: write.
+-- Every check passed: write. `spend_limits` tells send_gift to read the limit fields.
+redis.call('HSET', key, 'spend_limits', '1')
 local applied = {}
 for _, name in ipairs({'day', 'month'}) do
   local want, p = wanted[name], periods[name]
