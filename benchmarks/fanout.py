@@ -2,9 +2,10 @@
 
 Every server gets the same input — gift events published on a Redis channel at a set rate —
 and the same clients (``loadtest.wsclient``, one asyncio process). For giftwire the events
-are published on the room's channel exactly as ``send_gift.lua`` publishes them (the ledger
-is not involved: the hot-path benchmark measures that); the baselines get the event as
-giftwire sends it to viewers, so frames are the same size.
+are published on the room's channel exactly as ``send_gift.lua`` publishes them, and the
+stream's hash and feed move with them as the script moves them (``Giftwire.publish``); the
+balances are not involved: the hot-path benchmark measures the script. The baselines get
+the event as giftwire sends it to viewers, so frames are the same size.
 
 For each server: memory per idle viewer (RSS growth over N connections), then load steps
 of rising rate with delivery latency (publish to seen, from a timestamp in the event) until
@@ -40,8 +41,12 @@ STREAM = "fan"
 CREATOR = "fan_creator"
 PROBES = 50
 """Viewers of the crowd that also time what they see (``latency_in_crowd_ms``)."""
-PROBES_APART = 20
-"""Viewers in a process of their own that time what they see (``latency_ms``)."""
+PROBES_APART = 50
+"""Viewers in a process of their own that time what they see (``latency_ms``), joined one
+at a time among the crowd (``benchmarks.probe`` says why). 50, so that a 3 s step at one
+gift per second still gives 150 samples, and a probe every 100 viewers of 5,000."""
+FEED_EVENTS_MAX = 10_000
+"""The feed's length, as ``Limits.feed_events_max`` bounds it."""
 CONNECTS_IN_FLIGHT_MAX = 100
 PER_SOURCE_IP = 4000
 
@@ -199,6 +204,7 @@ class Giftwire(Target):
         self.coalesce = coalesce
         self.name = "giftwire (coalescing)" if coalesce else "giftwire (frame per gift)"
         self.keys = Keys(f"fan{int(coalesce)}{time.time_ns() % 10**6}:")
+        self.epoch = ""
 
     async def start(self, redis: Redis) -> None:
         # Frame per gift: the room never turns hot, however many viewers it has.
@@ -214,6 +220,9 @@ class Giftwire(Target):
         ledger = Ledger(redis, keys=self.keys)
         await ledger.prepare(load_catalog())
         await ledger.start_stream(stream_id=STREAM, creator_id=CREATOR, title="fan-out")
+        stream = await ledger.stream(STREAM)
+        assert stream is not None
+        self.epoch = stream.epoch
         self.child.start()
         self.channel = self.keys.room_channel(STREAM)
 
@@ -234,8 +243,28 @@ class Giftwire(Target):
         return list(doc["events"]) if doc["type"] == "gifts" else [doc]
 
     async def publish(self, redis: Redis) -> None:
+        """What ``send_gift.lua`` does to the stream, in one transaction: the hash's
+        ``seq``, ``coins`` and ``gifts``, the feed entry ``SEQ-0``, the publish.
+
+        Publishing alone would leave the stream's ``seq`` at 0 while the room delivers
+        more: every stats tick would then take it for Redis going back in time, start a
+        new epoch, send ``history_changed`` to every viewer and hold the live events
+        meanwhile, which is a recovery path and no part of a live room's cost.
+        """
         self.seq += 1
-        await redis.publish(self.channel, orjson.dumps(gift_event(self.seq)))
+        event = {**gift_event(self.seq), "epoch": self.epoch}
+        data = orjson.dumps(event)
+        stream = self.keys.stream(STREAM)
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.hset(stream, "seq", self.seq)
+            pipe.hincrby(stream, "coins", event["coins"])
+            pipe.hincrby(stream, "gifts", event["count"])
+            pipe.xadd(
+                self.keys.feed(STREAM), {"e": data}, id=f"{self.seq}-0",
+                maxlen=FEED_EVENTS_MAX, approximate=True,
+            )  # fmt: skip
+            pipe.publish(self.channel, data)
+            await pipe.execute()
 
 
 @dataclass(slots=True)
@@ -252,6 +281,8 @@ class Step:
     """Publish to seen, timed by the probes in their own process."""
     latency_in_crowd_ms: dict[str, float | int]
     """The same, timed by viewers inside the crowd's client process (adds its queue)."""
+    probe_p50_ms: list[float]
+    """Each probe's median, in the order they joined (spread over the crowd's join order)."""
 
     def kept_up(self, viewers: int) -> bool:
         return self.events_per_s >= 0.9 * self.rate_per_s * viewers
@@ -292,7 +323,8 @@ class Room:
 
         return on_frame
 
-    async def connect(self, progress: Progress) -> float:
+    async def connect(self, progress: Progress, probes: Probes | None = None) -> float:
+        """Connect the crowd, ``probes`` joining one at a time at evenly spaced points."""
         assert self.target.child is not None
         port = self.target.child.port
         url = self.target.url(port)
@@ -321,7 +353,18 @@ class Room:
                 if len(self.protos) % 1000 == 0:
                     progress(f"{self.target.name}: {len(self.protos):,} viewers connected")
 
-        await asyncio.gather(*(one(i) for i in range(self.viewers)))
+        if probes is None:
+            await asyncio.gather(*(one(i) for i in range(self.viewers)))
+            return time.monotonic() - started
+        # Probe j joins after (j + 1/2) * N / P crowd viewers, once those are all in: the
+        # probes sit at the middle of P equal slices of the join order, not after the crowd.
+        start = 0
+        for j in range(probes.count):
+            mark = round((j + 0.5) * self.viewers / probes.count)
+            await asyncio.gather(*(one(i) for i in range(start, mark)))
+            await probes.join()
+            start = mark
+        await asyncio.gather(*(one(i) for i in range(start, self.viewers)))
         return time.monotonic() - started
 
     def close(self) -> None:
@@ -361,18 +404,28 @@ class Probes:
     def __init__(self, target: Target, count: int = PROBES_APART) -> None:
         self.target = target
         self.count = count
+        self.joined = 0
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
+        """Start the probe process; its probes join later, one per ``join``."""
         assert self.target.child is not None
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "benchmarks.probe",
             "--url", self.target.url(self.target.child.port),
             "--kind", self.kinds[type(self.target).__name__],
-            "--count", str(self.count), "--secret", JWT_SECRET,
+            "--secret", JWT_SECRET,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         await self._line(30.0)  # "ready"
+
+    async def join(self) -> None:
+        """One more probe, returning once the server has it in the room."""
+        assert self.process is not None and self.process.stdin is not None
+        self.process.stdin.write(b"join\n")
+        await self.process.stdin.drain()
+        await self._line(40.0)  # "joined <n>"
+        self.joined += 1
 
     async def _line(self, timeout_s: float) -> bytes:
         assert self.process is not None and self.process.stdout is not None
@@ -382,8 +435,8 @@ class Probes:
             raise RuntimeError("the probe process exited")
         return line
 
-    async def report(self) -> dict[str, float | int]:
-        """Latency since the previous report."""
+    async def report(self) -> dict[str, Any]:
+        """Latency since the previous report (``by_probe_p50``: each probe's median)."""
         assert self.process is not None and self.process.stdin is not None
         self.process.stdin.write(b"report\n")
         await self.process.stdin.drain()
@@ -421,6 +474,7 @@ async def _step(
     end = (time.monotonic(), counters.frames, counters.events, cpu_seconds(pid))
     await asyncio.sleep(0.5)  # late deliveries count toward the latency of this step
     latency = await probes.report()
+    by_probe = latency.pop("by_probe_p50")
     in_crowd = counters.latency.summary_ms()
     assert mark is not None
     span = end[0] - mark[0]
@@ -436,6 +490,7 @@ async def _step(
         server_us_per_frame=round(cpu / frames * 1e6, 2) if frames else 0.0,
         latency_ms=latency,
         latency_in_crowd_ms=in_crowd,
+        probe_p50_ms=list(by_probe),
     )
 
 
@@ -459,12 +514,16 @@ async def measure(
         warm.protos_by_index = {}
         await warm.connect(progress)
         await asyncio.sleep(0.5)
+        latency = bool(rates or saturation_rate)
+        if latency:
+            await probes.start()
         rss_before = rss_bytes(target.child.pid)
-        connect_s = await room.connect(progress)
+        connect_s = await room.connect(progress, probes if latency else None)
         await asyncio.sleep(1.5)
         rss_after = rss_bytes(target.child.pid)
         held = len(room.protos)
-        per_viewer = (rss_after - rss_before) / max(held, 1)
+        # The probes joined among the crowd: the memory they took counts, and so do they.
+        per_viewer = (rss_after - rss_before) / max(held + probes.joined, 1)
         progress(f"{target.name}: {held:,} viewers, {per_viewer / 1024:.1f} KiB each")
         result: dict[str, Any] = {
             "server": target.name,
@@ -474,9 +533,9 @@ async def measure(
             "connect_s": round(connect_s, 2),
             "idle_bytes_per_viewer": round(per_viewer),
         }
-        if not rates and not saturation_rate:
+        if not latency:
             return result  # memory only
-        await probes.start()
+        result["probes"] = probes.joined
         steps: list[Step] = []
         for rate in rates:
             step = await _step(room, probes, redis, rate, step_s, warmup_s=1.0)

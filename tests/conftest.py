@@ -17,6 +17,8 @@ from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
 from server.record.connection import RecordPool, open_record
 from server.record.embedded import PostgresProcess
+from tests.support.backends import Backend, ClusterBackend, SingleBackend
+from tests.support.cluster import RedisCluster
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +28,29 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """One 3-primary + 3-replica loopback cluster for the session (started on first use)."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["single", "cluster"])
+async def backend(request: pytest.FixtureRequest, keys: Keys) -> AsyncIterator[Backend]:
+    """The realtime suites' store, both ways: one redis-server (pub/sub) or the loopback
+    cluster (sharded pub/sub). ``tests/support/backends.py``."""
+    if request.param == "single":
+        server: RedisProcess = request.getfixturevalue("redis_server")
+        opened: Backend = await SingleBackend.open(server.url, keys)
+    else:
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        opened = await ClusterBackend.open(cluster.startup_urls, keys)
+    yield opened
+    await opened.aclose()
 
 
 @pytest.fixture

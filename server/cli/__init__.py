@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from server.cli import (
     archive,
     catalog,
+    cluster_ledger,
     demo,
     reconcile,
     serve,
@@ -33,7 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="giftwire", description=DESCRIPTION, formatter_class=HelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (serve, demo, tokens, reconcile, archive, statement, show_settings, catalog):
+    for command in (
+        serve,
+        demo,
+        tokens,
+        reconcile,
+        archive,
+        statement,
+        show_settings,
+        catalog,
+        cluster_ledger,
+    ):
         command.add_parser(sub)
     return parser
 

@@ -9,7 +9,8 @@ import sys
 import orjson
 from redis import exceptions as redis_errors
 
-from server.cli.common import CommandError, HelpFormatter, refuse_cluster, say
+from server.cli.cluster_ledger import cmd_reconcile_cluster
+from server.cli.common import CommandError, HelpFormatter, say
 from server.ledger.connection import ledger_redis_url, make_client, running_embedded
 from server.ledger.keys import Keys
 from server.ledger.reconcile import Report, reconcile
@@ -100,7 +101,8 @@ async def _reconcile(settings: Settings, url: str, as_json: bool, database_url: 
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    refuse_cluster(settings, "reconcile")
+    if settings.redis_cluster:
+        return cmd_reconcile_cluster(args, settings)
     if not settings.redis_url:
         redis_dir = settings.data_dir / "redis"
         if running_embedded(redis_dir):

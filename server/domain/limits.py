@@ -77,6 +77,22 @@ PUBSUB_DRAIN_MAX = 1000
 TOP_MAX = 10
 """Rows of a room's leaderboard sent to viewers."""
 
+# The two legs of a gift on a Redis Cluster (ledger/cluster_*.py, docs/ledger.md).
+CREDIT_BATCH_MAX = 64
+"""Transfers one credit_gifts call applies into one creator's stream (the script takes at
+most 256); more waiting callers go in the next call, one call in flight per stream."""
+OUTBOX_ENTRIES_MAX = 100_000
+"""Unsettled transfers one slot's outbox may hold; past it, debits of that slot are refused
+with ``unavailable`` (nothing written) until the relay drains it."""
+RELAY_GRACE_MS = 2_000
+"""An outbox entry's idle time before the relay settles it: the fast path usually has."""
+RELAY_FULL_SWEEP_S = 10.0
+"""How often a relay looks at every slot's outbox (XLEN of 16384 keys), not only the hot."""
+STREAM_OWNERS_MAX = 100_000
+"""Stream id -> creator pairs a process keeps (an owner never changes)."""
+STREAM_STATE_TTL_S = 1.0
+"""How long a process trusts a stream's state read before a debit (``debit_gift.lua``)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:

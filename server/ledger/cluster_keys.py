@@ -32,8 +32,11 @@ number of users: summing the platform share or reading every log means one read 
 that has the key, grouped per primary. ``~`` is outside the id alphabet, so a slot tag
 never equals a user's or a stream's tag.
 
-The transfer id joining the two legs is derived from the sender and the client id, so a
-retry after a crash between the legs finds the same transfer (``transfer_id``).
+The transfer id joining the two legs is ``SENDER|CLIENT_ID|DEBIT_LOG_ID`` (``transfer_id``):
+the debit leg makes it and stores it in its receipt, so a retry after a crash between the
+legs replays the receipt and settles the same transfer. The debit's log entry id makes it
+unique per debit: once a receipt expired the same client id sends a new gift, whose credit
+must not be taken for the old one's.
 """
 
 from __future__ import annotations
@@ -81,8 +84,9 @@ def slot_tag(slot: int) -> str:
     return _slot_tags()[slot]
 
 
-def transfer_id(sender_id: str, client_id: str) -> str:
-    return f"{sender_id}{TRANSFER_SEPARATOR}{client_id}"
+def transfer_id(sender_id: str, client_id: str, debit_id: str) -> str:
+    """As ``debit_gift.lua`` spells it; ``debit_id`` is its ledger log entry id."""
+    return f"{sender_id}{TRANSFER_SEPARATOR}{client_id}{TRANSFER_SEPARATOR}{debit_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +129,34 @@ class ClusterKeys:
     def room_channel(self, creator_id: str, stream_id: str) -> str:
         """The room's shard channel: SPUBLISH from the credit leg, SSUBSCRIBE by servers."""
         return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:room"
+
+    def creator_streams(self, creator_id: str) -> str:
+        """The stream ids a creator owns (start_stream's bound), in the creator's slot."""
+        return f"{self.prefix}{{u:{creator_id}}}:streams"
+
+    def cashout(self, creator_id: str, client_id: str) -> str:
+        return f"{self.prefix}{{u:{creator_id}}}:cashout:{client_id}"
+
+    # Payments live in the buyer's slot (top_up and refund then touch one slot); the id's
+    # own slot holds its claim, so one payment id is credited to one buyer only.
+
+    def payment(self, user_id: str, payment_id: str) -> str:
+        return f"{self.prefix}{{u:{user_id}}}:pay:{payment_id}"
+
+    def refund(self, user_id: str, payment_id: str, refund_id: str) -> str:
+        return f"{self.prefix}{{u:{user_id}}}:pay:{payment_id}:refund:{refund_id}"
+
+    def payment_owner(self, payment_id: str) -> str:
+        return f"{self.prefix}{{pay:{payment_id}}}:owner"
+
+    # The catalog's source of truth (versions, current prices): one slot, off the hot path;
+    # the debit leg reads the per-slot copy (catalog_shard).
+
+    def catalog(self) -> str:
+        return f"{self.prefix}{{catalog}}:prices"
+
+    def catalog_versions(self) -> str:
+        return f"{self.prefix}{{catalog}}:versions"
 
     # The stream id's own slot: who owns it, who watches it.
 

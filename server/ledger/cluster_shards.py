@@ -55,6 +55,11 @@ class Shards:
             total += int(value)
         return total
 
+    async def field_of_each(self, keys: Sequence[str], field: str) -> dict[str, bytes | None]:
+        """HGET ``field`` of every hash in ``keys`` (None where missing)."""
+        replies = await self._each(keys, "HGET", field)
+        return {key: value if isinstance(value, bytes) else None for key, value in replies.items()}
+
     async def lengths(self, keys: Sequence[str]) -> dict[str, int]:
         """XLEN of every stream in ``keys`` that has entries."""
         replies = await self._each(keys, "XLEN")

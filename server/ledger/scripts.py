@@ -28,6 +28,8 @@ class ScriptName(StrEnum):
     PUBLISH_CATALOG = "publish_catalog"
     SPENDING_LIMITS = "spending_limits"
     SCHEDULE_CATALOG = "schedule_catalog"
+    DEBIT_GIFT = "debit_gift"
+    CREDIT_GIFTS = "credit_gifts"
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,16 @@ GIFT_SECONDS = Histogram(
 )
 FANOUT_DROPS = Counter("giftwire_fanout_dropped_total", "Frames dropped for slow viewers")
 SLOW_CLOSES = Counter("giftwire_slow_consumer_closes_total", "Viewers closed with 4008")
+RELAY_PENDING = Gauge(
+    "giftwire_relay_pending_transfers",
+    "Cluster mode: gifts debited and not yet credited, in the outboxes the relay watches",
+    multiprocess_mode="max",
+)
+RELAY_LAG = Gauge(
+    "giftwire_relay_lag_seconds",
+    "Cluster mode: age of the oldest gift debited and not yet credited",
+    multiprocess_mode="max",
+)
 
 
 def render() -> tuple[bytes, str]:

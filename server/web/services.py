@@ -4,16 +4,61 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from redis.asyncio import Redis
 
+from server.domain.accounts import Balance
 from server.domain.catalog import Catalog
+from server.domain.streams import Stream
 from server.ledger.ledger import Ledger
+from server.ledger.receipts import GiftReceipt
 from server.ledger.watch import LedgerWatch
 from server.protocol import events
 from server.realtime.hub import Hub
 from server.record.service import RecordService
 from server.settings import Settings
+
+
+class SocketLedger(Protocol):
+    """What the WebSocket endpoint asks of a ledger: ``Ledger`` on one Redis, the cluster
+    ledger in cluster mode (``cluster_app.py``). Same contracts as ``Ledger``'s methods."""
+
+    async def stream(self, stream_id: str) -> Stream | None: ...
+
+    async def balance(self, user_id: str) -> Balance: ...
+
+    async def send_gift(
+        self,
+        *,
+        client_id: str,
+        sender_id: str,
+        sender_name: str,
+        stream_id: str,
+        creator_id: str,
+        gift_id: str,
+        count: int,
+        catalog_version: int | None = None,
+    ) -> GiftReceipt: ...
+
+
+class SocketServices(Protocol):
+    """The parts the WebSocket endpoint uses (``ws.py``), in either mode."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def hub(self) -> Hub: ...
+
+    @property
+    def ledger(self) -> SocketLedger: ...
+
+    @property
+    def connections_by_user(self) -> Counter[str]: ...
+
+    @property
+    def connections_by_ip(self) -> Counter[str]: ...
 
 
 @dataclass(slots=True)

@@ -45,7 +45,7 @@ from server.web.auth import bearer_from_header, bearer_from_subprotocols, verify
 from server.web.errors import error_response
 from server.web.inputs import ascii_int
 from server.web.metrics import CONNECTIONS, ERRORS, FANOUT_DROPS, GIFT_SECONDS, GIFTS, SLOW_CLOSES
-from server.web.services import Services
+from server.web.services import SocketServices
 from server.web.uvicorn_ws import FRAME_SINK_EXTENSION
 
 log = logging.getLogger("giftwire.ws")
@@ -126,7 +126,7 @@ class _RateLimit:
 
 
 async def gift_socket(websocket: WebSocket) -> None:
-    services: Services = websocket.app.state.services
+    services: SocketServices = websocket.app.state.services
     settings = services.settings
     limits = settings.limits
     stream_id = websocket.path_params["stream_id"]
@@ -203,7 +203,7 @@ class _Session:
     def __init__(
         self,
         websocket: WebSocket,
-        services: Services,
+        services: SocketServices,
         identity: Identity,
         fmt: WireFormat,
         stream_id: str,

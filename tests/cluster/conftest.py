@@ -1,7 +1,8 @@
 """Fixtures of the Redis Cluster tests: a loopback 3-primary + 3-replica cluster.
 
-``redis_cluster`` is shared by the whole session (forming one takes a few seconds); tests
-isolate themselves by key prefix (the shared ``keys`` fixture) and must leave it healthy.
+``redis_cluster`` (in ``tests/conftest.py``, as the backend-parametrised suites use it too) is
+shared by the whole session (forming one takes a few seconds); tests isolate themselves by
+key prefix (the shared ``keys`` fixture) and must leave it healthy.
 A test that kills nodes takes ``own_cluster`` instead, so the shared one stays intact.
 """
 
@@ -13,14 +14,6 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import RedisCluster
-
-
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
-    cluster.start()
-    yield cluster
-    cluster.stop()
 
 
 @pytest.fixture

@@ -278,6 +278,39 @@ class RedisCluster:
             time.sleep(0.05)
         raise ClusterError(f"node {port} did not rejoin within {timeout_s} s")
 
+    def move_slot(self, slot: int, to_port: int) -> None:
+        """Migrate one slot, keys and all, to the primary on ``to_port`` (what
+        ``redis-cli --cluster reshard`` does for one slot), and wait until every node
+        agrees."""
+        source = self.primary_for_slot(slot)
+        target = next(n for n in self.primaries() if n.port == to_port)
+        if source.port == target.port:
+            return
+        self._query(target.port, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source.node_id)
+        self._query(source.port, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target.node_id)
+        client = SyncRedis(port=source.port, socket_timeout=5, socket_connect_timeout=2)
+        try:
+            while True:
+                moving = client.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)  # type: ignore[no-untyped-call]
+                if not moving:
+                    break
+                client.execute_command(  # type: ignore[no-untyped-call]
+                    "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *moving
+                )
+        finally:
+            client.close()
+        # The target first, then the source (as redis-cli does), then everyone else.
+        ordered = [target.port, source.port]
+        ordered += [n.port for n in self.primaries() if n.port not in ordered]
+        for port in ordered:
+            self._query(port, "CLUSTER", "SETSLOT", str(slot), "NODE", target.node_id)
+        self.wait_ok()
+        deadline = time.monotonic() + 30
+        while self.primary_for_slot(slot).port != target.port:
+            if time.monotonic() > deadline:
+                raise ClusterError(f"slot {slot} did not move to {to_port}")
+            time.sleep(0.05)
+
     def __enter__(self) -> RedisCluster:
         self.start()
         return self

@@ -7,7 +7,7 @@ import pytest
 from server.cli import main
 
 
-@pytest.mark.parametrize("command", ["reconcile", "demo"])
+@pytest.mark.parametrize("command", ["demo"])
 def test_single_node_commands_refuse_cluster_mode(
     command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -16,3 +16,12 @@ def test_single_node_commands_refuse_cluster_mode(
     monkeypatch.setenv("GIFTWIRE_REDIS_CLUSTER", "true")
     assert main([command]) == 2
     assert f"{command} is not yet supported on a Redis Cluster" in capsys.readouterr().err
+
+
+def test_reconcile_in_cluster_mode_names_the_unreachable_cluster(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GIFTWIRE_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("GIFTWIRE_REDIS_CLUSTER", "true")
+    assert main(["reconcile"]) != 0
+    assert "cannot reach the cluster" in capsys.readouterr().err

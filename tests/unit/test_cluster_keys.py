@@ -28,7 +28,7 @@ def test_each_leg_stays_in_one_slot(sender: str, creator: str, stream: str, clie
     assert {slot_of(key) for key in debit} == {slot_of(keys.account(sender))}
     credit = [
         *keys.credit_keys(creator, stream),
-        keys.credit_receipt(creator, transfer_id(sender, client_id)),
+        keys.credit_receipt(creator, transfer_id(sender, client_id, "1-0")),
         keys.combo(creator, stream, sender, "rose"),
     ]
     assert {slot_of(key) for key in credit} == {slot_of(keys.account(creator))}
@@ -38,7 +38,7 @@ def test_each_leg_stays_in_one_slot(sender: str, creator: str, stream: str, clie
 @given(a=ids, b=ids, c=ids, d=ids)
 def test_transfer_ids_are_unambiguous(a: str, b: str, c: str, d: str) -> None:
     # Ids may contain ':' and '.', so the separator must be outside their alphabet.
-    assert (transfer_id(a, b) == transfer_id(c, d)) == ((a, b) == (c, d))
+    assert (transfer_id(a, b, "1-0") == transfer_id(c, d, "1-0")) == ((a, b) == (c, d))
 
 
 def test_no_global_key_on_the_hot_path() -> None:

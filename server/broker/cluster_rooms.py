@@ -1,0 +1,171 @@
+"""The reads a room needs on a Redis Cluster, each on the primary that owns its slot.
+
+A stream's keys carry its creator's tag (``cluster_keys``: ``{u:CREATOR}:s:STREAM:...``),
+so a server that knows only the stream id first reads ``{s:STREAM}:owner``. The owner of an
+id never changes once claimed (``docs/ledger.md``, "Stream ids"), so it is cached for the
+life of the process (at most ``OWNERS_CACHED_MAX`` ids; the oldest go first); an id with no
+owner yet is not cached.
+
+Routing: a command goes to the primary of its key's slot in the slot map (``SlotMap``). A
+``MOVED`` reply names the new owner: the map is corrected and the command sent there, at
+most ``REDIRECTS_MAX`` times. Every command here is a read, or a write that is safe to
+repeat (presence), so a redirect never doubles anything. A lost connection, a timeout,
+``CLUSTERDOWN`` or ``TRYAGAIN`` raise ``UnavailableError`` and mark the map stale, so the
+next call reads it again (a failover: the promoted replica is found then).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import TypeVar, cast
+
+import orjson
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from server.domain.accounts import Balance
+from server.domain.errors import UnavailableError
+from server.domain.limits import TOP_MAX
+from server.domain.streams import Stream
+from server.ledger.cluster_keys import ClusterKeys, slot_of
+from server.ledger.cluster_runner import REDIRECTS_MAX, ClusterScriptRunner
+from server.ledger.ledger import EpochChange, stream_from_hash
+from server.ledger.receipts import unpack
+from server.ledger.runner import StreamRows
+from server.ledger.scripts import ScriptName
+
+OWNERS_CACHED_MAX = 100_000
+"""Stream ids whose creator this process remembers (about 100 bytes each)."""
+
+_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, TimeoutError)
+_NOT_SERVED = (redis_errors.ClusterDownError, redis_errors.TryAgainError)
+T = TypeVar("T")
+
+
+def _int(value: bytes | None) -> int:
+    return int(value) if value else 0
+
+
+class ClusterRooms:
+    """Stream, feed, leaderboard, presence and balance reads over a cluster."""
+
+    def __init__(self, runner: ClusterScriptRunner, keys: ClusterKeys, *, timeout_s: float):
+        self.runner = runner
+        self.slots = runner.slots
+        self.keys = keys
+        self._timeout_s = timeout_s
+        self._owners: OrderedDict[str, str] = OrderedDict()
+
+    async def on_slot(self, key: str, command: Callable[[Redis], Awaitable[T]]) -> T:
+        """Run ``command`` on the client of the primary that owns ``key``'s slot."""
+        slot = slot_of(key)
+        for _ in range(REDIRECTS_MAX):
+            await self.slots.refresh_if_due()
+            node = self.slots.owners[slot]
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    return await command(self.slots.client(node))
+            except redis_errors.MovedError as e:
+                self.slots.owners[e.slot_id] = (e.host or node[0], int(e.port))
+                self.slots.stale = True
+            except _NOT_SERVED as e:
+                self.slots.stale = True
+                raise UnavailableError(f"slot {slot} not served: {e}") from e
+            except _DOWN as e:
+                self.slots.stale = True
+                self.slots.failing.add(node)
+                raise UnavailableError(f"{node[0]}:{node[1]}: {type(e).__name__}: {e}") from e
+            except redis_errors.ResponseError as e:
+                # Up but refusing (out of memory, loading): try again later, as an outage.
+                raise UnavailableError(str(e) or type(e).__name__) from e
+        raise UnavailableError(f"slot {slot}: moved more than {REDIRECTS_MAX} times")
+
+    # The stream id's owner, and with it the slot of the stream's keys.
+
+    async def creator_of(self, stream_id: str) -> str | None:
+        creator = self._owners.get(stream_id)
+        if creator is not None:
+            return creator
+        key = self.keys.stream_owner(stream_id)
+        raw = cast(bytes | None, await self.on_slot(key, lambda r: r.get(key)))
+        if raw is None:
+            return None
+        creator = raw.decode()
+        self._owners[stream_id] = creator
+        if len(self._owners) > OWNERS_CACHED_MAX:
+            self._owners.popitem(last=False)
+        return creator
+
+    async def _creator(self, stream_id: str) -> str:
+        creator = await self.creator_of(stream_id)
+        if creator is None:
+            raise UnavailableError(f"stream {stream_id} has no owner")
+        return creator
+
+    async def room_channel(self, stream_id: str) -> str:
+        """The room's shard channel (raises ``UnavailableError`` for an unclaimed id)."""
+        return self.keys.room_channel(await self._creator(stream_id), stream_id)
+
+    # Reads of the stream's slot (its creator's).
+
+    async def stream(self, stream_id: str) -> Stream | None:
+        creator = await self.creator_of(stream_id)
+        if creator is None:
+            return None
+        key = self.keys.stream(creator, stream_id)
+        raw = await self.on_slot(key, lambda r: r.hgetall(key))
+        return stream_from_hash(stream_id, cast(dict[bytes, bytes], raw))
+
+    async def stream_and_top(self, stream_id: str) -> tuple[Stream | None, list[tuple[str, int]]]:
+        """The stream hash and its leaderboard in one round trip (one slot)."""
+        creator = await self.creator_of(stream_id)
+        if creator is None:
+            return None, []
+        k = self.keys
+        stream_key, top_key = k.stream(creator, stream_id), k.leaderboard(creator, stream_id)
+
+        async def read(r: Redis) -> list[object]:
+            pipe = r.pipeline(transaction=False)
+            pipe.hgetall(stream_key)  # type: ignore[unused-awaitable]
+            pipe.zrevrange(top_key, 0, TOP_MAX - 1, withscores=True)  # type: ignore[unused-awaitable]
+            return cast(list[object], await pipe.execute())
+
+        raw, top_raw = await self.on_slot(stream_key, read)
+        stream = stream_from_hash(stream_id, cast(dict[bytes, bytes], raw))
+        rows = cast(list[tuple[bytes, float]], top_raw)
+        return stream, [(member.decode(), int(score)) for member, score in rows]
+
+    async def feed(self, stream_id: str, after_seq: int, limit: int) -> list[bytes]:
+        """Gift events (JSON as published) with sequence > after_seq, oldest first."""
+        creator = await self._creator(stream_id)
+        key = self.keys.feed(creator, stream_id)
+        rows = await self.on_slot(
+            key, lambda r: r.xrange(key, min=f"{after_seq + 1}-0", max="+", count=limit)
+        )
+        return [fields[b"e"] for _, fields in cast(StreamRows, rows)]
+
+    async def bump_epoch(
+        self, *, stream_id: str, expected: str, epoch: str, valid_seq: int
+    ) -> EpochChange:
+        """``bump_epoch.lua`` on the stream's slot (compare and set; see ``Ledger``)."""
+        creator = await self._creator(stream_id)
+        k = self.keys
+        reply = await self.runner.run(
+            ScriptName.BUMP_EPOCH,
+            [k.stream(creator, stream_id), k.room_channel(creator, stream_id)],
+            [stream_id, expected, epoch, valid_seq],
+            order_key=stream_id,
+        )
+        body, replayed = unpack(reply)
+        doc = orjson.loads(body)
+        return EpochChange(doc["epoch"], doc["prev_epoch"], doc["prev_epoch_seq"], not replayed)
+
+    # The account's slot.
+
+    async def balance(self, user_id: str) -> Balance:
+        key = self.keys.account(user_id)
+        values = await self.on_slot(key, lambda r: r.hmget(key, ["coins", "diamonds", "debt"]))
+        coins, diamonds, debt = cast(list[bytes | None], values)
+        return Balance(user_id, _int(coins), _int(diamonds), _int(debt))

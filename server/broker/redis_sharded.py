@@ -1,0 +1,431 @@
+"""Room events from Redis Cluster sharded pub/sub (``SSUBSCRIBE``): ``ports.Broker``.
+
+A room's shard channel (``cluster_keys``: ``{u:CREATOR}:s:STREAM:room``) lives in the slot
+of its creator; the credit leg ``SPUBLISH``es each gift there, and Redis delivers a shard
+message only to the subscribers *of the node that owns the slot*. So this broker keeps one
+pub/sub connection per primary that serves one of its rooms (a ``_Link``: at most as many
+as the cluster has primaries, never one per room) and subscribes each room on the link of
+its slot's owner.
+
+The stream's state changes (``start_stream``, ``end_stream``, ``bump_epoch``) are still sent
+with classic ``PUBLISH`` on the same channel name, which a cluster copies to every node:
+each room is also ``SUBSCRIBE``d on its link, so one connection carries both, in the order
+the room's node produced them.
+
+Following the cluster:
+
+* **A slot moves** (a migration, a manual failover): the old owner pushes ``sunsubscribe``
+  for the room's channel. The room becomes *homeless*: the slot map is read again, the room
+  subscribed on the new owner, and ``room_events_lost(room)`` tells the hub to read what was
+  published meanwhile from the feed.
+* **A node dies** (kill -9, a lost connection): its link's read fails; every room of that
+  link becomes homeless, and the same repair runs, retried with a backoff until the
+  cluster has promoted a replica and the slot map names it.
+* **A node goes silent** (a partition): nothing fails on a quiet link, so the slot map is
+  read again every ``AUDIT_INTERVAL_S`` while rooms are open, and a room whose slot has
+  another owner than its link is moved.
+
+Order: one room's events come on one connection, in the order its node published them.
+Delivery: at most once; every gap (above) ends with ``room_events_lost`` once the room is
+subscribed again, so the hub's feed reads make it at least once. Reads (snapshot, feed,
+presence) go to the primary of each key's slot (``ClusterRooms``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any, cast
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from server.broker.cluster_rooms import ClusterRooms
+from server.broker.redis_pubsub import _viewers
+from server.domain.errors import UnavailableError
+from server.domain.limits import PUBSUB_DRAIN_MAX
+from server.ledger.cluster_keys import slot_of
+from server.ledger.cluster_runner import REDIRECTS_MAX
+from server.ledger.cluster_topology import Address
+from server.realtime.ports import BrokerListener, RoomSnapshot, StreamPosition
+
+log = logging.getLogger("giftwire.broker")
+
+AUDIT_INTERVAL_S = 1.0
+"""How often the slot map is read again while rooms are open (finds a silent node's rooms)."""
+BACKOFF_MAX_S = 1.0
+_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, TimeoutError)
+_SMESSAGE, _MESSAGE = b"smessage", b"message"
+
+
+class _Link:
+    """One primary's pub/sub connection and the room channels this process reads there.
+
+    Its own client, with no retries: redis-py would otherwise reconnect a broken pub/sub
+    connection by itself, to the same address (maybe a demoted or restarted node), and the
+    broker would never learn that events were lost.
+    """
+
+    def __init__(self, broker: ShardedPubSubBroker, node: Address, timeout_s: float) -> None:
+        self.broker = broker
+        self.node = node
+        self.client = Redis(
+            host=node[0],
+            port=node[1],
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self.pubsub: PubSub = self.client.pubsub()
+        self.channels: set[bytes] = set()
+        """Rooms subscribed (or being subscribed) here."""
+        self.pending: dict[bytes, asyncio.Future[None]] = {}
+        self.leaving: dict[bytes, int] = {}
+        """Our own SUNSUBSCRIBEs not yet confirmed, per channel: any other ``sunsubscribe``
+        is Redis telling us the slot moved away."""
+        self.reader: asyncio.Task[None] | None = None
+        self.connected = False
+        self.closed = False
+
+    async def subscribe(self, channel: bytes, timeout_s: float) -> None:
+        """Subscribe ``channel`` here; raises ``MovedError`` (another node owns the slot) or
+        a connection error (the link is then lost)."""
+        future = asyncio.get_running_loop().create_future()
+        self.pending[channel] = future
+        self.channels.add(channel)
+        try:
+            # Classic first: its confirmation comes first, so the shard one covers both.
+            await self.pubsub.execute_command("SUBSCRIBE", channel)
+            await self.pubsub.execute_command("SSUBSCRIBE", channel)
+            if self.reader is None:
+                self.reader = asyncio.get_running_loop().create_task(self._read_forever())
+            async with asyncio.timeout(timeout_s):
+                await future
+        except BaseException:
+            self.channels.discard(channel)
+            if not self.closed:
+                with contextlib.suppress(*_DOWN):
+                    await self.pubsub.execute_command("UNSUBSCRIBE", channel)
+            raise
+        finally:
+            if self.pending.get(channel) is future:
+                del self.pending[channel]
+
+    async def leave(self, channel: bytes) -> None:
+        self.channels.discard(channel)
+        self.leaving[channel] = self.leaving.get(channel, 0) + 1
+        with contextlib.suppress(*_DOWN):
+            await self.pubsub.execute_command("SUNSUBSCRIBE", channel)
+            await self.pubsub.execute_command("UNSUBSCRIBE", channel)
+
+    async def close(self) -> None:
+        self.closed = True
+        if self.reader is not None and self.reader is not asyncio.current_task():
+            self.reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.reader
+        with contextlib.suppress(Exception):
+            await self.pubsub.aclose()  # type: ignore[no-untyped-call]
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+
+    async def _read_forever(self) -> None:
+        try:
+            while True:
+                try:
+                    reply = await self.pubsub.parse_response(block=False, timeout=1.0)
+                except redis_errors.ResponseError as e:
+                    self._error(e)  # a MOVED answer to a SSUBSCRIBE: the link reads on
+                    continue
+                self.connected = True
+                if reply is not None:
+                    self._reply(reply)
+                    self._drain()
+        except (*_DOWN, RuntimeError) as e:
+            self.connected = False
+            if not self.closed:
+                self.broker._link_lost(self, e)
+
+    def _drain(self) -> None:
+        """Handle the replies the parser (hiredis) already holds, without a read each
+        (``RedisPubSubBroker._dispatch_buffered``: ``get_message`` costs ~15 µs each)."""
+        parser = getattr(self.pubsub.connection, "_parser", None)
+        gets = getattr(getattr(parser, "_reader", None), "gets", None)
+        if gets is None:
+            return
+        for _ in range(PUBSUB_DRAIN_MAX):
+            reply = gets()
+            if isinstance(reply, Exception):
+                self._error(reply)  # redis-py's own class (MovedError...): its replyError
+                continue
+            if not isinstance(reply, list):
+                return  # no whole reply buffered
+            self._reply(reply)
+
+    def _reply(self, reply: list[Any]) -> None:
+        kind = reply[0]
+        if kind in (_SMESSAGE, _MESSAGE) and len(reply) == 3:
+            self.broker._event(reply[1], reply[2])
+        elif kind == b"ssubscribe":
+            future = self.pending.get(reply[1])
+            if future is not None and not future.done():
+                future.set_result(None)
+        elif kind == b"sunsubscribe":
+            channel = cast(bytes, reply[1])
+            if self.leaving.get(channel, 0) > 0:
+                self.leaving[channel] -= 1
+                if not self.leaving[channel]:
+                    del self.leaving[channel]
+            elif channel in self.channels:
+                self.channels.discard(channel)
+                self.broker._slot_moved(self, channel)
+
+    def _error(self, error: Exception) -> None:
+        """An error reply: it answers a pending SSUBSCRIBE (the only command that can fail
+        here); a MOVED names its slot, anything else fails every pending one."""
+        slot = error.slot_id if isinstance(error, redis_errors.MovedError) else None
+        for channel, future in list(self.pending.items()):
+            if not future.done() and (slot is None or slot_of(channel.decode()) == slot):
+                future.set_exception(error)
+
+
+class ShardedPubSubBroker:
+    """``ports.Broker`` over a Redis Cluster's sharded pub/sub (see the module docstring)."""
+
+    def __init__(self, rooms: ClusterRooms, *, presence_ttl_s: float, timeout_s: float) -> None:
+        self.rooms = rooms
+        self.slots = rooms.slots
+        self.keys = rooms.keys
+        self.process_id = uuid.uuid4().hex[:12]
+        self._presence_ttl_ms = int(presence_ttl_s * 1000)
+        self._timeout_s = timeout_s
+        self._listener: BrokerListener | None = None
+        self._streams: dict[bytes, str] = {}
+        """Channel -> stream id of every room wanted."""
+        self._home: dict[bytes, _Link] = {}
+        """Channel -> the link it is subscribed on."""
+        self._homeless: set[bytes] = set()
+        """Rooms wanted whose subscription was lost: the maintainer subscribes them again."""
+        self._links: dict[Address, _Link] = {}
+        self._wake = asyncio.Event()
+        self._maintainer: asyncio.Task[None] | None = None
+        self.repairs = 0
+        """Rooms subscribed again after a loss (failover, slot move), for tests and metrics."""
+
+    @property
+    def connected(self) -> bool:
+        links = {link for link in self._home.values()}
+        return not self._homeless and all(link.connected for link in links)
+
+    async def start(self, listener: BrokerListener) -> None:
+        self._listener = listener
+        self._maintainer = asyncio.get_running_loop().create_task(self._maintain_forever())
+
+    async def stop(self) -> None:
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._maintainer
+        for link in list(self._links.values()):
+            await link.close()
+        self._links.clear()
+
+    # Subscriptions.
+
+    async def subscribe(self, stream_id: str) -> None:
+        channel = (await self.rooms.room_channel(stream_id)).encode()
+        self._streams[channel] = stream_id
+        try:
+            await self._subscribe_on_owner(channel)
+        except (*_DOWN, redis_errors.RedisError, UnavailableError) as e:
+            if self._streams.get(channel) == stream_id and channel not in self._home:
+                del self._streams[channel]
+            raise UnavailableError(f"cannot subscribe: {e}") from e
+
+    async def _subscribe_on_owner(self, channel: bytes) -> None:
+        """Subscribe on the primary of the channel's slot, following MOVED replies."""
+        slot = slot_of(channel.decode())
+        for _ in range(REDIRECTS_MAX):
+            await self.slots.refresh_if_due()
+            node = self.slots.owners[slot]
+            link = self._link(node)
+            try:
+                await link.subscribe(channel, self._timeout_s)
+            except redis_errors.MovedError as e:
+                self.slots.owners[e.slot_id] = (e.host or node[0], int(e.port))
+                self.slots.stale = True
+                continue
+            self._home[channel] = link
+            self._homeless.discard(channel)
+            return
+        raise UnavailableError(f"slot {slot} moved more than {REDIRECTS_MAX} times")
+
+    def _link(self, node: Address) -> _Link:
+        link = self._links.get(node)
+        if link is None:
+            link = self._links[node] = _Link(self, node, self._timeout_s)
+        return link
+
+    async def unsubscribe(self, stream_id: str) -> None:
+        with contextlib.suppress(UnavailableError):
+            channel = (await self.rooms.room_channel(stream_id)).encode()
+            self._streams.pop(channel, None)
+            self._homeless.discard(channel)
+            link = self._home.pop(channel, None)
+            if link is not None:
+                await link.leave(channel)
+            key = self.keys.viewers(stream_id)
+            await self.rooms.on_slot(key, lambda r: r.hdel(key, self.process_id))
+
+    # Following the cluster.
+
+    def _slot_moved(self, link: _Link, channel: bytes) -> None:
+        """Redis dropped a room from ``link`` (its slot left that node)."""
+        if self._home.get(channel) is link:
+            del self._home[channel]
+        if channel in self._streams:
+            log.warning("room channel %s left %s:%d; following its slot", channel, *link.node)
+            self._homeless.add(channel)
+            self.slots.stale = True
+            self._wake.set()
+
+    def _link_lost(self, link: _Link, error: BaseException) -> None:
+        """A link's connection broke: every room on it must be subscribed again."""
+        if self._links.get(link.node) is link:
+            del self._links[link.node]
+        lost = [channel for channel, home in self._home.items() if home is link]
+        if lost:
+            log.warning(
+                "pub/sub link to %s:%d lost (%s); moving %d rooms", *link.node, error, len(lost)
+            )
+        for channel in lost:
+            del self._home[channel]
+            if channel in self._streams:
+                self._homeless.add(channel)
+        for future in link.pending.values():
+            if not future.done():
+                future.set_exception(redis_errors.ConnectionError(str(error)))
+        self.slots.stale = True
+        self.slots.failing.add(link.node)
+        task = asyncio.get_running_loop().create_task(link.close())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._wake.set()
+
+    async def _maintain_forever(self) -> None:
+        backoff_s = 0.05
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(AUDIT_INTERVAL_S):
+                    await self._wake.wait()
+            self._wake.clear()
+            if not self._streams:
+                continue
+            try:
+                await self.slots.refresh()
+                self._audit()
+                await self._rehome()
+                backoff_s = 0.05
+            except (*_DOWN, redis_errors.RedisError, UnavailableError) as e:
+                log.debug("cannot follow the cluster yet (%s); retrying", e)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+                self._wake.set()
+
+    def _audit(self) -> None:
+        """Rooms whose link is no longer their slot's owner (a silent node) move."""
+        for channel, link in list(self._home.items()):
+            if self.slots.owners[slot_of(channel.decode())] != link.node:
+                del self._home[channel]
+                self._homeless.add(channel)
+                task = asyncio.get_running_loop().create_task(link.leave(channel))
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _rehome(self) -> None:
+        """Subscribe every homeless room on its owner, then have its gap read from the feed.
+        Raises (to be retried) while a node cannot be reached."""
+        for channel in list(self._homeless):
+            stream_id = self._streams.get(channel)
+            if stream_id is None:
+                self._homeless.discard(channel)
+                continue
+            await self._subscribe_on_owner(channel)
+            self.repairs += 1
+            if self._listener is not None:
+                self._listener.room_events_lost(stream_id)
+
+    def _event(self, channel: bytes, data: bytes) -> None:
+        stream_id = self._streams.get(channel)
+        if stream_id is not None and self._listener is not None:
+            self._listener.room_event(stream_id, data)
+
+    # Reads.
+
+    async def snapshot(
+        self, stream_id: str, *, viewers_here: int | None = None
+    ) -> RoomSnapshot | None:
+        now_ms = int(time.time() * 1000)
+        (stream, top), viewers = await asyncio.gather(
+            self.rooms.stream_and_top(stream_id),
+            self._presence(stream_id, viewers_here, now_ms),
+        )
+        if stream is None:
+            return None
+        return RoomSnapshot(
+            stream_id=stream_id,
+            creator_id=stream.creator_id,
+            creator_name=stream.creator_name,
+            title=stream.title,
+            state=stream.state.value,
+            position=StreamPosition(stream.last_sequence, stream.epoch),
+            coins=stream.coins_total,
+            diamonds=stream.diamonds_total,
+            gifts=stream.gifts_total,
+            viewers=viewers,
+            top=top,
+            prev_epoch=stream.prev_epoch,
+            prev_epoch_seq=stream.prev_epoch_seq,
+        )
+
+    async def _presence(self, stream_id: str, viewers_here: int | None, now_ms: int) -> int:
+        """Report this process's viewers (if given) and sum every live report, in the
+        stream id's slot; expired reports are deleted."""
+        key = self.keys.viewers(stream_id)
+
+        async def read(r: Redis) -> tuple[int, list[bytes]]:
+            pipe = r.pipeline(transaction=False)
+            if viewers_here is not None:
+                presence = f"{viewers_here}:{now_ms + self._presence_ttl_ms}"
+                pipe.hset(key, self.process_id, presence)  # type: ignore[unused-awaitable]
+            pipe.hgetall(key)  # type: ignore[unused-awaitable]
+            # A refused presence write (out of memory) must not cost the room its stats.
+            replies = await pipe.execute(raise_on_error=False)
+            if isinstance(replies[-1], Exception):
+                raise replies[-1]
+            return _viewers(cast(dict[bytes, bytes], replies[-1]), now_ms)
+
+        viewers, stale = await self.rooms.on_slot(key, read)
+        if stale:
+            with contextlib.suppress(UnavailableError):
+                await self.rooms.on_slot(key, lambda r: r.hdel(key, *stale))
+        return viewers
+
+    async def feed(self, stream_id: str, after_seq: int, limit: int) -> list[bytes]:
+        return await self.rooms.feed(stream_id, after_seq, limit)
+
+    async def bump_epoch(self, stream_id: str, expected: str, valid_seq: int) -> StreamPosition:
+        change = await self.rooms.bump_epoch(
+            stream_id=stream_id, expected=expected, epoch=uuid.uuid4().hex[:16], valid_seq=valid_seq
+        )
+        if change.prev_epoch != expected:
+            return StreamPosition(0, change.epoch)  # moved on twice: none of ours holds
+        return StreamPosition(change.prev_epoch_seq, change.epoch)
+
+    async def viewers(self, stream_id: str) -> int:
+        key = self.keys.viewers(stream_id)
+        raw = await self.rooms.on_slot(key, lambda r: r.hgetall(key))
+        return _viewers(cast(dict[bytes, bytes], raw), int(time.time() * 1000))[0]

@@ -1,0 +1,478 @@
+"""The ledger on a Redis Cluster: every money operation inside one slot (``docs/ledger.md``).
+
+A gift is two legs: ``debit_gift.lua`` in the sender's slot (receipt, limits, balance,
+debit, an outbox entry) and ``credit_gifts.lua`` in the creator's slot (diamonds, seq, feed,
+SPUBLISH), joined by the transfer id ``SENDER|CLIENT_ID|DEBIT_LOG_ID``. ``send_gift`` runs
+the credit at once after the debit (the fast path, batched per stream by ``CreditBatcher``)
+and removes the settled outbox entry; the relay (``cluster_relay.py``) settles what a
+crash, a timeout or a refusal left in the outboxes.
+
+Contract of ``send_gift``, as in single-node mode: it either debits and credits the gift or
+moves nothing; a retry with the same client id replays the debit's receipt (never a second
+debit) and settles the credit of that same transfer, which the credit leg replays if it had
+committed, so the retry returns the original ``gift_ack`` values. ``UnavailableError``
+means unknown: retry with the same id. Between the legs the gift is *debited and pending*:
+the sender's coins are gone and the creator's diamonds not yet there, for as long as the
+relay takes (``docs/ledger.md``, "The two legs"); reconcile reports each such transfer
+with its age.
+
+The other money scripts need no second leg: in cluster mode their keys are laid out in one
+slot (a payment and its refunds in the buyer's slot, a cash-out in the creator's), with a
+claim in the id's own slot where one id must never name two accounts (a stream id, a
+payment id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import uuid
+from collections import OrderedDict, defaultdict
+from typing import Any, cast
+
+import orjson
+from redis import exceptions as redis_errors
+
+from server.domain.accounts import Balance
+from server.domain.catalog import Catalog, parse_catalog
+from server.domain.errors import ErrorCode, InvariantError, LedgerRefusal, UnavailableError
+from server.domain.limits import (
+    AMOUNT_MAX,
+    GIFT_COUNT_MAX,
+    OUTBOX_ENTRIES_MAX,
+    SEND_COINS_MAX,
+    STREAM_OWNERS_MAX,
+    STREAM_STATE_TTL_S,
+    Limits,
+)
+from server.domain.money import Economics
+from server.domain.streams import Stream
+from server.ledger.catalogs import VERSION_FIELD
+from server.ledger.cluster_credits import CreditBatcher, CreditResult, Transfer
+from server.ledger.cluster_keys import ClusterKeys, slot_of
+from server.ledger.cluster_runner import ClusterScriptRunner
+from server.ledger.cluster_shards import Shards
+from server.ledger.cluster_topology import CONNECTION_ERRORS
+from server.ledger.ledger import StreamChange, _stream_change, stream_from_hash
+from server.ledger.receipts import GiftReceipt, TopUpReceipt, unpack
+from server.ledger.scripts import ScriptName
+
+log = logging.getLogger("giftwire.ledger")
+
+CRASH_AFTER_DEBIT_ENV = "GIFTWIRE_TEST_CRASH_AFTER_DEBIT"
+"""Test-only hook: ``1`` kills this process (SIGKILL) right after a debit committed, before
+its credit (``tests/cluster/test_leg_faults.py``). Read once, at import."""
+_CRASH_AFTER_DEBIT = os.environ.get(CRASH_AFTER_DEBIT_ENV) == "1"
+_COPY_PART = 1024
+_NOT_SERVED = (redis_errors.AskError, redis_errors.ClusterDownError, redis_errors.TryAgainError)
+
+
+class ClusterLedger:
+    """Money operations on a cluster; the same method contracts as ``Ledger``."""
+
+    def __init__(
+        self,
+        runner: ClusterScriptRunner,
+        *,
+        keys: ClusterKeys | None = None,
+        limits: Limits | None = None,
+        economics: Economics | None = None,
+    ) -> None:
+        self.runner = runner
+        self.keys = keys or ClusterKeys()
+        self.limits = limits or Limits()
+        self.economics = economics or Economics()
+        self.shards = Shards(runner.slots, timeout_s=self.limits.redis_timeout_s)
+        self.credits = CreditBatcher(runner, self.keys, self.limits)
+        self.catalog: Catalog | None = None
+        self._owners: OrderedDict[str, str] = OrderedDict()
+        self._states: dict[str, tuple[float, str]] = {}
+        self._to_delete: dict[str, list[str]] = defaultdict(list)
+        self._deleting = False
+        self._delete_task: asyncio.Task[None] | None = None
+        self.unsettled_slots: set[int] = set()
+        """Slots whose outbox this process left an entry in (a failed or refused credit):
+        the relay looks there first, before its next full sweep."""
+
+    # Plain commands, routed to the primary of their key's slot.
+
+    async def command(self, key: str, *args: str | int) -> Any:
+        """``args[0] key args[1:]`` on the key's primary; MOVED is followed once.
+
+        Only for commands that are safe to repeat (reads, idempotent writes)."""
+        for attempt in (1, 2):
+            await self.runner.slots.refresh_if_due()
+            client = self.runner.client(self.runner.primary_of(slot_of(key)))
+            try:
+                async with asyncio.timeout(self.limits.redis_timeout_s):
+                    return await client.execute_command(args[0], key, *args[1:])  # type: ignore[no-untyped-call]
+            except redis_errors.MovedError as e:
+                self.runner.slots.owners[e.slot_id] = (e.host, e.port)
+                self.runner.slots.stale = True
+                if attempt == 2:
+                    raise UnavailableError(f"cluster: slot moved: {e}") from e
+            except (*CONNECTION_ERRORS, TimeoutError, *_NOT_SERVED) as e:
+                self.runner.slots.stale = True
+                raise UnavailableError(f"cluster: {type(e).__name__}: {e}") from e
+        raise InvariantError("unreachable")
+
+    async def _run(
+        self, name: ScriptName, keys: list[str], args: list[str | int], order_key: str
+    ) -> tuple[bytes, bool]:
+        try:
+            return unpack(await self.runner.run(name, keys, args, order_key=order_key))
+        except LedgerRefusal as refusal:
+            if refusal.code is ErrorCode.UNAVAILABLE:  # nothing written: retry later
+                reason = (refusal.detail or {}).get("reason", "")
+                raise UnavailableError(f"{name}: {reason}") from None
+            raise
+
+    # Start: scripts on every primary, the catalog and its copy in every slot.
+
+    async def prepare(self, catalog: Catalog) -> Catalog:
+        """Load the scripts, seed ``catalog`` if the cluster holds none, copy the current
+        version into every slot that lacks it. Returns the catalog the cluster holds."""
+        await self.runner.prepare()
+        self.runner.on_reload = None
+        args: list[str | int] = [
+            "seed",
+            catalog.document().decode(),
+            1,
+            SEND_COINS_MAX // GIFT_COUNT_MAX,
+        ]
+        for gift_id, price in catalog.prices().items():
+            args += [gift_id, price]
+        await self.runner.run(
+            ScriptName.PUBLISH_CATALOG, [self.keys.catalog(), self.keys.catalog_versions()], args
+        )
+        held = await self.current_catalog()
+        await self.copy_catalog(held)
+        return held
+
+    async def current_catalog(self) -> Catalog:
+        version = await self.command(self.keys.catalog(), "HGET", VERSION_FIELD)
+        if version is None:
+            raise InvariantError("the cluster holds no catalog")
+        if self.catalog is None or self.catalog.version != int(version):
+            raw = await self.command(self.keys.catalog_versions(), "HGET", int(version))
+            parsed = parse_catalog(cast(bytes, raw))
+            self.catalog = Catalog(version=int(version), gifts=parsed.gifts)
+        return self.catalog
+
+    async def copy_catalog(self, catalog: Catalog) -> int:
+        """Copy ``catalog``'s prices into every slot whose copy is another version (one HSET
+        per slot: a reader sees a whole version). Returns the slots written."""
+        shards = self.keys.catalog_shards()
+        fields: dict[str, str | int] = dict(catalog.prices())
+        fields[VERSION_FIELD] = catalog.version
+        written = 0
+        # In parts, so that each part's pipelines finish well within the call timeout on a
+        # loaded machine (all 16384 at once took seconds here).
+        for start in range(0, len(shards), _COPY_PART):
+            part = shards[start : start + _COPY_PART]
+            versions = await self.shards.field_of_each(part, VERSION_FIELD)
+            want = str(catalog.version).encode()
+            stale = [key for key, value in versions.items() if value != want]
+            if stale:
+                await self.shards.copy_to_every_shard(stale, fields)
+                written += len(stale)
+        if written:
+            log.info("catalog version %d copied into %d slots", catalog.version, written)
+        return written
+
+    # Streams: the id's claim in its own slot, the stream in its creator's.
+
+    async def owner(self, stream_id: str) -> str | None:
+        """The creator that claimed ``stream_id`` (kept: an owner never changes)."""
+        creator = self._owners.get(stream_id)
+        if creator is None:
+            raw = await self.command(self.keys.stream_owner(stream_id), "GET")
+            if raw is None:
+                return None
+            creator = raw.decode()
+            self._owners[stream_id] = creator
+            if len(self._owners) > STREAM_OWNERS_MAX:
+                self._owners.popitem(last=False)
+        return creator
+
+    async def start_stream(
+        self,
+        *,
+        stream_id: str,
+        creator_id: str,
+        title: str,
+        creator_name: str | None = None,
+        epoch: str | None = None,
+    ) -> StreamChange:
+        """As ``Ledger.start_stream``: first the id's claim (``SET NX``), then start_stream.lua
+        in the creator's slot. A claim made for a start refused by the creator's bound is
+        taken back, so that bound also bounds the claims."""
+        k = self.keys
+        previous = await self.command(k.stream_owner(stream_id), "SET", creator_id, "NX", "GET")
+        if previous is not None and previous.decode() != creator_id:
+            raise LedgerRefusal(ErrorCode.STREAM_EXISTS)
+        try:
+            body, replayed = await self._run(
+                ScriptName.START_STREAM,
+                [
+                    k.stream(creator_id, stream_id),
+                    k.room_channel(creator_id, stream_id),
+                    k.feed(creator_id, stream_id),
+                    k.leaderboard(creator_id, stream_id),
+                    k.creator_streams(creator_id),
+                ],
+                [
+                    stream_id,
+                    creator_id,
+                    title,
+                    self.limits.streams_per_creator_max,
+                    creator_id if creator_name is None else creator_name,
+                    epoch or uuid.uuid4().hex[:16],
+                ],
+                order_key=creator_id,
+            )
+        except LedgerRefusal as refusal:
+            if previous is None and refusal.code is ErrorCode.STREAM_LIMIT:
+                await self.command(k.stream_owner(stream_id), "DEL")
+            raise
+        self._states.pop(stream_id, None)
+        return _stream_change(body, replayed)
+
+    async def end_stream(self, *, stream_id: str, actor_id: str, is_admin: bool) -> StreamChange:
+        creator = await self.owner(stream_id)
+        if creator is None:
+            raise LedgerRefusal(ErrorCode.UNKNOWN_STREAM)
+        k = self.keys
+        body, replayed = await self._run(
+            ScriptName.END_STREAM,
+            [k.stream(creator, stream_id), k.room_channel(creator, stream_id)],
+            [stream_id, actor_id, "1" if is_admin else "0"],
+            order_key=creator,
+        )
+        self._states.pop(stream_id, None)
+        return _stream_change(body, replayed)
+
+    async def stream_state(self, stream_id: str, creator_id: str) -> str:
+        """``live``, ``ended`` or ``unknown``, read at most every ``STREAM_STATE_TTL_S``."""
+        now = asyncio.get_running_loop().time()
+        cached = self._states.get(stream_id)
+        if cached is not None and now - cached[0] < STREAM_STATE_TTL_S:
+            return cached[1]
+        raw = await self.command(self.keys.stream(creator_id, stream_id), "HGET", "state")
+        state = "unknown" if raw is None else raw.decode()
+        if len(self._states) >= STREAM_OWNERS_MAX:
+            self._states.clear()
+        self._states[stream_id] = (now, state)
+        return state
+
+    async def stream(self, stream_id: str) -> Stream | None:
+        creator = await self.owner(stream_id)
+        if creator is None:
+            return None
+        raw = await self.command(self.keys.stream(creator, stream_id), "HGETALL")
+        return stream_from_hash(stream_id, _as_hash(raw))
+
+    async def feed(self, stream_id: str, after_seq: int, limit: int) -> list[bytes]:
+        creator = await self.owner(stream_id)
+        if creator is None:
+            return []
+        rows = await self.command(
+            self.keys.feed(creator, stream_id), "XRANGE", f"{after_seq + 1}-0", "+", "COUNT", limit
+        )
+        return [_as_hash(fields)[b"e"] for _, fields in rows]
+
+    async def leaderboard(self, stream_id: str, limit: int = 10) -> list[tuple[str, int]]:
+        creator = await self.owner(stream_id)
+        if creator is None:
+            return []
+        rows = await self.command(
+            self.keys.leaderboard(creator, stream_id), "ZREVRANGE", 0, limit - 1, "WITHSCORES"
+        )
+        return [(member.decode(), int(float(score))) for member, score in _pairs(rows)]
+
+    async def balance(self, user_id: str) -> Balance:
+        values = await self.command(
+            self.keys.account(user_id), "HMGET", "coins", "diamonds", "debt"
+        )
+        coins, diamonds, debt = (int(v) if v is not None else 0 for v in values)
+        return Balance(user_id, coins, diamonds, debt)
+
+    # Money.
+
+    async def top_up(self, *, payment_id: str, user_id: str, coins: int) -> TopUpReceipt:
+        """As ``Ledger.top_up``; the payment id is claimed for its buyer first (``SET NX``)."""
+        k = self.keys
+        claimed = await self.command(k.payment_owner(payment_id), "SET", user_id, "NX", "GET")
+        if claimed is not None and claimed.decode() != user_id:
+            raise LedgerRefusal(ErrorCode.DUPLICATE_MISMATCH)
+        body, replayed = await self._run(
+            ScriptName.TOP_UP,
+            [
+                k.payment(user_id, payment_id),
+                k.account(user_id),
+                k.ledger_shard(slot_of(k.account(user_id))),
+            ],
+            [payment_id, user_id, coins, AMOUNT_MAX],
+            order_key=user_id,
+        )
+        return TopUpReceipt.from_reply(body, replayed)
+
+    async def send_gift(
+        self,
+        *,
+        client_id: str,
+        sender_id: str,
+        sender_name: str,
+        stream_id: str,
+        creator_id: str,
+        gift_id: str,
+        count: int,
+        catalog_version: int | None = None,
+    ) -> GiftReceipt:
+        """Debit, then credit at once; see the module docstring for the contract."""
+        owner = await self.owner(stream_id)
+        if owner is None:
+            state = "unknown"
+            owner = creator_id  # only a stored receipt can answer; the debit checks it first
+        else:
+            if owner != creator_id:
+                raise LedgerRefusal(ErrorCode.INVALID_REQUEST)
+            state = await self.stream_state(stream_id, owner)
+        body, replayed = await self._run(
+            ScriptName.DEBIT_GIFT,
+            self.keys.debit_keys(sender_id, client_id),
+            self._debit_args(
+                client_id,
+                sender_id,
+                sender_name,
+                owner,
+                stream_id,
+                gift_id,
+                count,
+                catalog_version=catalog_version or 0,
+                state=state,
+            ),
+            order_key=sender_id,
+        )
+        debit: dict[str, Any] = orjson.loads(body)
+        if _CRASH_AFTER_DEBIT:
+            os.kill(os.getpid(), signal.SIGKILL)
+        transfer = Transfer.from_receipt(debit, sender_id)
+        slot = slot_of(self.keys.account(sender_id))
+        try:
+            credit = await self.credits.credit(transfer)
+        except UnavailableError:
+            self.unsettled_slots.add(slot)
+            raise
+        if not credit.settled:
+            self.unsettled_slots.add(slot)
+            raise UnavailableError(f"gift debited, credit pending: {credit.code}")
+        self._forget_outbox_entry(self.keys.outbox_shard(slot), str(debit["outbox_id"]))
+        return GiftReceipt(
+            transfer_id=transfer.transfer_id,
+            client_id=client_id,
+            stream_id=stream_id,
+            gift_id=gift_id,
+            count=transfer.count,
+            coins=transfer.coins,
+            diamonds=credit.diamonds,
+            platform_coins=credit.platform_coins,
+            balance=int(debit["balance"]),
+            combo=credit.combo,
+            seq=credit.seq,
+            ts=credit.ts,
+            replayed=replayed,
+        )
+
+    def _debit_args(
+        self,
+        client_id: str,
+        sender_id: str,
+        sender_name: str,
+        creator_id: str,
+        stream_id: str,
+        gift_id: str,
+        count: int,
+        *,
+        catalog_version: int,
+        state: str,
+    ) -> list[str | int]:
+        lim = self.limits
+        return [
+            client_id,
+            sender_id,
+            creator_id,
+            stream_id,
+            gift_id,
+            count,
+            sender_name,
+            self.economics.creator_share_bps,
+            lim.gifts_per_s_max,
+            lim.gift_burst_max,
+            lim.daily_spend_coins_max,
+            lim.receipt_ttl_s,
+            AMOUNT_MAX,
+            SEND_COINS_MAX,
+            catalog_version,
+            OUTBOX_ENTRIES_MAX,
+            state,
+        ]
+
+    async def credit_transfers(self, transfers: list[Transfer]) -> list[CreditResult]:
+        """Credit ``transfers`` (the relay's batch), batched per stream. A call that failed
+        (``UnavailableError``: unknown outcome) gives its transfers status ``failed``."""
+        results = await asyncio.gather(
+            *(self.credits.credit(t) for t in transfers), return_exceptions=True
+        )
+        out: list[CreditResult] = []
+        for transfer, result in zip(transfers, results, strict=True):
+            if isinstance(result, UnavailableError):
+                out.append(CreditResult(transfer.transfer_id, "failed", code=str(result)))
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                out.append(result)
+        return out
+
+    def _forget_outbox_entry(self, outbox: str, entry_id: str) -> None:
+        """XDEL a settled entry, batched per outbox in the background. Lost in a crash, it
+        costs the relay one credit call, which the credit leg answers with ``replay``."""
+        self._to_delete[outbox].append(entry_id)
+        if not self._deleting:
+            self._deleting = True
+            self._delete_task = asyncio.get_running_loop().create_task(self._delete_entries())
+
+    async def _delete_entries(self) -> None:
+        await asyncio.sleep(0)
+        try:
+            while self._to_delete:
+                batch, self._to_delete = self._to_delete, defaultdict(list)
+                results = await asyncio.gather(
+                    *(self.command(key, "XDEL", *ids) for key, ids in batch.items()),
+                    return_exceptions=True,
+                )
+                for key, result in zip(batch, results, strict=True):
+                    if isinstance(result, BaseException):
+                        self.unsettled_slots.add(slot_of(key))
+        finally:
+            self._deleting = False
+
+    async def aclose(self) -> None:
+        await self.runner.aclose()
+
+
+def _as_hash(raw: object) -> dict[bytes, bytes]:
+    """A hash reply as a dict (RESP2 gives a flat list, redis-py's callbacks a dict)."""
+    if isinstance(raw, dict):
+        return cast(dict[bytes, bytes], raw)
+    items = cast(list[bytes], raw or [])
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
+def _pairs(raw: object) -> list[tuple[bytes, bytes]]:
+    if raw and isinstance(raw[0], (list, tuple)):  # type: ignore[index]
+        return [(m, s) for m, s in cast(list[tuple[bytes, bytes]], raw)]
+    items = cast(list[bytes], raw or [])
+    return list(zip(items[::2], items[1::2], strict=True))

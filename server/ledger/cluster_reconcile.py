@@ -1,0 +1,205 @@
+"""Reconcile a cluster's ledger: every slot's log and outbox against every account.
+
+The single-node reconcile (``reconcile.py``) replays one log. On a cluster each slot has its
+own (``{~N}:log``), and a gift is two entries in two of them, a ``gift_debit`` in the
+sender's slot and a ``gift_credit`` in the creator's, joined by the transfer id
+(``SENDER|CLIENT_ID|DEBIT_ENTRY_ID``). This reads every log and every outbox (XLEN of all
+16384 of each, then the ones that have entries) and checks, in integers:
+
+- **each debit has exactly one credit, or is pending**: a debit credited twice, a credit
+  without its debit, or a debit neither credited nor in an outbox (lost) is a problem; a
+  debit still in an outbox and not credited is *pending* and reported with its age;
+- a credit says what its debit said (sender, creator, stream, gift, count, coins, price,
+  catalog version, share), its coins are price × count, diamonds + platform = coins;
+- each client id is debited once per sender within the receipt window;
+- each creator's credits, in its slot's log order, carry ``share_rem`` exactly:
+  ``(diamonds, share_rem) = divmod(previous share_rem + coins × share_bps, 10000)``;
+- every account's coins, diamonds, debt and share_rem are what the logs add up to, and none
+  is negative; the platform shards sum to the credits' platform shares;
+- each stream's credits are numbered 1..N with no gap or reuse, and its hash says N;
+- coins debited = coins credited + coins pending.
+
+It only reads, and not atomically: run it on a quiet ledger, as the single-node one. Entry
+types this does not know (cash-outs and payouts are not wired in cluster mode yet) are
+reported as problems rather than skipped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from server.ledger.cluster_keys import slot_of
+from server.ledger.cluster_ledger import ClusterLedger
+from server.ledger.ledger import log_position
+
+_MATCHED = ("from", "to", "stream", "gift", "count", "coins", "price", "catalog_version")
+_PAGE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    transfer_id: str
+    coins: int
+    age_ms: int
+
+
+@dataclass(slots=True)
+class ClusterReport:
+    problems: list[str] = field(default_factory=list)
+    pending: list[Pending] = field(default_factory=list)
+    totals: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+Entry = tuple[str, dict[str, str]]
+
+
+async def _read_all(ledger: ClusterLedger, keys: list[str]) -> dict[str, list[Entry]]:
+    found: dict[str, list[Entry]] = {}
+    for key in await ledger.shards.lengths(keys):
+        entries: list[Entry] = []
+        start = "-"
+        while True:
+            rows = await ledger.command(key, "XRANGE", start, "+", "COUNT", _PAGE)
+            for entry_id, fields in rows:
+                text = {k.decode(): v.decode() for k, v in fields.items()}
+                entries.append((entry_id.decode(), text))
+            if len(rows) < _PAGE:
+                break
+            start = "(" + entries[-1][0]
+        found[key] = entries
+    return found
+
+
+async def reconcile_cluster(ledger: ClusterLedger) -> ClusterReport:
+    report = ClusterReport()
+    problems = report.problems
+    logs = await _read_all(ledger, ledger.keys.ledger_shards())
+    outboxes = await _read_all(ledger, ledger.keys.outbox_shards())
+    now_ms = int(time.time() * 1000)
+
+    coins: Counter[str] = Counter()
+    diamonds: Counter[str] = Counter()
+    debt: Counter[str] = Counter()
+    share_rem: dict[str, int] = {}
+    users: set[str] = set()
+    debits: dict[str, dict[str, str]] = {}
+    credits: dict[str, list[dict[str, str]]] = defaultdict(list)
+    client_ids: dict[tuple[str, str], list[int]] = defaultdict(list)
+    seqs: dict[tuple[str, str], list[int]] = defaultdict(list)
+    platform = 0
+    for key, entries in logs.items():
+        for entry_id, f in entries:
+            kind = f.get("type", "")
+            if kind == "top_up":
+                users.add(f["to"])
+                coins[f["to"]] += int(f["credited"])
+                debt[f["to"]] -= int(f["repaid"])
+            elif kind == "refund":
+                users.add(f["from"])
+                coins[f["from"]] -= int(f["clawed"])
+                debt[f["from"]] += int(f["debt"])
+            elif kind == "gift_debit":
+                users.add(f["from"])
+                transfer = f"{f['from']}|{f['client_id']}|{entry_id}"
+                debits[transfer] = f
+                coins[f["from"]] -= int(f["coins"])
+                client_ids[(f["from"], f["client_id"])].append(log_position(entry_id)[0])
+                if int(f["coins"]) != int(f["price"]) * int(f["count"]):
+                    problems.append(f"debit {transfer}: coins are not price x count")
+            elif kind == "gift_credit":
+                creator = f["to"]
+                users.add(creator)
+                credits[f["transfer_id"]].append(f)
+                got, fee, paid = int(f["diamonds"]), int(f["platform"]), int(f["coins"])
+                diamonds[creator] += got
+                platform += fee
+                if got + fee != paid:
+                    problems.append(f"credit {f['transfer_id']}: diamonds + platform != coins")
+                expected = divmod(share_rem.get(creator, 0) + paid * int(f["share_bps"]), 10000)
+                if (got, int(f["share_rem"])) != expected:
+                    problems.append(f"credit {f['transfer_id']}: share_rem carry broken")
+                share_rem[creator] = int(f["share_rem"])
+                seqs[(creator, f["stream"])].append(int(f["seq"]))
+            else:
+                problems.append(f"{key} {entry_id}: entry type {kind!r} not reconciled here")
+
+    pending_ids: dict[str, tuple[str, dict[str, str]]] = {}
+    for _key, entries in outboxes.items():
+        for entry_id, f in entries:
+            transfer = f.get("transfer_id", "")
+            if transfer not in debits:
+                problems.append(f"outbox entry {entry_id}: no debit for {transfer!r}")
+            pending_ids[transfer] = (entry_id, f)
+
+    credited = pending = 0
+    for transfer, debit in debits.items():
+        done = credits.get(transfer, [])
+        if len(done) > 1:
+            problems.append(f"transfer {transfer} credited {len(done)} times")
+        if done:
+            credited += int(debit["coins"])
+            for field_name in _MATCHED:
+                if done[0].get(field_name) != debit.get(field_name):
+                    problems.append(f"transfer {transfer}: credit's {field_name} differs")
+        elif transfer in pending_ids:
+            entry_id = pending_ids[transfer][0]
+            age = now_ms - log_position(entry_id)[0]
+            report.pending.append(Pending(transfer, int(debit["coins"]), age))
+            pending += int(debit["coins"])
+        else:
+            problems.append(f"transfer {transfer} debited, neither credited nor pending")
+    for transfer in credits:
+        if transfer not in debits:
+            problems.append(f"credit {transfer} has no debit")
+
+    window_ms = ledger.limits.receipt_ttl_s * 1000
+    for (sender, client_id), times in client_ids.items():
+        times.sort()
+        if any(b - a < window_ms for a, b in itertools.pairwise(times)):
+            problems.append(f"client id {client_id} of {sender} debited twice in its window")
+
+    for (creator, stream), numbers in seqs.items():
+        if sorted(numbers) != list(range(1, len(numbers) + 1)):
+            problems.append(f"stream {stream}: credits are not numbered 1..{len(numbers)}")
+        last = await ledger.command(ledger.keys.stream(creator, stream), "HGET", "seq")
+        if int(last or 0) != len(numbers):
+            problems.append(f"stream {stream}: seq is {last!r}, the log says {len(numbers)}")
+
+    for user in sorted(users):
+        held = await ledger.command(
+            ledger.keys.account(user), "HMGET", "coins", "diamonds", "debt", "share_rem"
+        )
+        values = [int(v) if v is not None else 0 for v in held]
+        want = [coins[user], diamonds[user], debt[user], share_rem.get(user, 0)]
+        if values != want:
+            problems.append(f"account {user}: holds {values}, the logs say {want}")
+        if min(values) < 0:
+            problems.append(f"account {user}: negative balance {values}")
+
+    shares = await ledger.shards.sum_field(ledger.keys.platform_shards(), "coins")
+    if shares != platform:
+        problems.append(f"platform shards hold {shares}, the credits say {platform}")
+    debited = sum(int(d["coins"]) for d in debits.values())
+    if debited != credited + pending:
+        problems.append(f"coins debited {debited} != credited {credited} + pending {pending}")
+    report.totals = {
+        "log_entries": sum(len(e) for e in logs.values()),
+        "log_shards": len(logs),
+        "accounts": len(users),
+        "transfers": len(debits),
+        "coins_debited": debited,
+        "coins_credited": credited,
+        "coins_pending": pending,
+        "platform_coins": platform,
+        "diamonds_credited": sum(diamonds.values()),
+        "outbox_entries": sum(len(e) for e in outboxes.values()),
+        "outbox_slots": len({slot_of(k) for k in outboxes}),
+    }
+    return report

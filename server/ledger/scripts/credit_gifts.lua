@@ -1,0 +1,172 @@
+-- include: _gift_rules.lua
+-- credit_gifts: the creator's leg of gifts on a Redis Cluster (docs/ledger.md, "Redis
+-- Cluster"). One call applies a BATCH of debited transfers into one creator's stream, each
+-- exactly once by its transfer id: the diamonds (carrying share_rem), the platform share of
+-- the slot, seq (with the stream's epoch), totals, leaderboard, combo, feed, a ledger log
+-- entry, and the event, SPUBLISHed on the room's shard channel. Every key is in the
+-- creator's slot. Every check of every transfer comes before the first write.
+--
+-- KEYS[1]  {u:CREATOR}:acct               creator account hash (diamonds, share_rem)
+-- KEYS[2]  {u:CREATOR}:s:STREAM:stream    stream hash (creator, state, seq, totals, epoch)
+-- KEYS[3]  {u:CREATOR}:s:STREAM:top       leaderboard zset
+-- KEYS[4]  {u:CREATOR}:s:STREAM:feed      gift feed stream (entry id SEQ-0)
+-- KEYS[5]  {u:CREATOR}:s:STREAM:room      shard channel (SPUBLISH)
+-- KEYS[6]  {~N}:platform                  the creator's slot's platform share hash (coins)
+-- KEYS[7]  {~N}:log                       the creator's slot's ledger log
+-- KEYS[6 + 2i]  {u:CREATOR}:credit:TRANSFER_i   transfer i's credit marker (TTL), i = 1..n
+-- KEYS[7 + 2i]  {u:CREATOR}:s:STREAM:combo:SENDER_i:GIFT_i   its combo counter
+--
+-- ARGV[1]  creator id   ARGV[2]  stream id   ARGV[3]  receipt TTL, seconds (marker TTL)
+-- ARGV[4]  combo window, ms   ARGV[5]  feed length   ARGV[6]  largest balance
+-- ARGV[7]  n, the transfers in this call (1..256)
+-- ARGV[8 + 11(i-1) ...]: transfer i: transfer id, client id, sender id, sender name, gift
+--   id, count, coins, price, catalog version, share bps, debit time (ms, the debit's clock)
+--
+-- Reply: {'ok', JSON array, one result per transfer in order} | {'refused', code} for the
+--   whole batch (invalid_request: malformed call; unknown_stream: no stream hash).
+-- Result: {transfer_id, status = 'ok' | 'replay', seq, diamonds, platform_coins, combo, ts,
+--   epoch} or {transfer_id, status = 'refused', code}: invalid_request (a malformed
+--   transfer), balance_limit (the creator or the slot's platform share would pass the
+--   largest balance), transfer_expired (debited longer ago than the marker TTL less a
+--   minute and not credited: it may have been credited before its marker expired, so it
+--   is left to an operator, never applied twice). A refused transfer writes nothing and
+--   stays in the outbox.
+-- Marker: the result JSON of its first credit; kept for the receipt TTL, which bounds how
+--   long after its debit a transfer can still be credited (see transfer_expired).
+-- Ledger entry: type=gift_credit, transfer_id, client_id, from, to, stream, gift, count,
+--   price, coins, catalog_version, diamonds, platform, share_bps, share_rem (after), seq
+-- Event JSON (fields in server/protocol/events.py): type, seq, epoch, transfer_id,
+--   stream_id, sender_id, sender_name, gift_id, count, combo, coins, diamonds, ts
+--
+-- A stream that ended after the debit still takes the credit: the server saw it live
+-- before debiting (docs/ledger.md, "The two legs"), and refusing here would strand coins.
+
+local FIELDS = 11
+local SKEW_MS = 60000  -- clock difference between two primaries that the expiry tolerates
+local creator, stream_id = ARGV[1], ARGV[2]
+local ttl = int_arg(ARGV[3], 1, 1e9)
+local combo_window = int_arg(ARGV[4], 1, 1e9)
+local feed_max = int_arg(ARGV[5], 1, 1e9)
+local amount_max = int_arg(ARGV[6], 1, 1e13)
+local n = int_arg(ARGV[7], 1, 256)
+if not (id_arg(creator) and id_arg(stream_id) and ttl and combo_window and feed_max
+    and amount_max and n and #ARGV == 7 + FIELDS * n and #KEYS == 7 + 2 * n) then
+  return refuse('invalid_request')
+end
+
+local stream = redis.call('HMGET', KEYS[2], 'creator', 'seq', 'coins', 'diamonds', 'gifts',
+  'epoch')
+if not stream[1] then
+  return refuse('unknown_stream')
+end
+if stream[1] ~= creator then
+  return refuse('invalid_request')
+end
+local seq, total_coins, total_diamonds, total_gifts = stored_int(stream[2]),
+  stored_int(stream[3]), stored_int(stream[4]), stored_int(stream[5])
+local epoch = stream[6] or ''
+local acct = redis.call('HMGET', KEYS[1], 'diamonds', 'share_rem')
+local diamonds_held, share_rem = stored_int(acct[1]), stored_int(acct[2])
+local platform_held = stored_int(redis.call('HGET', KEYS[6], 'coins'))
+-- Read every key written below with a command of its type (Redis has no rollback).
+redis.call('ZSCORE', KEYS[3], creator)
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[4])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      local last = tonumber(string.match(info[i + 1], '^(%d+)-'))
+      if last > seq then
+        error('giftwire: feed is ahead of the stream sequence: ' .. info[i + 1])
+      end
+    end
+  end
+end
+redis.call('XLEN', KEYS[7])
+local ms = now_ms()
+
+-- First pass: decide every transfer, writing nothing.
+local results, plan, seen, combos = {}, {}, {}, {}
+local platform_add = 0
+for i = 1, n do
+  local a = 7 + FIELDS * (i - 1)
+  local transfer, client_id, sender, name, gift = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
+    ARGV[a + 4], ARGV[a + 5]
+  local count = int_arg(ARGV[a + 6], 1, 9999)
+  local coins = int_arg(ARGV[a + 7], 0, 1e11)
+  local price = int_arg(ARGV[a + 8], 0, 1e11)
+  local version = int_arg(ARGV[a + 9], 0, 9007199254740991)
+  local share_bps = int_arg(ARGV[a + 10], 0, 10000)
+  local debit_ms = int_arg(ARGV[a + 11], 0, 9007199254740991)
+  local marker_key, combo_key = KEYS[6 + 2 * i], KEYS[7 + 2 * i]
+  local suffix = ':credit:' .. tostring(transfer)
+  if not (type(transfer) == 'string' and #transfer <= 200 and id_arg(client_id)
+      and id_arg(sender) and id_arg(gift) and count and coins and price and version
+      and share_bps and debit_ms and type(name) == 'string' and #name <= 256
+      and coins == price * count and sender ~= creator
+      and string.sub(marker_key, -#suffix) == suffix) then
+    results[i] = {transfer_id = tostring(transfer), status = 'refused', code = 'invalid_request'}
+  elseif seen[transfer] then
+    results[i] = seen[transfer]
+  else
+    local stored = redis.call('GET', marker_key)
+    if stored then
+      local done = cjson.decode(stored)
+      done.status = 'replay'
+      results[i] = done
+    elseif ms - debit_ms > ttl * 1000 - SKEW_MS then
+      results[i] = {transfer_id = transfer, status = 'refused', code = 'transfer_expired'}
+    else
+      local diamonds, rem, platform = gift_split(share_rem, coins, share_bps)
+      if diamonds_held + diamonds > amount_max
+          or platform_held + platform_add + platform > amount_max then
+        results[i] = {transfer_id = transfer, status = 'refused', code = 'balance_limit'}
+      else
+        if combos[combo_key] == nil then
+          combos[combo_key] = stored_int(redis.call('GET', combo_key))
+        end
+        combos[combo_key] = combos[combo_key] + count
+        diamonds_held, share_rem = diamonds_held + diamonds, rem
+        platform_add = platform_add + platform
+        seq = seq + 1
+        total_coins, total_diamonds, total_gifts = total_coins + coins,
+          total_diamonds + diamonds, total_gifts + count
+        results[i] = {transfer_id = transfer, status = 'ok', seq = seq, diamonds = diamonds,
+          platform_coins = platform, combo = combos[combo_key], ts = ms, epoch = epoch}
+        plan[#plan + 1] = {i = i, client_id = client_id, sender = sender, name = name,
+          gift = gift, count = count, coins = coins, price = price, version = version,
+          share_bps = share_bps, share_rem = rem, marker = marker_key, combo = combo_key}
+      end
+    end
+    seen[transfer] = results[i]
+  end
+end
+if #plan == 0 then
+  return {'ok', cjson.encode(results)}
+end
+
+-- Second pass: write what the first pass decided.
+redis.call('HSET', KEYS[1], 'diamonds', int(diamonds_held), 'share_rem', int(share_rem))
+redis.call('HINCRBY', KEYS[6], 'coins', int(platform_add))
+redis.call('HSET', KEYS[2], 'seq', int(seq), 'coins', int(total_coins),
+  'diamonds', int(total_diamonds), 'gifts', int(total_gifts))
+for _, p in ipairs(plan) do
+  local r = results[p.i]
+  redis.call('ZINCRBY', KEYS[3], p.coins, p.sender)
+  redis.call('INCRBY', p.combo, p.count)
+  redis.call('PEXPIRE', p.combo, combo_window)
+  redis.call('XADD', KEYS[7], '*', 'type', 'gift_credit', 'transfer_id', r.transfer_id,
+    'client_id', p.client_id, 'from', p.sender, 'to', creator, 'stream', stream_id,
+    'gift', p.gift, 'count', int(p.count), 'price', int(p.price), 'coins', int(p.coins),
+    'catalog_version', int(p.version), 'diamonds', int(r.diamonds),
+    'platform', int(r.platform_coins), 'share_bps', int(p.share_bps),
+    'share_rem', int(p.share_rem), 'seq', int(r.seq))
+  local event = cjson.encode({
+    type = 'gift', seq = r.seq, epoch = epoch, transfer_id = r.transfer_id,
+    stream_id = stream_id, sender_id = p.sender, sender_name = p.name, gift_id = p.gift,
+    count = p.count, combo = r.combo, coins = p.coins, diamonds = r.diamonds, ts = ms,
+  })
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', int(feed_max), int(r.seq) .. '-0', 'e', event)
+  redis.call('SPUBLISH', KEYS[5], event)
+  redis.call('SET', p.marker, cjson.encode(r), 'EX', ttl)
+end
+return {'ok', cjson.encode(results)}

@@ -1,0 +1,150 @@
+-- include: _gift_rules.lua
+-- debit_gift: the sender's leg of a gift on a Redis Cluster (docs/ledger.md, "Redis
+-- Cluster"). In the sender's slot only: idempotency by client id, rate limit, daily cap,
+-- balance; then the debit, the receipt, a ledger log entry and an outbox entry that the
+-- credit leg (credit_gifts.lua) settles, all in one atomic step. Every check comes first.
+--
+-- KEYS[1]  {u:SENDER}:gift:CLIENT_ID  receipt (string: fingerprint "\n" receipt JSON), TTL
+-- KEYS[2]  {u:SENDER}:acct            sender account hash (coins, spend_*, rl_*, daily_limit)
+-- KEYS[3]  {~N}:outbox                the sender's slot's outbox (stream), N = that slot
+-- KEYS[4]  {~N}:log                   the sender's slot's ledger log (stream)
+-- KEYS[5]  {~N}:catalog               the slot's copy of the current catalog: gift id ->
+--                                     price, '@version' -> its number
+--
+-- ARGV[1]  client id      ARGV[2]  sender id     ARGV[3]  creator id (the stream id's
+--                                                owner, {s:STREAM}:owner, read by the server)
+-- ARGV[4]  stream id      ARGV[5]  gift id       ARGV[6]  count
+-- ARGV[7]  sender display name                   ARGV[8]  creator share, basis points
+-- ARGV[9]  gifts per second (rate)               ARGV[10] burst
+-- ARGV[11] default daily spend limit (0 = none)  ARGV[12] receipt TTL, seconds
+-- ARGV[13] largest balance                       ARGV[14] largest coins per send
+-- ARGV[15] catalog version the client was shown (0: not checked)
+-- ARGV[16] outbox entries max (per slot): past it every debit of the slot is refused
+-- ARGV[17] the stream's state as the server read it in the creator's slot just before:
+--          'live', 'ended' or 'unknown' (checked after the receipt, so a retry of a
+--          committed gift still gets its receipt once the stream has ended)
+--
+-- Reply: {'ok', receipt JSON} | {'replay', receipt JSON} | {'refused', code [, detail JSON]}
+-- Receipt JSON: transfer_id (SENDER|CLIENT_ID|LOG_ID), client_id, stream_id, gift_id,
+--   count, coins, price, catalog_version, share_bps, creator_id, sender_name, balance
+--   (the sender's coins after), ts (ms), log_id, outbox_id: everything the credit leg needs,
+--   so that a retry after a crash between the legs can settle the credit from the replay.
+-- Ledger entry (its id is the transfer id's LOG_ID): type=gift_debit, client_id, from, to,
+--   stream, gift, count, price, coins, catalog_version, share_bps
+-- Outbox entry: transfer_id, client_id, from, sender_name, to, stream, gift, count, price,
+--   coins, catalog_version, share_bps, ts
+-- Refusal codes: invalid_request, duplicate_mismatch, unknown_stream, stream_not_live,
+--   self_gift, unknown_gift,
+--   catalog_changed (detail: {catalog_version}), rate_limited, spending_limit,
+--   insufficient_funds, unavailable (detail: {reason = 'catalog_missing' | 'outbox_full'})
+
+local client_id, sender, creator, stream_id, gift = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local count = int_arg(ARGV[6], 1, 9999)
+local share_bps = int_arg(ARGV[8], 0, 10000)
+local rate = int_arg(ARGV[9], 1, 1000000)
+local burst = int_arg(ARGV[10], 1, 1000000)
+local daily_default = int_arg(ARGV[11], 0, 1e13)
+local receipt_ttl = int_arg(ARGV[12], 1, 1e9)
+local amount_max = int_arg(ARGV[13], 1, 1e13)
+local send_max = int_arg(ARGV[14], 1, 1e11)
+local shown_version = int_arg(ARGV[15], 0, 9007199254740991)
+local outbox_max = int_arg(ARGV[16], 1, 1e9)
+if not (id_arg(client_id) and id_arg(sender) and id_arg(creator) and id_arg(stream_id)
+    and id_arg(gift) and count and share_bps and rate and burst and daily_default
+    and receipt_ttl and amount_max and send_max and shown_version and outbox_max
+    and type(ARGV[7]) == 'string' and #ARGV[7] <= 256
+    and (ARGV[17] == 'live' or ARGV[17] == 'ended' or ARGV[17] == 'unknown')) then
+  return refuse('invalid_request')
+end
+
+-- The creator is derived from the stream id (its owner never changes), so the fingerprint
+-- is the single-node one: the same id for another stream, gift or count is a mismatch.
+local fingerprint = stream_id .. '|' .. gift .. '|' .. int(count)
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local cut = string.find(stored, '\n', 1, true)
+  if string.sub(stored, 1, cut - 1) ~= fingerprint then
+    return refuse('duplicate_mismatch')
+  end
+  return {'replay', string.sub(stored, cut + 1)}
+end
+if ARGV[17] == 'unknown' then
+  return refuse('unknown_stream')
+end
+if ARGV[17] ~= 'live' then
+  return refuse('stream_not_live')
+end
+if sender == creator then
+  return refuse('self_gift')
+end
+
+local price, version = unpack(redis.call('HMGET', KEYS[5], gift, '@version'))
+if not version then
+  -- This slot has no catalog copy (a copy interrupted, or a slot that lost its data): no
+  -- gift of this slot can be priced. The server copies it again (cluster_ledger.py).
+  return refuse('unavailable', {reason = 'catalog_missing'})
+end
+if shown_version > 0 and tonumber(version) ~= shown_version then
+  return refuse('catalog_changed', {catalog_version = tonumber(version) or 0})
+end
+if not price then
+  return refuse('unknown_gift')
+end
+stored_int(price)
+local coins = tonumber(price) * count
+if coins > send_max then
+  return refuse('invalid_request')
+end
+-- The outbox holds what the credit leg has not settled yet: bounded, so that a credit side
+-- that stays down fills no Redis; senders are refused (nothing written) until it drains.
+if redis.call('XLEN', KEYS[3]) >= outbox_max then
+  return refuse('unavailable', {reason = 'outbox_full'})
+end
+
+local acct = redis.call('HMGET', KEYS[2], 'coins', 'spend_hour', 'spend_hours', 'rl_tokens',
+  'rl_at', 'daily_limit', 'spend_day', 'spend_coins', 'spend_sum')
+local ms, seconds = now_ms()
+local tokens, retry_after_ms = gift_rate_take(acct[4], acct[5], ms, rate, burst)
+if not tokens then
+  return refuse('rate_limited', {retry_after_ms = retry_after_ms})
+end
+local newest, ring, spent = gift_spend_window(acct[2], acct[3], acct[9], acct[7], acct[8],
+  seconds)
+local daily_limit = acct[6] and stored_int(acct[6]) or daily_default
+if daily_limit > 0 and spent + coins > daily_limit then
+  return refuse('spending_limit', {limit = daily_limit, spent_24h = spent})
+end
+ring = gift_spend_add(ring, coins)
+local balance = stored_int(acct[1])
+if balance < coins then
+  return refuse('insufficient_funds', {balance = balance, price = coins})
+end
+if balance > amount_max then
+  error('giftwire: stored balance beyond the largest: ' .. int(balance))
+end
+redis.call('XLEN', KEYS[4])  -- a wrong-typed log fails here, before the first write
+
+-- Every check passed: write.
+local new_balance = redis.call('HINCRBY', KEYS[2], 'coins', -coins)
+redis.call('HSET', KEYS[2], 'spend_hour', int(newest), 'spend_hours', ring,
+  'spend_sum', int(spent + coins), 'rl_tokens', int(tokens - 1000), 'rl_at', int(ms))
+-- The transfer id is unique per debit, not only per client id: after the receipt expires
+-- the same client id sends a new gift, whose credit must not replay the old one's.
+local log_id = redis.call('XADD', KEYS[4], '*', 'type', 'gift_debit', 'client_id', client_id,
+  'from', sender, 'to', creator, 'stream', stream_id, 'gift', gift, 'count', int(count),
+  'price', price, 'coins', int(coins), 'catalog_version', version, 'share_bps', int(share_bps))
+local transfer = sender .. '|' .. client_id .. '|' .. log_id
+-- The log entry's own id is part of the transfer id, so the entry does not repeat it:
+-- reconcile rebuilds it as from|client_id|entry id.
+local outbox_id = redis.call('XADD', KEYS[3], '*', 'transfer_id', transfer,
+  'client_id', client_id, 'from', sender, 'sender_name', ARGV[7], 'to', creator,
+  'stream', stream_id, 'gift', gift, 'count', int(count), 'price', price,
+  'coins', int(coins), 'catalog_version', version, 'share_bps', int(share_bps), 'ts', int(ms))
+local receipt = cjson.encode({
+  transfer_id = transfer, client_id = client_id, stream_id = stream_id, gift_id = gift,
+  count = count, coins = coins, price = tonumber(price), catalog_version = tonumber(version),
+  share_bps = share_bps, creator_id = creator, sender_name = ARGV[7], balance = new_balance,
+  ts = ms, log_id = log_id, outbox_id = outbox_id,
+})
+redis.call('SET', KEYS[1], fingerprint .. '\n' .. receipt, 'EX', receipt_ttl)
+return {'ok', receipt}

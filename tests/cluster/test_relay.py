@@ -1,0 +1,148 @@
+"""The relay settles what the fast path left in the outboxes, exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from server.domain.errors import UnavailableError
+from server.ledger.cluster_credits import CreditResult, Transfer
+from server.ledger.cluster_keys import slot_of
+from server.ledger.cluster_ledger import ClusterLedger
+from server.ledger.cluster_reconcile import reconcile_cluster
+from server.ledger.cluster_relay import GROUP, Relay
+from server.ledger.keys import Keys
+from tests.cluster.legs import funded, gift, live_stream, open_ledger
+from tests.support.cluster import RedisCluster
+
+
+@pytest.fixture
+async def crashed(redis_cluster: RedisCluster, keys: Keys) -> AsyncIterator[ClusterLedger]:
+    """A process whose every credit fails after its debit (it died between the legs)."""
+    ledger = await open_ledger(redis_cluster, keys.prefix)
+
+    async def died(transfer: Transfer) -> CreditResult:
+        raise UnavailableError("died between the legs")
+
+    ledger.credits.credit = died  # type: ignore[method-assign]
+    yield ledger
+    await ledger.aclose()
+
+
+@pytest.fixture
+async def survivor(redis_cluster: RedisCluster, keys: Keys) -> AsyncIterator[ClusterLedger]:
+    ledger = await open_ledger(redis_cluster, keys.prefix)
+    yield ledger
+    await ledger.aclose()
+
+
+async def _debited_only(ledger: ClusterLedger, senders: int, gifts: int) -> tuple[str, str]:
+    stream, creator = await live_stream(ledger)
+    users = [await funded(ledger, 100) for _ in range(senders)]
+    for user in users:
+        for _ in range(gifts):
+            with pytest.raises(UnavailableError):
+                await gift(ledger, user, stream, creator, gift_id="finger_heart")
+    return stream, creator
+
+
+async def _settle(relay: Relay, rounds: int = 20) -> None:
+    for _ in range(rounds):
+        await relay.round()
+        if relay.stats.pending == 0:
+            return
+    raise AssertionError(f"still pending: {relay.stats}")
+
+
+async def test_the_relay_credits_what_a_crashed_process_debited(
+    crashed: ClusterLedger, survivor: ClusterLedger
+) -> None:
+    stream, creator = await _debited_only(crashed, senders=6, gifts=3)
+    report = await reconcile_cluster(survivor)
+    assert report.problems == [] and len(report.pending) == 18
+    assert all(p.age_ms >= 0 for p in report.pending)
+    relay = Relay(survivor, grace_ms=0, full_sweep_s=0)
+    await relay.round()
+    assert relay.stats.settled == 18
+    await _settle(relay)
+    report = await reconcile_cluster(survivor)
+    assert report.problems == [] and report.pending == []
+    assert report.totals["outbox_entries"] == 0
+    assert (await survivor.balance(creator)).diamonds == 18 * 5 // 2
+    info = await survivor.stream(stream)
+    assert info is not None and info.last_sequence == 18
+    assert await relay.round() == 0  # nothing left, nothing credited twice
+
+
+async def test_a_relay_killed_mid_batch_leaves_its_entries_to_another(
+    crashed: ClusterLedger, survivor: ClusterLedger
+) -> None:
+    _, creator = await _debited_only(crashed, senders=1, gifts=8)
+    dying = Relay(survivor, consumer="dying", grace_ms=0, full_sweep_s=0)
+    real = survivor.credit_transfers
+
+    async def half_then_die(transfers: list[Transfer]) -> list[CreditResult]:
+        await real(transfers[: len(transfers) // 2])
+        raise RuntimeError("kill -9 before XACK")
+
+    survivor.credit_transfers = half_then_die  # type: ignore[method-assign]
+    await dying.round()
+    assert dying.settled == 0
+    survivor.credit_transfers = real  # type: ignore[method-assign]
+    assert (await survivor.balance(creator)).diamonds == 4 * 5 // 2
+    # The dead relay's entries are pending in its name; after the grace another takes them.
+    heir = Relay(survivor, consumer="heir", grace_ms=0, full_sweep_s=0)
+    await _settle(heir)
+    assert heir.settled == 8  # four credited now, four replayed
+    report = await reconcile_cluster(survivor)
+    assert report.problems == [] and report.pending == []
+    assert (await survivor.balance(creator)).diamonds == 8 * 5 // 2
+
+
+async def test_entries_the_fast_path_settled_leave_the_group_by_themselves(
+    survivor: ClusterLedger,
+) -> None:
+    stream, creator = await live_stream(survivor)
+    sender = await funded(survivor, 100)
+    released = asyncio.Event()
+    real = survivor.credits.credit
+
+    async def slow(transfer: Transfer) -> CreditResult:
+        await released.wait()
+        return await real(transfer)
+
+    survivor.credits.credit = slow  # type: ignore[method-assign]
+    sending = asyncio.create_task(gift(survivor, sender, stream, creator))
+    await asyncio.sleep(0.05)
+    survivor.unsettled_slots.add(_sender_slot(survivor, sender))
+    relay = Relay(survivor, grace_ms=60_000, full_sweep_s=3600)
+    await relay.full_sweep()
+    await relay.round()  # reads the entry into the group, too young to credit
+    assert relay.settled == 0 and relay.stats.pending == 1
+    released.set()
+    await sending
+    await asyncio.sleep(0.05)
+    relay.grace_ms = 0
+    await relay.round()
+    outbox = survivor.keys.outbox_shard(_sender_slot(survivor, sender))
+    assert relay.hot == set()
+    summary = await survivor.command(outbox, "XPENDING", GROUP)
+    assert summary["pending"] == 0
+    report = await reconcile_cluster(survivor)
+    assert report.problems == [] and report.pending == []
+
+
+def _sender_slot(ledger: ClusterLedger, sender: str) -> int:
+    return slot_of(ledger.keys.account(sender))
+
+
+async def test_stats_count_the_pending_transfers_and_their_age(
+    crashed: ClusterLedger,
+) -> None:
+    await _debited_only(crashed, senders=2, gifts=2)
+    relay = Relay(crashed, grace_ms=0, full_sweep_s=0)
+    await relay.round()  # its credits fail too: nothing settles
+    assert relay.stats.pending == 4 and relay.stats.settled == 0
+    assert relay.stats.lag_ms >= 0
