@@ -58,6 +58,7 @@ from server.ledger.cluster_topology import CONNECTION_ERRORS
 from server.ledger.ledger import StreamChange, _stream_change, stream_from_hash
 from server.ledger.receipts import GiftReceipt, TopUpReceipt, unpack
 from server.ledger.scripts import ScriptName
+from server.ledger.spending import SpendingStore
 
 log = logging.getLogger("giftwire.ledger")
 
@@ -86,6 +87,8 @@ class ClusterLedger:
         self.economics = economics or Economics()
         self.shards = Shards(runner.slots, timeout_s=self.limits.redis_timeout_s)
         self.credits = CreditBatcher(runner, self.keys, self.limits)
+        # One key, the user's account: the same script as single-node, in its slot.
+        self.spending = SpendingStore(runner, self.keys, self.limits)
         self.catalog: Catalog | None = None
         self._owners: OrderedDict[str, str] = OrderedDict()
         self._states: dict[str, tuple[float, str]] = {}
@@ -141,12 +144,13 @@ class ClusterLedger:
             catalog.document().decode(),
             1,
             SEND_COINS_MAX // GIFT_COUNT_MAX,
+            "",  # no scheduled edit: a seed
         ]
         for gift_id, price in catalog.prices().items():
             args += [gift_id, price]
-        await self.runner.run(
-            ScriptName.PUBLISH_CATALOG, [self.keys.catalog(), self.keys.catalog_versions()], args
-        )
+        k = self.keys
+        catalog_keys = [k.catalog(), k.catalog_versions(), k.catalog_schedule(), k.catalog_due()]
+        await self.runner.run(ScriptName.PUBLISH_CATALOG, catalog_keys, args)
         held = await self.current_catalog()
         await self.copy_catalog(held)
         return held
@@ -418,6 +422,7 @@ class ClusterLedger:
             catalog_version,
             OUTBOX_ENTRIES_MAX,
             state,
+            lim.monthly_spend_coins_max,
         ]
 
     async def credit_transfers(self, transfers: list[Transfer]) -> list[CreditResult]:

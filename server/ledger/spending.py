@@ -10,16 +10,15 @@ unknown, retry.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import orjson
 
 from server.domain.errors import ErrorCode, RequestError
 from server.domain.limits import SPEND_LIMIT_COINS_MAX, Limits
 from server.domain.spending import Period, SpendingStatus, status_from_json
-from server.ledger.keys import Keys
 from server.ledger.receipts import unpack
-from server.ledger.runner import ScriptRunner
 from server.ledger.scripts import ScriptName
 
 UNCHANGED = "-"
@@ -36,8 +35,26 @@ def _limit_arg(value: int | None, what: str) -> str:
     return str(value)
 
 
+class ScriptRuns(Protocol):
+    """A script runner: single-node's ``ScriptRunner`` or the cluster's (the script's one
+    key, the account, is in one slot)."""
+
+    async def run(
+        self,
+        name: ScriptName,
+        keys: Sequence[str],
+        args: Sequence[str | int],
+        *,
+        order_key: str = "",
+    ) -> list[bytes]: ...
+
+
+class AccountKeys(Protocol):
+    def account(self, user_id: str) -> str: ...
+
+
 class SpendingStore:
-    def __init__(self, runner: ScriptRunner, keys: Keys, limits: Limits) -> None:
+    def __init__(self, runner: ScriptRuns, keys: AccountKeys, limits: Limits) -> None:
         self.runner = runner
         self.keys = keys
         self.limits = limits
