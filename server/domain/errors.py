@@ -43,6 +43,9 @@ class ErrorCode(StrEnum):
     PAYOUT_SETTLED = "payout_settled"
     CATALOG_CHANGED = "catalog_changed"
     CATALOG_LIMIT = "catalog_limit"
+    FUNDS_HELD = "funds_held"
+    HOLD_LIMIT = "hold_limit"
+    HOLD_CHANGED = "hold_changed"
     # Edge refusals.
     INVALID_REQUEST = "invalid_request"
     MESSAGE_TOO_LARGE = "message_too_large"
@@ -78,6 +81,9 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.PAYOUT_SETTLED: "the payout was already settled the other way",
     ErrorCode.CATALOG_CHANGED: "the gift catalog changed; fetch it and send again",
     ErrorCode.CATALOG_LIMIT: "the catalog or its schedule is full",
+    ErrorCode.FUNDS_HELD: "these diamonds are still in the payout hold",
+    ErrorCode.HOLD_LIMIT: "gifts to too many creators within the payout hold; try later",
+    ErrorCode.HOLD_CHANGED: "the gifts in the payout hold changed; retry",
     ErrorCode.INVALID_REQUEST: "the request is malformed",
     ErrorCode.MESSAGE_TOO_LARGE: "the message is larger than allowed",
     ErrorCode.UNAUTHORIZED: "missing or invalid credentials",

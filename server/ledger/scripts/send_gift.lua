@@ -1,3 +1,4 @@
+-- include: _hold.lua
 -- include: _spend.lua
 -- send_gift: debit the sender's coins, credit the creator's diamonds and the platform's
 -- share, bump combo, leaderboard and totals, append to the ledger and the stream's feed,
@@ -15,6 +16,8 @@
 -- KEYS[9]  {ledger}:log                ledger stream
 -- KEYS[10] {catalog}:prices            gift id -> price hash
 -- KEYS[11] {s:STREAM}:room             pub/sub channel (declared as a key for sharded pub/sub)
+-- KEYS[12] {u:SENDER}:held             the sender's gifts within the payout hold (_hold.lua);
+--                                      the creator's account holds the held day buckets
 --
 -- ARGV[1]  client id (the client-chosen transfer id)   ARGV[2]  sender id
 -- ARGV[3]  creator id (as the caller believes)          ARGV[4]  stream id
@@ -25,7 +28,9 @@
 -- ARGV[13] combo window, ms                             ARGV[14] feed length
 -- ARGV[15] largest balance                              ARGV[16] largest coins per send
 -- ARGV[17] catalog version the client was shown (0: not checked)
--- ARGV[18] default monthly spend limit, coins (0 = none; a calendar month, UTC)
+-- ARGV[18] payout hold, days (0: none)                  ARGV[19] length of a hold day, s
+-- ARGV[20] most entries in the sender's hold record
+-- ARGV[21] default monthly spend limit, coins (0 = none; a calendar month, UTC)
 --
 -- Reply: {'ok', receipt JSON} | {'replay', receipt JSON} | {'refused', code [, detail JSON]}
 -- Event JSON (published and stored in the feed; fields in server/protocol/events.py):
@@ -38,7 +43,8 @@
 --   catalog_version (the version charged, '0' when the catalog had none)
 -- Refusal codes: invalid_request, duplicate_mismatch, unknown_stream, stream_not_live,
 --   self_gift, unknown_gift, rate_limited, spending_limit, insufficient_funds, balance_limit,
---   catalog_changed (detail: {catalog_version = current version})
+--   catalog_changed (detail: {catalog_version = current version}),
+--   hold_limit (detail: {entries_max}: the sender's gifts in the hold name too many creators)
 --   spending_limit detail: {period = 'day' | 'month', limit, spent, set_by = 'own' |
 --   'platform', spent_24h (day only, = spent)}
 
@@ -54,11 +60,14 @@ local feed_max = int_arg(ARGV[14], 1, 1e9)
 local amount_max = int_arg(ARGV[15], 1, 1e13)
 local send_max = int_arg(ARGV[16], 1, 1e11)
 local shown_version = int_arg(ARGV[17], 0, 9007199254740991)
-local monthly_default = int_arg(ARGV[18], 0, 1e13)
+local K_HOLD = KEYS[12]
+local hold_days, hold_day_s = int_arg(ARGV[18], 0, 365), int_arg(ARGV[19], 1, 1000000)
+local hold_entries_max = int_arg(ARGV[20], 1, 100000)
+local monthly_default = int_arg(ARGV[21], 0, 1e13)
 if not (id_arg(client_id) and id_arg(sender) and id_arg(creator) and id_arg(stream_id)
     and id_arg(gift) and count and share_bps and rate and burst and daily_default
     and receipt_ttl and combo_window and feed_max and amount_max and send_max and shown_version
-    and monthly_default
+    and hold_days and hold_day_s and hold_entries_max and monthly_default
     and type(ARGV[7]) == 'string' and #ARGV[7] <= 256) then
   return refuse('invalid_request')
 end
@@ -149,6 +158,11 @@ local platform_coins = stored_int(redis.call('HGET', KEYS[4], 'coins'))
 if creator_diamonds + diamonds > amount_max or platform_coins + platform > amount_max then
   return refuse('balance_limit')
 end
+local hold, hold_refusal = hold_gift_prepare(KEYS[3], K_HOLD, creator, share_bps, seconds,
+  hold_days, hold_day_s, hold_entries_max)
+if not hold then
+  return hold_refusal
+end
 -- Read every key written below with a command of its type: a key of the wrong type fails
 -- here, before the first write, instead of halfway through (Redis has no rollback).
 redis.call('ZSCORE', KEYS[6], sender)
@@ -173,6 +187,7 @@ local new_balance = redis.call('HINCRBY', KEYS[2], 'coins', -coins)
 spend_record(KEYS[2], spend, coins, 'rl_tokens', int(tokens - 1000), 'rl_at', int(ms))
 redis.call('HSET', KEYS[3], 'diamonds', int(creator_diamonds + diamonds),
   'share_rem', int(share_rem))
+hold_gift_commit(hold, diamonds, coins)
 redis.call('HINCRBY', KEYS[4], 'coins', platform)
 local seq = redis.call('HINCRBY', KEYS[5], 'seq', 1)
 redis.call('HINCRBY', KEYS[5], 'coins', coins)
