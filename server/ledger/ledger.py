@@ -24,10 +24,12 @@ from server.domain.errors import (
     RequestError,
     UnavailableError,
 )
-from server.domain.limits import AMOUNT_MAX, SEND_COINS_MAX, Limits
+from server.domain.limits import AMOUNT_MAX, GUEST_GIFT_TRIES_MAX, SEND_COINS_MAX, Limits
 from server.domain.money import Economics
 from server.domain.streams import Stream, StreamState
+from server.ledger.battles import Battles
 from server.ledger.catalogs import CatalogStore
+from server.ledger.guests import Guests
 from server.ledger.hold import HOLD_FIELDS, HoldState
 from server.ledger.keys import Keys
 from server.ledger.receipts import (
@@ -135,6 +137,8 @@ class Ledger:
         )
         self.runner.on_unavailable = self.connection_broke
         self.catalogs = CatalogStore(redis, self.keys, self.runner)
+        self.battles = Battles(redis, self.runner, self.keys, self.limits, _redis_errors)
+        self.guests = Guests(redis, self.runner, self.keys, _redis_errors)
         self.spending = SpendingStore(self.runner, self.keys, self.limits)
 
     async def prepare(self, catalog: Catalog) -> Catalog:
@@ -208,9 +212,48 @@ class Ledger:
         gift_id: str,
         count: int,
         catalog_version: int | None = None,
+        to: str | None = None,
     ) -> GiftReceipt:
         """Send a gift. With ``catalog_version`` (the version the client was shown), refused
-        with ``catalog_changed`` unless it is the current one."""
+        with ``catalog_changed`` unless it is the current one. ``to``: a guest on stage, or
+        ``ALL_GUESTS`` (split between them); None: the creator."""
+        for attempt in range(GUEST_GIFT_TRIES_MAX):
+            recipients = [] if to is None else await self.guests.recipients(stream_id, to)
+            try:
+                return await self._send_gift(
+                    client_id=client_id,
+                    sender_id=sender_id,
+                    sender_name=sender_name,
+                    stream_id=stream_id,
+                    creator_id=creator_id,
+                    gift_id=gift_id,
+                    count=count,
+                    catalog_version=catalog_version,
+                    to=to or "",
+                    recipients=recipients,
+                )
+            except LedgerRefusal as refusal:
+                # Nothing was written: read the stage again and resend with the same id.
+                if refusal.code is not ErrorCode.GUESTS_CHANGED:
+                    raise
+                if attempt == GUEST_GIFT_TRIES_MAX - 1:
+                    raise
+        raise InvariantError("unreachable")
+
+    async def _send_gift(
+        self,
+        *,
+        client_id: str,
+        sender_id: str,
+        sender_name: str,
+        stream_id: str,
+        creator_id: str,
+        gift_id: str,
+        count: int,
+        catalog_version: int | None,
+        to: str,
+        recipients: list[str],
+    ) -> GiftReceipt:
         k, lim = self.keys, self.limits
         body, replayed = await self._run(
             ScriptName.SEND_GIFT,
@@ -227,6 +270,10 @@ class Ledger:
                 k.catalog(),
                 k.room_channel(stream_id),
                 k.hold_record(sender_id),
+                k.battle(stream_id),
+                k.battle_top(stream_id),
+                k.guests(stream_id),
+                *[k.account(guest) for guest in recipients],
             ],
             [
                 client_id,
@@ -248,6 +295,8 @@ class Ledger:
                 catalog_version or 0,
                 *self._hold_args(),
                 lim.payout_hold_entries_max,
+                to,
+                ",".join(recipients),
                 lim.monthly_spend_coins_max,
             ],
             order_key=sender_id,

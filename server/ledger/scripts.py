@@ -28,6 +28,13 @@ class ScriptName(StrEnum):
     PUBLISH_CATALOG = "publish_catalog"
     SPENDING_LIMITS = "spending_limits"
     SCHEDULE_CATALOG = "schedule_catalog"
+    INVITE_BATTLE = "invite_battle"
+    ACCEPT_BATTLE = "accept_battle"
+    DECLINE_BATTLE = "decline_battle"
+    END_BATTLE = "end_battle"
+    INVITE_GUEST = "invite_guest"
+    JOIN_STAGE = "join_stage"
+    LEAVE_STAGE = "leave_stage"
     DEBIT_GIFT = "debit_gift"
     CREDIT_GIFTS = "credit_gifts"
 
