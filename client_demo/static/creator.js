@@ -188,6 +188,7 @@ function onGift(event) {
   if (event.seq > state.wallet.seq && state.wallet.diamonds !== null && !event.recipients) {
     state.wallet.seq = event.seq;
     state.wallet.diamonds += event.diamonds;
+    walletSoon();
   }
   if (event.ts > Date.now() - MINUTE_MS) state.recent.push({ ts: event.ts, count: event.count });
   const combo = event.combo > event.count ? el("span", { class: "combo", text: `combo ×${fmt.format(event.combo)}` }) : "";
@@ -232,6 +233,7 @@ function onWelcome(welcome, { reconnected }) {
   }
   // The wallet at welcome already holds every gift up to welcome.last_seq.
   state.wallet = { seq: welcome.last_seq, diamonds: welcome.balance.diamonds };
+  refreshWallet();
   state.top = welcome.top;
   setLive(welcome.stream.state === "live");
   renderTotals();
@@ -261,7 +263,61 @@ async function refreshStatement() {
   const totals = response.body.totals;
   $("statement-diamonds").textContent = fmt.format(totals.diamonds);
   $("statement-cash").textContent = `$${(totals.cents / 100).toFixed(2)}`;
+  renderStatementRows(response.body);
   $("statement").hidden = false;
+}
+
+const STATEMENT_ROWS_MAX = 31; // the newest days shown; the CSV has them all
+
+function renderStatementRows(doc) {
+  const rows = [...doc.rows].reverse().slice(0, STATEMENT_ROWS_MAX);
+  $("statement-rows").replaceChildren(
+    ...rows.map((r) => el(
+      "tr",
+      {},
+      el("td", { text: r.period.slice(5) }), // MM-DD of this month
+      el("td", { text: r.stream_id, title: r.stream_id }),
+      el("td", { text: fmt.format(r.gifts) }),
+      el("td", { class: "diamond", text: fmt.format(r.diamonds) }),
+      el("td", { text: `$${(r.cents / 100).toFixed(2)}` }),
+    )),
+  );
+  const clawbacks = doc.clawbacks;
+  const node = $("statement-clawbacks");
+  node.hidden = !clawbacks?.count;
+  if (clawbacks?.count) {
+    node.textContent = `Charged back within the hold: −${fmt.format(clawbacks.diamonds)} diamonds`
+      + ` (${fmt.format(clawbacks.count)}×)`;
+  }
+}
+
+// Held vs withdrawable (GET /api/me/wallet): diamonds from gifts stay held for the payout
+// hold (GIFTWIRE_PAYOUT_HOLD_DAYS) before a cash-out may take them. Read again shortly
+// after gifts arrive (not per gift) and now and then, as a day's diamonds are released.
+const WALLET_REFRESH_MS = 30_000;
+const WALLET_AFTER_GIFT_MS = 1_000;
+let walletTimer = null;
+
+async function refreshWallet() {
+  walletTimer = null;
+  let response;
+  try {
+    response = await api.wallet();
+  } catch {
+    return;
+  }
+  const w = response.body;
+  if (!response.ok || typeof w?.withdrawable_diamonds !== "number") return;
+  setValue("wallet-withdrawable", w.withdrawable_diamonds);
+  setValue("wallet-held", w.held_diamonds);
+  $("wallet-release").textContent = w.next_release_ms
+    ? `next release ${new Date(w.next_release_ms).toISOString().slice(0, 16).replace("T", " ")} UTC`
+    : "";
+  $("hold").hidden = false;
+}
+
+function walletSoon() {
+  walletTimer ??= setTimeout(refreshWallet, WALLET_AFTER_GIFT_MS);
 }
 
 async function downloadStatement(event) {
@@ -476,6 +532,7 @@ function main() {
   $("statement-csv").addEventListener("click", downloadStatement);
   refreshStatement();
   setInterval(refreshStatement, STATEMENT_REFRESH_MS);
+  setInterval(refreshWallet, WALLET_REFRESH_MS);
   connect(config.stream);
 }
 

@@ -55,6 +55,9 @@ class ErrorCode(StrEnum):
     GUEST_LEFT = "guest_left"
     NO_GUESTS = "no_guests"
     GUESTS_CHANGED = "guests_changed"
+    FUNDS_HELD = "funds_held"
+    HOLD_LIMIT = "hold_limit"
+    HOLD_CHANGED = "hold_changed"
     # Edge refusals.
     INVALID_REQUEST = "invalid_request"
     MESSAGE_TOO_LARGE = "message_too_large"
@@ -100,6 +103,9 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.GUEST_LEFT: "this guest has left the stage and can no longer receive gifts",
     ErrorCode.NO_GUESTS: "there are no guests on stage",
     ErrorCode.GUESTS_CHANGED: "the stage changed while the gift was sent; send it again",
+    ErrorCode.FUNDS_HELD: "these diamonds are still in the payout hold",
+    ErrorCode.HOLD_LIMIT: "gifts to too many creators within the payout hold; try later",
+    ErrorCode.HOLD_CHANGED: "the gifts in the payout hold changed; retry",
     ErrorCode.INVALID_REQUEST: "the request is malformed",
     ErrorCode.MESSAGE_TOO_LARGE: "the message is larger than allowed",
     ErrorCode.UNAUTHORIZED: "missing or invalid credentials",

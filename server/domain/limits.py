@@ -150,6 +150,15 @@ class Limits:
     pending_requests_per_ip_max: int = 128
     """Incomplete requests and handshakes per client address; beyond, it is closed unread."""
     streams_per_creator_max: int = 100
+    payout_hold_days: int = 7
+    """Days a gift's diamonds stay held before they may be cashed out (``_hold.lua``); a
+    chargeback within them takes the diamonds back. 0: no hold."""
+    payout_hold_day_s: int = 86_400
+    """Length of a hold day in seconds: 86400 in production; tests and staging shorten it
+    to watch diamonds mature."""
+    payout_hold_entries_max: int = 1_024
+    """(creator, day) pairs one sender's gifts may name within the hold; a gift past it is
+    refused with ``hold_limit`` (the record a chargeback reverses stays bounded)."""
     """Stream ids one creator may own (live or ended: an ended id stays its owner's, who may
     start it again). A new id past it is refused with ``stream_limit``."""
     battle_seconds_min: int = 60

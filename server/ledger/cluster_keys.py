@@ -220,3 +220,8 @@ class ClusterKeys:
             self.platform_shard(slot),
             self.ledger_shard(slot),
         ]
+
+    # The archiver (server/record/): one lease for the logs of every slot.
+
+    def archiver_lease(self) -> str:
+        return f"{self.prefix}{{{slot_tag(0)}}}:archiver"

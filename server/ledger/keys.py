@@ -7,11 +7,14 @@ The part in braces is the Redis Cluster hash tag: keys that share it share a slo
 key                                    type    holds
 =====================================  ======  ==========================================
 ``{u:USER}:acct``                      hash    coins, diamonds, debt, share_rem, cents_rem,
+                                               held/hold_day/hold_ring (payout hold),
                                                spend_hour/_hours (daily cap), rl_tokens/
                                                rl_at (rate limiter), daily_limit
 ``{u:USER}:gift:CLIENT_ID``            string  send_gift receipt (TTL = receipt window)
 ``{u:USER}:cashout:CLIENT_ID``         hash    one cash-out (pending, then paid or failed)
 ``{u:USER}:streams``                   set     stream ids the creator owns (bounded)
+``{u:USER}:held``                      hash    the user's gifts within the payout hold:
+                                               ``CREATOR|DAY|SHARE`` -> coins, ``@day``
 ``{s:STREAM}:stream``                  hash    creator, state, title, starts, seq, totals
 ``{s:STREAM}:top``                     zset    top gifters by coins
 ``{s:STREAM}:feed``                    stream  gift events, entry id ``SEQ-0``
@@ -67,6 +70,9 @@ class Keys:
 
     def cashout(self, creator_id: str, client_id: str) -> str:
         return f"{self.prefix}{{u:{creator_id}}}:cashout:{client_id}"
+
+    def hold_record(self, sender_id: str) -> str:
+        return f"{self.prefix}{{u:{sender_id}}}:held"
 
     def creator_streams(self, creator_id: str) -> str:
         return f"{self.prefix}{{u:{creator_id}}}:streams"

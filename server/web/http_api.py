@@ -126,6 +126,9 @@ async def my_wallet(request: Request) -> Response:
             "coins": balance.coins,
             "diamonds": balance.diamonds,
             "debt_coins": balance.debt_coins,
+            "held_diamonds": balance.held_diamonds,
+            "withdrawable_diamonds": balance.withdrawable_diamonds,
+            "next_release_ms": balance.next_release_ms,
         }
     )
 
@@ -265,6 +268,7 @@ async def payment_webhook(request: Request) -> Response:
                 "before_payment": refund.before_payment,
                 "clawed": refund.clawed,
                 "debt_added": refund.debt_added,
+                "reversed": refund.reversed,
                 "balance": refund.balance,
                 "replayed": refund.replayed,
             }

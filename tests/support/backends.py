@@ -36,7 +36,7 @@ class Backend(Protocol):
         """A live stream, with a sender who can pay for every gift the test sends."""
         ...
 
-    async def gift(self, stream_id: str, creator_id: str, sender_id: str = "alice") -> int:
+    async def gift(self, stream_id: str, creator_id: str, sender_id: str | None = None) -> int:
         """One committed gift: its event is in the feed and published; returns its seq."""
         ...
 
@@ -64,8 +64,10 @@ class SingleBackend:
             stream_id=stream_id, creator_id=creator_id, title="a room", epoch=epoch
         )
 
-    async def gift(self, stream_id: str, creator_id: str, sender_id: str = "alice") -> int:
+    async def gift(self, stream_id: str, creator_id: str, sender_id: str | None = None) -> int:
         n = next(self._ids)
+        # A sender per gift: one sender's token bucket (a burst of 20) would refuse the 21st.
+        sender_id = sender_id or f"fan{n}"
         await self.ledger.top_up(payment_id=f"pay-{sender_id}-{n}", user_id=sender_id, coins=1)
         receipt = await self.ledger.send_gift(
             client_id=f"g{n}",
@@ -100,8 +102,8 @@ class ClusterBackend:
     async def open_stream(self, stream_id: str, creator_id: str, *, epoch: str = "ep1") -> None:
         await open_stream(self.rooms, stream_id, creator_id, epoch=epoch)
 
-    async def gift(self, stream_id: str, creator_id: str, sender_id: str = "alice") -> int:
-        return await publish_gift(self.rooms, stream_id, creator_id, sender_id)
+    async def gift(self, stream_id: str, creator_id: str, sender_id: str | None = None) -> int:
+        return await publish_gift(self.rooms, stream_id, creator_id, sender_id or "alice")
 
     async def aclose(self) -> None:
         await self.rooms.runner.aclose()

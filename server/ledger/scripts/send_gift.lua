@@ -1,3 +1,4 @@
+-- include: _hold.lua
 -- include: _battle.lua
 -- include: _guests.lua
 -- send_gift: debit the sender's coins, credit the creator's diamonds and the platform's
@@ -16,12 +17,14 @@
 -- KEYS[9]  {ledger}:log                ledger stream
 -- KEYS[10] {catalog}:prices            gift id -> price hash
 -- KEYS[11] {s:STREAM}:room             pub/sub channel (declared as a key for sharded pub/sub)
--- KEYS[12] {s:STREAM}:battle           the stream's battle side (_battle.lua): scores the
+-- KEYS[12] {u:SENDER}:held             the sender's gifts within the payout hold (_hold.lua);
+--                                      the creator's account holds the held day buckets
+-- KEYS[13] {s:STREAM}:battle           the stream's battle side (_battle.lua): scores the
 --                                      coins while a battle runs
--- KEYS[13] {s:STREAM}:battle_top       the side's top gifters (zset)
--- KEYS[14] {s:STREAM}:guests           the stage (_guests.lua)
--- KEYS[15..] {u:GUEST}:acct            the recipients' accounts when ARGV[18] names guests,
---                                      in the order of ARGV[19]
+-- KEYS[14] {s:STREAM}:battle_top       the side's top gifters (zset)
+-- KEYS[15] {s:STREAM}:guests           the stage (_guests.lua)
+-- KEYS[16..] {u:GUEST}:acct            the recipients' accounts when ARGV[21] names guests,
+--                                      in the order of ARGV[22]
 --
 -- ARGV[1]  client id (the client-chosen transfer id)   ARGV[2]  sender id
 -- ARGV[3]  creator id (as the caller believes)          ARGV[4]  stream id
@@ -32,8 +35,10 @@
 -- ARGV[13] combo window, ms                             ARGV[14] feed length
 -- ARGV[15] largest balance                              ARGV[16] largest coins per send
 -- ARGV[17] catalog version the client was shown (0: not checked)
--- ARGV[18] recipient: '' the creator, a guest's user id, '*' every guest on stage (split)
--- ARGV[19] the recipients' ids, comma-separated, as the caller read the stage ('' for none)
+-- ARGV[18] payout hold, days (0: none)                  ARGV[19] length of a hold day, s
+-- ARGV[20] most entries in the sender's hold record
+-- ARGV[21] recipient: '' the creator, a guest's user id, '*' every guest on stage (split)
+-- ARGV[22] the recipients' ids, comma-separated, as the caller read the stage ('' for none)
 --
 -- Reply: {'ok', receipt JSON} | {'replay', receipt JSON} | {'refused', code [, detail JSON]}
 -- Event JSON (published and stored in the feed; fields in server/protocol/events.py):
@@ -47,14 +52,17 @@
 --   catalog_version (the version charged, '0' when the catalog had none)
 -- Refusal codes: invalid_request, duplicate_mismatch, unknown_stream, stream_not_live,
 --   self_gift, unknown_gift, rate_limited, spending_limit, insufficient_funds, balance_limit,
---   catalog_changed (detail: {catalog_version = current version}), not_a_guest, guest_left,
---   no_guests, guests_changed (the stage changed since the caller read it: read, retry)
--- A gift to guests: event adds `to` (ARGV[18]) and recipients [{user_id, coins, diamonds}];
+--   catalog_changed (detail: {catalog_version = current version}),
+--   hold_limit (detail: {entries_max}: the sender's gifts in the hold name too many creators),
+--   not_a_guest, guest_left, no_guests, guests_changed (the stage changed since the caller
+--   read it: read, retry)
+-- A gift to guests: event adds `to` (ARGV[21]) and recipients [{user_id, coins, diamonds}];
 --   the ledger entry's `to` is the guest (or '*') and `recipients` lists
 --   id:coins:diamonds:share_rem per guest; the receipt's diamonds are the guests' total.
+--   Each guest's diamonds are held like a creator's (the hold record names the guest).
 
-local K_BATTLE, K_BATTLE_TOP, K_GUESTS = KEYS[12], KEYS[13], KEYS[14]
-local to, listed = ARGV[18] or '', ARGV[19] or ''
+local K_BATTLE, K_BATTLE_TOP, K_GUESTS = KEYS[13], KEYS[14], KEYS[15]
+local to, listed = ARGV[21] or '', ARGV[22] or ''
 local client_id, sender, creator, stream_id, gift = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local count = int_arg(ARGV[6], 1, 9999)
 local share_bps = int_arg(ARGV[8], 0, 10000)
@@ -67,9 +75,13 @@ local feed_max = int_arg(ARGV[14], 1, 1e9)
 local amount_max = int_arg(ARGV[15], 1, 1e13)
 local send_max = int_arg(ARGV[16], 1, 1e11)
 local shown_version = int_arg(ARGV[17], 0, 9007199254740991)
+local K_HOLD = KEYS[12]
+local hold_days, hold_day_s = int_arg(ARGV[18], 0, 365), int_arg(ARGV[19], 1, 1000000)
+local hold_entries_max = int_arg(ARGV[20], 1, 100000)
 if not (id_arg(client_id) and id_arg(sender) and id_arg(creator) and id_arg(stream_id)
     and id_arg(gift) and count and share_bps and rate and burst and daily_default
     and receipt_ttl and combo_window and feed_max and amount_max and send_max and shown_version
+    and hold_days and hold_day_s and hold_entries_max
     and type(ARGV[7]) == 'string' and #ARGV[7] <= 256
     and (to == '' or to == '*' or id_arg(to)) and #listed <= 1024) then
   return refuse('invalid_request')
@@ -204,7 +216,7 @@ local creator_diamonds = stored_int(creator_acct[1])
 local plan
 if guest_ids then
   -- The guests earn the gift instead of the creator (_guests.lua), each with their carry.
-  plan, diamonds = guests_plan(guest_ids, {unpack(KEYS, 15, 14 + #guest_ids)}, coins,
+  plan, diamonds = guests_plan(guest_ids, {unpack(KEYS, 16, 15 + #guest_ids)}, coins,
     share_bps, stored_int(stream[3]) + 1, amount_max)
   if not plan then
     return refuse('balance_limit')
@@ -216,6 +228,23 @@ local platform = coins - diamonds
 local platform_coins = stored_int(redis.call('HGET', KEYS[4], 'coins'))
 if creator_diamonds + diamonds > amount_max or platform_coins + platform > amount_max then
   return refuse('balance_limit')
+end
+-- The payout hold is on whoever earns the diamonds: the creator, or each guest.
+local hold, hold_refusal, guest_holds = nil, nil, {}
+if plan then
+  for i, p in ipairs(plan) do
+    guest_holds[i], hold_refusal = hold_gift_prepare(p.key, K_HOLD, p.id, share_bps, seconds,
+      hold_days, hold_day_s, hold_entries_max)
+    if not guest_holds[i] then
+      return hold_refusal
+    end
+  end
+else
+  hold, hold_refusal = hold_gift_prepare(KEYS[3], K_HOLD, creator, share_bps, seconds,
+    hold_days, hold_day_s, hold_entries_max)
+  if not hold then
+    return hold_refusal
+  end
 end
 -- Read every key written below with a command of its type: a key of the wrong type fails
 -- here, before the first write, instead of halfway through (Redis has no rollback).
@@ -246,9 +275,13 @@ redis.call('HSET', KEYS[2], 'spend_hour', int(newest), 'spend_hours', ring,
   'spend_sum', int(spent + coins), 'rl_tokens', int(tokens - 1000), 'rl_at', int(ms))
 if plan then
   guests_credit(plan, K_GUESTS)
+  for i, p in ipairs(plan) do
+    hold_gift_commit(guest_holds[i], p.diamonds, p.coins)
+  end
 else
   redis.call('HSET', KEYS[3], 'diamonds', int(creator_diamonds + diamonds),
     'share_rem', int(share_rem))
+  hold_gift_commit(hold, diamonds, coins)
 end
 redis.call('HINCRBY', KEYS[4], 'coins', platform)
 local seq = redis.call('HINCRBY', KEYS[5], 'seq', 1)
