@@ -267,7 +267,9 @@ redis.call('XLEN', KEYS[9])
 -- Whether this gift scores in a battle: decided here, on this script's clock, so a gift
 -- racing the battle's start or end is inside the window or outside it, never both.
 local battle_id = battle_scoring(K_BATTLE, ms)
-redis.call('ZSCORE', K_BATTLE_TOP, sender)
+if battle_id then
+  redis.call('ZSCORE', K_BATTLE_TOP, sender)  -- type check, only when it will be written
+end
 
 -- Every check passed: write.
 local new_balance = redis.call('HINCRBY', KEYS[2], 'coins', -coins)
