@@ -252,3 +252,18 @@ async def test_guests_diamonds_are_held_and_a_chargeback_claws_them_back(ledger:
     for guest in ("gina", "gus"):
         assert (await ledger.balance(guest)).diamonds == 0  # taken back from each guest
     await assert_books_reconcile(ledger)
+
+
+async def test_a_corrupt_stage_fails_the_stage_scripts_and_gifts_before_any_write(
+    ledger: Ledger, redis: Redis, keys: Keys
+) -> None:
+    from server.domain.errors import InvariantError
+
+    await _on_stage(ledger, "gina")
+    await redis.hset(keys.guests(STREAM), "c|gina", "1e3")  # not an integer HINCRBY takes
+    before = await snapshot(redis, keys)
+    with pytest.raises(InvariantError):
+        await ledger.guests.invite(stream_id=STREAM, creator_id=CREATOR, guest_id="gus")
+    with pytest.raises(InvariantError):
+        await _send(ledger, "c1", "gina", "corgi")
+    assert await snapshot(redis, keys) == before

@@ -216,8 +216,9 @@ local creator_diamonds = stored_int(creator_acct[1])
 local plan
 if guest_ids then
   -- The guests earn the gift instead of the creator (_guests.lua), each with their carry.
-  plan, diamonds = guests_plan(guest_ids, {unpack(KEYS, 16, 15 + #guest_ids)}, coins,
-    share_bps, stored_int(stream[3]) + 1, amount_max)
+  local accounts = {unpack(KEYS, 16, 15 + #guest_ids)}
+  plan, diamonds = guests_plan(K_GUESTS, guest_ids, accounts, coins, share_bps,
+    stored_int(stream[3]) + 1, amount_max)
   if not plan then
     return refuse('balance_limit')
   end
