@@ -120,6 +120,8 @@ class Viewer(Session):
         self.refused = 0
         self.events_seen = 0
         self.last_seq = 0
+        self.epoch: str | None = None
+        """The history ``last_seq`` counts in."""
         self.last_gift: GiftCommand | None = None
         self.input_done = False
         self.stream_ended = False
@@ -129,8 +131,14 @@ class Viewer(Session):
 
     async def on_welcome(self, welcome: Message) -> None:
         self.out.message(welcome)
-        # Viewers watch live: what played while they were away is not replayed.
-        self.last_seq = max(self.last_seq, int(welcome["last_seq"]))
+        # Viewers watch live: what played while they were away is not replayed. A sequence
+        # of another epoch (the server's Redis went back) says nothing about this one.
+        epoch = welcome.get("epoch") or None
+        if self.epoch is not None and epoch != self.epoch:
+            self.last_seq = int(welcome["last_seq"])
+        else:
+            self.last_seq = max(self.last_seq, int(welcome["last_seq"]))
+        self.epoch = epoch
         if welcome["stream"]["state"] == "ended":
             self.stream_ended = True
         if self.welcomes == 1:
@@ -150,8 +158,14 @@ class Viewer(Session):
                 if self.events_max is not None and self.events_seen >= self.events_max:
                     break
                 self.last_seq = event["seq"]
+                self.epoch = event.get("epoch") or self.epoch
                 self.events_seen += 1
                 self.out.message(event)
+        elif kind == "history_changed":
+            # The gifts from from_seq on were not true: the true ones follow, show them.
+            self.out.message(message)
+            self.epoch = str(message["epoch"])
+            self.last_seq = min(self.last_seq, int(message["from_seq"]) - 1)
         elif kind == "gift_ack":
             self.out.message(message)
             self.pending.pop(message["id"], None)

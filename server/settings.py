@@ -89,7 +89,7 @@ class Settings:
     socket_send_buffer_bytes: int = 64 * 1024
     """Kernel send buffer of each WebSocket (``server/web/uvicorn_setup.py`` passes it to
     every connection through the protocol factory)."""
-    gc_freeze_every_connections: int = 500
+    gc_freeze_every_connections: int = 200
     """``server/web/gc_freeze.py``: freeze the collector's long-lived objects after this
     many accepted WebSockets (keeps full collections short with a crowd); 0: never."""
     durability: str = ""
@@ -246,7 +246,7 @@ def _check(s: Settings, errors: list[str]) -> None:
 
 DESCRIPTIONS: dict[str, str] = {
     "redis_url": "Redis holding the ledger; unset: a private redis-server with AOF in data_dir",
-    "redis_cluster": "redis_url is a node of a Redis Cluster (gifts there: not yet, unavailable)",
+    "redis_cluster": "redis_url is a node of a Redis Cluster (gifts in two legs, docs/ledger.md)",
     "data_dir": (
         "embedded Redis data, demo secrets, multiprocess metrics; installed without a "
         "checkout: $XDG_DATA_HOME/giftwire (~/.local/share/giftwire); relative: from the "

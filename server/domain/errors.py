@@ -41,6 +41,9 @@ class ErrorCode(StrEnum):
     UNKNOWN_PAYOUT = "unknown_payout"
     PAYOUT_SETTLED = "payout_settled"
     CATALOG_CHANGED = "catalog_changed"
+    FUNDS_HELD = "funds_held"
+    HOLD_LIMIT = "hold_limit"
+    HOLD_CHANGED = "hold_changed"
     # Battles (live-battles).
     SELF_BATTLE = "self_battle"
     INVITE_PENDING = "invite_pending"
@@ -55,9 +58,8 @@ class ErrorCode(StrEnum):
     GUEST_LEFT = "guest_left"
     NO_GUESTS = "no_guests"
     GUESTS_CHANGED = "guests_changed"
-    FUNDS_HELD = "funds_held"
-    HOLD_LIMIT = "hold_limit"
-    HOLD_CHANGED = "hold_changed"
+    # Goals (live-goals).
+    GOAL_LIMIT = "goal_limit"
     # Edge refusals.
     INVALID_REQUEST = "invalid_request"
     MESSAGE_TOO_LARGE = "message_too_large"
@@ -91,6 +93,9 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.UNKNOWN_PAYOUT: "no such cash-out",
     ErrorCode.PAYOUT_SETTLED: "the payout was already settled the other way",
     ErrorCode.CATALOG_CHANGED: "the gift catalog changed; fetch it and send again",
+    ErrorCode.FUNDS_HELD: "these diamonds are still in the payout hold",
+    ErrorCode.HOLD_LIMIT: "gifts to too many creators within the payout hold; try later",
+    ErrorCode.HOLD_CHANGED: "the gifts in the payout hold changed; retry",
     ErrorCode.SELF_BATTLE: "a stream cannot battle itself or its own creator's streams",
     ErrorCode.INVITE_PENDING: "this stream already has a pending battle invitation",
     ErrorCode.INVITEE_BUSY: "that stream has too many pending battle invitations",
@@ -103,9 +108,7 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.GUEST_LEFT: "this guest has left the stage and can no longer receive gifts",
     ErrorCode.NO_GUESTS: "there are no guests on stage",
     ErrorCode.GUESTS_CHANGED: "the stage changed while the gift was sent; send it again",
-    ErrorCode.FUNDS_HELD: "these diamonds are still in the payout hold",
-    ErrorCode.HOLD_LIMIT: "gifts to too many creators within the payout hold; try later",
-    ErrorCode.HOLD_CHANGED: "the gifts in the payout hold changed; retry",
+    ErrorCode.GOAL_LIMIT: "this stream holds the most goals allowed; delete one first",
     ErrorCode.INVALID_REQUEST: "the request is malformed",
     ErrorCode.MESSAGE_TOO_LARGE: "the message is larger than allowed",
     ErrorCode.UNAUTHORIZED: "missing or invalid credentials",
