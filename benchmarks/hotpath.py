@@ -69,6 +69,7 @@ def script_call(keys: Keys, client_id: str, limits: Limits) -> tuple[list[str], 
             str(AMOUNT_MAX), str(SEND_COINS_MAX), "0", str(limits.payout_hold_days),
             str(limits.payout_hold_day_s), str(limits.payout_hold_entries_max), "", "",
             LADDER_ARG,
+            str(limits.monthly_spend_coins_max),
         ],
     )  # fmt: skip
 

@@ -118,6 +118,12 @@ def describe(message: Message) -> str:
             f"{_n(message['viewers'])} watching, {_n(message['gifts'])} gifts, "
             f"{_n(message['diamonds'])} diamonds (#{message['last_seq']})"
         )
+    if kind == "catalog":
+        prices = ", ".join(f"{g['id']} {_n(g['price_coins'])}" for g in message["gifts"][:8])
+        more = len(message["gifts"]) - 8
+        return f"gift catalog version {message['version']}: {prices}" + (
+            f" and {more} more" if more > 0 else ""
+        )
     if kind == "leaderboard":
         top = ", ".join(
             f"{row.get('name', row['user_id'])}{_level(row)} {_n(row['coins'])}"

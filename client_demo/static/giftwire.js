@@ -44,7 +44,8 @@ export const ERROR_TEXT = {
   unknown_gift: "That gift is no longer in the catalog.",
   catalog_changed: "Prices changed: the gifts show the new ones now. Tap again to send.",
   self_gift: "Creators cannot send gifts to their own stream.",
-  spending_limit: "Your daily spending limit is reached.",
+  spending_limit: "Your spending limit is reached.",
+  spending_cap: "This account's spending is capped by the platform below that limit.",
   unknown_stream: "There is no stream with this id.",
   unauthorized: "This link's token is missing or invalid: ask for a new link.",
   token_expired: "This link's token has expired: ask for a new link.",
@@ -162,6 +163,19 @@ export class Api {
 
   catalog() { return this.request("GET", "/api/catalog"); }
   wallet() { return this.request("GET", "/api/me/wallet"); }
+  spending() { return this.request("GET", "/api/me/spending"); }
+  setSpending(limits) { return this.request("PUT", "/api/me/spending", limits); }
+  adminCatalog() { return this.request("GET", "/api/admin/catalog"); }
+  editCatalog(edit) { return this.request("POST", "/api/admin/catalog", edit); }
+  cancelScheduled(id) {
+    return this.request("DELETE", `/api/admin/catalog/scheduled/${encodeURIComponent(id)}`);
+  }
+  accountSpending(user) {
+    return this.request("GET", `/api/admin/accounts/${encodeURIComponent(user)}/spending`);
+  }
+  protectAccount(user, body) {
+    return this.request("PUT", `/api/admin/accounts/${encodeURIComponent(user)}/spending`, body);
+  }
   stream(id) { return this.request("GET", `/api/streams/${encodeURIComponent(id)}`); }
   gifts(id, after, limit) {
     return this.request("GET", `/api/streams/${encodeURIComponent(id)}/gifts?after=${after}&limit=${limit}`);

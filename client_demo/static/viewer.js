@@ -6,6 +6,7 @@ import {
 import { BattleBar } from "./battle.js";
 import { BigGiftQueue, GiftStrip, isBig } from "./gifts.js";
 import { GoalBoard, levelBadge } from "./goals.js";
+import { SpendingPanel } from "./spending.js";
 
 const COMBO_WINDOW_MS = 5000; // the server's default GIFTWIRE_COMBO_WINDOW_MS
 const ERROR_SHOWN_MS = 8000;
@@ -63,6 +64,7 @@ function notice(text, kind) {
   setTimeout(() => node.remove(), NOTICE_SHOWN_MS);
 }
 
+const spending = new SpendingPanel({ api, meter: $("spend-meter"), sheet: $("spend-sheet") });
 const battle = new BattleBar($("battle"), config.stream, { names: state.names });
 
 // The guest picker: the host, each guest on stage, or every guest (split between them).
@@ -268,6 +270,7 @@ function onAck(ack) {
     setBalance(ack.balance, { animate: true });
   }
   if (state.last && ack.gift === state.last.gift) updateCombo(ack);
+  spending.soon();
   showPending();
 }
 
@@ -281,7 +284,11 @@ function onRefused(error, pending) {
       + ` you have ${plural(state.coins ?? 0, "coin")}.`;
   }
   if (error.code === "stream_not_live") setEnded(true);
-  if (error.code === "catalog_changed") loadCatalog();
+  if (error.code === "catalog_changed") loadCatalog({ announce: false }); // said below
+  if (error.code === "spending_limit") {
+    text = SpendingPanel.refusalText(error.detail) ?? text;
+    spending.refresh();
+  }
   showError(text, { code: error.code });
   showPending();
 }
@@ -312,6 +319,9 @@ function onMessage(message) {
     case "level_up":
       notice(`${message.user_name} reached level ${message.level}!`, "level");
       if (message.user_id === me) showMyLevel(message.level);
+      break;
+    case "catalog":
+      showCatalog(message);
       break;
     case "error":
       if (message.retrying) showError(errorText(message.code), { info: true, code: message.code });
@@ -427,18 +437,34 @@ async function main() {
   socket.start();
   battle.load(api);
   loadGuests();
+  spending.refresh();
   await loadCatalog();
 }
 
-async function loadCatalog() {
+async function loadCatalog({ announce = true } = {}) {
   const catalog = await api.catalog();
   if (!catalog.ok) {
     showError("Could not load the gift catalog; reload the page.");
     return;
   }
-  state.catalogVersion = catalog.body.version;
-  renderCatalog([...catalog.body.gifts].sort((a, b) => a.price_coins - b.price_coins));
+  showCatalog(catalog.body, { announce });
+}
+
+// A catalog version (from GET /api/catalog or a live `catalog` message): the panel shows
+// its gifts and prices, and gifts are sent with its version, so the server charges what
+// is shown or refuses (catalog_changed). An older version than the one shown is ignored.
+function showCatalog(catalog, { announce = true } = {}) {
+  if (state.catalogVersion !== null && catalog.version < state.catalogVersion) return;
+  const changed = state.catalogVersion !== null && catalog.version !== state.catalogVersion;
+  state.catalogVersion = catalog.version;
+  $("gifts").dataset.version = String(catalog.version);
+  renderCatalog([...catalog.gifts].sort((a, b) => a.price_coins - b.price_coins));
   goals.set(goals.all()); // gift goals get their gift's name
+  // A refusal (catalog_changed) on show already says so: do not talk over it.
+  const said = !$("error").hidden && $("error").dataset.code === "catalog_changed";
+  if (changed && announce && !said) {
+    showError("The gifts and prices were updated.", { info: true, code: "catalog" });
+  }
 }
 
 main();

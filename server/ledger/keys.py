@@ -44,6 +44,8 @@ key                                    type    holds
 ``{ledger}:fence``                     string  written before WAIT (``always+replica``)
 ``{catalog}:prices``                   hash    gift id -> price in coins, and ``@version``
 ``{catalog}:versions``                 hash    version -> catalog document (JSON)
+``{catalog}:schedule``                 hash    scheduled edit id -> the edit (JSON)
+``{catalog}:due``                      zset    scheduled edit id -> when (Redis ms)
 =====================================  ======  ==========================================
 """
 
@@ -166,3 +168,9 @@ class Keys:
 
     def catalog_versions(self) -> str:
         return f"{self.prefix}{{catalog}}:versions"
+
+    def catalog_schedule(self) -> str:
+        return f"{self.prefix}{{catalog}}:schedule"
+
+    def catalog_due(self) -> str:
+        return f"{self.prefix}{{catalog}}:due"

@@ -45,6 +45,7 @@ from server.ledger.receipts import (
 )
 from server.ledger.runner import ScriptRunner, StreamRows
 from server.ledger.scripts import ScriptName
+from server.ledger.spending import SpendingStore
 
 log = logging.getLogger("giftwire.ledger")
 
@@ -144,6 +145,7 @@ class Ledger:
         self.battles = Battles(redis, self.runner, self.keys, self.limits, _redis_errors)
         self.guests = Guests(redis, self.runner, self.keys, _redis_errors)
         self.goals = GoalStore(redis, self.keys, self.runner)
+        self.spending = SpendingStore(self.runner, self.keys, self.limits)
 
     async def prepare(self, catalog: Catalog) -> Catalog:
         """Load the scripts and seed ``catalog`` into Redis if Redis holds none.
@@ -305,6 +307,7 @@ class Ledger:
                 to,
                 ",".join(recipients),
                 LADDER_ARG,
+                lim.monthly_spend_coins_max,
             ],
             order_key=sender_id,
         )
@@ -486,7 +489,9 @@ class Ledger:
         return Balance(user_id, _int(coins), _int(diamonds), _int(debt), held, next_release_ms)
 
     async def set_daily_limit(self, user_id: str, coins: int) -> None:
-        """Set (coins > 0) or clear (0) one user's own daily spending limit."""
+        """Write (coins > 0) or clear (0: the default again) one user's daily limit at once,
+        bypassing the cooling-off of a raise: for tests and operators. Users change theirs
+        through ``spending.set``."""
         if not 0 <= coins <= AMOUNT_MAX:
             raise RequestError(ErrorCode.INVALID_REQUEST, "limit out of range")
         async with _redis_errors():

@@ -82,7 +82,7 @@ BATTLE_SIDE_FIELDS = frozenset({"stream_id", "creator_id", "creator_name", "side
 SERVER_MESSAGE_TYPES = (
     "welcome", "gift_ack", "error", "gift", "gifts", "stats", "leaderboard", "stream", "lag",
     "gap", "history_changed", "pong", "battle_invite", "battle", "battle_score", "battle_end",
-    "guests", "level_up", "goal_reached", "goals",
+    "guests", "level_up", "goal_reached", "goals", "catalog",
 )  # fmt: skip
 """Every ``type`` the server sends to a client."""
 
@@ -225,6 +225,12 @@ def goals(stream_id: str, stream_goals: list[Goal]) -> Message:
         "stream_id": stream_id,
         "goals": [goal.to_json() for goal in stream_goals],
     }
+
+
+def catalog(current: Catalog) -> Message:
+    """A new catalog version is current: show these gifts and prices, and send this
+    ``version`` with each gift from now on (``catalog_version``)."""
+    return {"type": "catalog", "version": current.version, "gifts": [g.to_json() for g in current]}
 
 
 def battle_score(live: Message, now_ms: int) -> Message:

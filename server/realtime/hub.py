@@ -103,6 +103,12 @@ class Hub:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def announce(self, message: Message) -> None:
+        """A control message for every connection of every room (a new catalog): encoded
+        once per format; not droppable, so it keeps its place among the gifts."""
+        for room in list(self.rooms.values()):
+            room.broadcast(message, droppable=False)
+
     # Rooms.
 
     async def join(

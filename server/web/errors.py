@@ -48,6 +48,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.GOAL_LIMIT: 409,
     ErrorCode.SELF_GIFT: 422,
     ErrorCode.SPENDING_LIMIT: 422,
+    ErrorCode.SPENDING_CAP: 422,
+    ErrorCode.CATALOG_LIMIT: 422,
     ErrorCode.BALANCE_LIMIT: 422,
     ErrorCode.BELOW_MINIMUM: 422,
     ErrorCode.MESSAGE_TOO_LARGE: 413,

@@ -2,13 +2,14 @@
 -- include: _battle.lua
 -- include: _guests.lua
 -- include: _goals.lua
+-- include: _spend.lua
 -- send_gift: debit the sender's coins, credit the creator's diamonds and the platform's
 -- share, bump combo, leaderboard and totals, append to the ledger and the stream's feed,
 -- and publish the event to the room. All checks come before the first write.
 --
 -- KEYS[1]  {u:SENDER}:gift:CLIENT_ID   receipt (string: fingerprint "\n" receipt JSON)
--- KEYS[2]  {u:SENDER}:acct             sender account hash (coins, spend_hour/_hours/_sum,
---                                      rl_tokens/rl_at, daily_limit)
+-- KEYS[2]  {u:SENDER}:acct             sender account hash (coins, rl_tokens/rl_at, and the
+--                                      spending limits and spend of _spend.lua)
 -- KEYS[3]  {u:CREATOR}:acct            creator account hash (diamonds, share_rem)
 -- KEYS[4]  {platform}:acct             platform account hash
 -- KEYS[5]  {s:STREAM}:stream           stream hash (state, creator, seq, totals)
@@ -44,6 +45,7 @@
 -- ARGV[21] recipient: '' the creator, a guest's user id, '*' every guest on stage (split)
 -- ARGV[22] the recipients' ids, comma-separated, as the caller read the stage ('' for none)
 -- ARGV[23] gifter level ladder (server/domain/levels.py, ladder_arg)
+-- ARGV[24] default monthly spend limit, coins (0 = none; a calendar month, UTC)
 --
 -- Reply: {'ok', receipt JSON} | {'replay', receipt JSON} | {'refused', code [, detail JSON]}
 -- Event JSON (published and stored in the feed; fields in server/protocol/events.py):
@@ -64,6 +66,8 @@
 --   catalog_changed (detail: {catalog_version = current version}), not_a_guest, guest_left,
 --   no_guests, guests_changed (the stage changed since the caller read it: read, retry),
 --   hold_limit (detail: {entries_max}: the sender's gifts in the hold name too many creators)
+--   spending_limit detail: {period = 'day' | 'month', limit, spent, set_by = 'own' |
+--   'platform', spent_24h (day only, = spent)}
 -- A gift to guests: event adds `to` (ARGV[21]) and recipients [{user_id, coins, diamonds}];
 --   the ledger entry's `to` is the guest (or '*') and `recipients` lists
 --   id:coins:diamonds:share_rem per guest; the receipt's diamonds are the guests' total.
@@ -89,10 +93,11 @@ local shown_version = int_arg(ARGV[17], 0, 9007199254740991)
 local K_HOLD = KEYS[12]
 local hold_days, hold_day_s = int_arg(ARGV[18], 0, 365), int_arg(ARGV[19], 1, 1000000)
 local hold_entries_max = int_arg(ARGV[20], 1, 100000)
+local monthly_default = int_arg(ARGV[24], 0, 1e13)
 if not (id_arg(client_id) and id_arg(sender) and id_arg(creator) and id_arg(stream_id)
     and id_arg(gift) and count and share_bps and rate and burst and daily_default
     and receipt_ttl and combo_window and feed_max and amount_max and send_max and shown_version
-    and hold_days and hold_day_s and hold_entries_max
+    and hold_days and hold_day_s and hold_entries_max and monthly_default
     and type(ARGV[7]) == 'string' and #ARGV[7] <= 256
     and (to == '' or to == '*' or id_arg(to)) and #listed <= 1024 and ladder_ok(ladder)) then
   return refuse('invalid_request')
@@ -148,13 +153,13 @@ end
 for i = 3, 6 do
   stored_int(stream[i])
 end
-local acct = redis.call('HMGET', KEYS[2], 'coins', 'spend_hour', 'spend_hours', 'rl_tokens',
-  'rl_at', 'daily_limit', 'spend_day', 'spend_coins', 'spend_sum')
+-- The sender's account: its coins and rate limiter, and the spending fields (_spend.lua).
+local acct, acct_coins, rl_tokens, rl_at = spend_read(KEYS[2], 'coins', 'rl_tokens', 'rl_at')
 local ms, seconds = now_ms()
 -- Token bucket in milli-tokens: `rate` tokens per second is `rate` milli-tokens per ms.
 local capacity = burst * 1000
-local tokens = tonumber(acct[4]) or capacity
-local elapsed = ms - (tonumber(acct[5]) or ms)
+local tokens = tonumber(rl_tokens) or capacity
+local elapsed = ms - (tonumber(rl_at) or ms)
 if elapsed < 0 then
   elapsed = 0
 end
@@ -162,52 +167,14 @@ tokens = math.min(capacity, tokens + elapsed * rate)
 if tokens < 1000 then
   return refuse('rate_limited', {retry_after_ms = math.ceil((1000 - tokens) / rate)})
 end
--- The daily cap is a rolling window of 25 hourly buckets (the current hour and the 24
--- before it), so no 24 hours ever hold more than the cap: midnight resets nothing.
--- `spend_hours` lists the buckets oldest first, the newest one being hour `spend_hour`;
--- `spend_sum` is their sum, so that a gift in the same hour as the last one reads and
--- rewrites only the newest bucket. A clock that steps back does not reopen the window:
--- the hour never goes below `spend_hour`, so such gifts count in the newest bucket and
--- leave it later, not sooner.
-local hour = math.floor(seconds / 3600)
-local newest, ring, spent = hour, acct[3], stored_int(acct[9])
-if ring then
-  newest = stored_int(acct[2])
-else
-  ring, spent = string.rep('0,', 24) .. '0', 0
-  -- Spend from before the rolling window (a UTC calendar day) still counts today.
-  if acct[7] and stored_int(acct[7]) == math.floor(seconds / 86400) then
-    spent = stored_int(acct[8])
-    ring = string.rep('0,', 24) .. int(spent)
-  end
+-- Spending limits (_spend.lua): the rolling 24 hours and the calendar month, each capped
+-- by the user's own limit and, for a minor, the platform's.
+local spend = spend_state(acct, ms, seconds, daily_default, monthly_default)
+local over = spend_over(spend, coins)
+if over then
+  return refuse('spending_limit', over)
 end
-if hour > newest then
-  local buckets = {}
-  for n in string.gmatch(ring, '[^,]+') do
-    buckets[#buckets + 1] = stored_int(n)
-  end
-  if #buckets ~= 25 then
-    error('giftwire: stored spend_hours is not 25 buckets: ' .. ring)
-  end
-  local shift = math.min(hour - newest, 25)
-  spent = 0
-  for i = 1, 25 do
-    buckets[i] = buckets[i + shift] or 0
-    spent = spent + buckets[i]
-    buckets[i] = int(buckets[i])
-  end
-  ring, newest = table.concat(buckets, ','), hour
-end
-local daily_limit = acct[6] and stored_int(acct[6]) or daily_default
-if daily_limit > 0 and spent + coins > daily_limit then
-  return refuse('spending_limit', {limit = daily_limit, spent_24h = spent})
-end
-local ring_head, ring_last = string.match(ring, '^(.*,)(%d+)$')
-if not ring_head then
-  error('giftwire: stored spend_hours is not a list of buckets: ' .. ring)
-end
-ring = ring_head .. int(stored_int(ring_last) + coins)
-local balance = stored_int(acct[1])
+local balance = stored_int(acct_coins)
 if balance < coins then
   return refuse('insufficient_funds', {balance = balance, price = coins})
 end
@@ -293,8 +260,7 @@ end
 
 -- Every check passed: write.
 local new_balance = redis.call('HINCRBY', KEYS[2], 'coins', -coins)
-redis.call('HSET', KEYS[2], 'spend_hour', int(newest), 'spend_hours', ring,
-  'spend_sum', int(spent + coins), 'rl_tokens', int(tokens - 1000), 'rl_at', int(ms))
+spend_record(KEYS[2], spend, coins, 'rl_tokens', int(tokens - 1000), 'rl_at', int(ms))
 if plan then
   guests_credit(plan, K_GUESTS)
   for i, p in ipairs(plan) do
