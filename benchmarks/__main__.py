@@ -2,7 +2,8 @@
 and ``python -m benchmarks report`` (the table and the plot in docs/benchmarks.md).
 
 ``--only`` keeps a run short while developing: ``--only bare,giftwire --viewers 1000`` for
-the fan-out side by side, ``--only gc --gc-viewers 3000`` for the collector.
+the fan-out side by side, ``--only gc --gc-viewers 3000`` for the collector, and
+``--only live --out benchmarks/results/live.json`` for what battles and goals cost.
 
 Everything is measured in the same run on the same machine, and each result is reported as
 a ratio to its baseline measured next to it: absolute numbers vary by ±30 % between runs of
@@ -23,7 +24,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from benchmarks import capacity, durability, fanout, hotpath, report
+from benchmarks import capacity, durability, fanout, hotpath, live, report
 from benchmarks.procs import REPO, machine
 from server.ledger.embedded import RedisProcess
 
@@ -43,7 +44,7 @@ class _Progress:
 
 
 FANOUT_TARGETS = ("bare", "giftwire", "socketio", "coalescing", "floor")
-SECTIONS = ("hot", "durability", *FANOUT_TARGETS, "gc", "capacity")
+SECTIONS = ("hot", "durability", *FANOUT_TARGETS, "gc", "capacity", "live")
 
 
 def sections(only: str) -> set[str]:
@@ -66,6 +67,7 @@ async def run(
     progress: _Progress,
     gc_viewers: int = 10_000,
     capacity_viewers: int = 10_000,
+    live_rounds: int = live.ROUNDS,
 ) -> dict[str, Any]:
     result: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -115,6 +117,11 @@ async def run(
                 result["capacity"] = await capacity.measure(
                     redis, redis_process.url, redis_process.process.pid, log_dir, progress,
                     viewers=capacity_viewers, rate=capacity_viewers / 10,
+                )  # fmt: skip
+            if "live" in only:
+                result["live"] = await live.measure(
+                    redis_process.url, redis_process.port, redis_process.process.pid, log_dir,
+                    progress, scale, live_rounds,
                 )  # fmt: skip
         finally:
             await redis.aclose()
@@ -170,11 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--scale", type=float, default=1.0, help="multiply gift counts (0.1: quick)")
     r.add_argument("--only", default="hot,fanout,durability,gc",
                    help="comma list of: hot, durability, fanout (= bare, giftwire, socketio, "
-                        "coalescing, floor), gc, capacity")  # fmt: skip
+                        "coalescing, floor), gc, capacity, live")  # fmt: skip
     r.add_argument("--gc-viewers", type=int, default=10_000,
                    help="viewers that connect and sit idle while GC pauses are timed")  # fmt: skip
     r.add_argument("--capacity-viewers", type=int, default=10_000,
                    help="viewers of the capacity model's check run (gifts/s: a tenth)")  # fmt: skip
+    r.add_argument("--live-rounds", type=int, default=live.ROUNDS,
+                   help="rounds of each side (plain, live) in the live section")  # fmt: skip
     r.add_argument("--report", action="store_true", help="then update docs/benchmarks.md")
     p = sub.add_parser("report", help="write the table and the plot into docs/")
     p.add_argument("--in", dest="path", type=Path,
@@ -183,9 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         progress = _Progress()
         chosen = sections(args.only)
+        live.check_rounds(args.live_rounds)
         result = asyncio.run(
-            run(args.viewers, args.scale, chosen, progress, args.gc_viewers, args.capacity_viewers)
-        )
+            run(args.viewers, args.scale, chosen, progress, args.gc_viewers,
+                args.capacity_viewers, args.live_rounds)
+        )  # fmt: skip
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
         progress(f"wrote {args.out}")
@@ -193,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(report.table(result))
         if "durability" in result:
             print(durability.table(result["durability"]))
+        if "live" in result:
+            print(live.table(result["live"]))
         if args.report:
             if "hot_path" in result or "fanout" in result:
                 report.write_docs(result)

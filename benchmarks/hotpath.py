@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from benchmarks.procs import JWT_SECRET, WEBHOOK_SECRET, cpu_seconds, giftwire_server
@@ -177,17 +178,31 @@ async def measure_end_to_end(
     *,
     battle_s: int = 0,
     goals_per_room: int = 0,
+    redis_pid: int | None = None,
 ) -> dict[str, Any]:
     """Gifters over WebSockets against one giftwire process; CPU per gift from /proc.
     ``battle_s``: the 32 rooms battle in pairs meanwhile (``benchmarks/battles.py``).
-    ``goals_per_room``: goals set on each room first (every gift moves them)."""
+    ``goals_per_room``: goals set on each room first (every gift moves them).
+    ``redis_pid``: also Redis' CPU per gift and EVALSHA's ``usec_per_call`` from INFO
+    commandstats, over the same sending phase (``benchmarks/live.py``)."""
     keys = Keys(f"e2e{time.time_ns() % 10**6}:")
     server = giftwire_server(log_dir, redis_url, keys.prefix, **env)
     server.start()
     marks: dict[str, tuple[float, float]] = {}
+    redis_marks: dict[str, tuple[float, int, int]] = {}
+    stats = SyncRedis.from_url(redis_url) if redis_pid is not None else None
 
     def phase(name: str) -> None:
         marks[name] = (time.perf_counter(), cpu_seconds(server.pid))
+        if stats is not None and redis_pid is not None:
+            # One INFO call at each end of the phase (well under a millisecond): blocking
+            # the load generator's loop that long does not move its numbers.
+            evalsha = stats.info("commandstats").get("cmdstat_evalsha", {})
+            redis_marks[name] = (
+                cpu_seconds(redis_pid),
+                int(evalsha.get("calls", 0)),
+                int(evalsha.get("usec", 0)),
+            )
 
     try:
         config = RunConfig(
@@ -212,6 +227,8 @@ async def measure_end_to_end(
         result = await Run(config, phase=phase).run()
     finally:
         server.stop()
+        if stats is not None:
+            stats.close()
     (t0, c0), (t1, c1) = marks["sending"], marks["acked"]
     acked = result["gifts"]["acked"]
     summary = {
@@ -225,6 +242,13 @@ async def measure_end_to_end(
         "ack_latency_ms": result["ack_latency_ms"],
         "reconciled": bool(result["reconcile"] and result["reconcile"]["ok"]),
     }
+    if redis_marks:
+        (rc0, calls0, usec0), (rc1, calls1, usec1) = redis_marks["sending"], redis_marks["acked"]
+        summary["redis_cpu_us_per_gift"] = round((rc1 - rc0) / acked * 1e6, 1)
+        # Almost every EVALSHA of the phase is a send_gift (the battle watch reads with
+        # plain commands); Redis 7 keeps no statistics per script.
+        summary["evalsha_calls"] = calls1 - calls0
+        summary["evalsha_usec_per_call"] = round((usec1 - usec0) / max(calls1 - calls0, 1), 2)
     progress(
         f"giftwire end to end: {summary['gifts_per_s']:,} gifts/s,"
         f" {summary['server_cpu_us_per_gift']} µs server CPU per gift"
