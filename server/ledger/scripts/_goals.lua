@@ -44,15 +44,20 @@ local function goals_for_gift(key, gift, coins, count)
 end
 
 -- Add the gift to its goals (after every check). Returns the progress list for the gift
--- event ({goal_id, progress}) and the goals this gift reached.
+-- event ({goal_id, progress}) and the goals this gift reached. One HSET for all of them:
+-- five separate ones cost 2.5x its time in Redis (docs/benchmarks.md, "Live features").
 local function goals_advance(key, goals)
-  local progress, reached = {}, {}
+  local progress, reached, fields = {}, {}, {}
   for _, goal in ipairs(goals) do
-    redis.call('HSET', key, 'p:' .. goal.id, int(goal.now))
+    fields[#fields + 1] = 'p:' .. goal.id
+    fields[#fields + 1] = int(goal.now)
     progress[#progress + 1] = {goal_id = goal.id, progress = goal.now}
     if goal.doc then
       reached[#reached + 1] = goal
     end
+  end
+  if #fields > 0 then
+    redis.call('HSET', key, unpack(fields))
   end
   return progress, reached
 end
