@@ -27,10 +27,13 @@ from redis.asyncio import Redis
 
 from server.domain.accounts import Balance
 from server.domain.errors import UnavailableError
+from server.domain.goals import Goal
+from server.domain.levels import TopGifter
 from server.domain.limits import TOP_MAX
 from server.domain.streams import Stream
 from server.ledger.cluster_keys import ClusterKeys, slot_of
 from server.ledger.cluster_runner import REDIRECTS_MAX, ClusterScriptRunner
+from server.ledger.goals import goals_from_hash, top_gifters
 from server.ledger.ledger import EpochChange, stream_from_hash
 from server.ledger.receipts import unpack
 from server.ledger.runner import StreamRows
@@ -118,24 +121,44 @@ class ClusterRooms:
         raw = await self.on_slot(key, lambda r: r.hgetall(key))
         return stream_from_hash(stream_id, cast(dict[bytes, bytes], raw))
 
-    async def stream_and_top(self, stream_id: str) -> tuple[Stream | None, list[tuple[str, int]]]:
-        """The stream hash and its leaderboard in one round trip (one slot)."""
+    async def stream_and_top(
+        self, stream_id: str
+    ) -> tuple[Stream | None, list[TopGifter], list[Goal]]:
+        """The stream hash, its leaderboard (with names and levels) and its goals from the
+        primary of the creator's slot, which holds all of them: one round trip, and a second
+        for the names and lifetime coins of the top ``TOP_MAX`` when there is a top."""
         creator = await self.creator_of(stream_id)
         if creator is None:
-            return None, []
+            return None, [], []
         k = self.keys
-        stream_key, top_key = k.stream(creator, stream_id), k.leaderboard(creator, stream_id)
+        stream_key = k.stream(creator, stream_id)
+        keys = [
+            stream_key,
+            k.leaderboard(creator, stream_id),
+            k.goals(creator, stream_id),
+            k.names(creator, stream_id),
+            k.fans(creator),
+        ]
 
         async def read(r: Redis) -> list[object]:
             pipe = r.pipeline(transaction=False)
-            pipe.hgetall(stream_key)  # type: ignore[unused-awaitable]
-            pipe.zrevrange(top_key, 0, TOP_MAX - 1, withscores=True)  # type: ignore[unused-awaitable]
-            return cast(list[object], await pipe.execute())
+            pipe.hgetall(keys[0])  # type: ignore[unused-awaitable]
+            pipe.zrevrange(keys[1], 0, TOP_MAX - 1, withscores=True)  # type: ignore[unused-awaitable]
+            pipe.hgetall(keys[2])  # type: ignore[unused-awaitable]
+            replies = cast(list[object], await pipe.execute())
+            members = [m.decode() for m, _ in cast(list[tuple[bytes, float]], replies[1])]
+            if not members:
+                return [*replies, [], []]
+            pipe = r.pipeline(transaction=False)
+            pipe.hmget(keys[3], members)  # type: ignore[unused-awaitable]
+            pipe.zmscore(keys[4], members)  # type: ignore[unused-awaitable]
+            return [*replies, *cast(list[object], await pipe.execute())]
 
-        raw, top_raw = await self.on_slot(stream_key, read)
+        raw, top_raw, goals_raw, names, lifetime = await self.on_slot(stream_key, read)
         stream = stream_from_hash(stream_id, cast(dict[bytes, bytes], raw))
-        rows = cast(list[tuple[bytes, float]], top_raw)
-        return stream, [(member.decode(), int(score)) for member, score in rows]
+        rows = [(m.decode(), int(s)) for m, s in cast(list[tuple[bytes, float]], top_raw)]
+        top = top_gifters(rows, cast(list[bytes | None], names), cast(list[object], lifetime))
+        return stream, top, goals_from_hash(cast(dict[bytes, bytes], goals_raw))
 
     async def feed(self, stream_id: str, after_seq: int, limit: int) -> list[bytes]:
         """Gift events (JSON as published) with sequence > after_seq, oldest first."""

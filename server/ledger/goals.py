@@ -51,6 +51,23 @@ def goals_from_hash(raw: dict[bytes, bytes]) -> list[Goal]:
     return out
 
 
+def top_gifters(
+    rows: list[tuple[str, int]], names: list[bytes | None], lifetime: list[object]
+) -> list[TopGifter]:
+    """Leaderboard rows (user id, coins) with the names hash's values (``HMGET``) and the
+    fans zset's scores (the lifetime coins, ``ZSCORE``/``ZMSCORE``) of the same users, in
+    order: the one place a leaderboard row gets its name and level, in both modes."""
+    return [
+        TopGifter(
+            user_id=user,
+            name=name.decode() if name is not None else user,
+            coins=coins,
+            level=level_for(int(float(cast(bytes | float | int, fan))) if fan else 0),
+        )
+        for (user, coins), name, fan in zip(rows, names, lifetime, strict=True)
+    ]
+
+
 class GoalStore:
     def __init__(self, redis: Redis, keys: Keys, runner: ScriptRunner) -> None:
         self.redis = redis
@@ -113,12 +130,4 @@ class GoalStore:
         for user in members:
             pipe.zscore(self.keys.fans(creator_id), user)  # type: ignore[unused-awaitable]
         names, *lifetime = await pipe.execute()
-        return [
-            TopGifter(
-                user_id=user,
-                name=name.decode() if name is not None else user,
-                coins=coins,
-                level=level_for(int(fan or 0)),
-            )
-            for (user, coins), name, fan in zip(rows, names, lifetime, strict=True)
-        ]
+        return top_gifters(rows, names, lifetime)

@@ -11,10 +11,10 @@ Here the server reads the cluster's slot map, loads the scripts on every primary
   timeout left in the outboxes; its pending transfers and lag are on ``/metrics``;
 * viewers: the same endpoint, hub and protocol as single-node mode, fed by sharded pub/sub
   (``ShardedPubSubBroker``: ``SSUBSCRIBE`` on the primary of each room's slot);
-* the HTTP API the ledger covers: catalog, wallet, streams, leaderboard, gift history, the
-  payment webhook and cash-outs. The durable record's routes and the payout webhook are
-  refused with ``unavailable`` and a reason (the archiver does not read the slots' logs
-  yet).
+* the HTTP API the ledger covers: catalog, wallet, streams, leaderboard (names and levels),
+  stream goals, gift history, the payment webhook and cash-outs. The durable record's
+  routes and the payout webhook are refused with ``unavailable`` and a reason (the
+  archiver does not read the slots' logs yet).
 
 ``GET /readyz``: 200 ``{"redis": true, "cluster": true, "ready": true, "gifts": true}`` once
 the ledger is prepared and the broker reads the cluster, else 503 (``gifts`` false while
@@ -52,6 +52,7 @@ from server.settings import Settings
 from server.web import http_api
 from server.web.edge import DirectWebSocket
 from server.web.errors import error_response
+from server.web.goals_api import ROUTES as GOAL_ROUTES
 from server.web.metrics import RELAY_LAG, RELAY_PENDING
 from server.web.ws import gift_socket
 
@@ -70,6 +71,8 @@ _SERVED = {
     "/api/streams/{stream_id}/end",
     "/api/streams/{stream_id}/leaderboard",
     "/api/streams/{stream_id}/gifts",
+    "/api/streams/{stream_id}/goals",
+    "/api/streams/{stream_id}/goals/{goal_id}",
     "/api/webhooks/payments",
     "/api/cashouts",
     "/metrics",
@@ -175,7 +178,9 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
             await hub.stop()
             await runner.aclose()
 
-    served = [route for route in http_api.ROUTES if getattr(route, "path", "") in _SERVED]
+    served = [
+        route for route in [*http_api.ROUTES, *GOAL_ROUTES] if getattr(route, "path", "") in _SERVED
+    ]
     routes = [
         Route("/healthz", _healthz),
         Route("/readyz", _readyz),
