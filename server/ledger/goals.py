@@ -3,8 +3,9 @@
 Contract: ``set_goal`` and ``delete_goal`` are Lua scripts (``set_goal.lua``,
 ``delete_goal.lua``), atomic, idempotent by goal id, and only the stream's creator may call
 them; each publishes the stream's goals to the room (``goals``) when it changed them.
-Progress is moved only by ``send_gift.lua`` (``_goals.lua``), in the step that moves the
-coins. The reads here change nothing and may be a moment old by the time they return.
+Progress is moved only by ``send_gift.lua`` (on a cluster ``credit_gifts.lua``; both through
+``_goals.lua``), in the step that moves the coins. The reads here change nothing and may be
+a moment old by the time they return.
 """
 
 from __future__ import annotations
