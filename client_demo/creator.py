@@ -189,3 +189,56 @@ async def end_stream(url: str, token: str, stream_id: str, out: Printer) -> bool
     code, message = error_of(body)
     out.local("end_refused", f"cannot end {stream_id}: {code}: {message}", code=code)
     return False
+
+
+async def _post(url: str, token: str, path: str, body: object, out: Printer, what: str) -> bool:
+    status, reply = await call("POST", http_url(url) + path, token=token, body=body)
+    if status in (200, 201):
+        if isinstance(reply, dict) and "type" in reply:
+            out.message(reply)  # the battle's start or result, as the rooms get it
+        else:
+            out.local(what, None, **(reply if isinstance(reply, dict) else {"reply": reply}))
+        return True
+    code, message = error_of(reply)
+    out.local(f"{what}_refused", f"{what} refused: {code}: {message}", code=code)
+    return False
+
+
+async def battle_invite(
+    url: str, token: str, stream_id: str, to_stream: str, seconds: int | None, out: Printer
+) -> bool:
+    """Invite ``to_stream`` to a battle with our stream."""
+    body: dict[str, object] = {"from_stream": stream_id, "to_stream": to_stream}
+    if seconds is not None:
+        body["duration_s"] = seconds
+    return await _post(url, token, "/api/battles", body, out, "battle_invited")
+
+
+async def battle_answer(
+    url: str, token: str, stream_id: str, from_stream: str, accept: bool, out: Printer
+) -> bool:
+    """Accept or decline ``from_stream``'s pending invitation to our stream."""
+    status, state = await call("GET", http_url(url) + f"/api/streams/{stream_id}/battle")
+    if status != 200:
+        out.local("battle_refused", f"cannot read invitations: {error_of(state)[1]}")
+        return False
+    invites = [i for i in state["incoming"] if i["from_stream"] == from_stream]
+    if not invites:
+        out.local("battle_refused", f"no pending invitation from {from_stream}")
+        return False
+    action = "accept" if accept else "decline"
+    body = {"from_stream": from_stream, "to_stream": stream_id}
+    path = f"/api/battles/{invites[0]['battle_id']}/{action}"
+    return await _post(url, token, path, body, out, f"battle_{action}ed")
+
+
+async def battle_end(url: str, token: str, stream_id: str, out: Printer) -> bool:
+    return await _post(url, token, f"/api/streams/{stream_id}/battle/end", {}, out, "battle_end")
+
+
+async def stage_change(
+    url: str, token: str, stream_id: str, guest: str, invite: bool, out: Printer
+) -> bool:
+    """Invite ``guest`` on stage, or take them off."""
+    path = f"/api/streams/{stream_id}/guests" + ("" if invite else "/leave")
+    return await _post(url, token, path, {"user_id": guest}, out, "guests")
