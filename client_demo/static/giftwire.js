@@ -97,13 +97,33 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-// One leaderboard row: rank, the gifter's display name (else the user id), coins.
+// Colour bands of the 0-50 gifter level ladder (server/domain/levels.py).
+const LEVEL_BANDS = [[40, "legend"], [30, "gold"], [20, "purple"], [10, "blue"], [1, "green"]];
+
+// A gifter's level badge ("Lv 12"), or null for level 0 (never gifted this creator).
+export function levelBadge(level) {
+  const band = LEVEL_BANDS.find(([low]) => (level ?? 0) >= low);
+  if (!band) return null;
+  return el("span", {
+    class: `level-badge band-${band[1]}`,
+    "data-testid": "level-badge",
+    "data-level": String(level),
+    title: `gifter level ${level}`,
+    text: `Lv ${level}`,
+  });
+}
+
+// One leaderboard row: rank, the gifter's display name (the row's, else one learned from
+// gift events, else the user id) with their level badge, coins.
 export function topRow(rank, row, names, { amountClass = "amount coin", attrs = {} } = {}) {
+  const who = el("span", { class: "who", text: row.name ?? names.get(row.user_id) ?? row.user_id });
+  const badge = levelBadge(row.level);
+  if (badge) who.append(" ", badge);
   return el(
     "li",
     attrs,
     el("span", { class: "rank", text: String(rank) }),
-    el("span", { class: "who", text: names.get(row.user_id) ?? row.user_id }),
+    who,
     el("span", { class: amountClass, text: fmt.format(row.coins) }),
   );
 }
@@ -163,6 +183,11 @@ export class Api {
   leaderboard(id) { return this.request("GET", `/api/streams/${encodeURIComponent(id)}/leaderboard`); }
   startStream(id, title) { return this.request("POST", "/api/streams", { stream_id: id, title }); }
   endStream(id) { return this.request("POST", `/api/streams/${encodeURIComponent(id)}/end`); }
+  goals(id) { return this.request("GET", `/api/streams/${encodeURIComponent(id)}/goals`); }
+  addGoal(id, goal) { return this.request("POST", `/api/streams/${encodeURIComponent(id)}/goals`, goal); }
+  deleteGoal(id, goalId) {
+    return this.request("DELETE", `/api/streams/${encodeURIComponent(id)}/goals/${encodeURIComponent(goalId)}`);
+  }
   guests(id) { return this.request("GET", `/api/streams/${encodeURIComponent(id)}/guests`); }
 }
 

@@ -60,6 +60,8 @@ class ErrorCode(StrEnum):
     GUEST_LEFT = "guest_left"
     NO_GUESTS = "no_guests"
     GUESTS_CHANGED = "guests_changed"
+    # Goals (live-goals).
+    GOAL_LIMIT = "goal_limit"
     # Edge refusals.
     INVALID_REQUEST = "invalid_request"
     MESSAGE_TOO_LARGE = "message_too_large"
@@ -110,6 +112,7 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.GUEST_LEFT: "this guest has left the stage and can no longer receive gifts",
     ErrorCode.NO_GUESTS: "there are no guests on stage",
     ErrorCode.GUESTS_CHANGED: "the stage changed while the gift was sent; send it again",
+    ErrorCode.GOAL_LIMIT: "this stream holds the most goals allowed; delete one first",
     ErrorCode.INVALID_REQUEST: "the request is malformed",
     ErrorCode.MESSAGE_TOO_LARGE: "the message is larger than allowed",
     ErrorCode.UNAUTHORIZED: "missing or invalid credentials",

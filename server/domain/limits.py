@@ -76,6 +76,18 @@ PUBSUB_DRAIN_MAX = 1000
 """Most buffered pub/sub messages dispatched in one go before yielding to the loop."""
 TOP_MAX = 10
 """Rows of a room's leaderboard sent to viewers."""
+ROOM_ANNOUNCEMENTS_MAX = 64
+"""level_up events a hot room holds until the tick that sends their gifts; more are dropped
+(each gift carries its sender's level). goal_reached is never dropped (at most one per goal)."""
+
+# Stream goals and gifter levels (domain/goals.py, domain/levels.py).
+GOALS_PER_STREAM_MAX = 5
+"""Goals one stream may hold at once: each gift advances at most this many (send_gift.lua
+reads only the goals that count its gift, so a gift's cost never grows beyond it)."""
+GOAL_TITLE_LENGTH_MAX = 64
+"""Longest goal title, in characters (at most 4 bytes each in the script's check)."""
+GOAL_TARGET_MAX = 10**12
+"""Largest goal target (coins, or a count of one gift)."""
 
 # Battles and guests (ledger/battles.py, ledger/guests.py, web/battle_watch.py).
 BATTLE_TOP_MAX = 3

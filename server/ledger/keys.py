@@ -30,6 +30,9 @@ key                                    type    holds
                                                invitation (TTL)
 ``{s:STREAM}:guests``                  hash    the stage: guest -> state, ``n|G`` name,
                                                ``c|G``/``d|G`` coins/diamonds received
+``{s:STREAM}:goals``                   hash    the stream's goals and progress (_goals.lua)
+``{s:STREAM}:names``                   hash    sender -> display name (leaderboard)
+``{u:CREATOR}:fans``                   zset    viewer -> lifetime coins sent to the creator
 ``{pay:PAYMENT}:payment``              hash    one top-up and what was refunded of it
 ``{pay:PAYMENT}:refund:REFUND_ID``     hash    one refund (chargeback) of a payment
 ``{platform}:acct``                    hash    the platform's share (coins)
@@ -117,6 +120,15 @@ class Keys:
 
     def guests(self, stream_id: str) -> str:
         return f"{self.prefix}{{s:{stream_id}}}:guests"
+
+    def goals(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:goals"
+
+    def names(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:names"
+
+    def fans(self, creator_id: str) -> str:
+        return f"{self.prefix}{{u:{creator_id}}}:fans"
 
     def payment(self, payment_id: str) -> str:
         return f"{self.prefix}{{pay:{payment_id}}}:payment"

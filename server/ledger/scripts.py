@@ -35,6 +35,8 @@ class ScriptName(StrEnum):
     INVITE_GUEST = "invite_guest"
     JOIN_STAGE = "join_stage"
     LEAVE_STAGE = "leave_stage"
+    SET_GOAL = "set_goal"
+    DELETE_GOAL = "delete_goal"
     DEBIT_GIFT = "debit_gift"
     CREDIT_GIFTS = "credit_gifts"
 

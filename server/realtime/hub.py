@@ -216,6 +216,8 @@ class Hub:
         elif kind == "epoch":
             room.hold()
             self._spawn(self.epochs.resync(room))
+        elif kind in ("level_up", "goal_reached"):
+            room.announce(event, droppable=kind == "level_up")
         else:
             room.flush()  # keep order: gifts before the state change that followed them
             room.broadcast(event, droppable=False)

@@ -27,6 +27,7 @@ from server.web.battle_watch import BattleWatch
 from server.web.catalog_api import CATALOG_ROUTES
 from server.web.cluster_app import create_cluster_app
 from server.web.edge import DirectWebSocket
+from server.web.goals_api import ROUTES as GOAL_ROUTES
 from server.web.guests_api import GUEST_ROUTES
 from server.web.home import home_json, home_page
 from server.web.http_api import ROUTES
@@ -150,6 +151,7 @@ def create_app(settings: Settings) -> DirectWebSocket:
     # The route stays listed (url_for, docs); DirectWebSocket serves it without the stack.
     routes: list[object] = [
         *ROUTES,
+        *GOAL_ROUTES,
         *RECORD_ROUTES,
         *PAYOUT_ROUTES,
         *SPENDING_ROUTES,

@@ -45,6 +45,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.GUEST_LEFT: 409,
     ErrorCode.NO_GUESTS: 409,
     ErrorCode.GUESTS_CHANGED: 409,
+    ErrorCode.GOAL_LIMIT: 409,
     ErrorCode.SELF_GIFT: 422,
     ErrorCode.SPENDING_LIMIT: 422,
     ErrorCode.SPENDING_CAP: 422,

@@ -28,6 +28,8 @@ class SocketLedger(Protocol):
 
     async def balance(self, user_id: str) -> Balance: ...
 
+    async def fan_level(self, creator_id: str, user_id: str) -> int: ...
+
     async def send_gift(
         self,
         *,
