@@ -5,8 +5,8 @@ import {
 } from "./giftwire.js";
 import { BattleBar } from "./battle.js";
 import { BigGiftQueue, GiftStrip, isBig } from "./gifts.js";
-import { SpendingPanel } from "./spending.js";
 import { GoalBoard, levelBadge } from "./goals.js";
+import { SpendingPanel } from "./spending.js";
 
 const COMBO_WINDOW_MS = 5000; // the server's default GIFTWIRE_COMBO_WINDOW_MS
 const ERROR_SHOWN_MS = 8000;
@@ -48,7 +48,6 @@ const strip = new GiftStrip($("strip"), { rowsMax: NARROW ? 3 : 4 });
 const big = new BigGiftQueue($("big"));
 const goals = new GoalBoard($("goals"), { giftName: (id) => state.catalog.get(id)?.name ?? id });
 let socket = null;
-const spending = new SpendingPanel({ api, meter: $("spend-meter"), sheet: $("spend-sheet") });
 let me = null;
 
 function showMyLevel(level) {
@@ -65,6 +64,7 @@ function notice(text, kind) {
   setTimeout(() => node.remove(), NOTICE_SHOWN_MS);
 }
 
+const spending = new SpendingPanel({ api, meter: $("spend-meter"), sheet: $("spend-sheet") });
 const battle = new BattleBar($("battle"), config.stream, { names: state.names });
 
 // The guest picker: the host, each guest on stage, or every guest (split between them).
@@ -309,9 +309,6 @@ function onMessage(message) {
     case "stream":
       setEnded(message.state === "ended");
       break;
-    case "catalog":
-      showCatalog(message);
-      break;
     case "goals":
       goals.set(message.goals);
       break;
@@ -322,6 +319,9 @@ function onMessage(message) {
     case "level_up":
       notice(`${message.user_name} reached level ${message.level}!`, "level");
       if (message.user_id === me) showMyLevel(message.level);
+      break;
+    case "catalog":
+      showCatalog(message);
       break;
     case "error":
       if (message.retrying) showError(errorText(message.code), { info: true, code: message.code });

@@ -218,12 +218,6 @@ def pong(client_id: str | None) -> Message:
     return {"type": "pong", "id": client_id}
 
 
-def catalog(current: Catalog) -> Message:
-    """A new catalog version is current: show these gifts and prices, and send this
-    ``version`` with each gift from now on (``catalog_version``)."""
-    return {"type": "catalog", "version": current.version, "gifts": [g.to_json() for g in current]}
-
-
 def goals(stream_id: str, stream_goals: list[Goal]) -> Message:
     """The stream's goals after a change: what set_goal.lua and delete_goal.lua publish."""
     return {
@@ -231,6 +225,12 @@ def goals(stream_id: str, stream_goals: list[Goal]) -> Message:
         "stream_id": stream_id,
         "goals": [goal.to_json() for goal in stream_goals],
     }
+
+
+def catalog(current: Catalog) -> Message:
+    """A new catalog version is current: show these gifts and prices, and send this
+    ``version`` with each gift from now on (``catalog_version``)."""
+    return {"type": "catalog", "version": current.version, "gifts": [g.to_json() for g in current]}
 
 
 def battle_score(live: Message, now_ms: int) -> Message:
