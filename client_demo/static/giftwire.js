@@ -146,12 +146,19 @@ export class Api {
     const headers = { accept: "application/json" };
     if (this.token) headers.authorization = `Bearer ${this.token}`;
     if (body !== undefined) headers["content-type"] = "application/json";
-    const response = await fetch(this.server + path, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      cache: "no-store",
-    });
+    let response;
+    try {
+      response = await fetch(this.server + path, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        cache: "no-store",
+      });
+    } catch {
+      // No answer (the server restarting, the network): a reply that is not ok, status 0,
+      // so every caller's refusal path covers it and no page throws on a timer.
+      return { status: 0, ok: false, body: null };
+    }
     let data = null;
     try {
       data = await response.json();

@@ -192,8 +192,11 @@ async def get_stream(request: Request) -> Response:
 @endpoint
 async def leaderboard(request: Request) -> Response:
     limit = _int_param(request, "limit", 10, 100)
-    rows = await _services(request).ledger.leaderboard(request.path_params["stream_id"], limit)
-    return JSONResponse({"top": leaderboard_rows(rows)})
+    ledger = _services(request).ledger
+    rows = await ledger.leaderboard(request.path_params["stream_id"], limit)
+    # Who received what on stage, next to who gave: the guests' totals in this stream.
+    received = await ledger.guests.stage(request.path_params["stream_id"])
+    return JSONResponse({"top": leaderboard_rows(rows), "received": received})
 
 
 @endpoint

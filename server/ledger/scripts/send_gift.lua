@@ -194,8 +194,9 @@ local creator_diamonds = stored_int(creator_acct[1])
 local plan
 if guest_ids then
   -- The guests earn the gift instead of the creator (_guests.lua), each with their carry.
-  plan, diamonds = guests_plan(guest_ids, {unpack(KEYS, K_GUEST_ACCOUNTS, K_GUEST_ACCOUNTS - 1 + #guest_ids)}, coins,
-    share_bps, stored_int(stream[3]) + 1, amount_max)
+  local accounts = {unpack(KEYS, K_GUEST_ACCOUNTS, K_GUEST_ACCOUNTS - 1 + #guest_ids)}
+  plan, diamonds = guests_plan(K_GUESTS, guest_ids, accounts, coins, share_bps,
+    stored_int(stream[3]) + 1, amount_max)
   if not plan then
     return refuse('balance_limit')
   end
@@ -253,7 +254,9 @@ local leveled = level >= 2 and level_threshold(ladder, level) > fan_coins
 -- Whether this gift scores in a battle: decided here, on this script's clock, so a gift
 -- racing the battle's start or end is inside the window or outside it, never both.
 local battle_id = battle_scoring(K_BATTLE, ms)
-redis.call('ZSCORE', K_BATTLE_TOP, sender)
+if battle_id then
+  redis.call('ZSCORE', K_BATTLE_TOP, sender)  -- type check, only when it will be written
+end
 
 -- Every check passed: write.
 local new_balance = redis.call('HINCRBY', KEYS[2], 'coins', -coins)
