@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from benchmarks import durability, fanout, hotpath, report
+from benchmarks import capacity, durability, fanout, hotpath, report
 from benchmarks.procs import REPO, machine
 from server.ledger.embedded import RedisProcess
 
@@ -43,7 +43,7 @@ class _Progress:
 
 
 FANOUT_TARGETS = ("bare", "giftwire", "socketio", "coalescing", "floor")
-SECTIONS = ("hot", "durability", *FANOUT_TARGETS, "gc")
+SECTIONS = ("hot", "durability", *FANOUT_TARGETS, "gc", "capacity")
 
 
 def sections(only: str) -> set[str]:
@@ -60,7 +60,12 @@ def sections(only: str) -> set[str]:
 
 
 async def run(
-    viewers: int, scale: float, only: set[str], progress: _Progress, gc_viewers: int = 10_000
+    viewers: int,
+    scale: float,
+    only: set[str],
+    progress: _Progress,
+    gc_viewers: int = 10_000,
+    capacity_viewers: int = 10_000,
 ) -> dict[str, Any]:
     result: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -106,6 +111,11 @@ async def run(
                         ("giftwire", fanout.Giftwire(log_dir, redis_process.url, coalesce=True)),
                     )
                 }
+            if "capacity" in only:
+                result["capacity"] = await capacity.measure(
+                    redis, redis_process.url, redis_process.process.pid, log_dir, progress,
+                    viewers=capacity_viewers, rate=capacity_viewers / 10,
+                )  # fmt: skip
         finally:
             await redis.aclose()
             redis_process.stop()
@@ -160,9 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--scale", type=float, default=1.0, help="multiply gift counts (0.1: quick)")
     r.add_argument("--only", default="hot,fanout,durability,gc",
                    help="comma list of: hot, durability, fanout (= bare, giftwire, socketio, "
-                        "coalescing, floor), gc")  # fmt: skip
+                        "coalescing, floor), gc, capacity")  # fmt: skip
     r.add_argument("--gc-viewers", type=int, default=10_000,
                    help="viewers that connect and sit idle while GC pauses are timed")  # fmt: skip
+    r.add_argument("--capacity-viewers", type=int, default=10_000,
+                   help="viewers of the capacity model's check run (gifts/s: a tenth)")  # fmt: skip
     r.add_argument("--report", action="store_true", help="then update docs/benchmarks.md")
     p = sub.add_parser("report", help="write the table and the plot into docs/")
     p.add_argument("--in", dest="path", type=Path,
@@ -171,7 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         progress = _Progress()
         chosen = sections(args.only)
-        result = asyncio.run(run(args.viewers, args.scale, chosen, progress, args.gc_viewers))
+        result = asyncio.run(
+            run(args.viewers, args.scale, chosen, progress, args.gc_viewers, args.capacity_viewers)
+        )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
         progress(f"wrote {args.out}")

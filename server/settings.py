@@ -89,7 +89,7 @@ class Settings:
     socket_send_buffer_bytes: int = 64 * 1024
     """Kernel send buffer of each WebSocket (``server/web/uvicorn_setup.py`` passes it to
     every connection through the protocol factory)."""
-    gc_freeze_every_connections: int = 500
+    gc_freeze_every_connections: int = 200
     """``server/web/gc_freeze.py``: freeze the collector's long-lived objects after this
     many accepted WebSockets (keeps full collections short with a crowd); 0: never."""
     durability: str = ""
@@ -122,7 +122,13 @@ class Settings:
 
 
 _SCALARS = [f for f in dataclasses.fields(Settings) if f.name != "limits"]
-_ZERO_MEANS_NONE = frozenset({"daily_spend_coins_max", "cashout_diamonds_min", "payout_hold_days"})
+_ZERO_MEANS_NONE = frozenset(
+    {
+        "daily_spend_coins_max", "cashout_diamonds_min", "monthly_spend_coins_max",
+        "spend_raise_cooling_off_s", "minor_daily_spend_coins_max",
+        "minor_monthly_spend_coins_max", "payout_hold_days",
+    }
+)  # fmt: skip
 """Limits where 0 means "no cap" or "no minimum". Any other limit at 0 would stop the server:
 no pipeline ever sent, every call timed out, every gift refused by the scripts."""
 
@@ -246,7 +252,7 @@ def _check(s: Settings, errors: list[str]) -> None:
 
 DESCRIPTIONS: dict[str, str] = {
     "redis_url": "Redis holding the ledger; unset: a private redis-server with AOF in data_dir",
-    "redis_cluster": "redis_url is a node of a Redis Cluster (gifts there: not yet, unavailable)",
+    "redis_cluster": "redis_url is a node of a Redis Cluster (gifts in two legs, docs/ledger.md)",
     "data_dir": (
         "embedded Redis data, demo secrets, multiprocess metrics; installed without a "
         "checkout: $XDG_DATA_HOME/giftwire (~/.local/share/giftwire); relative: from the "
@@ -289,6 +295,12 @@ DESCRIPTIONS: dict[str, str] = {
     "gifts_per_s_max": "gifts per user per second, across all processes",
     "gift_burst_max": "burst of the per-user gift rate",
     "daily_spend_coins_max": "default spending cap per user over any 24 hours (coins; 0: none)",
+    "monthly_spend_coins_max": "default spending cap per user per calendar month, UTC (coins; "
+    "0: none)",
+    "spend_raise_cooling_off_s": "wait before a user's raised spending limit is in force (s; "
+    "lowering: at once)",
+    "minor_daily_spend_coins_max": "daily cap of an account marked minor (coins; 0: none)",
+    "minor_monthly_spend_coins_max": "monthly cap of an account marked minor (coins; 0: none)",
     "feed_events_max": "gift events kept per stream for resume and history",
     "resume_events_max": "most events replayed by one resume or gap repair",
     "batch_events_max": "most gift events in one coalesced frame",
@@ -306,6 +318,10 @@ DESCRIPTIONS: dict[str, str] = {
     "payout_hold_days": "days gift diamonds stay held before a cash-out may take them; 0: none",
     "payout_hold_day_s": "length of a hold day (s); 86400 except in tests and staging",
     "payout_hold_entries_max": "(creator, day) pairs one sender's gifts may name in the hold",
+    "battle_seconds_min": "shortest battle a creator may ask for (s)",
+    "battle_seconds_max": "longest battle a creator may ask for (s)",
+    "battle_seconds_default": "length of a battle when the invitation names none (s)",
+    "battle_invite_ttl_s": "how long a battle invitation waits for an answer (s)",
 }
 
 

@@ -2,7 +2,9 @@
 // start/end control. The feed is gapless and duplicate-free across reconnects: the socket
 // runs in ordered mode and resumes from the last sequence it handed over.
 
-import { Api, GiftSocket, el, errorText, fmt, giftArt, pageConfig, topRow } from "./giftwire.js";
+import { BattleBar } from "./battle.js";
+import { Api, GiftSocket, el, errorText, fmt, giftArt, levelBadge, newClientId, pageConfig, topRow } from "./giftwire.js";
+import { GoalBoard } from "./goals.js";
 
 const HISTORY_EVENTS = 50; // gifts shown from before the page was opened
 const FEED_ROWS_MAX = 200;
@@ -26,6 +28,144 @@ const state = {
   role: null,
 };
 let socket = null;
+const giftNames = new Map();
+const goals = new GoalBoard($("goals"), {
+  giftName: (id) => giftNames.get(id) ?? id,
+  onDelete: async (goalId) => {
+    const response = await api.deleteGoal(state.stream, goalId);
+    if (!response.ok) showMessage(errorText(response.body?.error?.code, response.body?.error?.message), true);
+  },
+});
+
+// The creator's goals: added and deleted over HTTP; the room (this page too) gets `goals`.
+async function addGoal(event) {
+  event.preventDefault();
+  const kind = $("goal-kind").value;
+  const goal = {
+    goal_id: newClientId("goal"),
+    kind,
+    target: Number.parseInt($("goal-target").value, 10),
+    title: $("goal-title").value.trim(),
+  };
+  if (kind === "gift") goal.gift_id = $("goal-gift").value;
+  const response = await api.addGoal(state.stream, goal);
+  if (!response.ok) {
+    showMessage(errorText(response.body?.error?.code, response.body?.error?.message), true);
+    return;
+  }
+  hideMessage();
+  $("goal-title").value = "";
+}
+
+async function loadGoalGifts() {
+  const catalog = await api.catalog();
+  if (!catalog.ok) return;
+  const select = $("goal-gift");
+  select.replaceChildren();
+  for (const gift of [...catalog.body.gifts].sort((a, b) => a.price_coins - b.price_coins)) {
+    giftNames.set(gift.id, gift.name);
+    select.append(el("option", { value: gift.id, text: `${gift.name} (${fmt.format(gift.price_coins)})` }));
+  }
+  goals.set(goals.all());
+}
+
+let battle = null;
+
+// Battles and guests: each button is one HTTP call; the rooms hear the outcome as
+// battle_invite / battle / battle_end / guests messages, which re-render these panels.
+
+async function call(method, path, body) {
+  const response = await api.request(method, path, body);
+  if (!response.ok) {
+    const error = response.body?.error ?? {};
+    showMessage(errorText(error.code, error.message), true);
+  }
+  return response;
+}
+
+function renderInvites(state_) {
+  const list = $("invites");
+  list.replaceChildren();
+  const out = state_.outgoing;
+  if (out) {
+    list.append(el("li", { "data-testid": "invite-outgoing" },
+      el("span", { text: `Waiting for ${out.to_stream} (${out.duration_s / 60} min)` }),
+      el("button", { class: "btn", text: "Withdraw", onclick: () => answer(out, "decline") })));
+  }
+  for (const invite of state_.incoming ?? []) {
+    list.append(el("li", { "data-testid": "invite-incoming", "data-from": invite.from_stream },
+      el("span", { text: `${invite.from_stream} invites you (${invite.duration_s / 60} min)` }),
+      el("button", { class: "btn primary", "data-testid": "battle-accept", text: "Accept", onclick: () => answer(invite, "accept") }),
+      el("button", { class: "btn", text: "Decline", onclick: () => answer(invite, "decline") })));
+  }
+}
+
+async function refreshBattle() {
+  const body = await battle.load(api);
+  if (body) renderInvites(body);
+  const running = battle.battle && !battle.result && body?.battle?.state === "running";
+  $("battle-end").hidden = !running;
+  if (body?.battle?.result) showResult(body.battle.result);
+}
+
+function showResult(result) {
+  const ours = result.sides.find((s) => s.stream_id === state.stream) ?? result.sides[0];
+  const outcome = result.draw ? "a draw" : result.winner === state.stream ? "you won" : "you lost";
+  const scores = result.sides.map((s) => `${s.stream_id} ${fmt.format(s.score)}`).join(" vs ");
+  const mvp = ours.mvp ? `, MVP ${state.names.get(ours.mvp.user_id) ?? ours.mvp.user_id}` : "";
+  $("battle-last").textContent = `Last battle: ${scores}: ${outcome}${mvp}`;
+}
+
+async function answer(invite, action) {
+  await call("POST", `/api/battles/${encodeURIComponent(invite.battle_id)}/${action}`,
+    { from_stream: invite.from_stream, to_stream: invite.to_stream });
+  refreshBattle();
+}
+
+async function inviteBattle(event) {
+  event.preventDefault();
+  const rival = $("battle-rival").value.trim();
+  if (!rival) return;
+  const response = await call("POST", "/api/battles",
+    { from_stream: state.stream, to_stream: rival, duration_s: Number($("battle-minutes").value) });
+  if (response.ok) hideMessage();
+  refreshBattle();
+}
+
+function renderStage(guests) {
+  const list = $("stage");
+  list.replaceChildren();
+  for (const g of guests) {
+    state.names.set(g.user_id, g.name);
+    list.append(el("li", { "data-testid": "stage-guest", "data-user": g.user_id, "data-state": g.state },
+      el("span", { text: `${g.name} · ${g.state === "on" ? "on stage" : "invited"} · ${fmt.format(g.coins)} coins` }),
+      el("button", { class: "btn", text: "Remove", onclick: async () => {
+        await call("POST", `/api/streams/${encodeURIComponent(state.stream)}/guests/leave`, { user_id: g.user_id });
+      } })));
+  }
+  if (guests.length === 0) list.append(el("li", { class: "feed-empty", text: "Invite up to 8 guests." }));
+}
+
+// A gift to guests changes what each received: read the stage again, at most once a second.
+let stageReload = null;
+function reloadStageSoon() {
+  stageReload ??= setTimeout(async () => {
+    stageReload = null;
+    const response = await api.guests(state.stream);
+    if (response.ok) renderStage(response.body.guests);
+  }, 1000);
+}
+
+async function inviteGuest(event) {
+  event.preventDefault();
+  const user = $("guest-user").value.trim();
+  if (!user) return;
+  const response = await call("POST", `/api/streams/${encodeURIComponent(state.stream)}/guests`, { user_id: user });
+  if (response.ok) {
+    $("guest-user").value = "";
+    renderStage(response.body.guests);
+  }
+}
 
 function setValue(id, value, { bump = false } = {}) {
   const node = $(id);
@@ -79,13 +219,16 @@ function addFeedRow(row) {
 
 function onGift(event) {
   state.names.set(event.sender_id, event.sender_name);
+  goals.progress(event.goals);
+  if (event.recipients) reloadStageSoon();
   if (event.seq > state.totals.seq) {
     state.totals.seq = event.seq;
     state.totals.diamonds += event.diamonds;
     state.totals.coins += event.coins;
     state.totals.gifts += event.count;
   }
-  if (event.seq > state.wallet.seq && state.wallet.diamonds !== null) {
+  // A gift to guests credits them, not the creator's wallet.
+  if (event.seq > state.wallet.seq && state.wallet.diamonds !== null && !event.recipients) {
     state.wallet.seq = event.seq;
     state.wallet.diamonds += event.diamonds;
     walletSoon();
@@ -93,7 +236,11 @@ function onGift(event) {
   if (event.ts > Date.now() - MINUTE_MS) state.recent.push({ ts: event.ts, count: event.count });
   const combo = event.combo > event.count ? el("span", { class: "combo", text: `combo ×${fmt.format(event.combo)}` }) : "";
   const count = event.count > 1 ? ` ×${fmt.format(event.count)}` : "";
-  const text = el("span", { class: "text" }, el("b", { text: event.sender_name }), ` sent ${event.gift_name ?? event.gift_id}${count}`, combo);
+  const to = event.recipients
+    ? ` to ${event.recipients.map((r) => state.names.get(r.user_id) ?? r.user_id).join(", ")}`
+    : "";
+  const badge = levelBadge(event.level);
+  const text = el("span", { class: "text" }, el("b", { text: event.sender_name }), ...(badge ? [" ", badge] : []), ` sent ${event.gift_name ?? event.gift_id}${count}${to}`, combo);
   addFeedRow(
     el(
       "li",
@@ -120,6 +267,22 @@ function onGap(gap) {
   addFeedRow(el("li", { class: "gap", "data-testid": "feed-gap", text: `⋯ ${fmt.format(n)} older gift${n === 1 ? "" : "s"} (#${gap.from_seq}–#${gap.to_seq}) are no longer in the feed` }));
 }
 
+function onHistoryChanged(change) {
+  // The server's Redis went back in time: the gifts from #from_seq on were not true. Their
+  // rows go (the true gifts follow, reusing those numbers), the stream's totals are read
+  // again, and the wallet, which counted them too, shows nothing until the next welcome.
+  for (const row of [...$("feed").querySelectorAll("[data-testid=feed-row]")]) {
+    if (Number(row.dataset.seq) >= change.from_seq) row.remove();
+  }
+  state.totals.seq = Math.min(state.totals.seq, change.from_seq - 1);
+  state.wallet = { seq: -1, diamonds: null };
+  $("wallet").textContent = "…";
+  delete $("wallet").dataset.value;
+  addFeedRow(el("li", { class: "gap", "data-testid": "feed-history-changed", text: `⋯ the server lost gifts from #${change.from_seq} on: the true ones follow` }));
+  refreshTotals();
+  renderTotals();
+}
+
 function onWelcome(welcome, { reconnected }) {
   $("title").textContent = welcome.stream.title || welcome.stream.id;
   $("stream-title").value ||= welcome.stream.title;
@@ -132,6 +295,7 @@ function onWelcome(welcome, { reconnected }) {
   state.wallet = { seq: welcome.last_seq, diamonds: welcome.balance.diamonds };
   refreshWallet();
   state.top = welcome.top;
+  goals.set(welcome.goals);
   setLive(welcome.stream.state === "live");
   renderTotals();
   renderTop();
@@ -244,7 +408,19 @@ async function refreshTotals() {
 }
 
 function onMessage(message) {
+  if (battle?.onMessage(message)) {
+    if (message.type === "battle_end") showResult(message);
+    $("battle-end").hidden = message.type === "battle_end";
+    if (message.type === "battle") renderInvites({});
+    return;
+  }
   switch (message.type) {
+    case "battle_invite":
+      refreshBattle();
+      break;
+    case "guests":
+      renderStage(message.guests);
+      break;
     case "stats":
       setValue("viewers", message.viewers);
       if (message.last_seq >= state.totals.seq) {
@@ -258,6 +434,12 @@ function onMessage(message) {
       break;
     case "stream":
       setLive(message.state === "live");
+      break;
+    case "goals":
+      goals.set(message.goals);
+      break;
+    case "goal_reached":
+      goals.reached(message);
       break;
     case "error":
       showMessage(errorText(message.code, message.message), true);
@@ -334,12 +516,15 @@ function connect(streamId) {
     token: config.token,
     ordered: true,
     historyEvents: HISTORY_EVENTS,
-    callbacks: { onState, onWelcome, onGift, onGap, onMessage },
+    callbacks: { onState, onWelcome, onGift, onGap, onHistoryChanged, onMessage },
   });
-  window.giftwire = { socket, state };
+  battle = new BattleBar($("battle"), streamId, { names: state.names });
+  window.giftwire = { socket, state, battle };
   renderTotals();
   renderTop();
   socket.start();
+  refreshBattle();
+  api.guests(streamId).then((r) => { if (r.ok) renderStage(r.body.guests); });
 }
 
 async function start() {
@@ -405,6 +590,14 @@ function main() {
   }
   $("start").addEventListener("click", start);
   $("end").addEventListener("click", end);
+  $("goal-form").addEventListener("submit", addGoal);
+  $("goal-kind").addEventListener("change", () => { $("goal-gift").hidden = $("goal-kind").value !== "gift"; });
+  loadGoalGifts();
+  $("battle-form").addEventListener("submit", inviteBattle);
+  $("guest-form").addEventListener("submit", inviteGuest);
+  $("battle-end").addEventListener("click", async () => {
+    await call("POST", `/api/streams/${encodeURIComponent(state.stream)}/battle/end`, {});
+  });
   setInterval(renderPerMinute, 1000);
   $("statement-csv").addEventListener("click", downloadStatement);
   refreshStatement();

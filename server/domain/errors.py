@@ -34,6 +34,7 @@ class ErrorCode(StrEnum):
     SELF_GIFT = "self_gift"
     RATE_LIMITED = "rate_limited"
     SPENDING_LIMIT = "spending_limit"
+    SPENDING_CAP = "spending_cap"
     DUPLICATE_MISMATCH = "duplicate_mismatch"
     BALANCE_LIMIT = "balance_limit"
     BELOW_MINIMUM = "below_minimum"
@@ -41,9 +42,26 @@ class ErrorCode(StrEnum):
     UNKNOWN_PAYOUT = "unknown_payout"
     PAYOUT_SETTLED = "payout_settled"
     CATALOG_CHANGED = "catalog_changed"
+    CATALOG_LIMIT = "catalog_limit"
     FUNDS_HELD = "funds_held"
     HOLD_LIMIT = "hold_limit"
     HOLD_CHANGED = "hold_changed"
+    # Battles (live-battles).
+    SELF_BATTLE = "self_battle"
+    INVITE_PENDING = "invite_pending"
+    INVITEE_BUSY = "invitee_busy"
+    UNKNOWN_INVITE = "unknown_invite"
+    BATTLE_RUNNING = "battle_running"
+    UNKNOWN_BATTLE = "unknown_battle"
+    BATTLE_NOT_OVER = "battle_not_over"
+    # Guests on stage (live-battles).
+    GUEST_LIMIT = "guest_limit"
+    NOT_A_GUEST = "not_a_guest"
+    GUEST_LEFT = "guest_left"
+    NO_GUESTS = "no_guests"
+    GUESTS_CHANGED = "guests_changed"
+    # Goals (live-goals).
+    GOAL_LIMIT = "goal_limit"
     # Edge refusals.
     INVALID_REQUEST = "invalid_request"
     MESSAGE_TOO_LARGE = "message_too_large"
@@ -69,7 +87,8 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.NOT_STREAM_OWNER: "only the stream's creator may do this",
     ErrorCode.SELF_GIFT: "creators cannot send gifts to their own stream",
     ErrorCode.RATE_LIMITED: "too many gifts too quickly; slow down",
-    ErrorCode.SPENDING_LIMIT: "daily spending limit reached",
+    ErrorCode.SPENDING_LIMIT: "spending limit reached",
+    ErrorCode.SPENDING_CAP: "the platform caps this account's spending below that limit",
     ErrorCode.DUPLICATE_MISMATCH: "this id was already used for a different request",
     ErrorCode.BALANCE_LIMIT: "the balance would exceed its maximum",
     ErrorCode.BELOW_MINIMUM: "the amount is below the minimum",
@@ -77,9 +96,23 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.UNKNOWN_PAYOUT: "no such cash-out",
     ErrorCode.PAYOUT_SETTLED: "the payout was already settled the other way",
     ErrorCode.CATALOG_CHANGED: "the gift catalog changed; fetch it and send again",
+    ErrorCode.CATALOG_LIMIT: "the catalog or its schedule is full",
     ErrorCode.FUNDS_HELD: "these diamonds are still in the payout hold",
     ErrorCode.HOLD_LIMIT: "gifts to too many creators within the payout hold; try later",
     ErrorCode.HOLD_CHANGED: "the gifts in the payout hold changed; retry",
+    ErrorCode.SELF_BATTLE: "a stream cannot battle itself or its own creator's streams",
+    ErrorCode.INVITE_PENDING: "this stream already has a pending battle invitation",
+    ErrorCode.INVITEE_BUSY: "that stream has too many pending battle invitations",
+    ErrorCode.UNKNOWN_INVITE: "no such pending battle invitation (it may have expired)",
+    ErrorCode.BATTLE_RUNNING: "a stream of this battle is already in a battle",
+    ErrorCode.UNKNOWN_BATTLE: "no such battle",
+    ErrorCode.BATTLE_NOT_OVER: "the battle has not reached its end yet",
+    ErrorCode.GUEST_LIMIT: "the stage is full",
+    ErrorCode.NOT_A_GUEST: "this user is not invited to (or not on) this stage",
+    ErrorCode.GUEST_LEFT: "this guest has left the stage and can no longer receive gifts",
+    ErrorCode.NO_GUESTS: "there are no guests on stage",
+    ErrorCode.GUESTS_CHANGED: "the stage changed while the gift was sent; send it again",
+    ErrorCode.GOAL_LIMIT: "this stream holds the most goals allowed; delete one first",
     ErrorCode.INVALID_REQUEST: "the request is malformed",
     ErrorCode.MESSAGE_TOO_LARGE: "the message is larger than allowed",
     ErrorCode.UNAUTHORIZED: "missing or invalid credentials",

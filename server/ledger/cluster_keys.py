@@ -134,6 +134,11 @@ class ClusterKeys:
         """The stream ids a creator owns (start_stream's bound), in the creator's slot."""
         return f"{self.prefix}{{u:{creator_id}}}:streams"
 
+    def hold_record(self, user_id: str) -> str:
+        """A buyer's gifts within the payout hold (refund.lua's KEYS[5]); cluster mode
+        keeps no hold yet, so it stays empty."""
+        return f"{self.prefix}{{u:{user_id}}}:held"
+
     def cashout(self, creator_id: str, client_id: str) -> str:
         return f"{self.prefix}{{u:{creator_id}}}:cashout:{client_id}"
 
@@ -157,6 +162,12 @@ class ClusterKeys:
 
     def catalog_versions(self) -> str:
         return f"{self.prefix}{{catalog}}:versions"
+
+    def catalog_schedule(self) -> str:
+        return f"{self.prefix}{{catalog}}:schedule"
+
+    def catalog_due(self) -> str:
+        return f"{self.prefix}{{catalog}}:due"
 
     # The stream id's own slot: who owns it, who watches it.
 

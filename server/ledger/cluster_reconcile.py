@@ -20,8 +20,8 @@ sender's slot and a ``gift_credit`` in the creator's, joined by the transfer id
 - coins debited = coins credited + coins pending.
 
 It only reads, and not atomically: run it on a quiet ledger, as the single-node one. Entry
-types this does not know (cash-outs and payouts are not wired in cluster mode yet) are
-reported as problems rather than skipped.
+types this does not know (payouts are not wired in cluster mode yet) are reported as
+problems rather than skipped.
 """
 
 from __future__ import annotations
@@ -125,6 +125,9 @@ async def reconcile_cluster(
                 users.add(f["from"])
                 coins[f["from"]] -= int(f["clawed"])
                 debt[f["from"]] += int(f["debt"])
+            elif kind == "cash_out":
+                users.add(f["from"])
+                diamonds[f["from"]] -= int(f["diamonds"])
             elif kind == "gift_debit":
                 users.add(f["from"])
                 transfer = f"{f['from']}|{f['client_id']}|{entry_id}"

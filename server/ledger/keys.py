@@ -21,6 +21,18 @@ key                                    type    holds
 ``{s:STREAM}:combo:USER:GIFT``         string  combo counter (TTL = combo window)
 ``{s:STREAM}:room``                    channel pub/sub channel of the room
 ``{s:STREAM}:viewers``                 hash    process id -> "count:expires_ms"
+``{s:STREAM}:battle``                  hash    the stream's side of its current or last battle
+``{s:STREAM}:battle_top``              zset    that side's gifters by coins in the battle
+``{s:STREAM}:battle_invite``           hash    the stream's pending invitation (TTL)
+``{s:STREAM}:battle_invites``          zset    invitations to the stream: from -> expires ms
+``{battle:BATTLE}:result``             string  a finished battle's result JSON (TTL)
+``{u:USER}:battle_invite``             string  the stream of the creator's pending battle
+                                               invitation (TTL)
+``{s:STREAM}:guests``                  hash    the stage: guest -> state, ``n|G`` name,
+                                               ``c|G``/``d|G`` coins/diamonds received
+``{s:STREAM}:goals``                   hash    the stream's goals and progress (_goals.lua)
+``{s:STREAM}:names``                   hash    sender -> display name (leaderboard)
+``{u:CREATOR}:fans``                   zset    viewer -> lifetime coins sent to the creator
 ``{pay:PAYMENT}:payment``              hash    one top-up and what was refunded of it
 ``{pay:PAYMENT}:refund:REFUND_ID``     hash    one refund (chargeback) of a payment
 ``{platform}:acct``                    hash    the platform's share (coins)
@@ -32,6 +44,8 @@ key                                    type    holds
 ``{ledger}:fence``                     string  written before WAIT (``always+replica``)
 ``{catalog}:prices``                   hash    gift id -> price in coins, and ``@version``
 ``{catalog}:versions``                 hash    version -> catalog document (JSON)
+``{catalog}:schedule``                 hash    scheduled edit id -> the edit (JSON)
+``{catalog}:due``                      zset    scheduled edit id -> when (Redis ms)
 =====================================  ======  ==========================================
 """
 
@@ -86,6 +100,36 @@ class Keys:
     def viewers(self, stream_id: str) -> str:
         return f"{self.prefix}{{s:{stream_id}}}:viewers"
 
+    def battle(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:battle"
+
+    def battle_top(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:battle_top"
+
+    def battle_invite(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:battle_invite"
+
+    def battle_invites(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:battle_invites"
+
+    def creator_battle_invite(self, creator_id: str) -> str:
+        return f"{self.prefix}{{u:{creator_id}}}:battle_invite"
+
+    def battle_result(self, battle_id: str) -> str:
+        return f"{self.prefix}{{battle:{battle_id}}}:result"
+
+    def guests(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:guests"
+
+    def goals(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:goals"
+
+    def names(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:names"
+
+    def fans(self, creator_id: str) -> str:
+        return f"{self.prefix}{{u:{creator_id}}}:fans"
+
     def payment(self, payment_id: str) -> str:
         return f"{self.prefix}{{pay:{payment_id}}}:payment"
 
@@ -124,3 +168,9 @@ class Keys:
 
     def catalog_versions(self) -> str:
         return f"{self.prefix}{{catalog}}:versions"
+
+    def catalog_schedule(self) -> str:
+        return f"{self.prefix}{{catalog}}:schedule"
+
+    def catalog_due(self) -> str:
+        return f"{self.prefix}{{catalog}}:due"

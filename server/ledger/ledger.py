@@ -24,10 +24,15 @@ from server.domain.errors import (
     RequestError,
     UnavailableError,
 )
-from server.domain.limits import AMOUNT_MAX, SEND_COINS_MAX, Limits
+from server.domain.goals import Goal
+from server.domain.levels import TopGifter, ladder_arg
+from server.domain.limits import AMOUNT_MAX, GUEST_GIFT_TRIES_MAX, SEND_COINS_MAX, Limits
 from server.domain.money import Economics
 from server.domain.streams import Stream, StreamState
+from server.ledger.battles import Battles
 from server.ledger.catalogs import CatalogStore
+from server.ledger.goals import GoalStore
+from server.ledger.guests import Guests
 from server.ledger.hold import HOLD_FIELDS, HoldState
 from server.ledger.keys import Keys
 from server.ledger.receipts import (
@@ -40,6 +45,7 @@ from server.ledger.receipts import (
 )
 from server.ledger.runner import ScriptRunner, StreamRows
 from server.ledger.scripts import ScriptName
+from server.ledger.spending import SpendingStore
 
 log = logging.getLogger("giftwire.ledger")
 
@@ -47,6 +53,8 @@ TO_VERIFY_MAX = 16
 REFUND_ATTEMPTS_MAX = 3
 """Refunds refused ``hold_changed`` (a gift landed between reading the buyer's held
 creators and the script) before the refusal is passed on; each retry reads them again."""
+LADDER_ARG = ladder_arg()
+"""send_gift's ARGV of the gifter level ladder, built once."""
 LogPosition = tuple[int, int]
 """A ledger log entry id ``MS-SEQ`` as numbers, in the order Redis gives them."""
 
@@ -134,6 +142,10 @@ class Ledger:
         )
         self.runner.on_unavailable = self.connection_broke
         self.catalogs = CatalogStore(redis, self.keys, self.runner)
+        self.battles = Battles(redis, self.runner, self.keys, self.limits, _redis_errors)
+        self.guests = Guests(redis, self.runner, self.keys, _redis_errors)
+        self.goals = GoalStore(redis, self.keys, self.runner)
+        self.spending = SpendingStore(self.runner, self.keys, self.limits)
 
     async def prepare(self, catalog: Catalog) -> Catalog:
         """Load the scripts and seed ``catalog`` into Redis if Redis holds none.
@@ -206,9 +218,48 @@ class Ledger:
         gift_id: str,
         count: int,
         catalog_version: int | None = None,
+        to: str | None = None,
     ) -> GiftReceipt:
         """Send a gift. With ``catalog_version`` (the version the client was shown), refused
-        with ``catalog_changed`` unless it is the current one."""
+        with ``catalog_changed`` unless it is the current one. ``to``: a guest on stage, or
+        ``ALL_GUESTS`` (split between them); None: the creator."""
+        for attempt in range(GUEST_GIFT_TRIES_MAX):
+            recipients = [] if to is None else await self.guests.recipients(stream_id, to)
+            try:
+                return await self._send_gift(
+                    client_id=client_id,
+                    sender_id=sender_id,
+                    sender_name=sender_name,
+                    stream_id=stream_id,
+                    creator_id=creator_id,
+                    gift_id=gift_id,
+                    count=count,
+                    catalog_version=catalog_version,
+                    to=to or "",
+                    recipients=recipients,
+                )
+            except LedgerRefusal as refusal:
+                # Nothing was written: read the stage again and resend with the same id.
+                if refusal.code is not ErrorCode.GUESTS_CHANGED:
+                    raise
+                if attempt == GUEST_GIFT_TRIES_MAX - 1:
+                    raise
+        raise InvariantError("unreachable")
+
+    async def _send_gift(
+        self,
+        *,
+        client_id: str,
+        sender_id: str,
+        sender_name: str,
+        stream_id: str,
+        creator_id: str,
+        gift_id: str,
+        count: int,
+        catalog_version: int | None,
+        to: str,
+        recipients: list[str],
+    ) -> GiftReceipt:
         k, lim = self.keys, self.limits
         body, replayed = await self._run(
             ScriptName.SEND_GIFT,
@@ -225,6 +276,13 @@ class Ledger:
                 k.catalog(),
                 k.room_channel(stream_id),
                 k.hold_record(sender_id),
+                k.battle(stream_id),
+                k.battle_top(stream_id),
+                k.guests(stream_id),
+                k.goals(stream_id),
+                k.fans(creator_id),
+                k.names(stream_id),
+                *[k.account(guest) for guest in recipients],
             ],
             [
                 client_id,
@@ -246,6 +304,10 @@ class Ledger:
                 catalog_version or 0,
                 *self._hold_args(),
                 lim.payout_hold_entries_max,
+                to,
+                ",".join(recipients),
+                LADDER_ARG,
+                lim.monthly_spend_coins_max,
             ],
             order_key=sender_id,
         )
@@ -427,7 +489,9 @@ class Ledger:
         return Balance(user_id, _int(coins), _int(diamonds), _int(debt), held, next_release_ms)
 
     async def set_daily_limit(self, user_id: str, coins: int) -> None:
-        """Set (coins > 0) or clear (0) one user's own daily spending limit."""
+        """Write (coins > 0) or clear (0: the default again) one user's daily limit at once,
+        bypassing the cooling-off of a raise: for tests and operators. Users change theirs
+        through ``spending.set``."""
         if not 0 <= coins <= AMOUNT_MAX:
             raise RequestError(ErrorCode.INVALID_REQUEST, "limit out of range")
         async with _redis_errors():
@@ -456,15 +520,33 @@ class Ledger:
             raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.keys.stream(stream_id)))
         return stream_from_hash(stream_id, raw)
 
-    async def leaderboard(self, stream_id: str, limit: int = 10) -> list[tuple[str, int]]:
+    async def leaderboard(self, stream_id: str, limit: int = 10) -> list[TopGifter]:
+        """The stream's top gifters, most coins first, with display names and levels."""
         async with _redis_errors():
-            rows = cast(
-                list[tuple[bytes, float]],
-                await self.redis.zrevrange(
-                    self.keys.leaderboard(stream_id), 0, limit - 1, withscores=True
-                ),
-            )
-        return [(member.decode(), int(score)) for member, score in rows]
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hget(self.keys.stream(stream_id), "creator")  # type: ignore[unused-awaitable]
+            pipe.zrevrange(self.keys.leaderboard(stream_id), 0, limit - 1, withscores=True)  # type: ignore[unused-awaitable]
+            creator, rows = await pipe.execute()
+            if creator is None:
+                return []
+            top = [(member.decode(), int(score)) for member, score in rows]
+            return await self.goals.named(stream_id, creator.decode(), top)
+
+    # Goals and levels (server/ledger/goals.py).
+
+    async def set_goal(self, *, stream_id: str, actor_id: str, goal: Goal) -> tuple[Goal, bool]:
+        return await self.goals.set_goal(stream_id=stream_id, actor_id=actor_id, goal=goal)
+
+    async def delete_goal(self, *, stream_id: str, actor_id: str, goal_id: str) -> bool:
+        return await self.goals.delete_goal(stream_id=stream_id, actor_id=actor_id, goal_id=goal_id)
+
+    async def stream_goals(self, stream_id: str) -> list[Goal]:
+        async with _redis_errors():
+            return await self.goals.goals(stream_id)
+
+    async def fan_level(self, creator_id: str, user_id: str) -> int:
+        async with _redis_errors():
+            return await self.goals.fan_level(creator_id, user_id)
 
     async def feed(self, stream_id: str, after_seq: int, limit: int) -> list[bytes]:
         """Gift events (JSON as published) with sequence > after_seq, oldest first."""

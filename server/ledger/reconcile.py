@@ -118,10 +118,13 @@ def _apply(
         if coins != diamonds + platform:
             problems.append(f"{entry_id}: gift splits {coins} into {diamonds} + {platform}")
         model[entry[b"from"].decode()].coins -= coins
-        creator = model[entry[b"to"].decode()]
-        if b"share_bps" in entry:
-            _carry_share(entry, coins, diamonds, creator, t, problems, entry_id)
-        creator.diamonds += diamonds
+        if b"recipients" in entry:
+            _split_share(entry, coins, diamonds, model, t, problems, entry_id)
+        else:
+            creator = model[entry[b"to"].decode()]
+            if b"share_bps" in entry:
+                _carry_share(entry, coins, diamonds, creator, t, problems, entry_id)
+            creator.diamonds += diamonds
         t.gifts += 1
         t.coins_spent += coins
         t.diamonds_credited += diamonds
@@ -246,6 +249,36 @@ def _check_hold(user: str, fields: list[bytes | None], diamonds: int, t: Totals)
     if hold.held > diamonds:
         problems.append(f"account {user}: holds {hold.held} diamonds in the hold of {diamonds}")
     return problems
+
+
+def _split_share(
+    entry: dict[bytes, bytes],
+    coins: int,
+    diamonds: int,
+    model: defaultdict[str, _Expected],
+    t: Totals,
+    problems: list[str],
+    entry_id: str,
+) -> None:
+    """A gift to guests (``_guests.lua``): each recipient's coins, diamonds and carried
+    remainder, recomputed as for a creator; the parts add up to the gift."""
+    share_bps = int(entry[b"share_bps"])
+    parts = [part.rsplit(":", 3) for part in entry[b"recipients"].decode().split(";")]
+    if sum(int(p[1]) for p in parts) != coins or sum(int(p[2]) for p in parts) != diamonds:
+        problems.append(f"{entry_id}: gift to guests splits {coins} coins into {parts}")
+    for user, part_coins, part_diamonds, part_rem in parts:
+        guest = model[user]
+        units = int(part_coins) * share_bps
+        t.share_units += units
+        t.diamonds_carried += int(part_diamonds)
+        want, rem = divmod(guest.share_rem + units, BASIS_POINTS)
+        if (int(part_diamonds), int(part_rem)) != (want, rem):
+            problems.append(
+                f"{entry_id}: gift to guest {user} credits {part_diamonds} diamonds carrying "
+                f"{part_rem}, the share says {want} carrying {rem}"
+            )
+        guest.share_rem = rem
+        guest.diamonds += int(part_diamonds)
 
 
 def _carry_cents(

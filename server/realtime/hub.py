@@ -70,6 +70,9 @@ class Hub:
         self.catch_ups = CatchUps(broker, limits, self._decode)
         self._on_behind = self._behind  # one bound method for every connection, not one each
         self.epochs = Epochs(broker, self.rooms, self.catch_ups, self._track)
+        self.on_room_event: Callable[[str, Message], None] | None = None
+        """Told of every room event other than a gift or an epoch, after the room's viewers
+        were sent it (the battle watch follows battles starting and ending so)."""
 
     # Lifecycle.
 
@@ -99,6 +102,12 @@ class Hub:
     def _track(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def announce(self, message: Message) -> None:
+        """A control message for every connection of every room (a new catalog): encoded
+        once per format; not droppable, so it keeps its place among the gifts."""
+        for room in list(self.rooms.values()):
+            room.broadcast(message, droppable=False)
 
     # Rooms.
 
@@ -207,9 +216,13 @@ class Hub:
         elif kind == "epoch":
             room.hold()
             self._spawn(self.epochs.resync(room))
+        elif kind in ("level_up", "goal_reached"):
+            room.announce(event, droppable=kind == "level_up")
         else:
             room.flush()  # keep order: gifts before the state change that followed them
             room.broadcast(event, droppable=False)
+            if self.on_room_event is not None:
+                self.on_room_event(stream_id, event)
 
     def room_events_lost(self, stream_id: str | None) -> None:
         rooms = self.rooms.values() if stream_id is None else [self.rooms.get(stream_id)]

@@ -104,9 +104,17 @@ def _user(fields: Fields, name: str) -> str:
 
 
 def _gift(f: Fields) -> list[Posting]:
+    if "recipients" in f:
+        # A gift split between guests (``_guests.lua``): id:coins:diamonds:share_rem each.
+        credits = []
+        for part in f["recipients"].split(";"):
+            user, _, diamonds, _ = part.rsplit(":", 3)  # an id may hold ":"
+            credits.append(Posting(user, Account.DIAMONDS, int(diamonds)))
+    else:
+        credits = [Posting(_user(f, "to"), Account.DIAMONDS, _amount(f, "diamonds"))]
     return [
         Posting(_user(f, "from"), Account.COINS, -_amount(f, "coins")),
-        Posting(_user(f, "to"), Account.DIAMONDS, _amount(f, "diamonds")),
+        *credits,
         Posting(None, Account.PLATFORM, _amount(f, "platform")),
     ]
 

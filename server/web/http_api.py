@@ -16,7 +16,7 @@ from starlette.routing import Route
 from server.domain.accounts import Identity, Role, is_valid_id
 from server.domain.errors import ErrorCode, OperatingError, RequestError, UnavailableError
 from server.domain.limits import AMOUNT_MAX, PAGE_MAX, SEQUENCE_MAX
-from server.protocol.events import enrich_gift
+from server.protocol.events import enrich_gift, leaderboard_rows
 from server.web.auth import bearer_from_header, verify_token
 from server.web.errors import error_response
 from server.web.inputs import int_param, read_body
@@ -155,11 +155,14 @@ async def start_stream(request: Request) -> Response:
 @endpoint
 async def end_stream(request: Request) -> Response:
     who = _acting_identity(request)
-    change = await _services(request).ledger.end_stream(
+    ledger = _services(request).ledger
+    change = await ledger.end_stream(
         stream_id=request.path_params["stream_id"],
         actor_id=who.user_id,
         is_admin=who.role is Role.ADMIN,
     )
+    # A battle ends with its stream (also on a replay: a crash may have come in between).
+    await ledger.battles.end_for_stream(change.stream_id)
     return JSONResponse({"stream_id": change.stream_id, "state": change.state})
 
 
@@ -190,7 +193,7 @@ async def get_stream(request: Request) -> Response:
 async def leaderboard(request: Request) -> Response:
     limit = _int_param(request, "limit", 10, 100)
     rows = await _services(request).ledger.leaderboard(request.path_params["stream_id"], limit)
-    return JSONResponse({"top": [{"user_id": u, "coins": c} for u, c in rows]})
+    return JSONResponse({"top": leaderboard_rows(rows)})
 
 
 @endpoint

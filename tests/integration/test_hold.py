@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from server.domain.catalog import load_catalog
 from server.domain.errors import ErrorCode, InvariantError, LedgerRefusal
 from server.domain.limits import Limits
+from server.ledger.guests import ALL_GUESTS
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
 from server.ledger.reconcile import reconcile
@@ -381,3 +382,33 @@ async def test_a_corrupt_hold_record_fails_the_chargeback_before_any_write(
     with pytest.raises(InvariantError):
         await held.refund(payment_id="pay-fan", user_id="fan", refund_id="r1", coins=10_000)
     assert await snapshot(redis, keys) == before
+
+
+async def test_guests_diamonds_are_held_and_a_chargeback_claws_them_back(
+    held: Ledger, redis: Redis, keys: Keys
+) -> None:
+    """A gift split between the guests on stage holds each guest's diamonds as a creator's:
+    a buyer working with a guest cannot cash out charged-back coins either."""
+    for guest in ("gina", "gus"):
+        await held.guests.invite(stream_id=STREAM, creator_id=CREATOR, guest_id=guest)
+        await held.guests.join(stream_id=STREAM, guest_id=guest, name=guest.upper())
+    await held.top_up(payment_id="pay-fan", user_id="fan", coins=10_001)
+    receipt = await held.send_gift(
+        client_id="g-split", sender_id="fan", sender_name="Fan", stream_id=STREAM,
+        creator_id=CREATOR, gift_id="interstellar", count=1, to=ALL_GUESTS,
+    )  # fmt: skip
+    assert receipt.diamonds == 5_000
+    guests = [await held.balance(g) for g in ("gina", "gus")]
+    assert [(b.diamonds, b.held_diamonds, b.withdrawable_diamonds) for b in guests] == [
+        (2_500, 2_500, 0), (2_500, 2_500, 0),
+    ]  # fmt: skip
+    with pytest.raises(LedgerRefusal, match="funds_held"):
+        await held.cash_out(client_id="c1", creator_id="gina", diamonds=1)
+    refund = await held.refund(payment_id="pay-fan", user_id="fan", refund_id="r1", coins=10_001)
+    assert (refund.refunded, refund.reversed) == (10_001, 10_000)
+    for g in ("gina", "gus"):
+        balance = await held.balance(g)
+        assert (balance.diamonds, balance.held_diamonds) == (0, 0), g
+    report = await reconcile(redis, keys)
+    assert report.ok, report.problems
+    assert report.totals.diamonds_clawed_back == 5_000

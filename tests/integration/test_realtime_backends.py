@@ -116,3 +116,36 @@ async def test_viewers_get_lost_events_from_the_feed_and_a_resume_from_its_seq(
         assert late_sink.seqs() == [6, 7, 8, 9, 10, 11]
     finally:
         await hub.stop()
+
+
+async def test_a_stream_rolled_back_gets_a_new_epoch_and_viewers_are_told(
+    backend: Backend,
+) -> None:
+    """The store forgets gifts 4..5 (a restore): the next gift reuses seq 4 for another
+    transfer; the hub sees it, starts a new epoch through the broker (bump_epoch.lua in
+    the stream's slot) and tells each viewer ``history_changed`` from 4, then sends the
+    history as the store now holds it."""
+    broker = backend.broker()
+    hub = Hub(broker, load_catalog(), Limits(), batch_ms=10, hot_events_per_s=10_000,
+              stats_interval_s=60)  # fmt: skip
+    await hub.start()
+    try:
+        await backend.open_stream(STREAM, CREATOR, epoch="old")
+        connection, sink = viewer("v")
+        await hub.join(connection, STREAM, welcome)
+        for _ in range(5):
+            await backend.gift(STREAM, CREATOR)
+        await polled(lambda: sink.seqs()[-1:] == [5])
+        await backend.roll_back(STREAM, CREATOR, 3)
+        for _ in range(2):
+            await backend.gift(STREAM, CREATOR)
+        # The old 4..5 end in 5 too: wait for the history sent again after them.
+        await polled(lambda: "history_changed" in sink.kinds() and len(sink.seqs()) >= 7)
+        changed = next(m for m in sink.messages() if m["type"] == "history_changed")
+        assert changed["from_seq"] == 4 and changed["epoch"] != "old"
+        assert sink.seqs() == [1, 2, 3, 4, 5, 4, 5]
+        snapshot = await broker.snapshot(STREAM)
+        assert snapshot is not None and snapshot.position.epoch == changed["epoch"]
+        assert (snapshot.prev_epoch, snapshot.prev_epoch_seq) == ("old", 3)
+    finally:
+        await hub.stop()

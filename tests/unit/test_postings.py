@@ -28,6 +28,16 @@ def test_a_gift_moves_coins_to_diamonds_and_the_platform() -> None:
     assert transfer.fields == GIFT
 
 
+def test_a_gift_split_between_guests_credits_each_of_them() -> None:
+    entry = {**GIFT, "to": "*", "coins": "5", "diamonds": "2", "platform": "3",
+             "recipients": "g:1:3:2:0;h.2:2:0:9000"}  # fmt: skip  # an id may hold ":"
+    assert to_transfer("1-0", entry).postings == (
+        Posting("alice", Account.COINS, -5),
+        Posting("g:1", Account.DIAMONDS, 2),  # h.2's 2 coins earned 0 (carried): no line
+        Posting(None, Account.PLATFORM, 3),
+    )
+
+
 def test_a_top_up_repays_debt_first() -> None:
     entry = {"type": "top_up", "payment": "p1", "to": "al", "coins": "100", "credited": "60",
              "repaid": "40"}  # fmt: skip
