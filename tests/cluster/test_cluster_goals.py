@@ -101,9 +101,12 @@ async def test_one_batch_carries_progress_and_lifetime_coins_from_transfer_to_tr
     stream, creator = await live_stream(ledger)
     await broker.subscribe(stream)
     await ledger.set_goal(stream_id=stream, actor_id=creator, goal=coins_goal("g30", 30))
+    hearts = Goal("hearts", GoalKind.GIFT, "finger_heart", 3, "Three hearts")
+    await ledger.set_goal(stream_id=stream, actor_id=creator, goal=hearts)
     fan, others = uid("fan"), [uid("v") for _ in range(3)]
     # 12 of 5 coins from one fan: it reaches 50 (level 2) with its 10th; with three others
-    # interleaved the goal of 30 is reached by the 6th transfer of the batch.
+    # interleaved the goal of 30 coins is reached by the 6th transfer of the batch, the goal
+    # of 3 hearts by the 3rd.
     batch = [transfer(creator, stream, fan, name="Fan Name") for _ in range(12)]
     batch[1:1] = [transfer(creator, stream, other) for other in others]
     results = await ledger.credits.call(creator, stream, batch)
@@ -111,11 +114,15 @@ async def test_one_batch_carries_progress_and_lifetime_coins_from_transfer_to_tr
     await listener.wait(lambda: len(of_type(listener, stream, "gift")) == 15)
     gifts = of_type(listener, stream, "gift")
     assert [g["goals"] for g in gifts] == [
-        [{"goal_id": "g30", "progress": 5 * i}] for i in range(1, 16)
+        [{"goal_id": "g30", "progress": 5 * i}, {"goal_id": "hearts", "progress": i}]
+        for i in range(1, 16)
     ]
     assert [g["level"] for g in gifts if g["sender_id"] == fan] == [1] * 9 + [2] * 3
-    [reached] = of_type(listener, stream, "goal_reached")
-    assert (reached["goal_id"], reached["progress"], reached["seq"]) == ("g30", 30, 6)
+    reached = of_type(listener, stream, "goal_reached")
+    assert [(r["goal_id"], r["kind"], r["progress"], r["seq"]) for r in reached] == [
+        ("hearts", "gift", 3, 3),
+        ("g30", "coins", 30, 6),
+    ]
     [level_up] = of_type(listener, stream, "level_up")
     assert level_up == {
         "type": "level_up",
@@ -133,8 +140,11 @@ async def test_one_batch_carries_progress_and_lifetime_coins_from_transfer_to_tr
     again = await ledger.credits.call(creator, stream, [*batch[::-1], sentinel])
     assert [r.status for r in again] == ["replay"] * 15 + ["ok"]
     await listener.wait(lambda: len(of_type(listener, stream, "gift")) == 16)
-    assert of_type(listener, stream, "gift")[-1]["goals"] == [{"goal_id": "g30", "progress": 80}]
-    assert len(of_type(listener, stream, "goal_reached")) == 1
+    assert of_type(listener, stream, "gift")[-1]["goals"] == [
+        {"goal_id": "g30", "progress": 80},
+        {"goal_id": "hearts", "progress": 16},
+    ]
+    assert len(of_type(listener, stream, "goal_reached")) == 2
     assert len(of_type(listener, stream, "level_up")) == 1
     fans, goals, names = before  # type: ignore[misc]
     now_fans, now_goals, _ = await _fans_and_goals(ledger, creator, stream)  # type: ignore[misc]
@@ -143,8 +153,8 @@ async def test_one_batch_carries_progress_and_lifetime_coins_from_transfer_to_tr
     assert dict(fans)[fan.encode()] == 60.0
     assert now_goals[b"p:g30"] == b"80" and goals[b"p:g30"] == b"75"
     assert names[fan.encode()] == b"Fan Name"
-    [goal] = await ledger.stream_goals(stream)
-    assert (goal.goal_id, goal.progress) == ("g30", 80)
+    goals_now = await ledger.stream_goals(stream)
+    assert [(g.goal_id, g.progress) for g in goals_now] == [("g30", 80), ("hearts", 16)]
     assert await ledger.fan_level(creator, fan) == level_for(60) == 2
 
 
