@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 import psycopg
 from redis.asyncio import Redis
 
@@ -50,6 +52,54 @@ def _say(line: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
 
+class CpuSampler:
+    """CPU seconds that Redis, PostgreSQL and the archiver (``giftwire archive``, a child of
+    serve that dies with it) use during a round: sampled every 0.25 s, each process's last
+    sample kept, so that the cost of the record can be placed rather than guessed."""
+
+    def __init__(self, redis_pid: int, postgres_pid: int) -> None:
+        self.roots = {"redis": redis_pid, "postgres": postgres_pid}
+        self.last: dict[tuple[str, int], float] = {}
+        self.first: dict[tuple[str, int], float] = {}
+        self._stop = False
+        self._task: asyncio.Task[None] | None = None
+
+    def _sample(self) -> None:
+        seen: list[tuple[str, psutil.Process]] = []
+        for role, pid in self.roots.items():
+            with contextlib.suppress(psutil.Error):
+                root = psutil.Process(pid)
+                seen += [(role, p) for p in [root, *root.children(recursive=True)]]
+        for proc in psutil.process_iter(["cmdline", "cwd"]):
+            cmd = proc.info.get("cmdline") or []
+            if "server.cli" in cmd and "archive" in cmd and proc.info.get("cwd") == str(REPO):
+                seen.append(("archiver", proc))
+        for role, proc in seen:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                key = (role, proc.pid)
+                self.last[key] = times.user + times.system
+                self.first.setdefault(key, self.last[key] if role != "archiver" else 0.0)
+
+    async def _loop(self) -> None:
+        while not self._stop:
+            await asyncio.to_thread(self._sample)
+            await asyncio.sleep(0.25)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> dict[str, float]:
+        self._stop = True
+        if self._task is not None:
+            await self._task
+        self._sample()
+        used: dict[str, float] = {"redis": 0.0, "postgres": 0.0, "archiver": 0.0}
+        for key, last in self.last.items():
+            used[key[0]] += last - self.first[key]
+        return used
+
+
 def _lag_ms(database_url: str) -> dict[str, float]:
     query = (
         "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY lag), max(lag), count(*)"
@@ -63,17 +113,30 @@ def _lag_ms(database_url: str) -> dict[str, float]:
             "transfers": int(count)}  # fmt: skip
 
 
-async def _throughput(redis_url: str, postgres: PostgresProcess, log_dir: Path, scale: float
-                      ) -> dict[str, Any]:  # fmt: skip
+async def _round(
+    redis_url: str, pids: tuple[int, int], log_dir: Path, scale: float, env: dict[str, str]
+) -> dict[str, Any]:
+    sampler = CpuSampler(*pids)
+    sampler.start()
+    try:
+        result = await measure_end_to_end(redis_url, log_dir, _say, scale, env)
+    finally:
+        used = await sampler.stop()
+    acked = max(1, int(result["acked"]))
+    result["cpu_us_per_gift"] = {role: round(s * 1e6 / acked, 1) for role, s in used.items()}
+    _say(f"  CPU per gift (µs) beside the server: {result['cpu_us_per_gift']}")
+    return result
+
+
+async def _throughput(redis_url: str, postgres: PostgresProcess, log_dir: Path, scale: float,
+                      pids: tuple[int, int]) -> dict[str, Any]:  # fmt: skip
     off_rounds, on_rounds, lags = [], [], []
     for number in range(1, ROUNDS + 1):
         _say(f"archiver off, round {number}")
-        off_rounds.append(await measure_end_to_end(redis_url, log_dir, _say, scale, {}))
+        off_rounds.append(await _round(redis_url, pids, log_dir, scale, {}))
         database = postgres.create_database(f"bench{number}_{time.time_ns() % 10**6}")
         _say(f"archiver on, round {number}")
-        on = await measure_end_to_end(
-            redis_url, log_dir, _say, scale, {"GIFTWIRE_DATABASE_URL": database}
-        )
+        on = await _round(redis_url, pids, log_dir, scale, {"GIFTWIRE_DATABASE_URL": database})
         # The last batches land a moment after the last ack.
         await asyncio.sleep(2)
         on_rounds.append(on)
@@ -169,13 +232,19 @@ async def run(scale: float) -> dict[str, Any]:
         redis.start()
         postgres.start()
         try:
-            result["throughput"] = await _throughput(redis.url, postgres, log_dir, scale)
+            # The 2-core machine is shared: the load average says how much the ratio means.
+            result["load_average"] = {"start": os.getloadavg()}
+            assert redis.process is not None and postgres.process is not None
+            pids = (redis.process.pid, postgres.process.pid)
+            result["throughput"] = await _throughput(redis.url, postgres, log_dir, scale, pids)
+            result["load_average"]["after_throughput"] = os.getloadavg()
             _say("sustained load, archiver off")
             off = await _sustained(redis.url, None, log_dir, scale, "off")
             _say("sustained load, archiver on")
             database = postgres.create_database("sustained")
             on = await _sustained(redis.url, database, log_dir, scale, "on")
             result["memory"] = {"off": off, "on": on}
+            result["load_average"]["end"] = os.getloadavg()
         finally:
             postgres.stop()
             redis.stop()
@@ -193,12 +262,19 @@ def table(result: dict[str, Any]) -> str:
         f"| on / off, each pair of rounds | | {', '.join(map(str, t['paired_ratios']))} |",
         f"| server CPU per gift (µs) | {t['off']['server_cpu_us_per_gift']} "
         f"| {t['on']['server_cpu_us_per_gift']} |",
+        *(
+            f"| {role} CPU per gift (µs) | {t['off'].get('cpu_us_per_gift', {}).get(role, '—')} "
+            f"| {t['on'].get('cpu_us_per_gift', {}).get(role, '—')} |"
+            for role in ("redis", "archiver", "postgres")
+        ),
         f"| archive lag p50 / p99 / max (ms) | — | {lag['p50']} / {lag['p99']} / {lag['max']} |",
         f"| Redis used_memory growth over {m['on']['gifts']:,} gifts | "
         f"{m['off']['used_memory_growth_bytes'] / 2**20:+.1f} MiB "
         f"| {m['on']['used_memory_growth_bytes'] / 2**20:+.1f} MiB |",
         f"| largest ledger log (bytes) | {m['off']['log_bytes_max']:,} "
         f"| {m['on']['log_bytes_max']:,} |",
+        f"| load average (1 min) at start / after throughput / end | "
+        f"{' / '.join(f'{v[0]:.1f}' for v in result.get('load_average', {}).values())} | |",
     ])  # fmt: skip
 
 

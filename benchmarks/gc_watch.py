@@ -2,7 +2,10 @@
 
     python -m benchmarks.gc_watch OUT.json -m server.cli serve --port 9000
 
-``gc.callbacks`` time every collection (start to stop, per generation); a thread writes
+``gc.callbacks`` time every collection (start to stop, per generation), in wall time and
+in the CPU time of the thread that collects (``time.thread_time``: the collector's own work;
+the process's CPU time would also count its other threads, this module's writer among them,
+which may run while a collection's Python callbacks have let go of the GIL); a thread writes
 the summary to ``OUT.json`` twice a second: the longest pause and the count per
 generation and, after SIGUSR1, a census of the tracked
 objects by type (``census``, frozen ones only counted in ``tracked_objects``), which is
@@ -47,11 +50,11 @@ class Watch:
     def on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self.started_ns = time.perf_counter_ns()
-            self.started_cpu_ns = time.process_time_ns()
+            self.started_cpu_ns = time.thread_time_ns()
             return
         generation = info["generation"]
         wall = (time.perf_counter_ns() - self.started_ns) / 1e6
-        cpu = (time.process_time_ns() - self.started_cpu_ns) / 1e6
+        cpu = (time.thread_time_ns() - self.started_cpu_ns) / 1e6
         self.pauses[generation].append(wall)
         self.cpu_pauses[generation].append(cpu)
         self.window.append((generation, wall, cpu))

@@ -53,13 +53,16 @@ def script_call(keys: Keys, client_id: str, limits: Limits) -> tuple[list[str], 
             keys.ledger(),
             keys.catalog(),
             keys.room_channel(STREAM),
+            keys.battle(STREAM),
+            keys.battle_top(STREAM),
+            keys.guests(STREAM),
         ],
         [
             client_id, SENDER, CREATOR, STREAM, "rose", "1", "Sender", "5000",
             str(limits.gifts_per_s_max), str(limits.gift_burst_max),
             str(limits.daily_spend_coins_max), str(limits.receipt_ttl_s),
             str(limits.combo_window_ms), str(limits.feed_events_max),
-            str(AMOUNT_MAX), str(SEND_COINS_MAX), "0",
+            str(AMOUNT_MAX), str(SEND_COINS_MAX), "0", "", "",
         ],
     )  # fmt: skip
 
@@ -159,9 +162,16 @@ async def measure_ceilings(
 
 
 async def measure_end_to_end(
-    redis_url: str, log_dir: Path, progress: Progress, scale: float, env: dict[str, str]
+    redis_url: str,
+    log_dir: Path,
+    progress: Progress,
+    scale: float,
+    env: dict[str, str],
+    *,
+    battle_s: int = 0,
 ) -> dict[str, Any]:
-    """Gifters over WebSockets against one giftwire process; CPU per gift from /proc."""
+    """Gifters over WebSockets against one giftwire process; CPU per gift from /proc.
+    ``battle_s``: the 32 rooms battle in pairs meanwhile (``benchmarks/battles.py``)."""
     keys = Keys(f"e2e{time.time_ns() % 10**6}:")
     server = giftwire_server(log_dir, redis_url, keys.prefix, **env)
     server.start()
@@ -187,6 +197,7 @@ async def measure_end_to_end(
             duration_s=15 * scale,
             probe_viewers_per_room=0,
             progress=False,
+            battle_s=battle_s,
         )
         result = await Run(config, phase=phase).run()
     finally:

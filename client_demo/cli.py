@@ -1,6 +1,7 @@
 """Command line of the terminal client: ``python -m client_demo viewer|creator``.
 
-Exit status: 0 done; 1 some gift was refused, or left without an answer; 2 the server
+Exit status: 0 done; 1 some gift (or a creator's battle or stage action) was refused, or
+left without an answer; 2 the server
 refused the connection (bad token, unknown stream) or could not be reached; 130 Ctrl-C.
 """
 
@@ -11,10 +12,18 @@ import asyncio
 import os
 import re
 
-from client_demo.creator import Creator, end_stream, start_stream
+from client_demo.creator import (
+    Creator,
+    battle_answer,
+    battle_end,
+    battle_invite,
+    end_stream,
+    stage_change,
+    start_stream,
+)
 from client_demo.output import Printer
 from client_demo.viewer import GiftCommand, Viewer, parse_gift
-from client_demo.wire import EXIT_CANNOT_CONNECT, EXIT_OK, ConnectOptions
+from client_demo.wire import EXIT_CANNOT_CONNECT, EXIT_OK, EXIT_REFUSED_GIFTS, ConnectOptions
 
 TOKEN_ENV = "GIFTWIRE_TOKEN"
 URL_ENV = "GIFTWIRE_URL"
@@ -131,7 +140,44 @@ def build_parser() -> argparse.ArgumentParser:
     creator.add_argument("--start", action="store_true", help="start the stream first")
     creator.add_argument("--title", default="", help="title for --start")
     creator.add_argument("--end", action="store_true", help="end the stream and exit")
+    creator.add_argument("--invite", type=_stream_id, metavar="STREAM", help="invite a battle")
+    creator.add_argument(
+        "--battle-seconds", type=_positive, metavar="S", help="length of the invited battle"
+    )
+    creator.add_argument(
+        "--accept", type=_stream_id, metavar="STREAM", help="accept STREAM's battle invitation"
+    )
+    creator.add_argument(
+        "--decline", type=_stream_id, metavar="STREAM", help="decline STREAM's invitation"
+    )
+    creator.add_argument("--end-battle", action="store_true", help="end the running battle")
+    creator.add_argument(
+        "--guest", type=_stream_id, action="append", default=[], metavar="USER",
+        help="invite USER on stage (repeatable)",
+    )  # fmt: skip
+    creator.add_argument(
+        "--remove-guest", type=_stream_id, action="append", default=[], metavar="USER",
+        help="take USER off the stage (repeatable)",
+    )  # fmt: skip
     return parser
+
+
+async def _creator_actions(args: argparse.Namespace, out: Printer) -> bool:
+    """The battle and stage actions asked for, in order; False when one was refused."""
+    url, token, stream = args.url, args.token, args.stream
+    ok = True
+    for guest in args.guest:
+        ok = await stage_change(url, token, stream, guest, True, out) and ok
+    for guest in args.remove_guest:
+        ok = await stage_change(url, token, stream, guest, False, out) and ok
+    if args.invite:
+        ok = await battle_invite(url, token, stream, args.invite, args.battle_seconds, out) and ok
+    for from_stream, accept in ((args.accept, True), (args.decline, False)):
+        if from_stream:
+            ok = await battle_answer(url, token, stream, from_stream, accept, out) and ok
+    if args.end_battle:
+        ok = await battle_end(url, token, stream, out) and ok
+    return ok
 
 
 async def _run(args: argparse.Namespace, out: Printer) -> int:
@@ -163,6 +209,8 @@ async def _run(args: argparse.Namespace, out: Printer) -> int:
             args.url, args.token, args.stream, args.title, out
         ):
             return EXIT_CANNOT_CONNECT
+        if not await _creator_actions(args, out):
+            return EXIT_REFUSED_GIFTS
     except OSError as e:
         out.local("unreachable", f"cannot reach {args.url}: {e}", reason=str(e))
         return EXIT_CANNOT_CONNECT

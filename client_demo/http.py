@@ -108,3 +108,78 @@ def metric_total(base_url: str, name: str) -> float:
         if line.startswith(name) and (line[len(name)] in " {"):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def _ok(what: str, status: int, body: Any) -> Any:
+    if status not in (200, 201):
+        code, message = error_of(body)
+        raise RuntimeError(f"{what} refused: HTTP {status} {code}: {message}")
+    return body
+
+
+def invite_battle(
+    base_url: str,
+    creator_token: str,
+    from_stream: str,
+    to_stream: str,
+    duration_s: int | None = None,
+    battle_id: str | None = None,
+) -> dict[str, Any]:
+    """Invite ``to_stream`` to a battle with ``from_stream`` (the caller's); the invitation."""
+    body: dict[str, object] = {"from_stream": from_stream, "to_stream": to_stream}
+    if duration_s is not None:
+        body["duration_s"] = duration_s
+    if battle_id is not None:
+        body["id"] = battle_id
+    status, reply = http_json("POST", f"{base_url}/api/battles", body, bearer=creator_token)
+    return dict(_ok("battle invitation", status, reply))
+
+
+def answer_battle(
+    base_url: str, creator_token: str, invite: dict[str, Any], *, accept: bool = True
+) -> dict[str, Any]:
+    """Accept (the battle starts) or decline an invitation as returned by ``invite_battle``."""
+    action = "accept" if accept else "decline"
+    status, reply = http_json(
+        "POST",
+        f"{base_url}/api/battles/{invite['battle_id']}/{action}",
+        {"from_stream": invite["from_stream"], "to_stream": invite["to_stream"]},
+        bearer=creator_token,
+    )
+    return dict(_ok(f"battle {action}", status, reply))
+
+
+def end_battle(base_url: str, creator_token: str, stream_id: str) -> dict[str, Any]:
+    """End the stream's running battle now; the result."""
+    status, reply = http_json(
+        "POST", f"{base_url}/api/streams/{stream_id}/battle/end", {}, bearer=creator_token
+    )
+    return dict(_ok("battle end", status, reply))
+
+
+def stream_battle(base_url: str, stream_id: str) -> dict[str, Any]:
+    """``{battle, outgoing, incoming}`` of a stream (``GET /api/streams/{id}/battle``)."""
+    status, reply = http_json("GET", f"{base_url}/api/streams/{stream_id}/battle")
+    return dict(_ok("battle state", status, reply))
+
+
+def battle_result(base_url: str, battle_id: str) -> dict[str, Any]:
+    status, reply = http_json("GET", f"{base_url}/api/battles/{battle_id}")
+    return dict(_ok("battle result", status, reply))
+
+
+def invite_guest(base_url: str, creator_token: str, stream_id: str, user_id: str) -> Any:
+    """The creator invites ``user_id`` on stage; the stage after."""
+    status, reply = http_json(
+        "POST", f"{base_url}/api/streams/{stream_id}/guests", {"user_id": user_id},
+        bearer=creator_token,
+    )  # fmt: skip
+    return _ok("guest invitation", status, reply)
+
+
+def join_stage(base_url: str, guest_token: str, stream_id: str) -> Any:
+    """The invited user (the token's) goes on stage; the stage after."""
+    status, reply = http_json(
+        "POST", f"{base_url}/api/streams/{stream_id}/guests/join", {}, bearer=guest_token
+    )
+    return _ok("joining the stage", status, reply)

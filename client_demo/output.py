@@ -43,11 +43,39 @@ def describe(message: Message) -> str:
     if kind == "gift":
         count = f" ×{_n(message['count'])}" if message["count"] > 1 else ""
         combo = f" (combo {_n(message['combo'])})" if message["combo"] > message["count"] else ""
+        to = ""
+        if message.get("recipients"):
+            to = " to " + ", ".join(
+                f"{r['user_id']} (+{_n(r['diamonds'])})" for r in message["recipients"]
+            )
+        battle = " [battle]" if message.get("battle_id") else ""
         return (
             f"#{message['seq']} {message['sender_name']} sent "
-            f"{message.get('gift_name', message['gift_id'])}{count}{combo}: "
-            f"{_n(message['coins'])} coins, +{_n(message['diamonds'])} diamonds"
+            f"{message.get('gift_name', message['gift_id'])}{count}{combo}{to}: "
+            f"{_n(message['coins'])} coins, +{_n(message['diamonds'])} diamonds{battle}"
         )
+    if kind in ("battle", "battle_score"):
+        score = " vs ".join(f"{s['stream_id']} {_n(s['score'])}" for s in message["sides"])
+        return f"battle {message['battle_id']}: {score} (ends at {message['ends_at']} ms)"
+    if kind == "battle_end":
+        score = " vs ".join(
+            f"{s['stream_id']} {_n(s['score'])}"
+            + (f" (MVP {s['mvp']['user_id']})" if s.get("mvp") else "")
+            for s in message["sides"]
+        )
+        outcome = "a draw" if message["draw"] else f"{message['winner']} wins"
+        return f"battle {message['battle_id']} over ({message['reason']}): {score}: {outcome}"
+    if kind == "battle_invite":
+        invite = message["invite"]
+        return (
+            f"battle invitation {invite['battle_id']} {message['state']}: "
+            f"{invite['from_stream']} → {invite['to_stream']}, {invite['duration_s']} s"
+        )
+    if kind == "guests":
+        stage = ", ".join(
+            f"{g['name']} ({g['state']}, {_n(g['coins'])} coins)" for g in message["guests"]
+        )
+        return f"on stage: {stage or 'nobody'}"
     if kind == "gift_ack":
         replayed = " (replayed: it was already sent)" if message["replayed"] else ""
         return (
@@ -63,6 +91,11 @@ def describe(message: Message) -> str:
         return f"the stream is {message['state']}"
     if kind == "gap":
         return f"gifts #{message['from_seq']}-#{message['to_seq']} are no longer in the feed"
+    if kind == "history_changed":
+        return (
+            f"the server lost gifts #{message['from_seq']} on (its history changed):"
+            " they are sent again as they really are"
+        )
     if kind == "lag":
         return f"fell behind: {message['dropped']} frames dropped; catching up"
     if kind == "stats":

@@ -47,16 +47,26 @@ class PendingGift:
     count: int
     sent_at: float | None = None
     refusals: int = 0
+    to: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class GiftCommand:
     gift: str
     count: int
+    to: str | None = None
+    """A guest on stage (``@gina``), ``*`` for every guest (``@*``), None: the creator."""
 
 
 def parse_gift(text: str) -> GiftCommand:
-    """``rose``, ``rose 3``, ``rose:3`` or ``rose x3``; raises ValueError."""
+    """``rose``, ``rose 3``, ``rose:3`` or ``rose x3``, each optionally followed by
+    ``@GUEST`` or ``@*`` (every guest on stage); raises ValueError."""
+    to = None
+    if "@" in text:
+        text, _, to = text.partition("@")
+        to = to.strip()
+        if not to or (to != "*" and not all(c.isalnum() or c in "_.:-" for c in to)):
+            raise ValueError(f"expected @GUEST or @*, got @{to!r}")
     words = text.replace(":", " ").split()
     if not words or len(words) > 2:
         raise ValueError(f"expected GIFT [COUNT], got {text!r}")
@@ -66,7 +76,7 @@ def parse_gift(text: str) -> GiftCommand:
         if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= GIFT_COUNT_MAX:
             raise ValueError(f"count must be 1..{GIFT_COUNT_MAX}, got {words[1]!r}")
         count = int(raw)
-    return GiftCommand(words[0], count)
+    return GiftCommand(words[0], count, to)
 
 
 def _stdin_lines(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | None]:
@@ -110,6 +120,8 @@ class Viewer(Session):
         self.refused = 0
         self.events_seen = 0
         self.last_seq = 0
+        self.epoch: str | None = None
+        """The history ``last_seq`` counts in."""
         self.last_gift: GiftCommand | None = None
         self.input_done = False
         self.stream_ended = False
@@ -119,8 +131,14 @@ class Viewer(Session):
 
     async def on_welcome(self, welcome: Message) -> None:
         self.out.message(welcome)
-        # Viewers watch live: what played while they were away is not replayed.
-        self.last_seq = max(self.last_seq, int(welcome["last_seq"]))
+        # Viewers watch live: what played while they were away is not replayed. A sequence
+        # of another epoch (the server's Redis went back) says nothing about this one.
+        epoch = welcome.get("epoch") or None
+        if self.epoch is not None and epoch != self.epoch:
+            self.last_seq = int(welcome["last_seq"])
+        else:
+            self.last_seq = max(self.last_seq, int(welcome["last_seq"]))
+        self.epoch = epoch
         if welcome["stream"]["state"] == "ended":
             self.stream_ended = True
         if self.welcomes == 1:
@@ -140,8 +158,14 @@ class Viewer(Session):
                 if self.events_max is not None and self.events_seen >= self.events_max:
                     break
                 self.last_seq = event["seq"]
+                self.epoch = event.get("epoch") or self.epoch
                 self.events_seen += 1
                 self.out.message(event)
+        elif kind == "history_changed":
+            # The gifts from from_seq on were not true: the true ones follow, show them.
+            self.out.message(message)
+            self.epoch = str(message["epoch"])
+            self.last_seq = min(self.last_seq, int(message["from_seq"]) - 1)
         elif kind == "gift_ack":
             self.out.message(message)
             self.pending.pop(message["id"], None)
@@ -200,7 +224,9 @@ class Viewer(Session):
     async def send_gift(self, command: GiftCommand) -> None:
         await self._pace()
         self.sent_total += 1
-        pending = PendingGift(f"{self.id_prefix}-{self.sent_total}", command.gift, command.count)
+        pending = PendingGift(
+            f"{self.id_prefix}-{self.sent_total}", command.gift, command.count, to=command.to
+        )
         self.pending[pending.client_id] = pending
         self.last_gift = command
         await self._send_pending(pending)
@@ -212,6 +238,8 @@ class Viewer(Session):
             "gift": pending.gift,
             "count": pending.count,
         }
+        if pending.to is not None:
+            message["to"] = pending.to
         if await self.send(message):
             pending.sent_at = time.monotonic()
 
@@ -243,7 +271,11 @@ class Viewer(Session):
             await self.send_gift(command)
         if self.read_stdin and not self.stream_ended:
             if sys.stdin.isatty() and not self.out.json_lines:
-                self.out.local("help", "type: GIFT [COUNT] | again | gifts | balance | quit")
+                self.out.local(
+                    "help",
+                    "type: GIFT [COUNT] [@GUEST|@*] | again | gifts | balance | guests | "
+                    "join | leave | quit",
+                )
             lines = _stdin_lines(asyncio.get_running_loop())
             while (line := await lines.get()) is not None:
                 if not await self._command(line.strip()) or self.stream_ended:
@@ -267,6 +299,10 @@ class Viewer(Session):
             await self._show_catalog()
         elif word in ("balance", "wallet"):
             await self._show_wallet()
+        elif word in ("guests", "stage"):
+            await self._stage("GET", "")
+        elif word in ("join", "leave"):
+            await self._stage("POST", "/" + word)
         else:
             try:
                 await self.send_gift(parse_gift(line))
@@ -282,6 +318,17 @@ class Viewer(Session):
         gifts = body["gifts"]
         text = "  ".join(f"{g['id']} {g['price_coins']:,}" for g in gifts)
         self.out.local("catalog", text, answer=True, gifts=gifts)
+
+    async def _stage(self, method: str, action: str) -> None:
+        """``guests``: who is on stage; ``join``/``leave``: go on or off it (invited)."""
+        url = http_url(self.options.url) + f"/api/streams/{self.options.stream_id}/guests"
+        status, body = await call(method, url + action, token=self.options.token)
+        if status != 200:
+            code, message = error_of(body)
+            self.out.local("stage_error", f"refused: {code}: {message}", code=code)
+            return
+        stage = ", ".join(f"{g['user_id']} ({g['state']})" for g in body["guests"])
+        self.out.local("guests", f"on stage: {stage or 'nobody'}", answer=True, **body)
 
     async def _show_wallet(self) -> None:
         url = http_url(self.options.url) + "/api/me/wallet"

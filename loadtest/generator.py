@@ -66,6 +66,9 @@ class RunConfig:
     stays under the server's per-IP connection limit (default 200)."""
     run_id: str = ""
     progress: bool = True
+    battle_s: int = 0
+    """Above 0: the rooms battle in pairs (room 0 against 1, 2 against 3, …) for this many
+    seconds, started before the gifts are sent, so that every gift also scores."""
 
 
 @dataclass(slots=True)
@@ -173,6 +176,18 @@ class Run:
                     )
                 )
             self.rooms.append(room)
+        if c.battle_s > 0:
+            await self._start_battles()
+
+    async def _start_battles(self) -> None:
+        for a, b in zip(self.rooms[::2], self.rooms[1::2], strict=False):
+            invite = await asyncio.to_thread(
+                http.invite_battle, self.base, self._token(a.creator_id, Role.CREATOR),
+                a.stream_id, b.stream_id, self.config.battle_s,
+            )  # fmt: skip
+            await asyncio.to_thread(
+                http.answer_battle, self.base, self._token(b.creator_id, Role.CREATOR), invite
+            )
 
     async def _connect_all(self) -> None:
         gate = asyncio.Semaphore(CONNECTS_IN_FLIGHT_MAX)

@@ -9,6 +9,13 @@ them: the server's own ``GIFTWIRE_JWT_SECRET`` / ``GIFTWIRE_WEBHOOK_SECRET``, el
 demo's ``demo-secrets.json`` in the data folder. At test start the stream is started
 (idempotent) by its creator; each Gifter is topped up through the signed payment webhook.
 
+Battles and guests: ``--gw-battle-with OTHER`` starts stream OTHER (its creator
+``--gw-battle-creator``) and a battle of ``--gw-battle-seconds`` between the two at test
+start; ``--gw-guests N`` puts N guests on stage (invited by the creator, joined with their
+own tokens) and ``--gw-gift-to`` makes the Gifters send to them: ``guest`` (one each, in
+turn) or ``*`` (split between all). Viewers count the battle messages they see
+(``battle score`` samples, response time 0).
+
 What lands in Locust's statistics (request type ``WS``):
 
 * ``connect``: the WebSocket handshake up to ``welcome``;
@@ -73,6 +80,13 @@ def _options(parser: Any) -> None:
     group.add_argument("--gw-gift", default="rose", help="gift id the Gifters send")
     group.add_argument("--gw-gift-rate", type=float, default=1.0, help="gifts/s per Gifter")
     group.add_argument("--gw-coins", type=int, default=100_000, help="top-up per Gifter")
+    group.add_argument("--gw-battle-with", default="", help="battle this stream at test start")
+    group.add_argument("--gw-battle-creator", default="loadtest_rival", help="its creator")
+    group.add_argument("--gw-battle-seconds", type=int, default=300, help="battle length (s)")
+    group.add_argument("--gw-guests", type=int, default=0, help="guests on stage (0-8)")
+    group.add_argument(
+        "--gw-gift-to", default="", choices=["", "guest", "*"], help="Gifters send to guests"
+    )
 
 
 class _Deliveries:
@@ -129,7 +143,24 @@ def _start_stream(environment: Environment, **_: Any) -> None:
     if options is None or environment.host is None:
         return
     token = _token(environment, options.gw_creator, Role.CREATOR)
-    http.start_stream(environment.host, token, options.gw_stream, "locust load test")
+    host, stream = environment.host, options.gw_stream
+    http.start_stream(host, token, stream, "locust load test")
+    for guest in _guests(options):
+        http.invite_guest(host, token, stream, guest)
+        http.join_stage(host, _token(environment, guest, Role.VIEWER), stream)
+    if options.gw_battle_with:
+        rival = _token(environment, options.gw_battle_creator, Role.CREATOR)
+        http.start_stream(host, rival, options.gw_battle_with, "locust battle rival")
+        battle = http.stream_battle(host, stream)["battle"]
+        if battle is None or battle["state"] != "running":
+            invite = http.invite_battle(
+                host, token, stream, options.gw_battle_with, options.gw_battle_seconds
+            )
+            http.answer_battle(host, rival, invite)
+
+
+def _guests(options: Any) -> list[str]:
+    return [f"{options.gw_stream}-guest-{i}" for i in range(max(0, min(options.gw_guests, 8)))]
 
 
 class _GiftwireUser(User):
@@ -192,6 +223,8 @@ class _GiftwireUser(User):
             now = time.perf_counter()
             for event in message["events"] if kind == "gifts" else [message]:
                 DELIVERIES.seen(self.environment, (self.stream_id, event["seq"]), now)
+        elif kind in ("battle", "battle_score", "battle_end"):
+            _fire(self.environment, kind.replace("_", " "), 0)
 
 
 class Viewer(_GiftwireUser):
@@ -254,12 +287,18 @@ class Gifter(_GiftwireUser):
         self.next_at = max(self.next_at + self.interval_s, time.monotonic() - 1.0)
         client_id = f"{self.uid}-{self.sent}"
         self.sent += 1
-        gift = self.environment.parsed_options.gw_gift
+        options = self.environment.parsed_options
+        gift = options.gw_gift
+        message: dict[str, Any] = {"type": "send_gift", "id": client_id, "gift": gift, "count": 1}
+        if options.gw_gift_to == "*":
+            message["to"] = "*"
+        elif options.gw_gift_to == "guest" and (guests := _guests(options)):
+            message["to"] = guests[self.sent % len(guests)]
         started = time.perf_counter()
         answer: dict[str, Any] | None = None
         for _ in range(ATTEMPTS_MAX):
             result = self.pending[client_id] = AsyncResult()
-            self.ws.send({"type": "send_gift", "id": client_id, "gift": gift, "count": 1})
+            self.ws.send(message)
             try:
                 answer = result.get(timeout=ANSWER_TIMEOUT_S)
             except gevent.Timeout:

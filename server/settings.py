@@ -89,7 +89,7 @@ class Settings:
     socket_send_buffer_bytes: int = 64 * 1024
     """Kernel send buffer of each WebSocket (``server/web/uvicorn_setup.py`` passes it to
     every connection through the protocol factory)."""
-    gc_freeze_every_connections: int = 500
+    gc_freeze_every_connections: int = 200
     """``server/web/gc_freeze.py``: freeze the collector's long-lived objects after this
     many accepted WebSockets (keeps full collections short with a crowd); 0: never."""
     durability: str = ""
@@ -122,7 +122,7 @@ class Settings:
 
 
 _SCALARS = [f for f in dataclasses.fields(Settings) if f.name != "limits"]
-_ZERO_MEANS_NONE = frozenset({"daily_spend_coins_max", "cashout_diamonds_min"})
+_ZERO_MEANS_NONE = frozenset({"daily_spend_coins_max", "cashout_diamonds_min", "payout_hold_days"})
 """Limits where 0 means "no cap" or "no minimum". Any other limit at 0 would stop the server:
 no pipeline ever sent, every call timed out, every gift refused by the scripts."""
 
@@ -236,11 +236,17 @@ def _check(s: Settings, errors: list[str]) -> None:
         errors.append(f"{env_name('frame_bytes_max')}: at least 256")
     if s.limits.streams_per_creator_max > 1_000_000:  # start_stream.lua refuses more
         errors.append(f"{env_name('streams_per_creator_max')}: at most 1000000")
+    if s.limits.payout_hold_days > 365:  # the scripts refuse more
+        errors.append(f"{env_name('payout_hold_days')}: at most 365")
+    if s.limits.payout_hold_day_s > 1_000_000:
+        errors.append(f"{env_name('payout_hold_day_s')}: at most 1000000")
+    if s.limits.payout_hold_entries_max > 100_000:
+        errors.append(f"{env_name('payout_hold_entries_max')}: at most 100000")
 
 
 DESCRIPTIONS: dict[str, str] = {
     "redis_url": "Redis holding the ledger; unset: a private redis-server with AOF in data_dir",
-    "redis_cluster": "redis_url is a node of a Redis Cluster (gifts there: not yet, unavailable)",
+    "redis_cluster": "redis_url is a node of a Redis Cluster (gifts in two legs, docs/ledger.md)",
     "data_dir": (
         "embedded Redis data, demo secrets, multiprocess metrics; installed without a "
         "checkout: $XDG_DATA_HOME/giftwire (~/.local/share/giftwire); relative: from the "
@@ -297,6 +303,13 @@ DESCRIPTIONS: dict[str, str] = {
     "pending_requests_max": "incomplete requests and handshakes per process (oldest closed)",
     "pending_requests_per_ip_max": "incomplete requests and handshakes per client address",
     "streams_per_creator_max": "stream ids one creator may own, live or ended (restartable)",
+    "payout_hold_days": "days gift diamonds stay held before a cash-out may take them; 0: none",
+    "payout_hold_day_s": "length of a hold day (s); 86400 except in tests and staging",
+    "payout_hold_entries_max": "(creator, day) pairs one sender's gifts may name in the hold",
+    "battle_seconds_min": "shortest battle a creator may ask for (s)",
+    "battle_seconds_max": "longest battle a creator may ask for (s)",
+    "battle_seconds_default": "length of a battle when the invitation names none (s)",
+    "battle_invite_ttl_s": "how long a battle invitation waits for an answer (s)",
 }
 
 

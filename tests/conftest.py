@@ -76,8 +76,9 @@ async def redis(redis_server: RedisProcess) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 def limits() -> Limits:
-    # Generous rate limits so that tests of other rules are not throttled.
-    return Limits(gifts_per_s_max=100_000, gift_burst_max=100_000)
+    # Generous rate limits so that tests of other rules are not throttled, and no payout
+    # hold, so that they may cash out what they earn at once (test_hold.py tests the hold).
+    return Limits(gifts_per_s_max=100_000, gift_burst_max=100_000, payout_hold_days=0)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 // start/end control. The feed is gapless and duplicate-free across reconnects: the socket
 // runs in ordered mode and resumes from the last sequence it handed over.
 
+import { BattleBar } from "./battle.js";
 import { Api, GiftSocket, el, errorText, fmt, giftArt, pageConfig, topRow } from "./giftwire.js";
 
 const HISTORY_EVENTS = 50; // gifts shown from before the page was opened
@@ -26,6 +27,103 @@ const state = {
   role: null,
 };
 let socket = null;
+let battle = null;
+
+// Battles and guests: each button is one HTTP call; the rooms hear the outcome as
+// battle_invite / battle / battle_end / guests messages, which re-render these panels.
+
+async function call(method, path, body) {
+  const response = await api.request(method, path, body);
+  if (!response.ok) {
+    const error = response.body?.error ?? {};
+    showMessage(errorText(error.code, error.message), true);
+  }
+  return response;
+}
+
+function renderInvites(state_) {
+  const list = $("invites");
+  list.replaceChildren();
+  const out = state_.outgoing;
+  if (out) {
+    list.append(el("li", { "data-testid": "invite-outgoing" },
+      el("span", { text: `Waiting for ${out.to_stream} (${out.duration_s / 60} min)` }),
+      el("button", { class: "btn", text: "Withdraw", onclick: () => answer(out, "decline") })));
+  }
+  for (const invite of state_.incoming ?? []) {
+    list.append(el("li", { "data-testid": "invite-incoming", "data-from": invite.from_stream },
+      el("span", { text: `${invite.from_stream} invites you (${invite.duration_s / 60} min)` }),
+      el("button", { class: "btn primary", "data-testid": "battle-accept", text: "Accept", onclick: () => answer(invite, "accept") }),
+      el("button", { class: "btn", text: "Decline", onclick: () => answer(invite, "decline") })));
+  }
+}
+
+async function refreshBattle() {
+  const body = await battle.load(api);
+  if (body) renderInvites(body);
+  const running = battle.battle && !battle.result && body?.battle?.state === "running";
+  $("battle-end").hidden = !running;
+  if (body?.battle?.result) showResult(body.battle.result);
+}
+
+function showResult(result) {
+  const ours = result.sides.find((s) => s.stream_id === state.stream) ?? result.sides[0];
+  const outcome = result.draw ? "a draw" : result.winner === state.stream ? "you won" : "you lost";
+  const scores = result.sides.map((s) => `${s.stream_id} ${fmt.format(s.score)}`).join(" vs ");
+  const mvp = ours.mvp ? `, MVP ${state.names.get(ours.mvp.user_id) ?? ours.mvp.user_id}` : "";
+  $("battle-last").textContent = `Last battle: ${scores}: ${outcome}${mvp}`;
+}
+
+async function answer(invite, action) {
+  await call("POST", `/api/battles/${encodeURIComponent(invite.battle_id)}/${action}`,
+    { from_stream: invite.from_stream, to_stream: invite.to_stream });
+  refreshBattle();
+}
+
+async function inviteBattle(event) {
+  event.preventDefault();
+  const rival = $("battle-rival").value.trim();
+  if (!rival) return;
+  const response = await call("POST", "/api/battles",
+    { from_stream: state.stream, to_stream: rival, duration_s: Number($("battle-minutes").value) });
+  if (response.ok) hideMessage();
+  refreshBattle();
+}
+
+function renderStage(guests) {
+  const list = $("stage");
+  list.replaceChildren();
+  for (const g of guests) {
+    state.names.set(g.user_id, g.name);
+    list.append(el("li", { "data-testid": "stage-guest", "data-user": g.user_id, "data-state": g.state },
+      el("span", { text: `${g.name} · ${g.state === "on" ? "on stage" : "invited"} · ${fmt.format(g.coins)} coins` }),
+      el("button", { class: "btn", text: "Remove", onclick: async () => {
+        await call("POST", `/api/streams/${encodeURIComponent(state.stream)}/guests/leave`, { user_id: g.user_id });
+      } })));
+  }
+  if (guests.length === 0) list.append(el("li", { class: "feed-empty", text: "Invite up to 8 guests." }));
+}
+
+// A gift to guests changes what each received: read the stage again, at most once a second.
+let stageReload = null;
+function reloadStageSoon() {
+  stageReload ??= setTimeout(async () => {
+    stageReload = null;
+    const response = await api.guests(state.stream);
+    if (response.ok) renderStage(response.body.guests);
+  }, 1000);
+}
+
+async function inviteGuest(event) {
+  event.preventDefault();
+  const user = $("guest-user").value.trim();
+  if (!user) return;
+  const response = await call("POST", `/api/streams/${encodeURIComponent(state.stream)}/guests`, { user_id: user });
+  if (response.ok) {
+    $("guest-user").value = "";
+    renderStage(response.body.guests);
+  }
+}
 
 function setValue(id, value, { bump = false } = {}) {
   const node = $(id);
@@ -79,20 +177,26 @@ function addFeedRow(row) {
 
 function onGift(event) {
   state.names.set(event.sender_id, event.sender_name);
+  if (event.recipients) reloadStageSoon();
   if (event.seq > state.totals.seq) {
     state.totals.seq = event.seq;
     state.totals.diamonds += event.diamonds;
     state.totals.coins += event.coins;
     state.totals.gifts += event.count;
   }
-  if (event.seq > state.wallet.seq && state.wallet.diamonds !== null) {
+  // A gift to guests credits them, not the creator's wallet.
+  if (event.seq > state.wallet.seq && state.wallet.diamonds !== null && !event.recipients) {
     state.wallet.seq = event.seq;
     state.wallet.diamonds += event.diamonds;
+    walletSoon();
   }
   if (event.ts > Date.now() - MINUTE_MS) state.recent.push({ ts: event.ts, count: event.count });
   const combo = event.combo > event.count ? el("span", { class: "combo", text: `combo ×${fmt.format(event.combo)}` }) : "";
   const count = event.count > 1 ? ` ×${fmt.format(event.count)}` : "";
-  const text = el("span", { class: "text" }, el("b", { text: event.sender_name }), ` sent ${event.gift_name ?? event.gift_id}${count}`, combo);
+  const to = event.recipients
+    ? ` to ${event.recipients.map((r) => state.names.get(r.user_id) ?? r.user_id).join(", ")}`
+    : "";
+  const text = el("span", { class: "text" }, el("b", { text: event.sender_name }), ` sent ${event.gift_name ?? event.gift_id}${count}${to}`, combo);
   addFeedRow(
     el(
       "li",
@@ -119,6 +223,22 @@ function onGap(gap) {
   addFeedRow(el("li", { class: "gap", "data-testid": "feed-gap", text: `⋯ ${fmt.format(n)} older gift${n === 1 ? "" : "s"} (#${gap.from_seq}–#${gap.to_seq}) are no longer in the feed` }));
 }
 
+function onHistoryChanged(change) {
+  // The server's Redis went back in time: the gifts from #from_seq on were not true. Their
+  // rows go (the true gifts follow, reusing those numbers), the stream's totals are read
+  // again, and the wallet, which counted them too, shows nothing until the next welcome.
+  for (const row of [...$("feed").querySelectorAll("[data-testid=feed-row]")]) {
+    if (Number(row.dataset.seq) >= change.from_seq) row.remove();
+  }
+  state.totals.seq = Math.min(state.totals.seq, change.from_seq - 1);
+  state.wallet = { seq: -1, diamonds: null };
+  $("wallet").textContent = "…";
+  delete $("wallet").dataset.value;
+  addFeedRow(el("li", { class: "gap", "data-testid": "feed-history-changed", text: `⋯ the server lost gifts from #${change.from_seq} on: the true ones follow` }));
+  refreshTotals();
+  renderTotals();
+}
+
 function onWelcome(welcome, { reconnected }) {
   $("title").textContent = welcome.stream.title || welcome.stream.id;
   $("stream-title").value ||= welcome.stream.title;
@@ -129,6 +249,7 @@ function onWelcome(welcome, { reconnected }) {
   }
   // The wallet at welcome already holds every gift up to welcome.last_seq.
   state.wallet = { seq: welcome.last_seq, diamonds: welcome.balance.diamonds };
+  refreshWallet();
   state.top = welcome.top;
   setLive(welcome.stream.state === "live");
   renderTotals();
@@ -158,7 +279,61 @@ async function refreshStatement() {
   const totals = response.body.totals;
   $("statement-diamonds").textContent = fmt.format(totals.diamonds);
   $("statement-cash").textContent = `$${(totals.cents / 100).toFixed(2)}`;
+  renderStatementRows(response.body);
   $("statement").hidden = false;
+}
+
+const STATEMENT_ROWS_MAX = 31; // the newest days shown; the CSV has them all
+
+function renderStatementRows(doc) {
+  const rows = [...doc.rows].reverse().slice(0, STATEMENT_ROWS_MAX);
+  $("statement-rows").replaceChildren(
+    ...rows.map((r) => el(
+      "tr",
+      {},
+      el("td", { text: r.period.slice(5) }), // MM-DD of this month
+      el("td", { text: r.stream_id, title: r.stream_id }),
+      el("td", { text: fmt.format(r.gifts) }),
+      el("td", { class: "diamond", text: fmt.format(r.diamonds) }),
+      el("td", { text: `$${(r.cents / 100).toFixed(2)}` }),
+    )),
+  );
+  const clawbacks = doc.clawbacks;
+  const node = $("statement-clawbacks");
+  node.hidden = !clawbacks?.count;
+  if (clawbacks?.count) {
+    node.textContent = `Charged back within the hold: −${fmt.format(clawbacks.diamonds)} diamonds`
+      + ` (${fmt.format(clawbacks.count)}×)`;
+  }
+}
+
+// Held vs withdrawable (GET /api/me/wallet): diamonds from gifts stay held for the payout
+// hold (GIFTWIRE_PAYOUT_HOLD_DAYS) before a cash-out may take them. Read again shortly
+// after gifts arrive (not per gift) and now and then, as a day's diamonds are released.
+const WALLET_REFRESH_MS = 30_000;
+const WALLET_AFTER_GIFT_MS = 1_000;
+let walletTimer = null;
+
+async function refreshWallet() {
+  walletTimer = null;
+  let response;
+  try {
+    response = await api.wallet();
+  } catch {
+    return;
+  }
+  const w = response.body;
+  if (!response.ok || typeof w?.withdrawable_diamonds !== "number") return;
+  setValue("wallet-withdrawable", w.withdrawable_diamonds);
+  setValue("wallet-held", w.held_diamonds);
+  $("wallet-release").textContent = w.next_release_ms
+    ? `next release ${new Date(w.next_release_ms).toISOString().slice(0, 16).replace("T", " ")} UTC`
+    : "";
+  $("hold").hidden = false;
+}
+
+function walletSoon() {
+  walletTimer ??= setTimeout(refreshWallet, WALLET_AFTER_GIFT_MS);
 }
 
 async function downloadStatement(event) {
@@ -188,7 +363,19 @@ async function refreshTotals() {
 }
 
 function onMessage(message) {
+  if (battle?.onMessage(message)) {
+    if (message.type === "battle_end") showResult(message);
+    $("battle-end").hidden = message.type === "battle_end";
+    if (message.type === "battle") renderInvites({});
+    return;
+  }
   switch (message.type) {
+    case "battle_invite":
+      refreshBattle();
+      break;
+    case "guests":
+      renderStage(message.guests);
+      break;
     case "stats":
       setValue("viewers", message.viewers);
       if (message.last_seq >= state.totals.seq) {
@@ -278,12 +465,15 @@ function connect(streamId) {
     token: config.token,
     ordered: true,
     historyEvents: HISTORY_EVENTS,
-    callbacks: { onState, onWelcome, onGift, onGap, onMessage },
+    callbacks: { onState, onWelcome, onGift, onGap, onHistoryChanged, onMessage },
   });
-  window.giftwire = { socket, state };
+  battle = new BattleBar($("battle"), streamId, { names: state.names });
+  window.giftwire = { socket, state, battle };
   renderTotals();
   renderTop();
   socket.start();
+  refreshBattle();
+  api.guests(streamId).then((r) => { if (r.ok) renderStage(r.body.guests); });
 }
 
 async function start() {
@@ -349,10 +539,16 @@ function main() {
   }
   $("start").addEventListener("click", start);
   $("end").addEventListener("click", end);
+  $("battle-form").addEventListener("submit", inviteBattle);
+  $("guest-form").addEventListener("submit", inviteGuest);
+  $("battle-end").addEventListener("click", async () => {
+    await call("POST", `/api/streams/${encodeURIComponent(state.stream)}/battle/end`, {});
+  });
   setInterval(renderPerMinute, 1000);
   $("statement-csv").addEventListener("click", downloadStatement);
   refreshStatement();
   setInterval(refreshStatement, STATEMENT_REFRESH_MS);
+  setInterval(refreshWallet, WALLET_REFRESH_MS);
   connect(config.stream);
 }
 

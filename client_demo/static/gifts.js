@@ -4,6 +4,14 @@
 import { el, fmt, giftArt } from "./giftwire.js";
 import { Show, prefersReducedMotion } from "./show.js";
 
+// " to Gina" / " to all guests" for a gift that guests received (its `to`); names when the
+// page set them on the event (`to_name`), else the user ids.
+export function recipientText(event) {
+  if (!event.to) return "";
+  if (event.to === "*") return " to all guests";
+  return ` to ${event.to_name ?? event.to}`;
+}
+
 export const BIG_TIER_MIN = 3; // tiers 1-2 scroll in the strip, 3-4 play full screen
 
 export function isBig(event) {
@@ -39,7 +47,7 @@ export class GiftStrip {
           "span",
           { class: "line" },
           el("span", { class: "who", text: event.sender_name }),
-          el("span", { class: "what", text: `sent ${event.gift_name ?? event.gift_id}` }),
+          el("span", { class: "what", text: `sent ${event.gift_name ?? event.gift_id}${recipientText(event)}` }),
         ),
         giftArt(event.gift_id),
         comboNode,

@@ -7,7 +7,8 @@
 //   GiftSocket     one WebSocket to a stream that reconnects by itself, never sends a gift
 //                  twice (each gift keeps its client id until it is acked or refused) and,
 //                  in `ordered` mode, hands over gift events strictly in sequence across
-//                  reconnects by resuming from the last sequence it saw.
+//                  reconnects by resuming from the last sequence it saw (with the epoch
+//                  that sequence belongs to), and follows `history_changed`.
 //
 // The protocol is in docs/protocol.md; this file is meant to be copied.
 
@@ -52,6 +53,16 @@ export const ERROR_TEXT = {
   stream_exists: "That stream id is taken (or has ended): pick another.",
   not_stream_owner: "Only the stream's creator can do that.",
   unavailable: "The server is busy; retrying…",
+  guest_left: "That guest has left the stage.",
+  not_a_guest: "That user is not on stage.",
+  no_guests: "Nobody is on stage right now.",
+  guest_limit: "The stage is full (8 guests).",
+  invite_pending: "You already have a battle invitation waiting for an answer.",
+  invitee_busy: "That stream has too many invitations waiting.",
+  battle_running: "A battle is already running.",
+  unknown_invite: "That invitation is no longer pending.",
+  unknown_battle: "There is no battle to end.",
+  self_battle: "You cannot battle your own stream.",
 };
 
 export function errorText(code, fallback) {
@@ -138,6 +149,7 @@ export class Api {
   leaderboard(id) { return this.request("GET", `/api/streams/${encodeURIComponent(id)}/leaderboard`); }
   startStream(id, title) { return this.request("POST", "/api/streams", { stream_id: id, title }); }
   endStream(id) { return this.request("POST", `/api/streams/${encodeURIComponent(id)}/end`); }
+  guests(id) { return this.request("GET", `/api/streams/${encodeURIComponent(id)}/guests`); }
 }
 
 const RETRY_DELAYS_MS = [250, 500, 1000, 2000, 4000, 8000];
@@ -153,7 +165,10 @@ const PONG_WAIT_MS = 10000;
  *
  * Callbacks (all optional): onState(state, detail), onWelcome(welcome, {reconnected}),
  * onGift(event), onAck(ack, pendingGift), onRefused(error, pendingGift), onGap(gap),
- * onMessage(message) for everything else (stats, leaderboard, stream, errors without id).
+ * onHistoryChanged(change): the gifts handed over from change.from_seq on were not true
+ * (the server's Redis went back in time); the true ones follow through onGift, reusing
+ * those numbers. onMessage(message) for everything else (stats, leaderboard, stream,
+ * errors without id).
  *
  * States: "connecting", "live", "reconnecting", "no-stream", "denied" (bad token: stops),
  * "stopped".
@@ -170,6 +185,7 @@ export class GiftSocket {
     this.ws = null;
     this.state = "stopped";
     this.lastSeq = null; // the highest gift sequence handed over
+    this.epoch = null; // the history lastSeq counts in (docs/protocol.md, "Epochs")
     this.held = new Map(); // ordered mode: seq -> event waiting for the hole before it
     this.holeTimer = null;
     this.pending = new Map(); // client id -> {gift, count, sentAt, refusals}
@@ -196,10 +212,11 @@ export class GiftSocket {
   }
 
   /** Send a new gift: a fresh client id per tap, kept until the gift is acked or refused. */
-  sendGift(gift, count = 1, catalogVersion = null) {
+  sendGift(gift, count = 1, catalogVersion = null, to = null) {
     const id = newClientId();
     // The catalog version whose prices the user saw: the server charges those or refuses.
-    this.pending.set(id, { id, gift, count, catalogVersion, sentAt: 0, refusals: 0 });
+    // `to`: a guest on stage, or "*" for every guest; null: the host.
+    this.pending.set(id, { id, gift, count, catalogVersion, to, sentAt: 0, refusals: 0 });
     this._sendPending(id);
     return id;
   }
@@ -218,6 +235,7 @@ export class GiftSocket {
     // Always the same id: if the first attempt was applied, the server replays its receipt.
     const message = { type: "send_gift", id, gift: p.gift, count: p.count };
     if (p.catalogVersion) message.catalog_version = p.catalogVersion;
+    if (p.to) message.to = p.to;
     if (this._send(message)) {
       p.sentAt = Date.now();
     }
@@ -312,8 +330,10 @@ export class GiftSocket {
         return this._gap(message);
       case "lag":
         // Frames were dropped for us: fill the hole from the feed.
-        if (this.ordered && this.lastSeq !== null) this._send({ type: "resume", since: this.lastSeq });
+        if (this.ordered && this.lastSeq !== null) this._send(this._resume());
         return this.cb.onMessage?.(message);
+      case "history_changed":
+        return this._historyChanged(message);
       case "pong":
         this.pingSentAt = null;
         return undefined;
@@ -325,12 +345,19 @@ export class GiftSocket {
   _welcome(welcome) {
     this.welcomed = true;
     const reconnected = this.lastSeq !== null;
+    const otherHistory = this.epoch !== null && (welcome.epoch ?? null) !== this.epoch;
     if (this.ordered) {
-      if (this.lastSeq === null) this.lastSeq = Math.max(0, welcome.last_seq - this.historyEvents);
-      if (this.lastSeq < welcome.last_seq) this._send({ type: "resume", since: this.lastSeq });
+      if (this.lastSeq === null) {
+        this.lastSeq = Math.max(0, welcome.last_seq - this.historyEvents);
+        this.epoch = welcome.epoch ?? null;
+      }
+      // In another epoch the server says whether what we handed over is still true.
+      if (this.lastSeq < welcome.last_seq || otherHistory) this._send(this._resume());
     } else {
-      // Viewers watch live: what played while they were away is not replayed.
-      this.lastSeq = Math.max(this.lastSeq ?? 0, welcome.last_seq);
+      // Viewers watch live: what played while they were away is not replayed. A sequence
+      // of another epoch says nothing about this one.
+      this.lastSeq = otherHistory ? welcome.last_seq : Math.max(this.lastSeq ?? 0, welcome.last_seq);
+      this.epoch = welcome.epoch ?? null;
     }
     this._setState("live");
     this.cb.onWelcome?.(welcome, { reconnected });
@@ -342,6 +369,7 @@ export class GiftSocket {
       if (event.seq <= (this.lastSeq ?? 0)) continue; // a duplicate: already handed over
       if (!this.ordered || event.seq === this.lastSeq + 1) {
         this.lastSeq = event.seq;
+        if (event.epoch) this.epoch = event.epoch;
         this.cb.onGift?.(event);
       } else if (this.held.size < HELD_EVENTS_MAX) {
         this.held.set(event.seq, event);
@@ -357,6 +385,7 @@ export class GiftSocket {
       if (!next) break;
       this.held.delete(next.seq);
       this.lastSeq = next.seq;
+      if (next.epoch) this.epoch = next.epoch;
       this.cb.onGift?.(next);
     }
     for (const seq of this.held.keys()) if (seq <= this.lastSeq) this.held.delete(seq);
@@ -367,9 +396,25 @@ export class GiftSocket {
       // Events after a hole: the resume we sent (or the next one) fills it.
       this.holeTimer = setTimeout(() => {
         this.holeTimer = null;
-        if (this.held.size > 0) this._send({ type: "resume", since: this.lastSeq });
+        if (this.held.size > 0) this._send(this._resume());
       }, HOLE_WAIT_MS);
     }
+  }
+
+  /** A resume from the last sequence handed over, in the epoch it belongs to. */
+  _resume() {
+    const message = { type: "resume", since: this.lastSeq };
+    if (this.epoch) message.epoch = this.epoch;
+    return message;
+  }
+
+  _historyChanged(change) {
+    // Forget what was handed over from from_seq on (and what waits after a hole there):
+    // the true gifts from there come next, with those numbers.
+    this.epoch = change.epoch;
+    if (this.lastSeq !== null && change.from_seq <= this.lastSeq) this.lastSeq = change.from_seq - 1;
+    for (const seq of this.held.keys()) if (seq >= change.from_seq) this.held.delete(seq);
+    this.cb.onHistoryChanged?.(change);
   }
 
   _gap(gap) {

@@ -11,10 +11,13 @@
 //   top=N                top gifters shown (0 hides the list)                   default 5
 //   top_position=P       where the list sits                                   default top-right
 //   duration_s=S         how long an alert stays                               default 5
+//   battle=1|0           the battle bar while a battle runs (and its result)  default 1
+//   battle_position=P    top or bottom                                         default top
 //   test=1               show sample alerts, to place the source in OBS
 // The token comes in the fragment (#token=…): use the creator's.
 
-import { GiftSocket, el, fmt, giftArt, pageConfig, topRow } from "./giftwire.js";
+import { BattleBar } from "./battle.js";
+import { Api, GiftSocket, el, fmt, giftArt, pageConfig, topRow } from "./giftwire.js";
 import { BigGiftQueue, isBig } from "./gifts.js";
 
 const POSITIONS = new Set(["top-left", "top-right", "bottom-left", "bottom-right", "center"]);
@@ -36,6 +39,8 @@ const options = {
   topPosition: POSITIONS.has(q.get("top_position")) ? q.get("top_position") : "top-right",
   durationMs: intParam("duration_s", 5, 1, 120) * 1000,
   test: q.get("test") === "1",
+  battle: q.get("battle") !== "0",
+  battlePosition: q.get("battle_position") === "bottom" ? "bottom" : "top",
 };
 
 const $ = (id) => document.getElementById(id);
@@ -44,6 +49,7 @@ const cards = new Map(); // sender:gift -> {node, timer, combo}
 const big = new BigGiftQueue($("big"));
 let top = [];
 let liveFrom = null; // gifts up to the first welcome's sequence are history: names only
+const battle = new BattleBar($("battle"), config.stream, { names });
 
 function wanted(event) {
   if (event.coins < options.minCoins) return false;
@@ -113,10 +119,17 @@ function onGift(event) {
 }
 
 function onMessage(message) {
+  if (options.battle && battle.onMessage(message)) return;
   if (message.type === "leaderboard") {
     top = message.top;
     renderTop();
   }
+}
+
+function onHistoryChanged(change) {
+  // The true gifts from from_seq on follow: they are live gifts even where their numbers
+  // fall among what was history when the overlay opened.
+  if (liveFrom !== null) liveFrom = Math.min(liveFrom, change.from_seq - 1);
 }
 
 function onWelcome(welcome) {
@@ -150,6 +163,7 @@ function showSamples() {
 function main() {
   $("alerts").dataset.pos = options.position;
   $("top-box").dataset.pos = options.topPosition;
+  $("battle").dataset.pos = options.battlePosition;
   renderTop();
   if (options.test) {
     window.giftwire = { big, options };
@@ -170,10 +184,11 @@ function main() {
     token: config.token,
     ordered: true,
     historyEvents: 100,
-    callbacks: { onGift, onMessage, onWelcome, onState },
+    callbacks: { onGift, onHistoryChanged, onMessage, onWelcome, onState },
   });
-  window.giftwire = { socket, options, big };
+  window.giftwire = { socket, options, big, battle };
   socket.start();
+  if (options.battle) battle.load(new Api(config.server, config.token));
 }
 
 main();

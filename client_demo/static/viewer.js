@@ -3,6 +3,7 @@
 import {
   Api, GiftSocket, el, errorText, fmt, giftArt, pageConfig, plural, topRow,
 } from "./giftwire.js";
+import { BattleBar } from "./battle.js";
 import { BigGiftQueue, GiftStrip, isBig } from "./gifts.js";
 
 const COMBO_WINDOW_MS = 5000; // the server's default GIFTWIRE_COMBO_WINDOW_MS
@@ -42,6 +43,25 @@ const api = new Api(config.server, config.token);
 const strip = new GiftStrip($("strip"), { rowsMax: NARROW ? 3 : 4 });
 const big = new BigGiftQueue($("big"));
 let socket = null;
+const battle = new BattleBar($("battle"), config.stream, { names: state.names });
+
+// The guest picker: the host, each guest on stage, or every guest (split between them).
+function renderGuests(guests) {
+  const select = $("to");
+  const chosen = select.value;
+  const on = guests.filter((g) => g.state === "on");
+  for (const g of guests) state.names.set(g.user_id, g.name);
+  select.replaceChildren(el("option", { value: "", text: "the host" }));
+  for (const g of on) select.append(el("option", { value: g.user_id, text: g.name }));
+  if (on.length > 1) select.append(el("option", { value: "*", text: `all ${on.length} guests` }));
+  select.value = [...select.options].some((o) => o.value === chosen) ? chosen : "";
+  $("guest-picker").hidden = on.length === 0;
+}
+
+async function loadGuests() {
+  const response = await api.guests(config.stream);
+  if (response.ok) renderGuests(response.body.guests);
+}
 
 function setBalance(coins, { animate = false } = {}) {
   state.coins = coins;
@@ -164,7 +184,7 @@ function tap(giftId, count, card) {
   }
   clearError();
   closeCoins();
-  socket.sendGift(giftId, count, state.catalogVersion);
+  socket.sendGift(giftId, count, state.catalogVersion, $("to").value || null);
   state.last = { gift: giftId, count };
   if (card) {
     card.classList.remove("tapped");
@@ -212,6 +232,7 @@ function setEnded(ended) {
 
 function onGift(event) {
   state.names.set(event.sender_id, event.sender_name);
+  if (event.to && event.to !== "*") event.to_name = state.names.get(event.to);
   if (isBig(event)) big.push(event);
   else strip.show(event);
 }
@@ -244,7 +265,11 @@ function onRefused(error, pending) {
 }
 
 function onMessage(message) {
+  if (battle.onMessage(message)) return;
   switch (message.type) {
+    case "guests":
+      renderGuests(message.guests);
+      break;
     case "stats":
       $("viewers").textContent = fmt.format(message.viewers);
       break;
@@ -344,7 +369,7 @@ async function main() {
     token: config.token,
     callbacks: { onState, onWelcome, onGift, onAck, onRefused, onMessage },
   });
-  window.giftwire = { socket, state, big }; // for the console (and the browser tests)
+  window.giftwire = { socket, state, big, battle }; // for the console (and the browser tests)
   for (const chip of document.querySelectorAll(".count-chip")) {
     chip.addEventListener("click", () => {
       for (const other of document.querySelectorAll(".count-chip")) other.classList.remove("selected");
@@ -364,6 +389,8 @@ async function main() {
   });
   renderTop();
   socket.start();
+  battle.load(api);
+  loadGuests();
   await loadCatalog();
 }
 

@@ -13,28 +13,68 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 import orjson
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.cluster import RedisCluster as ClusterClient
 
 from server.cli.common import CommandError, HelpFormatter
+from server.ledger.cluster_keys import ClusterKeys, slot_of
+from server.ledger.cluster_shards import Shards
+from server.ledger.cluster_topology import SlotMap, address_of
 from server.ledger.connection import ledger_redis_url, make_client
 from server.ledger.keys import Keys
 from server.record.archiver import LEASE_TTL_MS, Archiver, ArchiverConfig
-from server.record.connection import open_record, record_database_url
+from server.record.cluster_logs import log_discovery
+from server.record.connection import RecordPool, open_record, record_database_url
 from server.record.service import ARCHIVER_REDIS_TIMEOUT_S
 from server.settings import Settings, env_name
+
+
+async def _cluster_archiver(
+    settings: Settings, redis_url: str, pool: RecordPool, config: ArchiverConfig
+) -> tuple[Archiver, Callable[[], Awaitable[None]]]:
+    """Cluster mode: every slot's log ({~N}:log), found with one XLEN per slot; commands
+    routed by key (``RedisCluster``: each names one key, and none moves money)."""
+    host, port = address_of(redis_url)
+    client = ClusterClient(
+        startup_nodes=[ClusterNode(host, port)],
+        socket_timeout=ARCHIVER_REDIS_TIMEOUT_S,
+        socket_connect_timeout=ARCHIVER_REDIS_TIMEOUT_S,
+    )
+    slots = SlotMap([redis_url], timeout_s=ARCHIVER_REDIS_TIMEOUT_S, pool_max=4)
+    await slots.refresh()
+    cluster_keys = ClusterKeys(settings.key_prefix)
+    lease_key = cluster_keys.archiver_lease()
+    archiver = Archiver(
+        client, pool, Keys(settings.key_prefix), config=config, logs=[], lease_key=lease_key,
+        lease_redis=slots.client(slots.owners[slot_of(lease_key)]),
+        discover=log_discovery(Shards(slots, timeout_s=ARCHIVER_REDIS_TIMEOUT_S), cluster_keys),
+    )  # fmt: skip
+
+    async def close() -> None:
+        await slots.aclose()
+        await client.aclose()
+
+    return archiver, close
 
 
 async def _archive(
     settings: Settings, redis_url: str, database_url: str, args: argparse.Namespace
 ) -> int:
-    redis = make_client(redis_url, timeout_s=ARCHIVER_REDIS_TIMEOUT_S, pool_max=4)
     pool = await open_record(database_url)
+    config = ArchiverConfig(lease_ttl_ms=args.lease_ttl_ms)
+    if settings.redis_cluster:
+        archiver, close = await _cluster_archiver(settings, redis_url, pool, config)
+    else:
+        redis = make_client(redis_url, timeout_s=ARCHIVER_REDIS_TIMEOUT_S, pool_max=4)
+        archiver, close = (
+            Archiver(redis, pool, Keys(settings.key_prefix), config=config),
+            redis.aclose,
+        )
     try:
-        config = ArchiverConfig(lease_ttl_ms=args.lease_ttl_ms)
-        archiver = Archiver(redis, pool, Keys(settings.key_prefix), config=config)
         if args.once:
             await archiver.drain()
             stats = archiver.stats
@@ -48,7 +88,7 @@ async def _archive(
         return 0
     finally:
         await pool.close()
-        await redis.aclose()
+        await close()
 
 
 def cmd_archive(args: argparse.Namespace, settings: Settings) -> int:
@@ -103,6 +143,7 @@ def archiver_process(settings: Settings, redis_url: str, database_url: str) -> I
         env_name("database_url"): database_url,
         env_name("key_prefix"): settings.key_prefix,
         env_name("log_level"): settings.log_level,
+        env_name("redis_cluster"): "true" if settings.redis_cluster else "false",
     }
     stopping = threading.Event()
     current: list[subprocess.Popen[bytes]] = []

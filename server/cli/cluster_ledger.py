@@ -25,6 +25,8 @@ from server.ledger.cluster_ledger import ClusterLedger
 from server.ledger.cluster_reconcile import reconcile_cluster
 from server.ledger.cluster_relay import Relay
 from server.ledger.cluster_runner import ClusterScriptRunner
+from server.record.cluster_logs import recorded_entries
+from server.record.connection import open_record
 from server.settings import Settings, env_name
 
 ONCE_ROUNDS_MAX = 120
@@ -55,7 +57,15 @@ async def open_cluster_ledger(settings: Settings) -> ClusterLedger:
 async def _reconcile(settings: Settings, as_json: bool) -> int:
     ledger = await open_cluster_ledger(settings)
     try:
-        report = await reconcile_cluster(ledger)
+        recorded = None
+        if settings.database_url:
+            # The archiver trims what it recorded: the logs' history is the record's part too.
+            pool = await open_record(settings.database_url)
+            try:
+                recorded = await recorded_entries(pool, ledger.keys)
+            finally:
+                await pool.close()
+        report = await reconcile_cluster(ledger, recorded)
     finally:
         await ledger.aclose()
     if as_json:

@@ -102,11 +102,7 @@ def archiving(settings: Settings, redis_url: str) -> contextlib.AbstractContextM
     """The archiver next to the server, when there is a record to archive into."""
     if settings.database_url is None:
         return contextlib.nullcontext()
-    if settings.redis_cluster:
-        # A cluster has one log per slot ({~N}:log); the archiver reads the single ledger's
-        # {ledger}:log only, and would archive nothing: say so rather than pretend.
-        say("the durable record does not follow cluster mode yet: no archiver runs")
-        return contextlib.nullcontext()
+    # In cluster mode the archiver reads every slot's log ({~N}:log) instead.
     return archiver_process(settings, redis_url, settings.database_url)
 
 

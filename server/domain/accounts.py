@@ -62,3 +62,11 @@ class Balance:
     coins: int
     diamonds: int
     debt_coins: int
+    held_diamonds: int = 0
+    """Diamonds still in the payout hold (part of ``diamonds``)."""
+    next_release_ms: int = 0
+    """When the oldest held diamonds become withdrawable (ms); 0 with none held."""
+
+    @property
+    def withdrawable_diamonds(self) -> int:
+        return self.diamonds - self.held_diamonds

@@ -41,6 +41,23 @@ class ErrorCode(StrEnum):
     UNKNOWN_PAYOUT = "unknown_payout"
     PAYOUT_SETTLED = "payout_settled"
     CATALOG_CHANGED = "catalog_changed"
+    FUNDS_HELD = "funds_held"
+    HOLD_LIMIT = "hold_limit"
+    HOLD_CHANGED = "hold_changed"
+    # Battles (live-battles).
+    SELF_BATTLE = "self_battle"
+    INVITE_PENDING = "invite_pending"
+    INVITEE_BUSY = "invitee_busy"
+    UNKNOWN_INVITE = "unknown_invite"
+    BATTLE_RUNNING = "battle_running"
+    UNKNOWN_BATTLE = "unknown_battle"
+    BATTLE_NOT_OVER = "battle_not_over"
+    # Guests on stage (live-battles).
+    GUEST_LIMIT = "guest_limit"
+    NOT_A_GUEST = "not_a_guest"
+    GUEST_LEFT = "guest_left"
+    NO_GUESTS = "no_guests"
+    GUESTS_CHANGED = "guests_changed"
     # Edge refusals.
     INVALID_REQUEST = "invalid_request"
     MESSAGE_TOO_LARGE = "message_too_large"
@@ -74,6 +91,21 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.UNKNOWN_PAYOUT: "no such cash-out",
     ErrorCode.PAYOUT_SETTLED: "the payout was already settled the other way",
     ErrorCode.CATALOG_CHANGED: "the gift catalog changed; fetch it and send again",
+    ErrorCode.FUNDS_HELD: "these diamonds are still in the payout hold",
+    ErrorCode.HOLD_LIMIT: "gifts to too many creators within the payout hold; try later",
+    ErrorCode.HOLD_CHANGED: "the gifts in the payout hold changed; retry",
+    ErrorCode.SELF_BATTLE: "a stream cannot battle itself or its own creator's streams",
+    ErrorCode.INVITE_PENDING: "this stream already has a pending battle invitation",
+    ErrorCode.INVITEE_BUSY: "that stream has too many pending battle invitations",
+    ErrorCode.UNKNOWN_INVITE: "no such pending battle invitation (it may have expired)",
+    ErrorCode.BATTLE_RUNNING: "a stream of this battle is already in a battle",
+    ErrorCode.UNKNOWN_BATTLE: "no such battle",
+    ErrorCode.BATTLE_NOT_OVER: "the battle has not reached its end yet",
+    ErrorCode.GUEST_LIMIT: "the stage is full",
+    ErrorCode.NOT_A_GUEST: "this user is not invited to (or not on) this stage",
+    ErrorCode.GUEST_LEFT: "this guest has left the stage and can no longer receive gifts",
+    ErrorCode.NO_GUESTS: "there are no guests on stage",
+    ErrorCode.GUESTS_CHANGED: "the stage changed while the gift was sent; send it again",
     ErrorCode.INVALID_REQUEST: "the request is malformed",
     ErrorCode.MESSAGE_TOO_LARGE: "the message is larger than allowed",
     ErrorCode.UNAUTHORIZED: "missing or invalid credentials",

@@ -62,6 +62,24 @@ PUBSUB_DRAIN_MAX = 1000
 TOP_MAX = 10
 """Rows of a room's leaderboard sent to viewers."""
 
+# Battles and guests (ledger/battles.py, ledger/guests.py, web/battle_watch.py).
+BATTLE_TOP_MAX = 3
+"""Top gifters of each side in a battle's score and result messages."""
+BATTLE_INVITES_PER_STREAM_MAX = 16
+"""Pending battle invitations one stream may hold; beyond, ``invitee_busy``."""
+BATTLE_RESULT_TTL_S = 90 * 86_400
+"""How long a battle's result stays readable at ``GET /api/battles/{id}`` (s)."""
+BATTLE_TICK_S = 0.5
+"""How often each process sends a battling room the live score of both sides, and ends
+battles whose time is up."""
+GUESTS_MAX = 8
+"""Guests on one stage (invited or on stage); beyond, ``guest_limit``."""
+GUESTS_REMEMBERED_MAX = 64
+"""Guests a stage remembers, those who left included (a gift to one of them is
+``guest_left``); past it, inviting forgets the ones who left."""
+GUEST_GIFT_TRIES_MAX = 3
+"""Times a gift to all guests is sent again after ``guests_changed`` (the stage changed
+between reading it and the script)."""
 # The two legs of a gift on a Redis Cluster (ledger/cluster_*.py, docs/ledger.md).
 CREDIT_BATCH_MAX = 64
 """Transfers one credit_gifts call applies into one creator's stream (the script takes at
@@ -132,5 +150,22 @@ class Limits:
     pending_requests_per_ip_max: int = 128
     """Incomplete requests and handshakes per client address; beyond, it is closed unread."""
     streams_per_creator_max: int = 100
+    payout_hold_days: int = 7
+    """Days a gift's diamonds stay held before they may be cashed out (``_hold.lua``); a
+    chargeback within them takes the diamonds back. 0: no hold."""
+    payout_hold_day_s: int = 86_400
+    """Length of a hold day in seconds: 86400 in production; tests and staging shorten it
+    to watch diamonds mature."""
+    payout_hold_entries_max: int = 1_024
+    """(creator, day) pairs one sender's gifts may name within the hold; a gift past it is
+    refused with ``hold_limit`` (the record a chargeback reverses stays bounded)."""
     """Stream ids one creator may own (live or ended: an ended id stays its owner's, who may
     start it again). A new id past it is refused with ``stream_limit``."""
+    battle_seconds_min: int = 60
+    """Shortest battle a creator may ask for (invite_battle.lua refuses shorter)."""
+    battle_seconds_max: int = 600
+    """Longest battle a creator may ask for."""
+    battle_seconds_default: int = 300
+    """Length of a battle when the invitation names none."""
+    battle_invite_ttl_s: int = 60
+    """How long a battle invitation waits for its answer before it expires."""

@@ -192,7 +192,7 @@ class CreditBatcher:
                 batch = queue.waiting[: self._batch_max]
                 del queue.waiting[: self._batch_max]
                 try:
-                    results = await self.call(key[0], key[1], [t for t, _ in batch])
+                    results = await self._call_isolating(key[0], key[1], [t for t, _ in batch])
                 except BaseException as e:
                     for _, future in batch:
                         if not future.done():
@@ -207,6 +207,25 @@ class CreditBatcher:
             queue.busy = False
             if self._queues.get(key) is queue and not queue.waiting:
                 del self._queues[key]
+
+    async def _call_isolating(
+        self, creator_id: str, stream_id: str, batch: list[Transfer]
+    ) -> list[CreditResult]:
+        """``call``; a batch whose script failed (``InvariantError``: corrupt data under one
+        transfer's keys, say its combo counter) is tried again one transfer at a time, so one
+        broken transfer cannot keep the others of its stream from their credits."""
+        try:
+            return await self.call(creator_id, stream_id, batch)
+        except InvariantError:
+            if len(batch) == 1:
+                raise
+        results: list[CreditResult] = []
+        for transfer in batch:
+            try:
+                results += await self.call(creator_id, stream_id, [transfer])
+            except InvariantError as e:
+                results.append(CreditResult(transfer.transfer_id, "failed", code=str(e)))
+        return results
 
     async def call(
         self, creator_id: str, stream_id: str, batch: list[Transfer]

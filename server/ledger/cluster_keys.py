@@ -134,6 +134,11 @@ class ClusterKeys:
         """The stream ids a creator owns (start_stream's bound), in the creator's slot."""
         return f"{self.prefix}{{u:{creator_id}}}:streams"
 
+    def hold_record(self, user_id: str) -> str:
+        """A buyer's gifts within the payout hold (refund.lua's KEYS[5]); cluster mode
+        keeps no hold yet, so it stays empty."""
+        return f"{self.prefix}{{u:{user_id}}}:held"
+
     def cashout(self, creator_id: str, client_id: str) -> str:
         return f"{self.prefix}{{u:{creator_id}}}:cashout:{client_id}"
 
@@ -220,3 +225,8 @@ class ClusterKeys:
             self.platform_shard(slot),
             self.ledger_shard(slot),
         ]
+
+    # The archiver (server/record/): one lease for the logs of every slot.
+
+    def archiver_lease(self) -> str:
+        return f"{self.prefix}{{{slot_tag(0)}}}:archiver"

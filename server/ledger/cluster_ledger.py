@@ -29,13 +29,11 @@ import logging
 import os
 import signal
 import uuid
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from typing import Any, cast
 
 import orjson
-from redis import exceptions as redis_errors
 
-from server.domain.accounts import Balance
 from server.domain.catalog import Catalog, parse_catalog
 from server.domain.errors import ErrorCode, InvariantError, LedgerRefusal, UnavailableError
 from server.domain.limits import (
@@ -43,20 +41,23 @@ from server.domain.limits import (
     GIFT_COUNT_MAX,
     OUTBOX_ENTRIES_MAX,
     SEND_COINS_MAX,
-    STREAM_OWNERS_MAX,
-    STREAM_STATE_TTL_S,
     Limits,
 )
 from server.domain.money import Economics
-from server.domain.streams import Stream
 from server.ledger.catalogs import VERSION_FIELD
 from server.ledger.cluster_credits import CreditBatcher, CreditResult, Transfer
 from server.ledger.cluster_keys import ClusterKeys, slot_of
+from server.ledger.cluster_reads import ClusterReads
 from server.ledger.cluster_runner import ClusterScriptRunner
 from server.ledger.cluster_shards import Shards
-from server.ledger.cluster_topology import CONNECTION_ERRORS
-from server.ledger.ledger import StreamChange, _stream_change, stream_from_hash
-from server.ledger.receipts import GiftReceipt, TopUpReceipt, unpack
+from server.ledger.ledger import StreamChange, _stream_change
+from server.ledger.receipts import (
+    CashOutReceipt,
+    GiftReceipt,
+    RefundReceipt,
+    TopUpReceipt,
+    unpack,
+)
 from server.ledger.scripts import ScriptName
 
 log = logging.getLogger("giftwire.ledger")
@@ -66,10 +67,13 @@ CRASH_AFTER_DEBIT_ENV = "GIFTWIRE_TEST_CRASH_AFTER_DEBIT"
 its credit (``tests/cluster/test_leg_faults.py``). Read once, at import."""
 _CRASH_AFTER_DEBIT = os.environ.get(CRASH_AFTER_DEBIT_ENV) == "1"
 _COPY_PART = 1024
-_NOT_SERVED = (redis_errors.AskError, redis_errors.ClusterDownError, redis_errors.TryAgainError)
+NO_HOLD = (0, 86_400)
+"""The payout hold's ARGV of cash_out.lua and refund.lua (days, seconds per day): cluster
+mode keeps no hold yet (credit_gifts.lua records no held diamonds), so none is asked for;
+the single-node scripts of today ignore these extra arguments."""
 
 
-class ClusterLedger:
+class ClusterLedger(ClusterReads):
     """Money operations on a cluster; the same method contracts as ``Ledger``."""
 
     def __init__(
@@ -80,43 +84,17 @@ class ClusterLedger:
         limits: Limits | None = None,
         economics: Economics | None = None,
     ) -> None:
-        self.runner = runner
-        self.keys = keys or ClusterKeys()
-        self.limits = limits or Limits()
+        super().__init__(runner, keys or ClusterKeys(), limits or Limits())
         self.economics = economics or Economics()
         self.shards = Shards(runner.slots, timeout_s=self.limits.redis_timeout_s)
         self.credits = CreditBatcher(runner, self.keys, self.limits)
         self.catalog: Catalog | None = None
-        self._owners: OrderedDict[str, str] = OrderedDict()
-        self._states: dict[str, tuple[float, str]] = {}
         self._to_delete: dict[str, list[str]] = defaultdict(list)
         self._deleting = False
         self._delete_task: asyncio.Task[None] | None = None
         self.unsettled_slots: set[int] = set()
         """Slots whose outbox this process left an entry in (a failed or refused credit):
         the relay looks there first, before its next full sweep."""
-
-    # Plain commands, routed to the primary of their key's slot.
-
-    async def command(self, key: str, *args: str | int) -> Any:
-        """``args[0] key args[1:]`` on the key's primary; MOVED is followed once.
-
-        Only for commands that are safe to repeat (reads, idempotent writes)."""
-        for attempt in (1, 2):
-            await self.runner.slots.refresh_if_due()
-            client = self.runner.client(self.runner.primary_of(slot_of(key)))
-            try:
-                async with asyncio.timeout(self.limits.redis_timeout_s):
-                    return await client.execute_command(args[0], key, *args[1:])  # type: ignore[no-untyped-call]
-            except redis_errors.MovedError as e:
-                self.runner.slots.owners[e.slot_id] = (e.host, e.port)
-                self.runner.slots.stale = True
-                if attempt == 2:
-                    raise UnavailableError(f"cluster: slot moved: {e}") from e
-            except (*CONNECTION_ERRORS, TimeoutError, *_NOT_SERVED) as e:
-                self.runner.slots.stale = True
-                raise UnavailableError(f"cluster: {type(e).__name__}: {e}") from e
-        raise InvariantError("unreachable")
 
     async def _run(
         self, name: ScriptName, keys: list[str], args: list[str | int], order_key: str
@@ -184,19 +162,6 @@ class ClusterLedger:
 
     # Streams: the id's claim in its own slot, the stream in its creator's.
 
-    async def owner(self, stream_id: str) -> str | None:
-        """The creator that claimed ``stream_id`` (kept: an owner never changes)."""
-        creator = self._owners.get(stream_id)
-        if creator is None:
-            raw = await self.command(self.keys.stream_owner(stream_id), "GET")
-            if raw is None:
-                return None
-            creator = raw.decode()
-            self._owners[stream_id] = creator
-            if len(self._owners) > STREAM_OWNERS_MAX:
-                self._owners.popitem(last=False)
-        return creator
-
     async def start_stream(
         self,
         *,
@@ -210,7 +175,9 @@ class ClusterLedger:
         in the creator's slot. A claim made for a start refused by the creator's bound is
         taken back, so that bound also bounds the claims."""
         k = self.keys
-        previous = await self.command(k.stream_owner(stream_id), "SET", creator_id, "NX", "GET")
+        previous = await self.command(
+            k.stream_owner(stream_id), "SET", creator_id, "NX", "GET", get=True
+        )
         if previous is not None and previous.decode() != creator_id:
             raise LedgerRefusal(ErrorCode.STREAM_EXISTS)
         try:
@@ -254,57 +221,12 @@ class ClusterLedger:
         self._states.pop(stream_id, None)
         return _stream_change(body, replayed)
 
-    async def stream_state(self, stream_id: str, creator_id: str) -> str:
-        """``live``, ``ended`` or ``unknown``, read at most every ``STREAM_STATE_TTL_S``."""
-        now = asyncio.get_running_loop().time()
-        cached = self._states.get(stream_id)
-        if cached is not None and now - cached[0] < STREAM_STATE_TTL_S:
-            return cached[1]
-        raw = await self.command(self.keys.stream(creator_id, stream_id), "HGET", "state")
-        state = "unknown" if raw is None else raw.decode()
-        if len(self._states) >= STREAM_OWNERS_MAX:
-            self._states.clear()
-        self._states[stream_id] = (now, state)
-        return state
-
-    async def stream(self, stream_id: str) -> Stream | None:
-        creator = await self.owner(stream_id)
-        if creator is None:
-            return None
-        raw = await self.command(self.keys.stream(creator, stream_id), "HGETALL")
-        return stream_from_hash(stream_id, _as_hash(raw))
-
-    async def feed(self, stream_id: str, after_seq: int, limit: int) -> list[bytes]:
-        creator = await self.owner(stream_id)
-        if creator is None:
-            return []
-        rows = await self.command(
-            self.keys.feed(creator, stream_id), "XRANGE", f"{after_seq + 1}-0", "+", "COUNT", limit
-        )
-        return [_as_hash(fields)[b"e"] for _, fields in rows]
-
-    async def leaderboard(self, stream_id: str, limit: int = 10) -> list[tuple[str, int]]:
-        creator = await self.owner(stream_id)
-        if creator is None:
-            return []
-        rows = await self.command(
-            self.keys.leaderboard(creator, stream_id), "ZREVRANGE", 0, limit - 1, "WITHSCORES"
-        )
-        return [(member.decode(), int(float(score))) for member, score in _pairs(rows)]
-
-    async def balance(self, user_id: str) -> Balance:
-        values = await self.command(
-            self.keys.account(user_id), "HMGET", "coins", "diamonds", "debt"
-        )
-        coins, diamonds, debt = (int(v) if v is not None else 0 for v in values)
-        return Balance(user_id, coins, diamonds, debt)
-
-    # Money.
-
     async def top_up(self, *, payment_id: str, user_id: str, coins: int) -> TopUpReceipt:
         """As ``Ledger.top_up``; the payment id is claimed for its buyer first (``SET NX``)."""
         k = self.keys
-        claimed = await self.command(k.payment_owner(payment_id), "SET", user_id, "NX", "GET")
+        claimed = await self.command(
+            k.payment_owner(payment_id), "SET", user_id, "NX", "GET", get=True
+        )
         if claimed is not None and claimed.decode() != user_id:
             raise LedgerRefusal(ErrorCode.DUPLICATE_MISMATCH)
         body, replayed = await self._run(
@@ -319,6 +241,56 @@ class ClusterLedger:
         )
         return TopUpReceipt.from_reply(body, replayed)
 
+    async def refund(
+        self, *, payment_id: str, user_id: str, refund_id: str, coins: int
+    ) -> RefundReceipt:
+        """As ``Ledger.refund``. A refund names the payment's buyer: one naming another than
+        the claimed one is ``invalid_request``, as in single-node mode; a refund before its
+        payment claims the id for its buyer, so the payment must come for that buyer."""
+        k = self.keys
+        claimed = await self.command(
+            k.payment_owner(payment_id), "SET", user_id, "NX", "GET", get=True
+        )
+        if claimed is not None and claimed.decode() != user_id:
+            raise LedgerRefusal(ErrorCode.INVALID_REQUEST)
+        body, replayed = await self._run(
+            ScriptName.REFUND,
+            [
+                k.payment(user_id, payment_id),
+                k.account(user_id),
+                k.ledger_shard(slot_of(k.account(user_id))),
+                k.refund(user_id, payment_id, refund_id),
+                k.hold_record(user_id),
+                k.platform_shard(slot_of(k.account(user_id))),
+            ],
+            [payment_id, user_id, refund_id, coins, AMOUNT_MAX, *NO_HOLD],
+            order_key=user_id,
+        )
+        return RefundReceipt.from_reply(body, replayed)
+
+    async def cash_out(self, *, client_id: str, creator_id: str, diamonds: int) -> CashOutReceipt:
+        """As ``Ledger.cash_out``, in the creator's slot."""
+        k = self.keys
+        body, replayed = await self._run(
+            ScriptName.CASH_OUT,
+            [
+                k.cashout(creator_id, client_id),
+                k.account(creator_id),
+                k.ledger_shard(slot_of(k.account(creator_id))),
+            ],
+            [
+                client_id,
+                creator_id,
+                diamonds,
+                self.limits.cashout_diamonds_min,
+                self.economics.cents_per_100_diamonds,
+                AMOUNT_MAX,
+                *NO_HOLD,
+            ],
+            order_key=creator_id,
+        )
+        return CashOutReceipt.from_reply(body, replayed)
+
     async def send_gift(
         self,
         *,
@@ -330,8 +302,15 @@ class ClusterLedger:
         gift_id: str,
         count: int,
         catalog_version: int | None = None,
+        to: str | None = None,
     ) -> GiftReceipt:
-        """Debit, then credit at once; see the module docstring for the contract."""
+        """Debit, then credit at once; see the module docstring for the contract. Gifts to
+        guests (``to``) are single-node only so far (``docs/ledger.md``, "Guests on
+        stage"): refused here before anything is written."""
+        if to is not None:
+            raise LedgerRefusal(
+                ErrorCode.INVALID_REQUEST, "gifts to guests are not available on a cluster yet"
+            )
         owner = await self.owner(stream_id)
         if owner is None:
             state = "unknown"
@@ -366,6 +345,12 @@ class ClusterLedger:
         except UnavailableError:
             self.unsettled_slots.add(slot)
             raise
+        except LedgerRefusal as refusal:
+            # The coins are debited: a refusal now must not tell the client that nothing
+            # moved. The transfer waits in its outbox, reconcile lists it as pending.
+            self.unsettled_slots.add(slot)
+            log.error("credit of %s refused: %s", transfer.transfer_id, refusal.code)
+            raise UnavailableError(f"gift debited, credit pending: {refusal.code}") from None
         if not credit.settled:
             self.unsettled_slots.add(slot)
             raise UnavailableError(f"gift debited, credit pending: {credit.code}")
@@ -422,13 +407,16 @@ class ClusterLedger:
 
     async def credit_transfers(self, transfers: list[Transfer]) -> list[CreditResult]:
         """Credit ``transfers`` (the relay's batch), batched per stream. A call that failed
-        (``UnavailableError``: unknown outcome) gives its transfers status ``failed``."""
+        (``UnavailableError``: unknown outcome; ``InvariantError``: broken data under that
+        transfer) gives its transfers status ``failed``."""
         results = await asyncio.gather(
             *(self.credits.credit(t) for t in transfers), return_exceptions=True
         )
         out: list[CreditResult] = []
         for transfer, result in zip(transfers, results, strict=True):
-            if isinstance(result, UnavailableError):
+            if isinstance(result, (UnavailableError, InvariantError)):
+                # Unknown outcome, or a transfer whose data is broken (logged by the
+                # runner): it stays pending, and the others go on.
                 out.append(CreditResult(transfer.transfer_id, "failed", code=str(result)))
             elif isinstance(result, BaseException):
                 raise result
@@ -461,18 +449,3 @@ class ClusterLedger:
 
     async def aclose(self) -> None:
         await self.runner.aclose()
-
-
-def _as_hash(raw: object) -> dict[bytes, bytes]:
-    """A hash reply as a dict (RESP2 gives a flat list, redis-py's callbacks a dict)."""
-    if isinstance(raw, dict):
-        return cast(dict[bytes, bytes], raw)
-    items = cast(list[bytes], raw or [])
-    return dict(zip(items[::2], items[1::2], strict=True))
-
-
-def _pairs(raw: object) -> list[tuple[bytes, bytes]]:
-    if raw and isinstance(raw[0], (list, tuple)):  # type: ignore[index]
-        return [(m, s) for m, s in cast(list[tuple[bytes, bytes]], raw)]
-    items = cast(list[bytes], raw or [])
-    return list(zip(items[::2], items[1::2], strict=True))

@@ -20,8 +20,8 @@ sender's slot and a ``gift_credit`` in the creator's, joined by the transfer id
 - coins debited = coins credited + coins pending.
 
 It only reads, and not atomically: run it on a quiet ledger, as the single-node one. Entry
-types this does not know (cash-outs and payouts are not wired in cluster mode yet) are
-reported as problems rather than skipped.
+types this does not know (payouts are not wired in cluster mode yet) are reported as
+problems rather than skipped.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from server.ledger.cluster_keys import slot_of
@@ -77,10 +78,29 @@ async def _read_all(ledger: ClusterLedger, keys: list[str]) -> dict[str, list[En
     return found
 
 
-async def reconcile_cluster(ledger: ClusterLedger) -> ClusterReport:
+def _with_recorded(
+    logs: dict[str, list[Entry]], recorded: Mapping[str, list[Entry]]
+) -> dict[str, list[Entry]]:
+    """Each log's history: what the durable record holds of it (the archiver trims what it
+    has recorded), then what Redis still has, each entry once, in log order."""
+    merged: dict[str, list[Entry]] = {}
+    for key in set(logs) | set(recorded):
+        entries = dict(recorded.get(key, []))
+        entries.update(logs.get(key, []))
+        merged[key] = sorted(entries.items(), key=lambda e: log_position(e[0]))
+    return merged
+
+
+async def reconcile_cluster(
+    ledger: ClusterLedger, recorded: Mapping[str, list[Entry]] | None = None
+) -> ClusterReport:
+    """``recorded``: per log key, the entries the durable record holds (``server.record.
+    cluster_logs.recorded_entries``), for logs the archiver has trimmed."""
     report = ClusterReport()
     problems = report.problems
     logs = await _read_all(ledger, ledger.keys.ledger_shards())
+    if recorded is not None:
+        logs = _with_recorded(logs, recorded)
     outboxes = await _read_all(ledger, ledger.keys.outbox_shards())
     now_ms = int(time.time() * 1000)
 
@@ -105,6 +125,9 @@ async def reconcile_cluster(ledger: ClusterLedger) -> ClusterReport:
                 users.add(f["from"])
                 coins[f["from"]] -= int(f["clawed"])
                 debt[f["from"]] += int(f["debt"])
+            elif kind == "cash_out":
+                users.add(f["from"])
+                diamonds[f["from"]] -= int(f["diamonds"])
             elif kind == "gift_debit":
                 users.add(f["from"])
                 transfer = f"{f['from']}|{f['client_id']}|{entry_id}"

@@ -38,6 +38,7 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,7 @@ class Relay:
         batch_max: int = CREDIT_BATCH_MAX,
         interval_s: float = 0.5,
         full_sweep_s: float = RELAY_FULL_SWEEP_S,
+        on_round: Callable[[RelayStats], None] | None = None,
     ) -> None:
         self.ledger = ledger
         self.consumer = consumer or f"relay-{uuid.uuid4().hex[:12]}"
@@ -86,7 +88,11 @@ class Relay:
         self.batch_max = batch_max
         self.interval_s = interval_s
         self.full_sweep_s = full_sweep_s
+        self.on_round = on_round
+        """Called with the stats after every round (the server's metrics)."""
         self.hot: set[int] = set()
+        self._cursors: dict[int, str] = {}
+        """Per slot, where the next XAUTOCLAIM starts (at most one per watched slot)."""
         self.settled = 0
         self.stats = RelayStats(0, 0, 0)
         self._task: asyncio.Task[None] | None = None
@@ -139,10 +145,13 @@ class Relay:
             pending += left
             if not keep:
                 self.hot.discard(slot)
+                self._cursors.pop(slot, None)
             elif first is not None:
                 oldest_ms = max(oldest_ms, now_ms - log_position(first)[0])
         self.settled += settled
         self.stats = RelayStats(pending, oldest_ms, self.settled)
+        if self.on_round is not None:
+            self.on_round(self.stats)
         return settled
 
     async def _slot(self, slot: int) -> tuple[int, int, str | None, bool]:
@@ -158,16 +167,23 @@ class Relay:
                 raise
             await self._create_group(outbox)
             await self._read_new(outbox)
+        # From where the last round stopped, so that entries that stay pending (a refused
+        # credit) cannot keep the ones behind them from ever being claimed.
         claimed = await ledger.command(
             outbox,
             "XAUTOCLAIM",
             GROUP,
             self.consumer,
             self.grace_ms,
-            "0-0",
+            self._cursors.get(slot, "0-0"),
             "COUNT",
             self.batch_max,
         )
+        cursor = claimed[0].decode() if isinstance(claimed[0], bytes) else str(claimed[0])
+        if cursor == "0-0":
+            self._cursors.pop(slot, None)
+        else:
+            self._cursors[slot] = cursor
         entries: list[tuple[bytes, Any]] = [e for e in claimed[1] if e and e[1]]
         done = 0
         if entries:

@@ -7,17 +7,29 @@ The part in braces is the Redis Cluster hash tag: keys that share it share a slo
 key                                    type    holds
 =====================================  ======  ==========================================
 ``{u:USER}:acct``                      hash    coins, diamonds, debt, share_rem, cents_rem,
+                                               held/hold_day/hold_ring (payout hold),
                                                spend_hour/_hours (daily cap), rl_tokens/
                                                rl_at (rate limiter), daily_limit
 ``{u:USER}:gift:CLIENT_ID``            string  send_gift receipt (TTL = receipt window)
 ``{u:USER}:cashout:CLIENT_ID``         hash    one cash-out (pending, then paid or failed)
 ``{u:USER}:streams``                   set     stream ids the creator owns (bounded)
+``{u:USER}:held``                      hash    the user's gifts within the payout hold:
+                                               ``CREATOR|DAY|SHARE`` -> coins, ``@day``
 ``{s:STREAM}:stream``                  hash    creator, state, title, starts, seq, totals
 ``{s:STREAM}:top``                     zset    top gifters by coins
 ``{s:STREAM}:feed``                    stream  gift events, entry id ``SEQ-0``
 ``{s:STREAM}:combo:USER:GIFT``         string  combo counter (TTL = combo window)
 ``{s:STREAM}:room``                    channel pub/sub channel of the room
 ``{s:STREAM}:viewers``                 hash    process id -> "count:expires_ms"
+``{s:STREAM}:battle``                  hash    the stream's side of its current or last battle
+``{s:STREAM}:battle_top``              zset    that side's gifters by coins in the battle
+``{s:STREAM}:battle_invite``           hash    the stream's pending invitation (TTL)
+``{s:STREAM}:battle_invites``          zset    invitations to the stream: from -> expires ms
+``{battle:BATTLE}:result``             string  a finished battle's result JSON (TTL)
+``{u:USER}:battle_invite``             string  the stream of the creator's pending battle
+                                               invitation (TTL)
+``{s:STREAM}:guests``                  hash    the stage: guest -> state, ``n|G`` name,
+                                               ``c|G``/``d|G`` coins/diamonds received
 ``{pay:PAYMENT}:payment``              hash    one top-up and what was refunded of it
 ``{pay:PAYMENT}:refund:REFUND_ID``     hash    one refund (chargeback) of a payment
 ``{platform}:acct``                    hash    the platform's share (coins)
@@ -59,6 +71,9 @@ class Keys:
     def cashout(self, creator_id: str, client_id: str) -> str:
         return f"{self.prefix}{{u:{creator_id}}}:cashout:{client_id}"
 
+    def hold_record(self, sender_id: str) -> str:
+        return f"{self.prefix}{{u:{sender_id}}}:held"
+
     def creator_streams(self, creator_id: str) -> str:
         return f"{self.prefix}{{u:{creator_id}}}:streams"
 
@@ -79,6 +94,27 @@ class Keys:
 
     def viewers(self, stream_id: str) -> str:
         return f"{self.prefix}{{s:{stream_id}}}:viewers"
+
+    def battle(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:battle"
+
+    def battle_top(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:battle_top"
+
+    def battle_invite(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:battle_invite"
+
+    def battle_invites(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:battle_invites"
+
+    def creator_battle_invite(self, creator_id: str) -> str:
+        return f"{self.prefix}{{u:{creator_id}}}:battle_invite"
+
+    def battle_result(self, battle_id: str) -> str:
+        return f"{self.prefix}{{battle:{battle_id}}}:result"
+
+    def guests(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:guests"
 
     def payment(self, payment_id: str) -> str:
         return f"{self.prefix}{{pay:{payment_id}}}:payment"

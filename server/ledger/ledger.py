@@ -24,10 +24,13 @@ from server.domain.errors import (
     RequestError,
     UnavailableError,
 )
-from server.domain.limits import AMOUNT_MAX, SEND_COINS_MAX, Limits
+from server.domain.limits import AMOUNT_MAX, GUEST_GIFT_TRIES_MAX, SEND_COINS_MAX, Limits
 from server.domain.money import Economics
 from server.domain.streams import Stream, StreamState
+from server.ledger.battles import Battles
 from server.ledger.catalogs import CatalogStore
+from server.ledger.guests import Guests
+from server.ledger.hold import HOLD_FIELDS, HoldState
 from server.ledger.keys import Keys
 from server.ledger.receipts import (
     CashOutReceipt,
@@ -43,6 +46,9 @@ from server.ledger.scripts import ScriptName
 log = logging.getLogger("giftwire.ledger")
 
 TO_VERIFY_MAX = 16
+REFUND_ATTEMPTS_MAX = 3
+"""Refunds refused ``hold_changed`` (a gift landed between reading the buyer's held
+creators and the script) before the refusal is passed on; each retry reads them again."""
 LogPosition = tuple[int, int]
 """A ledger log entry id ``MS-SEQ`` as numbers, in the order Redis gives them."""
 
@@ -130,6 +136,8 @@ class Ledger:
         )
         self.runner.on_unavailable = self.connection_broke
         self.catalogs = CatalogStore(redis, self.keys, self.runner)
+        self.battles = Battles(redis, self.runner, self.keys, self.limits, _redis_errors)
+        self.guests = Guests(redis, self.runner, self.keys, _redis_errors)
 
     async def prepare(self, catalog: Catalog) -> Catalog:
         """Load the scripts and seed ``catalog`` into Redis if Redis holds none.
@@ -202,9 +210,48 @@ class Ledger:
         gift_id: str,
         count: int,
         catalog_version: int | None = None,
+        to: str | None = None,
     ) -> GiftReceipt:
         """Send a gift. With ``catalog_version`` (the version the client was shown), refused
-        with ``catalog_changed`` unless it is the current one."""
+        with ``catalog_changed`` unless it is the current one. ``to``: a guest on stage, or
+        ``ALL_GUESTS`` (split between them); None: the creator."""
+        for attempt in range(GUEST_GIFT_TRIES_MAX):
+            recipients = [] if to is None else await self.guests.recipients(stream_id, to)
+            try:
+                return await self._send_gift(
+                    client_id=client_id,
+                    sender_id=sender_id,
+                    sender_name=sender_name,
+                    stream_id=stream_id,
+                    creator_id=creator_id,
+                    gift_id=gift_id,
+                    count=count,
+                    catalog_version=catalog_version,
+                    to=to or "",
+                    recipients=recipients,
+                )
+            except LedgerRefusal as refusal:
+                # Nothing was written: read the stage again and resend with the same id.
+                if refusal.code is not ErrorCode.GUESTS_CHANGED:
+                    raise
+                if attempt == GUEST_GIFT_TRIES_MAX - 1:
+                    raise
+        raise InvariantError("unreachable")
+
+    async def _send_gift(
+        self,
+        *,
+        client_id: str,
+        sender_id: str,
+        sender_name: str,
+        stream_id: str,
+        creator_id: str,
+        gift_id: str,
+        count: int,
+        catalog_version: int | None,
+        to: str,
+        recipients: list[str],
+    ) -> GiftReceipt:
         k, lim = self.keys, self.limits
         body, replayed = await self._run(
             ScriptName.SEND_GIFT,
@@ -220,6 +267,11 @@ class Ledger:
                 k.ledger(),
                 k.catalog(),
                 k.room_channel(stream_id),
+                k.hold_record(sender_id),
+                k.battle(stream_id),
+                k.battle_top(stream_id),
+                k.guests(stream_id),
+                *[k.account(guest) for guest in recipients],
             ],
             [
                 client_id,
@@ -239,6 +291,10 @@ class Ledger:
                 AMOUNT_MAX,
                 SEND_COINS_MAX,
                 catalog_version or 0,
+                *self._hold_args(),
+                lim.payout_hold_entries_max,
+                to,
+                ",".join(recipients),
             ],
             order_key=sender_id,
         )
@@ -268,20 +324,50 @@ class Ledger:
         remembered (``receipt.before_payment``) and withheld from the payment's credit.
         """
         k = self.keys
-        body, replayed = await self._run(
-            ScriptName.REFUND,
-            [
-                k.payment(payment_id),
-                k.account(user_id),
-                k.ledger(),
-                k.refund(payment_id, refund_id),
-            ],
-            [payment_id, user_id, refund_id, coins, AMOUNT_MAX],
-            order_key=user_id,
-        )
+        for attempt in range(REFUND_ATTEMPTS_MAX):
+            # The script reverses the buyer's gifts still in the hold, whose creators' accounts
+            # it needs as keys: read them first; a gift in between is refused hold_changed.
+            creators = await self._held_creators(user_id)
+            try:
+                body, replayed = await self._run(
+                    ScriptName.REFUND,
+                    [
+                        k.payment(payment_id),
+                        k.account(user_id),
+                        k.ledger(),
+                        k.refund(payment_id, refund_id),
+                        k.hold_record(user_id),
+                        k.platform(),
+                        *(k.account(c) for c in creators),
+                    ],
+                    [
+                        payment_id,
+                        user_id,
+                        refund_id,
+                        coins,
+                        AMOUNT_MAX,
+                        *self._hold_args(),
+                        *creators,
+                    ],
+                    order_key=user_id,
+                )
+                break
+            except LedgerRefusal as refusal:
+                if refusal.code is not ErrorCode.HOLD_CHANGED or attempt == REFUND_ATTEMPTS_MAX - 1:
+                    raise
         receipt = RefundReceipt.from_reply(body, replayed)
         self.saw_transfer(receipt.transfer_id)
         return receipt
+
+    def _hold_args(self) -> list[str | int]:
+        return [self.limits.payout_hold_days, self.limits.payout_hold_day_s]
+
+    async def _held_creators(self, user_id: str) -> list[str]:
+        """The creators the user's gifts in the hold record name (bounded by the record)."""
+        async with _redis_errors():
+            fields = cast(list[bytes], await self.redis.hkeys(self.keys.hold_record(user_id)))
+        names = {f.split(b"|", 1)[0].decode() for f in fields if b"|" in f}
+        return sorted(names)
 
     async def cash_out(self, *, client_id: str, creator_id: str, diamonds: int) -> CashOutReceipt:
         k = self.keys
@@ -296,6 +382,7 @@ class Ledger:
                     self.limits.cashout_diamonds_min,
                     self.economics.cents_per_100_diamonds,
                     AMOUNT_MAX,
+                    *self._hold_args(),
                 ],
                 order_key=creator_id,
             )
@@ -369,12 +456,24 @@ class Ledger:
     # Reads. These are plain commands: they change nothing.
 
     async def balance(self, user_id: str) -> Balance:
-        async with _redis_errors():
-            values = await self.redis.hmget(
-                self.keys.account(user_id), ["coins", "diamonds", "debt"]
+        """The account's balances, with what of its diamonds is still in the payout hold (by
+        Redis' clock; cash_out.lua decides by the same rule)."""
+        fields = ["coins", "diamonds", "debt", *HOLD_FIELDS]
+        async with _redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(self.keys.account(user_id), fields)  # type: ignore[unused-awaitable]
+            pipe.time()  # type: ignore[unused-awaitable]
+            values, (seconds, _) = await pipe.execute()
+        coins, diamonds, debt, *hold_fields = cast(list[bytes | None], values)
+        held, next_release_ms = 0, 0
+        if hold_fields[2]:
+            lim = self.limits
+            hold = HoldState.parse(*hold_fields)
+            today = int(seconds) // lim.payout_hold_day_s
+            held = hold.held_on(today, lim.payout_hold_days)
+            next_release_ms = hold.next_release_ms(
+                today, lim.payout_hold_days, lim.payout_hold_day_s
             )
-        coins, diamonds, debt = cast(list[bytes | None], values)
-        return Balance(user_id, _int(coins), _int(diamonds), _int(debt))
+        return Balance(user_id, _int(coins), _int(diamonds), _int(debt), held, next_release_ms)
 
     async def set_daily_limit(self, user_id: str, coins: int) -> None:
         """Set (coins > 0) or clear (0) one user's own daily spending limit."""

@@ -77,6 +77,8 @@ class RefundReceipt(_FromJSON):
     debt: int
     ts: int
     replayed: bool
+    reversed: int = 0
+    """Coins of the buyer's gifts still in the payout hold that the refund reversed."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,11 @@ Checks, all in integers:
 * each gift's diamonds and each cash-out's cents follow from the creator's carried
   remainder (``share_rem``, ``cents_rem``), which the account holds exactly; in total,
   coins x share = diamonds x 10000 + the remainders carried;
-* diamonds credited = diamonds held + diamonds cashed out;
+* diamonds credited - diamonds clawed back = diamonds held + diamonds cashed out;
+* each clawback (a gift in the payout hold reversed by a chargeback) takes back exactly the
+  inverse of the split, and the platform holds its shares less what clawbacks returned;
+* the payout hold: each account's held diamonds are the sum of its day buckets, no bucket is
+  negative, and held <= diamonds (so withdrawable = diamonds - held >= 0);
 * no balance is negative.
 
 Beyond the sums, ``server.ledger.books`` checks ids, receipts, sequences and prices.
@@ -30,6 +34,7 @@ from redis.asyncio import Redis
 from server.domain.limits import Limits
 from server.domain.money import BASIS_POINTS
 from server.ledger.books import LogAudit
+from server.ledger.hold import HOLD_FIELDS, HoldState
 from server.ledger.keys import Keys
 from server.ledger.runner import StreamRows
 
@@ -63,6 +68,12 @@ class Totals:
     diamonds_credited: int = 0
     platform_coins: int = 0
     diamonds_cashed_out: int = 0
+    coins_reversed: int = 0
+    """Coins of gifts in the payout hold that chargebacks reversed (clawback entries)."""
+    diamonds_clawed_back: int = 0
+    platform_returned: int = 0
+    diamonds_in_hold: int = 0
+    """Sum of the accounts' held diamonds (as stored; part of ``diamonds_held``)."""
     payout_cents: int = 0
     coins_held: int = 0
     diamonds_held: int = 0
@@ -107,10 +118,13 @@ def _apply(
         if coins != diamonds + platform:
             problems.append(f"{entry_id}: gift splits {coins} into {diamonds} + {platform}")
         model[entry[b"from"].decode()].coins -= coins
-        creator = model[entry[b"to"].decode()]
-        if b"share_bps" in entry:
-            _carry_share(entry, coins, diamonds, creator, t, problems, entry_id)
-        creator.diamonds += diamonds
+        if b"recipients" in entry:
+            _split_share(entry, coins, diamonds, model, t, problems, entry_id)
+        else:
+            creator = model[entry[b"to"].decode()]
+            if b"share_bps" in entry:
+                _carry_share(entry, coins, diamonds, creator, t, problems, entry_id)
+            creator.diamonds += diamonds
         t.gifts += 1
         t.coins_spent += coins
         t.diamonds_credited += diamonds
@@ -134,11 +148,16 @@ def _apply(
     elif kind == b"refund":
         account = model[entry[b"from"].decode()]
         clawed, debt = int(entry[b"clawed"]), int(entry[b"debt"])
+        reversed_coins = int(entry.get(b"reversed", 0))
         # Refunds before refund ids took the whole payment and had no `refunded` field.
         refunded = int(entry.get(b"refunded", entry[b"coins"]))
-        if clawed + debt != refunded:
-            problems.append(f"{entry_id}: refund of {refunded} clawed {clawed} + debt {debt}")
-        account.coins -= clawed
+        if clawed + reversed_coins + debt != refunded:
+            problems.append(
+                f"{entry_id}: refund of {refunded} clawed {clawed} + reversed {reversed_coins}"
+                f" + debt {debt}"
+            )
+        # The clawback entries before it gave the reversed coins back; the refund takes them.
+        account.coins -= clawed + reversed_coins
         account.debt += debt
         t.coins_clawed += clawed
         t.debt_added += debt
@@ -149,6 +168,8 @@ def _apply(
         creator.diamonds -= int(entry[b"diamonds"])
         t.diamonds_cashed_out += int(entry[b"diamonds"])
         t.payout_cents += int(entry[b"cents"])
+    elif kind == b"clawback":
+        _clawback(entry, model, t, problems, entry_id)
     elif kind == b"payout":
         # A failed payout returns the cash-out's diamonds: as if it had not been cashed out.
         if entry[b"state"] == b"failed":
@@ -182,6 +203,82 @@ def _carry_share(
             f"{int(entry[b'share_rem'])}, the share says {want} carrying {rem}"
         )
     creator.share_rem = rem
+
+
+def _clawback(
+    entry: dict[bytes, bytes],
+    model: defaultdict[str, _Expected],
+    t: Totals,
+    problems: list[str],
+    entry_id: str,
+) -> None:
+    """A gift in the payout hold reversed: the exact inverse of its split (``_hold.lua``)."""
+    coins, diamonds, platform = (int(entry[k]) for k in (b"coins", b"diamonds", b"platform"))
+    if coins != diamonds + platform:
+        problems.append(f"{entry_id}: clawback splits {coins} into {diamonds} + {platform}")
+    creator = model[entry[b"from"].decode()]
+    units = coins * int(entry[b"share_bps"])
+    back, rem = divmod(creator.share_rem - units, BASIS_POINTS)
+    if (diamonds, int(entry[b"share_rem"])) != (-back, rem):
+        problems.append(
+            f"{entry_id}: clawback of {coins} coins takes {diamonds} diamonds leaving "
+            f"{int(entry[b'share_rem'])}, the share says {-back} leaving {rem}"
+        )
+    creator.share_rem = rem
+    creator.diamonds -= diamonds
+    model[entry[b"to"].decode()].coins += coins
+    t.share_units -= units
+    t.diamonds_carried -= diamonds
+    t.coins_reversed += coins
+    t.diamonds_clawed_back += diamonds
+    t.platform_returned += platform
+
+
+def _check_hold(user: str, fields: list[bytes | None], diamonds: int, t: Totals) -> list[str]:
+    """The payout hold's invariants on one account (``_hold.lua``)."""
+    try:
+        hold = HoldState.parse(*fields)
+    except ValueError:
+        return [f"account {user}: hold fields are not integers: {fields}"]
+    t.diamonds_in_hold += hold.held
+    problems = []
+    if hold.buckets and sum(hold.buckets) != hold.held:
+        problems.append(f"account {user}: held {hold.held} != its buckets {hold.buckets}")
+    if hold.held < 0 or min(hold.buckets, default=0) < 0:
+        problems.append(f"account {user}: negative held diamonds {hold.buckets}")
+    if hold.held > diamonds:
+        problems.append(f"account {user}: holds {hold.held} diamonds in the hold of {diamonds}")
+    return problems
+
+
+def _split_share(
+    entry: dict[bytes, bytes],
+    coins: int,
+    diamonds: int,
+    model: defaultdict[str, _Expected],
+    t: Totals,
+    problems: list[str],
+    entry_id: str,
+) -> None:
+    """A gift to guests (``_guests.lua``): each recipient's coins, diamonds and carried
+    remainder, recomputed as for a creator; the parts add up to the gift."""
+    share_bps = int(entry[b"share_bps"])
+    parts = [part.rsplit(":", 3) for part in entry[b"recipients"].decode().split(";")]
+    if sum(int(p[1]) for p in parts) != coins or sum(int(p[2]) for p in parts) != diamonds:
+        problems.append(f"{entry_id}: gift to guests splits {coins} coins into {parts}")
+    for user, part_coins, part_diamonds, part_rem in parts:
+        guest = model[user]
+        units = int(part_coins) * share_bps
+        t.share_units += units
+        t.diamonds_carried += int(part_diamonds)
+        want, rem = divmod(guest.share_rem + units, BASIS_POINTS)
+        if (int(part_diamonds), int(part_rem)) != (want, rem):
+            problems.append(
+                f"{entry_id}: gift to guest {user} credits {part_diamonds} diamonds carrying "
+                f"{part_rem}, the share says {want} carrying {rem}"
+            )
+        guest.share_rem = rem
+        guest.diamonds += int(part_diamonds)
 
 
 def _carry_cents(
@@ -243,10 +340,14 @@ async def reconcile(
     async for key in redis.scan_iter(match=keys.account_pattern(), count=1000):
         user = keys.user_id_of_account(key.decode())
         seen.add(user)
-        coins, diamonds, debt, share_rem, cents_rem = (
-            int(v or 0)
-            for v in await redis.hmget(key, ["coins", "diamonds", "debt", "share_rem", "cents_rem"])
+        values = cast(
+            list[bytes | None],
+            await redis.hmget(
+                key, ["coins", "diamonds", "debt", "share_rem", "cents_rem", *HOLD_FIELDS]
+            ),
         )
+        coins, diamonds, debt, share_rem, cents_rem = (int(v or 0) for v in values[:5])
+        problems += _check_hold(user, values[5:], diamonds, t)
         want = model.get(user, _Expected())
         if (coins, diamonds, debt) != (want.coins, want.diamonds, want.debt):
             problems.append(
@@ -271,8 +372,11 @@ async def reconcile(
 
     await audit.finish(redis)
     t.platform_held = int(await redis.hget(keys.platform(), "coins") or 0)
-    if t.platform_held != t.platform_coins:
-        problems.append(f"platform holds {t.platform_held}, ledger says {t.platform_coins}")
+    if t.platform_held != t.platform_coins - t.platform_returned:
+        problems.append(
+            f"platform holds {t.platform_held}, ledger says {t.platform_coins} - "
+            f"{t.platform_returned} returned by clawbacks"
+        )
     if t.coins_credited - t.coins_clawed != t.coins_held + t.coins_spent:
         problems.append(
             f"coins in ({t.coins_credited} - {t.coins_clawed} clawed) != held {t.coins_held}"
@@ -285,9 +389,9 @@ async def reconcile(
             f"creator shares {t.share_units} bp-units != {t.diamonds_carried} diamonds x "
             f"{BASIS_POINTS} + carried {t.share_rem_held}"
         )
-    if t.diamonds_credited != t.diamonds_held + t.diamonds_cashed_out:
+    if t.diamonds_credited - t.diamonds_clawed_back != t.diamonds_held + t.diamonds_cashed_out:
         problems.append(
-            f"diamonds credited {t.diamonds_credited} != held {t.diamonds_held}"
-            f" + cashed out {t.diamonds_cashed_out}"
+            f"diamonds credited {t.diamonds_credited} - clawed back {t.diamonds_clawed_back}"
+            f" != held {t.diamonds_held} + cashed out {t.diamonds_cashed_out}"
         )
     return report

@@ -26,6 +26,13 @@ class ScriptName(StrEnum):
     END_STREAM = "end_stream"
     BUMP_EPOCH = "bump_epoch"
     PUBLISH_CATALOG = "publish_catalog"
+    INVITE_BATTLE = "invite_battle"
+    ACCEPT_BATTLE = "accept_battle"
+    DECLINE_BATTLE = "decline_battle"
+    END_BATTLE = "end_battle"
+    INVITE_GUEST = "invite_guest"
+    JOIN_STAGE = "join_stage"
+    LEAVE_STAGE = "leave_stage"
     DEBIT_GIFT = "debit_gift"
     CREDIT_GIFTS = "credit_gifts"
 

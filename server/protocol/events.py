@@ -23,6 +23,13 @@ GIFT_EVENT_FIELDS = frozenset(
     }
 )  # fmt: skip
 """What send_gift.lua publishes and stores in the feed for each gift."""
+GIFT_EVENT_OPTIONAL_FIELDS = frozenset({"battle_id", "to", "recipients"})
+"""Fields a gift event carries only sometimes: ``battle_id`` when it scored in a battle,
+``to`` and ``recipients`` when guests received it (``_guests.lua``)."""
+GUESTS_EVENT_FIELDS = frozenset({"type", "stream_id", "guests"})
+"""invite_guest.lua, join_stage.lua, leave_stage.lua: the stage after the change."""
+GUEST_FIELDS = frozenset({"user_id", "name", "state", "coins", "diamonds"})
+"""Each of a ``guests`` event's ``guests`` (and of ``GET /api/streams/{id}/guests``)."""
 GIFT_DISPLAY_FIELDS = frozenset({"gift_name", "animation", "tier"})
 """Added from the catalog to every gift a client sees: live, resumed or paged by HTTP."""
 STREAM_EVENT_FIELDS = frozenset({"type", "stream_id", "state", "seq"})
@@ -30,9 +37,29 @@ STREAM_EVENT_FIELDS = frozenset({"type", "stream_id", "state", "seq"})
 EPOCH_EVENT_FIELDS = frozenset({"type", "stream_id", "epoch", "prev_epoch", "prev_epoch_seq"})
 """bump_epoch.lua: the stream's history changed; never sent to clients as such."""
 
+BATTLE_INVITE_EVENT_FIELDS = frozenset({"type", "state", "invite"})
+"""invite_battle.lua (state ``pending``) and decline_battle.lua (``declined``, ``withdrawn``)."""
+BATTLE_INVITE_FIELDS = frozenset(
+    {"battle_id", "from_stream", "from_creator", "to_stream", "to_creator", "duration_s",
+     "expires_at"}
+)  # fmt: skip
+"""The ``invite`` of a ``battle_invite`` event (and of the HTTP replies)."""
+BATTLE_EVENT_FIELDS = frozenset(
+    {"type", "battle_id", "state", "starts_at", "ends_at", "now", "duration_s", "sides"}
+)
+"""accept_battle.lua: the battle started (both rooms)."""
+BATTLE_END_EVENT_FIELDS = frozenset(
+    {"type", "battle_id", "reason", "starts_at", "ends_at", "ended_at", "duration_s", "winner",
+     "draw", "sides"}
+)  # fmt: skip
+"""end_battle.lua: the result (both rooms; stored, ``GET /api/battles/{id}``)."""
+BATTLE_SIDE_FIELDS = frozenset({"stream_id", "creator_id", "creator_name", "side", "score", "top"})
+"""Each of ``sides`` (side ``a`` the inviter first); a result's sides add ``mvp``."""
+
 SERVER_MESSAGE_TYPES = (
     "welcome", "gift_ack", "error", "gift", "gifts", "stats", "leaderboard", "stream", "lag",
-    "gap", "history_changed", "pong",
+    "gap", "history_changed", "pong", "battle_invite", "battle", "battle_score", "battle_end",
+    "guests",
 )  # fmt: skip
 """Every ``type`` the server sends to a client."""
 
@@ -159,3 +186,17 @@ def history_changed(epoch: str, from_seq: int) -> Message:
 
 def pong(client_id: str | None) -> Message:
     return {"type": "pong", "id": client_id}
+
+
+def battle_score(live: Message, now_ms: int) -> Message:
+    """The live score of both sides (``Battles.live``), sent to both rooms each battle tick
+    while it changes; ``now`` is the server's clock, for the clients' countdown."""
+    return {
+        "type": "battle_score",
+        "battle_id": live["battle_id"],
+        "state": live["state"],
+        "starts_at": live["starts_at"],
+        "ends_at": live["ends_at"],
+        "now": now_ms,
+        "sides": live["sides"],
+    }

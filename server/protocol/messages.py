@@ -32,6 +32,9 @@ class SendGift:
     count: int
     catalog_version: int | None = None
     """The catalog version the client showed its user; a stale one is refused."""
+    to: str | None = None
+    """A guest on stage who receives the gift, or ``*`` for every guest (split); None: the
+    creator."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +52,7 @@ class Ping:
 ClientMessage = SendGift | Resume | Ping
 
 _FIELDS: dict[str, frozenset[str]] = {
-    "send_gift": frozenset({"type", "id", "gift", "count", "catalog_version"}),
+    "send_gift": frozenset({"type", "id", "gift", "count", "catalog_version", "to"}),
     "resume": frozenset({"type", "since", "epoch"}),
     "ping": frozenset({"type", "id"}),
 }
@@ -96,7 +99,12 @@ def parse_message(doc: dict[str, Any]) -> ClientMessage:
             if "catalog_version" not in doc
             else _int_field(doc, "catalog_version", 1, SEQUENCE_MAX, client_id)
         )
-        return SendGift(client_id, gift, count, version)
+        to = doc.get("to")
+        if "to" in doc and to != "*" and not is_valid_id(to):
+            raise ProtocolError(
+                ErrorCode.INVALID_REQUEST, "to must be a guest's user id or *", client_id
+            )
+        return SendGift(client_id, gift, count, version, to)
     if kind == "resume":
         since = _int_field(doc, "since", 0, SEQUENCE_MAX, None)
         epoch = doc.get("epoch")

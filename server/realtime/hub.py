@@ -70,6 +70,9 @@ class Hub:
         self.catch_ups = CatchUps(broker, limits, self._decode)
         self._on_behind = self._behind  # one bound method for every connection, not one each
         self.epochs = Epochs(broker, self.rooms, self.catch_ups, self._track)
+        self.on_room_event: Callable[[str, Message], None] | None = None
+        """Told of every room event other than a gift or an epoch, after the room's viewers
+        were sent it (the battle watch follows battles starting and ending so)."""
 
     # Lifecycle.
 
@@ -210,6 +213,8 @@ class Hub:
         else:
             room.flush()  # keep order: gifts before the state change that followed them
             room.broadcast(event, droppable=False)
+            if self.on_room_event is not None:
+                self.on_room_event(stream_id, event)
 
     def room_events_lost(self, stream_id: str | None) -> None:
         rooms = self.rooms.values() if stream_id is None else [self.rooms.get(stream_id)]

@@ -23,11 +23,12 @@ SELECT t.log_ms, t.log_seq, t.type, t.stream_id, t.gift_id, t.count, t.client_id
        coalesce(array_agg(p.amount) FILTER (WHERE p.account IS NOT NULL), '{}')
   FROM transfers t
   LEFT JOIN postings p
-    ON p.log_ms = t.log_ms AND p.log_seq = t.log_seq AND p.user_id = %(user)s
+    ON p.log_slot = t.log_slot AND p.log_ms = t.log_ms AND p.log_seq = t.log_seq
+   AND p.user_id = %(user)s
  WHERE (t.from_user = %(user)s OR t.to_user = %(user)s)
    AND (t.log_ms, t.log_seq) < (%(ms)s, %(seq)s)
- GROUP BY t.log_ms, t.log_seq
- ORDER BY t.log_ms DESC, t.log_seq DESC
+ GROUP BY t.log_slot, t.log_ms, t.log_seq
+ ORDER BY t.log_ms DESC, t.log_seq DESC, t.log_slot DESC
  LIMIT %(limit)s
 """
 
@@ -44,6 +45,10 @@ def _kind(entry_type: str, fields: dict[str, str], user_id: str) -> str:
         return "gift_sent" if fields.get("from") == user_id else "gift_received"
     if entry_type == "payout":
         return f"payout_{fields.get('state')}"
+    if entry_type == "clawback":
+        # A chargeback reversed a gift in the payout hold: the creator gave the diamonds
+        # back, the sender got the coins back (which the refund took).
+        return "clawback" if fields.get("from") == user_id else "gift_reversed"
     return entry_type
 
 
@@ -70,7 +75,7 @@ def _item(row: tuple[Any, ...], user_id: str) -> dict[str, Any]:
         "client_id": client_id,
         "payment_id": payment_id,
         "refund_id": fields.get("refund_id") or None,
-        "counterparty": counterparty if entry_type == "gift" else None,
+        "counterparty": counterparty if entry_type in ("gift", "clawback") else None,
     }
     item.update({k: v for k, v in optional.items() if v is not None})
     return item

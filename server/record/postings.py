@@ -15,6 +15,7 @@ Accounts, all in one unit (a coin; a diamond is worth the coin it came from)::
     provider  -      the payment provider: coins sold (negative) less coins charged back
     payouts   -      diamonds cashed out, waiting for the payout provider
     paid_out  -      diamonds paid out
+    transit   -      cluster gifts debited from the sender, not yet credited to the creator
 """
 
 from __future__ import annotations
@@ -40,7 +41,11 @@ class Account(StrEnum):
     PROVIDER = "provider"
     PAYOUTS = "payouts"
     PAID_OUT = "paid_out"
+    TRANSIT = "transit"
 
+
+SINGLE_NODE_LOG = -1
+"""``log_slot`` of the single-node ``{ledger}:log`` (cluster logs carry their slot)."""
 
 USER_ACCOUNTS = frozenset({Account.COINS, Account.DIAMONDS, Account.DEBT})
 
@@ -59,6 +64,9 @@ class Transfer:
     type: str
     fields: Fields
     postings: tuple[Posting, ...]
+    log_slot: int = SINGLE_NODE_LOG
+    """The hash slot of the log the entry came from (cluster mode's ``{~N}:log``), or
+    ``SINGLE_NODE_LOG`` for ``{ledger}:log``: with the entry id, the transfer's key."""
 
     @property
     def transfer_id(self) -> str:
@@ -96,9 +104,17 @@ def _user(fields: Fields, name: str) -> str:
 
 
 def _gift(f: Fields) -> list[Posting]:
+    if "recipients" in f:
+        # A gift split between guests (``_guests.lua``): id:coins:diamonds:share_rem each.
+        credits = []
+        for part in f["recipients"].split(";"):
+            user, _, diamonds, _ = part.rsplit(":", 3)  # an id may hold ":"
+            credits.append(Posting(user, Account.DIAMONDS, int(diamonds)))
+    else:
+        credits = [Posting(_user(f, "to"), Account.DIAMONDS, _amount(f, "diamonds"))]
     return [
         Posting(_user(f, "from"), Account.COINS, -_amount(f, "coins")),
-        Posting(_user(f, "to"), Account.DIAMONDS, _amount(f, "diamonds")),
+        *credits,
         Posting(None, Account.PLATFORM, _amount(f, "platform")),
     ]
 
@@ -121,10 +137,41 @@ def _refund(f: Fields) -> list[Posting]:
     # before refund ids took the whole payment and have no ``refunded`` field.
     user = _user(f, "from")
     refunded = _amount(f, "refunded") if "refunded" in f else _amount(f, "coins")
+    # The coins of gifts a chargeback reversed in the hold came back to the buyer with the
+    # clawback entries before this one; the refund takes them with the balance's.
+    reversed_coins = _amount(f, "reversed") if "reversed" in f else 0
     return [
         Posting(None, Account.PROVIDER, refunded),
-        Posting(user, Account.COINS, -_amount(f, "clawed")),
+        Posting(user, Account.COINS, -(_amount(f, "clawed") + reversed_coins)),
         Posting(user, Account.DEBT, -_amount(f, "debt")),
+    ]
+
+
+def _clawback(f: Fields) -> list[Posting]:
+    # A gift in the payout hold reversed by a chargeback: the creator's diamonds and the
+    # platform's share go back to the buyer as coins (which the refund entry then takes).
+    return [
+        Posting(_user(f, "from"), Account.DIAMONDS, -_amount(f, "diamonds")),
+        Posting(None, Account.PLATFORM, -_amount(f, "platform")),
+        Posting(_user(f, "to"), Account.COINS, _amount(f, "coins")),
+    ]
+
+
+def _gift_debit(f: Fields) -> list[Posting]:
+    # Cluster mode, the sender's slot: the coins leave the sender and wait for the credit.
+    coins = _amount(f, "coins")
+    return [
+        Posting(_user(f, "from"), Account.COINS, -coins),
+        Posting(None, Account.TRANSIT, coins),
+    ]
+
+
+def _gift_credit(f: Fields) -> list[Posting]:
+    # Cluster mode, the creator's slot: the debited coins become diamonds and the share.
+    return [
+        Posting(None, Account.TRANSIT, -_amount(f, "coins")),
+        Posting(_user(f, "to"), Account.DIAMONDS, _amount(f, "diamonds")),
+        Posting(None, Account.PLATFORM, _amount(f, "platform")),
     ]
 
 
@@ -155,14 +202,18 @@ RULES: dict[str, Callable[[Fields], list[Posting]]] = {
     "gift": _gift,
     "top_up": _top_up,
     "refund": _refund,
+    "clawback": _clawback,
+    "gift_debit": _gift_debit,
+    "gift_credit": _gift_credit,
     "cash_out": _cash_out,
     "payout": _payout,
 }
 """Entry type -> its postings. A new entry type gets a rule here (and a test)."""
 
 
-def to_transfer(entry_id: str, fields: Fields) -> Transfer:
-    """The transfer of one log entry, with its postings (zero amounts left out)."""
+def to_transfer(entry_id: str, fields: Fields, log_slot: int = SINGLE_NODE_LOG) -> Transfer:
+    """The transfer of one log entry (of the log of ``log_slot``), with its postings (zero
+    amounts left out)."""
     log_ms, log_seq = parse_entry_id(entry_id)
     kind = fields.get("type", "")
     rule = RULES.get(kind)
@@ -175,4 +226,4 @@ def to_transfer(entry_id: str, fields: Fields) -> Transfer:
     total = sum(p.amount for p in postings)
     if total != 0:
         raise RecordError(f"{entry_id} ({kind}): postings sum to {total}, not 0")
-    return Transfer(log_ms, log_seq, kind, dict(fields), postings)
+    return Transfer(log_ms, log_seq, kind, dict(fields), postings, log_slot)

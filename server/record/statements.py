@@ -37,6 +37,11 @@ SELECT count(*), coalesce(sum((t.fields->>'diamonds')::bigint), 0)::bigint,
  WHERE t.from_user = %s AND t.type = 'cash_out' AND t.log_ms >= %s AND t.log_ms < %s
 """
 
+_CLAWBACKS = """
+SELECT count(*), coalesce(sum((t.fields->>'diamonds')::bigint), 0)::bigint
+  FROM transfers t
+ WHERE t.from_user = %s AND t.type = 'clawback' AND t.log_ms >= %s AND t.log_ms < %s
+"""
 
 _PAYOUTS = """
 SELECT t.fields->>'state', count(*), coalesce(sum((t.fields->>'diamonds')::bigint), 0)::bigint,
@@ -114,6 +119,11 @@ class Statement:
     cash_outs: int = 0
     cashed_out_diamonds: int = 0
     cashed_out_cents: int = 0
+    clawbacks: int = 0
+    clawed_back_diamonds: int = 0
+    """Diamonds that chargebacks took back from gifts still in the payout hold (in the
+    period of the chargeback; the gift's row still shows what it earned)."""
+    cents_per_100_diamonds: int = 0
     payouts: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     """Settled in the period, by outcome (``paid``, ``failed``): (count, diamonds, cents).
     A failed payout's diamonds went back to the creator."""
@@ -151,8 +161,17 @@ class Statement:
                 "diamonds": self.cashed_out_diamonds,
                 "cents": self.cashed_out_cents,
             },
+            "clawbacks": {
+                "count": self.clawbacks,
+                "diamonds": self.clawed_back_diamonds,
+                "cents": self.clawed_back_cents,
+            },
             "payouts": {"paid": self._payout("paid"), "failed": self._payout("failed")},
         }
+
+    @property
+    def clawed_back_cents(self) -> int:
+        return cash_value_cents(self.clawed_back_diamonds, self.cents_per_100_diamonds)
 
     def to_csv(self) -> str:
         out = io.StringIO()
@@ -168,19 +187,28 @@ class Statement:
         for state in ("paid", "failed"):
             p = self._payout(state)
             writer.writerow([f"payouts_{state}", "", p["count"], "", p["diamonds"], p["cents"]])
+        if self.clawbacks:
+            # Last, and only when there were any: the lines above keep their places.
+            writer.writerow(
+                ["clawed_back", "", self.clawbacks, "", self.clawed_back_diamonds,
+                 self.clawed_back_cents]
+            )  # fmt: skip
         return out.getvalue()
 
 
 async def creator_statement(
     pool: RecordPool, creator_id: str, period: Period, cents_per_100_diamonds: int
 ) -> Statement:
-    statement = Statement(creator_id, period)
+    statement = Statement(creator_id, period, cents_per_100_diamonds=cents_per_100_diamonds)
     fmt = "YYYY-MM-DD" if period.by == "day" else "YYYY-MM"
     bounds = [creator_id, period.start_ms, period.end_ms]
     async with pool.connection() as conn:
         rows = await (await conn.execute(_EARNINGS, [period.by, fmt, *bounds])).fetchall()
         cash = await (await conn.execute(_CASH_OUTS, bounds)).fetchone()
         payouts = await (await conn.execute(_PAYOUTS, bounds)).fetchall()
+        clawed = await (await conn.execute(_CLAWBACKS, bounds)).fetchone()
+    if clawed is not None:
+        statement.clawbacks, statement.clawed_back_diamonds = int(clawed[0]), int(clawed[1])
     for bucket, stream_id, gifts, coins, diamonds in rows:
         cents = cash_value_cents(int(diamonds), cents_per_100_diamonds)
         statement.rows.append(

@@ -14,27 +14,32 @@ from server.record.postings import RecordError, Transfer
 # on PostgreSQL's): an order of magnitude less client CPU than arrays of text, which psycopg
 # escapes element by element.
 _INSERT_TRANSFERS = """
-INSERT INTO transfers (log_ms, log_seq, type, at, from_user, to_user, client_id, payment_id,
-                       stream_id, gift_id, count, fields)
-SELECT m, s, t, to_timestamp(m / 1000.0), fu, tu, c, p, st, g, n, f
+INSERT INTO transfers (log_slot, log_ms, log_seq, type, at, from_user, to_user, client_id,
+                       payment_id, stream_id, gift_id, count, fields)
+SELECT ls, m, s, t, to_timestamp(m / 1000.0), fu, tu, c, p, st, g, n, f
   FROM jsonb_to_recordset(%s::jsonb)
-       AS u(m bigint, s bigint, t text, fu text, tu text, c text, p text, st text, g text,
-            n integer, f jsonb)
-ON CONFLICT (log_ms, log_seq) DO NOTHING
-RETURNING log_ms, log_seq
+       AS u(ls integer, m bigint, s bigint, t text, fu text, tu text, c text, p text, st text,
+            g text, n integer, f jsonb)
+ON CONFLICT (log_slot, log_ms, log_seq) DO NOTHING
+RETURNING log_slot, log_ms, log_seq
 """
 
 _INSERT_POSTINGS = """
-INSERT INTO postings (log_ms, log_seq, line, user_id, account, amount)
-SELECT m, s, l, u, a, v
+INSERT INTO postings (log_slot, log_ms, log_seq, line, user_id, account, amount)
+SELECT ls, m, s, l, u, a, v
   FROM jsonb_to_recordset(%s::jsonb)
-       AS r(m bigint, s bigint, l smallint, u text, a text, v bigint)
+       AS r(ls integer, m bigint, s bigint, l smallint, u text, a text, v bigint)
 """
 
 _STORED_FIELDS = """
-SELECT log_ms, log_seq, fields FROM transfers
- WHERE (log_ms, log_seq) IN (SELECT * FROM unnest(%s::bigint[], %s::bigint[]))
+SELECT log_slot, log_ms, log_seq, fields FROM transfers
+ WHERE (log_slot, log_ms, log_seq)
+       IN (SELECT * FROM unnest(%s::integer[], %s::bigint[], %s::bigint[]))
 """
+
+
+def _key(t: Transfer) -> tuple[int, int, int]:
+    return (t.log_slot, t.log_ms, t.log_seq)
 
 
 async def record_transfers(conn: AsyncConnection[Any], transfers: Sequence[Transfer]) -> int:
@@ -49,20 +54,20 @@ async def record_transfers(conn: AsyncConnection[Any], transfers: Sequence[Trans
         return 0
     async with conn.transaction():
         rows = [
-            {"m": t.log_ms, "s": t.log_seq, "t": t.type, "fu": t.text("from"),
+            {"ls": t.log_slot, "m": t.log_ms, "s": t.log_seq, "t": t.type, "fu": t.text("from"),
              "tu": t.text("to"), "c": t.text("client_id"), "p": t.text("payment"),
              "st": t.text("stream"), "g": t.text("gift"), "n": t.count, "f": t.fields}
             for t in transfers
         ]  # fmt: skip
         cursor = await conn.execute(_INSERT_TRANSFERS, [orjson.dumps(rows).decode()])
-        new = {(int(ms), int(seq)) for ms, seq in await cursor.fetchall()}
-        replays = [t for t in transfers if (t.log_ms, t.log_seq) not in new]
+        new = {(int(ls), int(ms), int(seq)) for ls, ms, seq in await cursor.fetchall()}
+        replays = [t for t in transfers if _key(t) not in new]
         if replays:
             await _check_replays(conn, replays)
         lines = [
-            {"m": t.log_ms, "s": t.log_seq, "l": i, "u": p.user_id, "a": p.account.value,
-             "v": p.amount}
-            for t in transfers if (t.log_ms, t.log_seq) in new
+            {"ls": t.log_slot, "m": t.log_ms, "s": t.log_seq, "l": i, "u": p.user_id,
+             "a": p.account.value, "v": p.amount}
+            for t in transfers if _key(t) in new
             for i, p in enumerate(t.postings)
         ]  # fmt: skip
         if lines:
@@ -72,11 +77,14 @@ async def record_transfers(conn: AsyncConnection[Any], transfers: Sequence[Trans
 
 async def _check_replays(conn: AsyncConnection[Any], replays: Sequence[Transfer]) -> None:
     cursor = await conn.execute(
-        _STORED_FIELDS, [[t.log_ms for t in replays], [t.log_seq for t in replays]]
+        _STORED_FIELDS,
+        [[t.log_slot for t in replays], [t.log_ms for t in replays], [t.log_seq for t in replays]],
     )
-    stored = {(int(ms), int(seq)): fields for ms, seq, fields in await cursor.fetchall()}
+    stored = {
+        (int(ls), int(ms), int(seq)): fields for ls, ms, seq, fields in await cursor.fetchall()
+    }
     for t in replays:
-        if stored.get((t.log_ms, t.log_seq)) != dict(t.fields):
+        if stored.get(_key(t)) != dict(t.fields):
             raise RecordError(
                 f"{t.transfer_id}: the record holds a different entry under this id "
                 "(did Redis lose acknowledged writes?)"

@@ -21,8 +21,11 @@ from server.realtime.hub import Hub
 from server.record.service import RecordService
 from server.settings import Settings, load_settings
 from server.web import log_redaction
+from server.web.battle_api import BATTLE_ROUTES
+from server.web.battle_watch import BattleWatch
 from server.web.cluster_app import create_cluster_app
 from server.web.edge import DirectWebSocket
+from server.web.guests_api import GUEST_ROUTES
 from server.web.home import home_json, home_page
 from server.web.http_api import ROUTES
 from server.web.payouts_api import PAYOUT_ROUTES
@@ -110,6 +113,8 @@ def create_app(settings: Settings) -> DirectWebSocket:
             stats_interval_s=settings.stats_interval_s,
         )
         await hub.start()
+        battle_watch = BattleWatch(hub, ledger.battles)
+        battle_watch.start()
         record = None
         if settings.database_url:
             # Reads only: `giftwire serve` runs the archiver in a process of its own.
@@ -126,6 +131,7 @@ def create_app(settings: Settings) -> DirectWebSocket:
             yield
         finally:
             await watch.stop()
+            await battle_watch.stop()
             await hub.stop()
             if record is not None:
                 await record.stop()
@@ -136,6 +142,8 @@ def create_app(settings: Settings) -> DirectWebSocket:
         *ROUTES,
         *RECORD_ROUTES,
         *PAYOUT_ROUTES,
+        *BATTLE_ROUTES,
+        *GUEST_ROUTES,
         WebSocketRoute("/ws/streams/{stream_id}", gift_socket),
     ]
     if settings.demo_pages and DEMO_PAGES_DIR.is_dir():

@@ -1,25 +1,32 @@
-"""Cluster mode (``GIFTWIRE_REDIS_CLUSTER=true``): viewers served, gifts not yet.
+"""Cluster mode (``GIFTWIRE_REDIS_CLUSTER=true``): gifts in two legs, sharded fan-out.
 
 The single-node scripts cannot run on a Redis Cluster (send_gift alone spans six slots).
-What is built serves *watching*: the server reads the cluster's slot map, loads the scripts
-on every primary (``ClusterScriptRunner``), and serves ``/ws/streams/{id}`` with the same
-endpoint, hub and protocol as single-node mode, fed by sharded pub/sub
-(``ShardedPubSubBroker``: ``SSUBSCRIBE`` on the primary of each room's slot, one connection
-per primary). A viewer gets the welcome, live gifts, stats, resume and repair from the
-feed, across failovers and slot moves. Until the two-leg gift scripts are wired here, the
-rest is refused honestly, with the documented ``unavailable`` code and a reason:
+Here the server reads the cluster's slot map, loads the scripts on every primary
+(``ClusterScriptRunner``), and wires:
 
-* ``GET /healthz``: 200 (the process is up);
-* ``GET /readyz``: 200 ``{"redis": true, "cluster": true, "ready": true, "gifts": false,
-  "reason"}`` while the broker can read the cluster, else 503;
-* a ``send_gift`` on a socket: ``error`` ``unavailable``;
-* every ``/api/...`` request: 503 ``unavailable`` with the reason.
+* the ledger: ``ClusterLedger`` (``docs/ledger.md``, "Redis Cluster"): a gift is debited in
+  the sender's slot and credited at once in the creator's, batched per stream; the
+  catalog's current version is copied into every slot at start;
+* the relay (``cluster_relay.py``), a task of this process: it settles what a crash or a
+  timeout left in the outboxes; its pending transfers and lag are on ``/metrics``;
+* viewers: the same endpoint, hub and protocol as single-node mode, fed by sharded pub/sub
+  (``ShardedPubSubBroker``: ``SSUBSCRIBE`` on the primary of each room's slot);
+* the HTTP API the ledger covers: catalog, wallet, streams, leaderboard, gift history, the
+  payment webhook and cash-outs. The durable record's routes and the payout webhook are
+  refused with ``unavailable`` and a reason (the archiver does not read the slots' logs
+  yet).
+
+``GET /readyz``: 200 ``{"redis": true, "cluster": true, "ready": true, "gifts": true}`` once
+the ledger is prepared and the broker reads the cluster, else 503 (``gifts`` false while
+the ledger could not be prepared: it is retried in the background).
 
 Single-node mode never comes here: ``create_app`` branches before wiring anything.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -34,67 +41,80 @@ from starlette.routing import Route, WebSocketRoute
 
 from server.broker.cluster_rooms import ClusterRooms
 from server.broker.redis_sharded import ShardedPubSubBroker
-from server.domain.accounts import Balance
 from server.domain.catalog import Catalog, load_catalog
 from server.domain.errors import ErrorCode, UnavailableError
-from server.domain.streams import Stream
 from server.ledger.cluster_keys import ClusterKeys
+from server.ledger.cluster_ledger import ClusterLedger
+from server.ledger.cluster_relay import Relay, RelayStats
 from server.ledger.cluster_runner import ClusterScriptRunner
-from server.ledger.receipts import GiftReceipt
 from server.realtime.hub import Hub
 from server.settings import Settings
+from server.web import http_api
 from server.web.edge import DirectWebSocket
 from server.web.errors import error_response
+from server.web.metrics import RELAY_LAG, RELAY_PENDING
 from server.web.ws import gift_socket
 
 log = logging.getLogger("giftwire")
 
-NOT_YET_SUPPORTED = (
-    "gifts and the HTTP API on a Redis Cluster are not yet supported (they need the two legs)"
-)
-"""Sent with every refusal; short enough for a WebSocket close reason (123 bytes)."""
+NOT_YET_SUPPORTED = "not yet supported on a Redis Cluster (the record reads one log)"
+"""Sent with every refusal of a route cluster mode does not serve yet."""
+NOT_PREPARED = "the cluster ledger is not prepared yet (catalog copy pending)"
 _DOWN = (UnavailableError, redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
-
-
-class WatchOnlyLedger:
-    """``services.SocketLedger`` for cluster mode until the gift legs are wired: the reads
-    a viewer's socket needs, and an honest ``unavailable`` for a gift (nothing moves)."""
-
-    def __init__(self, rooms: ClusterRooms) -> None:
-        self.rooms = rooms
-
-    async def stream(self, stream_id: str) -> Stream | None:
-        return await self.rooms.stream(stream_id)
-
-    async def balance(self, user_id: str) -> Balance:
-        return await self.rooms.balance(user_id)
-
-    async def send_gift(
-        self,
-        *,
-        client_id: str,
-        sender_id: str,
-        sender_name: str,
-        stream_id: str,
-        creator_id: str,
-        gift_id: str,
-        count: int,
-        catalog_version: int | None = None,
-    ) -> GiftReceipt:
-        raise UnavailableError(NOT_YET_SUPPORTED)
+PREPARE_RETRY_S = 1.0
+_SERVED = {
+    "/api/catalog",
+    "/api/me/wallet",
+    "/api/streams",
+    "/api/streams/{stream_id}",
+    "/api/streams/{stream_id}/end",
+    "/api/streams/{stream_id}/leaderboard",
+    "/api/streams/{stream_id}/gifts",
+    "/api/webhooks/payments",
+    "/api/cashouts",
+    "/metrics",
+}
+"""The single-node HTTP routes cluster mode serves, with ``ClusterLedger`` behind them."""
 
 
 @dataclass(slots=True)
 class ClusterServices:
-    """``services.SocketServices`` of cluster mode."""
+    """``services.SocketServices`` of cluster mode, and what the HTTP routes above read."""
 
     settings: Settings
     catalog: Catalog
     runner: ClusterScriptRunner
     hub: Hub
-    ledger: WatchOnlyLedger
+    ledger: ClusterLedger
+    prepared: bool = False
     connections_by_user: Counter[str] = field(default_factory=Counter)
     connections_by_ip: Counter[str] = field(default_factory=Counter)
+
+    def follow_catalog(self, catalog: Catalog) -> None:
+        """A new catalog version is current in the cluster: serve and display it."""
+        self.catalog = catalog
+        self.hub.catalog = catalog
+
+
+def _relay_metrics(stats: RelayStats) -> None:
+    RELAY_PENDING.set(stats.pending)
+    RELAY_LAG.set(stats.lag_ms / 1000)
+
+
+async def _prepare(services: ClusterServices, catalog: Catalog) -> None:
+    """Seed the catalog (if the cluster has none) and copy it into every slot; retried
+    until it succeeds, since a debit in a slot without a copy is refused."""
+    while True:
+        try:
+            held = await services.ledger.prepare(catalog)
+        except _DOWN as e:
+            log.warning("cluster ledger not prepared yet (%s); retrying", e)
+            await asyncio.sleep(PREPARE_RETRY_S)
+            continue
+        services.follow_catalog(held)
+        services.prepared = True
+        log.info("cluster ledger ready: catalog version %d in every slot", held.version)
+        return
 
 
 def create_cluster_app(settings: Settings) -> DirectWebSocket:
@@ -124,7 +144,6 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
             presence_ttl_s=settings.stats_interval_s * 3,
             timeout_s=limits.redis_timeout_s,
         )
-        # Display fields only (names, animations): prices live in the cluster's catalog.
         catalog = load_catalog(settings.catalog_path)
         hub = Hub(
             broker,
@@ -135,17 +154,32 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
             stats_interval_s=settings.stats_interval_s,
         )
         await hub.start()
-        app.state.services = ClusterServices(settings, catalog, runner, hub, WatchOnlyLedger(rooms))
-        log.warning("giftwire in cluster mode: %s", NOT_YET_SUPPORTED)
+        ledger = ClusterLedger(
+            runner,
+            keys=ClusterKeys(settings.key_prefix),
+            limits=limits,
+            economics=settings.economics,
+        )
+        services = ClusterServices(settings, catalog, runner, hub, ledger)
+        app.state.services = services
+        preparing = asyncio.get_running_loop().create_task(_prepare(services, catalog))
+        relay = Relay(ledger, on_round=_relay_metrics)
+        relay.start()
         try:
             yield
         finally:
+            preparing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await preparing
+            await relay.stop()
             await hub.stop()
             await runner.aclose()
 
+    served = [route for route in http_api.ROUTES if getattr(route, "path", "") in _SERVED]
     routes = [
         Route("/healthz", _healthz),
         Route("/readyz", _readyz),
+        *served,
         Route("/api/{path:path}", _refuse, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
         WebSocketRoute("/ws/streams/{stream_id}", gift_socket),
     ]
@@ -164,14 +198,15 @@ async def _readyz(request: Request) -> Response:
         reached = await services.runner.ensure_loaded()
     except _DOWN:
         reached = False
-    ready = reached and services.hub.connected
-    body = {
+    ready = reached and services.hub.connected and services.prepared
+    body: dict[str, object] = {
         "redis": reached,
         "cluster": True,
         "ready": ready,
-        "gifts": False,
-        "reason": NOT_YET_SUPPORTED,
+        "gifts": services.prepared,
     }
+    if not services.prepared:
+        body["reason"] = NOT_PREPARED
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

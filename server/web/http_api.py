@@ -126,6 +126,9 @@ async def my_wallet(request: Request) -> Response:
             "coins": balance.coins,
             "diamonds": balance.diamonds,
             "debt_coins": balance.debt_coins,
+            "held_diamonds": balance.held_diamonds,
+            "withdrawable_diamonds": balance.withdrawable_diamonds,
+            "next_release_ms": balance.next_release_ms,
         }
     )
 
@@ -152,11 +155,14 @@ async def start_stream(request: Request) -> Response:
 @endpoint
 async def end_stream(request: Request) -> Response:
     who = _acting_identity(request)
-    change = await _services(request).ledger.end_stream(
+    ledger = _services(request).ledger
+    change = await ledger.end_stream(
         stream_id=request.path_params["stream_id"],
         actor_id=who.user_id,
         is_admin=who.role is Role.ADMIN,
     )
+    # A battle ends with its stream (also on a replay: a crash may have come in between).
+    await ledger.battles.end_for_stream(change.stream_id)
     return JSONResponse({"stream_id": change.stream_id, "state": change.state})
 
 
@@ -257,6 +263,7 @@ async def payment_webhook(request: Request) -> Response:
                 "before_payment": refund.before_payment,
                 "clawed": refund.clawed,
                 "debt_added": refund.debt_added,
+                "reversed": refund.reversed,
                 "balance": refund.balance,
                 "replayed": refund.replayed,
             }

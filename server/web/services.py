@@ -38,6 +38,7 @@ class SocketLedger(Protocol):
         gift_id: str,
         count: int,
         catalog_version: int | None = None,
+        to: str | None = None,
     ) -> GiftReceipt: ...
 
 

@@ -398,6 +398,7 @@ class _Session:
                 gift_id=message.gift_id,
                 count=message.count,
                 catalog_version=message.catalog_version,
+                to=message.to,
             )
         except LedgerRefusal as e:
             GIFTS.labels(e.code.value).inc()

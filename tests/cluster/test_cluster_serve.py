@@ -1,6 +1,5 @@
-"""``giftwire serve`` in cluster mode: it serves viewers from sharded pub/sub, on several
-processes at once, and refuses gifts and the HTTP API with ``unavailable`` and a reason
-until the two-leg scripts are wired in."""
+"""``giftwire serve`` in cluster mode: gifts in two legs, viewers from sharded pub/sub, on
+several processes at once; the record's routes refused with ``unavailable`` and a reason."""
 
 from __future__ import annotations
 
@@ -15,12 +14,10 @@ from server.domain.accounts import Role
 from server.ledger.cluster_keys import ClusterKeys
 from server.ledger.cluster_runner import ClusterScriptRunner
 from server.ledger.keys import Keys
-from server.web.cluster_app import NOT_YET_SUPPORTED
 from tests.cluster.legs import funded, gift, live_stream, open_ledger
 from tests.reliability.helpers import Peer
 from tests.support.cluster import RedisCluster
-from tests.support.cluster_feed import open_stream
-from tests.support.servers import ServerProcess, http_json, token
+from tests.support.servers import ServerProcess, http_json, signed_webhook, token
 
 
 @pytest.fixture
@@ -53,34 +50,43 @@ def cluster_servers(
         assert "Traceback" not in server.log()
 
 
-async def test_cluster_mode_serves_viewers_and_refuses_gifts_with_a_reason(
+async def test_cluster_mode_serves_gifts_end_to_end(
     cluster_servers: list[ServerProcess], rooms: ClusterRooms, keys: Keys
 ) -> None:
     server = cluster_servers[0]
     status, body = http_json("GET", server.http + "/readyz")
     assert status == 200
-    assert body == {
-        "redis": True, "cluster": True, "ready": True, "gifts": False,
-        "reason": NOT_YET_SUPPORTED,
-    }  # fmt: skip
+    assert body == {"redis": True, "cluster": True, "ready": True, "gifts": True}
     creator = token("creator1", Role.CREATOR)
     status, body = http_json(
         "POST", server.http + "/api/streams", {"stream_id": "s1"}, bearer=creator
     )
-    assert status == 503
-    assert body["error"] == {"code": "unavailable", "message": NOT_YET_SUPPORTED}
-
-    await open_stream(rooms, "served", "serving_creator")
-    peer = await Peer.open(server, token("viewer1"), stream_id="served")
+    assert status == 201 and body["creator_id"] == "creator1"
+    status, paid = signed_webhook(
+        server,
+        {"type": "payment.succeeded", "payment_id": "p1", "user_id": "viewer1", "coins": 500},
+    )
+    assert status == 200 and paid["credited"] == 500
+    peer = await Peer.open(cluster_servers[1], token("viewer1"), stream_id="s1")
+    watcher = await Peer.open(cluster_servers[2], token("viewer2"), stream_id="s1")
     try:
-        assert peer.welcome["stream"]["creator_id"] == "serving_creator"
-        await peer.send_gift("g1")
+        assert peer.welcome["stream"]["creator_id"] == "creator1"
+        await peer.send_gift("g1", gift="cap")
         await peer.wait_replies(["g1"])
-        assert peer.reply("g1") is not None and peer.reply("g1")["code"] == "unavailable"  # type: ignore[index]
+        ack = peer.reply("g1")
+        assert ack is not None and ack["type"] == "gift_ack", ack
+        assert (ack["seq"], ack["coins"], ack["balance"], ack["replayed"]) == (1, 99, 401, False)
+        await peer.send_gift("g1", gift="cap")  # a retry: the same ack, nothing moves
+        await watcher.wait_for(lambda: watcher.seqs == [1])
     finally:
         await peer.close()
-    status, _ = http_json("GET", server.http + "/api/streams/served")
-    assert status == 503
+        await watcher.close()
+    status, body = http_json("GET", server.http + "/api/me/wallet", bearer=token("viewer1"))
+    assert status == 200 and body["coins"] == 401
+    status, body = http_json("GET", server.http + "/api/streams/s1")
+    assert status == 200 and (body["last_seq"], body["diamonds"]) == (1, 49)
+    status, body = http_json("GET", server.http + "/api/me/transactions", bearer=creator)
+    assert status == 503 and body["error"]["code"] == "unavailable"
 
 
 async def test_three_processes_serve_one_room_every_viewer_sees_each_seq_once_in_order(

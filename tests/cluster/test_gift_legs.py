@@ -203,3 +203,71 @@ async def test_a_hot_creator_takes_many_credits_per_call(ledger: ClusterLedger) 
     await asyncio.sleep(0.05)
     report = await reconciled(ledger)
     assert report.totals["transfers"] == 200 and report.totals["platform_coins"] == 100
+
+
+async def test_payments_refunds_and_cash_outs_stay_in_one_slot(ledger: ClusterLedger) -> None:
+    stream, creator = await live_stream(ledger)
+    buyer = uid("buyer")
+    paid = await ledger.top_up(payment_id="p1" + buyer, user_id=buyer, coins=5000)
+    assert paid.credited == 5000
+    again = await ledger.top_up(payment_id="p1" + buyer, user_id=buyer, coins=5000)
+    assert again.replayed
+    with pytest.raises(LedgerRefusal) as stolen:  # one payment id, one buyer
+        await ledger.top_up(payment_id="p1" + buyer, user_id=uid("thief"), coins=5000)
+    assert stolen.value.code is ErrorCode.DUPLICATE_MISMATCH
+    for _ in range(30):
+        await gift(ledger, buyer, stream, creator, gift_id="cap", count=1)
+    refund = await ledger.refund(payment_id="p1" + buyer, user_id=buyer, refund_id="r1", coins=3000)
+    assert refund.refunded == 3000 and refund.clawed == 5000 - 30 * 99
+    assert refund.debt_added == 3000 - refund.clawed
+    out = await ledger.cash_out(client_id="c1", creator_id=creator, diamonds=1000)
+    assert out.balance == 30 * 99 // 2 - 1000
+    await asyncio.sleep(0.05)
+    report = await reconciled(ledger)
+    assert report.totals["transfers"] == 30
+
+
+async def test_a_stream_id_is_claimed_once_and_the_bound_bounds_claims(
+    redis_cluster: RedisCluster, keys: Keys
+) -> None:
+    ledger = await open_ledger(redis_cluster, keys.prefix, Limits(streams_per_creator_max=1))
+    try:
+        stream, creator = await live_stream(ledger)
+        assert (await ledger.start_stream(stream_id=stream, creator_id=creator, title="t")).replayed
+        with pytest.raises(LedgerRefusal) as taken:
+            await ledger.start_stream(stream_id=stream, creator_id=uid("other"), title="t")
+        assert taken.value.code is ErrorCode.STREAM_EXISTS
+        second = uid("stream")
+        with pytest.raises(LedgerRefusal) as bound:
+            await ledger.start_stream(stream_id=second, creator_id=creator, title="t")
+        assert bound.value.code is ErrorCode.STREAM_LIMIT
+        assert await ledger.owner(second) is None  # the claim was taken back
+        ended = await ledger.end_stream(stream_id=stream, actor_id=creator, is_admin=False)
+        assert ended.state.value == "ended"
+    finally:
+        await ledger.aclose()
+
+
+async def test_concurrent_gifts_from_three_processes_never_overspend(
+    redis_cluster: RedisCluster, keys: Keys
+) -> None:
+    processes = [await open_ledger(redis_cluster, keys.prefix) for _ in range(3)]
+    try:
+        stream, creator = await live_stream(processes[0])
+        sender = await funded(processes[0], 500)
+        outcomes = await asyncio.gather(
+            *(gift(processes[n % 3], sender, stream, creator, gift_id="cap") for n in range(20)),
+            return_exceptions=True,
+        )
+        sent = [o for o in outcomes if isinstance(o, GiftReceipt)]
+        refused = [o for o in outcomes if isinstance(o, LedgerRefusal)]
+        assert len(sent) == 5 and len(refused) == 15
+        assert all(r.code is ErrorCode.INSUFFICIENT_FUNDS for r in refused)
+        assert sorted(r.seq for r in sent) == [1, 2, 3, 4, 5]
+        assert (await processes[1].balance(sender)).coins == 500 - 5 * 99
+        await asyncio.sleep(0.05)
+        report = await reconciled(processes[2])
+        assert report.totals["transfers"] == 5
+    finally:
+        for process in processes:
+            await process.aclose()

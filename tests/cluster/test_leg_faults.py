@@ -7,7 +7,8 @@
 - kill -9 of a process between the two legs (``GIFTWIRE_TEST_CRASH_AFTER_DEBIT``): the relay
   settles what it debited;
 - kill -9 of a relay mid-batch (``GIFTWIRE_TEST_CRASH_RELAY_AFTER_CREDIT``): another relay
-  finishes the batch, the credits already made are replays.
+  finishes the batch, the credits already made are replays;
+- a partitioned shard: a proxy in front of the creator's primary stops forwarding.
 """
 
 from __future__ import annotations
@@ -21,15 +22,20 @@ from pathlib import Path
 
 import pytest
 
+from server.domain.catalog import load_catalog
 from server.domain.errors import UnavailableError
-from server.ledger.cluster_keys import slot_of
+from server.ledger.cluster_credits import CreditResult, Transfer
+from server.ledger.cluster_keys import ClusterKeys, slot_of
 from server.ledger.cluster_ledger import ClusterLedger
 from server.ledger.cluster_reconcile import reconcile_cluster
 from server.ledger.cluster_relay import Relay
+from server.ledger.cluster_runner import ClusterScriptRunner
+from server.ledger.connection import make_client
 from server.ledger.keys import Keys
 from server.ledger.receipts import GiftReceipt
-from tests.cluster.legs import funded, gift, live_stream, open_ledger
+from tests.cluster.legs import GENEROUS, funded, gift, live_stream, open_ledger
 from tests.support.cluster import RedisCluster
+from tests.support.proxy import CuttableProxy
 
 RETRY_FOR_S = 60.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -169,6 +175,8 @@ _RELAY_DRIVER = """
 import asyncio, sys
 from tests.cluster.legs import open_ledger
 from server.ledger.cluster_relay import Relay
+from server.ledger.cluster_runner import ClusterScriptRunner
+from server.ledger.connection import make_client
 
 async def main() -> None:
     url, prefix = sys.argv[1:3]
@@ -234,3 +242,62 @@ async def test_kill_9_of_the_relay_mid_batch(redis_cluster: RedisCluster, keys: 
         assert (await ledger.balance(creator)).diamonds == 20 * 5 // 2
     finally:
         await ledger.aclose()
+
+
+@pytest.mark.slow
+async def test_a_partitioned_creator_shard_delays_credits_and_loses_none(
+    redis_cluster: RedisCluster, keys: Keys
+) -> None:
+    """The creator's primary stops answering this process (a proxy that stops forwarding,
+    nothing closed): debits elsewhere go on, credits time out (unknown), the clients retry;
+    once healed, every gift is credited once and the books reconcile."""
+    runner = ClusterScriptRunner(redis_cluster.startup_urls[:1], timeout_s=1.0, pool_max=16)
+    ledger = ClusterLedger(runner, keys=ClusterKeys(keys.prefix), limits=GENEROUS)
+    await ledger.prepare(load_catalog())
+    proxy: CuttableProxy | None = None
+    try:
+        stream, creator = await live_stream(ledger)
+        victim = runner.primary_of(slot_of(ledger.keys.account(creator)))
+        senders = []
+        while len(senders) < 6:
+            user = await funded(ledger, 100)
+            if runner.primary_of(slot_of(ledger.keys.account(user))) != victim:
+                senders.append(user)
+        proxy = CuttableProxy(victim[1])
+        await proxy.start()
+        await runner.slots.client(victim).aclose()
+        runner.slots._clients[victim] = make_client(proxy.url, timeout_s=1.0, pool_max=16)
+        real = ledger.credits.credit
+
+        async def partition_at_the_first_credit(transfer: Transfer) -> CreditResult:
+            # Between the legs of the first gift: its debit is made, its credit is not.
+            proxy.partition(True)
+            ledger.credits.credit = real  # type: ignore[method-assign]
+            return await real(transfer)
+
+        ledger.credits.credit = partition_at_the_first_credit  # type: ignore[method-assign]
+        attempts = [
+            asyncio.create_task(_send_until_acked(ledger, s, stream, creator, f"p{n}"))
+            for n in range(3)
+            for s in senders
+        ]
+        await asyncio.sleep(3.0)
+        # The senders' shards still answer: their debits were made, the credits wait.
+        during = [(await ledger.balance(s)).coins for s in senders]
+        proxy.partition(False)
+        acked = [receipt for receipt, _ in await asyncio.gather(*attempts)]
+        assert sum(during) < 100 * len(senders), during
+        assert sorted(r.seq for r in acked) == list(range(1, 19))
+        relay = Relay(ledger, grace_ms=0, full_sweep_s=0)
+        for _ in range(20):
+            await relay.round()
+            if relay.stats.pending == 0:
+                break
+        report = await reconcile_cluster(ledger)
+        assert report.problems == [] and report.pending == []
+        assert report.totals["transfers"] == 18
+        assert (await ledger.balance(creator)).diamonds == 18 // 2
+    finally:
+        await ledger.aclose()
+        if proxy is not None:
+            await proxy.stop()

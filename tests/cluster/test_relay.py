@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from server.domain.errors import UnavailableError
+from server.domain.limits import AMOUNT_MAX
 from server.ledger.cluster_credits import CreditResult, Transfer
 from server.ledger.cluster_keys import slot_of
 from server.ledger.cluster_ledger import ClusterLedger
@@ -146,3 +147,42 @@ async def test_stats_count_the_pending_transfers_and_their_age(
     await relay.round()  # its credits fail too: nothing settles
     assert relay.stats.pending == 4 and relay.stats.settled == 0
     assert relay.stats.lag_ms >= 0
+
+
+async def test_entries_that_stay_refused_do_not_block_the_ones_behind(
+    crashed: ClusterLedger, survivor: ClusterLedger
+) -> None:
+    """A creator at the largest balance refuses its credits; gifts from the same sender to
+    another creator, debited after them, are still settled."""
+    sender = await funded(crashed, 100)
+    full_stream, full = await live_stream(crashed)
+    stream, creator = await live_stream(crashed)
+    await crashed.command(crashed.keys.account(full), "HSET", "diamonds", AMOUNT_MAX)
+    for target in [(full_stream, full)] * 4 + [(stream, creator)] * 3:
+        with pytest.raises(UnavailableError):
+            await gift(crashed, sender, *target, gift_id="finger_heart")
+    relay = Relay(survivor, grace_ms=0, full_sweep_s=0, batch_max=2)
+    for _ in range(8):
+        await relay.round()
+    assert (await survivor.balance(creator)).diamonds == 3 * 5 // 2
+    assert relay.settled == 3 and relay.stats.pending == 4
+    report = await reconcile_cluster(survivor)
+    assert len(report.pending) == 4  # left for an operator, never lost or doubled
+
+
+async def test_one_broken_transfer_does_not_fail_its_batch(
+    crashed: ClusterLedger, survivor: ClusterLedger
+) -> None:
+    stream, creator = await live_stream(crashed)
+    broken, fine = await funded(crashed, 100), await funded(crashed, 100)
+    for sender in (broken, fine, fine):
+        with pytest.raises(UnavailableError):
+            await gift(crashed, sender, stream, creator, gift_id="finger_heart")
+    combo = survivor.keys.combo(creator, stream, broken, "finger_heart")
+    await survivor.command(combo, "SET", "not a number")
+    relay = Relay(survivor, grace_ms=0, full_sweep_s=0)
+    for _ in range(3):
+        await relay.round()
+    assert relay.settled == 2 and relay.stats.pending == 1
+    info = await survivor.stream(stream)
+    assert info is not None and info.last_sequence == 2

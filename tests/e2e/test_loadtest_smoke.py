@@ -143,3 +143,28 @@ async def test_locust_users_send_receive_and_the_books_reconcile(
     report = await reconcile(ledger.redis, keys)
     assert report.ok, report.problems
     assert report.totals.gifts == stream.gifts_total
+
+
+async def test_locust_users_drive_a_battle_and_guest_gifts(
+    server: ServerProcess, redis_server: RedisProcess, keys: Keys, ledger: Ledger, tmp_path: Path
+) -> None:
+    locust = Path(sys.executable).with_name("locust")
+    code, stdout, stderr = await _run(
+        [str(locust), "-f", str(REPO / "loadtest" / "locustfile.py"), "--headless",
+         "-u", "8", "-r", "8", "-t", "3s", "--host", server.http, "--gw-stream", "smoke-b",
+         "--gw-gift-rate", "10", "--gw-battle-with", "smoke-rival", "--gw-guests", "3",
+         "--gw-gift-to", "*", "--json", "--skip-log"],
+        _env(redis_server, keys),
+        timeout_s=60,
+    )  # fmt: skip
+    assert code == 0, stderr.decode()[-3000:]
+    stats = {row["name"]: row for row in orjson.loads(stdout)}
+    assert all(row["num_failures"] == 0 for row in stats.values()), stats
+    assert "gift ack" in stats, (stats.keys(), stderr.decode()[-3000:])
+    assert stats["gift ack"]["num_requests"] > 0 and stats["battle score"]["num_requests"] > 0
+    live = await ledger.battles.live("smoke-b")
+    assert live is not None and live["state"] == "running" and live["sides"][0]["score"] > 0
+    stage = await ledger.guests.stage("smoke-b")
+    assert len(stage) == 3 and all(g["coins"] > 0 for g in stage)
+    report = await reconcile(ledger.redis, keys)
+    assert report.ok, report.problems

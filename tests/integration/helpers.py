@@ -51,7 +51,7 @@ async def assert_books_reconcile(ledger: Ledger) -> None:
 
 async def make_ledger(redis: Redis, keys: Keys, limits: Limits | None = None) -> Ledger:
     """A ledger with its scripts loaded and the default catalog published."""
-    ledger = Ledger(redis, keys=keys, limits=limits or Limits())
+    ledger = Ledger(redis, keys=keys, limits=limits or Limits(payout_hold_days=0))
     await ledger.prepare(load_catalog())
     return ledger
 

@@ -121,7 +121,9 @@ async def test_every_transfer_is_recorded_once_under_kill_9(
     keys = Keys(prefix="faults:")
     database_url = own_postgres.create_database("record")
     redis = Redis.from_url(fault_redis.url)
-    limits = Limits(gifts_per_s_max=100_000, gift_burst_max=100_000, redis_timeout_s=1.0)
+    limits = Limits(
+        gifts_per_s_max=100_000, gift_burst_max=100_000, redis_timeout_s=1.0, payout_hold_days=0
+    )
     ledger = Ledger(redis, keys=keys, limits=limits)
     await ledger.prepare(load_catalog())
     archiver = ArchiverProcess(fault_redis.url, database_url, keys.prefix, tmp_path / "arch.log")

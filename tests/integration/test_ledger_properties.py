@@ -35,7 +35,9 @@ VIEWERS = ("ann", "ben", "cy")
 CREATORS = ("cre1", "cre2")
 PEOPLE = VIEWERS + CREATORS
 GIFTS = ("rose", "finger_heart", "perfume", "doughnut")  # 1, 5, 20 and 30 coins
-LIMITS = Limits(gifts_per_s_max=100_000, gift_burst_max=100_000, cashout_diamonds_min=10)
+LIMITS = Limits(
+    gifts_per_s_max=100_000, gift_burst_max=100_000, cashout_diamonds_min=10, payout_hold_days=0
+)
 SEED_COINS = 300
 """Everyone starts with this much (payment ``pay{8 + i}``), so that gifts and cash-outs
 mostly go through and refunds have something to claw back."""

@@ -28,7 +28,9 @@ from server.ledger.reconcile import reconcile
 from tests.integration.helpers import CREATOR, STREAM, assert_books_reconcile, gift, snapshot
 
 PRICES = {"rose": 1, "finger_heart": 5, "perfume": 20, "cap": 99, "corgi": 299}
-FAST = Limits(gifts_per_s_max=100_000, gift_burst_max=100_000, cashout_diamonds_min=1)
+FAST = Limits(
+    gifts_per_s_max=100_000, gift_burst_max=100_000, cashout_diamonds_min=1, payout_hold_days=0
+)
 
 
 async def _ledger(redis: Redis, keys: Keys, economics: Economics) -> Ledger:

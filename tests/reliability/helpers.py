@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any, cast
@@ -27,7 +29,7 @@ from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
 from server.ledger.reconcile import reconcile
 from server.ledger.runner import StreamRows
-from tests.support.servers import ServerProcess
+from tests.support.servers import ServerProcess, token
 
 STREAM = "rel1"
 CREATOR = "rel_creator"
@@ -302,3 +304,33 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+def read_metrics(server: ServerProcess) -> dict[str, float]:
+    """The server's ``/metrics``, one value per sample line (blocking: call in a thread)."""
+    with urllib.request.urlopen(server.http + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        name: float(value)
+        for name, _, value in (line.partition(" ") for line in text.splitlines())
+        if not name.startswith("#") and value
+    }
+
+
+async def stalled_viewer(
+    server: ServerProcess, user: str, *, close_timeout_s: float = 10.0
+) -> ClientConnection:
+    """A viewer with a tiny receive buffer that stops reading at once (``resume_reading``
+    on its transport lets it read again)."""
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ws = await connect(
+        server.ws_url(STREAM),
+        sock=sock,
+        subprotocols=[f"bearer.{token(user)}"],  # type: ignore[list-item]
+        compression=None,
+        max_queue=1,
+        close_timeout=close_timeout_s,
+    )
+    ws.transport.pause_reading()
+    return ws

@@ -159,7 +159,6 @@ SPOOFED_FIELDS: list[dict[str, Any]] = [
     {"user_id": "bob"},
     {"creator": "mallory"},
     {"creator_id": "mallory"},
-    {"to": "mallory"},
     {"stream": "other"},
     {"stream_id": "other"},
     {"price": 0},
@@ -186,6 +185,10 @@ async def test_only_the_authenticated_viewer_pays_the_catalog_price_to_the_strea
         ids = [f"spoof-{n}" for n in range(len(SPOOFED_FIELDS))]
         await alice.wait_replies(ids)
         assert {alice.errors[i][-1]["code"] for i in ids} == {"invalid_request"}
+        # `to` names a recipient among the stream's guests on stage, nobody else.
+        await alice.send({"type": "send_gift", "id": "to-1", "gift": "perfume", "to": "mallory"})
+        await alice.wait_replies(["to-1"])
+        assert alice.errors["to-1"][-1]["code"] == "not_a_guest"
         # The creator cannot gift its own stream; nobody can make another user pay.
         await creator.send_gift("self-1", "perfume")
         await creator.wait_replies(["self-1"])

@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import urllib.request
 
 import orjson
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
 from tests.reliability.conftest import Books, Spawn
-from tests.reliability.helpers import STREAM, Peer, open_stream
-from tests.support.servers import ServerProcess, token
+from tests.reliability.helpers import Peer, open_stream, read_metrics, rss_kib, stalled_viewer
+from tests.support.servers import token
 
 SOCKETS = 5
 RESUMES_PER_S = 18
@@ -34,38 +32,6 @@ FLOOD_ENV = {
     "GIFTWIRE_LAGGING_S_MAX": "3",
     "GIFTWIRE_SOCKET_SEND_BUFFER_BYTES": "8192",
 }
-
-
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-def _slow_closes(server: ServerProcess) -> float:
-    with urllib.request.urlopen(server.http + "/metrics", timeout=10) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith("giftwire_slow_consumer_closes_total "):
-                return float(line.split()[1])
-    return 0.0
-
-
-async def _stalled(server: ServerProcess, user: str) -> ClientConnection:
-    """A viewer with a tiny receive buffer that never reads."""
-    sock = socket.create_connection(("127.0.0.1", server.port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    ws = await connect(
-        server.ws_url(STREAM),
-        sock=sock,
-        subprotocols=[f"bearer.{token(user)}"],  # type: ignore[list-item]
-        compression=None,
-        max_queue=1,
-        close_timeout=1,
-    )
-    ws.transport.pause_reading()
-    return ws
 
 
 async def _flood(ws: ClientConnection, until: float) -> int:
@@ -101,18 +67,22 @@ async def test_a_resume_flood_from_non_reading_sockets_is_bounded_and_closed(
         await alice.wait_replies(ids, timeout_s=60)
         await watcher.wait_for(lambda: len(watcher.seqs) == FEED_GIFTS, timeout_s=30)
         await asyncio.sleep(1.0)
-        before = _rss_kib(pid)
+        before = rss_kib(pid)
 
-        sockets = [await _stalled(server, "flooder") for _ in range(SOCKETS)]
+        sockets = [
+            await stalled_viewer(server, "flooder", close_timeout_s=1) for _ in range(SOCKETS)
+        ]
         loop = asyncio.get_running_loop()
         flood = asyncio.gather(*(_flood(ws, loop.time() + FLOOD_S) for ws in sockets))
         peak = before
         while not flood.done():
-            peak = max(peak, _rss_kib(pid))
+            peak = max(peak, rss_kib(pid))
             await asyncio.sleep(0.25)
         sent = sum(await flood)
-        peak = max(peak, _rss_kib(pid))
-        closes = await asyncio.to_thread(_slow_closes, server)
+        peak = max(peak, rss_kib(pid))
+        closes = (await asyncio.to_thread(read_metrics, server)).get(
+            "giftwire_slow_consumer_closes_total", 0.0
+        )
         growth_mib = (peak - before) / 1024
         print(
             f"\nresume flood: {SOCKETS} non-reading sockets sent {sent} resumes of up to "

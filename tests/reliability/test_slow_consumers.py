@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import statistics
-import urllib.request
 from collections import defaultdict
 
 import orjson
@@ -25,7 +23,14 @@ from websockets.exceptions import ConnectionClosed
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
 from tests.reliability.conftest import Books, Spawn
-from tests.reliability.helpers import STREAM, Peer, open_stream
+from tests.reliability.helpers import (
+    STREAM,
+    Peer,
+    open_stream,
+    read_metrics,
+    rss_kib,
+    stalled_viewer,
+)
 from tests.support.servers import ServerProcess, token
 
 READERS = 1_000
@@ -40,24 +45,6 @@ SLOW_ENV = {
     "GIFTWIRE_STATS_INTERVAL_S": "1",
     "GIFTWIRE_BATCH_MS": "200",  # five frames a second per reader: this process keeps up
 }
-
-
-def _metrics(server: ServerProcess) -> dict[str, float]:
-    with urllib.request.urlopen(server.http + "/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {
-        name: float(value)
-        for name, _, value in (line.partition(" ") for line in text.splitlines())
-        if not name.startswith("#") and value
-    }
-
-
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 class Readers:
@@ -156,26 +143,11 @@ def _quantile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q * 100) - 1]
 
 
-async def _stall(server: ServerProcess, user: str) -> ClientConnection:
-    """A viewer with a tiny receive buffer that stops reading at once."""
-    sock = socket.create_connection(("127.0.0.1", server.port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    slow = await connect(
-        server.ws_url(STREAM),
-        sock=sock,
-        subprotocols=[f"bearer.{token(user)}"],  # type: ignore[list-item]
-        compression=None,
-        max_queue=1,
-    )
-    slow.transport.pause_reading()
-    return slow
-
-
 async def _slow_closes_reach(server: ServerProcess, count: int, timeout_s: float = 30) -> None:
     """Wait until the server has closed ``count`` viewers for being too slow."""
     async with asyncio.timeout(timeout_s):
         while True:
-            metrics = await asyncio.to_thread(_metrics, server)
+            metrics = await asyncio.to_thread(read_metrics, server)
             if metrics.get("giftwire_slow_consumer_closes_total", 0) >= count:
                 return
             await asyncio.sleep(0.25)
@@ -212,17 +184,17 @@ async def test_a_stalled_viewer_neither_slows_a_thousand_readers_nor_grows_memor
         for round_ in range(ROUNDS):
             await _load(sender, f"alone{round_}", alone)
             await asyncio.sleep(0.3)
-            rss.append(_rss_kib(pid))
-            slow = await _stall(server, f"stalled{round_}")
+            rss.append(rss_kib(pid))
+            slow = await stalled_viewer(server, f"stalled{round_}")
             stalled_viewers.append(slow)
             closed = asyncio.create_task(_slow_closes_reach(server, round_ + 1))
             await _load(sender, f"stalled{round_}", stalled, until=closed)
             await closed
-            rss.append(_rss_kib(pid))
+            rss.append(rss_kib(pid))
             # The server stopped writing to it: its close frame may not fit either (1006),
             # so the server's own count below says why it closed.
             assert await _closed_by_server(slow) in (4008, 1006), slow.close_code
-        metrics = await asyncio.to_thread(_metrics, server)
+        metrics = await asyncio.to_thread(read_metrics, server)
         assert metrics["giftwire_slow_consumer_closes_total"] == ROUNDS
         dropped = int(metrics["giftwire_fanout_dropped_total"])
 

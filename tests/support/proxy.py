@@ -9,6 +9,9 @@ any other: the request reached Redis and ran, but the reply never came back. Com
 * ``refuse(True)``: new connections are accepted and closed at once (Redis unreachable),
   so the client library's own reconnect-and-retry cannot hide the lost reply.
 * ``cut_all()``: close every open connection now.
+* ``partition(True)``: stop forwarding, both ways, without closing anything (a network
+  partition: the client sees no error, only silence, until its timeout); new connections
+  hang too. ``partition(False)`` heals it: what was held is delivered late, as TCP would.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class CuttableProxy:
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.dropped = asyncio.Event()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     @property
     def url(self) -> str:
@@ -66,6 +71,12 @@ class CuttableProxy:
     def refuse(self, refusing: bool) -> None:
         self._refusing = refusing
 
+    def partition(self, partitioned: bool) -> None:
+        if partitioned:
+            self._flowing.clear()
+        else:
+            self._flowing.set()
+
     def cut_all(self) -> None:
         for client, upstream in list(self._pairs):
             client.close()
@@ -77,6 +88,7 @@ class CuttableProxy:
             self.connections_refused += 1
             writer.close()
             return
+        await self._flowing.wait()
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
@@ -114,6 +126,7 @@ class CuttableProxy:
                     self.replies_dropped += 1
                     self.dropped.set()
                     break
+                await self._flowing.wait()
                 sink.write(data)
                 await sink.drain()
         except (ConnectionError, OSError):

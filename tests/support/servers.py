@@ -53,6 +53,9 @@ class ServerProcess:
             "GIFTWIRE_WEBHOOK_SECRET": WEBHOOK_SECRET,
             "GIFTWIRE_STATS_INTERVAL_S": "0.5",
             "GIFTWIRE_LOG_LEVEL": "warning",
+            # No payout hold unless a test asks for one: tests of payouts earn and cash out
+            # at once (tests/integration/test_hold.py tests the hold).
+            "GIFTWIRE_PAYOUT_HOLD_DAYS": "0",
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None

@@ -18,10 +18,20 @@ def test_single_node_commands_refuse_cluster_mode(
     assert f"{command} is not yet supported on a Redis Cluster" in capsys.readouterr().err
 
 
-def test_reconcile_in_cluster_mode_names_the_unreachable_cluster(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("command", [["reconcile"], ["relay", "--once"]])
+def test_cluster_commands_say_when_the_cluster_is_unreachable(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("GIFTWIRE_REDIS_URL", "redis://127.0.0.1:1/0")
     monkeypatch.setenv("GIFTWIRE_REDIS_CLUSTER", "true")
-    assert main(["reconcile"]) != 0
+    assert main(command) == 3
     assert "cannot reach the cluster" in capsys.readouterr().err
+
+
+def test_relay_refuses_single_node_mode(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GIFTWIRE_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.delenv("GIFTWIRE_REDIS_CLUSTER", raising=False)
+    assert main(["relay"]) == 2
+    assert "cluster mode only" in capsys.readouterr().err

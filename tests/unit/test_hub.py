@@ -342,3 +342,15 @@ def test_fake_events_have_the_lua_fields() -> None:
     broker = FakeBroker()
     event = orjson.loads(orjson.dumps(broker.publish(STREAM)))
     assert set(event) == GIFT_EVENT_FIELDS
+
+
+async def test_other_room_events_reach_the_viewers_then_the_room_event_hook(hub: Hub) -> None:
+    _, sink = await _join(hub)
+    seen: list[tuple[str, str]] = []
+    hub.on_room_event = lambda stream_id, event: seen.append((stream_id, event["type"]))
+    battle = {"type": "battle", "battle_id": "b1", "sides": []}
+    hub.room_event(STREAM, orjson.dumps(battle))
+    hub.room_event(STREAM, orjson.dumps({"type": "guests", "stream_id": STREAM, "guests": []}))
+    await settle()
+    assert sink.kinds()[-2:] == ["battle", "guests"]
+    assert seen == [(STREAM, "battle"), (STREAM, "guests")]

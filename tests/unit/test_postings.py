@@ -28,6 +28,16 @@ def test_a_gift_moves_coins_to_diamonds_and_the_platform() -> None:
     assert transfer.fields == GIFT
 
 
+def test_a_gift_split_between_guests_credits_each_of_them() -> None:
+    entry = {**GIFT, "to": "*", "coins": "5", "diamonds": "2", "platform": "3",
+             "recipients": "g:1:3:2:0;h.2:2:0:9000"}  # fmt: skip  # an id may hold ":"
+    assert to_transfer("1-0", entry).postings == (
+        Posting("alice", Account.COINS, -5),
+        Posting("g:1", Account.DIAMONDS, 2),  # h.2's 2 coins earned 0 (carried): no line
+        Posting(None, Account.PLATFORM, 3),
+    )
+
+
 def test_a_top_up_repays_debt_first() -> None:
     entry = {"type": "top_up", "payment": "p1", "to": "al", "coins": "100", "credited": "60",
              "repaid": "40"}  # fmt: skip
@@ -129,3 +139,45 @@ def test_a_partial_refund_posts_what_it_refunded() -> None:
         Posting("al", Account.COINS, -25),
         Posting("al", Account.DEBT, -15),
     )
+
+
+def test_a_clawback_reverses_a_held_gift_to_the_buyer() -> None:
+    entry = {"type": "clawback", "payment": "p1", "refund_id": "r1", "from": "bob",
+             "to": "al", "coins": "7", "diamonds": "3", "platform": "4", "share_bps": "5000",
+             "share_rem": "5000", "day": "20000"}  # fmt: skip
+    assert to_transfer("6-0", entry).postings == (
+        Posting("bob", Account.DIAMONDS, -3),
+        Posting(None, Account.PLATFORM, -4),
+        Posting("al", Account.COINS, 7),
+    )
+
+
+def test_a_refund_takes_the_coins_its_clawbacks_gave_back() -> None:
+    entry = {"type": "refund", "payment": "p1", "refund_id": "r1", "from": "al",
+             "coins": "100", "refunded": "100", "clawed": "20", "reversed": "70", "debt": "10",
+             "before_payment": "0"}  # fmt: skip
+    assert to_transfer("6-1", entry).postings == (
+        Posting(None, Account.PROVIDER, 100),
+        Posting("al", Account.COINS, -90),
+        Posting("al", Account.DEBT, -10),
+    )
+
+
+def test_a_cluster_gift_is_a_debit_into_transit_and_a_credit_out_of_it() -> None:
+    debit = {"type": "gift_debit", "client_id": "c1", "from": "al", "to": "bob",
+             "stream": "s", "gift": "rose", "count": "3", "price": "1", "coins": "3",
+             "catalog_version": "1", "share_bps": "5000"}  # fmt: skip
+    credit = {"type": "gift_credit", "transfer_id": "al|c1|5-0", "client_id": "c1",
+              "from": "al", "to": "bob", "stream": "s", "gift": "rose", "count": "3",
+              "price": "1", "coins": "3", "catalog_version": "1", "diamonds": "1",
+              "platform": "2", "share_bps": "5000", "share_rem": "5000", "seq": "1"}  # fmt: skip
+    assert to_transfer("5-0", debit, 17).postings == (
+        Posting("al", Account.COINS, -3),
+        Posting(None, Account.TRANSIT, 3),
+    )
+    assert to_transfer("6-0", credit, 900).postings == (
+        Posting(None, Account.TRANSIT, -3),
+        Posting("bob", Account.DIAMONDS, 1),
+        Posting(None, Account.PLATFORM, 2),
+    )
+    assert to_transfer("6-0", credit, 900).log_slot == 900

@@ -21,7 +21,7 @@ from server.settings import (
 )
 
 LIMIT_FIELDS = [f.name for f in dataclasses.fields(Limits)]
-ZERO_MEANS_NONE = {"daily_spend_coins_max", "cashout_diamonds_min"}
+ZERO_MEANS_NONE = {"daily_spend_coins_max", "cashout_diamonds_min", "payout_hold_days"}
 
 
 def test_no_variables_give_the_defaults() -> None:

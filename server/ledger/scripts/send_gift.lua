@@ -1,3 +1,6 @@
+-- include: _hold.lua
+-- include: _battle.lua
+-- include: _guests.lua
 -- send_gift: debit the sender's coins, credit the creator's diamonds and the platform's
 -- share, bump combo, leaderboard and totals, append to the ledger and the stream's feed,
 -- and publish the event to the room. All checks come before the first write.
@@ -14,6 +17,14 @@
 -- KEYS[9]  {ledger}:log                ledger stream
 -- KEYS[10] {catalog}:prices            gift id -> price hash
 -- KEYS[11] {s:STREAM}:room             pub/sub channel (declared as a key for sharded pub/sub)
+-- KEYS[12] {u:SENDER}:held             the sender's gifts within the payout hold (_hold.lua);
+--                                      the creator's account holds the held day buckets
+-- KEYS[13] {s:STREAM}:battle           the stream's battle side (_battle.lua): scores the
+--                                      coins while a battle runs
+-- KEYS[14] {s:STREAM}:battle_top       the side's top gifters (zset)
+-- KEYS[15] {s:STREAM}:guests           the stage (_guests.lua)
+-- KEYS[16..] {u:GUEST}:acct            the recipients' accounts when ARGV[21] names guests,
+--                                      in the order of ARGV[22]
 --
 -- ARGV[1]  client id (the client-chosen transfer id)   ARGV[2]  sender id
 -- ARGV[3]  creator id (as the caller believes)          ARGV[4]  stream id
@@ -24,11 +35,16 @@
 -- ARGV[13] combo window, ms                             ARGV[14] feed length
 -- ARGV[15] largest balance                              ARGV[16] largest coins per send
 -- ARGV[17] catalog version the client was shown (0: not checked)
+-- ARGV[18] payout hold, days (0: none)                  ARGV[19] length of a hold day, s
+-- ARGV[20] most entries in the sender's hold record
+-- ARGV[21] recipient: '' the creator, a guest's user id, '*' every guest on stage (split)
+-- ARGV[22] the recipients' ids, comma-separated, as the caller read the stage ('' for none)
 --
 -- Reply: {'ok', receipt JSON} | {'replay', receipt JSON} | {'refused', code [, detail JSON]}
 -- Event JSON (published and stored in the feed; fields in server/protocol/events.py):
 --   type, seq, epoch (the stream hash's, '' before epochs existed), transfer_id, stream_id,
---   sender_id, sender_name, gift_id, count, combo, coins, diamonds, ts (ms)
+--   sender_id, sender_name, gift_id, count, combo, coins, diamonds, ts (ms),
+--   battle_id (only when the gift scored in a battle)
 -- Receipt JSON: transfer_id, client_id, stream_id, gift_id, count, coins, diamonds,
 --   platform_coins, balance (sender's coins after), combo, seq, ts (ms)
 -- Ledger entry: type=gift, client_id, from, to, stream, gift, count, price (unit), coins,
@@ -36,8 +52,17 @@
 --   catalog_version (the version charged, '0' when the catalog had none)
 -- Refusal codes: invalid_request, duplicate_mismatch, unknown_stream, stream_not_live,
 --   self_gift, unknown_gift, rate_limited, spending_limit, insufficient_funds, balance_limit,
---   catalog_changed (detail: {catalog_version = current version})
+--   catalog_changed (detail: {catalog_version = current version}), not_a_guest, guest_left,
+--   no_guests, guests_changed (the stage changed since the caller read it: read, retry),
+--   hold_limit (detail: {entries_max}: the sender's gifts in the hold name too many creators)
+-- A gift to guests: event adds `to` (ARGV[21]) and recipients [{user_id, coins, diamonds}];
+--   the ledger entry's `to` is the guest (or '*') and `recipients` lists
+--   id:coins:diamonds:share_rem per guest; the receipt's diamonds are the guests' total.
+--   Guests' diamonds are held like a creator's (one hold per recipient).
 
+local K_BATTLE, K_BATTLE_TOP, K_GUESTS = KEYS[13], KEYS[14], KEYS[15]
+local K_GUEST_ACCOUNTS = 16  -- KEYS[16..]: the recipients' accounts
+local to, listed = ARGV[21] or '', ARGV[22] or ''
 local client_id, sender, creator, stream_id, gift = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local count = int_arg(ARGV[6], 1, 9999)
 local share_bps = int_arg(ARGV[8], 0, 10000)
@@ -50,14 +75,22 @@ local feed_max = int_arg(ARGV[14], 1, 1e9)
 local amount_max = int_arg(ARGV[15], 1, 1e13)
 local send_max = int_arg(ARGV[16], 1, 1e11)
 local shown_version = int_arg(ARGV[17], 0, 9007199254740991)
+local K_HOLD = KEYS[12]
+local hold_days, hold_day_s = int_arg(ARGV[18], 0, 365), int_arg(ARGV[19], 1, 1000000)
+local hold_entries_max = int_arg(ARGV[20], 1, 100000)
 if not (id_arg(client_id) and id_arg(sender) and id_arg(creator) and id_arg(stream_id)
     and id_arg(gift) and count and share_bps and rate and burst and daily_default
     and receipt_ttl and combo_window and feed_max and amount_max and send_max and shown_version
-    and type(ARGV[7]) == 'string' and #ARGV[7] <= 256) then
+    and hold_days and hold_day_s and hold_entries_max
+    and type(ARGV[7]) == 'string' and #ARGV[7] <= 256
+    and (to == '' or to == '*' or id_arg(to)) and #listed <= 1024) then
   return refuse('invalid_request')
 end
 
 local fingerprint = stream_id .. '|' .. gift .. '|' .. int(count)
+if to ~= '' then
+  fingerprint = fingerprint .. '|' .. to  -- the same id for another recipient is a mismatch
+end
 local stored = redis.call('GET', KEYS[1])
 if stored then
   local cut = string.find(stored, '\n', 1, true)
@@ -82,6 +115,10 @@ if stream[2] ~= creator then
 end
 if sender == creator then
   return refuse('self_gift')
+end
+local guest_ids, not_to_guests = guests_recipients(K_GUESTS, to, listed, sender)
+if not_to_guests then
+  return refuse(not_to_guests)
 end
 -- The prices and their version are read together: a client that names the version it
 -- was shown is charged those prices or refused, never charged another version's.
@@ -175,11 +212,40 @@ end
 earned = earned + coins * share_bps
 local diamonds = math.floor(earned / 10000)
 local share_rem = earned - diamonds * 10000
-local platform = coins - diamonds
 local creator_diamonds = stored_int(creator_acct[1])
+local plan
+if guest_ids then
+  -- The guests earn the gift instead of the creator (_guests.lua), each with their carry.
+  plan, diamonds = guests_plan(guest_ids, {unpack(KEYS, K_GUEST_ACCOUNTS, K_GUEST_ACCOUNTS - 1 + #guest_ids)}, coins,
+    share_bps, stored_int(stream[3]) + 1, amount_max)
+  if not plan then
+    return refuse('balance_limit')
+  end
+  creator_diamonds = 0
+  share_rem = plan[1].share_rem
+end
+local platform = coins - diamonds
 local platform_coins = stored_int(redis.call('HGET', KEYS[4], 'coins'))
 if creator_diamonds + diamonds > amount_max or platform_coins + platform > amount_max then
   return refuse('balance_limit')
+end
+-- The payout hold (_hold.lua) covers whoever earns the diamonds: the creator, or each guest.
+local hold, hold_refusal, guest_holds
+if plan then
+  guest_holds = {}
+  for i, p in ipairs(plan) do
+    guest_holds[i], hold_refusal = hold_gift_prepare(p.key, K_HOLD, p.id, share_bps, seconds,
+      hold_days, hold_day_s, hold_entries_max)
+    if not guest_holds[i] then
+      return hold_refusal
+    end
+  end
+else
+  hold, hold_refusal = hold_gift_prepare(KEYS[3], K_HOLD, creator, share_bps, seconds,
+    hold_days, hold_day_s, hold_entries_max)
+  if not hold then
+    return hold_refusal
+  end
 end
 -- Read every key written below with a command of its type: a key of the wrong type fails
 -- here, before the first write, instead of halfway through (Redis has no rollback).
@@ -199,13 +265,25 @@ if redis.call('EXISTS', KEYS[7]) == 1 then
 end
 stored_int(redis.call('GET', KEYS[8]))
 redis.call('XLEN', KEYS[9])
+-- Whether this gift scores in a battle: decided here, on this script's clock, so a gift
+-- racing the battle's start or end is inside the window or outside it, never both.
+local battle_id = battle_scoring(K_BATTLE, ms)
+redis.call('ZSCORE', K_BATTLE_TOP, sender)
 
 -- Every check passed: write.
 local new_balance = redis.call('HINCRBY', KEYS[2], 'coins', -coins)
 redis.call('HSET', KEYS[2], 'spend_hour', int(newest), 'spend_hours', ring,
   'spend_sum', int(spent + coins), 'rl_tokens', int(tokens - 1000), 'rl_at', int(ms))
-redis.call('HSET', KEYS[3], 'diamonds', int(creator_diamonds + diamonds),
-  'share_rem', int(share_rem))
+if plan then
+  guests_credit(plan, K_GUESTS)
+  for i, p in ipairs(plan) do
+    hold_gift_commit(guest_holds[i], p.diamonds, p.coins)
+  end
+else
+  redis.call('HSET', KEYS[3], 'diamonds', int(creator_diamonds + diamonds),
+    'share_rem', int(share_rem))
+  hold_gift_commit(hold, diamonds, coins)
+end
 redis.call('HINCRBY', KEYS[4], 'coins', platform)
 local seq = redis.call('HINCRBY', KEYS[5], 'seq', 1)
 redis.call('HINCRBY', KEYS[5], 'coins', coins)
@@ -214,16 +292,26 @@ redis.call('HINCRBY', KEYS[5], 'gifts', count)
 redis.call('ZINCRBY', KEYS[6], coins, sender)
 local combo = redis.call('INCRBY', KEYS[8], count)
 redis.call('PEXPIRE', KEYS[8], combo_window)
-local transfer_id = redis.call('XADD', KEYS[9], '*', 'type', 'gift', 'client_id', client_id,
-  'from', sender, 'to', creator, 'stream', stream_id, 'gift', gift, 'count', int(count),
+if battle_id then
+  battle_score(K_BATTLE, K_BATTLE_TOP, sender, coins)
+end
+local entry = {'type', 'gift', 'client_id', client_id, 'from', sender,
+  'to', plan and to or creator, 'stream', stream_id, 'gift', gift, 'count', int(count),
   'price', price, 'coins', int(coins), 'diamonds', int(diamonds), 'platform', int(platform),
   'share_bps', int(share_bps), 'share_rem', int(share_rem), 'seq', int(seq),
-  'catalog_version', version or '0')
+  'catalog_version', version or '0'}
+if plan then
+  entry[#entry + 1] = 'recipients'
+  entry[#entry + 1] = guests_entry(plan)
+end
+local transfer_id = redis.call('XADD', KEYS[9], '*', unpack(entry))
 
 local event = cjson.encode({
   type = 'gift', seq = seq, epoch = stream[7] or '', transfer_id = transfer_id,
   stream_id = stream_id, sender_id = sender, sender_name = ARGV[7], gift_id = gift,
   count = count, combo = combo, coins = coins, diamonds = diamonds, ts = ms,
+  battle_id = battle_id,  -- nil (absent) unless the gift scored in a battle
+  to = plan and to or nil, recipients = plan and guests_event_rows(plan) or nil,
 })
 redis.call('XADD', KEYS[7], 'MAXLEN', '~', int(feed_max), int(seq) .. '-0', 'e', event)
 redis.call('PUBLISH', KEYS[11], event)

@@ -1,0 +1,51 @@
+"""Reading the payout hold a creator's account carries (``scripts/_hold.lua``). Pure.
+
+The scripts decide what is held and enforce it; this module only reads their stored day
+buckets for display (the wallet) and for the audit (reconcile), with the same release rule:
+diamonds earned on day ``d`` (Unix seconds // day length) are held while the day is at most
+``d + hold_days``. A clock behind the newest bucket never releases anything early.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HOLD_FIELDS = ("held", "hold_day", "hold_ring")
+"""The account hash's fields of the hold, in the order ``HoldState.parse`` takes them."""
+
+
+@dataclass(frozen=True, slots=True)
+class HoldState:
+    held: int
+    """The stored sum (as of ``day``)."""
+    day: int
+    buckets: tuple[int, ...]
+    """Oldest first; the last is ``day``."""
+
+    @classmethod
+    def parse(cls, held: bytes | None, day: bytes | None, ring: bytes | None) -> HoldState:
+        """From the stored fields; ``ValueError`` when they are not what the scripts write."""
+        buckets = tuple(int(n) for n in ring.split(b",") if n) if ring else ()
+        return cls(int(held or 0), int(day or 0), buckets)
+
+    def held_on(self, today: int, hold_days: int) -> int:
+        """Diamonds still held on day ``today``."""
+        if hold_days == 0:
+            return 0
+        newest = max(today, self.day)
+        n = len(self.buckets)
+        return sum(
+            v for i, v in enumerate(self.buckets) if self.day - (n - 1 - i) >= newest - hold_days
+        )
+
+    def next_release_ms(self, today: int, hold_days: int, day_s: int) -> int:
+        """When the oldest diamonds still held on ``today`` are released (ms); 0 if none."""
+        if hold_days == 0:
+            return 0
+        newest = max(today, self.day)
+        n = len(self.buckets)
+        for i, v in enumerate(self.buckets):
+            bucket_day = self.day - (n - 1 - i)
+            if v > 0 and bucket_day >= newest - hold_days:
+                return (bucket_day + hold_days + 1) * day_s * 1000
+        return 0
