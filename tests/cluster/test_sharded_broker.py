@@ -17,6 +17,7 @@ from server.broker.redis_sharded import ShardedPubSubBroker
 from server.domain.catalog import load_catalog
 from server.domain.limits import Limits
 from server.ledger.cluster_keys import ClusterKeys, slot_of
+from server.ledger.cluster_reads import ClusterReads
 from server.ledger.cluster_runner import ClusterScriptRunner
 from server.ledger.keys import Keys
 from server.realtime.hub import Hub
@@ -52,7 +53,8 @@ class Listener:
 async def make_rooms(cluster: RedisCluster, keys: Keys) -> ClusterRooms:
     runner = ClusterScriptRunner(cluster.startup_urls, timeout_s=2.0)
     await runner.prepare()
-    return ClusterRooms(runner, ClusterKeys(keys.prefix), timeout_s=2.0)
+    reads = ClusterReads(runner, ClusterKeys(keys.prefix), Limits())
+    return ClusterRooms(reads, timeout_s=2.0)
 
 
 @pytest.fixture

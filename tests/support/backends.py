@@ -135,7 +135,7 @@ class ClusterBackend:
         cluster_keys = ClusterKeys(keys.prefix)
         ledger = ClusterLedger(runner, keys=cluster_keys, limits=GENEROUS)
         await ledger.prepare(load_catalog())
-        return cls(ledger, ClusterRooms(runner, cluster_keys, timeout_s=5.0), startup_urls[0])
+        return cls(ledger, ClusterRooms(ledger, timeout_s=5.0), startup_urls[0])
 
     def broker(self, *, presence_ttl_s: float = 5, timeout_s: float = 2) -> Broker:
         return ShardedPubSubBroker(self.rooms, presence_ttl_s=presence_ttl_s, timeout_s=timeout_s)
