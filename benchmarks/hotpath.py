@@ -29,7 +29,7 @@ from loadtest.generator import Run, RunConfig
 from server.domain.catalog import load_catalog
 from server.domain.limits import AMOUNT_MAX, SEND_COINS_MAX, Limits
 from server.ledger.keys import Keys
-from server.ledger.ledger import Ledger
+from server.ledger.ledger import LADDER_ARG, Ledger
 from server.ledger.scripts import ScriptName
 
 STREAM = "hot"
@@ -53,16 +53,23 @@ def script_call(keys: Keys, client_id: str, limits: Limits) -> tuple[list[str], 
             keys.ledger(),
             keys.catalog(),
             keys.room_channel(STREAM),
+            keys.hold_record(SENDER),
             keys.battle(STREAM),
             keys.battle_top(STREAM),
             keys.guests(STREAM),
+            keys.goals(STREAM),
+            keys.fans(CREATOR),
+            keys.names(STREAM),
         ],
         [
             client_id, SENDER, CREATOR, STREAM, "rose", "1", "Sender", "5000",
             str(limits.gifts_per_s_max), str(limits.gift_burst_max),
             str(limits.daily_spend_coins_max), str(limits.receipt_ttl_s),
             str(limits.combo_window_ms), str(limits.feed_events_max),
-            str(AMOUNT_MAX), str(SEND_COINS_MAX), "0", "", "",
+            str(AMOUNT_MAX), str(SEND_COINS_MAX), "0", str(limits.payout_hold_days),
+            str(limits.payout_hold_day_s), str(limits.payout_hold_entries_max), "", "",
+            LADDER_ARG,
+            str(limits.monthly_spend_coins_max),
         ],
     )  # fmt: skip
 
@@ -169,9 +176,11 @@ async def measure_end_to_end(
     env: dict[str, str],
     *,
     battle_s: int = 0,
+    goals_per_room: int = 0,
 ) -> dict[str, Any]:
     """Gifters over WebSockets against one giftwire process; CPU per gift from /proc.
-    ``battle_s``: the 32 rooms battle in pairs meanwhile (``benchmarks/battles.py``)."""
+    ``battle_s``: the 32 rooms battle in pairs meanwhile (``benchmarks/battles.py``).
+    ``goals_per_room``: goals set on each room first (every gift moves them)."""
     keys = Keys(f"e2e{time.time_ns() % 10**6}:")
     server = giftwire_server(log_dir, redis_url, keys.prefix, **env)
     server.start()
@@ -198,6 +207,7 @@ async def measure_end_to_end(
             probe_viewers_per_room=0,
             progress=False,
             battle_s=battle_s,
+            goals_per_room=goals_per_room,
         )
         result = await Run(config, phase=phase).run()
     finally:

@@ -78,6 +78,15 @@ def start_stream(base_url: str, creator_token: str, stream_id: str, title: str) 
         raise RuntimeError(f"cannot start stream {stream_id}: HTTP {status} {body}")
 
 
+def add_goal(base_url: str, creator_token: str, stream_id: str, goal: dict[str, object]) -> None:
+    """Add a goal to a stream (idempotent by its ``goal_id``); raise when refused."""
+    status, body = http_json(
+        "POST", f"{base_url}/api/streams/{stream_id}/goals", goal, bearer=creator_token
+    )
+    if status not in (200, 201):
+        raise RuntimeError(f"cannot add goal to {stream_id}: HTTP {status} {body}")
+
+
 def post_webhook(base_url: str, secret: str, event: dict[str, object]) -> tuple[int, Any]:
     """POST a payment-provider event, signed with HMAC-SHA256 as the server expects."""
     body = orjson.dumps(event)

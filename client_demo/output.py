@@ -29,6 +29,17 @@ def _n(value: object) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _level(row: Message) -> str:
+    return f" [Lv {row['level']}]" if row.get("level") else ""
+
+
+def _goal(goal: Message) -> str:
+    what = "coins" if goal["kind"] == "coins" else goal["gift_id"]
+    done = " reached" if goal["reached"] else ""
+    title = f" «{goal['title']}»" if goal["title"] else ""
+    return f"{goal['goal_id']}{title} {_n(goal['progress'])}/{_n(goal['target'])} {what}{done}"
+
+
 def describe(message: Message) -> str:
     """One line of text for a server message."""
     kind = message.get("type")
@@ -38,7 +49,8 @@ def describe(message: Message) -> str:
             f"joined {stream['id']} ({stream['state']}) «{stream['title']}» as "
             f"{you['display_name']} ({you['role']}): {_n(balance['coins'])} coins, "
             f"{_n(balance['diamonds'])} diamonds, {_n(message['viewers'])} watching, "
-            f"last gift #{message['last_seq']}"
+            f"last gift #{message['last_seq']}, level {you.get('level', 0)}"
+            + "".join(f"\n  goal {_goal(goal)}" for goal in message.get("goals", []))
         )
     if kind == "gift":
         count = f" ×{_n(message['count'])}" if message["count"] > 1 else ""
@@ -50,9 +62,12 @@ def describe(message: Message) -> str:
             )
         battle = " [battle]" if message.get("battle_id") else ""
         return (
-            f"#{message['seq']} {message['sender_name']} sent "
+            f"#{message['seq']} {message['sender_name']}{_level(message)} sent "
             f"{message.get('gift_name', message['gift_id'])}{count}{combo}{to}: "
             f"{_n(message['coins'])} coins, +{_n(message['diamonds'])} diamonds{battle}"
+            + "".join(
+                f"; goal {g['goal_id']} {_n(g['progress'])}" for g in message.get("goals", [])
+            )
         )
     if kind in ("battle", "battle_score"):
         score = " vs ".join(f"{s['stream_id']} {_n(s['score'])}" for s in message["sides"])
@@ -103,9 +118,27 @@ def describe(message: Message) -> str:
             f"{_n(message['viewers'])} watching, {_n(message['gifts'])} gifts, "
             f"{_n(message['diamonds'])} diamonds (#{message['last_seq']})"
         )
+    if kind == "catalog":
+        prices = ", ".join(f"{g['id']} {_n(g['price_coins'])}" for g in message["gifts"][:8])
+        more = len(message["gifts"]) - 8
+        return f"gift catalog version {message['version']}: {prices}" + (
+            f" and {more} more" if more > 0 else ""
+        )
     if kind == "leaderboard":
-        top = ", ".join(f"{row['user_id']} {_n(row['coins'])}" for row in message["top"][:5])
+        top = ", ".join(
+            f"{row.get('name', row['user_id'])}{_level(row)} {_n(row['coins'])}"
+            for row in message["top"][:5]
+        )
         return f"top gifters: {top or 'none yet'}"
+    if kind == "level_up":
+        return f"{message['user_name']} reached level {message['level']} (gift #{message['seq']})"
+    if kind == "goal_reached":
+        return (
+            f"goal reached: {message['title'] or message['goal_id']} "
+            f"({_n(message['progress'])}/{_n(message['target'])}), by {message['sender_name']}"
+        )
+    if kind == "goals":
+        return "goals: " + ("; ".join(_goal(goal) for goal in message["goals"]) or "none")
     return orjson.dumps(message).decode()
 
 

@@ -65,6 +65,9 @@ def build_parser(found: ClientSecrets) -> argparse.ArgumentParser:
     p.add_argument("--drain", type=float, default=d.drain_s, help="wait for answers (s)")
     p.add_argument("--probes", type=int, default=d.probe_viewers_per_room)
     p.add_argument("--per-source-ip", type=int, default=d.connections_per_source_ip)
+    p.add_argument(
+        "--goals-per-room", type=int, default=d.goals_per_room, help="goals set on each room"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--out", type=Path, help="also write the JSON result here")
     return parser
@@ -99,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         probe_viewers_per_room=args.probes,
         connections_per_source_ip=args.per_source_ip,
         progress=not args.quiet,
+        goals_per_room=args.goals_per_room,
     )
     if not config.jwt_secret or not config.webhook_secret:
         print(

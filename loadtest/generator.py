@@ -69,6 +69,9 @@ class RunConfig:
     battle_s: int = 0
     """Above 0: the rooms battle in pairs (room 0 against 1, 2 against 3, …) for this many
     seconds, started before the gifts are sent, so that every gift also scores."""
+    goals_per_room: int = 0
+    """Goals set on each room before the gifts (alternately coins and a count of ``gift``,
+    targets past what the run sends): the cost of goals on the hot path."""
 
 
 @dataclass(slots=True)
@@ -142,6 +145,12 @@ class Run:
             await asyncio.to_thread(
                 http.start_stream, self.base, self._token(creator, Role.CREATOR), stream_id, "load"
             )
+            for g in range(c.goals_per_room):
+                goal: dict[str, object] = {"goal_id": f"lg{g}", "target": 10**12}
+                goal.update({"kind": "gift", "gift_id": c.gift} if g % 2 else {"kind": "coins"})
+                await asyncio.to_thread(
+                    http.add_goal, self.base, self._token(creator, Role.CREATOR), stream_id, goal
+                )
             room = _Room(stream_id, creator, hot, [], [])
             for n in range(viewer_counts[index]):
                 user = f"lt{self.run_id}r{index}v{n}"

@@ -122,7 +122,13 @@ class Settings:
 
 
 _SCALARS = [f for f in dataclasses.fields(Settings) if f.name != "limits"]
-_ZERO_MEANS_NONE = frozenset({"daily_spend_coins_max", "cashout_diamonds_min", "payout_hold_days"})
+_ZERO_MEANS_NONE = frozenset(
+    {
+        "daily_spend_coins_max", "cashout_diamonds_min", "monthly_spend_coins_max",
+        "spend_raise_cooling_off_s", "minor_daily_spend_coins_max",
+        "minor_monthly_spend_coins_max", "payout_hold_days",
+    }
+)  # fmt: skip
 """Limits where 0 means "no cap" or "no minimum". Any other limit at 0 would stop the server:
 no pipeline ever sent, every call timed out, every gift refused by the scripts."""
 
@@ -289,6 +295,12 @@ DESCRIPTIONS: dict[str, str] = {
     "gifts_per_s_max": "gifts per user per second, across all processes",
     "gift_burst_max": "burst of the per-user gift rate",
     "daily_spend_coins_max": "default spending cap per user over any 24 hours (coins; 0: none)",
+    "monthly_spend_coins_max": "default spending cap per user per calendar month, UTC (coins; "
+    "0: none)",
+    "spend_raise_cooling_off_s": "wait before a user's raised spending limit is in force (s; "
+    "lowering: at once)",
+    "minor_daily_spend_coins_max": "daily cap of an account marked minor (coins; 0: none)",
+    "minor_monthly_spend_coins_max": "monthly cap of an account marked minor (coins; 0: none)",
     "feed_events_max": "gift events kept per stream for resume and history",
     "resume_events_max": "most events replayed by one resume or gap repair",
     "batch_events_max": "most gift events in one coalesced frame",

@@ -3,7 +3,8 @@
 // runs in ordered mode and resumes from the last sequence it handed over.
 
 import { BattleBar } from "./battle.js";
-import { Api, GiftSocket, el, errorText, fmt, giftArt, pageConfig, topRow } from "./giftwire.js";
+import { Api, GiftSocket, el, errorText, fmt, giftArt, levelBadge, newClientId, pageConfig, topRow } from "./giftwire.js";
+import { GoalBoard } from "./goals.js";
 
 const HISTORY_EVENTS = 50; // gifts shown from before the page was opened
 const FEED_ROWS_MAX = 200;
@@ -27,6 +28,47 @@ const state = {
   role: null,
 };
 let socket = null;
+const giftNames = new Map();
+const goals = new GoalBoard($("goals"), {
+  giftName: (id) => giftNames.get(id) ?? id,
+  onDelete: async (goalId) => {
+    const response = await api.deleteGoal(state.stream, goalId);
+    if (!response.ok) showMessage(errorText(response.body?.error?.code, response.body?.error?.message), true);
+  },
+});
+
+// The creator's goals: added and deleted over HTTP; the room (this page too) gets `goals`.
+async function addGoal(event) {
+  event.preventDefault();
+  const kind = $("goal-kind").value;
+  const goal = {
+    goal_id: newClientId("goal"),
+    kind,
+    target: Number.parseInt($("goal-target").value, 10),
+    title: $("goal-title").value.trim(),
+  };
+  if (kind === "gift") goal.gift_id = $("goal-gift").value;
+  const response = await api.addGoal(state.stream, goal);
+  if (!response.ok) {
+    showMessage(errorText(response.body?.error?.code, response.body?.error?.message), true);
+    return;
+  }
+  hideMessage();
+  $("goal-title").value = "";
+}
+
+async function loadGoalGifts() {
+  const catalog = await api.catalog();
+  if (!catalog.ok) return;
+  const select = $("goal-gift");
+  select.replaceChildren();
+  for (const gift of [...catalog.body.gifts].sort((a, b) => a.price_coins - b.price_coins)) {
+    giftNames.set(gift.id, gift.name);
+    select.append(el("option", { value: gift.id, text: `${gift.name} (${fmt.format(gift.price_coins)})` }));
+  }
+  goals.set(goals.all());
+}
+
 let battle = null;
 
 // Battles and guests: each button is one HTTP call; the rooms hear the outcome as
@@ -177,6 +219,7 @@ function addFeedRow(row) {
 
 function onGift(event) {
   state.names.set(event.sender_id, event.sender_name);
+  goals.progress(event.goals);
   if (event.recipients) reloadStageSoon();
   if (event.seq > state.totals.seq) {
     state.totals.seq = event.seq;
@@ -196,7 +239,8 @@ function onGift(event) {
   const to = event.recipients
     ? ` to ${event.recipients.map((r) => state.names.get(r.user_id) ?? r.user_id).join(", ")}`
     : "";
-  const text = el("span", { class: "text" }, el("b", { text: event.sender_name }), ` sent ${event.gift_name ?? event.gift_id}${count}${to}`, combo);
+  const badge = levelBadge(event.level);
+  const text = el("span", { class: "text" }, el("b", { text: event.sender_name }), ...(badge ? [" ", badge] : []), ` sent ${event.gift_name ?? event.gift_id}${count}${to}`, combo);
   addFeedRow(
     el(
       "li",
@@ -251,6 +295,7 @@ function onWelcome(welcome, { reconnected }) {
   state.wallet = { seq: welcome.last_seq, diamonds: welcome.balance.diamonds };
   refreshWallet();
   state.top = welcome.top;
+  goals.set(welcome.goals);
   setLive(welcome.stream.state === "live");
   renderTotals();
   renderTop();
@@ -389,6 +434,12 @@ function onMessage(message) {
       break;
     case "stream":
       setLive(message.state === "live");
+      break;
+    case "goals":
+      goals.set(message.goals);
+      break;
+    case "goal_reached":
+      goals.reached(message);
       break;
     case "error":
       showMessage(errorText(message.code, message.message), true);
@@ -539,6 +590,9 @@ function main() {
   }
   $("start").addEventListener("click", start);
   $("end").addEventListener("click", end);
+  $("goal-form").addEventListener("submit", addGoal);
+  $("goal-kind").addEventListener("change", () => { $("goal-gift").hidden = $("goal-kind").value !== "gift"; });
+  loadGoalGifts();
   $("battle-form").addEventListener("submit", inviteBattle);
   $("guest-form").addEventListener("submit", inviteGuest);
   $("battle-end").addEventListener("click", async () => {

@@ -1,7 +1,7 @@
 // Gift animations shared by the viewer page and the OBS overlay (styles in gifts.css): the
 // strip of small gifts and the queue of big ones (each played by show.js).
 
-import { el, fmt, giftArt } from "./giftwire.js";
+import { el, fmt, giftArt, levelBadge } from "./giftwire.js";
 import { Show, prefersReducedMotion } from "./show.js";
 
 // " to Gina" / " to all guests" for a gift that guests received (its `to`); names when the
@@ -52,12 +52,19 @@ export class GiftStrip {
         giftArt(event.gift_id),
         comboNode,
       );
-      row = { node, comboNode, timer: null };
+      row = { node, comboNode, timer: null, badge: null };
       this.rows.set(key, row);
       this.root.append(node);
       this._trim();
     }
     row.node.dataset.seq = String(event.seq);
+    // The sender's gifter level after this gift, beside the name (it may have climbed).
+    const badge = levelBadge(event.level);
+    if (badge) {
+      if (row.badge) row.badge.replaceWith(badge);
+      else row.node.querySelector(".who").append(" ", badge);
+      row.badge = badge;
+    }
     row.comboNode.textContent = `×${fmt.format(event.combo ?? event.count)}`;
     row.comboNode.classList.remove("bump");
     void row.comboNode.offsetWidth; // restart the bump animation

@@ -44,7 +44,8 @@ export const ERROR_TEXT = {
   unknown_gift: "That gift is no longer in the catalog.",
   catalog_changed: "Prices changed: the gifts show the new ones now. Tap again to send.",
   self_gift: "Creators cannot send gifts to their own stream.",
-  spending_limit: "Your daily spending limit is reached.",
+  spending_limit: "Your spending limit is reached.",
+  spending_cap: "This account's spending is capped by the platform below that limit.",
   unknown_stream: "There is no stream with this id.",
   unauthorized: "This link's token is missing or invalid: ask for a new link.",
   token_expired: "This link's token has expired: ask for a new link.",
@@ -96,13 +97,33 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-// One leaderboard row: rank, the gifter's display name (else the user id), coins.
+// Colour bands of the 0-50 gifter level ladder (server/domain/levels.py).
+const LEVEL_BANDS = [[40, "legend"], [30, "gold"], [20, "purple"], [10, "blue"], [1, "green"]];
+
+// A gifter's level badge ("Lv 12"), or null for level 0 (never gifted this creator).
+export function levelBadge(level) {
+  const band = LEVEL_BANDS.find(([low]) => (level ?? 0) >= low);
+  if (!band) return null;
+  return el("span", {
+    class: `level-badge band-${band[1]}`,
+    "data-testid": "level-badge",
+    "data-level": String(level),
+    title: `gifter level ${level}`,
+    text: `Lv ${level}`,
+  });
+}
+
+// One leaderboard row: rank, the gifter's display name (the row's, else one learned from
+// gift events, else the user id) with their level badge, coins.
 export function topRow(rank, row, names, { amountClass = "amount coin", attrs = {} } = {}) {
+  const who = el("span", { class: "who", text: row.name ?? names.get(row.user_id) ?? row.user_id });
+  const badge = levelBadge(row.level);
+  if (badge) who.append(" ", badge);
   return el(
     "li",
     attrs,
     el("span", { class: "rank", text: String(rank) }),
-    el("span", { class: "who", text: names.get(row.user_id) ?? row.user_id }),
+    who,
     el("span", { class: amountClass, text: fmt.format(row.coins) }),
   );
 }
@@ -125,12 +146,19 @@ export class Api {
     const headers = { accept: "application/json" };
     if (this.token) headers.authorization = `Bearer ${this.token}`;
     if (body !== undefined) headers["content-type"] = "application/json";
-    const response = await fetch(this.server + path, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      cache: "no-store",
-    });
+    let response;
+    try {
+      response = await fetch(this.server + path, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        cache: "no-store",
+      });
+    } catch {
+      // No answer (the server restarting, the network): a reply that is not ok, status 0,
+      // so every caller's refusal path covers it and no page throws on a timer.
+      return { status: 0, ok: false, body: null };
+    }
     let data = null;
     try {
       data = await response.json();
@@ -142,6 +170,19 @@ export class Api {
 
   catalog() { return this.request("GET", "/api/catalog"); }
   wallet() { return this.request("GET", "/api/me/wallet"); }
+  spending() { return this.request("GET", "/api/me/spending"); }
+  setSpending(limits) { return this.request("PUT", "/api/me/spending", limits); }
+  adminCatalog() { return this.request("GET", "/api/admin/catalog"); }
+  editCatalog(edit) { return this.request("POST", "/api/admin/catalog", edit); }
+  cancelScheduled(id) {
+    return this.request("DELETE", `/api/admin/catalog/scheduled/${encodeURIComponent(id)}`);
+  }
+  accountSpending(user) {
+    return this.request("GET", `/api/admin/accounts/${encodeURIComponent(user)}/spending`);
+  }
+  protectAccount(user, body) {
+    return this.request("PUT", `/api/admin/accounts/${encodeURIComponent(user)}/spending`, body);
+  }
   stream(id) { return this.request("GET", `/api/streams/${encodeURIComponent(id)}`); }
   gifts(id, after, limit) {
     return this.request("GET", `/api/streams/${encodeURIComponent(id)}/gifts?after=${after}&limit=${limit}`);
@@ -149,6 +190,11 @@ export class Api {
   leaderboard(id) { return this.request("GET", `/api/streams/${encodeURIComponent(id)}/leaderboard`); }
   startStream(id, title) { return this.request("POST", "/api/streams", { stream_id: id, title }); }
   endStream(id) { return this.request("POST", `/api/streams/${encodeURIComponent(id)}/end`); }
+  goals(id) { return this.request("GET", `/api/streams/${encodeURIComponent(id)}/goals`); }
+  addGoal(id, goal) { return this.request("POST", `/api/streams/${encodeURIComponent(id)}/goals`, goal); }
+  deleteGoal(id, goalId) {
+    return this.request("DELETE", `/api/streams/${encodeURIComponent(id)}/goals/${encodeURIComponent(goalId)}`);
+  }
   guests(id) { return this.request("GET", `/api/streams/${encodeURIComponent(id)}/guests`); }
 }
 

@@ -13,12 +13,16 @@
 //   duration_s=S         how long an alert stays                               default 5
 //   battle=1|0           the battle bar while a battle runs (and its result)  default 1
 //   battle_position=P    top or bottom                                         default top
+//   goals=1|0            show the stream's goals with their progress            default 1
+//   goal_ids=a,b         only these goals (ids from the dashboard or the API)   default all
+//   goals_position=P     where the goals sit (as position)                     default bottom-left
 //   test=1               show sample alerts, to place the source in OBS
 // The token comes in the fragment (#token=…): use the creator's.
 
 import { BattleBar } from "./battle.js";
 import { Api, GiftSocket, el, fmt, giftArt, pageConfig, topRow } from "./giftwire.js";
 import { BigGiftQueue, isBig } from "./gifts.js";
+import { GoalBoard } from "./goals.js";
 
 const POSITIONS = new Set(["top-left", "top-right", "bottom-left", "bottom-right", "center"]);
 const ALERTS_MAX = 4;
@@ -38,6 +42,9 @@ const options = {
   top: intParam("top", 5, 0, 20),
   topPosition: POSITIONS.has(q.get("top_position")) ? q.get("top_position") : "top-right",
   durationMs: intParam("duration_s", 5, 1, 120) * 1000,
+  goals: q.get("goals") !== "0",
+  goalIds: q.get("goal_ids") ? new Set(q.get("goal_ids").split(",").map((s) => s.trim())) : null,
+  goalsPosition: POSITIONS.has(q.get("goals_position")) ? q.get("goals_position") : "bottom-left",
   test: q.get("test") === "1",
   battle: q.get("battle") !== "0",
   battlePosition: q.get("battle_position") === "bottom" ? "bottom" : "top",
@@ -48,6 +55,21 @@ const names = new Map();
 const cards = new Map(); // sender:gift -> {node, timer, combo}
 const big = new BigGiftQueue($("big"));
 let top = [];
+const giftNames = new Map(); // gift id -> name, for gift goals (the catalog, then events)
+const goalBoard = new GoalBoard($("goals"), { giftName: (id) => giftNames.get(id) ?? id });
+
+async function loadGiftNames() {
+  const catalog = await new Api(config.server, null).catalog().catch(() => null);
+  if (!catalog?.ok) return;
+  for (const gift of catalog.body.gifts) giftNames.set(gift.id, gift.name);
+  goalBoard.set(goalBoard.all());
+}
+
+function showGoals(goals) {
+  const shown = options.goals ? (goals ?? []).filter((g) => !options.goalIds || options.goalIds.has(g.goal_id)) : [];
+  goalBoard.set(shown);
+  $("goals").hidden = shown.length === 0;
+}
 let liveFrom = null; // gifts up to the first welcome's sequence are history: names only
 const battle = new BattleBar($("battle"), config.stream, { names });
 
@@ -108,6 +130,7 @@ function renderTop() {
 
 function onGift(event) {
   names.set(event.sender_id, event.sender_name);
+  goalBoard.progress(event.goals);
   if (liveFrom !== null && event.seq <= liveFrom) {
     renderTop();
     return;
@@ -123,6 +146,10 @@ function onMessage(message) {
   if (message.type === "leaderboard") {
     top = message.top;
     renderTop();
+  } else if (message.type === "goals") {
+    showGoals(message.goals);
+  } else if (message.type === "goal_reached") {
+    goalBoard.reached(message);
   }
 }
 
@@ -136,6 +163,7 @@ function onWelcome(welcome) {
   liveFrom ??= welcome.last_seq;
   top = welcome.top;
   renderTop();
+  showGoals(welcome.goals);
 }
 
 function onState(name) {
@@ -155,7 +183,15 @@ function showSamples() {
     };
     setTimeout(() => onGift(event), i * 700);
   });
-  top = [{ user_id: "carol", coins: 34999 }, { user_id: "bob", coins: 299 }, { user_id: "alice", coins: 12 }];
+  top = [
+    { user_id: "carol", name: "Carol", coins: 34999, level: 9 },
+    { user_id: "bob", name: "Bob", coins: 299, level: 3 },
+    { user_id: "alice", name: "Alice", coins: 12, level: 1 },
+  ];
+  showGoals([
+    { goal_id: "roses", kind: "gift", gift_id: "rose", target: 1000, title: "1,000 Roses", progress: 640 },
+    { goal_id: "coins", kind: "coins", gift_id: "", target: 50000, title: "50,000 coins", progress: 50210 },
+  ]);
   for (const [name] of samples) names.set(name.toLowerCase(), name);
   renderTop();
 }
@@ -163,6 +199,7 @@ function showSamples() {
 function main() {
   $("alerts").dataset.pos = options.position;
   $("top-box").dataset.pos = options.topPosition;
+  $("goals").dataset.pos = options.goalsPosition;
   $("battle").dataset.pos = options.battlePosition;
   renderTop();
   if (options.test) {
@@ -175,6 +212,7 @@ function main() {
     onState("denied");
     return;
   }
+  loadGiftNames();
   // Ordered: after a reconnect the overlay resumes where it was, so no alert plays twice
   // and none is skipped. The recent history is read for the gifters' names only: gifts sent
   // before the overlay opened raise no alerts.

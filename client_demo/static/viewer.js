@@ -5,9 +5,13 @@ import {
 } from "./giftwire.js";
 import { BattleBar } from "./battle.js";
 import { BigGiftQueue, GiftStrip, isBig } from "./gifts.js";
+import { GoalBoard, levelBadge } from "./goals.js";
+import { SpendingPanel } from "./spending.js";
 
 const COMBO_WINDOW_MS = 5000; // the server's default GIFTWIRE_COMBO_WINDOW_MS
 const ERROR_SHOWN_MS = 8000;
+const NOTICE_SHOWN_MS = 5000;
+const NOTICES_MAX = 3;
 
 const config = pageConfig();
 const $ = (id) => document.getElementById(id);
@@ -42,7 +46,25 @@ const state = {
 const api = new Api(config.server, config.token);
 const strip = new GiftStrip($("strip"), { rowsMax: NARROW ? 3 : 4 });
 const big = new BigGiftQueue($("big"));
+const goals = new GoalBoard($("goals"), { giftName: (id) => state.catalog.get(id)?.name ?? id });
 let socket = null;
+let me = null;
+
+function showMyLevel(level) {
+  const badge = levelBadge(level);
+  $("my-level").replaceChildren(...(badge ? [badge] : []));
+  $("my-level").dataset.level = String(level ?? 0);
+}
+
+// A short line over the stage for a level-up or a goal reached; a few at most.
+function notice(text, kind) {
+  const node = el("div", { class: `level-up notice-${kind}`, "data-testid": `notice-${kind}`, text });
+  $("notices").append(node);
+  while ($("notices").children.length > NOTICES_MAX) $("notices").firstElementChild.remove();
+  setTimeout(() => node.remove(), NOTICE_SHOWN_MS);
+}
+
+const spending = new SpendingPanel({ api, meter: $("spend-meter"), sheet: $("spend-sheet") });
 const battle = new BattleBar($("battle"), config.stream, { names: state.names });
 
 // The guest picker: the host, each guest on stage, or every guest (split between them).
@@ -232,6 +254,8 @@ function setEnded(ended) {
 
 function onGift(event) {
   state.names.set(event.sender_id, event.sender_name);
+  goals.progress(event.goals);
+  if (event.sender_id === me && event.level !== undefined) showMyLevel(event.level);
   if (event.to && event.to !== "*") event.to_name = state.names.get(event.to);
   if (isBig(event)) big.push(event);
   else strip.show(event);
@@ -246,6 +270,7 @@ function onAck(ack) {
     setBalance(ack.balance, { animate: true });
   }
   if (state.last && ack.gift === state.last.gift) updateCombo(ack);
+  spending.soon();
   showPending();
 }
 
@@ -259,7 +284,11 @@ function onRefused(error, pending) {
       + ` you have ${plural(state.coins ?? 0, "coin")}.`;
   }
   if (error.code === "stream_not_live") setEnded(true);
-  if (error.code === "catalog_changed") loadCatalog();
+  if (error.code === "catalog_changed") loadCatalog({ announce: false }); // said below
+  if (error.code === "spending_limit") {
+    text = SpendingPanel.refusalText(error.detail) ?? text;
+    spending.refresh();
+  }
   showError(text, { code: error.code });
   showPending();
 }
@@ -279,6 +308,20 @@ function onMessage(message) {
       break;
     case "stream":
       setEnded(message.state === "ended");
+      break;
+    case "goals":
+      goals.set(message.goals);
+      break;
+    case "goal_reached":
+      goals.reached(message);
+      notice(`Goal reached: ${message.title || message.goal_id}, thanks to ${message.sender_name}!`, "goal");
+      break;
+    case "level_up":
+      notice(`${message.user_name} reached level ${message.level}!`, "level");
+      if (message.user_id === me) showMyLevel(message.level);
+      break;
+    case "catalog":
+      showCatalog(message);
       break;
     case "error":
       if (message.retrying) showError(errorText(message.code), { info: true, code: message.code });
@@ -310,6 +353,9 @@ function onWelcome(welcome, { reconnected }) {
   $("me").textContent = welcome.you.display_name;
   $("viewers").textContent = fmt.format(welcome.viewers);
   state.names.set(welcome.you.user_id, welcome.you.display_name);
+  me = welcome.you.user_id;
+  showMyLevel(welcome.you.level);
+  goals.set(welcome.goals);
   state.balanceSeq = 0;
   setBalance(welcome.balance.coins);
   state.top = welcome.top;
@@ -369,7 +415,7 @@ async function main() {
     token: config.token,
     callbacks: { onState, onWelcome, onGift, onAck, onRefused, onMessage },
   });
-  window.giftwire = { socket, state, big, battle }; // for the console (and the browser tests)
+  window.giftwire = { socket, state, big, battle, goals }; // for the console (and the browser tests)
   for (const chip of document.querySelectorAll(".count-chip")) {
     chip.addEventListener("click", () => {
       for (const other of document.querySelectorAll(".count-chip")) other.classList.remove("selected");
@@ -391,17 +437,34 @@ async function main() {
   socket.start();
   battle.load(api);
   loadGuests();
+  spending.refresh();
   await loadCatalog();
 }
 
-async function loadCatalog() {
+async function loadCatalog({ announce = true } = {}) {
   const catalog = await api.catalog();
   if (!catalog.ok) {
     showError("Could not load the gift catalog; reload the page.");
     return;
   }
-  state.catalogVersion = catalog.body.version;
-  renderCatalog([...catalog.body.gifts].sort((a, b) => a.price_coins - b.price_coins));
+  showCatalog(catalog.body, { announce });
+}
+
+// A catalog version (from GET /api/catalog or a live `catalog` message): the panel shows
+// its gifts and prices, and gifts are sent with its version, so the server charges what
+// is shown or refuses (catalog_changed). An older version than the one shown is ignored.
+function showCatalog(catalog, { announce = true } = {}) {
+  if (state.catalogVersion !== null && catalog.version < state.catalogVersion) return;
+  const changed = state.catalogVersion !== null && catalog.version !== state.catalogVersion;
+  state.catalogVersion = catalog.version;
+  $("gifts").dataset.version = String(catalog.version);
+  renderCatalog([...catalog.gifts].sort((a, b) => a.price_coins - b.price_coins));
+  goals.set(goals.all()); // gift goals get their gift's name
+  // A refusal (catalog_changed) on show already says so: do not talk over it.
+  const said = !$("error").hidden && $("error").dataset.code === "catalog_changed";
+  if (changed && announce && !said) {
+    showError("The gifts and prices were updated.", { info: true, code: "catalog" });
+  }
 }
 
 main();

@@ -19,6 +19,7 @@ from redis.asyncio.client import PubSub
 
 from server.domain.errors import UnavailableError
 from server.domain.limits import PUBSUB_DRAIN_MAX, TOP_MAX
+from server.ledger.goals import goals_from_hash
 from server.ledger.ledger import Ledger, stream_from_hash
 from server.realtime.ports import BrokerListener, RoomSnapshot, StreamPosition
 
@@ -250,13 +251,22 @@ class RedisPubSubBroker:
                 pipe.hgetall(k.stream(stream_id))  # type: ignore[unused-awaitable]
                 pipe.hgetall(k.viewers(stream_id))  # type: ignore[unused-awaitable]
                 pipe.zrevrange(k.leaderboard(stream_id), 0, TOP_MAX - 1, withscores=True)  # type: ignore[unused-awaitable]
+                pipe.hgetall(k.goals(stream_id))  # type: ignore[unused-awaitable]
                 # A refused presence write (out of memory, a read-only replica) must not
                 # cost the room its stats: only the reads have to succeed.
                 replies = await pipe.execute(raise_on_error=False)
-                for reply in replies[-3:]:
+                for reply in replies[-4:]:
                     if isinstance(reply, Exception):
                         raise reply
-                stream_raw, viewers_raw, top_raw = replies[-3:]
+                stream_raw, viewers_raw, top_raw, goals_raw = replies[-4:]
+                raw = cast(dict[bytes, bytes], stream_raw)
+                top = [(member.decode(), int(score)) for member, score in top_raw]
+                # Names and levels: a second round trip, since the fans key is the creator's.
+                named = (
+                    await self.ledger.goals.named(stream_id, raw[b"creator"].decode(), top)
+                    if top and b"creator" in raw
+                    else []
+                )
                 viewers, stale = _viewers(cast(dict[bytes, bytes], viewers_raw), now_ms)
                 if stale:
                     with contextlib.suppress(redis_errors.ResponseError):
@@ -265,7 +275,7 @@ class RedisPubSubBroker:
             # A ResponseError (out of memory, a read-only replica, loading): Redis is up but
             # refuses; the caller tries again later, as for an outage.
             raise UnavailableError(str(e) or type(e).__name__) from e
-        stream = stream_from_hash(stream_id, cast(dict[bytes, bytes], stream_raw))
+        stream = stream_from_hash(stream_id, raw)
         if stream is None:
             return None
         return RoomSnapshot(
@@ -279,7 +289,8 @@ class RedisPubSubBroker:
             diamonds=stream.diamonds_total,
             gifts=stream.gifts_total,
             viewers=viewers,
-            top=[(member.decode(), int(score)) for member, score in top_raw],
+            top=named,
+            goals=goals_from_hash(cast(dict[bytes, bytes], goals_raw)),
             prev_epoch=stream.prev_epoch,
             prev_epoch_seq=stream.prev_epoch_seq,
         )

@@ -49,6 +49,7 @@ from redis.backoff import NoBackoff
 from server.broker.cluster_rooms import ClusterRooms
 from server.broker.redis_pubsub import _viewers
 from server.domain.errors import UnavailableError
+from server.domain.levels import TopGifter
 from server.domain.limits import PUBSUB_DRAIN_MAX
 from server.ledger.cluster_keys import slot_of
 from server.ledger.cluster_runner import REDIRECTS_MAX
@@ -386,7 +387,9 @@ class ShardedPubSubBroker:
             diamonds=stream.diamonds_total,
             gifts=stream.gifts_total,
             viewers=viewers,
-            top=top,
+            # Names and levels are not kept on a cluster until the credit leg writes them
+            # (docs/ledger.md, "Goals and levels"): the id stands in, level 0.
+            top=[TopGifter(user, user, coins, 0) for user, coins in top],
             prev_epoch=stream.prev_epoch,
             prev_epoch_seq=stream.prev_epoch_seq,
         )

@@ -94,6 +94,7 @@ def banner(settings: Settings, host: str, port: int, state: DemoState) -> str:
         secret, DEMO_CREATOR, Role.CREATOR, name=DEMO_CREATOR_NAME, ttl_s=DEMO_TOKEN_TTL_S
     )
     overlay = overlay_token(secret, stream, DEMO_TOKEN_TTL_S)
+    admin = issue_token(secret, "demo_admin", Role.ADMIN, name="Admin", ttl_s=DEMO_TOKEN_TTL_S)
     coins = ", ".join(f"{viewer} {amount:,}" for viewer, amount in state.coins.items())
     lines = [
         "",
@@ -114,6 +115,8 @@ def banner(settings: Settings, host: str, port: int, state: DemoState) -> str:
         f"  creator       {base}/demo/creator.html?stream={stream}#token={creator}",
         f"  OBS overlay   {base}/demo/overlay.html?stream={stream}#token={overlay}",
         "  (the overlay's token may only watch this stream)",
+        f"  admin         {base}/demo/admin.html#token={admin}",
+        "  (gift catalog and minors' caps: keep this link private)",
         "",
         f"WebSocket: ws://{host}:{port}/ws/streams/{stream} (subprotocol bearer.<token>)",
         f"More tokens: giftwire token --user NAME   (secrets in {secrets_path(settings)})",

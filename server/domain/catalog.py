@@ -15,7 +15,15 @@ from pathlib import Path
 import orjson
 
 from server.domain.accounts import is_valid_id
-from server.domain.limits import GIFT_COUNT_MAX, SEND_COINS_MAX
+from server.domain.limits import (
+    CATALOG_GIFTS_MAX,
+    GIFT_COUNT_MAX,
+    GIFT_NAME_LENGTH_MAX,
+    SEND_COINS_MAX,
+)
+
+PRICE_COINS_MAX = SEND_COINS_MAX // GIFT_COUNT_MAX
+"""The largest gift times the largest count must still fit in one amount."""
 
 TIER_MIN = 1
 TIER_MAX = 4
@@ -73,10 +81,14 @@ def _parse_gift(index: int, raw: object) -> Gift:
     gift_id = raw.get("id")
     if not is_valid_id(gift_id):
         raise CatalogError(f"gift #{index}: invalid id {gift_id!r}")
+    unknown = set(raw) - {"id", "name", "price_coins", "animation", "tier"}
+    if unknown:
+        raise CatalogError(f"gift {gift_id}: unknown field {sorted(unknown)[0]!r}"[:200])
     price = raw.get("price_coins")
-    # The largest gift times the largest count must still fit in one amount.
-    if type(price) is not int or not 1 <= price <= SEND_COINS_MAX // GIFT_COUNT_MAX:
-        raise CatalogError(f"gift {gift_id}: price_coins must be a positive integer")
+    if type(price) is not int or not 1 <= price <= PRICE_COINS_MAX:
+        raise CatalogError(
+            f"gift {gift_id}: price_coins must be a positive integer (at most {PRICE_COINS_MAX})"
+        )
     tier = raw.get("tier", 1)
     if type(tier) is not int or not TIER_MIN <= tier <= TIER_MAX:
         raise CatalogError(f"gift {gift_id}: tier must be {TIER_MIN}..{TIER_MAX}")
@@ -84,6 +96,10 @@ def _parse_gift(index: int, raw: object) -> Gift:
     animation = raw.get("animation", gift_id)
     if not isinstance(name, str) or not isinstance(animation, str):
         raise CatalogError(f"gift {gift_id}: name and animation must be strings")
+    if not (0 < len(name) <= GIFT_NAME_LENGTH_MAX and name.isprintable() and name.strip()):
+        raise CatalogError(f"gift {gift_id}: name must be 1-{GIFT_NAME_LENGTH_MAX} printable")
+    if not is_valid_id(animation):
+        raise CatalogError(f"gift {gift_id}: animation must be an id (1-64 of A-Za-z0-9_.:-)")
     return Gift(gift_id, name, price, animation, tier)
 
 
@@ -98,6 +114,8 @@ def parse_catalog(data: bytes) -> Catalog:
     version = doc.get("version", 1)
     if type(version) is not int:
         raise CatalogError("version must be an integer")
+    if len(doc["gifts"]) > CATALOG_GIFTS_MAX:
+        raise CatalogError(f"more than {CATALOG_GIFTS_MAX} gifts")
     gifts: dict[str, Gift] = {}
     for index, raw in enumerate(doc["gifts"]):
         gift = _parse_gift(index, raw)

@@ -34,6 +34,7 @@ class ErrorCode(StrEnum):
     SELF_GIFT = "self_gift"
     RATE_LIMITED = "rate_limited"
     SPENDING_LIMIT = "spending_limit"
+    SPENDING_CAP = "spending_cap"
     DUPLICATE_MISMATCH = "duplicate_mismatch"
     BALANCE_LIMIT = "balance_limit"
     BELOW_MINIMUM = "below_minimum"
@@ -41,6 +42,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_PAYOUT = "unknown_payout"
     PAYOUT_SETTLED = "payout_settled"
     CATALOG_CHANGED = "catalog_changed"
+    CATALOG_LIMIT = "catalog_limit"
     FUNDS_HELD = "funds_held"
     HOLD_LIMIT = "hold_limit"
     HOLD_CHANGED = "hold_changed"
@@ -58,6 +60,8 @@ class ErrorCode(StrEnum):
     GUEST_LEFT = "guest_left"
     NO_GUESTS = "no_guests"
     GUESTS_CHANGED = "guests_changed"
+    # Goals (live-goals).
+    GOAL_LIMIT = "goal_limit"
     # Edge refusals.
     INVALID_REQUEST = "invalid_request"
     MESSAGE_TOO_LARGE = "message_too_large"
@@ -83,7 +87,8 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.NOT_STREAM_OWNER: "only the stream's creator may do this",
     ErrorCode.SELF_GIFT: "creators cannot send gifts to their own stream",
     ErrorCode.RATE_LIMITED: "too many gifts too quickly; slow down",
-    ErrorCode.SPENDING_LIMIT: "daily spending limit reached",
+    ErrorCode.SPENDING_LIMIT: "spending limit reached",
+    ErrorCode.SPENDING_CAP: "the platform caps this account's spending below that limit",
     ErrorCode.DUPLICATE_MISMATCH: "this id was already used for a different request",
     ErrorCode.BALANCE_LIMIT: "the balance would exceed its maximum",
     ErrorCode.BELOW_MINIMUM: "the amount is below the minimum",
@@ -91,6 +96,7 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.UNKNOWN_PAYOUT: "no such cash-out",
     ErrorCode.PAYOUT_SETTLED: "the payout was already settled the other way",
     ErrorCode.CATALOG_CHANGED: "the gift catalog changed; fetch it and send again",
+    ErrorCode.CATALOG_LIMIT: "the catalog or its schedule is full",
     ErrorCode.FUNDS_HELD: "these diamonds are still in the payout hold",
     ErrorCode.HOLD_LIMIT: "gifts to too many creators within the payout hold; try later",
     ErrorCode.HOLD_CHANGED: "the gifts in the payout hold changed; retry",
@@ -106,6 +112,7 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.GUEST_LEFT: "this guest has left the stage and can no longer receive gifts",
     ErrorCode.NO_GUESTS: "there are no guests on stage",
     ErrorCode.GUESTS_CHANGED: "the stage changed while the gift was sent; send it again",
+    ErrorCode.GOAL_LIMIT: "this stream holds the most goals allowed; delete one first",
     ErrorCode.INVALID_REQUEST: "the request is malformed",
     ErrorCode.MESSAGE_TOO_LARGE: "the message is larger than allowed",
     ErrorCode.UNAUTHORIZED: "missing or invalid credentials",

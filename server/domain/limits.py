@@ -18,10 +18,25 @@ SEND_COINS_MAX = 10**11
 GIFT_COUNT_MAX = 9_999
 """Largest ``count`` in one send_gift (a combo burst)."""
 
+SPEND_LIMIT_COINS_MAX = AMOUNT_MAX
+"""Largest spending limit or cap a user or the platform may set (coins; 0 = none)."""
+
 ID_LENGTH_MAX = 64
 """Longest user, stream, gift, payment or client-chosen transfer id."""
 
 DISPLAY_NAME_LENGTH_MAX = 64
+
+# The managed catalog (domain/catalog_edits.py, ledger/catalogs.py, web/catalog_api.py).
+CATALOG_GIFTS_MAX = 256
+"""Most gifts in one catalog version (every viewer is sent all of them on a change)."""
+GIFT_NAME_LENGTH_MAX = 64
+"""Longest gift name or animation name."""
+CATALOG_CHANGES_MAX = 64
+"""Most changes in one admin edit."""
+CATALOG_SCHEDULED_MAX = 32
+"""Most scheduled catalog edits waiting at once."""
+CATALOG_SCHEDULE_AHEAD_MS_MAX = 366 * 86_400_000
+"""Furthest ahead an edit may be scheduled."""
 
 SEQUENCE_MAX = 2**53 - 1
 """Largest gift sequence a client may name (``since``, ``after``)."""
@@ -61,6 +76,18 @@ PUBSUB_DRAIN_MAX = 1000
 """Most buffered pub/sub messages dispatched in one go before yielding to the loop."""
 TOP_MAX = 10
 """Rows of a room's leaderboard sent to viewers."""
+ROOM_ANNOUNCEMENTS_MAX = 64
+"""level_up events a hot room holds until the tick that sends their gifts; more are dropped
+(each gift carries its sender's level). goal_reached is never dropped (at most one per goal)."""
+
+# Stream goals and gifter levels (domain/goals.py, domain/levels.py).
+GOALS_PER_STREAM_MAX = 5
+"""Goals one stream may hold at once: each gift advances at most this many (send_gift.lua
+reads only the goals that count its gift, so a gift's cost never grows beyond it)."""
+GOAL_TITLE_LENGTH_MAX = 64
+"""Longest goal title, in characters (at most 4 bytes each in the script's check)."""
+GOAL_TARGET_MAX = 10**12
+"""Largest goal target (coins, or a count of one gift)."""
 
 # Battles and guests (ledger/battles.py, ledger/guests.py, web/battle_watch.py).
 BATTLE_TOP_MAX = 3
@@ -123,7 +150,18 @@ class Limits:
     """Per-sender gift sends per second, enforced in Redis across all processes."""
     gift_burst_max: int = 20
     daily_spend_coins_max: int = 0
-    """Default per-user daily spending cap in coins; 0 means none."""
+    """Default per-user daily spending cap in coins (any 24 hours); 0 means none. A user's
+    own limit (``PUT /api/me/spending``) replaces it."""
+    monthly_spend_coins_max: int = 0
+    """Default per-user spending cap per calendar month (UTC), coins; 0 means none."""
+    spend_raise_cooling_off_s: int = 86_400
+    """How long a user's raise of their own spending limit waits before it is in force
+    (lowering is at once); 0: at once."""
+    minor_daily_spend_coins_max: int = 500
+    """The platform's daily cap for an account it marks as a minor, unless the admin names
+    another; no own limit passes it. 0: none."""
+    minor_monthly_spend_coins_max: int = 2_000
+    """The same per calendar month."""
     feed_events_max: int = 10_000
     """Length of each stream's resumable gift feed (Redis stream, approximate trim)."""
     resume_events_max: int = 1_000

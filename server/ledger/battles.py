@@ -276,10 +276,10 @@ class Battles:
                 list[bytes],
                 await self.redis.zrangebyscore(k.battle_invites(stream_id), now_ms, "+inf"),
             )
-            incoming_raw = [
-                await self.redis.hget(k.battle_invite(sender.decode()), "json")
-                for sender in senders[:BATTLE_INVITES_PER_STREAM_MAX]
-            ]
+            pipe = self.redis.pipeline(transaction=False)
+            for sender in senders[:BATTLE_INVITES_PER_STREAM_MAX]:
+                pipe.hget(k.battle_invite(sender.decode()), "json")  # type: ignore[unused-awaitable]
+            incoming_raw = cast(list[bytes | None], await pipe.execute()) if senders else []
         incoming = [orjson.loads(raw) for raw in incoming_raw if raw is not None]
         return {
             "outgoing": orjson.loads(outgoing_raw) if outgoing_raw is not None else None,

@@ -163,6 +163,12 @@ class ClusterKeys:
     def catalog_versions(self) -> str:
         return f"{self.prefix}{{catalog}}:versions"
 
+    def catalog_schedule(self) -> str:
+        return f"{self.prefix}{{catalog}}:schedule"
+
+    def catalog_due(self) -> str:
+        return f"{self.prefix}{{catalog}}:due"
+
     # The stream id's own slot: who owns it, who watches it.
 
     def stream_owner(self, stream_id: str) -> str:

@@ -59,6 +59,7 @@ from server.ledger.receipts import (
     unpack,
 )
 from server.ledger.scripts import ScriptName
+from server.ledger.spending import SpendingStore
 
 log = logging.getLogger("giftwire.ledger")
 
@@ -88,6 +89,8 @@ class ClusterLedger(ClusterReads):
         self.economics = economics or Economics()
         self.shards = Shards(runner.slots, timeout_s=self.limits.redis_timeout_s)
         self.credits = CreditBatcher(runner, self.keys, self.limits)
+        # One key, the user's account: the same script as single-node, in its slot.
+        self.spending = SpendingStore(runner, self.keys, self.limits)
         self.catalog: Catalog | None = None
         self._to_delete: dict[str, list[str]] = defaultdict(list)
         self._deleting = False
@@ -119,12 +122,13 @@ class ClusterLedger(ClusterReads):
             catalog.document().decode(),
             1,
             SEND_COINS_MAX // GIFT_COUNT_MAX,
+            "",  # no scheduled edit: a seed
         ]
         for gift_id, price in catalog.prices().items():
             args += [gift_id, price]
-        await self.runner.run(
-            ScriptName.PUBLISH_CATALOG, [self.keys.catalog(), self.keys.catalog_versions()], args
-        )
+        k = self.keys
+        catalog_keys = [k.catalog(), k.catalog_versions(), k.catalog_schedule(), k.catalog_due()]
+        await self.runner.run(ScriptName.PUBLISH_CATALOG, catalog_keys, args)
         held = await self.current_catalog()
         await self.copy_catalog(held)
         return held
@@ -403,6 +407,7 @@ class ClusterLedger(ClusterReads):
             catalog_version,
             OUTBOX_ENTRIES_MAX,
             state,
+            lim.monthly_spend_coins_max,
         ]
 
     async def credit_transfers(self, transfers: list[Transfer]) -> list[CreditResult]:

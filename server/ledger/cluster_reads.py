@@ -17,6 +17,7 @@ from redis import exceptions as redis_errors
 
 from server.domain.accounts import Balance
 from server.domain.errors import InvariantError, UnavailableError
+from server.domain.levels import TopGifter
 from server.domain.limits import STREAM_OWNERS_MAX, STREAM_STATE_TTL_S, Limits
 from server.domain.streams import Stream
 from server.ledger.cluster_keys import ClusterKeys, slot_of
@@ -98,14 +99,23 @@ class ClusterReads:
         )
         return [_as_hash(fields)[b"e"] for _, fields in rows]
 
-    async def leaderboard(self, stream_id: str, limit: int = 10) -> list[tuple[str, int]]:
+    async def leaderboard(self, stream_id: str, limit: int = 10) -> list[TopGifter]:
+        """Names and levels are not kept on a cluster until credit_gifts.lua includes
+        _goals.lua (docs/ledger.md, "Goals and levels"): the id stands in, level 0."""
         creator = await self.owner(stream_id)
         if creator is None:
             return []
         rows = await self.command(
             self.keys.leaderboard(creator, stream_id), "ZREVRANGE", 0, limit - 1, "WITHSCORES"
         )
-        return [(member.decode(), int(float(score))) for member, score in _pairs(rows)]
+        return [
+            TopGifter(member.decode(), member.decode(), int(float(score)), 0)
+            for member, score in _pairs(rows)
+        ]
+
+    async def fan_level(self, creator_id: str, user_id: str) -> int:
+        """0: gifter levels are not counted on a cluster yet (see ``leaderboard``)."""
+        return 0
 
     async def balance(self, user_id: str) -> Balance:
         values = await self.command(

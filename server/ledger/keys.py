@@ -30,6 +30,9 @@ key                                    type    holds
                                                invitation (TTL)
 ``{s:STREAM}:guests``                  hash    the stage: guest -> state, ``n|G`` name,
                                                ``c|G``/``d|G`` coins/diamonds received
+``{s:STREAM}:goals``                   hash    the stream's goals and progress (_goals.lua)
+``{s:STREAM}:names``                   hash    sender -> display name (leaderboard)
+``{u:CREATOR}:fans``                   zset    viewer -> lifetime coins sent to the creator
 ``{pay:PAYMENT}:payment``              hash    one top-up and what was refunded of it
 ``{pay:PAYMENT}:refund:REFUND_ID``     hash    one refund (chargeback) of a payment
 ``{platform}:acct``                    hash    the platform's share (coins)
@@ -41,6 +44,8 @@ key                                    type    holds
 ``{ledger}:fence``                     string  written before WAIT (``always+replica``)
 ``{catalog}:prices``                   hash    gift id -> price in coins, and ``@version``
 ``{catalog}:versions``                 hash    version -> catalog document (JSON)
+``{catalog}:schedule``                 hash    scheduled edit id -> the edit (JSON)
+``{catalog}:due``                      zset    scheduled edit id -> when (Redis ms)
 =====================================  ======  ==========================================
 """
 
@@ -116,6 +121,15 @@ class Keys:
     def guests(self, stream_id: str) -> str:
         return f"{self.prefix}{{s:{stream_id}}}:guests"
 
+    def goals(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:goals"
+
+    def names(self, stream_id: str) -> str:
+        return f"{self.prefix}{{s:{stream_id}}}:names"
+
+    def fans(self, creator_id: str) -> str:
+        return f"{self.prefix}{{u:{creator_id}}}:fans"
+
     def payment(self, payment_id: str) -> str:
         return f"{self.prefix}{{pay:{payment_id}}}:payment"
 
@@ -154,3 +168,9 @@ class Keys:
 
     def catalog_versions(self) -> str:
         return f"{self.prefix}{{catalog}}:versions"
+
+    def catalog_schedule(self) -> str:
+        return f"{self.prefix}{{catalog}}:schedule"
+
+    def catalog_due(self) -> str:
+        return f"{self.prefix}{{catalog}}:due"

@@ -24,11 +24,14 @@ from server.domain.errors import (
     RequestError,
     UnavailableError,
 )
+from server.domain.goals import Goal
+from server.domain.levels import TopGifter, ladder_arg
 from server.domain.limits import AMOUNT_MAX, GUEST_GIFT_TRIES_MAX, SEND_COINS_MAX, Limits
 from server.domain.money import Economics
 from server.domain.streams import Stream, StreamState
 from server.ledger.battles import Battles
 from server.ledger.catalogs import CatalogStore
+from server.ledger.goals import GoalStore
 from server.ledger.guests import Guests
 from server.ledger.hold import HOLD_FIELDS, HoldState
 from server.ledger.keys import Keys
@@ -42,6 +45,7 @@ from server.ledger.receipts import (
 )
 from server.ledger.runner import ScriptRunner, StreamRows
 from server.ledger.scripts import ScriptName
+from server.ledger.spending import SpendingStore
 
 log = logging.getLogger("giftwire.ledger")
 
@@ -49,6 +53,8 @@ TO_VERIFY_MAX = 16
 REFUND_ATTEMPTS_MAX = 3
 """Refunds refused ``hold_changed`` (a gift landed between reading the buyer's held
 creators and the script) before the refusal is passed on; each retry reads them again."""
+LADDER_ARG = ladder_arg()
+"""send_gift's ARGV of the gifter level ladder, built once."""
 LogPosition = tuple[int, int]
 """A ledger log entry id ``MS-SEQ`` as numbers, in the order Redis gives them."""
 
@@ -138,6 +144,8 @@ class Ledger:
         self.catalogs = CatalogStore(redis, self.keys, self.runner)
         self.battles = Battles(redis, self.runner, self.keys, self.limits, _redis_errors)
         self.guests = Guests(redis, self.runner, self.keys, _redis_errors)
+        self.goals = GoalStore(redis, self.keys, self.runner)
+        self.spending = SpendingStore(self.runner, self.keys, self.limits)
 
     async def prepare(self, catalog: Catalog) -> Catalog:
         """Load the scripts and seed ``catalog`` into Redis if Redis holds none.
@@ -271,6 +279,9 @@ class Ledger:
                 k.battle(stream_id),
                 k.battle_top(stream_id),
                 k.guests(stream_id),
+                k.goals(stream_id),
+                k.fans(creator_id),
+                k.names(stream_id),
                 *[k.account(guest) for guest in recipients],
             ],
             [
@@ -295,6 +306,8 @@ class Ledger:
                 lim.payout_hold_entries_max,
                 to,
                 ",".join(recipients),
+                LADDER_ARG,
+                lim.monthly_spend_coins_max,
             ],
             order_key=sender_id,
         )
@@ -476,7 +489,9 @@ class Ledger:
         return Balance(user_id, _int(coins), _int(diamonds), _int(debt), held, next_release_ms)
 
     async def set_daily_limit(self, user_id: str, coins: int) -> None:
-        """Set (coins > 0) or clear (0) one user's own daily spending limit."""
+        """Write (coins > 0) or clear (0: the default again) one user's daily limit at once,
+        bypassing the cooling-off of a raise: for tests and operators. Users change theirs
+        through ``spending.set``."""
         if not 0 <= coins <= AMOUNT_MAX:
             raise RequestError(ErrorCode.INVALID_REQUEST, "limit out of range")
         async with _redis_errors():
@@ -505,15 +520,33 @@ class Ledger:
             raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.keys.stream(stream_id)))
         return stream_from_hash(stream_id, raw)
 
-    async def leaderboard(self, stream_id: str, limit: int = 10) -> list[tuple[str, int]]:
+    async def leaderboard(self, stream_id: str, limit: int = 10) -> list[TopGifter]:
+        """The stream's top gifters, most coins first, with display names and levels."""
         async with _redis_errors():
-            rows = cast(
-                list[tuple[bytes, float]],
-                await self.redis.zrevrange(
-                    self.keys.leaderboard(stream_id), 0, limit - 1, withscores=True
-                ),
-            )
-        return [(member.decode(), int(score)) for member, score in rows]
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hget(self.keys.stream(stream_id), "creator")  # type: ignore[unused-awaitable]
+            pipe.zrevrange(self.keys.leaderboard(stream_id), 0, limit - 1, withscores=True)  # type: ignore[unused-awaitable]
+            creator, rows = await pipe.execute()
+            if creator is None:
+                return []
+            top = [(member.decode(), int(score)) for member, score in rows]
+            return await self.goals.named(stream_id, creator.decode(), top)
+
+    # Goals and levels (server/ledger/goals.py).
+
+    async def set_goal(self, *, stream_id: str, actor_id: str, goal: Goal) -> tuple[Goal, bool]:
+        return await self.goals.set_goal(stream_id=stream_id, actor_id=actor_id, goal=goal)
+
+    async def delete_goal(self, *, stream_id: str, actor_id: str, goal_id: str) -> bool:
+        return await self.goals.delete_goal(stream_id=stream_id, actor_id=actor_id, goal_id=goal_id)
+
+    async def stream_goals(self, stream_id: str) -> list[Goal]:
+        async with _redis_errors():
+            return await self.goals.goals(stream_id)
+
+    async def fan_level(self, creator_id: str, user_id: str) -> int:
+        async with _redis_errors():
+            return await self.goals.fan_level(creator_id, user_id)
 
     async def feed(self, stream_id: str, after_seq: int, limit: int) -> list[bytes]:
         """Gift events (JSON as published) with sequence > after_seq, oldest first."""

@@ -26,6 +26,8 @@ class ScriptName(StrEnum):
     END_STREAM = "end_stream"
     BUMP_EPOCH = "bump_epoch"
     PUBLISH_CATALOG = "publish_catalog"
+    SPENDING_LIMITS = "spending_limits"
+    SCHEDULE_CATALOG = "schedule_catalog"
     INVITE_BATTLE = "invite_battle"
     ACCEPT_BATTLE = "accept_battle"
     DECLINE_BATTLE = "decline_battle"
@@ -33,6 +35,8 @@ class ScriptName(StrEnum):
     INVITE_GUEST = "invite_guest"
     JOIN_STAGE = "join_stage"
     LEAVE_STAGE = "leave_stage"
+    SET_GOAL = "set_goal"
+    DELETE_GOAL = "delete_goal"
     DEBIT_GIFT = "debit_gift"
     CREDIT_GIFTS = "credit_gifts"
 

@@ -1,9 +1,10 @@
 """Server messages: one function per message type, so every field is named once.
 
 Two kinds of message meet here. *Room events* are published by the Lua scripts inside the
-transfer that caused them (``gift`` by send_gift.lua, ``stream`` by start/end_stream.lua,
-``epoch`` by bump_epoch.lua); their fields are listed below and
-``tests/integration/test_events_shape.py`` checks the scripts' JSON against them. The rest
+transfer that caused them (``gift``, ``level_up`` and ``goal_reached`` by send_gift.lua,
+``stream`` by start/end_stream.lua, ``epoch`` by bump_epoch.lua, ``goals`` by set_goal.lua
+and delete_goal.lua); their fields are listed below and the integration tests
+(``test_epoch.py``, ``test_goals.py``) check the scripts' JSON against them. The rest
 are built by the server. ``docs/protocol.md`` lists every ``type`` (``tests/unit/test_docs``).
 """
 
@@ -13,19 +14,41 @@ from typing import Any
 
 from server.domain.catalog import Catalog
 from server.domain.errors import ERROR_MESSAGES, ErrorCode
+from server.domain.goals import Goal
+from server.domain.levels import TopGifter
 
 Message = dict[str, Any]
 
 GIFT_EVENT_FIELDS = frozenset(
     {
         "type", "seq", "epoch", "transfer_id", "stream_id", "sender_id", "sender_name",
-        "gift_id", "count", "combo", "coins", "diamonds", "ts",
+        "gift_id", "count", "combo", "coins", "diamonds", "ts", "level",
     }
 )  # fmt: skip
-"""What send_gift.lua publishes and stores in the feed for each gift."""
-GIFT_EVENT_OPTIONAL_FIELDS = frozenset({"battle_id", "to", "recipients"})
+"""What send_gift.lua publishes and stores in the feed for each gift (``level``: the
+sender's gifter level with the creator after it). Plus ``goals`` when it advanced one."""
+GIFT_GOALS_FIELD = "goals"
+"""The gift event's optional list of ``GOAL_PROGRESS_FIELDS``: the goals it advanced."""
+GOAL_PROGRESS_FIELDS = frozenset({"goal_id", "progress"})
+LEVEL_UP_EVENT_FIELDS = frozenset(
+    {"type", "stream_id", "seq", "user_id", "user_name", "level", "prev_level", "coins"}
+)
+"""send_gift.lua, after the gift that took its sender past a level (2 and up)."""
+GOAL_REACHED_EVENT_FIELDS = frozenset(
+    {
+        "type", "stream_id", "goal_id", "kind", "gift_id", "title", "target", "progress",
+        "seq", "sender_id", "sender_name", "ts",
+    }
+)  # fmt: skip
+"""send_gift.lua, once per goal: after the gift that took its progress to the target."""
+GOAL_FIELDS = frozenset({"goal_id", "kind", "gift_id", "target", "title", "progress", "reached"})
+"""One goal, as in ``goals``, the welcome and the HTTP API."""
+GOALS_EVENT_FIELDS = frozenset({"type", "stream_id", "goals"})
+"""set_goal.lua and delete_goal.lua: the stream's goals after the change."""
+GIFT_EVENT_OPTIONAL_FIELDS = frozenset({"battle_id", "to", "recipients", "goals"})
 """Fields a gift event carries only sometimes: ``battle_id`` when it scored in a battle,
-``to`` and ``recipients`` when guests received it (``_guests.lua``)."""
+``to`` and ``recipients`` when guests received it (``_guests.lua``), ``goals`` when it
+advanced a goal (``_goals.lua``)."""
 GUESTS_EVENT_FIELDS = frozenset({"type", "stream_id", "guests"})
 """invite_guest.lua, join_stage.lua, leave_stage.lua: the stage after the change."""
 GUEST_FIELDS = frozenset({"user_id", "name", "state", "coins", "diamonds"})
@@ -59,7 +82,7 @@ BATTLE_SIDE_FIELDS = frozenset({"stream_id", "creator_id", "creator_name", "side
 SERVER_MESSAGE_TYPES = (
     "welcome", "gift_ack", "error", "gift", "gifts", "stats", "leaderboard", "stream", "lag",
     "gap", "history_changed", "pong", "battle_invite", "battle", "battle_score", "battle_end",
-    "guests",
+    "guests", "level_up", "goal_reached", "goals", "catalog",
 )  # fmt: skip
 """Every ``type`` the server sends to a client."""
 
@@ -107,11 +130,14 @@ def welcome(
     you: Message,
     balance: Message,
     viewers: int,
-    top: list[tuple[str, int]],
+    top: list[TopGifter],
+    goals: list[Goal],
     last_seq: int,
     epoch: str,
     fmt: str,
 ) -> Message:
+    """``you.level``: the viewer's gifter level with this stream's creator (the caller
+    adds it to ``you``)."""
     return {
         "type": "welcome",
         "stream": stream,
@@ -119,14 +145,18 @@ def welcome(
         "balance": balance,
         "viewers": viewers,
         "top": leaderboard_rows(top),
+        "goals": [goal.to_json() for goal in goals],
         "last_seq": last_seq,
         "epoch": epoch,
         "format": fmt,
     }
 
 
-def leaderboard_rows(top: list[tuple[str, int]]) -> list[Message]:
-    return [{"user_id": user, "coins": coins} for user, coins in top]
+def leaderboard_rows(top: list[TopGifter]) -> list[Message]:
+    return [
+        {"user_id": row.user_id, "name": row.name, "coins": row.coins, "level": row.level}
+        for row in top
+    ]
 
 
 def gift_ack(
@@ -166,7 +196,7 @@ def stats(*, viewers: int, coins: int, diamonds: int, gifts: int, last_seq: int)
     }
 
 
-def leaderboard(top: list[tuple[str, int]]) -> Message:
+def leaderboard(top: list[TopGifter]) -> Message:
     return {"type": "leaderboard", "top": leaderboard_rows(top)}
 
 
@@ -186,6 +216,21 @@ def history_changed(epoch: str, from_seq: int) -> Message:
 
 def pong(client_id: str | None) -> Message:
     return {"type": "pong", "id": client_id}
+
+
+def goals(stream_id: str, stream_goals: list[Goal]) -> Message:
+    """The stream's goals after a change: what set_goal.lua and delete_goal.lua publish."""
+    return {
+        "type": "goals",
+        "stream_id": stream_id,
+        "goals": [goal.to_json() for goal in stream_goals],
+    }
+
+
+def catalog(current: Catalog) -> Message:
+    """A new catalog version is current: show these gifts and prices, and send this
+    ``version`` with each gift from now on (``catalog_version``)."""
+    return {"type": "catalog", "version": current.version, "gifts": [g.to_json() for g in current]}
 
 
 def battle_score(live: Message, now_ms: int) -> Message:

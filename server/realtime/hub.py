@@ -103,6 +103,12 @@ class Hub:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def announce(self, message: Message) -> None:
+        """A control message for every connection of every room (a new catalog): encoded
+        once per format; not droppable, so it keeps its place among the gifts."""
+        for room in list(self.rooms.values()):
+            room.broadcast(message, droppable=False)
+
     # Rooms.
 
     async def join(
@@ -210,6 +216,8 @@ class Hub:
         elif kind == "epoch":
             room.hold()
             self._spawn(self.epochs.resync(room))
+        elif kind in ("level_up", "goal_reached"):
+            room.announce(event, droppable=kind == "level_up")
         else:
             room.flush()  # keep order: gifts before the state change that followed them
             room.broadcast(event, droppable=False)

@@ -15,6 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from server.domain.goals import Goal
+from server.domain.levels import TopGifter
+
 
 @dataclass(frozen=True, slots=True)
 class StreamPosition:
@@ -36,7 +39,8 @@ class RoomSnapshot:
     """A stream's state as the broker holds it, read in one step.
 
     ``viewers`` counts every process's viewers as of their last report; ``top`` is the
-    leaderboard, most coins first. ``prev_epoch``/``prev_epoch_seq``: the epoch before the
+    leaderboard, most coins first (with names and gifter levels); ``goals`` the stream's goals
+    with their progress, in creation order. ``prev_epoch``/``prev_epoch_seq``: the epoch before the
     current one and the last sequence of it that is still part of today's history (a
     position of that epoch at or below it is still good); empty and 0 when there is none.
     """
@@ -51,7 +55,8 @@ class RoomSnapshot:
     diamonds: int
     gifts: int
     viewers: int = 0
-    top: list[tuple[str, int]] = field(default_factory=list)
+    top: list[TopGifter] = field(default_factory=list)
+    goals: list[Goal] = field(default_factory=list)
     prev_epoch: str = ""
     prev_epoch_seq: int = 0
 

@@ -19,7 +19,13 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from server.domain.limits import BROADCAST_CHUNK_MAX, ROOM_BUFFER_EVENTS_MAX, ROOM_RECENT_SEQS_MAX
+from server.domain.levels import TopGifter
+from server.domain.limits import (
+    BROADCAST_CHUNK_MAX,
+    ROOM_ANNOUNCEMENTS_MAX,
+    ROOM_BUFFER_EVENTS_MAX,
+    ROOM_RECENT_SEQS_MAX,
+)
 from server.protocol.codec import OutFrame, WireFormat, encode_frame
 from server.protocol.events import Message
 from server.realtime.connection import Connection, Delivery
@@ -52,6 +58,8 @@ class Room:
         self._on_gap = on_gap
         self._on_rollback = on_rollback
         self._pending: list[Message] = []
+        self._announcements: list[tuple[Message, bool]] = []
+        """Events caused by a pending gift (level_up, goal_reached), sent after its frame."""
         self._buffer: list[Message] = []
         self.recent: dict[int, str] = {}
         """Transfer id of each of the last ``ROOM_RECENT_SEQS_MAX`` sequences delivered."""
@@ -59,7 +67,7 @@ class Room:
         self._window_start = time.monotonic()
         self._window_events = 0
         self.last_stats: Message | None = None
-        self.last_top: list[tuple[str, int]] | None = None
+        self.last_top: list[TopGifter] | None = None
 
     def __len__(self) -> int:
         return len(self.connections)
@@ -184,6 +192,20 @@ class Room:
         delivery = Delivery(events, events[0]["seq"], events[-1]["seq"])
         for connection in self.connections:
             connection.deliver(delivery)
+        announcements, self._announcements = self._announcements, []
+        for message, droppable in announcements:
+            self.broadcast(message, droppable=droppable)
+
+    def announce(self, message: Message, *, droppable: bool) -> None:
+        """An event a gift caused (``level_up``, ``goal_reached``): sent right after the
+        frame that carries that gift. In a hot room it waits for the tick with the gift
+        instead of flushing it early (which would undo the coalescing for every viewer).
+        At most ``ROOM_ANNOUNCEMENTS_MAX`` wait; a droppable one past that is dropped, the
+        gift event carries the level anyway."""
+        if not self._pending:
+            self.broadcast(message, droppable=droppable)
+        elif len(self._announcements) < ROOM_ANNOUNCEMENTS_MAX or not droppable:
+            self._announcements.append((message, droppable))
 
     def broadcast(self, message: Message, *, droppable: bool = True) -> None:
         """A control message (stats, leaderboard, stream state): encoded once per format.

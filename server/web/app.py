@@ -15,6 +15,7 @@ from starlette.staticfiles import StaticFiles
 
 from server.broker.redis_pubsub import RedisPubSubBroker
 from server.domain.errors import GiftwireError, UnavailableError
+from server.ledger.catalog_schedule import CatalogSchedule
 from server.ledger.ledger import Ledger
 from server.ledger.watch import REDIS_FAILURES, LedgerWatch
 from server.realtime.hub import Hub
@@ -23,8 +24,10 @@ from server.settings import Settings, load_settings
 from server.web import log_redaction
 from server.web.battle_api import BATTLE_ROUTES
 from server.web.battle_watch import BattleWatch
+from server.web.catalog_api import CATALOG_ROUTES
 from server.web.cluster_app import create_cluster_app
 from server.web.edge import DirectWebSocket
+from server.web.goals_api import ROUTES as GOAL_ROUTES
 from server.web.guests_api import GUEST_ROUTES
 from server.web.home import home_json, home_page
 from server.web.http_api import ROUTES
@@ -32,6 +35,7 @@ from server.web.payouts_api import PAYOUT_ROUTES
 from server.web.preflight import make_ledger, startup_problems
 from server.web.record_api import RECORD_ROUTES
 from server.web.services import Services
+from server.web.spending_api import SPENDING_ROUTES
 from server.web.ws import gift_socket
 
 log = logging.getLogger("giftwire")
@@ -125,11 +129,18 @@ def create_app(settings: Settings) -> DirectWebSocket:
         services = Services(settings, catalog, redis, ledger, hub, watch, record)
         watch.on_catalog = services.follow_catalog
         watch.start()
+        schedule = CatalogSchedule(
+            ledger.catalogs,
+            interval_s=settings.redis_check_interval_s,
+            on_published=services.catalog_changed,
+        )
+        schedule.start()
         app.state.services = services
         log.info("giftwire ready (pid %s, redis %s)", os.getpid(), redis_url.split("@")[-1])
         try:
             yield
         finally:
+            await schedule.stop()
             await watch.stop()
             await battle_watch.stop()
             await hub.stop()
@@ -140,8 +151,11 @@ def create_app(settings: Settings) -> DirectWebSocket:
     # The route stays listed (url_for, docs); DirectWebSocket serves it without the stack.
     routes: list[object] = [
         *ROUTES,
+        *GOAL_ROUTES,
         *RECORD_ROUTES,
         *PAYOUT_ROUTES,
+        *SPENDING_ROUTES,
+        *CATALOG_ROUTES,
         *BATTLE_ROUTES,
         *GUEST_ROUTES,
         WebSocketRoute("/ws/streams/{stream_id}", gift_socket),

@@ -53,6 +53,7 @@ from server.web import http_api
 from server.web.edge import DirectWebSocket
 from server.web.errors import error_response
 from server.web.metrics import RELAY_LAG, RELAY_PENDING
+from server.web.spending_api import SPENDING_ROUTES
 from server.web.ws import gift_socket
 
 log = logging.getLogger("giftwire")
@@ -179,6 +180,8 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
         Route("/healthz", _healthz),
         Route("/readyz", _readyz),
         *served,
+        # One key each (the user's account): spending_limits.lua runs in that slot.
+        *SPENDING_ROUTES,
         Route("/api/{path:path}", _refuse, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
         WebSocketRoute("/ws/streams/{stream_id}", gift_socket),
     ]

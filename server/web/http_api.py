@@ -16,7 +16,7 @@ from starlette.routing import Route
 from server.domain.accounts import Identity, Role, is_valid_id
 from server.domain.errors import ErrorCode, OperatingError, RequestError, UnavailableError
 from server.domain.limits import AMOUNT_MAX, PAGE_MAX, SEQUENCE_MAX
-from server.protocol.events import enrich_gift
+from server.protocol.events import enrich_gift, leaderboard_rows
 from server.web.auth import bearer_from_header, verify_token
 from server.web.errors import error_response
 from server.web.inputs import int_param, read_body
@@ -192,8 +192,11 @@ async def get_stream(request: Request) -> Response:
 @endpoint
 async def leaderboard(request: Request) -> Response:
     limit = _int_param(request, "limit", 10, 100)
-    rows = await _services(request).ledger.leaderboard(request.path_params["stream_id"], limit)
-    return JSONResponse({"top": [{"user_id": u, "coins": c} for u, c in rows]})
+    ledger = _services(request).ledger
+    rows = await ledger.leaderboard(request.path_params["stream_id"], limit)
+    # Who received what on stage, next to who gave: the guests' totals in this stream.
+    received = await ledger.guests.stage(request.path_params["stream_id"])
+    return JSONResponse({"top": leaderboard_rows(rows), "received": received})
 
 
 @endpoint

@@ -14,6 +14,7 @@ from server.domain.streams import Stream
 from server.ledger.ledger import Ledger
 from server.ledger.receipts import GiftReceipt
 from server.ledger.watch import LedgerWatch
+from server.protocol import events
 from server.realtime.hub import Hub
 from server.record.service import RecordService
 from server.settings import Settings
@@ -26,6 +27,8 @@ class SocketLedger(Protocol):
     async def stream(self, stream_id: str) -> Stream | None: ...
 
     async def balance(self, user_id: str) -> Balance: ...
+
+    async def fan_level(self, creator_id: str, user_id: str) -> int: ...
 
     async def send_gift(
         self,
@@ -75,6 +78,16 @@ class Services:
     connections_by_ip: Counter[str] = field(default_factory=Counter)
 
     def follow_catalog(self, catalog: Catalog) -> None:
-        """A new catalog version is current in Redis: serve and display it from now on."""
+        """A new catalog version is current in Redis: serve and display it from now on, and
+        tell every connected client (``catalog``). Once per version, whoever noticed it."""
+        if catalog.version == self.catalog.version:
+            return
+        previous = self.catalog
         self.catalog = catalog
-        self.hub.catalog = catalog
+        # Events of a retired gift (in flight, resumed, paged) keep their display fields.
+        self.hub.catalog = Catalog(catalog.version, {**previous.gifts, **catalog.gifts})
+        self.hub.announce(events.catalog(catalog))
+
+    async def catalog_changed(self, *_: object) -> None:
+        """This process just wrote a new version: follow it now, not at the next check."""
+        self.follow_catalog(await self.ledger.current_catalog())

@@ -245,6 +245,7 @@ class _Session:
         reader: asyncio.Task[CloseCode | None] | None = None
         try:
             balance = await self.services.ledger.balance(self.identity.user_id)
+            level = await self.services.ledger.fan_level(self.creator_id, self.identity.user_id)
             self.joined = True
             # Returns once the welcome and the gifts after `since` are queued: live events
             # wait until then. (A `resume` message sent after the welcome instead races
@@ -252,7 +253,7 @@ class _Session:
             await hub.join(
                 self.connection,
                 self.stream_id,
-                functools.partial(self._welcome, balance),
+                functools.partial(self._welcome, balance, level),
                 since=self.since,
                 epoch=self.epoch,
             )
@@ -295,7 +296,7 @@ class _Session:
             raise error  # handled (or not) by run(), as if read in place
         return reader.result(), ""
 
-    def _welcome(self, balance: Balance, snapshot: RoomSnapshot) -> events.Message:
+    def _welcome(self, balance: Balance, level: int, snapshot: RoomSnapshot) -> events.Message:
         return events.welcome(
             stream={
                 "id": self.stream_id,
@@ -309,10 +310,12 @@ class _Session:
                 "user_id": self.identity.user_id,
                 "role": self.identity.role.value,
                 "display_name": self.identity.display_name,
+                "level": level,
             },
             balance={"coins": balance.coins, "diamonds": balance.diamonds},
             viewers=snapshot.viewers,
             top=snapshot.top,
+            goals=snapshot.goals,
             last_seq=snapshot.position.seq,
             epoch=snapshot.position.epoch,
             fmt=self.fmt.value,

@@ -76,6 +76,11 @@ async def test_viewer_battle_bar_guest_picker_and_creator_panels(
     await expect(viewer.get_by_test_id("battle-score-ours")).to_have_attribute("data-score", "299")
     await expect(viewer.get_by_test_id("battle-score-theirs")).to_have_attribute("data-score", "0")
     assert (await ledger.balance("gina")).diamonds == 149
+    status, board = http_json("GET", f"{server.http}/api/streams/{STREAM}/leaderboard")
+    assert status == 200 and [(r["user_id"], r["coins"]) for r in board["top"]] == [("ann", 299)]
+    assert board["received"] == [
+        {"user_id": "gina", "name": "Gina", "state": "on", "coins": 299, "diamonds": 149}
+    ]
     await expect(rival_page.get_by_test_id("battle-score-theirs")).to_have_attribute(
         "data-score", "299"
     )

@@ -61,7 +61,7 @@ async def test_a_gift_from_one_viewer_shows_everywhere_and_a_refused_one_moves_n
     await expect(creator.get_by_test_id("feed-row")).to_have_count(2)
     first = creator.locator("[data-testid=feed-row][data-seq='1']")
     await expect(first).to_have_attribute("data-gift", "cap")
-    await expect(first).to_contain_text("Alice sent Cap")
+    await expect(first).to_contain_text("Alice Lv 2 sent Cap")  # 99 coins: gifter level 2
     await expect(creator.get_by_test_id("diamonds")).to_have_attribute("data-value", "99")
 
     # A big gift plays full screen for the others.

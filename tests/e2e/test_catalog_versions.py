@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -26,6 +27,21 @@ from tests.support.servers import REPO, ServerProcess, client, http_json, token
 
 STREAM = "cat1"
 CREATOR = "star"
+
+
+@pytest.fixture
+def server(redis_server: RedisProcess, keys: Keys, tmp_path: Path) -> Iterator[ServerProcess]:
+    """The page's server, checking Redis seldom: it must not follow the test's push (and
+    send the page a `catalog` message) before the tap that the test wants refused. The
+    live message has its own test (test_spending_pages.py)."""
+    process = ServerProcess(
+        redis_server.url, keys.prefix, tmp_path, **FAST, GIFTWIRE_REDIS_CHECK_INTERVAL_S="60"
+    )
+    try:
+        process.start()
+        yield process
+    finally:
+        process.stop()
 
 
 def _file(tmp_path: Path, name: str, rose_coins: int, rose_name: str) -> Path:

@@ -240,7 +240,11 @@ async def test_history_and_leaderboard_over_http(server: ServerProcess, ledger: 
     status, body = http_json("GET", f"{server.http}/api/streams/{STREAM}/gifts?after=1")
     assert [e["seq"] for e in body["events"]] == [2]
     status, body = http_json("GET", f"{server.http}/api/streams/{STREAM}/leaderboard")
-    assert body["top"] == [{"user_id": "alice", "coins": 99}, {"user_id": "bob", "coins": 20}]
+    # Display names (from the gifts) and gifter levels, not bare user ids.
+    assert body["top"] == [
+        {"user_id": "alice", "name": "Alice", "coins": 99, "level": 2},
+        {"user_id": "bob", "name": "Bob", "coins": 20, "level": 1},
+    ]
 
 
 async def test_slow_viewer_is_dropped_without_delaying_others(

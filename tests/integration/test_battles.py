@@ -10,7 +10,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from server.domain.errors import ErrorCode, LedgerRefusal, RequestError
+from server.domain.errors import ErrorCode, InvariantError, LedgerRefusal, RequestError
 from server.domain.limits import BATTLE_INVITES_PER_STREAM_MAX, Limits
 from server.ledger.battles import SERVER_ACTOR
 from server.ledger.keys import Keys
@@ -385,3 +385,33 @@ async def test_gifts_racing_the_end_of_time_count_exactly_once(ledger: Ledger) -
             assert (event.get("battle_id") == "clock") == (
                 started["starts_at"] <= event["ts"] < deadline
             )
+
+
+async def test_a_corrupt_key_fails_each_battle_script_before_any_write(
+    ledger: Ledger, redis: Redis, keys: Keys
+) -> None:
+    b = ledger.battles
+    await b.invite(battle_id="k1", from_stream=A, to_stream=B, actor_id=CA, duration_s=60)
+    await redis.set(keys.battle_top(B), "not a zset")
+    before = await snapshot(redis, keys)
+    with pytest.raises(InvariantError):
+        await b.accept(battle_id="k1", from_stream=A, to_stream=B, actor_id=CB)
+    assert await snapshot(redis, keys) == before
+    await redis.delete(keys.battle_top(B))
+    await b.accept(battle_id="k1", from_stream=A, to_stream=B, actor_id=CB)
+    await redis.set(keys.battle_result("k1"), "x")
+    await redis.delete(keys.battle_top(A))
+    await redis.hset(keys.battle_top(A), "not", "a zset")  # type: ignore[misc]
+    before = await snapshot(redis, keys)
+    with pytest.raises(InvariantError):
+        await b.end(stream_id=A, actor_id=CA, reason="ended")
+    assert await snapshot(redis, keys) == before
+    # A gift into the battling room fails before its first write as well.
+    with pytest.raises(InvariantError):
+        await _gift(ledger, "corrupt", "ann", A)
+    assert await snapshot(redis, keys) == before
+    await redis.hset(keys.battle(B), "score", "1e3")  # type: ignore[misc]
+    before = await snapshot(redis, keys)
+    with pytest.raises(InvariantError):
+        await _gift(ledger, "corrupt2", "ann", B)
+    assert await snapshot(redis, keys) == before

@@ -12,6 +12,7 @@ from redis.exceptions import ResponseError
 
 from server.broker.redis_pubsub import RedisPubSubBroker
 from server.domain.catalog import load_catalog
+from server.domain.levels import TopGifter
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
@@ -86,7 +87,7 @@ async def test_a_snapshot_is_typed_and_counts_every_process(
     assert (snapshot.position.seq, snapshot.position.epoch) == (1, "ep1")
     assert (snapshot.creator_id, snapshot.state, snapshot.gifts) == (CREATOR, "live", 3)
     assert snapshot.viewers == 6 and await b.viewers(STREAM) == 6
-    assert snapshot.top == [("alice", 3)]
+    assert snapshot.top == [TopGifter("alice", "Alice", 3, 1)]
     assert await b.snapshot("nope") is None
 
 

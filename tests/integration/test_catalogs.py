@@ -95,16 +95,19 @@ async def test_push_with_a_stale_expected_version_is_refused(redis: Redis, keys:
 @pytest.mark.parametrize(
     "args",
     [
-        ["replace", "{}", "1", "100", "rose", "1"],  # unknown mode
-        ["seed", "{}", "0", "100", "rose", "1"],  # seed needs a version
-        ["seed", "{}", "1", "100", "rose", "0"],  # price below 1
-        ["seed", "{}", "1", "100", "rose", "101"],  # price above the largest
-        ["seed", "{}", "1", "100", "rose", "1e3"],
-        ["seed", "{}", "1", "100", "ro se", "1"],  # not an id
-        ["seed", "{}", "1", "100", "@version", "1"],  # the reserved field
-        ["seed", "{}", "1", "100", "rose"],  # odd pairs
-        ["seed", "{}", "1", "100"],  # no gift
-        ["push", "{}", "-1", "100", "rose", "1"],
+        ["replace", "{}", "1", "100", "", "rose", "1"],  # unknown mode
+        ["seed", "{}", "0", "100", "", "rose", "1"],  # seed needs a version
+        ["seed", "{}", "1", "100", "", "rose", "0"],  # price below 1
+        ["seed", "{}", "1", "100", "", "rose", "101"],  # price above the largest
+        ["seed", "{}", "1", "100", "", "rose", "1e3"],
+        ["seed", "{}", "1", "100", "", "ro se", "1"],  # not an id
+        ["seed", "{}", "1", "100", "", "@version", "1"],  # the reserved field
+        ["seed", "{}", "1", "100", "", "rose"],  # odd pairs
+        ["seed", "{}", "1", "100", ""],  # no gift
+        ["push", "{}", "-1", "100", "", "rose", "1"],
+        ["due", "{}", "1", "100", "", "rose", "1"],  # due names its scheduled edit
+        ["push", "{}", "1", "100", "edit1", "rose", "1"],  # only due names one
+        ["due", "{}", "1", "100", "no way", "rose", "1"],
     ],
 )
 async def test_invalid_arguments_are_refused_and_write_nothing(
@@ -112,7 +115,9 @@ async def test_invalid_arguments_are_refused_and_write_nothing(
 ) -> None:
     ledger = await _fresh(redis, keys)
     reply = await ledger.runner.run_now(
-        ScriptName.PUBLISH_CATALOG, [keys.catalog(), keys.catalog_versions()], list(args)
+        ScriptName.PUBLISH_CATALOG,
+        [keys.catalog(), keys.catalog_versions(), keys.catalog_schedule(), keys.catalog_due()],
+        list(args),
     )
     assert reply == [b"refused", b"invalid_request"]
     assert await snapshot(redis, keys) == {}

@@ -20,6 +20,11 @@ from tests.integration.helpers import CREATOR, STREAM, assert_books_reconcile, g
 CAP = 100
 
 
+def _day(limit: int, spent: int) -> dict[str, object]:
+    """The detail of a refusal by the user's own daily limit."""
+    return {"period": "day", "limit": limit, "spent": spent, "spent_24h": spent, "set_by": "own"}
+
+
 async def _hour(redis: Redis) -> int:
     """The current hour by Redis' clock, waiting out the last two seconds of an hour so that
     the script runs in the same hour as the test's arithmetic."""
@@ -59,7 +64,7 @@ async def test_spending_up_to_the_cap_then_refused_with_what_was_spent(ledger: L
     await gift(ledger, "g1", gift_id="hand_hearts")  # 100
     refusal = await _refusal(ledger, "g2")
     assert refusal.code is ErrorCode.SPENDING_LIMIT
-    assert refusal.detail == {"limit": CAP, "spent_24h": 100}
+    assert refusal.detail == _day(CAP, 100)
     assert (await ledger.balance("alice")).coins == 900
     await assert_books_reconcile(ledger)
 
@@ -72,7 +77,7 @@ async def test_the_last_24_hours_count_across_midnight(
     await _capped(ledger)
     await _spent(redis, keys, await _hour(redis) - hours_ago, 96)
     refusal = await _refusal(ledger, "g1")  # 96 + 5 > 100
-    assert refusal.detail == {"limit": CAP, "spent_24h": 96}
+    assert refusal.detail == _day(CAP, 96)
     await gift(ledger, "g2", gift_id="rose", count=4)  # 96 + 4 fits
 
 
@@ -103,7 +108,7 @@ async def test_moving_on_drops_only_the_hours_that_left_the_window(
         },
     )
     refusal = await _refusal(ledger, "g1", count=15)  # 230 + 75 > 300
-    assert refusal.detail == {"limit": 300, "spent_24h": 230}
+    assert refusal.detail == _day(300, 230)
     await gift(ledger, "g2", gift_id="finger_heart", count=14)  # 230 + 70 fits
     spend = await redis.hmget(keys.account("alice"), ["spend_hours", "spend_sum"])
     assert spend == [b",".join([b"10"] * 23 + [b"0", b"70"]), b"300"]
@@ -119,7 +124,7 @@ async def test_a_clock_stepping_back_does_not_reopen_the_window(
         future = await _hour(redis) + hours
         await _spent(redis, keys, future, CAP)
         refusal = await _refusal(ledger, f"g{i}")
-        assert refusal.detail == {"limit": CAP, "spent_24h": CAP}
+        assert refusal.detail == _day(CAP, CAP)
         assert await redis.hget(keys.account("alice"), "spend_hour") == str(future).encode()
 
 
@@ -132,7 +137,7 @@ async def test_spend_recorded_by_calendar_day_still_counts(
     await redis.hset(
         keys.account("alice"), mapping={"spend_day": seconds // 86400, "spend_coins": 98}
     )
-    assert (await _refusal(ledger, "g1")).detail == {"limit": CAP, "spent_24h": 98}
+    assert (await _refusal(ledger, "g1")).detail == _day(CAP, 98)
     await redis.hset(keys.account("alice"), "spend_day", seconds // 86400 - 1)
     await gift(ledger, "g2", gift_id="hand_hearts")
 

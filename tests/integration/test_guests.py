@@ -237,3 +237,33 @@ async def test_a_guest_leaving_while_gifts_to_them_are_in_flight(ledger: Ledger)
     )
     assert (await ledger.balance("gina")).diamonds == gina_coins // 2
     await assert_books_reconcile(ledger)
+
+
+async def test_guests_diamonds_are_held_and_a_chargeback_claws_them_back(ledger: Ledger) -> None:
+    await _on_stage(ledger, "gina", "gus")
+    await ledger.top_up(payment_id="pay-cb", user_id="cb", coins=600)
+    await _send(ledger, "h1", "gina", "corgi", sender="cb")  # 299: gina earns 149
+    await _send(ledger, "h2", ALL_GUESTS, "corgi", sender="cb")  # 150 + 149 coins
+    for guest in ("gina", "gus"):
+        balance = await ledger.balance(guest)
+        assert balance.held_diamonds == balance.diamonds > 0  # held like a creator's
+    refund = await ledger.refund(payment_id="pay-cb", user_id="cb", refund_id="r1", coins=600)
+    assert refund.refunded == 600
+    for guest in ("gina", "gus"):
+        assert (await ledger.balance(guest)).diamonds == 0  # taken back from each guest
+    await assert_books_reconcile(ledger)
+
+
+async def test_a_corrupt_stage_fails_the_stage_scripts_and_gifts_before_any_write(
+    ledger: Ledger, redis: Redis, keys: Keys
+) -> None:
+    from server.domain.errors import InvariantError
+
+    await _on_stage(ledger, "gina")
+    await redis.hset(keys.guests(STREAM), "c|gina", "1e3")  # not an integer HINCRBY takes
+    before = await snapshot(redis, keys)
+    with pytest.raises(InvariantError):
+        await ledger.guests.invite(stream_id=STREAM, creator_id=CREATOR, guest_id="gus")
+    with pytest.raises(InvariantError):
+        await _send(ledger, "c1", "gina", "corgi")
+    assert await snapshot(redis, keys) == before

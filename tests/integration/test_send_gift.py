@@ -9,6 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from server.domain.errors import ErrorCode, InvariantError, LedgerRefusal
+from server.domain.levels import TopGifter
 from server.domain.limits import Limits
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
@@ -52,7 +53,7 @@ async def test_gift_moves_coins_to_diamonds_and_platform(ledger: Ledger) -> None
     stream = await ledger.stream(STREAM)
     assert stream is not None
     assert (stream.last_sequence, stream.coins_total, stream.gifts_total) == (1, 598, 2)
-    assert await ledger.leaderboard(STREAM) == [("alice", 598)]
+    assert await ledger.leaderboard(STREAM) == [TopGifter("alice", "Alice", 598, 3)]
     assert len(await ledger.feed(STREAM, 0, 10)) == 1
     assert (await reconcile(ledger.redis, ledger.keys)).ok
 

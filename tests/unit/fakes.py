@@ -17,6 +17,7 @@ import orjson
 
 from server.domain.accounts import Identity, Role
 from server.domain.errors import UnavailableError
+from server.domain.levels import TopGifter, level_for
 from server.protocol.codec import WireFormat
 from server.realtime.connection import Connection
 from server.realtime.outbox import Outbox
@@ -200,6 +201,7 @@ class FakeBroker:
             "coins": 1,
             "diamonds": 0,
             "ts": 0,
+            "level": 1,
             **fields,
         }
         data = orjson.dumps(event)
@@ -239,7 +241,7 @@ class FakeBroker:
             diamonds=0,
             gifts=s.seq,
             viewers=sum(self.viewers_reported.values()),
-            top=[("alice", s.seq)] if s.seq else [],
+            top=[TopGifter("alice", "Alice", s.seq, level_for(s.seq))] if s.seq else [],
             prev_epoch=s.prev_epoch,
             prev_epoch_seq=s.prev_epoch_seq,
         )

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from server.domain.catalog import load_catalog
 from server.domain.errors import ErrorCode
+from server.domain.goals import Goal, GoalKind
+from server.domain.levels import TopGifter
 from server.protocol import events
 
 SERVER = Path(__file__).resolve().parents[2] / "server"
@@ -28,7 +30,15 @@ def test_every_builder_makes_a_listed_type() -> None:
         events.error(ErrorCode.INTERNAL),
         events.gift_batch([]),
         events.welcome(
-            stream={}, you={}, balance={}, viewers=0, top=[], last_seq=0, epoch="", fmt="json"
+            stream={},
+            you={},
+            balance={},
+            viewers=0,
+            top=[],
+            goals=[],
+            last_seq=0,
+            epoch="",
+            fmt="json",
         ),
         events.gift_ack(
             client_id="a",
@@ -42,7 +52,8 @@ def test_every_builder_makes_a_listed_type() -> None:
             replayed=False,
         ),
         events.stats(viewers=0, coins=0, diamonds=0, gifts=0, last_seq=0),
-        events.leaderboard([("a", 1)]),
+        events.leaderboard([TopGifter("a", "A", 1, 1)]),
+        events.goals("s", [Goal("g", GoalKind.COINS, "", 10, "Ten")]),
         events.lag(1, 0),
         events.gap(1, 2),
         events.history_changed("e", 1),

@@ -132,3 +132,29 @@ async def test_a_broadcast_keeps_its_place_among_the_gifts() -> None:
     await settle()
     assert sink.kinds()[-1] == "stream"
     assert sink.seqs() == [1, 2, 3]
+
+
+async def test_an_announcement_follows_its_gift_and_keeps_a_hot_room_coalesced() -> None:
+    room, _ = _room(hot_events_per_s=3, batch_events_max=50)
+    (sink,) = _join(room, 1)
+    for seq in range(1, 6):
+        room.gift(_gift(seq))
+    room.announce({"type": "level_up", "seq": 5}, droppable=True)
+    for seq in range(6, 9):
+        room.gift(_gift(seq))
+    await asyncio.sleep(0.1)
+    await settle()
+    kinds = sink.kinds()
+    # The level_up waited for the tick that carried its gift: no early flush of the batch.
+    assert kinds.index("level_up") > 0 and kinds[kinds.index("level_up") - 1] in ("gifts", "gift")
+    assert kinds.count("gifts") + kinds.count("gift") <= 4
+    assert sorted(sink.seqs()) == list(range(1, 9))
+
+
+async def test_a_quiet_room_announces_at_once() -> None:
+    room, _ = _room()
+    (sink,) = _join(room, 1)
+    room.gift(_gift(1))
+    room.announce({"type": "goal_reached", "seq": 1}, droppable=False)
+    await settle()
+    assert sink.kinds() == ["gift", "goal_reached"]

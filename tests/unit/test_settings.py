@@ -21,7 +21,11 @@ from server.settings import (
 )
 
 LIMIT_FIELDS = [f.name for f in dataclasses.fields(Limits)]
-ZERO_MEANS_NONE = {"daily_spend_coins_max", "cashout_diamonds_min", "payout_hold_days"}
+ZERO_MEANS_NONE = {
+    "daily_spend_coins_max", "cashout_diamonds_min", "monthly_spend_coins_max",
+    "spend_raise_cooling_off_s", "minor_daily_spend_coins_max", "minor_monthly_spend_coins_max",
+    "payout_hold_days",
+}  # fmt: skip
 
 
 def test_no_variables_give_the_defaults() -> None:

@@ -10,13 +10,14 @@
 
 -- The id of the battle a gift at `ms` scores in, or nil.
 local function battle_scoring(battle_key, ms)
-  local b = redis.call('HMGET', battle_key, 'state', 'starts_at', 'ends_at', 'id')
+  local b = redis.call('HMGET', battle_key, 'state', 'starts_at', 'ends_at', 'id', 'score')
   if b[1] ~= 'running' then
     return nil
   end
   if ms < stored_int(b[2]) or ms >= stored_int(b[3]) then
     return nil
   end
+  stored_int(b[5])  -- added to by battle_score: an integer, or fail before any write
   return b[4]
 end
 

@@ -96,7 +96,7 @@ end
 
 -- Each recipient's coins, diamonds and carried remainder: checks only, nothing written.
 -- Returns the plan and the diamonds in all, or nil when a balance would pass amount_max.
-local function guests_plan(ids, accounts, coins, share_bps, turn, amount_max)
+local function guests_plan(key, ids, accounts, coins, share_bps, turn, amount_max)
   local n = #ids
   local base = math.floor(coins / n)
   local extra = coins - base * n
@@ -116,6 +116,9 @@ local function guests_plan(ids, accounts, coins, share_bps, turn, amount_max)
     if held + diamonds > amount_max then
       return nil
     end
+    -- The stage's totals of this guest are added to below: integers, or fail now.
+    stored_int(redis.call('HGET', key, 'c|' .. id))
+    stored_int(redis.call('HGET', key, 'd|' .. id))
     plan[i] = {id = id, key = accounts[i], coins = share, diamonds = diamonds,
       share_rem = earned - diamonds * 10000, held = held}
     total = total + diamonds

@@ -1,11 +1,13 @@
 -- include: _gift_rules.lua
+-- include: _spend.lua
 -- debit_gift: the sender's leg of a gift on a Redis Cluster (docs/ledger.md, "Redis
 -- Cluster"). In the sender's slot only: idempotency by client id, rate limit, daily cap,
 -- balance; then the debit, the receipt, a ledger log entry and an outbox entry that the
 -- credit leg (credit_gifts.lua) settles, all in one atomic step. Every check comes first.
 --
 -- KEYS[1]  {u:SENDER}:gift:CLIENT_ID  receipt (string: fingerprint "\n" receipt JSON), TTL
--- KEYS[2]  {u:SENDER}:acct            sender account hash (coins, spend_*, rl_*, daily_limit)
+-- KEYS[2]  {u:SENDER}:acct            sender account hash (coins, rl_*, and the spending
+--                                     limits and spend of _spend.lua)
 -- KEYS[3]  {~N}:outbox                the sender's slot's outbox (stream), N = that slot
 -- KEYS[4]  {~N}:log                   the sender's slot's ledger log (stream)
 -- KEYS[5]  {~N}:catalog               the slot's copy of the current catalog: gift id ->
@@ -23,6 +25,7 @@
 -- ARGV[17] the stream's state as the server read it in the creator's slot just before:
 --          'live', 'ended' or 'unknown' (checked after the receipt, so a retry of a
 --          committed gift still gets its receipt once the stream has ended)
+-- ARGV[18] default monthly spend limit, coins (0 = none; a calendar month, UTC)
 --
 -- Reply: {'ok', receipt JSON} | {'replay', receipt JSON} | {'refused', code [, detail JSON]}
 -- Receipt JSON: transfer_id (SENDER|CLIENT_ID|LOG_ID), client_id, stream_id, gift_id,
@@ -35,7 +38,8 @@
 --   coins, catalog_version, share_bps, ts
 -- Refusal codes: invalid_request, duplicate_mismatch, unknown_stream, stream_not_live,
 --   self_gift, unknown_gift,
---   catalog_changed (detail: {catalog_version}), rate_limited, spending_limit,
+--   catalog_changed (detail: {catalog_version}), rate_limited, spending_limit (detail:
+--   {period, limit, spent, set_by, spent_24h}, as send_gift.lua),
 --   insufficient_funds, unavailable (detail: {reason = 'catalog_missing' | 'outbox_full'})
 
 local client_id, sender, creator, stream_id, gift = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -49,9 +53,11 @@ local amount_max = int_arg(ARGV[13], 1, 1e13)
 local send_max = int_arg(ARGV[14], 1, 1e11)
 local shown_version = int_arg(ARGV[15], 0, 9007199254740991)
 local outbox_max = int_arg(ARGV[16], 1, 1e9)
+local monthly_default = int_arg(ARGV[18], 0, 1e13)
 if not (id_arg(client_id) and id_arg(sender) and id_arg(creator) and id_arg(stream_id)
     and id_arg(gift) and count and share_bps and rate and burst and daily_default
     and receipt_ttl and amount_max and send_max and shown_version and outbox_max
+    and monthly_default
     and type(ARGV[7]) == 'string' and #ARGV[7] <= 256
     and (ARGV[17] == 'live' or ARGV[17] == 'ended' or ARGV[17] == 'unknown')) then
   return refuse('invalid_request')
@@ -101,21 +107,20 @@ if redis.call('XLEN', KEYS[3]) >= outbox_max then
   return refuse('unavailable', {reason = 'outbox_full'})
 end
 
-local acct = redis.call('HMGET', KEYS[2], 'coins', 'spend_hour', 'spend_hours', 'rl_tokens',
-  'rl_at', 'daily_limit', 'spend_day', 'spend_coins', 'spend_sum')
+local acct, acct_coins, rl_tokens, rl_at = spend_read(KEYS[2], 'coins', 'rl_tokens', 'rl_at')
 local ms, seconds = now_ms()
-local tokens, retry_after_ms = gift_rate_take(acct[4], acct[5], ms, rate, burst)
+local tokens, retry_after_ms = gift_rate_take(rl_tokens, rl_at, ms, rate, burst)
 if not tokens then
   return refuse('rate_limited', {retry_after_ms = retry_after_ms})
 end
-local newest, ring, spent = gift_spend_window(acct[2], acct[3], acct[9], acct[7], acct[8],
-  seconds)
-local daily_limit = acct[6] and stored_int(acct[6]) or daily_default
-if daily_limit > 0 and spent + coins > daily_limit then
-  return refuse('spending_limit', {limit = daily_limit, spent_24h = spent})
+-- Spending limits (_spend.lua): the rolling 24 hours and the calendar month, each capped
+-- by the user's own limit and, for a minor, the platform's.
+local spend = spend_state(acct, ms, seconds, daily_default, monthly_default)
+local over = spend_over(spend, coins)
+if over then
+  return refuse('spending_limit', over)
 end
-ring = gift_spend_add(ring, coins)
-local balance = stored_int(acct[1])
+local balance = stored_int(acct_coins)
 if balance < coins then
   return refuse('insufficient_funds', {balance = balance, price = coins})
 end
@@ -126,8 +131,7 @@ redis.call('XLEN', KEYS[4])  -- a wrong-typed log fails here, before the first w
 
 -- Every check passed: write.
 local new_balance = redis.call('HINCRBY', KEYS[2], 'coins', -coins)
-redis.call('HSET', KEYS[2], 'spend_hour', int(newest), 'spend_hours', ring,
-  'spend_sum', int(spent + coins), 'rl_tokens', int(tokens - 1000), 'rl_at', int(ms))
+spend_record(KEYS[2], spend, coins, 'rl_tokens', int(tokens - 1000), 'rl_at', int(ms))
 -- The transfer id is unique per debit, not only per client id: after the receipt expires
 -- the same client id sends a new gift, whose credit must not replay the old one's.
 local log_id = redis.call('XADD', KEYS[4], '*', 'type', 'gift_debit', 'client_id', client_id,

@@ -1,13 +1,15 @@
 -- include: _hold.lua
 -- include: _battle.lua
 -- include: _guests.lua
+-- include: _goals.lua
+-- include: _spend.lua
 -- send_gift: debit the sender's coins, credit the creator's diamonds and the platform's
 -- share, bump combo, leaderboard and totals, append to the ledger and the stream's feed,
 -- and publish the event to the room. All checks come before the first write.
 --
 -- KEYS[1]  {u:SENDER}:gift:CLIENT_ID   receipt (string: fingerprint "\n" receipt JSON)
--- KEYS[2]  {u:SENDER}:acct             sender account hash (coins, spend_hour/_hours/_sum,
---                                      rl_tokens/rl_at, daily_limit)
+-- KEYS[2]  {u:SENDER}:acct             sender account hash (coins, rl_tokens/rl_at, and the
+--                                      spending limits and spend of _spend.lua)
 -- KEYS[3]  {u:CREATOR}:acct            creator account hash (diamonds, share_rem)
 -- KEYS[4]  {platform}:acct             platform account hash
 -- KEYS[5]  {s:STREAM}:stream           stream hash (state, creator, seq, totals)
@@ -23,7 +25,10 @@
 --                                      coins while a battle runs
 -- KEYS[14] {s:STREAM}:battle_top       the side's top gifters (zset)
 -- KEYS[15] {s:STREAM}:guests           the stage (_guests.lua)
--- KEYS[16..] {u:GUEST}:acct            the recipients' accounts when ARGV[21] names guests,
+-- KEYS[16] {s:STREAM}:goals            the stream's goals and their progress (_goals.lua)
+-- KEYS[17] {u:CREATOR}:fans            zset: viewer -> lifetime coins sent to the creator
+-- KEYS[18] {s:STREAM}:names            hash: sender -> display name (for the leaderboard)
+-- KEYS[19..] {u:GUEST}:acct            the recipients' accounts when ARGV[21] names guests,
 --                                      in the order of ARGV[22]
 --
 -- ARGV[1]  client id (the client-chosen transfer id)   ARGV[2]  sender id
@@ -39,12 +44,18 @@
 -- ARGV[20] most entries in the sender's hold record
 -- ARGV[21] recipient: '' the creator, a guest's user id, '*' every guest on stage (split)
 -- ARGV[22] the recipients' ids, comma-separated, as the caller read the stage ('' for none)
+-- ARGV[23] gifter level ladder (server/domain/levels.py, ladder_arg)
+-- ARGV[24] default monthly spend limit, coins (0 = none; a calendar month, UTC)
 --
 -- Reply: {'ok', receipt JSON} | {'replay', receipt JSON} | {'refused', code [, detail JSON]}
 -- Event JSON (published and stored in the feed; fields in server/protocol/events.py):
 --   type, seq, epoch (the stream hash's, '' before epochs existed), transfer_id, stream_id,
 --   sender_id, sender_name, gift_id, count, combo, coins, diamonds, ts (ms),
---   battle_id (only when the gift scored in a battle)
+--   battle_id (only when the gift scored in a battle), level (the
+--   sender's gifter level with the creator after this gift), and goals ({goal_id,
+--   progress} of each goal this gift advanced) only when it advanced one.
+-- Also published after the gift, when it causes them: level_up (type, stream_id, seq,
+--   user_id, user_name, level, prev_level, coins) and goal_reached (_goals.lua), once each.
 -- Receipt JSON: transfer_id, client_id, stream_id, gift_id, count, coins, diamonds,
 --   platform_coins, balance (sender's coins after), combo, seq, ts (ms)
 -- Ledger entry: type=gift, client_id, from, to, stream, gift, count, price (unit), coins,
@@ -55,14 +66,18 @@
 --   catalog_changed (detail: {catalog_version = current version}), not_a_guest, guest_left,
 --   no_guests, guests_changed (the stage changed since the caller read it: read, retry),
 --   hold_limit (detail: {entries_max}: the sender's gifts in the hold name too many creators)
+--   spending_limit detail: {period = 'day' | 'month', limit, spent, set_by = 'own' |
+--   'platform', spent_24h (day only, = spent)}
 -- A gift to guests: event adds `to` (ARGV[21]) and recipients [{user_id, coins, diamonds}];
 --   the ledger entry's `to` is the guest (or '*') and `recipients` lists
 --   id:coins:diamonds:share_rem per guest; the receipt's diamonds are the guests' total.
 --   Guests' diamonds are held like a creator's (one hold per recipient).
 
 local K_BATTLE, K_BATTLE_TOP, K_GUESTS = KEYS[13], KEYS[14], KEYS[15]
-local K_GUEST_ACCOUNTS = 16  -- KEYS[16..]: the recipients' accounts
+local K_GUEST_ACCOUNTS = 19  -- KEYS[19..]: the recipients' accounts
 local to, listed = ARGV[21] or '', ARGV[22] or ''
+local K_GOALS, K_FANS, K_NAMES = KEYS[16], KEYS[17], KEYS[18]
+local ladder = ARGV[23]
 local client_id, sender, creator, stream_id, gift = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local count = int_arg(ARGV[6], 1, 9999)
 local share_bps = int_arg(ARGV[8], 0, 10000)
@@ -78,12 +93,13 @@ local shown_version = int_arg(ARGV[17], 0, 9007199254740991)
 local K_HOLD = KEYS[12]
 local hold_days, hold_day_s = int_arg(ARGV[18], 0, 365), int_arg(ARGV[19], 1, 1000000)
 local hold_entries_max = int_arg(ARGV[20], 1, 100000)
+local monthly_default = int_arg(ARGV[24], 0, 1e13)
 if not (id_arg(client_id) and id_arg(sender) and id_arg(creator) and id_arg(stream_id)
     and id_arg(gift) and count and share_bps and rate and burst and daily_default
     and receipt_ttl and combo_window and feed_max and amount_max and send_max and shown_version
-    and hold_days and hold_day_s and hold_entries_max
+    and hold_days and hold_day_s and hold_entries_max and monthly_default
     and type(ARGV[7]) == 'string' and #ARGV[7] <= 256
-    and (to == '' or to == '*' or id_arg(to)) and #listed <= 1024) then
+    and (to == '' or to == '*' or id_arg(to)) and #listed <= 1024 and ladder_ok(ladder)) then
   return refuse('invalid_request')
 end
 
@@ -137,13 +153,13 @@ end
 for i = 3, 6 do
   stored_int(stream[i])
 end
-local acct = redis.call('HMGET', KEYS[2], 'coins', 'spend_hour', 'spend_hours', 'rl_tokens',
-  'rl_at', 'daily_limit', 'spend_day', 'spend_coins', 'spend_sum')
+-- The sender's account: its coins and rate limiter, and the spending fields (_spend.lua).
+local acct, acct_coins, rl_tokens, rl_at = spend_read(KEYS[2], 'coins', 'rl_tokens', 'rl_at')
 local ms, seconds = now_ms()
 -- Token bucket in milli-tokens: `rate` tokens per second is `rate` milli-tokens per ms.
 local capacity = burst * 1000
-local tokens = tonumber(acct[4]) or capacity
-local elapsed = ms - (tonumber(acct[5]) or ms)
+local tokens = tonumber(rl_tokens) or capacity
+local elapsed = ms - (tonumber(rl_at) or ms)
 if elapsed < 0 then
   elapsed = 0
 end
@@ -151,52 +167,14 @@ tokens = math.min(capacity, tokens + elapsed * rate)
 if tokens < 1000 then
   return refuse('rate_limited', {retry_after_ms = math.ceil((1000 - tokens) / rate)})
 end
--- The daily cap is a rolling window of 25 hourly buckets (the current hour and the 24
--- before it), so no 24 hours ever hold more than the cap: midnight resets nothing.
--- `spend_hours` lists the buckets oldest first, the newest one being hour `spend_hour`;
--- `spend_sum` is their sum, so that a gift in the same hour as the last one reads and
--- rewrites only the newest bucket. A clock that steps back does not reopen the window:
--- the hour never goes below `spend_hour`, so such gifts count in the newest bucket and
--- leave it later, not sooner.
-local hour = math.floor(seconds / 3600)
-local newest, ring, spent = hour, acct[3], stored_int(acct[9])
-if ring then
-  newest = stored_int(acct[2])
-else
-  ring, spent = string.rep('0,', 24) .. '0', 0
-  -- Spend from before the rolling window (a UTC calendar day) still counts today.
-  if acct[7] and stored_int(acct[7]) == math.floor(seconds / 86400) then
-    spent = stored_int(acct[8])
-    ring = string.rep('0,', 24) .. int(spent)
-  end
+-- Spending limits (_spend.lua): the rolling 24 hours and the calendar month, each capped
+-- by the user's own limit and, for a minor, the platform's.
+local spend = spend_state(acct, ms, seconds, daily_default, monthly_default)
+local over = spend_over(spend, coins)
+if over then
+  return refuse('spending_limit', over)
 end
-if hour > newest then
-  local buckets = {}
-  for n in string.gmatch(ring, '[^,]+') do
-    buckets[#buckets + 1] = stored_int(n)
-  end
-  if #buckets ~= 25 then
-    error('giftwire: stored spend_hours is not 25 buckets: ' .. ring)
-  end
-  local shift = math.min(hour - newest, 25)
-  spent = 0
-  for i = 1, 25 do
-    buckets[i] = buckets[i + shift] or 0
-    spent = spent + buckets[i]
-    buckets[i] = int(buckets[i])
-  end
-  ring, newest = table.concat(buckets, ','), hour
-end
-local daily_limit = acct[6] and stored_int(acct[6]) or daily_default
-if daily_limit > 0 and spent + coins > daily_limit then
-  return refuse('spending_limit', {limit = daily_limit, spent_24h = spent})
-end
-local ring_head, ring_last = string.match(ring, '^(.*,)(%d+)$')
-if not ring_head then
-  error('giftwire: stored spend_hours is not a list of buckets: ' .. ring)
-end
-ring = ring_head .. int(stored_int(ring_last) + coins)
-local balance = stored_int(acct[1])
+local balance = stored_int(acct_coins)
 if balance < coins then
   return refuse('insufficient_funds', {balance = balance, price = coins})
 end
@@ -216,8 +194,9 @@ local creator_diamonds = stored_int(creator_acct[1])
 local plan
 if guest_ids then
   -- The guests earn the gift instead of the creator (_guests.lua), each with their carry.
-  plan, diamonds = guests_plan(guest_ids, {unpack(KEYS, K_GUEST_ACCOUNTS, K_GUEST_ACCOUNTS - 1 + #guest_ids)}, coins,
-    share_bps, stored_int(stream[3]) + 1, amount_max)
+  local accounts = {unpack(KEYS, K_GUEST_ACCOUNTS, K_GUEST_ACCOUNTS - 1 + #guest_ids)}
+  plan, diamonds = guests_plan(K_GUESTS, guest_ids, accounts, coins, share_bps,
+    stored_int(stream[3]) + 1, amount_max)
   if not plan then
     return refuse('balance_limit')
   end
@@ -265,15 +244,23 @@ if redis.call('EXISTS', KEYS[7]) == 1 then
 end
 stored_int(redis.call('GET', KEYS[8]))
 redis.call('XLEN', KEYS[9])
+local fan_coins = stored_int(redis.call('ZSCORE', K_FANS, sender))
+local known_name = redis.call('HGET', K_NAMES, sender)
+local goals = goals_for_gift(K_GOALS, gift, coins, count)
+-- The level after this gift, and whether it climbs past one (2 and up: level 1 is the first
+-- gift itself), computed now: a malformed ladder raises before anything is written.
+local level = level_of(ladder, fan_coins + coins)
+local leveled = level >= 2 and level_threshold(ladder, level) > fan_coins
 -- Whether this gift scores in a battle: decided here, on this script's clock, so a gift
 -- racing the battle's start or end is inside the window or outside it, never both.
 local battle_id = battle_scoring(K_BATTLE, ms)
-redis.call('ZSCORE', K_BATTLE_TOP, sender)
+if battle_id then
+  redis.call('ZSCORE', K_BATTLE_TOP, sender)  -- type check, only when it will be written
+end
 
 -- Every check passed: write.
 local new_balance = redis.call('HINCRBY', KEYS[2], 'coins', -coins)
-redis.call('HSET', KEYS[2], 'spend_hour', int(newest), 'spend_hours', ring,
-  'spend_sum', int(spent + coins), 'rl_tokens', int(tokens - 1000), 'rl_at', int(ms))
+spend_record(KEYS[2], spend, coins, 'rl_tokens', int(tokens - 1000), 'rl_at', int(ms))
 if plan then
   guests_credit(plan, K_GUESTS)
   for i, p in ipairs(plan) do
@@ -290,6 +277,11 @@ redis.call('HINCRBY', KEYS[5], 'coins', coins)
 redis.call('HINCRBY', KEYS[5], 'diamonds', diamonds)
 redis.call('HINCRBY', KEYS[5], 'gifts', count)
 redis.call('ZINCRBY', KEYS[6], coins, sender)
+redis.call('ZINCRBY', K_FANS, coins, sender)
+if known_name ~= ARGV[7] then
+  redis.call('HSET', K_NAMES, sender, ARGV[7])
+end
+local progress, reached = goals_advance(K_GOALS, goals)
 local combo = redis.call('INCRBY', KEYS[8], count)
 redis.call('PEXPIRE', KEYS[8], combo_window)
 if battle_id then
@@ -309,12 +301,22 @@ local transfer_id = redis.call('XADD', KEYS[9], '*', unpack(entry))
 local event = cjson.encode({
   type = 'gift', seq = seq, epoch = stream[7] or '', transfer_id = transfer_id,
   stream_id = stream_id, sender_id = sender, sender_name = ARGV[7], gift_id = gift,
-  count = count, combo = combo, coins = coins, diamonds = diamonds, ts = ms,
+  count = count, combo = combo, coins = coins, diamonds = diamonds, ts = ms, level = level,
+  goals = #progress > 0 and progress or nil,
   battle_id = battle_id,  -- nil (absent) unless the gift scored in a battle
   to = plan and to or nil, recipients = plan and guests_event_rows(plan) or nil,
 })
 redis.call('XADD', KEYS[7], 'MAXLEN', '~', int(feed_max), int(seq) .. '-0', 'e', event)
 redis.call('PUBLISH', KEYS[11], event)
+if leveled then
+  redis.call('PUBLISH', KEYS[11], cjson.encode({type = 'level_up', stream_id = stream_id,
+    seq = seq, user_id = sender, user_name = ARGV[7], level = level,
+    prev_level = level_of(ladder, fan_coins), coins = fan_coins + coins}))
+end
+for _, goal in ipairs(reached) do
+  redis.call('PUBLISH', KEYS[11],
+    goal_reached_event(stream_id, goal, seq, sender, ARGV[7], ms))
+end
 
 local receipt = cjson.encode({
   transfer_id = transfer_id, client_id = client_id, stream_id = stream_id, gift_id = gift,
