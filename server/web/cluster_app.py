@@ -139,9 +139,14 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
             await runner.prepare()
         except _DOWN as e:
             log.warning("cluster at %s not reachable yet: %s", node_url.split("@")[-1], e)
-        rooms = ClusterRooms(
-            runner, ClusterKeys(settings.key_prefix), timeout_s=limits.redis_timeout_s
+        ledger = ClusterLedger(
+            runner,
+            keys=ClusterKeys(settings.key_prefix),
+            limits=limits,
+            economics=settings.economics,
         )
+        # The broker reads through the ledger: one owner cache, one routing of reads.
+        rooms = ClusterRooms(ledger, timeout_s=limits.redis_timeout_s)
         broker = ShardedPubSubBroker(
             rooms,
             # Presence outlives a few missed stats ticks, not a dead process.
@@ -158,12 +163,6 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
             stats_interval_s=settings.stats_interval_s,
         )
         await hub.start()
-        ledger = ClusterLedger(
-            runner,
-            keys=ClusterKeys(settings.key_prefix),
-            limits=limits,
-            economics=settings.economics,
-        )
         services = ClusterServices(settings, catalog, runner, hub, ledger)
         app.state.services = services
         preparing = asyncio.get_running_loop().create_task(_prepare(services, catalog))

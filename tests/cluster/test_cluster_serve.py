@@ -11,7 +11,9 @@ import pytest
 
 from server.broker.cluster_rooms import ClusterRooms
 from server.domain.accounts import Role
+from server.domain.limits import Limits
 from server.ledger.cluster_keys import ClusterKeys
+from server.ledger.cluster_reads import ClusterReads
 from server.ledger.cluster_runner import ClusterScriptRunner
 from server.ledger.keys import Keys
 from tests.cluster.legs import funded, gift, live_stream, open_ledger
@@ -24,7 +26,7 @@ from tests.support.servers import ServerProcess, http_json, signed_webhook, toke
 async def rooms(redis_cluster: RedisCluster, keys: Keys) -> AsyncIterator[ClusterRooms]:
     runner = ClusterScriptRunner(redis_cluster.startup_urls, timeout_s=5.0)
     await runner.prepare()
-    yield ClusterRooms(runner, ClusterKeys(keys.prefix), timeout_s=5.0)
+    yield ClusterRooms(ClusterReads(runner, ClusterKeys(keys.prefix), Limits()), timeout_s=5.0)
     await runner.aclose()
 
 
