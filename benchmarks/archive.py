@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 from benchmarks.hotpath import measure_end_to_end
 from benchmarks.procs import REPO, machine
 from server.domain.catalog import load_catalog
+from server.domain.errors import UnavailableError
 from server.domain.limits import Limits
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
@@ -98,6 +99,27 @@ class CpuSampler:
         for key, last in self.last.items():
             used[key[0]] += last - self.first[key]
         return used
+
+
+async def _retried(ledger: Ledger, client_id: str, sender: str) -> None:
+    """One gift, retried with the same id after a timeout (its outcome was unknown), as a
+    client must: a stall of the loaded machine should not end the run."""
+    for attempt in range(5):
+        try:
+            await ledger.send_gift(
+                client_id=client_id,
+                sender_id=sender,
+                sender_name="s",
+                stream_id="mem",
+                creator_id="memc",
+                gift_id="rose",
+                count=1,
+            )
+            return
+        except UnavailableError:
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.5)
 
 
 def _lag_ms(database_url: str) -> dict[str, float]:
@@ -194,9 +216,7 @@ async def _sustained(redis_url: str, database_url: str | None, log_dir: Path, sc
         while sent < total:
             batch = min(IN_FLIGHT, total - sent)
             await asyncio.gather(*(
-                ledger.send_gift(client_id=f"{tag}{sent + i}", sender_id=senders[i % SENDERS],
-                                 sender_name="s", stream_id="mem", creator_id="memc",
-                                 gift_id="rose", count=1)
+                _retried(ledger, f"{tag}{sent + i}", senders[i % SENDERS])
                 for i in range(batch)
             ))  # fmt: skip
             sent += batch

@@ -34,8 +34,15 @@ export class SpendingPanel {
     sheet.querySelector("#spend-save").addEventListener("click", () => this.save());
   }
 
+  // Never throws: the meter is refreshed after acks in the background, and a server that
+  // is restarting (the socket reconnects by itself) must not raise an uncaught rejection.
   async refresh() {
-    const reply = await this.api.spending();
+    let reply;
+    try {
+      reply = await this.api.spending();
+    } catch {
+      return false;
+    }
     if (reply.ok) this.render(reply.body);
     return reply.ok;
   }
@@ -120,7 +127,13 @@ export class SpendingPanel {
       this.say("Nothing to change.");
       return;
     }
-    const reply = await this.api.setSpending(body);
+    let reply;
+    try {
+      reply = await this.api.setSpending(body);
+    } catch {
+      this.say("The server could not be reached: check the limits shown, then try again.");
+      return;
+    }
     if (!reply.ok) {
       const error = reply.body?.error ?? {};
       if (error.code === "spending_cap") {

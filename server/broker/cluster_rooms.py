@@ -1,12 +1,11 @@
-"""The reads a room needs on a Redis Cluster, each on the primary that owns its slot.
+"""The reads a room needs on a Redis Cluster beyond ``ClusterReads``: several commands of
+one slot in one round trip (the stream and its leaderboard, presence), ``bump_epoch``.
 
 A stream's keys carry its creator's tag (``cluster_keys``: ``{u:CREATOR}:s:STREAM:...``),
-so a server that knows only the stream id first reads ``{s:STREAM}:owner``. The owner of an
-id never changes once claimed (``docs/ledger.md``, "Stream ids"), so it is cached for the
-life of the process (at most ``OWNERS_CACHED_MAX`` ids; the oldest go first); an id with no
-owner yet is not cached.
+so the stream id's owner comes first: ``ClusterReads.owner``, cached for the life of the
+process (an owner never changes once claimed), shared with the ledger of the same process.
 
-Routing: a command goes to the primary of its key's slot in the slot map (``SlotMap``). A
+Routing (``on_slot``): a command goes to the primary of its key's slot in the slot map. A
 ``MOVED`` reply names the new owner: the map is corrected and the command sent there, at
 most ``REDIRECTS_MAX`` times. Every command here is a read, or a write that is safe to
 repeat (presence), so a redirect never doubles anything. A lost connection, a timeout,
@@ -17,7 +16,6 @@ next call reads it again (a failover: the promoted replica is found then).
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, cast
 
@@ -27,36 +25,32 @@ from redis.asyncio import Redis
 
 from server.domain.accounts import Balance
 from server.domain.errors import UnavailableError
+from server.domain.goals import Goal
+from server.domain.levels import TopGifter
 from server.domain.limits import TOP_MAX
 from server.domain.streams import Stream
 from server.ledger.cluster_keys import ClusterKeys, slot_of
+from server.ledger.cluster_reads import ClusterReads
 from server.ledger.cluster_runner import REDIRECTS_MAX, ClusterScriptRunner
+from server.ledger.goals import goals_from_hash, top_gifters
 from server.ledger.ledger import EpochChange, stream_from_hash
 from server.ledger.receipts import unpack
-from server.ledger.runner import StreamRows
 from server.ledger.scripts import ScriptName
-
-OWNERS_CACHED_MAX = 100_000
-"""Stream ids whose creator this process remembers (about 100 bytes each)."""
 
 _DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, TimeoutError)
 _NOT_SERVED = (redis_errors.ClusterDownError, redis_errors.TryAgainError)
 T = TypeVar("T")
 
 
-def _int(value: bytes | None) -> int:
-    return int(value) if value else 0
-
-
 class ClusterRooms:
-    """Stream, feed, leaderboard, presence and balance reads over a cluster."""
+    """The broker's reads over a cluster, on top of ``reads`` (the process's ledger)."""
 
-    def __init__(self, runner: ClusterScriptRunner, keys: ClusterKeys, *, timeout_s: float):
-        self.runner = runner
-        self.slots = runner.slots
-        self.keys = keys
+    def __init__(self, reads: ClusterReads, *, timeout_s: float) -> None:
+        self.reads = reads
+        self.runner: ClusterScriptRunner = reads.runner
+        self.slots = reads.runner.slots
+        self.keys: ClusterKeys = reads.keys
         self._timeout_s = timeout_s
-        self._owners: OrderedDict[str, str] = OrderedDict()
 
     async def on_slot(self, key: str, command: Callable[[Redis], Awaitable[T]]) -> T:
         """Run ``command`` on the client of the primary that owns ``key``'s slot."""
@@ -85,18 +79,7 @@ class ClusterRooms:
     # The stream id's owner, and with it the slot of the stream's keys.
 
     async def creator_of(self, stream_id: str) -> str | None:
-        creator = self._owners.get(stream_id)
-        if creator is not None:
-            return creator
-        key = self.keys.stream_owner(stream_id)
-        raw = cast(bytes | None, await self.on_slot(key, lambda r: r.get(key)))
-        if raw is None:
-            return None
-        creator = raw.decode()
-        self._owners[stream_id] = creator
-        if len(self._owners) > OWNERS_CACHED_MAX:
-            self._owners.popitem(last=False)
-        return creator
+        return await self.reads.owner(stream_id)
 
     async def _creator(self, stream_id: str) -> str:
         creator = await self.creator_of(stream_id)
@@ -111,40 +94,50 @@ class ClusterRooms:
     # Reads of the stream's slot (its creator's).
 
     async def stream(self, stream_id: str) -> Stream | None:
-        creator = await self.creator_of(stream_id)
-        if creator is None:
-            return None
-        key = self.keys.stream(creator, stream_id)
-        raw = await self.on_slot(key, lambda r: r.hgetall(key))
-        return stream_from_hash(stream_id, cast(dict[bytes, bytes], raw))
+        return await self.reads.stream(stream_id)
 
-    async def stream_and_top(self, stream_id: str) -> tuple[Stream | None, list[tuple[str, int]]]:
-        """The stream hash and its leaderboard in one round trip (one slot)."""
+    async def stream_and_top(
+        self, stream_id: str
+    ) -> tuple[Stream | None, list[TopGifter], list[Goal]]:
+        """The stream hash, its leaderboard (with names and levels) and its goals from the
+        primary of the creator's slot, which holds all of them: one round trip, and a second
+        for the names and lifetime coins of the top ``TOP_MAX`` when there is a top."""
         creator = await self.creator_of(stream_id)
         if creator is None:
-            return None, []
+            return None, [], []
         k = self.keys
-        stream_key, top_key = k.stream(creator, stream_id), k.leaderboard(creator, stream_id)
+        stream_key = k.stream(creator, stream_id)
+        keys = [
+            stream_key,
+            k.leaderboard(creator, stream_id),
+            k.goals(creator, stream_id),
+            k.names(creator, stream_id),
+            k.fans(creator),
+        ]
 
         async def read(r: Redis) -> list[object]:
             pipe = r.pipeline(transaction=False)
-            pipe.hgetall(stream_key)  # type: ignore[unused-awaitable]
-            pipe.zrevrange(top_key, 0, TOP_MAX - 1, withscores=True)  # type: ignore[unused-awaitable]
-            return cast(list[object], await pipe.execute())
+            pipe.hgetall(keys[0])  # type: ignore[unused-awaitable]
+            pipe.zrevrange(keys[1], 0, TOP_MAX - 1, withscores=True)  # type: ignore[unused-awaitable]
+            pipe.hgetall(keys[2])  # type: ignore[unused-awaitable]
+            replies = cast(list[object], await pipe.execute())
+            members = [m.decode() for m, _ in cast(list[tuple[bytes, float]], replies[1])]
+            if not members:
+                return [*replies, [], []]
+            pipe = r.pipeline(transaction=False)
+            pipe.hmget(keys[3], members)  # type: ignore[unused-awaitable]
+            pipe.zmscore(keys[4], members)  # type: ignore[unused-awaitable]
+            return [*replies, *cast(list[object], await pipe.execute())]
 
-        raw, top_raw = await self.on_slot(stream_key, read)
+        raw, top_raw, goals_raw, names, lifetime = await self.on_slot(stream_key, read)
         stream = stream_from_hash(stream_id, cast(dict[bytes, bytes], raw))
-        rows = cast(list[tuple[bytes, float]], top_raw)
-        return stream, [(member.decode(), int(score)) for member, score in rows]
+        rows = [(m.decode(), int(s)) for m, s in cast(list[tuple[bytes, float]], top_raw)]
+        top = top_gifters(rows, cast(list[bytes | None], names), cast(list[object], lifetime))
+        return stream, top, goals_from_hash(cast(dict[bytes, bytes], goals_raw))
 
     async def feed(self, stream_id: str, after_seq: int, limit: int) -> list[bytes]:
         """Gift events (JSON as published) with sequence > after_seq, oldest first."""
-        creator = await self._creator(stream_id)
-        key = self.keys.feed(creator, stream_id)
-        rows = await self.on_slot(
-            key, lambda r: r.xrange(key, min=f"{after_seq + 1}-0", max="+", count=limit)
-        )
-        return [fields[b"e"] for _, fields in cast(StreamRows, rows)]
+        return await self.reads.feed(stream_id, after_seq, limit)
 
     async def bump_epoch(
         self, *, stream_id: str, expected: str, epoch: str, valid_seq: int
@@ -162,10 +155,5 @@ class ClusterRooms:
         doc = orjson.loads(body)
         return EpochChange(doc["epoch"], doc["prev_epoch"], doc["prev_epoch_seq"], not replayed)
 
-    # The account's slot.
-
     async def balance(self, user_id: str) -> Balance:
-        key = self.keys.account(user_id)
-        values = await self.on_slot(key, lambda r: r.hmget(key, ["coins", "diamonds", "debt"]))
-        coins, diamonds, debt = cast(list[bytes | None], values)
-        return Balance(user_id, _int(coins), _int(diamonds), _int(debt))
+        return await self.reads.balance(user_id)

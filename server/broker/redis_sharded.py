@@ -49,7 +49,6 @@ from redis.backoff import NoBackoff
 from server.broker.cluster_rooms import ClusterRooms
 from server.broker.redis_pubsub import _viewers
 from server.domain.errors import UnavailableError
-from server.domain.levels import TopGifter
 from server.domain.limits import PUBSUB_DRAIN_MAX
 from server.ledger.cluster_keys import slot_of
 from server.ledger.cluster_runner import REDIRECTS_MAX
@@ -370,7 +369,7 @@ class ShardedPubSubBroker:
         self, stream_id: str, *, viewers_here: int | None = None
     ) -> RoomSnapshot | None:
         now_ms = int(time.time() * 1000)
-        (stream, top), viewers = await asyncio.gather(
+        (stream, top, goals), viewers = await asyncio.gather(
             self.rooms.stream_and_top(stream_id),
             self._presence(stream_id, viewers_here, now_ms),
         )
@@ -387,9 +386,8 @@ class ShardedPubSubBroker:
             diamonds=stream.diamonds_total,
             gifts=stream.gifts_total,
             viewers=viewers,
-            # Names and levels are not kept on a cluster until the credit leg writes them
-            # (docs/ledger.md, "Goals and levels"): the id stands in, level 0.
-            top=[TopGifter(user, user, coins, 0) for user, coins in top],
+            top=top,
+            goals=goals,
             prev_epoch=stream.prev_epoch,
             prev_epoch_seq=stream.prev_epoch_seq,
         )

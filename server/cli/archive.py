@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 import orjson
+import psycopg
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
@@ -64,7 +65,12 @@ async def _cluster_archiver(
 async def _archive(
     settings: Settings, redis_url: str, database_url: str, args: argparse.Namespace
 ) -> int:
-    pool = await open_record(database_url)
+    try:
+        pool = await open_record(database_url)
+    except psycopg.OperationalError as exc:
+        # serve/demo restarts its archiver child; one line says why, not a traceback.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CommandError(f"the archiver cannot open the record: {first}", exit_code=1) from exc
     config = ArchiverConfig(lease_ttl_ms=args.lease_ttl_ms)
     if settings.redis_cluster:
         archiver, close = await _cluster_archiver(settings, redis_url, pool, config)

@@ -29,12 +29,15 @@ from typing import Any, Protocol
 import orjson
 
 from server.domain.errors import InvariantError
+from server.domain.levels import ladder_arg
 from server.domain.limits import AMOUNT_MAX, CREDIT_BATCH_MAX, Limits
 from server.ledger.cluster_keys import ClusterKeys
 from server.ledger.receipts import unpack
 from server.ledger.scripts import ScriptName
 
 log = logging.getLogger("giftwire.ledger")
+_LADDER = ladder_arg()
+"""The gifter level ladder as credit_gifts.lua's last ARGV, built once per process."""
 
 
 class ScriptRuns(Protocol):
@@ -248,6 +251,8 @@ class CreditBatcher:
             keys.append(k.credit_receipt(creator_id, transfer.transfer_id))
             keys.append(k.combo(creator_id, stream_id, transfer.sender_id, transfer.gift_id))
             args += transfer.args()
+        keys += k.credit_tail_keys(creator_id, stream_id)
+        args.append(_LADDER)
         self.calls += 1
         reply = await self._runner.run(ScriptName.CREDIT_GIFTS, keys, args, order_key=creator_id)
         body, _ = unpack(reply)

@@ -15,6 +15,8 @@ key                                        type    holds
 ``{u:CREATOR}:s:STREAM:stream``            hash    the stream, in its creator's slot
 ``{u:CREATOR}:s:STREAM:top|feed|room``     ...     leaderboard, feed, shard channel (SPUBLISH)
 ``{u:CREATOR}:s:STREAM:combo:USER:GIFT``   string  combo counter (TTL)
+``{u:CREATOR}:s:STREAM:goals|names``       hash    the stream's goals; sender -> display name
+``{u:CREATOR}:fans``                       zset    viewer -> lifetime coins to the creator
 ``{s:STREAM}:owner``                       string  the stream id's creator: claims the id
                                                    once and lets a viewer find the slot
 ``{s:STREAM}:viewers``                     hash    presence, as in single-node mode
@@ -126,6 +128,18 @@ class ClusterKeys:
     def combo(self, creator_id: str, stream_id: str, sender_id: str, gift_id: str) -> str:
         return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:combo:{sender_id}:{gift_id}"
 
+    def goals(self, creator_id: str, stream_id: str) -> str:
+        """The stream's goals and their progress (``_goals.lua``), in the creator's slot."""
+        return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:goals"
+
+    def names(self, creator_id: str, stream_id: str) -> str:
+        """Sender -> display name of their latest gift to the stream (the leaderboard's)."""
+        return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:names"
+
+    def fans(self, creator_id: str) -> str:
+        """Viewer -> lifetime coins sent to the creator over all its streams (levels)."""
+        return f"{self.prefix}{{u:{creator_id}}}:fans"
+
     def room_channel(self, creator_id: str, stream_id: str) -> str:
         """The room's shard channel: SPUBLISH from the credit leg, SSUBSCRIBE by servers."""
         return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:room"
@@ -220,7 +234,8 @@ class ClusterKeys:
 
     def credit_keys(self, creator_id: str, stream_id: str) -> list[str]:
         """The keys of one credit call into a creator's stream (a batch of transfers; the
-        per-transfer receipts and combo counters follow in KEYS after these)."""
+        per-transfer receipts and combo counters follow in KEYS after these, then
+        ``credit_tail_keys``)."""
         slot = slot_of(self.account(creator_id))
         return [
             self.account(creator_id),
@@ -230,6 +245,15 @@ class ClusterKeys:
             self.room_channel(creator_id, stream_id),
             self.platform_shard(slot),
             self.ledger_shard(slot),
+        ]
+
+    def credit_tail_keys(self, creator_id: str, stream_id: str) -> list[str]:
+        """The last three keys of a credit call, after the per-transfer ones: goals, fans,
+        names (``credit_gifts.lua`` reads them as ``KEYS[#KEYS - 2 ..]``)."""
+        return [
+            self.goals(creator_id, stream_id),
+            self.fans(creator_id),
+            self.names(creator_id, stream_id),
         ]
 
     # The archiver (server/record/): one lease for the logs of every slot.

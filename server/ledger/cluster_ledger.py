@@ -46,8 +46,8 @@ from server.domain.limits import (
 from server.domain.money import Economics
 from server.ledger.catalogs import VERSION_FIELD
 from server.ledger.cluster_credits import CreditBatcher, CreditResult, Transfer
+from server.ledger.cluster_goals import ClusterGoals
 from server.ledger.cluster_keys import ClusterKeys, slot_of
-from server.ledger.cluster_reads import ClusterReads
 from server.ledger.cluster_runner import ClusterScriptRunner
 from server.ledger.cluster_shards import Shards
 from server.ledger.ledger import StreamChange, _stream_change
@@ -74,8 +74,9 @@ mode keeps no hold yet (credit_gifts.lua records no held diamonds), so none is a
 the single-node scripts of today ignore these extra arguments."""
 
 
-class ClusterLedger(ClusterReads):
-    """Money operations on a cluster; the same method contracts as ``Ledger``."""
+class ClusterLedger(ClusterGoals):
+    """Money operations on a cluster; the same method contracts as ``Ledger`` (the goal
+    calls in ``cluster_goals.py``, the reads in ``cluster_reads.py``)."""
 
     def __init__(
         self,

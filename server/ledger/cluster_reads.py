@@ -17,15 +17,25 @@ from redis import exceptions as redis_errors
 
 from server.domain.accounts import Balance
 from server.domain.errors import InvariantError, UnavailableError
-from server.domain.levels import TopGifter
+from server.domain.goals import Goal
+from server.domain.levels import TopGifter, level_for
 from server.domain.limits import STREAM_OWNERS_MAX, STREAM_STATE_TTL_S, Limits
 from server.domain.streams import Stream
 from server.ledger.cluster_keys import ClusterKeys, slot_of
 from server.ledger.cluster_runner import ClusterScriptRunner
 from server.ledger.cluster_topology import CONNECTION_ERRORS
+from server.ledger.goals import goals_from_hash, top_gifters
 from server.ledger.ledger import stream_from_hash
 
 _NOT_SERVED = (redis_errors.AskError, redis_errors.ClusterDownError, redis_errors.TryAgainError)
+
+
+class NoStage:
+    """The stage reads of cluster mode: gifts to guests are refused on a cluster
+    (``ClusterLedger.send_gift``), so no guest ever received anything there."""
+
+    async def stage(self, stream_id: str) -> list[dict[str, Any]]:
+        return []
 
 
 class ClusterReads:
@@ -33,6 +43,8 @@ class ClusterReads:
         self.runner = runner
         self.keys = keys
         self.limits = limits
+        self.guests = NoStage()
+        """For the leaderboard route, which lists what the guests received next to the top."""
         self._owners: OrderedDict[str, str] = OrderedDict()
         self._states: dict[str, tuple[float, str]] = {}
 
@@ -100,22 +112,35 @@ class ClusterReads:
         return [_as_hash(fields)[b"e"] for _, fields in rows]
 
     async def leaderboard(self, stream_id: str, limit: int = 10) -> list[TopGifter]:
-        """Names and levels are not kept on a cluster until credit_gifts.lua includes
-        _goals.lua (docs/ledger.md, "Goals and levels"): the id stands in, level 0."""
+        """The stream's top gifters, most coins first, with display names and levels (the
+        names hash and the fans zset, written by credit_gifts.lua in the creator's slot)."""
         creator = await self.owner(stream_id)
         if creator is None:
             return []
-        rows = await self.command(
-            self.keys.leaderboard(creator, stream_id), "ZREVRANGE", 0, limit - 1, "WITHSCORES"
+        k = self.keys
+        raw = await self.command(
+            k.leaderboard(creator, stream_id), "ZREVRANGE", 0, limit - 1, "WITHSCORES"
         )
-        return [
-            TopGifter(member.decode(), member.decode(), int(float(score)), 0)
-            for member, score in _pairs(rows)
-        ]
+        rows = [(member.decode(), int(float(score))) for member, score in _pairs(raw)]
+        if not rows:
+            return []
+        members = [user for user, _ in rows]
+        names = await self.command(k.names(creator, stream_id), "HMGET", *members)
+        lifetime = await self.command(k.fans(creator), "ZMSCORE", *members)
+        return top_gifters(rows, list(names), list(lifetime))
 
     async def fan_level(self, creator_id: str, user_id: str) -> int:
-        """0: gifter levels are not counted on a cluster yet (see ``leaderboard``)."""
-        return 0
+        """A viewer's gifter level with a creator (0: never sent a coin)."""
+        score = await self.command(self.keys.fans(creator_id), "ZSCORE", user_id)
+        return level_for(int(float(score)) if score else 0)
+
+    async def stream_goals(self, stream_id: str) -> list[Goal]:
+        """The stream's goals with their progress, in creation order ([] for no stream)."""
+        creator = await self.owner(stream_id)
+        if creator is None:
+            return []
+        raw = await self.command(self.keys.goals(creator, stream_id), "HGETALL")
+        return goals_from_hash(_as_hash(raw))
 
     async def balance(self, user_id: str) -> Balance:
         values = await self.command(

@@ -3,8 +3,9 @@
 Contract: ``set_goal`` and ``delete_goal`` are Lua scripts (``set_goal.lua``,
 ``delete_goal.lua``), atomic, idempotent by goal id, and only the stream's creator may call
 them; each publishes the stream's goals to the room (``goals``) when it changed them.
-Progress is moved only by ``send_gift.lua`` (``_goals.lua``), in the step that moves the
-coins. The reads here change nothing and may be a moment old by the time they return.
+Progress is moved only by ``send_gift.lua`` (on a cluster ``credit_gifts.lua``; both through
+``_goals.lua``), in the step that moves the coins. The reads here change nothing and may be
+a moment old by the time they return.
 """
 
 from __future__ import annotations
@@ -49,6 +50,23 @@ def goals_from_hash(raw: dict[bytes, bytes]) -> list[Goal]:
         progress = int(raw.get(f"p:{goal_id}".encode(), b"0"))
         out.append(Goal(goal.goal_id, goal.kind, goal.gift_id, goal.target, goal.title, progress))
     return out
+
+
+def top_gifters(
+    rows: list[tuple[str, int]], names: list[bytes | None], lifetime: list[object]
+) -> list[TopGifter]:
+    """Leaderboard rows (user id, coins) with the names hash's values (``HMGET``) and the
+    fans zset's scores (the lifetime coins, ``ZSCORE``/``ZMSCORE``) of the same users, in
+    order: the one place a leaderboard row gets its name and level, in both modes."""
+    return [
+        TopGifter(
+            user_id=user,
+            name=name.decode() if name is not None else user,
+            coins=coins,
+            level=level_for(int(float(cast(bytes | float | int, fan))) if fan else 0),
+        )
+        for (user, coins), name, fan in zip(rows, names, lifetime, strict=True)
+    ]
 
 
 class GoalStore:
@@ -113,12 +131,4 @@ class GoalStore:
         for user in members:
             pipe.zscore(self.keys.fans(creator_id), user)  # type: ignore[unused-awaitable]
         names, *lifetime = await pipe.execute()
-        return [
-            TopGifter(
-                user_id=user,
-                name=name.decode() if name is not None else user,
-                coins=coins,
-                level=level_for(int(fan or 0)),
-            )
-            for (user, coins), name, fan in zip(rows, names, lifetime, strict=True)
-        ]
+        return top_gifters(rows, names, lifetime)

@@ -193,6 +193,10 @@ class PostgresProcess:
             stderr=subprocess.STDOUT,
             cwd=self.root_dir,
             preexec_fn=preexec,
+            # A child of serve/demo leaves the terminal's process group, as the embedded
+            # Redis does: Ctrl-C stops giftwire, which stops postgres after the archiver,
+            # instead of postgres cutting the archiver's connections first.
+            process_group=0 if self.die_with_parent else None,
             user=uid,
             group=account.pw_gid if account else None,
             extra_groups=[] if account else None,

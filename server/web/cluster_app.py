@@ -11,10 +11,10 @@ Here the server reads the cluster's slot map, loads the scripts on every primary
   timeout left in the outboxes; its pending transfers and lag are on ``/metrics``;
 * viewers: the same endpoint, hub and protocol as single-node mode, fed by sharded pub/sub
   (``ShardedPubSubBroker``: ``SSUBSCRIBE`` on the primary of each room's slot);
-* the HTTP API the ledger covers: catalog, wallet, streams, leaderboard, gift history, the
-  payment webhook and cash-outs. The durable record's routes and the payout webhook are
-  refused with ``unavailable`` and a reason (the archiver does not read the slots' logs
-  yet).
+* the HTTP API the ledger covers: catalog, wallet, streams, leaderboard (names and levels),
+  stream goals, gift history, the payment webhook and cash-outs. The durable record's
+  routes and the payout webhook are refused with ``unavailable`` and a reason (the
+  archiver does not read the slots' logs yet).
 
 ``GET /readyz``: 200 ``{"redis": true, "cluster": true, "ready": true, "gifts": true}`` once
 the ledger is prepared and the broker reads the cluster, else 503 (``gifts`` false while
@@ -52,7 +52,9 @@ from server.settings import Settings
 from server.web import http_api
 from server.web.edge import DirectWebSocket
 from server.web.errors import error_response
+from server.web.goals_api import ROUTES as GOAL_ROUTES
 from server.web.metrics import RELAY_LAG, RELAY_PENDING
+from server.web.spending_api import SPENDING_ROUTES
 from server.web.ws import gift_socket
 
 log = logging.getLogger("giftwire")
@@ -70,6 +72,8 @@ _SERVED = {
     "/api/streams/{stream_id}/end",
     "/api/streams/{stream_id}/leaderboard",
     "/api/streams/{stream_id}/gifts",
+    "/api/streams/{stream_id}/goals",
+    "/api/streams/{stream_id}/goals/{goal_id}",
     "/api/webhooks/payments",
     "/api/cashouts",
     "/metrics",
@@ -135,9 +139,14 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
             await runner.prepare()
         except _DOWN as e:
             log.warning("cluster at %s not reachable yet: %s", node_url.split("@")[-1], e)
-        rooms = ClusterRooms(
-            runner, ClusterKeys(settings.key_prefix), timeout_s=limits.redis_timeout_s
+        ledger = ClusterLedger(
+            runner,
+            keys=ClusterKeys(settings.key_prefix),
+            limits=limits,
+            economics=settings.economics,
         )
+        # The broker reads through the ledger: one owner cache, one routing of reads.
+        rooms = ClusterRooms(ledger, timeout_s=limits.redis_timeout_s)
         broker = ShardedPubSubBroker(
             rooms,
             # Presence outlives a few missed stats ticks, not a dead process.
@@ -154,12 +163,6 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
             stats_interval_s=settings.stats_interval_s,
         )
         await hub.start()
-        ledger = ClusterLedger(
-            runner,
-            keys=ClusterKeys(settings.key_prefix),
-            limits=limits,
-            economics=settings.economics,
-        )
         services = ClusterServices(settings, catalog, runner, hub, ledger)
         app.state.services = services
         preparing = asyncio.get_running_loop().create_task(_prepare(services, catalog))
@@ -175,11 +178,15 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
             await hub.stop()
             await runner.aclose()
 
-    served = [route for route in http_api.ROUTES if getattr(route, "path", "") in _SERVED]
+    served = [
+        route for route in [*http_api.ROUTES, *GOAL_ROUTES] if getattr(route, "path", "") in _SERVED
+    ]
     routes = [
         Route("/healthz", _healthz),
         Route("/readyz", _readyz),
         *served,
+        # One key each (the user's account): spending_limits.lua runs in that slot.
+        *SPENDING_ROUTES,
         Route("/api/{path:path}", _refuse, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
         WebSocketRoute("/ws/streams/{stream_id}", gift_socket),
     ]

@@ -11,7 +11,9 @@ import pytest
 
 from server.broker.cluster_rooms import ClusterRooms
 from server.domain.accounts import Role
+from server.domain.limits import Limits
 from server.ledger.cluster_keys import ClusterKeys
+from server.ledger.cluster_reads import ClusterReads
 from server.ledger.cluster_runner import ClusterScriptRunner
 from server.ledger.keys import Keys
 from tests.cluster.legs import funded, gift, live_stream, open_ledger
@@ -24,7 +26,7 @@ from tests.support.servers import ServerProcess, http_json, signed_webhook, toke
 async def rooms(redis_cluster: RedisCluster, keys: Keys) -> AsyncIterator[ClusterRooms]:
     runner = ClusterScriptRunner(redis_cluster.startup_urls, timeout_s=5.0)
     await runner.prepare()
-    yield ClusterRooms(runner, ClusterKeys(keys.prefix), timeout_s=5.0)
+    yield ClusterRooms(ClusterReads(runner, ClusterKeys(keys.prefix), Limits()), timeout_s=5.0)
     await runner.aclose()
 
 
@@ -122,3 +124,33 @@ async def test_three_processes_serve_one_room_every_viewer_sees_each_seq_once_in
                 await peer.close()
     finally:
         await ledger.aclose()
+
+
+async def test_spending_limits_over_http_bind_gifts_in_cluster_mode(
+    cluster_servers: list[ServerProcess],
+) -> None:
+    server = cluster_servers[0]
+    creator = token("creator2", Role.CREATOR)
+    status, _ = http_json("POST", server.http + "/api/streams", {"stream_id": "s2"}, bearer=creator)
+    assert status == 201
+    status, _ = signed_webhook(
+        server,
+        {"type": "payment.succeeded", "payment_id": "p2", "user_id": "viewer3", "coins": 500},
+    )
+    assert status == 200
+    viewer = token("viewer3")
+    status, body = http_json("PUT", server.http + "/api/me/spending", {"day": 150}, bearer=viewer)
+    assert status == 200 and body["day"]["limit"] == 150, body
+    peer = await Peer.open(cluster_servers[1], viewer, stream_id="s2")
+    try:
+        await peer.send_gift("c1", gift="hand_hearts")
+        await peer.send_gift("c2", gift="hand_hearts")
+        await peer.wait_replies(["c1", "c2"])
+        assert (peer.reply("c1") or {})["type"] == "gift_ack"
+        refused = peer.reply("c2") or {}
+        assert refused.get("code") == "spending_limit", refused
+        assert refused["detail"]["limit"] == 150 and refused["detail"]["spent"] == 100
+    finally:
+        await peer.close()
+    status, body = http_json("GET", server.http + "/api/me/spending", bearer=viewer)
+    assert status == 200 and body["day"]["spent"] == 100

@@ -17,6 +17,7 @@ from server.broker.redis_sharded import ShardedPubSubBroker
 from server.domain.catalog import load_catalog
 from server.domain.limits import Limits
 from server.ledger.cluster_keys import ClusterKeys, slot_of
+from server.ledger.cluster_reads import ClusterReads
 from server.ledger.cluster_runner import ClusterScriptRunner
 from server.ledger.keys import Keys
 from server.realtime.hub import Hub
@@ -52,7 +53,8 @@ class Listener:
 async def make_rooms(cluster: RedisCluster, keys: Keys) -> ClusterRooms:
     runner = ClusterScriptRunner(cluster.startup_urls, timeout_s=2.0)
     await runner.prepare()
-    return ClusterRooms(runner, ClusterKeys(keys.prefix), timeout_s=2.0)
+    reads = ClusterReads(runner, ClusterKeys(keys.prefix), Limits())
+    return ClusterRooms(reads, timeout_s=2.0)
 
 
 @pytest.fixture
@@ -137,12 +139,27 @@ async def test_a_snapshot_reads_the_stream_and_counts_presence(
 
 
 async def test_a_room_follows_its_slot_to_another_primary(
-    redis_cluster: RedisCluster, rooms: ClusterRooms, broker: tuple[ShardedPubSubBroker, Listener]
+    own_cluster: RedisCluster, keys: Keys
 ) -> None:
     """A slot migrated (keys and all) while gifts go on: the old owner drops the shard
     subscription (``sunsubscribe``), the broker subscribes on the new owner and reports the
-    gap, and the feed holds what was published in between."""
-    b, listener = broker
+    gap, and the feed holds what was published in between. On a cluster of its own: a
+    migration that failed halfway on a loaded machine would leave the shared one's slot
+    half-moved for every later test."""
+    rooms = await make_rooms(own_cluster, keys)
+    b, listener = ShardedPubSubBroker(rooms, presence_ttl_s=5, timeout_s=2), Listener()
+    await b.start(listener)
+    redis_cluster = own_cluster
+    try:
+        await _follows_its_slot(redis_cluster, rooms, b, listener)
+    finally:
+        await b.stop()
+        await rooms.runner.aclose()
+
+
+async def _follows_its_slot(
+    redis_cluster: RedisCluster, rooms: ClusterRooms, b: ShardedPubSubBroker, listener: Listener
+) -> None:
     await open_stream(rooms, "mover", "moving_creator")
     await b.subscribe("mover")
     slot = slot_of(rooms.keys.room_channel("moving_creator", "mover"))

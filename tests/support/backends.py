@@ -47,6 +47,10 @@ class Backend(Protocol):
         """One committed gift: its event is in the feed and published; returns its seq."""
         ...
 
+    async def fund(self, user_id: str, coins: int) -> None:
+        """A top-up, for a sender who sends through a server."""
+        ...
+
     async def roll_back(self, stream_id: str, creator_id: str, seq: int) -> None:
         """What a restore from an older copy does to one stream: ``seq`` and the feed go
         back to ``seq`` (the next gift reuses the numbers after it)."""
@@ -104,6 +108,9 @@ class SingleBackend:
         )
         return receipt.seq
 
+    async def fund(self, user_id: str, coins: int) -> None:
+        await self.ledger.top_up(payment_id=f"fund-{user_id}", user_id=user_id, coins=coins)
+
     async def roll_back(self, stream_id: str, creator_id: str, seq: int) -> None:
         k = self.ledger.keys
         await _roll_back(self.ledger.redis, k.stream(stream_id), k.feed(stream_id), seq)
@@ -128,7 +135,7 @@ class ClusterBackend:
         cluster_keys = ClusterKeys(keys.prefix)
         ledger = ClusterLedger(runner, keys=cluster_keys, limits=GENEROUS)
         await ledger.prepare(load_catalog())
-        return cls(ledger, ClusterRooms(runner, cluster_keys, timeout_s=5.0), startup_urls[0])
+        return cls(ledger, ClusterRooms(ledger, timeout_s=5.0), startup_urls[0])
 
     def broker(self, *, presence_ttl_s: float = 5, timeout_s: float = 2) -> Broker:
         return ShardedPubSubBroker(self.rooms, presence_ttl_s=presence_ttl_s, timeout_s=timeout_s)
@@ -152,6 +159,9 @@ class ClusterBackend:
             count=1,
         )
         return receipt.seq
+
+    async def fund(self, user_id: str, coins: int) -> None:
+        await self.ledger.top_up(payment_id=f"fund-{user_id}", user_id=user_id, coins=coins)
 
     async def roll_back(self, stream_id: str, creator_id: str, seq: int) -> None:
         k = self.rooms.keys

@@ -30,6 +30,7 @@ def test_each_leg_stays_in_one_slot(sender: str, creator: str, stream: str, clie
         *keys.credit_keys(creator, stream),
         keys.credit_receipt(creator, transfer_id(sender, client_id, "1-0")),
         keys.combo(creator, stream, sender, "rose"),
+        *keys.credit_tail_keys(creator, stream),
     ]
     assert {slot_of(key) for key in credit} == {slot_of(keys.account(creator))}
     assert len(set(debit)) == len(debit) and len(set(credit)) == len(credit)
@@ -48,6 +49,7 @@ def test_no_global_key_on_the_hot_path() -> None:
     assert slot_of(keys.account(alice)) != slot_of(keys.account(bob))
     assert set(keys.debit_keys(alice, "g1")).isdisjoint(keys.debit_keys(bob, "g1"))
     assert set(keys.credit_keys(alice, "s")).isdisjoint(keys.credit_keys(bob, "s"))
+    assert set(keys.credit_tail_keys(alice, "s")).isdisjoint(keys.credit_tail_keys(bob, "s"))
     assert len(set(keys.platform_shards())) == SLOTS
 
 

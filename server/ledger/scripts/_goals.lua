@@ -1,7 +1,7 @@
 -- Stream goals and gifter levels: functions shared by the scripts that name this file in
--- an `-- include: _goals.lua` line (send_gift, set_goal, delete_goal; the cluster's credit
--- leg will too). Functions only: nothing here runs by itself. docs/ledger.md, "Goals and
--- levels", explains the layout and the costs.
+-- an `-- include: _goals.lua` line (send_gift, set_goal, delete_goal, and the cluster's
+-- credit leg, credit_gifts). Functions only: nothing here runs by itself. docs/ledger.md,
+-- "Goals and levels", explains the layout and the costs.
 --
 -- A stream's goals hash (KEYS: {s:STREAM}:goals; on a cluster in the creator's slot):
 --   @ids        'ID,ID'               every goal, in creation order (at most goals_max)
@@ -15,7 +15,10 @@
 -- The goals a gift of `gift` (`coins` coins, `count` of it) advances, read before the first
 -- write: {id, target, progress, now (after the gift), doc (the goal's JSON, decoded, only
 -- for a goal this gift reaches)}. Raises on corrupted fields, so nothing is written then.
-local function goals_for_gift(key, gift, coins, count)
+-- `carried` (optional; the credit leg's batch, credit_gifts.lua): goal id -> the progress
+-- after the earlier transfers of the same call, which counts instead of the stored one (not
+-- written yet), so that exactly one transfer of a batch reaches a goal.
+local function goals_for_gift(key, gift, coins, count, carried)
   local lists = redis.call('HMGET', key, '@coins', '@g:' .. gift)
   if not lists[1] and not lists[2] then
     return {}
@@ -32,6 +35,9 @@ local function goals_for_gift(key, gift, coins, count)
     local progress = redis.call('HMGET', key, unpack(fields))
     for i, goal in ipairs(goals) do
       goal.progress = stored_int(progress[i])
+      if carried and carried[goal.id] then
+        goal.progress = carried[goal.id]
+      end
       goal.now = goal.progress + goal.amount
       -- Reached by this gift: the one that takes progress from below the target to it or
       -- past it, so each goal is reached exactly once. Its title goes into goal_reached.

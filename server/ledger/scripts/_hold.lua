@@ -127,28 +127,34 @@ local function hold_gift_prepare(creator_key, record_key, creator, share_bps, se
     plan.view = hold_view(f, today, hold_days)
     plan.day = plan.view.day
   end
-  local r = redis.call('HMGET', record_key, '@day')
+  plan.field = creator .. '|' .. int(plan.day) .. '|' .. int(share_bps)
+  -- One read on the same-day path: the day last pruned and this gift's entry.
+  local r = redis.call('HMGET', record_key, '@day', plan.field)
   local pruned = stored_int(r[1])
-  local len = redis.call('HLEN', record_key)
+  stored_int(r[2])
+  local entries
   if pruned < today then
-    -- Once a day per sender: forget what has left the hold.
+    -- Once a day per sender: forget what has left the hold (this gift's entry is of
+    -- today or later, so it is never among them).
     local all = redis.call('HGETALL', record_key)
+    entries = 0
     for i = 1, #all, 2 do
       local d = string.match(all[i], '^[^|]+|(%d+)|')
       if d and tonumber(d) < today - hold_days then
         plan.prune[#plan.prune + 1] = all[i]
-      else
+      elseif all[i] ~= '@day' then
         stored_int(all[i + 1])
+        entries = entries + 1
       end
     end
     plan.pruned_day = today
-    len = len - #plan.prune
   end
-  plan.field = creator .. '|' .. int(plan.day) .. '|' .. int(share_bps)
-  local have = redis.call('HGET', record_key, plan.field)
-  stored_int(have)
-  if not have and len - (r[1] and 1 or 0) >= entries_max then
-    return nil, refuse('hold_limit', {entries_max = entries_max})
+  if not r[2] then
+    -- A new entry: the bound applies (counted only then, not on every gift).
+    entries = entries or redis.call('HLEN', record_key) - (r[1] and 1 or 0)
+    if entries >= entries_max then
+      return nil, refuse('hold_limit', {entries_max = entries_max})
+    end
   end
   return plan
 end

@@ -1,10 +1,12 @@
 -- include: _gift_rules.lua
+-- include: _goals.lua
 -- credit_gifts: the creator's leg of gifts on a Redis Cluster (docs/ledger.md, "Redis
 -- Cluster"). One call applies a BATCH of debited transfers into one creator's stream, each
 -- exactly once by its transfer id: the diamonds (carrying share_rem), the platform share of
 -- the slot, seq (with the stream's epoch), totals, leaderboard, combo, feed, a ledger log
--- entry, and the event, SPUBLISHed on the room's shard channel. Every key is in the
--- creator's slot. Every check of every transfer comes before the first write.
+-- entry, the stream's goals, the sender's lifetime coins to the creator (gifter level) and
+-- display name (_goals.lua), and the events, SPUBLISHed on the room's shard channel. Every
+-- key is in the creator's slot. Every check of every transfer comes before the first write.
 --
 -- KEYS[1]  {u:CREATOR}:acct               creator account hash (diamonds, share_rem)
 -- KEYS[2]  {u:CREATOR}:s:STREAM:stream    stream hash (creator, state, seq, totals, epoch)
@@ -15,12 +17,17 @@
 -- KEYS[7]  {~N}:log                       the creator's slot's ledger log
 -- KEYS[6 + 2i]  {u:CREATOR}:credit:TRANSFER_i   transfer i's credit marker (TTL), i = 1..n
 -- KEYS[7 + 2i]  {u:CREATOR}:s:STREAM:combo:SENDER_i:GIFT_i   its combo counter
+-- KEYS[8 + 2n]  {u:CREATOR}:s:STREAM:goals  the stream's goals and progress (_goals.lua)
+-- KEYS[9 + 2n]  {u:CREATOR}:fans            zset: viewer -> lifetime coins to the creator
+-- KEYS[10 + 2n] {u:CREATOR}:s:STREAM:names  hash: sender -> display name (leaderboard)
+--   (the last three: KEYS[#KEYS - 2 ..], after the per-transfer keys)
 --
 -- ARGV[1]  creator id   ARGV[2]  stream id   ARGV[3]  receipt TTL, seconds (marker TTL)
 -- ARGV[4]  combo window, ms   ARGV[5]  feed length   ARGV[6]  largest balance
 -- ARGV[7]  n, the transfers in this call (1..256)
 -- ARGV[8 + 11(i-1) ...]: transfer i: transfer id, client id, sender id, sender name, gift
 --   id, count, coins, price, catalog version, share bps, debit time (ms, the debit's clock)
+-- ARGV[8 + 11n]  gifter level ladder (server/domain/levels.py, ladder_arg): the last ARGV
 --
 -- Reply: {'ok', JSON array, one result per transfer in order} | {'refused', code} for the
 --   whole batch (invalid_request: malformed call; unknown_stream: no stream hash).
@@ -36,7 +43,13 @@
 -- Ledger entry: type=gift_credit, transfer_id, client_id, from, to, stream, gift, count,
 --   price, coins, catalog_version, diamonds, platform, share_bps, share_rem (after), seq
 -- Event JSON (fields in server/protocol/events.py): type, seq, epoch, transfer_id,
---   stream_id, sender_id, sender_name, gift_id, count, combo, coins, diamonds, ts
+--   stream_id, sender_id, sender_name, gift_id, count, combo, coins, diamonds, ts, level
+--   (the sender's gifter level with the creator after this transfer), and goals
+--   ({goal_id, progress} of each goal it advanced) only when it advanced one.
+-- Also SPUBLISHed after a transfer's event, when it causes them, as send_gift does:
+--   level_up (type, stream_id, seq, user_id, user_name, level, prev_level, coins) and
+--   goal_reached (_goals.lua), once each: progress and lifetime coins are carried from
+--   transfer to transfer within the batch, and a replayed transfer moves neither.
 --
 -- A stream that ended after the debit still takes the credit: the server saw it live
 -- before debiting (docs/ledger.md, "The two legs"), and refusing here would strand coins.
@@ -49,10 +62,13 @@ local combo_window = int_arg(ARGV[4], 1, 1e9)
 local feed_max = int_arg(ARGV[5], 1, 1e9)
 local amount_max = int_arg(ARGV[6], 1, 1e13)
 local n = int_arg(ARGV[7], 1, 256)
+local ladder = ARGV[#ARGV]
 if not (id_arg(creator) and id_arg(stream_id) and ttl and combo_window and feed_max
-    and amount_max and n and #ARGV == 7 + FIELDS * n and #KEYS == 7 + 2 * n) then
+    and amount_max and n and #ARGV == 8 + FIELDS * n and #KEYS == 10 + 2 * n
+    and ladder_ok(ladder)) then
   return refuse('invalid_request')
 end
+local K_GOALS, K_FANS, K_NAMES = KEYS[#KEYS - 2], KEYS[#KEYS - 1], KEYS[#KEYS]
 
 local stream = redis.call('HMGET', KEYS[2], 'creator', 'seq', 'coins', 'diamonds', 'gifts',
   'epoch')
@@ -86,6 +102,9 @@ local ms = now_ms()
 
 -- First pass: decide every transfer, writing nothing.
 local results, plan, seen, combos = {}, {}, {}, {}
+-- Carried through the batch, read once per goal / sender: each transfer sees the progress
+-- and lifetime coins left by the transfers before it in this call.
+local carried, fans, names = {}, {}, {}
 local platform_add = 0
 for i = 1, n do
   local a = 7 + FIELDS * (i - 1)
@@ -125,6 +144,23 @@ for i = 1, n do
           combos[combo_key] = stored_int(redis.call('GET', combo_key))
         end
         combos[combo_key] = combos[combo_key] + count
+        local goals = goals_for_gift(K_GOALS, gift, coins, count, carried)
+        for _, goal in ipairs(goals) do
+          carried[goal.id] = goal.now
+        end
+        if fans[sender] == nil then
+          fans[sender] = stored_int(redis.call('ZSCORE', K_FANS, sender))
+        end
+        local fan_coins = fans[sender]
+        fans[sender] = fan_coins + coins
+        -- A climb past a level (2 and up: level 1 is the first gift itself), as send_gift.
+        local level = level_of(ladder, fan_coins + coins)
+        local leveled = level >= 2 and level_threshold(ladder, level) > fan_coins
+        if names[sender] == nil then
+          names[sender] = redis.call('HGET', K_NAMES, sender) or false
+        end
+        local rename = names[sender] ~= name
+        names[sender] = name
         diamonds_held, share_rem = diamonds_held + diamonds, rem
         platform_add = platform_add + platform
         seq = seq + 1
@@ -134,7 +170,9 @@ for i = 1, n do
           platform_coins = platform, combo = combos[combo_key], ts = ms, epoch = epoch}
         plan[#plan + 1] = {i = i, client_id = client_id, sender = sender, name = name,
           gift = gift, count = count, coins = coins, price = price, version = version,
-          share_bps = share_bps, share_rem = rem, marker = marker_key, combo = combo_key}
+          share_bps = share_bps, share_rem = rem, marker = marker_key, combo = combo_key,
+          goals = goals, fan_coins = fan_coins, level = level, leveled = leveled,
+          rename = rename}
       end
     end
     seen[transfer] = results[i]
@@ -152,6 +190,11 @@ redis.call('HSET', KEYS[2], 'seq', int(seq), 'coins', int(total_coins),
 for _, p in ipairs(plan) do
   local r = results[p.i]
   redis.call('ZINCRBY', KEYS[3], p.coins, p.sender)
+  redis.call('ZINCRBY', K_FANS, p.coins, p.sender)
+  if p.rename then
+    redis.call('HSET', K_NAMES, p.sender, p.name)
+  end
+  local progress, reached = goals_advance(K_GOALS, p.goals)
   redis.call('INCRBY', p.combo, p.count)
   redis.call('PEXPIRE', p.combo, combo_window)
   redis.call('XADD', KEYS[7], '*', 'type', 'gift_credit', 'transfer_id', r.transfer_id,
@@ -164,9 +207,19 @@ for _, p in ipairs(plan) do
     type = 'gift', seq = r.seq, epoch = epoch, transfer_id = r.transfer_id,
     stream_id = stream_id, sender_id = p.sender, sender_name = p.name, gift_id = p.gift,
     count = p.count, combo = r.combo, coins = p.coins, diamonds = r.diamonds, ts = ms,
+    level = p.level, goals = #progress > 0 and progress or nil,
   })
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', int(feed_max), int(r.seq) .. '-0', 'e', event)
   redis.call('SPUBLISH', KEYS[5], event)
+  if p.leveled then
+    redis.call('SPUBLISH', KEYS[5], cjson.encode({type = 'level_up', stream_id = stream_id,
+      seq = r.seq, user_id = p.sender, user_name = p.name, level = p.level,
+      prev_level = level_of(ladder, p.fan_coins), coins = p.fan_coins + p.coins}))
+  end
+  for _, goal in ipairs(reached) do
+    redis.call('SPUBLISH', KEYS[5],
+      goal_reached_event(stream_id, goal, r.seq, p.sender, p.name, ms))
+  end
   redis.call('SET', p.marker, cjson.encode(r), 'EX', ttl)
 end
 return {'ok', cjson.encode(results)}

@@ -4,16 +4,19 @@
 --
 -- KEYS[1]  {s:STREAM}:stream   stream hash (its creator)
 -- KEYS[2]  {s:STREAM}:goals    the stream's goals (_goals.lua)
--- KEYS[3]  {s:STREAM}:room     pub/sub channel
+-- KEYS[3]  {s:STREAM}:room     pub/sub channel (on a cluster: the room's shard channel)
 --
 -- ARGV[1]  stream id      ARGV[2]  acting user id     ARGV[3]  goal id
+-- ARGV[4]  'shard': SPUBLISH (cluster mode, the room's shard channel); absent or '': PUBLISH
 --
 -- Reply: {'ok', goal JSON (as it was)} | {'replay', '{}'} | {'refused', code}
 -- Published: {type = 'goals', stream_id, goals = [...]} (on 'ok' only)
 -- Refusal codes: invalid_request, unknown_stream, not_stream_owner
 
 local stream_id, actor, goal_id = ARGV[1], ARGV[2], ARGV[3]
-if not (id_arg(stream_id) and id_arg(actor) and id_arg(goal_id)) then
+local publish = ARGV[4] == 'shard' and 'SPUBLISH' or 'PUBLISH'
+if not (id_arg(stream_id) and id_arg(actor) and id_arg(goal_id)
+    and (ARGV[4] == nil or ARGV[4] == '' or ARGV[4] == 'shard')) then
   return refuse('invalid_request')
 end
 local creator = redis.call('HGET', KEYS[1], 'creator')
@@ -53,5 +56,5 @@ for field, value in pairs({[list_field] = list, ['@ids'] = rest}) do
     redis.call('HSET', KEYS[2], field, value)
   end
 end
-redis.call('PUBLISH', KEYS[3], goals_event(KEYS[2], stream_id))
+redis.call(publish, KEYS[3], goals_event(KEYS[2], stream_id))
 return {'ok', cjson.encode(goal)}
