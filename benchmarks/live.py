@@ -165,13 +165,18 @@ def table(result: dict[str, Any]) -> str:
         ]
         for key in ("redis_cpu_us_per_run", "evalsha_usec_per_call"):
             by_side = result["script"]["ratios"]
-            cells = [f"{by_side['live'][key]['plain_median']:,}"] + [
-                f"{by_side[s][key]['live_median']:,} ({by_side[s][key]['median']:.3f}×)"
+            cells = [_number(by_side["live"][key]["plain_median"])] + [
+                f"{_number(by_side[s][key]['live_median'])} ({by_side[s][key]['median']:.3f}×)"
                 for s in ("battle", "goals", "live")
                 if s in by_side and key in by_side[s]
             ]
             lines.append(f"| {_SCRIPT_LABELS[key]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    """Rates as whole numbers, microseconds to a tenth."""
+    return f"{value:,.0f}" if value >= 1000 else f"{value:,.1f}"
 
 
 def _rows(ratios: dict[str, Any], labels: dict[str, str]) -> list[str]:
@@ -181,7 +186,7 @@ def _rows(ratios: dict[str, Any], labels: dict[str, str]) -> list[str]:
         if r is None:
             continue
         lines.append(
-            f"| {label} | {r['plain_median']:,} | {r['live_median']:,} "
+            f"| {label} | {_number(r['plain_median'])} | {_number(r['live_median'])} "
             f"| {r['median']:.3f}× ({r['min']:.3f}–{r['max']:.3f}) |"
         )
     return lines
