@@ -100,3 +100,22 @@ def test_summary_splits_send_gift_alone_by_feature() -> None:
     assert summary["script"]["rounds"] is script
     text = live.table(summary)
     assert "battle + goals" in text and "(1.400×)" in text
+
+
+def test_pieces_loop_is_built_on_the_real_fragments() -> None:
+    from benchmarks import live_pieces
+
+    source = live_pieces.loop_source()
+    for function in ("local function goals_for_gift", "local function goals_advance",
+                     "local function battle_scoring", "local function stored_int"):  # fmt: skip
+        assert function in source
+    for piece in live_pieces.PIECES[1:]:
+        assert f"'{piece}'" in source
+
+
+@pytest.mark.parametrize("argv", [["--runs", "0"], ["--rounds", "0"]])
+def test_pieces_refuse_empty_runs(argv: list[str]) -> None:
+    from benchmarks import live_pieces
+
+    with pytest.raises(SystemExit, match="at least 1"):
+        live_pieces.main(argv)
