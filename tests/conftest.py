@@ -31,12 +31,23 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc
 
 
 @pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    """One 3-primary + 3-replica loopback cluster for the session (started on first use)."""
-    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
+def session_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """One 3-primary + 3-replica loopback cluster for the session (started on first use).
+
+    No test kills its nodes (they use ``own_cluster``), so its node timeout is long: on two
+    busy cores a node that misses heartbeats for 2 s would be failed over for nothing, and
+    the next test would meet ``CLUSTERDOWN``."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"), node_timeout_ms=6000)
     cluster.start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster(session_cluster: RedisCluster) -> RedisCluster:
+    """The session's cluster, healthy (every slot served, replicas in sync) as the test starts."""
+    session_cluster.wait_ok()
+    return session_cluster
 
 
 @pytest.fixture(params=["single", "cluster"])

@@ -53,44 +53,48 @@ def _claims(user: str = "alice", **extra: Any) -> dict[str, Any]:
     return {"sub": user, "role": "viewer", "name": user, "iat": now, "exp": now + 600, **extra}
 
 
-BAD_TOKENS: dict[str, tuple[str, str]] = {
-    "expired": (token("alice", ttl_s=-30), "token_expired"),
-    "forged with another secret": (
-        jwt.encode(_claims(), "another-secret-" + "y" * 40, algorithm="HS256"),
-        "unauthorized",
-    ),
-    "forged admin role": (
-        jwt.encode(_claims(role="admin"), "another-secret-" + "y" * 40, algorithm="HS256"),
-        "unauthorized",
-    ),
-    "alg none": (f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(_claims())}.", "unauthorized"),
-    "alg None spelled otherwise": (
-        f"{_b64({'alg': 'None', 'typ': 'JWT'})}.{_b64(_claims())}.",
-        "unauthorized",
-    ),
-    "HS512 with the right secret": (
-        _signed(_claims(), JWT_SECRET, "HS512"),
-        "unauthorized",
-    ),
-    "HS384 with the right secret": (
-        _signed(_claims(), JWT_SECRET, "HS384"),
-        "unauthorized",
-    ),
-    "no expiry": (
-        jwt.encode({"sub": "alice", "role": "viewer"}, JWT_SECRET, algorithm="HS256"),
-        "unauthorized",
-    ),
-    "signature stripped": (token("alice").rsplit(".", 1)[0] + ".", "unauthorized"),
-    "payload swapped, signature kept": (
-        ".".join(
-            [token("alice").split(".")[0], _b64(_claims("bob")), token("alice").split(".")[2]]
+def bad_tokens() -> dict[str, tuple[str, str]]:
+    """Each bad token and the code it gets, signed now: tokens made at import would have
+    expired by the time a long suite reaches the test, turning every refusal into
+    token_expired."""
+    return {
+        "expired": (token("alice", ttl_s=-30), "token_expired"),
+        "forged with another secret": (
+            jwt.encode(_claims(), "another-secret-" + "y" * 40, algorithm="HS256"),
+            "unauthorized",
         ),
-        "unauthorized",
-    ),
-    "unknown role": (jwt.encode(_claims(role="god"), JWT_SECRET, "HS256"), "unauthorized"),
-    "bad user id": (jwt.encode(_claims("a b"), JWT_SECRET, algorithm="HS256"), "unauthorized"),
-    "not a jwt": ("not-a-jwt", "unauthorized"),
-}
+        "forged admin role": (
+            jwt.encode(_claims(role="admin"), "another-secret-" + "y" * 40, algorithm="HS256"),
+            "unauthorized",
+        ),
+        "alg none": (f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(_claims())}.", "unauthorized"),
+        "alg None spelled otherwise": (
+            f"{_b64({'alg': 'None', 'typ': 'JWT'})}.{_b64(_claims())}.",
+            "unauthorized",
+        ),
+        "HS512 with the right secret": (
+            _signed(_claims(), JWT_SECRET, "HS512"),
+            "unauthorized",
+        ),
+        "HS384 with the right secret": (
+            _signed(_claims(), JWT_SECRET, "HS384"),
+            "unauthorized",
+        ),
+        "no expiry": (
+            jwt.encode({"sub": "alice", "role": "viewer"}, JWT_SECRET, algorithm="HS256"),
+            "unauthorized",
+        ),
+        "signature stripped": (token("alice").rsplit(".", 1)[0] + ".", "unauthorized"),
+        "payload swapped, signature kept": (
+            ".".join(
+                [token("alice").split(".")[0], _b64(_claims("bob")), token("alice").split(".")[2]]
+            ),
+            "unauthorized",
+        ),
+        "unknown role": (jwt.encode(_claims(role="god"), JWT_SECRET, "HS256"), "unauthorized"),
+        "bad user id": (jwt.encode(_claims("a b"), JWT_SECRET, algorithm="HS256"), "unauthorized"),
+        "not a jwt": ("not-a-jwt", "unauthorized"),
+    }
 
 
 async def _refused(server: ServerProcess, url_suffix: str = "", **kwargs: Any) -> tuple[int, str]:
@@ -107,7 +111,7 @@ async def test_bad_tokens_are_refused_at_the_handshake_and_over_http(
     ledger = await books(redis_server.url)
     await open_stream(ledger, ("alice", 100))
     server = spawn(redis_server.url)
-    for name, (bearer, code) in BAD_TOKENS.items():
+    for name, (bearer, code) in bad_tokens().items():
         status, got = await _refused(server, subprotocols=[f"bearer.{bearer}"])
         assert (status, got) == (401, code), name
         status, got = await _refused(
@@ -217,7 +221,7 @@ async def test_no_token_reaches_a_log_line(
     await open_stream(ledger, ("alice", 100))
     server = spawn(redis_server.url, GIFTWIRE_LOG_LEVEL=level)
     good = token("alice")
-    secrets = [good, *(bad for bad, _ in BAD_TOKENS.values() if bad != "not-a-jwt")]
+    secrets = [good, *(bad for bad, _ in bad_tokens().values() if bad != "not-a-jwt")]
     for bearer in secrets:
         for kwargs in (
             {"subprotocols": [f"bearer.{bearer}"]},
