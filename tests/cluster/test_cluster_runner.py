@@ -52,6 +52,15 @@ async def runner(redis_cluster: RedisCluster) -> AsyncIterator[ClusterScriptRunn
     await runner.aclose()
 
 
+@pytest.fixture
+async def own_runner(own_cluster: RedisCluster) -> AsyncIterator[ClusterScriptRunner]:
+    """A runner on a cluster of the test's own: a slot migration that fails halfway must
+    not leave the session's cluster with a half-moved slot for every later test."""
+    runner = await make_runner(own_cluster)
+    yield runner
+    await runner.aclose()
+
+
 def probe_key(keys: Keys, owner: str) -> str:
     return f"{keys.prefix}{{u:{owner}}}:probe"
 
@@ -193,8 +202,9 @@ async def migrate_leftovers(source_client: Redis, target_port: int, slot: int) -
 
 
 async def test_a_slot_migrated_under_the_runner_is_followed_by_ask_then_moved(
-    runner: ClusterScriptRunner, redis_cluster: RedisCluster, keys: Keys
+    own_runner: ClusterScriptRunner, own_cluster: RedisCluster, keys: Keys
 ) -> None:
+    runner, redis_cluster = own_runner, own_cluster
     key = probe_key(keys, "migrating")
     slot = slot_of(key)
     source = redis_cluster.primary_for_slot(slot)
@@ -283,13 +293,14 @@ async def test_a_primary_killed_under_load_is_unknown_then_served_by_its_replica
 
 
 async def test_per_sender_order_survives_a_slot_migrated_under_load(
-    runner: ClusterScriptRunner,
-    redis_cluster: RedisCluster,
+    own_runner: ClusterScriptRunner,
+    own_cluster: RedisCluster,
     keys: Keys,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Calls keep running while the slot moves (served by the source, then ASK, then MOVED):
     each sender's list still holds every acknowledged value once, in order."""
+    runner, redis_cluster = own_runner, own_cluster
     # Four senders' lists in one slot (one hash tag), moved together.
     senders = [f"{keys.prefix}{{u:mover}}:probe{i}" for i in range(4)]
     slot = slot_of(senders[0])
