@@ -598,3 +598,133 @@ async def test_transfers_racing_the_end_of_time_score_exactly(ledger: ClusterLed
             if e["ts"] >= started["ends_at"]:
                 assert "battle_id" not in e
     await reconciled(ledger)
+
+
+async def test_each_step_refuses_what_its_own_slot_forbids(ledger: ClusterLedger) -> None:
+    r = a, ca, b, cb = await two_rooms(ledger)
+    k = ledger.keys
+
+    def run(name: ScriptName, keys: list[str], args: list[Any]) -> Any:
+        return script(ledger, name, keys, args)
+
+    start = [
+        k.stream(ca, a),
+        k.battle_invite(ca, a),
+        k.battle(ca, a),
+        k.battle_top(ca, a),
+        k.creator_battle_invite(ca),
+    ]
+    await ledger.battles.invite(battle_id="x1", from_stream=a, to_stream=b, actor_id=ca)
+    base = ["x1", a, b, cb, ca, "Bo", "live", "0"]
+    await refused(ErrorCode.INVALID_REQUEST, run(ScriptName.BATTLE_START, start, [*base[:7], "2"]))
+    detail = await refused(
+        ErrorCode.BATTLE_RUNNING, run(ScriptName.BATTLE_START, start, [*base[:7], "1"])
+    )
+    assert detail == {"stream_id": b}
+    await refused(
+        ErrorCode.UNKNOWN_STREAM, run(ScriptName.BATTLE_START, start, [*base[:6], "", "0"])
+    )
+    await refused(
+        ErrorCode.UNKNOWN_INVITE, run(ScriptName.BATTLE_START, start, [*base[:4], cb, *base[5:]])
+    )
+    # A corrupt key of the slot fails the step before its first write.
+    await ledger.command(k.battle_top(ca, a), "SET", "not a zset")
+    with pytest.raises(InvariantError):
+        await run(ScriptName.BATTLE_START, start, base)
+    assert await ledger.command(k.battle(ca, a), "EXISTS") == 0
+    await ledger.command(k.battle_top(ca, a), "DEL")
+    assert await run(ScriptName.BATTLE_START, start, base) is False
+    assert await run(ScriptName.BATTLE_START, start, base) is True
+    # Side b already in another battle: the join refuses, the accept cancels side a.
+    await ledger.command(k.battle(cb, b), "HSET", "id", "other", "state", "running")
+    doc = await ledger.command(k.battle(ca, a), "HGET", "json")
+    join = [
+        k.stream(cb, b),
+        k.battle_invites(cb, b),
+        k.battle(cb, b),
+        k.battle_top(cb, b),
+        k.room_channel(cb, b),
+    ]
+    detail = await refused(
+        ErrorCode.BATTLE_RUNNING,
+        run(ScriptName.BATTLE_JOIN, join, ["x1", a, b, cb, ca, doc.decode()]),
+    )
+    assert detail == {"stream_id": b}
+    step3 = [k.battle(ca, a), k.room_channel(ca, a)]
+    assert await run(ScriptName.BATTLE_RUN, step3, ["cancel", "x1", b]) is False
+    assert await run(ScriptName.BATTLE_RUN, step3, ["cancel", "x1", b]) is True
+    await ledger.command(k.battle(cb, b), "DEL")
+    # A running side is not cancelled.
+    await battle(ledger, r, "x2")
+    detail = await refused(
+        ErrorCode.BATTLE_RUNNING, run(ScriptName.BATTLE_RUN, step3, ["cancel", "x2", b])
+    )
+    assert await run(ScriptName.BATTLE_RUN, step3, ["run", "x2", b]) is True
+    # The incoming list takes only a well-formed invitation of the named stream.
+    incoming = [k.battle_invites(cb, b), k.room_channel(cb, b)]
+    bad = orjson.dumps({"from_stream": "someone-else", "expires_at": 1}).decode()
+    await refused(
+        ErrorCode.INVALID_REQUEST,
+        run(ScriptName.BATTLE_INCOMING, incoming, ["add", a, bad, "pending", 16]),
+    )
+    await refused(
+        ErrorCode.INVALID_REQUEST,
+        run(ScriptName.BATTLE_INCOMING, incoming, ["add", a, "[", "pending", 16]),
+    )
+    # The result is stored once.
+    result = (await ledger.battles.end(stream_id=a, actor_id=ca, reason="ended")).doc
+    sides = [
+        (await side(ledger, creator, stream))["side_result"]
+        for creator, stream in ((ca, a), (cb, b))
+    ]
+    assert await run(ScriptName.BATTLE_RESULT, [k.battle_result("x2")], ["x2", *sides, 60]) is True
+    assert await ledger.battles.result("x2") == result
+    mismatched = orjson.loads(sides[1])
+    mismatched["battle_id"] = "x3"
+    await refused(
+        ErrorCode.INVALID_REQUEST,
+        run(
+            ScriptName.BATTLE_RESULT,
+            [k.battle_result("x3")],
+            ["x3", sides[0], orjson.dumps(mismatched).decode(), 60],
+        ),
+    )
+    del detail
+
+
+async def test_concurrent_accepts_and_ends_over_two_processes_start_and_end_one_battle(
+    ledger: ClusterLedger, redis_cluster: RedisCluster, keys: Keys
+) -> None:
+    r = a, ca, b, cb = await two_rooms(ledger)
+    other = await open_ledger(redis_cluster, keys.prefix, LIMITS)
+    try:
+        await ledger.battles.invite(battle_id="c1", from_stream=a, to_stream=b, actor_id=ca)
+        replies = await asyncio.gather(
+            *(
+                (ledger, other)[i % 2].battles.accept(
+                    battle_id="c1", from_stream=a, to_stream=b, actor_id=cb
+                )
+                for i in range(10)
+            )
+        )
+        assert len({orjson.dumps(reply.doc) for reply in replies}) == 1
+        assert [reply.replayed for reply in replies].count(False) == 1
+        assert (
+            (await side(ledger, ca, a))["state"]
+            == (await side(ledger, cb, b))["state"]
+            == "running"
+        )
+        ends = await asyncio.gather(
+            *(
+                (ledger, other)[i % 2].battles.end(
+                    stream_id=(a, b)[i % 2], actor_id=(ca, cb)[i % 2], reason="ended"
+                )
+                for i in range(10)
+            )
+        )
+        assert len({orjson.dumps(end.doc) for end in ends}) == 1
+        assert [end.replayed for end in ends].count(False) == 1
+        assert await ledger.battles.result("c1") == ends[0].doc
+    finally:
+        await closed(other)
+    del r
