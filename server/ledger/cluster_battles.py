@@ -306,6 +306,13 @@ class ClusterBattles:
         never was in one, ``battle_not_over`` for ``time`` before the end."""
         creator = await self._creator(stream_id)
         side = await self._side(creator, stream_id)
+        if side is not None and _text(side, "state") == "starting":
+            # An accept between its steps: finish it if side b joined; if not, it has not
+            # begun (it is cancelled once the invitation's lifetime passed).
+            await self._resume(stream_id, creator, side)
+            side = await self._side(creator, stream_id)
+            if side is not None and _text(side, "state") == "starting":
+                raise LedgerRefusal(ErrorCode.UNKNOWN_BATTLE)
         if side is None:
             raise LedgerRefusal(ErrorCode.UNKNOWN_BATTLE)
         battle_id, opponent = _text(side, "id"), _text(side, "opponent")
@@ -384,7 +391,12 @@ class ClusterBattles:
         side = await self._side(creator, stream_id)
         if side is None or _text(side, "state") not in HELD:
             return None
-        return await self.end(stream_id=stream_id, actor_id=SERVER_ACTOR, reason="stream_ended")
+        try:
+            return await self.end(stream_id=stream_id, actor_id=SERVER_ACTOR, reason="stream_ended")
+        except LedgerRefusal as refusal:
+            if refusal.code is ErrorCode.UNKNOWN_BATTLE:  # an accept that has not begun
+                return None
+            raise
 
     async def _side(self, creator: str, stream_id: str) -> dict[bytes, bytes] | None:
         raw = _as_hash(await self.reads.command(self.keys.battle(creator, stream_id), "HGETALL"))

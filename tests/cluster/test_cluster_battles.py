@@ -434,6 +434,10 @@ async def test_an_accept_stopped_after_its_first_step_is_resumed_or_cancelled(
     # Within the invitation's lifetime it is left for the retry; after it, cancelled.
     await bt.finish_due(a)
     assert (await side(ledger, ca, a))["state"] == "starting"
+    # Ending it now: it has not begun, so there is nothing to end (and nothing changes).
+    await refused(ErrorCode.UNKNOWN_BATTLE, bt.end(stream_id=a, actor_id=ca, reason="ended"))
+    assert await bt.end_for_stream(a) is None
+    assert (await side(ledger, ca, a))["state"] == "starting"
     await ledger.command(ledger.keys.battle(ca, a), "HINCRBY", "starts_at", -120_000)
     await bt.finish_due(a)
     assert await side(ledger, ca, a) == {}
