@@ -196,6 +196,7 @@ redis.call('HSET', KEYS[1], 'diamonds', int(diamonds_held), 'share_rem', int(sha
 redis.call('HINCRBY', KEYS[6], 'coins', int(platform_add))
 redis.call('HSET', KEYS[2], 'seq', int(seq), 'coins', int(total_coins),
   'diamonds', int(total_diamonds), 'gifts', int(total_gifts))
+local scored = {}  -- {sender, coins} of each transfer that scores in the battle
 for _, p in ipairs(plan) do
   local r = results[p.i]
   redis.call('ZINCRBY', KEYS[3], p.coins, p.sender)
@@ -207,7 +208,7 @@ for _, p in ipairs(plan) do
   redis.call('INCRBY', p.combo, p.count)
   redis.call('PEXPIRE', p.combo, combo_window)
   if battle_id then
-    battle_score(K_BATTLE, K_BATTLE_TOP, p.sender, p.coins)
+    scored[#scored + 1] = {p.sender, p.coins}
   end
   redis.call('XADD', KEYS[7], '*', 'type', 'gift_credit', 'transfer_id', r.transfer_id,
     'client_id', p.client_id, 'from', p.sender, 'to', creator, 'stream', stream_id,
@@ -235,4 +236,5 @@ for _, p in ipairs(plan) do
   end
   redis.call('SET', p.marker, cjson.encode(r), 'EX', ttl)
 end
+battle_score_batch(K_BATTLE, K_BATTLE_TOP, scored)
 return {'ok', cjson.encode(results)}
