@@ -10,6 +10,7 @@ unbroken run of its seq inside the side's window."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,7 +23,7 @@ from server.domain.limits import Limits
 from server.ledger.battles import SERVER_ACTOR
 from server.ledger.cluster_keys import slot_of
 from server.ledger.cluster_ledger import ClusterLedger
-from server.ledger.cluster_reads import _as_hash
+from server.ledger.cluster_reads import _as_hash, _pairs
 from server.ledger.cluster_reconcile import reconcile_cluster
 from server.ledger.keys import Keys
 from server.ledger.receipts import unpack
@@ -732,3 +733,29 @@ async def test_concurrent_accepts_and_ends_over_two_processes_start_and_end_one_
     finally:
         await closed(other)
     del r
+
+
+async def test_one_credit_call_scores_its_new_transfers_once_and_no_replay(
+    ledger: ClusterLedger,
+) -> None:
+    from tests.cluster.test_cluster_goals import transfer
+
+    r = a, ca, b, cb = await two_rooms(ledger)
+    await battle(ledger, r, "batch")
+    fan, other = uid("fan"), uid("other")
+    first = [transfer(cb, b, fan) for _ in range(3)]
+    results = await ledger.credits.call(cb, b, [*first, transfer(cb, b, other)])
+    assert [x.status for x in results] == ["ok"] * 4
+    broken = dataclasses.replace(transfer(cb, b, other), coins=7)  # not price x count
+    again = await ledger.credits.call(cb, b, [*first, broken, transfer(cb, b, fan)])
+    assert [x.status for x in again] == ["replay"] * 3 + ["refused", "ok"]
+    s = await side(ledger, cb, b)
+    assert s["score"] == str(5 * 5)
+    top = await ledger.command(ledger.keys.battle_top(cb, b), "ZREVRANGE", 0, -1, "WITHSCORES")
+    assert [(m.decode(), int(float(c))) for m, c in _pairs(top)] == [
+        (fan, 20),
+        (other, 5),
+    ]
+    events = await feed(ledger, b)
+    assert [e.get("battle_id") for e in events] == ["batch"] * 5
+    del a, ca
