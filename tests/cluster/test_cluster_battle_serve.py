@@ -144,3 +144,46 @@ async def test_two_rooms_on_two_processes_see_the_same_exact_final_score_on_a_cl
     assert state["outgoing"] is None and state["incoming"] == []
     winner = max(final, key=lambda s: final[s]) if len(set(final.values())) > 1 else None
     assert result_a["winner"] == winner
+
+
+async def test_decline_end_early_and_a_stream_end_over_http_on_a_cluster(
+    battle_servers: tuple[ServerProcess, ServerProcess], redis_cluster: RedisCluster, keys: Keys
+) -> None:
+    sa, sb = battle_servers
+    ca, cb = await _creators_on_two_primaries(redis_cluster, keys)
+    a, b = f"arena-{ca}", f"arena-{cb}"
+    ta, tb = token(ca, Role.CREATOR), token(cb, Role.CREATOR)
+    for server, stream, bearer in ((sa, a, ta), (sb, b, tb)):
+        status, body = http_json(
+            "POST", server.http + "/api/streams", {"stream_id": stream}, bearer=bearer
+        )
+        assert status == 201, body
+    invite = await asyncio.to_thread(invite_battle, sa.http, ta, a, b, 60)
+    state = await asyncio.to_thread(stream_battle, sb.http, b)
+    assert [i["battle_id"] for i in state["incoming"]] == [invite["battle_id"]]
+    declined = await asyncio.to_thread(answer_battle, sb.http, tb, invite, accept=False)
+    assert declined["battle_id"] == invite["battle_id"]
+    assert (await asyncio.to_thread(stream_battle, sa.http, b))["incoming"] == []
+    status, body = http_json(
+        "POST",
+        f"{sb.http}/api/battles/{invite['battle_id']}/accept",
+        {"from_stream": a, "to_stream": b},
+        bearer=tb,
+    )
+    assert status == 404 and body["error"]["code"] == "unknown_invite", body
+
+    # Ended early by a creator, on the other process than the one that started it.
+    invite = await asyncio.to_thread(invite_battle, sa.http, ta, a, b, 60)
+    started = await asyncio.to_thread(answer_battle, sb.http, tb, invite)
+    status, body = http_json("POST", f"{sb.http}/api/streams/{a}/battle/end", {}, bearer=ta)
+    assert status == 200 and body["reason"] == "ended" and not body["replayed"], body
+    status, again = http_json("POST", f"{sa.http}/api/streams/{b}/battle/end", {}, bearer=tb)
+    assert status == 200 and again["replayed"] and again["battle_id"] == started["battle_id"]
+    # Ended with a stream.
+    invite = await asyncio.to_thread(invite_battle, sb.http, tb, b, a, 60)
+    started = await asyncio.to_thread(answer_battle, sa.http, ta, invite)
+    status, _ = http_json("POST", f"{sa.http}/api/streams/{a}/end", {}, bearer=ta)
+    assert status == 200
+    result = await asyncio.to_thread(battle_result, sb.http, started["battle_id"])
+    assert result["reason"] == "stream_ended" and result["draw"] is True
+    assert [s["stream_id"] for s in result["sides"]] == [b, a]
