@@ -759,3 +759,26 @@ async def test_one_credit_call_scores_its_new_transfers_once_and_no_replay(
     events = await feed(ledger, b)
     assert [e.get("battle_id") for e in events] == ["batch"] * 5
     del a, ca
+
+
+async def test_the_window_is_decided_at_the_credit_not_at_the_debit(
+    ledger: ClusterLedger,
+) -> None:
+    """A transfer debited before the start and credited after it scores; one debited during
+    the battle and credited after its end (the relay's, late) does not."""
+    from tests.cluster.test_cluster_goals import transfer
+
+    r = a, ca, b, cb = await two_rooms(ledger)
+    early = dataclasses.replace(transfer(cb, b, uid("early")), debit_ms=int(time.time() * 1000))
+    await asyncio.sleep(0.01)
+    started = await battle(ledger, r, "late")
+    assert early.debit_ms < started["starts_at"]
+    during = transfer(cb, b, uid("during"))
+    [credited] = await ledger.credits.call(cb, b, [early])
+    assert credited.status == "ok"
+    await ledger.battles.end(stream_id=a, actor_id=ca, reason="ended")
+    [late] = await ledger.credits.call(cb, b, [during])
+    assert late.status == "ok"
+    assert [e.get("battle_id") for e in await feed(ledger, b)] == ["late", None]
+    result = await ledger.battles.result("late")
+    assert [s["score"] for s in result["sides"]] == [0, 5]
