@@ -27,72 +27,20 @@ the same code.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
-from typing import Any
 
 import orjson
 
-from server.domain.errors import ErrorCode, InvariantError, LedgerRefusal, RequestError
-from server.domain.limits import (
-    BATTLE_INVITES_PER_STREAM_MAX,
-    BATTLE_RESULT_TTL_S,
-    BATTLE_TOP_MAX,
-    Limits,
-)
-from server.ledger.battles import SERVER_ACTOR, BattleReply, Doc, _live_doc
-from server.ledger.cluster_keys import ClusterKeys
-from server.ledger.cluster_reads import ClusterReads, _as_hash, _pairs
-from server.ledger.receipts import unpack
+from server.domain.errors import ErrorCode, InvariantError, LedgerRefusal
+from server.domain.limits import BATTLE_INVITES_PER_STREAM_MAX, BATTLE_RESULT_TTL_S, BATTLE_TOP_MAX
+from server.ledger.battles import SERVER_ACTOR, BattleReply, Doc
+from server.ledger.cluster_battle_reads import HELD, ClusterBattleReads, _num, _text
 from server.ledger.scripts import ScriptName
 
-HELD = ("running", "starting")
-"""A side in one of these states holds its stream (no other battle may start)."""
 
-
-def _text(raw: dict[bytes, bytes], name: str) -> str:
-    return raw.get(name.encode(), b"").decode()
-
-
-def _num(raw: dict[bytes, bytes], name: str) -> int:
-    value = raw.get(name.encode())
-    return int(value) if value is not None else 0
-
-
-class ClusterBattles:
-    """Invite, accept, decline and end battles on a cluster; read their state and results."""
-
-    def __init__(self, reads: ClusterReads, keys: ClusterKeys, limits: Limits) -> None:
-        self.reads = reads
-        self.keys = keys
-        self.limits = limits
-
-    async def _run(
-        self, name: ScriptName, keys: list[str], args: list[str | int], order_key: str
-    ) -> BattleReply:
-        body, replayed = unpack(await self.reads.runner.run(name, keys, args, order_key=order_key))
-        return BattleReply(orjson.loads(body), replayed)
-
-    async def _creator(self, stream_id: str) -> str:
-        creator = await self.reads.owner(stream_id)
-        if creator is None:
-            raise LedgerRefusal(ErrorCode.UNKNOWN_STREAM)
-        return creator
-
-    async def _other_stream(self, stream_id: str) -> tuple[str, str, str, dict[bytes, bytes]]:
-        """The other slot's view, read plainly: creator ('' unknown), the stream's state
-        ('' unknown), its creator name, and its battle side."""
-        creator = await self.reads.owner(stream_id)
-        if creator is None:
-            return "", "", "", {}
-        k = self.keys
-        stream, side = await asyncio.gather(
-            self.reads.command(k.stream(creator, stream_id), "HMGET", "state", "creator_name"),
-            self.reads.command(k.battle(creator, stream_id), "HGETALL"),
-        )
-        state, name = (v.decode() if v is not None else "" for v in stream)
-        return creator, state, name, _as_hash(side)
+class ClusterBattles(ClusterBattleReads):
+    """Invite, accept, decline and end battles on a cluster (the reads: the base class)."""
 
     # Invitations.
 
@@ -397,98 +345,3 @@ class ClusterBattles:
             if refusal.code is ErrorCode.UNKNOWN_BATTLE:  # an accept that has not begun
                 return None
             raise
-
-    async def _side(self, creator: str, stream_id: str) -> dict[bytes, bytes] | None:
-        raw = _as_hash(await self.reads.command(self.keys.battle(creator, stream_id), "HGETALL"))
-        if not raw:
-            return None
-        if not raw.get(b"id") or not raw.get(b"opponent") or not raw.get(b"opponent_creator"):
-            raise InvariantError(f"battle side of {stream_id} has no id or opponent")
-        return raw
-
-    # Reads.
-
-    async def live(self, stream_id: str, opponent: str | None = None) -> Doc | None:
-        """As ``Battles.live``: both sides of the stream's current or last battle, each read
-        in its own slot (the opponent's is the read that carries its score across); an ended
-        one adds its stored ``result``. ``opponent`` is a hint only."""
-        creator = await self.reads.owner(stream_id)
-        if creator is None:
-            return None
-        k = self.keys
-        side_raw, top_raw = await asyncio.gather(
-            self.reads.command(k.battle(creator, stream_id), "HGETALL"),
-            self.reads.command(
-                k.battle_top(creator, stream_id), "ZREVRANGE", 0, BATTLE_TOP_MAX - 1, "WITHSCORES"
-            ),
-        )
-        side = _as_hash(side_raw)
-        if not side:
-            return None
-        opponent, other_creator = _text(side, "opponent"), _text(side, "opponent_creator")
-        other_raw, other_top = await asyncio.gather(
-            self.reads.command(k.battle(other_creator, opponent), "HGETALL"),
-            self.reads.command(
-                k.battle_top(other_creator, opponent),
-                "ZREVRANGE",
-                0,
-                BATTLE_TOP_MAX - 1,
-                "WITHSCORES",
-            ),
-        )
-        other = _as_hash(other_raw)
-        if _text(other, "id") != _text(side, "id"):
-            # The opponent's side is not (or no longer) this battle's: it scores nothing here.
-            other = {b"side": b"b" if _text(side, "side") == "a" else b"a"}
-            other_top = []
-        doc = _live_doc(stream_id, opponent, side, other, _scored(top_raw), _scored(other_top))
-        if _text(side, "state") == "starting":
-            doc["state"] = "starting"
-        if doc["state"] == "ended":
-            with contextlib.suppress(RequestError):
-                doc["result"] = await self.result(doc["battle_id"])
-        return doc
-
-    async def invites(self, stream_id: str) -> Doc:
-        """The stream's pending invitation (``outgoing``, or None) and the ones to it
-        (``incoming``, oldest first), unexpired."""
-        creator = await self.reads.owner(stream_id)
-        if creator is None:
-            return {"outgoing": None, "incoming": []}
-        k = self.keys
-        now_ms = int(time.time() * 1000)
-        outgoing_raw, senders = await asyncio.gather(
-            self.reads.command(k.battle_invite(creator, stream_id), "HGET", "json"),
-            self.reads.command(
-                k.battle_invites(creator, stream_id), "ZRANGEBYSCORE", now_ms, "+inf"
-            ),
-        )
-        incoming: list[Doc] = []
-        for sender in list(senders)[:BATTLE_INVITES_PER_STREAM_MAX]:
-            sender_id = sender.decode()
-            sender_creator = await self.reads.owner(sender_id)
-            if sender_creator is None:
-                continue
-            raw = await self.reads.command(
-                k.battle_invite(sender_creator, sender_id), "HGET", "json"
-            )
-            if raw is not None:
-                doc = orjson.loads(raw)
-                if doc.get("to_stream") == stream_id:
-                    incoming.append(doc)
-        return {
-            "outgoing": orjson.loads(outgoing_raw) if outgoing_raw is not None else None,
-            "incoming": incoming,
-        }
-
-    async def result(self, battle_id: str) -> Doc:
-        """A finished battle's stored result, or ``RequestError(unknown_battle)``."""
-        raw = await self.reads.command(self.keys.battle_result(battle_id), "GET")
-        if raw is None:
-            raise RequestError(ErrorCode.UNKNOWN_BATTLE)
-        doc: Doc = orjson.loads(raw)
-        return doc
-
-
-def _scored(raw: Any) -> list[tuple[bytes, float]]:
-    return [(member, float(score)) for member, score in _pairs(raw)]
