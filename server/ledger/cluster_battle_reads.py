@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import orjson
@@ -84,43 +85,42 @@ class ClusterBattleReads:
     async def live(self, stream_id: str, opponent: str | None = None) -> Doc | None:
         """As ``Battles.live``: both sides of the stream's current or last battle, each read
         in its own slot (the opponent's is the read that carries its score across); an ended
-        one adds its stored ``result``. ``opponent`` is a hint only."""
+        one adds its stored ``result``. With ``opponent`` (as the battle watch knows it) both
+        slots are read at once; a wrong one is noticed and read again."""
         creator = await self.reads.owner(stream_id)
         if creator is None:
             return None
-        k = self.keys
-        side_raw, top_raw = await asyncio.gather(
-            self.reads.command(k.battle(creator, stream_id), "HGETALL"),
-            self.reads.command(
-                k.battle_top(creator, stream_id), "ZREVRANGE", 0, BATTLE_TOP_MAX - 1, "WITHSCORES"
-            ),
-        )
+        guessed = await self.reads.owner(opponent) if opponent is not None else None
+        reads = [*self._side_reads(creator, stream_id)]
+        if opponent is not None and guessed is not None:
+            reads += self._side_reads(guessed, opponent)
+        side_raw, top_raw, *there = await asyncio.gather(*reads)
         side = _as_hash(side_raw)
         if not side:
             return None
-        opponent, other_creator = _text(side, "opponent"), _text(side, "opponent_creator")
-        other_raw, other_top = await asyncio.gather(
-            self.reads.command(k.battle(other_creator, opponent), "HGETALL"),
-            self.reads.command(
-                k.battle_top(other_creator, opponent),
-                "ZREVRANGE",
-                0,
-                BATTLE_TOP_MAX - 1,
-                "WITHSCORES",
-            ),
-        )
-        other = _as_hash(other_raw)
+        opponent_now, other_creator = _text(side, "opponent"), _text(side, "opponent_creator")
+        if not there or (opponent_now, other_creator) != (opponent, guessed):
+            there = list(await asyncio.gather(*self._side_reads(other_creator, opponent_now)))
+        other, other_top = _as_hash(there[0]), there[1]
         if _text(other, "id") != _text(side, "id"):
             # The opponent's side is not (or no longer) this battle's: it scores nothing here.
             other = {b"side": b"b" if _text(side, "side") == "a" else b"a"}
             other_top = []
-        doc = _live_doc(stream_id, opponent, side, other, _scored(top_raw), _scored(other_top))
-        if _text(side, "state") == "starting":
-            doc["state"] = "starting"
+        doc = _live_doc(stream_id, opponent_now, side, other, _scored(top_raw), _scored(other_top))
         if doc["state"] == "ended":
             with contextlib.suppress(RequestError):
                 doc["result"] = await self.result(doc["battle_id"])
         return doc
+
+    def _side_reads(self, creator: str, stream_id: str) -> list[Coroutine[Any, Any, Any]]:
+        """A side's hash and its top gifters: two reads in its slot."""
+        k = self.keys
+        return [
+            self.reads.command(k.battle(creator, stream_id), "HGETALL"),
+            self.reads.command(
+                k.battle_top(creator, stream_id), "ZREVRANGE", 0, BATTLE_TOP_MAX - 1, "WITHSCORES"
+            ),
+        ]
 
     async def invites(self, stream_id: str) -> Doc:
         """The stream's pending invitation (``outgoing``, or None) and the ones to it

@@ -782,3 +782,17 @@ async def test_the_window_is_decided_at_the_credit_not_at_the_debit(
     assert [e.get("battle_id") for e in await feed(ledger, b)] == ["late", None]
     result = await ledger.battles.result("late")
     assert [s["score"] for s in result["sides"]] == [0, 5]
+
+
+async def test_a_live_read_with_the_opponent_known_reads_both_slots_at_once(
+    ledger: ClusterLedger,
+) -> None:
+    r = a, ca, b, cb = await two_rooms(ledger)
+    await battle(ledger, r, "hint")
+    await gift(ledger, await funded(ledger, 100), b, cb)
+    plain = await ledger.battles.live(a)
+    assert plain is not None and [s["score"] for s in plain["sides"]] == [0, 1]
+    assert await ledger.battles.live(a, b) == plain
+    assert await ledger.battles.live(a, a) == plain  # a wrong hint is read again
+    assert await ledger.battles.live(a, "unclaimed") == plain
+    del ca
