@@ -251,8 +251,10 @@ class ClusterBattles(ClusterBattleReads):
         """End the battle ``stream_id`` is in (its last one: a replay once it ended).
 
         Same contract as ``Battles.end``: ``LedgerRefusal(unknown_battle)`` when the stream
-        never was in one, ``battle_not_over`` for ``time`` before the end."""
-        creator = await self._creator(stream_id)
+        never was in one (or is no stream), ``battle_not_over`` for ``time`` before the end."""
+        creator = await self.reads.owner(stream_id)
+        if creator is None:
+            raise LedgerRefusal(ErrorCode.UNKNOWN_BATTLE)
         side = await self._side(creator, stream_id)
         if side is not None and _text(side, "state") == "starting":
             # An accept between its steps: finish it if side b joined; if not, it has not

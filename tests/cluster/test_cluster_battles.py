@@ -450,6 +450,7 @@ async def test_every_end_refusal_and_an_end_on_time(ledger: ClusterLedger) -> No
     r = a, ca, b, cb = await two_rooms(ledger)
     bt, k = ledger.battles, ledger.keys
     await refused(ErrorCode.UNKNOWN_BATTLE, bt.end(stream_id=a, actor_id=ca, reason="ended"))
+    await refused(ErrorCode.UNKNOWN_BATTLE, bt.end(stream_id="nobody", actor_id=ca, reason="ended"))
     started = await battle(ledger, r, "e1", duration_s=1)
     detail = await refused(
         ErrorCode.BATTLE_NOT_OVER, bt.end(stream_id=a, actor_id=SERVER_ACTOR, reason="time")
