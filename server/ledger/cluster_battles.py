@@ -28,6 +28,8 @@ the same code.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import time
 
 import orjson
@@ -37,6 +39,17 @@ from server.domain.limits import BATTLE_INVITES_PER_STREAM_MAX, BATTLE_RESULT_TT
 from server.ledger.battles import SERVER_ACTOR, BattleReply, Doc
 from server.ledger.cluster_battle_reads import HELD, ClusterBattleReads, _num, _text
 from server.ledger.scripts import ScriptName
+
+CRASH_IN_ACCEPT_ENV = "GIFTWIRE_TEST_CRASH_IN_ACCEPT"
+"""Test-only hook: ``1`` (or ``2``) kills this process (SIGKILL) right after the accept's
+step 1 (or 2) committed (``tests/cluster/test_cluster_battle_serve.py``). Read once, at
+import."""
+_CRASH_AFTER_STEP = os.environ.get(CRASH_IN_ACCEPT_ENV, "")
+
+
+def _crash_point(step: str) -> None:
+    if step == _CRASH_AFTER_STEP:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class ClusterBattles(ClusterBattleReads):
@@ -178,6 +191,7 @@ class ClusterBattles(ClusterBattleReads):
             ],
             order_key=creator,
         )
+        _crash_point("1")
         if started.replayed:
             state = await self.reads.command(k.battle(creator, from_stream), "HGET", "state")
             if state != b"starting":  # running or ended: every step was done
@@ -221,6 +235,7 @@ class ClusterBattles(ClusterBattleReads):
         except LedgerRefusal:
             await self._step_a("cancel", creator, battle_id, from_stream, to_stream)
             raise
+        _crash_point("2")
         await self._step_a("run", creator, battle_id, from_stream, to_stream)
 
     async def _step_a(

@@ -187,3 +187,68 @@ async def test_decline_end_early_and_a_stream_end_over_http_on_a_cluster(
     result = await asyncio.to_thread(battle_result, sb.http, started["battle_id"])
     assert result["reason"] == "stream_ended" and result["draw"] is True
     assert [s["stream_id"] for s in result["sides"]] == [b, a]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", ["1", "2"])
+async def test_kill_9_of_the_server_between_the_accept_steps_is_finished_by_the_retry(
+    redis_cluster: RedisCluster, keys: Keys, tmp_path: Path, step: str
+) -> None:
+    """The process that accepts dies after step 1 (side a starting) or step 2 (side b
+    running too): the creator's retry on another process finishes the same battle, and
+    side a scores from then on, not before."""
+    env = {**FAST, "GIFTWIRE_REDIS_CLUSTER": "true"}
+    urls = redis_cluster.startup_urls
+    doomed = ServerProcess(
+        urls[0], keys.prefix, tmp_path, **env, GIFTWIRE_TEST_CRASH_IN_ACCEPT=step
+    )
+    survivor = ServerProcess(urls[1], keys.prefix, tmp_path, **env)
+    doomed.start()
+    survivor.start()
+    try:
+        ca, cb = await _creators_on_two_primaries(redis_cluster, keys)
+        a, b = f"arena-{ca}", f"arena-{cb}"
+        ta, tb = token(ca, Role.CREATOR), token(cb, Role.CREATOR)
+        for stream, bearer in ((a, ta), (b, tb)):
+            status, body = http_json(
+                "POST", survivor.http + "/api/streams", {"stream_id": stream}, bearer=bearer
+            )
+            assert status == 201, body
+        fan = f"fan-{uuid.uuid4().hex[:6]}"
+        event = {
+            "type": "payment.succeeded",
+            "payment_id": f"p-{fan}",
+            "user_id": fan,
+            "coins": 100,
+        }
+        assert (await asyncio.to_thread(signed_webhook, survivor, event))[0] == 200
+        invite = await asyncio.to_thread(invite_battle, survivor.http, ta, a, b, 60)
+        async with (
+            client(survivor, a, token(fan)) as gifter,
+            client(survivor, b, token("w")) as viewer_b,
+        ):
+            with pytest.raises(OSError):
+                await asyncio.to_thread(answer_battle, doomed.http, tb, invite)
+            assert doomed.process is not None and doomed.process.wait(10) == -9
+            # Between the steps side a is starting: a gift to it does not score.
+            await gifter.send({"type": "send_gift", "id": "before", "gift": "rose"})
+            assert (await gifter.recv_type("gift_ack"))["seq"] == 1
+            # Reading the battle finishes an accept whose side b joined (step 3 is all that
+            # is left); one that stopped after step 1 waits for the retry.
+            state = await asyncio.to_thread(stream_battle, survivor.http, a)
+            assert state["battle"]["state"] == ("starting" if step == "1" else "running")
+            retried = await asyncio.to_thread(answer_battle, survivor.http, tb, invite)
+            assert retried["replayed"] is True and retried["battle_id"] == invite["battle_id"]
+            assert (await gifter.recv_type("battle"))["battle_id"] == invite["battle_id"]
+            assert (await viewer_b.recv_type("battle"))["battle_id"] == invite["battle_id"]
+            await gifter.send({"type": "send_gift", "id": "after", "gift": "rose"})
+            assert (await gifter.recv_type("gift_ack"))["seq"] == 2
+        state = await asyncio.to_thread(stream_battle, survivor.http, a)
+        assert state["battle"]["state"] == "running"
+        assert [s["score"] for s in state["battle"]["sides"]] == [1, 0]
+        feed = await _feed(survivor, a)
+        assert [e.get("battle_id") for e in feed] == [None, invite["battle_id"]]
+    finally:
+        doomed.kill()
+        survivor.stop()
+    assert "Traceback" not in survivor.log()
