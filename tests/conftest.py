@@ -19,6 +19,7 @@ from server.record.connection import RecordPool, open_record
 from server.record.embedded import PostgresProcess
 from tests.support.backends import Backend, ClusterBackend, SingleBackend
 from tests.support.cluster import RedisCluster
+from tests.support.ledgers import AnyLedger, OpenLedger, close, open_cluster, open_single
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +63,38 @@ async def backend(request: pytest.FixtureRequest, keys: Keys) -> AsyncIterator[B
         opened = await ClusterBackend.open(cluster.startup_urls, keys)
     yield opened
     await opened.aclose()
+
+
+@pytest.fixture(params=["single", "cluster"])
+async def open_any_ledger(request: pytest.FixtureRequest, keys: Keys) -> AsyncIterator[OpenLedger]:
+    """The ledger suites' store, both ways: ``await open_any_ledger(limits=None)`` gives a
+    started ``Ledger`` on the session's redis-server, or a ``ClusterLedger`` on the session's
+    loopback cluster, with the catalog prepared, on this test's key prefix; each call opens
+    another one (another process's connections), closed at teardown.
+    ``tests/support/ledgers.py``."""
+    opened: list[AnyLedger] = []
+    if request.param == "single":
+        server: RedisProcess = request.getfixturevalue("redis_server")
+    else:
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+
+    async def open_ledger(limits: Limits | None = None) -> AnyLedger:
+        if request.param == "single":
+            ledger: AnyLedger = await open_single(server.url, keys, limits)
+        else:
+            ledger = await open_cluster(cluster, keys, limits)
+        opened.append(ledger)
+        return ledger
+
+    yield open_ledger
+    for ledger in opened:
+        await close(ledger)
+
+
+@pytest.fixture
+async def any_ledger(open_any_ledger: OpenLedger) -> AnyLedger:
+    """One started ledger on each store (``open_any_ledger``)."""
+    return await open_any_ledger()
 
 
 @pytest.fixture
