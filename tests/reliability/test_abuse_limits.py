@@ -1,8 +1,9 @@
 """Abuse limits (issue item 9).
 
-Gift rate and daily spending are enforced inside send_gift.lua, so they hold across every
-process. Connection limits are counted per process, by design (``docs/reliability.md``
-says why); the last test pins that down.
+Gift rate and daily spending are enforced inside send_gift.lua (in cluster mode, the debit
+leg), so they hold across every process; those two tests run on both stores (``backend``).
+Connection limits are counted per process, by design (``docs/reliability.md`` says why);
+the last test pins that down.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
 from tests.reliability.conftest import Books, Spawn
 from tests.reliability.helpers import (
+    CREATOR,
     STREAM,
     Peer,
-    assert_books_hold,
     open_stream,
 )
+from tests.support.backends import Backend
+from tests.support.ledgers import gifts_in, quiet, reconciled
 from tests.support.servers import ServerProcess, http_json, token
 
 RATE_PER_S, BURST = 5, 10
@@ -41,13 +44,18 @@ async def _burst(peers: list[Peer], prefix: str, each: int, gift: str = "rose") 
     return [i for mine in ids for i in mine]
 
 
-async def test_gift_rate_limit_holds_across_two_processes(
-    books: Books, redis_server: RedisProcess, keys: Keys, spawn: Spawn
-) -> None:
-    ledger = await books(redis_server.url)
-    await open_stream(ledger, ("alice", 1_000))
+async def _open_on(backend: Backend) -> None:
+    await backend.open_stream(STREAM, CREATOR)
+    await backend.fund("alice", 1_000)
+
+
+async def test_gift_rate_limit_holds_across_two_processes(backend: Backend, spawn: Spawn) -> None:
+    """On both stores (``backend``): on a cluster the bucket is in the sender's slot,
+    checked by the debit leg."""
+    await _open_on(backend)
     limits = {"GIFTWIRE_GIFTS_PER_S_MAX": str(RATE_PER_S), "GIFTWIRE_GIFT_BURST_MAX": str(BURST)}
-    a, b = spawn(redis_server.url, **limits), spawn(redis_server.url, **limits)
+    env = {**backend.server_env, **limits}
+    a, b = spawn(backend.server_url, **env), spawn(backend.server_url, **env)
     peers = [await Peer.open(server, token("alice")) for server in (a, b)]
     try:
         loop = asyncio.get_running_loop()
@@ -66,17 +74,21 @@ async def test_gift_rate_limit_holds_across_two_processes(
     finally:
         for peer in peers:
             await peer.close()
-    assert (await ledger.balance("alice")).coins == 1_000 - len(accepted)
-    await assert_books_hold(ledger.redis, keys)
+    assert (await backend.ledger.balance("alice")).coins == 1_000 - len(accepted)
+    await _books_hold(backend, len(accepted))
+
+
+async def _books_hold(backend: Backend, gifts: int) -> None:
+    await quiet(backend.ledger)
+    assert gifts_in(await reconciled(backend.ledger)) == gifts
 
 
 async def test_daily_spending_limit_holds_across_two_processes(
-    books: Books, redis_server: RedisProcess, keys: Keys, spawn: Spawn
+    backend: Backend, spawn: Spawn
 ) -> None:
-    ledger = await books(redis_server.url)
-    await open_stream(ledger, ("alice", 1_000))
-    a = spawn(redis_server.url, GIFTWIRE_DAILY_SPEND_COINS_MAX="50")
-    b = spawn(redis_server.url, GIFTWIRE_DAILY_SPEND_COINS_MAX="50")
+    await _open_on(backend)
+    env = {**backend.server_env, "GIFTWIRE_DAILY_SPEND_COINS_MAX": "50"}
+    a, b = spawn(backend.server_url, **env), spawn(backend.server_url, **env)
     peers = [await Peer.open(server, token("alice")) for server in (a, b)]
     try:
         ids = await _burst(peers, "spend", 40)
@@ -86,8 +98,8 @@ async def test_daily_spending_limit_holds_across_two_processes(
     finally:
         for peer in peers:
             await peer.close()
-    assert (await ledger.balance("alice")).coins == 950
-    await assert_books_hold(ledger.redis, keys)
+    assert (await backend.ledger.balance("alice")).coins == 950
+    await _books_hold(backend, 50)
 
 
 async def _open(server: ServerProcess, user: str, local_ip: str = "127.0.0.1") -> Peer | int:

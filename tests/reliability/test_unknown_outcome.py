@@ -1,5 +1,10 @@
 """Lost replies and duplicates: the outcome a client cannot see (issue item 3).
 
+The duplicates run on both stores (``backend``). The lost reply runs on one node only: a
+cluster server reaches every primary at the address ``CLUSTER SLOTS`` gives, which a proxy
+cannot sit in front of from outside the process; ``tests/cluster/test_leg_faults.py`` puts
+one inside a ledger's runner (a partitioned shard) and loses the credits' replies there.
+
 A TCP proxy between giftwire and Redis forwards a gift's script call in full and then
 loses Redis' reply, so the transfer committed but the server cannot know. The timeout
 variant (Redis paused past ``redis_timeout_s``) is
@@ -19,6 +24,8 @@ from server.ledger.keys import Keys
 from server.ledger.runner import StreamRows
 from tests.reliability.conftest import Books, Spawn
 from tests.reliability.helpers import (
+    CREATOR,
+    STREAM,
     Peer,
     applied_gifts,
     assert_books_hold,
@@ -26,6 +33,9 @@ from tests.reliability.helpers import (
     settle,
     wait_ready,
 )
+from tests.support.backends import Backend
+from tests.support.ledgers import applied_gifts as applied_gifts_any
+from tests.support.ledgers import gifts_in, quiet, reconciled
 from tests.support.proxy import CuttableProxy
 from tests.support.servers import token
 
@@ -73,26 +83,37 @@ async def test_a_lost_reply_is_unavailable_and_the_retry_returns_the_original_re
     await assert_books_hold(ledger.redis, keys)
 
 
-async def test_fifty_concurrent_duplicates_move_money_once_across_two_processes(
-    books: Books, redis_server: RedisProcess, keys: Keys, spawn: Spawn
+async def test_fifty_concurrent_duplicates_move_money_once_across_three_processes(
+    backend: Backend, spawn: Spawn
 ) -> None:
-    ledger = await books(redis_server.url)
-    await open_stream(ledger, ("alice", 1_000))
-    a, b = spawn(redis_server.url), spawn(redis_server.url)
-    peers = [await Peer.open(server, token("alice")) for server in (a, b) * 5]
+    """On both stores (``backend``); in cluster mode each attempt is a debit leg that
+    replays and a credit leg that settles or replays the one transfer."""
+    await backend.open_stream(STREAM, CREATOR)
+    await backend.fund("alice", 1_000)
+    servers = [spawn(backend.server_url, **backend.server_env) for _ in range(3)]
+    peers = [await Peer.open(server, token("alice")) for server in servers * 3]
     try:
-        # Ten connections of one user on two processes, five sends each, all at once.
-        await asyncio.gather(
-            *(peer.send_gift("dup-1", "perfume") for peer in peers for _ in range(5))
-        )
-        await asyncio.gather(
-            *(peer.wait_for(lambda p=peer: len(p.acks) == 1 and _acks(p) == 5) for peer in peers)
-        )
+        # Nine connections of one user on three processes, 50 sends in all, at once.
+        sends = [peers[n % len(peers)].send_gift("dup-1", "perfume") for n in range(50)]
+        await asyncio.gather(*sends)
+        for i, peer in enumerate(peers):
+            sent = len(range(i, 50, len(peers)))
+            await peer.wait_for(lambda p=peer, n=sent: _answers(p) >= n, timeout_s=30)
         acks = [ack for peer in peers for ack in peer.ack_log]
-        assert len(acks) == 50
+        errors = [e for peer in peers for e in peer.errors.get("dup-1", [])]
+        # Cluster mode may answer unavailable (a credit not settled at once: retry, docs/
+        # protocol.md); one node never does here. Never anything else.
+        assert len(acks) + len(errors) == 50
+        assert all(e["code"] == "unavailable" for e in errors), errors
+        if backend.name == "single":
+            assert not errors
+        await settle(peers[0], ["dup-1"], gift="perfume")  # the client's retry
+        acks.append(peers[0].acks["dup-1"])
         assert sum(not ack["replayed"] for ack in acks) == 1
-        assert len({ack["transfer_id"] for ack in acks}) == 1
-        assert {ack["balance"] for ack in acks} == {980}
+        assert {(a["transfer_id"], a["seq"], a["balance"]) for a in acks} == {
+            (acks[0]["transfer_id"], 1, 980)
+        }
+        ledger = backend.ledger
         assert (await ledger.balance("alice")).coins == 980
 
         # The same id with different content is refused and moves nothing.
@@ -101,12 +122,14 @@ async def test_fifty_concurrent_duplicates_move_money_once_across_two_processes(
             await peers[0].wait_for(lambda: bool(peers[0].errors.get("dup-1")))
             assert peers[0].errors.pop("dup-1")[-1]["code"] == "duplicate_mismatch"
         assert (await ledger.balance("alice")).coins == 980
-        assert (await applied_gifts(ledger.redis, keys))[("alice", "dup-1")] == 1
+        assert (await applied_gifts_any(ledger))[("alice", "dup-1")] == 1
     finally:
         for peer in peers:
             await peer.close()
-    await assert_books_hold(ledger.redis, keys)
+    await quiet(backend.ledger)
+    totals = await reconciled(backend.ledger)
+    assert gifts_in(totals) == 1
 
 
-def _acks(peer: Peer) -> int:
-    return len(peer.ack_log)
+def _answers(peer: Peer) -> int:
+    return len(peer.ack_log) + len(peer.errors.get("dup-1", []))

@@ -32,6 +32,13 @@ GENEROUS = Limits(gifts_per_s_max=100_000, gift_burst_max=100_000)
 
 class Backend(Protocol):
     name: str
+
+    @property
+    def ledger(self) -> Ledger | ClusterLedger:
+        """The test's own ledger on this store, for setting up and checking the books
+        (``tests/support/ledgers.py`` reconciles either)."""
+        ...
+
     server_url: str
     """``GIFTWIRE_REDIS_URL`` for a server process on this store."""
     server_env: dict[str, str]
