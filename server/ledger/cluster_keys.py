@@ -11,6 +11,7 @@ key                                        type    holds
 =========================================  ======  =========================================
 ``{u:USER}:acct``                          hash    as in single-node mode
 ``{u:USER}:gift:CLIENT_ID``                string  the debit leg's receipt (TTL)
+``{u:USER}:changes``                       hash    as in single-node mode (change_rate.lua)
 ``{u:CREATOR}:credit:TRANSFER_ID``         string  the credit leg's receipt (idempotency)
 ``{u:CREATOR}:s:STREAM:stream``            hash    the stream, in its creator's slot
 ``{u:CREATOR}:s:STREAM:top|feed|room``     ...     leaderboard, feed, shard channel (SPUBLISH)
@@ -110,6 +111,9 @@ class ClusterKeys:
 
     def gift_receipt(self, sender_id: str, client_id: str) -> str:
         return f"{self.prefix}{{u:{sender_id}}}:gift:{client_id}"
+
+    def changes(self, user_id: str) -> str:
+        return f"{self.prefix}{{u:{user_id}}}:changes"
 
     # The creator's slot: the credit leg, and the creator's streams.
 

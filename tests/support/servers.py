@@ -20,7 +20,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
-from client_demo.http import http_json as http_json  # re-exported for the tests
+from client_demo.http import http_exchange as http_exchange  # re-exported for the tests
+from client_demo.http import http_json as http_json
 from client_demo.http import post_webhook
 from client_demo.wire import decode, encode, subprotocols
 from server.domain.accounts import Role
