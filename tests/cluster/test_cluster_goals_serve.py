@@ -13,21 +13,23 @@ from server.domain.accounts import Role
 from server.ledger.keys import Keys
 from tests.reliability.helpers import Peer
 from tests.support.cluster import RedisCluster
-from tests.support.servers import ServerProcess, http_exchange, http_json, signed_webhook, token
+from tests.support.servers import (
+    ServerProcess,
+    http_exchange,
+    http_json,
+    running,
+    signed_webhook,
+    token,
+)
 
 
 @contextlib.contextmanager
 def _serving(
     redis_cluster: RedisCluster, keys: Keys, tmp_path: Path, **env: str
 ) -> Iterator[ServerProcess]:
-    process = ServerProcess(
-        redis_cluster.startup_urls[0], keys.prefix, tmp_path, GIFTWIRE_REDIS_CLUSTER="true", **env
-    )
-    process.start()
-    try:
+    url = redis_cluster.startup_urls[0]
+    with running(url, keys.prefix, tmp_path, GIFTWIRE_REDIS_CLUSTER="true", **env) as (process,):
         yield process
-    finally:
-        process.stop()
     assert "Traceback" not in process.log()
 
 

@@ -12,8 +12,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,22 @@ class ServerProcess:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+@contextmanager
+def running(
+    redis_url: str, key_prefix: str, log_dir: Path, *, count: int = 1, **env: str
+) -> Iterator[list[ServerProcess]]:
+    """``count`` server processes on one Redis with the same settings, started in turn;
+    every one started is stopped at the end, also when a later one fails to start."""
+    servers = [ServerProcess(redis_url, key_prefix, log_dir, **env) for _ in range(count)]
+    try:
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
 
 
 def token(
