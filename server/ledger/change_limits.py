@@ -1,10 +1,10 @@
 """The per-user rate of state-changing HTTP calls: one run of ``change_rate.lua``.
 
 Every call that changes something on a user's behalf and is not a gift (goals, spending
-limits, guests, battles, the admin's catalog and account edits) costs a script and, most
-of them, a message to a room's every viewer. ``ChangeLimiter.take`` spends one token of the
-user's bucket before the call's own script runs, or raises ``rate_limited`` and nothing
-else runs (``docs/protocol.md``, "Limits").
+limits, guests, battles, the admin's catalog and account edits and payouts settled by
+hand) costs a script and, most of them, a message to a room's every viewer.
+``ChangeLimiter.take`` spends one token of the user's bucket before the call's own script
+runs, or raises ``rate_limited`` and nothing else runs (``docs/protocol.md``, "Limits").
 
 Contract: one bucket per user in Redis (``{u:USER}:changes``), shared by every process and,
 on a cluster, in the user's slot, so it holds however the calls are spread. A token is

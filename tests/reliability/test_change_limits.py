@@ -86,6 +86,7 @@ async def _setup_every_change(ledger: Ledger) -> None:
 
 
 B1 = {"from_stream": "dv", "to_stream": "st"}
+PAID = {"creator_id": "carol", "id": "co1", "state": "paid"}
 REPRICE = {"expect_version": 1, "changes": [{"op": "reprice", "id": "rose", "price_coins": 2}]}
 # (user, role, method, path, body): every change endpoint once, each a call that would
 # change something (or be refused by its own script) with a token left.
@@ -103,6 +104,7 @@ CHANGES: list[tuple[str, Role, str, str, object]] = [
     ("carol", Role.CREATOR, "POST", "/api/streams/st/battle/end", None),
     ("root", Role.ADMIN, "POST", "/api/admin/catalog", REPRICE),
     ("root", Role.ADMIN, "DELETE", "/api/admin/catalog/scheduled/e1", None),
+    ("root", Role.ADMIN, "POST", "/api/admin/payouts", PAID),
 ]  # fmt: skip
 
 
