@@ -28,7 +28,7 @@ from server.ledger.receipts import unpack
 from server.ledger.scripts import ScriptName
 from server.ledger.spending import ScriptRuns
 
-RATE_LIMITED_MESSAGE = "too many changes too quickly; retry after Retry-After seconds"
+RATE_LIMITED_MESSAGE = "too many changes too quickly; try again in a moment (Retry-After)"
 
 
 class ChangeKeys(Protocol):
