@@ -11,6 +11,7 @@ key                                        type    holds
 =========================================  ======  =========================================
 ``{u:USER}:acct``                          hash    as in single-node mode
 ``{u:USER}:gift:CLIENT_ID``                string  the debit leg's receipt (TTL)
+``{u:USER}:held``                          hash    the sender's gifts within the payout hold
 ``{u:CREATOR}:credit:TRANSFER_ID``         string  the credit leg's receipt (idempotency)
 ``{u:CREATOR}:s:STREAM:stream``            hash    the stream, in its creator's slot
 ``{u:CREATOR}:s:STREAM:top|feed|room``     ...     leaderboard, feed, shard channel (SPUBLISH)
@@ -149,8 +150,8 @@ class ClusterKeys:
         return f"{self.prefix}{{u:{creator_id}}}:streams"
 
     def hold_record(self, user_id: str) -> str:
-        """A buyer's gifts within the payout hold (refund.lua's KEYS[5]); cluster mode
-        keeps no hold yet, so it stays empty."""
+        """A sender's gifts within the payout hold (``_hold.lua``), in the sender's slot:
+        written by the debit leg, read by a refund's buyer leg."""
         return f"{self.prefix}{{u:{user_id}}}:held"
 
     def cashout(self, creator_id: str, client_id: str) -> str:
@@ -230,6 +231,7 @@ class ClusterKeys:
             self.outbox_shard(slot),
             self.ledger_shard(slot),
             self.catalog_shard(slot),
+            self.hold_record(sender_id),
         ]
 
     def credit_keys(self, creator_id: str, stream_id: str) -> list[str]:

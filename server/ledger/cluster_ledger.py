@@ -50,6 +50,7 @@ from server.ledger.cluster_goals import ClusterGoals
 from server.ledger.cluster_keys import ClusterKeys, slot_of
 from server.ledger.cluster_runner import ClusterScriptRunner
 from server.ledger.cluster_shards import Shards
+from server.ledger.hold import hold_args
 from server.ledger.ledger import StreamChange, _stream_change
 from server.ledger.receipts import (
     CashOutReceipt,
@@ -69,9 +70,8 @@ its credit (``tests/cluster/test_leg_faults.py``). Read once, at import."""
 _CRASH_AFTER_DEBIT = os.environ.get(CRASH_AFTER_DEBIT_ENV) == "1"
 _COPY_PART = 1024
 NO_HOLD = (0, 86_400)
-"""The payout hold's ARGV of cash_out.lua and refund.lua (days, seconds per day): cluster
-mode keeps no hold yet (credit_gifts.lua records no held diamonds), so none is asked for;
-the single-node scripts of today ignore these extra arguments."""
+"""The payout hold's ARGV of refund.lua (days, seconds per day) until the refund's buyer
+leg reverses held gifts across slots."""
 
 
 class ClusterLedger(ClusterGoals):
@@ -290,7 +290,7 @@ class ClusterLedger(ClusterGoals):
                 self.limits.cashout_diamonds_min,
                 self.economics.cents_per_100_diamonds,
                 AMOUNT_MAX,
-                *NO_HOLD,
+                *hold_args(self.limits),
             ],
             order_key=creator_id,
         )
@@ -409,6 +409,8 @@ class ClusterLedger(ClusterGoals):
             OUTBOX_ENTRIES_MAX,
             state,
             lim.monthly_spend_coins_max,
+            *hold_args(lim),
+            lim.payout_hold_entries_max,
         ]
 
     async def credit_transfers(self, transfers: list[Transfer]) -> list[CreditResult]:

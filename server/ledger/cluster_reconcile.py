@@ -16,6 +16,8 @@ sender's slot and a ``gift_credit`` in the creator's, joined by the transfer id
   ``(diamonds, share_rem) = divmod(previous share_rem + coins × share_bps, 10000)``;
 - every account's coins, diamonds, debt and share_rem are what the logs add up to, and none
   is negative; the platform shards sum to the credits' platform shares;
+- the payout hold: each account's held diamonds are the sum of its day buckets, none
+  negative, and held <= diamonds;
 - each stream's credits are numbered 1..N with no gap or reuse, and its hash says N;
 - coins debited = coins credited + coins pending.
 
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 
 from server.ledger.cluster_keys import slot_of
 from server.ledger.cluster_ledger import ClusterLedger
+from server.ledger.hold import HOLD_FIELDS, hold_problems
 from server.ledger.ledger import log_position
 
 _MATCHED = ("from", "to", "stream", "gift", "count", "coins", "price", "catalog_version")
@@ -196,10 +199,12 @@ async def reconcile_cluster(
             problems.append(f"stream {stream}: seq is {last!r}, the log says {len(numbers)}")
 
     for user in sorted(users):
-        held = await ledger.command(
-            ledger.keys.account(user), "HMGET", "coins", "diamonds", "debt", "share_rem"
-        )
-        values = [int(v) if v is not None else 0 for v in held]
+        stored = await ledger.command(
+            ledger.keys.account(user), "HMGET", "coins", "diamonds", "debt", "share_rem",
+            *HOLD_FIELDS,
+        )  # fmt: skip
+        values = [int(v) if v is not None else 0 for v in stored[:4]]
+        problems += hold_problems(user, stored[4:], values[1])
         want = [coins[user], diamonds[user], debt[user], share_rem.get(user, 0)]
         if values != want:
             problems.append(f"account {user}: holds {values}, the logs say {want}")

@@ -1,0 +1,199 @@
+"""The payout hold on the loopback cluster: held diamonds in the credit leg, the sender's record
+in the debit leg, cash_out's withdrawable balance (docs/ledger.md, "The payout hold in cluster
+mode"). Time: as ``tests/integration/test_hold.py``, the tests move stored days back (``age``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+
+from server.domain.errors import ErrorCode, LedgerRefusal
+from server.ledger.cluster_credits import Transfer
+from server.ledger.cluster_ledger import ClusterLedger
+from server.ledger.cluster_reconcile import reconcile_cluster
+from server.ledger.keys import Keys
+from tests.cluster.legs import GENEROUS, funded, gift, live_stream, open_ledger, uid
+from tests.support.cluster import RedisCluster
+
+HOLD_DAYS = 7
+HELD = replace(GENEROUS, cashout_diamonds_min=1, payout_hold_days=HOLD_DAYS)
+
+
+@pytest.fixture
+async def ledger(redis_cluster: RedisCluster, keys: Keys) -> AsyncIterator[ClusterLedger]:
+    ledger = await open_ledger(redis_cluster, keys.prefix, HELD)
+    yield ledger
+    await ledger.aclose()
+
+
+async def age(ledger: ClusterLedger, users: list[str], days: int) -> None:
+    """Move the stored hold days of ``users`` (accounts and hold records) back by ``days``:
+    as if the clock had moved on by them."""
+    k = ledger.keys
+    for user in users:
+        day = await ledger.command(k.account(user), "HGET", "hold_day")
+        if day is not None:
+            await ledger.command(k.account(user), "HSET", "hold_day", int(day) - days)
+        raw = await ledger.command(k.hold_record(user), "HGETALL")
+        fields = dict(zip(raw[::2], raw[1::2], strict=True)) if isinstance(raw, list) else raw
+        if not fields:
+            continue
+        await ledger.command(k.hold_record(user), "DEL")
+        moved: list[str | int] = []
+        for name, value in fields.items():
+            if name == b"@day":
+                moved += ["@day", int(value) - days]
+            else:
+                creator, d, share = name.decode().split("|")
+                moved += [f"{creator}|{int(d) - days}|{share}", value.decode()]
+        await ledger.command(k.hold_record(user), "HSET", *moved)
+
+
+async def reconciled(ledger: ClusterLedger) -> None:
+    await asyncio.sleep(0.05)  # the fast path's outbox deletes run in the background
+    report = await reconcile_cluster(ledger)
+    assert report.ok, report.problems
+
+
+async def interstellar(ledger: ClusterLedger, sender: str, stream: str, creator: str) -> None:
+    """10,000 coins: 5,000 diamonds held for the creator."""
+    await gift(ledger, sender, stream, creator, gift_id="interstellar")
+
+
+async def test_credited_diamonds_are_held_and_cash_out_takes_only_withdrawable(
+    ledger: ClusterLedger,
+) -> None:
+    stream, creator = await live_stream(ledger)
+    fan = await funded(ledger, 10_000, "fan")
+    await interstellar(ledger, fan, stream, creator)
+    balance = await ledger.balance(creator)
+    assert (balance.diamonds, balance.held_diamonds, balance.withdrawable_diamonds) == (
+        5_000, 5_000, 0,
+    )  # fmt: skip
+    assert balance.next_release_ms > time.time() * 1000
+    # The sender's record, in the sender's slot, names the bucket's day.
+    k = ledger.keys
+    day = int(await ledger.command(k.account(creator), "HGET", "hold_day"))
+    record = await ledger.command(k.hold_record(fan), "HGET", f"{creator}|{day}|5000")
+    assert int(record) == 10_000
+    with pytest.raises(LedgerRefusal) as held:
+        await ledger.cash_out(client_id="c1", creator_id=creator, diamonds=1)
+    assert held.value.code is ErrorCode.FUNDS_HELD
+    assert held.value.detail is not None
+    assert (held.value.detail["withdrawable"], held.value.detail["held"]) == (0, 5_000)
+    await age(ledger, [creator, fan], HOLD_DAYS)  # the last day of the hold: still held
+    assert (await ledger.balance(creator)).held_diamonds == 5_000
+    await age(ledger, [creator, fan], 1)
+    assert (await ledger.balance(creator)).withdrawable_diamonds == 5_000
+    out = await ledger.cash_out(client_id="c1", creator_id=creator, diamonds=5_000)
+    assert out.balance == 0
+    await reconciled(ledger)
+
+
+async def test_held_and_withdrawable_side_by_side(ledger: ClusterLedger) -> None:
+    stream, creator = await live_stream(ledger)
+    old, new = await funded(ledger, 10_000, "old"), await funded(ledger, 10_000, "new")
+    await interstellar(ledger, old, stream, creator)
+    await age(ledger, [creator, old], HOLD_DAYS + 1)
+    await interstellar(ledger, new, stream, creator)
+    balance = await ledger.balance(creator)
+    assert (balance.held_diamonds, balance.withdrawable_diamonds) == (5_000, 5_000)
+    with pytest.raises(LedgerRefusal) as held:
+        await ledger.cash_out(client_id="c1", creator_id=creator, diamonds=5_001)
+    assert held.value.code is ErrorCode.FUNDS_HELD
+    with pytest.raises(LedgerRefusal) as over:
+        await ledger.cash_out(client_id="c2", creator_id=creator, diamonds=10_001)
+    assert over.value.code is ErrorCode.INSUFFICIENT_FUNDS
+    await ledger.cash_out(client_id="c3", creator_id=creator, diamonds=5_000)
+    assert (await ledger.balance(creator)).held_diamonds == 5_000
+    await reconciled(ledger)
+
+
+async def test_a_credit_the_relay_settles_after_the_hold_holds_nothing(
+    redis_cluster: RedisCluster, keys: Keys
+) -> None:
+    """The credit holds by the debit's day: settled after the hold is over (a long outage),
+    it is withdrawable at once, as the sender's record (same day) no longer reverses it."""
+    ledger = await open_ledger(
+        redis_cluster, keys.prefix, replace(HELD, payout_hold_days=1, payout_hold_day_s=1)
+    )
+    try:
+        stream, creator = await live_stream(ledger)
+        now_ms = int(time.time() * 1000)
+        late = Transfer(
+            transfer_id=f"s1|g1|{now_ms - 5_000}-0", client_id="g1", sender_id="s1",
+            sender_name="s1", creator_id=creator, stream_id=stream, gift_id="cap", count=1,
+            coins=99, price=99, catalog_version=1, share_bps=5000, debit_ms=now_ms - 5_000,
+        )  # fmt: skip
+        fresh = replace(late, transfer_id=f"s1|g2|{now_ms}-0", client_id="g2", debit_ms=now_ms)
+        results = await ledger.credits.call(creator, stream, [late, fresh])
+        assert [r.status for r in results] == ["ok", "ok"]
+        balance = await ledger.balance(creator)
+        assert (balance.diamonds, balance.held_diamonds) == (99, 50)  # 49 + 50, carried
+    finally:
+        await ledger.aclose()
+
+
+async def test_the_senders_record_is_bounded_in_the_debit_leg(
+    redis_cluster: RedisCluster, keys: Keys
+) -> None:
+    ledger = await open_ledger(redis_cluster, keys.prefix, replace(HELD, payout_hold_entries_max=2))
+    try:
+        fan = await funded(ledger, 1_000, "fan")
+        streams = [await live_stream(ledger) for _ in range(3)]
+        for stream, creator in streams[:2]:
+            await gift(ledger, fan, stream, creator, gift_id="cap")
+        with pytest.raises(LedgerRefusal) as full:
+            await gift(ledger, fan, *streams[2], gift_id="cap")
+        assert full.value.code is ErrorCode.HOLD_LIMIT
+        assert (await ledger.balance(fan)).coins == 1_000 - 2 * 99  # nothing charged
+        await gift(ledger, fan, *streams[0], gift_id="cap")  # a known entry grows, no bound
+        await reconciled(ledger)
+    finally:
+        await ledger.aclose()
+
+
+async def test_concurrent_gifts_and_cash_outs_never_take_held_diamonds(
+    redis_cluster: RedisCluster, keys: Keys
+) -> None:
+    """Three processes: gifts credited (held) while the creator cashes out one diamond at a
+    time; exactly the withdrawable diamonds are cashed out, none of the held."""
+    ledgers = [await open_ledger(redis_cluster, keys.prefix, HELD) for _ in range(3)]
+    try:
+        stream, creator = await live_stream(ledgers[0])
+        first = await funded(ledgers[0], 198, "first")
+        for _ in range(2):
+            await gift(ledgers[0], first, stream, creator, gift_id="cap")
+        await age(ledgers[0], [creator, first], HOLD_DAYS + 1)  # 99 withdrawable
+        fans = [await funded(ledgers[0], 990, "fan") for _ in range(6)]
+
+        async def gifts(i: int) -> None:
+            for _ in range(10):
+                await gift(ledgers[i % 3], fans[i], stream, creator, gift_id="cap")
+
+        async def cash_outs(i: int) -> int:
+            done = 0
+            for n in range(60):
+                try:
+                    await ledgers[i].cash_out(client_id=f"c{i}-{n}", creator_id=creator, diamonds=1)
+                    done += 1
+                except LedgerRefusal as refusal:
+                    assert refusal.code is ErrorCode.FUNDS_HELD
+            return done
+
+        results = await asyncio.gather(
+            *(gifts(i) for i in range(6)), *(cash_outs(i) for i in range(3))
+        )
+        assert sum(r for r in results if r is not None) == 99
+        balance = await ledgers[0].balance(creator)
+        assert balance.withdrawable_diamonds == 0
+        assert balance.held_diamonds == balance.diamonds == 60 * 99 // 2
+        await reconciled(ledgers[0])
+    finally:
+        for ledger in ledgers:
+            await ledger.aclose()
