@@ -45,6 +45,7 @@ from server.domain.limits import (
 )
 from server.domain.money import Economics
 from server.ledger.catalogs import VERSION_FIELD
+from server.ledger.cluster_clawbacks import Clawback, apply_clawback, receipt_clawbacks
 from server.ledger.cluster_credits import CreditBatcher, CreditResult, Transfer
 from server.ledger.cluster_goals import ClusterGoals
 from server.ledger.cluster_keys import ClusterKeys, slot_of
@@ -69,9 +70,6 @@ CRASH_AFTER_DEBIT_ENV = "GIFTWIRE_TEST_CRASH_AFTER_DEBIT"
 its credit (``tests/cluster/test_leg_faults.py``). Read once, at import."""
 _CRASH_AFTER_DEBIT = os.environ.get(CRASH_AFTER_DEBIT_ENV) == "1"
 _COPY_PART = 1024
-NO_HOLD = (0, 86_400)
-"""The payout hold's ARGV of refund.lua (days, seconds per day) until the refund's buyer
-leg reverses held gifts across slots."""
 
 
 class ClusterLedger(ClusterGoals):
@@ -251,27 +249,71 @@ class ClusterLedger(ClusterGoals):
     ) -> RefundReceipt:
         """As ``Ledger.refund``. A refund names the payment's buyer: one naming another than
         the claimed one is ``invalid_request``, as in single-node mode; a refund before its
-        payment claims the id for its buyer, so the payment must come for that buyer."""
+        payment claims the id for its buyer, so the payment must come for that buyer.
+
+        Gifts still in the payout hold are reversed in two legs (``cluster_clawbacks.py``):
+        the refund in the buyer's slot queues one clawback per creator, applied here at
+        once and by the relay otherwise; the receipt is the refund's either way."""
         k = self.keys
         claimed = await self.command(
             k.payment_owner(payment_id), "SET", user_id, "NX", "GET", get=True
         )
         if claimed is not None and claimed.decode() != user_id:
             raise LedgerRefusal(ErrorCode.INVALID_REQUEST)
+        slot = slot_of(k.account(user_id))
         body, replayed = await self._run(
-            ScriptName.REFUND,
+            ScriptName.REFUND_CLAIM,
             [
                 k.payment(user_id, payment_id),
                 k.account(user_id),
-                k.ledger_shard(slot_of(k.account(user_id))),
+                k.ledger_shard(slot),
                 k.refund(user_id, payment_id, refund_id),
                 k.hold_record(user_id),
-                k.platform_shard(slot_of(k.account(user_id))),
+                k.outbox_shard(slot),
             ],
-            [payment_id, user_id, refund_id, coins, AMOUNT_MAX, *NO_HOLD],
+            [
+                payment_id,
+                user_id,
+                refund_id,
+                coins,
+                AMOUNT_MAX,
+                *hold_args(self.limits),
+                OUTBOX_ENTRIES_MAX,
+            ],
             order_key=user_id,
         )
+        # The fast path of the clawbacks (a replay too: a retry after a crash between the
+        # legs settles them); what fails here stays in the outbox for the relay.
+        receipt: dict[str, Any] = orjson.loads(body)
+        clawbacks = receipt_clawbacks(receipt)
+        outbox_ids = [str(doc["outbox_id"]) for doc in receipt.get("clawbacks") or []]
+        settled = await self.apply_clawbacks(clawbacks)
+        for done, outbox_id in zip(settled, outbox_ids, strict=True):
+            if done:
+                self._forget_outbox_entry(k.outbox_shard(slot), outbox_id)
+            else:
+                self.unsettled_slots.add(slot)
         return RefundReceipt.from_reply(body, replayed)
+
+    async def apply_clawbacks(self, clawbacks: list[Clawback]) -> list[bool]:
+        """Apply each clawback in its creator's slot; True for each applied now or before.
+        A failed call (unknown outcome) or a refusal leaves it to the relay and is logged."""
+        results = await asyncio.gather(
+            *(apply_clawback(self.runner, self.keys, self.limits, c) for c in clawbacks),
+            return_exceptions=True,
+        )
+        settled: list[bool] = []
+        for clawback, result in zip(clawbacks, results, strict=True):
+            if isinstance(result, (UnavailableError, InvariantError)):
+                settled.append(False)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                status, code = result
+                if status == "refused":
+                    log.error("clawback %s refused: %s", clawback.clawback_id, code)
+                settled.append(status != "refused")
+        return settled
 
     async def cash_out(self, *, client_id: str, creator_id: str, diamonds: int) -> CashOutReceipt:
         """As ``Ledger.cash_out``, in the creator's slot."""

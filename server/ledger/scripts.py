@@ -39,6 +39,8 @@ class ScriptName(StrEnum):
     DELETE_GOAL = "delete_goal"
     DEBIT_GIFT = "debit_gift"
     CREDIT_GIFTS = "credit_gifts"
+    REFUND_CLAIM = "refund_claim"
+    CLAWBACK = "clawback"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,9 +13,11 @@ from dataclasses import replace
 import pytest
 
 from server.domain.errors import ErrorCode, LedgerRefusal
+from server.ledger.cluster_clawbacks import Clawback, apply_clawback
 from server.ledger.cluster_credits import Transfer
 from server.ledger.cluster_ledger import ClusterLedger
 from server.ledger.cluster_reconcile import reconcile_cluster
+from server.ledger.cluster_relay import Relay
 from server.ledger.keys import Keys
 from tests.cluster.legs import GENEROUS, funded, gift, live_stream, open_ledger, uid
 from tests.support.cluster import RedisCluster
@@ -197,3 +199,153 @@ async def test_concurrent_gifts_and_cash_outs_never_take_held_diamonds(
     finally:
         for ledger in ledgers:
             await ledger.aclose()
+
+
+# Chargebacks: the refund in the buyer's slot, a clawback per creator in the creator's.
+
+
+async def test_a_chargeback_inside_the_hold_claws_back_across_slots(
+    ledger: ClusterLedger,
+) -> None:
+    (s1, c1), (s2, c2) = await live_stream(ledger), await live_stream(ledger)
+    fan = uid("fan")
+    await ledger.top_up(payment_id="p" + fan, user_id=fan, coins=20_000)
+    await interstellar(ledger, fan, s1, c1)
+    await interstellar(ledger, fan, s2, c2)
+    refund = await ledger.refund(payment_id="p" + fan, user_id=fan, refund_id="r1", coins=20_000)
+    assert (refund.refunded, refund.clawed, refund.reversed, refund.debt_added) == (
+        20_000, 0, 20_000, 0,
+    )  # fmt: skip
+    for creator in (c1, c2):
+        balance = await ledger.balance(creator)
+        assert (balance.diamonds, balance.held_diamonds) == (0, 0)
+    fan_balance = await ledger.balance(fan)
+    assert (fan_balance.coins, fan_balance.debt_coins) == (0, 0)
+    again = await ledger.refund(payment_id="p" + fan, user_id=fan, refund_id="r1", coins=20_000)
+    assert again.replayed and again.transfer_id == refund.transfer_id
+    assert (await ledger.balance(c1)).diamonds == 0  # the replay's clawbacks replay
+    await reconciled(ledger)
+
+
+async def test_a_partial_chargeback_reverses_the_newest_gifts_first(
+    ledger: ClusterLedger,
+) -> None:
+    stream, creator = await live_stream(ledger)
+    fan = uid("fan")
+    await ledger.top_up(payment_id="p" + fan, user_id=fan, coins=10_000)
+    for _ in range(3):  # 297 coins: 49 + 50 + 49 diamonds, half a diamond carried
+        await gift(ledger, fan, stream, creator, gift_id="cap")
+    refund = await ledger.refund(payment_id="p" + fan, user_id=fan, refund_id="r1", coins=9_800)
+    assert (refund.clawed, refund.reversed, refund.debt_added) == (9_703, 97, 0)
+    balance = await ledger.balance(creator)
+    # 97 coins x 50 % = 48.5 diamonds: 48 and the carried half, share_rem back to 0.
+    assert balance.diamonds == balance.held_diamonds == 148 - 48
+    await reconciled(ledger)
+
+
+async def test_a_chargeback_after_the_hold_becomes_debt(ledger: ClusterLedger) -> None:
+    stream, creator = await live_stream(ledger)
+    fan = uid("fan")
+    await ledger.top_up(payment_id="p" + fan, user_id=fan, coins=10_000)
+    await interstellar(ledger, fan, stream, creator)
+    await age(ledger, [creator, fan], HOLD_DAYS + 1)
+    refund = await ledger.refund(payment_id="p" + fan, user_id=fan, refund_id="r1", coins=10_000)
+    assert (refund.reversed, refund.debt_added) == (0, 10_000)
+    assert (await ledger.balance(creator)).withdrawable_diamonds == 5_000
+    await reconciled(ledger)
+
+
+async def test_a_crash_between_the_legs_is_settled_by_the_relay_or_a_retry(
+    ledger: ClusterLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (s1, c1), (s2, c2) = await live_stream(ledger), await live_stream(ledger)
+    fans = [uid("fan"), uid("fan")]
+    for fan, (stream, creator) in zip(fans, [(s1, c1), (s2, c2)], strict=True):
+        await ledger.top_up(payment_id="p" + fan, user_id=fan, coins=10_000)
+        await interstellar(ledger, fan, stream, creator)
+    real = ledger.apply_clawbacks
+
+    async def lost(clawbacks: list[Clawback]) -> list[bool]:
+        return [False for _ in clawbacks]  # as if the process died after the buyer's leg
+
+    monkeypatch.setattr(ledger, "apply_clawbacks", lost)
+    for fan in fans:
+        await ledger.refund(payment_id="p" + fan, user_id=fan, refund_id="r1", coins=10_000)
+    assert (await ledger.balance(c1)).diamonds == 5_000  # not yet clawed back
+    report = await reconcile_cluster(ledger)
+    assert report.ok, report.problems
+    assert sorted(p.coins for p in report.pending) == [10_000, 10_000]
+    monkeypatch.setattr(ledger, "apply_clawbacks", real)
+    # The first buyer's refund is retried (the provider's webhook again): its replay settles.
+    again = await ledger.refund(payment_id="p" + fans[0], user_id=fans[0], refund_id="r1",
+                                coins=10_000)  # fmt: skip
+    assert again.replayed and (await ledger.balance(c1)).diamonds == 0
+    # The second is the relay's.
+    relay = Relay(ledger, grace_ms=0, full_sweep_s=0)
+    for _ in range(3):
+        await relay.round()
+    assert (await ledger.balance(c2)).diamonds == 0
+    await asyncio.sleep(0.05)
+    report = await reconcile_cluster(ledger)
+    assert report.ok and not report.pending, (report.problems, report.pending)
+
+
+async def test_a_chargeback_while_gifts_are_credited(
+    redis_cluster: RedisCluster, keys: Keys
+) -> None:
+    """Three processes: the buyer and others gift one creator while the buyer's payment is
+    charged back; every gift and the clawback settle once and the books reconcile."""
+    ledgers = [await open_ledger(redis_cluster, keys.prefix, HELD) for _ in range(3)]
+    try:
+        stream, creator = await live_stream(ledgers[0])
+        buyer = uid("buyer")
+        await ledgers[0].top_up(payment_id="p1" + buyer, user_id=buyer, coins=5_000)
+        others = [await funded(ledgers[0], 2_970, "fan") for _ in range(3)]
+
+        async def gifts(i: int, sender: str, n: int) -> None:
+            for _ in range(n):
+                try:
+                    await gift(ledgers[i % 3], sender, stream, creator, gift_id="cap")
+                except LedgerRefusal as refusal:
+                    assert refusal.code is ErrorCode.INSUFFICIENT_FUNDS  # charged back
+
+        async def chargeback() -> None:
+            await asyncio.sleep(0.05)
+            await ledgers[1].refund(payment_id="p1" + buyer, user_id=buyer, refund_id="r1",
+                                    coins=5_000)  # fmt: skip
+
+        await asyncio.gather(
+            gifts(0, buyer, 50), *(gifts(i, f, 30) for i, f in enumerate(others)), chargeback()
+        )
+        balance = await ledgers[0].balance(buyer)
+        assert balance.coins >= 0
+        await reconciled(ledgers[0])
+        report = await reconcile_cluster(ledgers[0])
+        assert not report.pending
+    finally:
+        for ledger in ledgers:
+            await ledger.aclose()
+
+
+async def test_the_clawback_leg_refuses_bad_items_and_writes_nothing(
+    ledger: ClusterLedger,
+) -> None:
+    stream, creator = await live_stream(ledger)
+    fan = uid("fan")
+    await ledger.top_up(payment_id="p" + fan, user_id=fan, coins=10_000)
+    await interstellar(ledger, fan, stream, creator)
+    good = Clawback("p|r|" + creator, "p", "r", creator, fan, 10, "1:5000:10",
+                    int(time.time() * 1000))  # fmt: skip
+    for bad in (
+        replace(good, items="1:5000:010"),
+        replace(good, items="1:10001:10"),
+        replace(good, items=""),
+        replace(good, clawback_id="p|r|someone"),
+    ):
+        status, code = await apply_clawback(ledger.runner, ledger.keys, ledger.limits, bad)
+        assert (status, code) == ("refused", "invalid_request")
+    old = replace(good, claimed_ms=int(time.time() * 1000) - ledger.limits.receipt_ttl_s * 1000)
+    assert await apply_clawback(ledger.runner, ledger.keys, ledger.limits, old) == (
+        "refused", "transfer_expired",
+    )  # fmt: skip
+    assert (await ledger.balance(creator)).diamonds == 5_000

@@ -74,3 +74,84 @@ local function hold_credit_write(acct_key, st)
     hold_write(acct_key, st)
   end
 end
+
+-- A chargeback on a cluster is two legs too: the buyer's (refund_claim.lua) decides which
+-- held gifts it reverses from the buyer's record alone and queues one clawback per creator;
+-- the creator's (clawback.lua) takes the diamonds back. Items travel as "DAY:SHARE:COINS,...".
+
+-- refund_claim, before its first write: the buyer's gifts still in the hold (by the buyer's
+-- slot's clock) that the chargeback reverses, newest first, up to `spent` coins, grouped per
+-- creator. The creators' accounts are in other slots: what each clawback takes is decided
+-- there, by the exact inverse of the split, when it is applied.
+local function hold_claim_plan(record_key, spent, today, hold_days)
+  local plan = {coins = 0, record = {}, claims = {}, order = {}}
+  if spent <= 0 or hold_days == 0 then
+    return plan
+  end
+  local all = redis.call('HGETALL', record_key)
+  local live = {}
+  for i = 1, #all, 2 do
+    local c, d, s = string.match(all[i], '^([^|]+)|(%d+)|(%d+)$')
+    if c and tonumber(d) >= today - hold_days then
+      live[#live + 1] = {field = all[i], creator = c, day = tonumber(d), share = tonumber(s),
+        coins = stored_int(all[i + 1])}
+    end
+  end
+  table.sort(live, function(a, b)
+    if a.day ~= b.day then
+      return a.day > b.day
+    end
+    return a.field < b.field
+  end)
+  for _, e in ipairs(live) do
+    if spent == 0 then
+      break
+    end
+    if e.share > HOLD_UNITS then
+      error('giftwire: held gift with a share above 10000: ' .. e.field)
+    end
+    if e.coins > 0 then
+      local r = math.min(e.coins, spent)
+      local claim = plan.claims[e.creator]
+      if not claim then
+        claim = {creator = e.creator, coins = 0, items = {}}
+        plan.claims[e.creator] = claim
+        plan.order[#plan.order + 1] = e.creator
+      end
+      claim.coins = claim.coins + r
+      claim.items[#claim.items + 1] = int(e.day) .. ':' .. int(e.share) .. ':' .. int(r)
+      plan.record[#plan.record + 1] = {e.field, e.coins - r}
+      spent, plan.coins = spent - r, plan.coins + r
+    end
+  end
+  return plan
+end
+
+-- refund_claim, with its writes: the record, then per creator a `clawback_claim` log entry
+-- and an outbox entry for the clawback leg. Returns the clawbacks for the receipt (the fast
+-- path applies them at once; the relay, from the outbox, whatever it did not).
+local function hold_claim_commit(plan, log_key, record_key, outbox_key, payment_id, refund_id,
+                                 buyer, ms)
+  for _, change in ipairs(plan.record) do
+    if change[2] > 0 then
+      redis.call('HSET', record_key, change[1], int(change[2]))
+    else
+      redis.call('HDEL', record_key, change[1])
+    end
+  end
+  local out = {}
+  for _, name in ipairs(plan.order) do
+    local claim = plan.claims[name]
+    local id = payment_id .. '|' .. refund_id .. '|' .. name
+    local items = table.concat(claim.items, ',')
+    redis.call('XADD', log_key, '*', 'type', 'clawback_claim', 'clawback_id', id,
+      'payment', payment_id, 'refund_id', refund_id, 'from', name, 'to', buyer,
+      'coins', int(claim.coins), 'items', items)
+    local outbox_id = redis.call('XADD', outbox_key, '*', 'kind', 'clawback',
+      'clawback_id', id, 'payment', payment_id, 'refund_id', refund_id, 'from', name,
+      'to', buyer, 'coins', int(claim.coins), 'items', items, 'ts', int(ms))
+    out[#out + 1] = {clawback_id = id, creator_id = name, coins = claim.coins, items = items,
+      outbox_id = outbox_id, ts = ms}
+  end
+  return out
+end
