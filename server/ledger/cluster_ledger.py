@@ -56,6 +56,7 @@ from server.ledger.ledger import StreamChange, _stream_change
 from server.ledger.receipts import (
     CashOutReceipt,
     GiftReceipt,
+    PayoutReceipt,
     RefundReceipt,
     TopUpReceipt,
     unpack,
@@ -337,6 +338,23 @@ class ClusterLedger(ClusterGoals):
             order_key=creator_id,
         )
         return CashOutReceipt.from_reply(body, replayed)
+
+    async def settle_payout(
+        self, *, client_id: str, creator_id: str, outcome: str
+    ) -> PayoutReceipt:
+        """As ``Ledger.settle_payout``, in the creator's slot (where cash_out left it)."""
+        k = self.keys
+        body, replayed = await self._run(
+            ScriptName.SETTLE_PAYOUT,
+            [
+                k.cashout(creator_id, client_id),
+                k.account(creator_id),
+                k.ledger_shard(slot_of(k.account(creator_id))),
+            ],
+            [client_id, creator_id, outcome, AMOUNT_MAX],
+            order_key=creator_id,
+        )
+        return PayoutReceipt.from_reply(body, replayed)
 
     async def send_gift(
         self,
