@@ -10,15 +10,24 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
+import orjson
 import pytest
+from redis.asyncio import Redis
 
+from server.domain.catalog import load_catalog
 from server.domain.errors import ErrorCode, LedgerRefusal
-from server.ledger.cluster_clawbacks import Clawback, apply_clawback
-from server.ledger.cluster_credits import Transfer
+from server.domain.limits import AMOUNT_MAX
+from server.ledger.cluster_clawbacks import Clawback, apply_clawback, receipt_clawbacks
+from server.ledger.cluster_credits import CreditBatcher, Transfer
+from server.ledger.cluster_keys import ClusterKeys, slot_of
 from server.ledger.cluster_ledger import ClusterLedger
 from server.ledger.cluster_reconcile import reconcile_cluster
 from server.ledger.cluster_relay import Relay
+from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
+from server.ledger.receipts import unpack
+from server.ledger.runner import ScriptRunner
+from server.ledger.scripts import ScriptName
 from tests.cluster.legs import GENEROUS, funded, gift, live_stream, open_ledger, uid
 from tests.support.cluster import RedisCluster
 
@@ -349,3 +358,85 @@ async def test_the_clawback_leg_refuses_bad_items_and_writes_nothing(
         "refused", "transfer_expired",
     )  # fmt: skip
     assert (await ledger.balance(creator)).diamonds == 5_000
+
+
+async def test_the_chargeback_legs_run_on_a_single_redis_too(
+    redis_server: RedisProcess, keys: Keys
+) -> None:
+    """refund_claim.lua and clawback.lua need one slot per call, not a cluster: on one Redis,
+    five refunds of one payment at once, each clawback applied twice at once, once each."""
+    redis = Redis.from_url(redis_server.url)
+    runner = ScriptRunner(redis, timeout_s=5.0)
+    await runner.prepare()
+    k = ClusterKeys(keys.prefix)
+    try:
+        creator, buyer, stream = uid("c"), uid("b"), uid("st")
+        slot = slot_of(k.account(buyer))
+        await runner.run(ScriptName.TOP_UP, [k.payment(buyer, "p1"), k.account(buyer),
+                         k.ledger_shard(slot)], ["p1", buyer, 10_000, AMOUNT_MAX])  # fmt: skip
+        prices = {**load_catalog().prices(), "@version": 1}
+        await redis.hset(k.catalog_shard(slot), mapping=prices)  # type: ignore[arg-type]
+        await runner.run(
+            ScriptName.START_STREAM,
+            [k.stream(creator, stream), k.room_channel(creator, stream), k.feed(creator, stream),
+             k.leaderboard(creator, stream), k.creator_streams(creator)],
+            [stream, creator, "t", 100, creator, "e1"],
+        )  # fmt: skip
+        body, _ = unpack(await runner.run(ScriptName.DEBIT_GIFT, k.debit_keys(buyer, "g1"), [
+            "g1", buyer, creator, stream, "interstellar", 1, buyer, 5000, 100, 100, 0, 3600,
+            AMOUNT_MAX, 10**11, 0, 1000, "live", 0, HOLD_DAYS, 86400, 1024]))  # fmt: skip
+        batcher = CreditBatcher(runner, k, HELD)
+        [credit] = await batcher.call(creator, stream, [Transfer.from_receipt(orjson.loads(body),
+                                                                              buyer)])  # fmt: skip
+        assert (credit.status, credit.diamonds) == ("ok", 5_000)
+
+        async def refund(n: int) -> list[Clawback]:
+            reply = await runner.run(
+                ScriptName.REFUND_CLAIM,
+                [k.payment(buyer, "p1"), k.account(buyer), k.ledger_shard(slot),
+                 k.refund(buyer, "p1", f"r{n}"), k.hold_record(buyer), k.outbox_shard(slot)],
+                ["p1", buyer, f"r{n}", 2_000, AMOUNT_MAX, HOLD_DAYS, 86400, 1000],
+                order_key=buyer,
+            )  # fmt: skip
+            return receipt_clawbacks(orjson.loads(unpack(reply)[0]))
+
+        claims = [c for batch in await asyncio.gather(*(refund(n) for n in range(5)))
+                  for c in batch]  # fmt: skip
+        assert sorted(c.coins for c in claims) == [2_000] * 5
+        results = await asyncio.gather(*(apply_clawback(runner, k, HELD, c) for c in claims * 2))
+        assert sorted(status for status, _ in results) == ["ok"] * 5 + ["replay"] * 5
+        acct = await redis.hmget(k.account(creator), ["diamonds", "held", "share_rem"])
+        assert acct == [b"0", b"0", b"0"]
+        assert await redis.hget(k.platform_shard(slot_of(k.account(creator))), "coins") == b"0"
+        assert await redis.hget(k.account(buyer), "debt") == b"0"
+    finally:
+        await redis.aclose()
+
+
+async def test_reconcile_finds_a_lost_and_a_doubled_clawback(
+    ledger: ClusterLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (s1, c1), (s2, c2) = await live_stream(ledger), await live_stream(ledger)
+    fans = [uid("fan"), uid("fan")]
+    for fan, (stream, creator) in zip(fans, [(s1, c1), (s2, c2)], strict=True):
+        await ledger.top_up(payment_id="p" + fan, user_id=fan, coins=10_000)
+        await interstellar(ledger, fan, stream, creator)
+    await ledger.refund(payment_id="p" + fans[0], user_id=fans[0], refund_id="r1", coins=10_000)
+
+    async def lost(clawbacks: list[Clawback]) -> list[bool]:
+        return [False for _ in clawbacks]
+
+    monkeypatch.setattr(ledger, "apply_clawbacks", lost)
+    await ledger.refund(payment_id="p" + fans[1], user_id=fans[1], refund_id="r1", coins=10_000)
+    k = ledger.keys
+    # Tamper: the second clawback's outbox entry vanishes; the first one's entry is doubled.
+    outbox = k.outbox_shard(slot_of(k.account(fans[1])))
+    entries = await ledger.command(outbox, "XRANGE", "-", "+")
+    await ledger.command(outbox, "XDEL", *[entry_id for entry_id, _ in entries])
+    creator_log = k.ledger_shard(slot_of(k.account(c1)))
+    rows = await ledger.command(creator_log, "XRANGE", "-", "+")
+    fields = next(f for _, f in rows if f.get(b"type") == b"clawback")
+    await ledger.command(creator_log, "XADD", "*", *[x for kv in fields.items() for x in kv])
+    report = await reconcile_cluster(ledger)
+    assert any("neither applied nor pending" in p for p in report.problems), report.problems
+    assert any(f"p{fans[0]}|r1|{c1}: applied" in p for p in report.problems), report.problems
