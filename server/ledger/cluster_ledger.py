@@ -70,6 +70,10 @@ CRASH_AFTER_DEBIT_ENV = "GIFTWIRE_TEST_CRASH_AFTER_DEBIT"
 """Test-only hook: ``1`` kills this process (SIGKILL) right after a debit committed, before
 its credit (``tests/cluster/test_leg_faults.py``). Read once, at import."""
 _CRASH_AFTER_DEBIT = os.environ.get(CRASH_AFTER_DEBIT_ENV) == "1"
+CRASH_AFTER_REFUND_CLAIM_ENV = "GIFTWIRE_TEST_CRASH_AFTER_REFUND_CLAIM"
+"""Test-only hook: ``1`` kills this process (SIGKILL) right after a refund's buyer leg
+committed, before its clawbacks (``tests/cluster/test_cluster_money_serve.py``)."""
+_CRASH_AFTER_REFUND_CLAIM = os.environ.get(CRASH_AFTER_REFUND_CLAIM_ENV) == "1"
 _COPY_PART = 1024
 
 
@@ -287,6 +291,8 @@ class ClusterLedger(ClusterGoals):
         # legs settles them); what fails here stays in the outbox for the relay.
         receipt: dict[str, Any] = orjson.loads(body)
         clawbacks = receipt_clawbacks(receipt)
+        if _CRASH_AFTER_REFUND_CLAIM and clawbacks:
+            os.kill(os.getpid(), signal.SIGKILL)
         outbox_ids = [str(doc["outbox_id"]) for doc in receipt.get("clawbacks") or []]
         settled = await self.apply_clawbacks(clawbacks)
         for done, outbox_id in zip(settled, outbox_ids, strict=True):

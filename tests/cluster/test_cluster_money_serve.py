@@ -147,3 +147,50 @@ async def test_money_beyond_gifts_on_a_cluster_server_with_the_record(
     assert status == 200, statement
     assert statement["totals"]["diamonds"] == 10_000
     assert statement["clawbacks"]["diamonds"] == 5_000
+
+
+@pytest.mark.slow
+async def test_kill_9_of_the_server_between_the_refund_legs(
+    redis_cluster: RedisCluster, keys: Keys, tmp_path: Path
+) -> None:
+    """A server dies after the buyer's leg of a chargeback: the survivor's relay applies the
+    clawback from the outbox; the provider's retry on the survivor replays the refund."""
+    env = {"GIFTWIRE_REDIS_CLUSTER": "true", "GIFTWIRE_PAYOUT_HOLD_DAYS": "7"}
+    doomed = ServerProcess(redis_cluster.startup_urls[0], keys.prefix, tmp_path,
+                           GIFTWIRE_TEST_CRASH_AFTER_REFUND_CLAIM="1", **env)  # fmt: skip
+    survivor = ServerProcess(redis_cluster.startup_urls[1], keys.prefix, tmp_path, **env)
+    doomed.start(timeout_s=60)
+    survivor.start(timeout_s=60)
+    ledger = await open_ledger(redis_cluster, keys.prefix)
+    try:
+        status, _ = http_json("POST", survivor.http + "/api/streams", {"stream_id": "k9r"},
+                              bearer=token("k9_star", Role.CREATOR))  # fmt: skip
+        assert status == 201
+        paid = {"type": "payment.succeeded", "payment_id": "p-k9", "user_id": "k9_fan",
+                "coins": 10_000}  # fmt: skip
+        assert signed_webhook(survivor, paid)[0] == 200
+        peer = await Peer.open(survivor, token("k9_fan"), stream_id="k9r")
+        try:
+            await peer.send_gift("g1", gift="interstellar")
+            await peer.wait_replies(["g1"])
+        finally:
+            await peer.close()
+        refund = {"type": "payment.refunded", "payment_id": "p-k9", "user_id": "k9_fan",
+                  "refund_id": "r1", "coins": 10_000}  # fmt: skip
+        with pytest.raises(OSError):
+            await asyncio.to_thread(signed_webhook, doomed, refund)  # the server dies
+        assert doomed.process is not None and doomed.process.wait(10) == -9
+        assert (await ledger.balance("k9_fan")).debt_coins == 0  # the buyer's leg committed
+        deadline = time.monotonic() + 40
+        while (await ledger.balance("k9_star")).diamonds != 0:  # the survivor's relay
+            assert time.monotonic() < deadline, "the clawback was not applied"
+            await asyncio.sleep(0.2)
+        status, again = signed_webhook(survivor, refund)
+        assert (status, again["replayed"], again["reversed"]) == (200, True, 10_000)
+        await asyncio.sleep(0.1)
+        report = await reconcile_cluster(ledger)
+        assert report.ok and not report.pending, (report.problems, report.pending)
+    finally:
+        await ledger.aclose()
+        doomed.stop()
+        survivor.stop()
