@@ -15,7 +15,8 @@
 --
 -- ARGV[1]  clawback id     ARGV[2]  creator id     ARGV[3]  buyer id
 -- ARGV[4]  payment id      ARGV[5]  refund id
--- ARGV[6]  items: "DAY:SHARE_BPS:COINS,..." (at most 1024, newest first, as claimed)
+-- ARGV[6]  items: "DAY:SHARE_BPS:COINS,..." (newest first, as claimed; at most the buyer's
+--          record's entries: GIFTWIRE_PAYOUT_HOLD_ENTRIES_MAX)
 -- ARGV[7]  claim time, ms (the buyer's slot's clock)
 -- ARGV[8]  payout hold, days     ARGV[9]  length of a hold day, seconds
 -- ARGV[10] marker TTL, seconds (the receipt TTL)
@@ -32,7 +33,7 @@
 --   applied before its marker expired, so it is left to an operator, never applied twice)
 
 local SKEW_MS = 60000  -- clock difference between two primaries that the expiry tolerates
-local ITEMS_MAX = 1024
+local ITEMS_MAX = 100000  -- the largest bound of the buyer's record (send_gift.lua's)
 local clawback_id, creator, buyer, payment_id, refund_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4],
   ARGV[5]
 local claimed_ms = int_arg(ARGV[7], 0, 9007199254740991)
