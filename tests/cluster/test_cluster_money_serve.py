@@ -63,6 +63,16 @@ def _recorded(database_url: str) -> int:
     return int(row[0]) if row else 0
 
 
+def _posted(database_url: str, user: str | None, account: str) -> int:
+    with psycopg.connect(database_url, connect_timeout=2) as conn:
+        row = conn.execute(
+            "SELECT coalesce(sum(amount), 0) FROM postings WHERE account = %s"
+            " AND user_id IS NOT DISTINCT FROM %s",
+            (account, user),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 async def _log_entries(ledger: Any) -> int:
     lengths = await ledger.shards.lengths(ledger.keys.ledger_shards())
     return int(sum(lengths.values()))
@@ -133,6 +143,14 @@ async def test_money_beyond_gifts_on_a_cluster_server_with_the_record(
             await asyncio.sleep(0.2)
         report = await reconcile_cluster(ledger)
         assert report.ok and not report.pending, (report.problems, report.pending)
+        # The record's postings: nothing left in transit, and the accounts Redis holds.
+        assert await asyncio.to_thread(_posted, database_url, None, "transit") == 0
+        for user in ("star", "fan1", "fan2"):
+            held = await ledger.balance(user)
+            for account, want in (("coins", held.coins), ("diamonds", held.diamonds),
+                                  ("debt", -held.debt_coins)):  # fmt: skip
+                assert await asyncio.to_thread(_posted, database_url, user, account) == want
+        assert (await ledger.balance("star")).diamonds == 2_000  # 10,000 - 5,000 - 3,000
     finally:
         await ledger.aclose()
 
