@@ -25,7 +25,7 @@ from server.ledger.cluster_reconcile import reconcile_cluster
 from server.ledger.cluster_relay import Relay
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
-from server.ledger.receipts import unpack
+from server.ledger.receipts import RefundReceipt, unpack
 from server.ledger.runner import ScriptRunner
 from server.ledger.scripts import ScriptName
 from tests.cluster.legs import GENEROUS, funded, gift, live_stream, open_ledger, uid
@@ -318,14 +318,17 @@ async def test_a_chargeback_while_gifts_are_credited(
                 except LedgerRefusal as refusal:
                     assert refusal.code is ErrorCode.INSUFFICIENT_FUNDS  # charged back
 
-        async def chargeback() -> None:
+        async def chargeback() -> RefundReceipt:
             await asyncio.sleep(0.05)
-            await ledgers[1].refund(payment_id="p1" + buyer, user_id=buyer, refund_id="r1",
-                                    coins=5_000)  # fmt: skip
+            return await ledgers[1].refund(payment_id="p1" + buyer, user_id=buyer,
+                                           refund_id="r1", coins=5_000)  # fmt: skip
 
-        await asyncio.gather(
+        *_, refund = await asyncio.gather(
             gifts(0, buyer, 50), *(gifts(i, f, 30) for i, f in enumerate(others)), chargeback()
         )
+        assert isinstance(refund, RefundReceipt) and refund.refunded == 5_000
+        assert refund.clawed + refund.reversed + refund.debt_added == 5_000
+        assert refund.debt_added == 0  # every coin spent was on a gift still held
         balance = await ledgers[0].balance(buyer)
         assert balance.coins >= 0
         await reconciled(ledgers[0])
