@@ -443,3 +443,60 @@ async def test_reconcile_finds_a_lost_and_a_doubled_clawback(
     report = await reconcile_cluster(ledger)
     assert any("neither applied nor pending" in p for p in report.problems), report.problems
     assert any(f"p{fans[0]}|r1|{c1}: applied" in p for p in report.problems), report.problems
+
+
+async def test_a_clawback_after_a_cash_out_at_the_end_of_the_hold_waits_for_an_operator(
+    ledger: ClusterLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hold ends in the creator's slot between the legs and the creator cashes out: the
+    clawback cannot take the diamonds, is refused, and stays pending (never in part)."""
+    stream, creator = await live_stream(ledger)
+    fan = uid("fan")
+    await ledger.top_up(payment_id="p" + fan, user_id=fan, coins=10_000)
+    await interstellar(ledger, fan, stream, creator)
+    real = ledger.apply_clawbacks
+
+    async def lost(clawbacks: list[Clawback]) -> list[bool]:
+        return [False for _ in clawbacks]
+
+    monkeypatch.setattr(ledger, "apply_clawbacks", lost)
+    refund = await ledger.refund(payment_id="p" + fan, user_id=fan, refund_id="r1", coins=10_000)
+    assert refund.reversed == 10_000
+    monkeypatch.setattr(ledger, "apply_clawbacks", real)
+    await age(ledger, [creator], HOLD_DAYS + 1)
+    await ledger.cash_out(client_id="c1", creator_id=creator, diamonds=5_000)
+    relay = Relay(ledger, grace_ms=0, full_sweep_s=0)
+    await relay.round()
+    await relay.round()
+    assert relay.settled == 0 and relay.stats.pending == 1
+    assert (await ledger.balance(creator)).diamonds == 0
+    report = await reconcile_cluster(ledger)
+    assert report.ok, report.problems
+    assert [p.coins for p in report.pending] == [10_000]
+
+
+async def test_a_debit_day_ahead_of_the_creators_clock_moves_the_ring_on(
+    redis_cluster: RedisCluster, keys: Keys
+) -> None:
+    ledger = await open_ledger(
+        redis_cluster, keys.prefix, replace(HELD, payout_hold_days=2, payout_hold_day_s=1)
+    )
+    try:
+        stream, creator = await live_stream(ledger)
+        now_ms = int(time.time() * 1000)
+        first = Transfer(
+            transfer_id=f"s1|g1|{now_ms}-0", client_id="g1", sender_id="s1", sender_name="s1",
+            creator_id=creator, stream_id=stream, gift_id="cap", count=1, coins=99, price=99,
+            catalog_version=1, share_bps=5000, debit_ms=now_ms,
+        )  # fmt: skip
+        ahead = replace(first, transfer_id=f"s1|g2|{now_ms}-1", client_id="g2",
+                        debit_ms=now_ms + 5_000)  # fmt: skip
+        results = await ledger.credits.call(creator, stream, [first, ahead])
+        assert [r.status for r in results] == ["ok", "ok"]
+        k = ledger.keys
+        day, ring = await ledger.command(k.account(creator), "HMGET", "hold_day", "hold_ring")
+        # Five one-second days on: the first gift's bucket left the ring of 3; the second's
+        # is the newest.
+        assert int(day) == (now_ms + 5_000) // 1000 and ring == b"0,0,50"
+    finally:
+        await ledger.aclose()
