@@ -133,6 +133,11 @@ async def test_money_beyond_gifts_on_a_cluster_server_with_the_record(
         assert (status, failed["state"], failed["balance"]) == (200, "failed", 2_000), failed
         status, settled = _payout_event(server, {**event, "type": "payout.failed"})
         assert (status, settled["error"]["code"]) == (409, "payout_settled"), settled
+        # The admin call settles by hand, the same script: here a replay of c1's outcome.
+        status, by_hand = http_json("POST", server.http + "/api/admin/payouts",
+                                    {"creator_id": "star", "id": "c1", "state": "paid"},
+                                    bearer=token("support", Role.ADMIN))  # fmt: skip
+        assert (status, by_hand["replayed"]) == (200, True), by_hand
 
         # Everything reached the record (the archiver runs inside serve, every slot's log).
         await asyncio.sleep(0.1)
