@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from server.domain.catalog import load_catalog
-from server.domain.errors import ErrorCode, LedgerRefusal
+from server.domain.errors import ErrorCode, InvariantError, LedgerRefusal
 from server.domain.limits import AMOUNT_MAX
 from server.ledger.cluster_clawbacks import Clawback, apply_clawback, receipt_clawbacks
 from server.ledger.cluster_credits import CreditBatcher, Transfer
@@ -500,3 +500,36 @@ async def test_a_debit_day_ahead_of_the_creators_clock_moves_the_ring_on(
         assert int(day) == (now_ms + 5_000) // 1000 and ring == b"0,0,50"
     finally:
         await ledger.aclose()
+
+
+async def test_corrupt_data_fails_each_chargeback_leg_before_its_first_write(
+    ledger: ClusterLedger,
+) -> None:
+    stream, creator = await live_stream(ledger)
+    fan = uid("fan")
+    await ledger.top_up(payment_id="p" + fan, user_id=fan, coins=10_000)
+    await interstellar(ledger, fan, stream, creator)
+    k = ledger.keys
+    # The buyer's leg: a record entry that is not an integer.
+    [field] = [f for f in await ledger.command(k.hold_record(fan), "HKEYS") if b"|" in f]
+    await ledger.command(k.hold_record(fan), "HSET", field.decode(), "abc")
+    before = await ledger.command(k.account(fan), "HGETALL")
+    with pytest.raises(InvariantError):
+        await ledger.refund(payment_id="p" + fan, user_id=fan, refund_id="r1", coins=10_000)
+    assert await ledger.command(k.account(fan), "HGETALL") == before
+    assert await ledger.command(k.refund(fan, "p" + fan, "r1"), "EXISTS") == 0
+    await ledger.command(k.hold_record(fan), "HSET", field.decode(), 10_000)
+    # The creator's leg: a hold ring that is not a list of integers.
+    ring = await ledger.command(k.account(creator), "HGET", "hold_ring")
+    await ledger.command(k.account(creator), "HSET", "hold_ring", "1,x")
+    refund = await ledger.refund(payment_id="p" + fan, user_id=fan, refund_id="r1", coins=10_000)
+    assert refund.reversed == 10_000  # the buyer's leg committed; the clawback did not
+    diamonds = await ledger.command(k.account(creator), "HGET", "diamonds")
+    assert diamonds == b"5000"
+    marker = k.clawback_marker(creator, "p" + fan, "r1")
+    assert await ledger.command(marker, "EXISTS") == 0
+    await ledger.command(k.account(creator), "HSET", "hold_ring", ring)  # repaired
+    relay = Relay(ledger, grace_ms=0, full_sweep_s=0)
+    await relay.round()
+    assert (await ledger.balance(creator)).diamonds == 0
+    await reconciled(ledger)
