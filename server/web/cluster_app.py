@@ -12,8 +12,9 @@ Here the server reads the cluster's slot map, loads the scripts on every primary
 * viewers: the same endpoint, hub and protocol as single-node mode, fed by sharded pub/sub
   (``ShardedPubSubBroker``: ``SSUBSCRIBE`` on the primary of each room's slot);
 * the HTTP API the ledger covers: catalog, wallet (held and withdrawable diamonds), streams,
-  leaderboard (names and levels), stream goals, gift history, the payment webhook (refunds
-  claw back held gifts across slots), cash-outs, and the payout webhook and admin call;
+  leaderboard (names and levels), stream goals, battles (``ClusterBattles``, and their
+  watch), gift history, the payment webhook (refunds claw back held gifts across slots),
+  cash-outs, and the payout webhook and admin call;
 * the durable record's routes (wallet history, statements), which read PostgreSQL and do
   not care about the Redis mode: a pool for reads when ``GIFTWIRE_DATABASE_URL`` is set.
   ``giftwire serve`` runs the archiver, which follows every slot's log, in a process of
@@ -56,6 +57,8 @@ from server.realtime.hub import Hub
 from server.record.service import RecordService
 from server.settings import Settings
 from server.web import http_api
+from server.web.battle_api import BATTLE_ROUTES
+from server.web.cluster_battle_watch import ClusterBattleWatch
 from server.web.edge import DirectWebSocket
 from server.web.errors import error_response
 from server.web.goals_api import ROUTES as GOAL_ROUTES
@@ -89,6 +92,13 @@ _SERVED = {
     "/api/me/transactions",
     "/api/creators/me/statements",
     "/metrics",
+    # Battles: each side in its own stream's slot (ClusterBattles).
+    "/api/battles",
+    "/api/battles/{battle_id}",
+    "/api/battles/{battle_id}/accept",
+    "/api/battles/{battle_id}/decline",
+    "/api/streams/{stream_id}/battle",
+    "/api/streams/{stream_id}/battle/end",
 }
 """The single-node HTTP routes cluster mode serves, with ``ClusterLedger`` behind them."""
 
@@ -189,12 +199,15 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
         preparing = asyncio.get_running_loop().create_task(_prepare(services, catalog))
         relay = Relay(ledger, on_round=_relay_metrics)
         relay.start()
+        battle_watch = ClusterBattleWatch(hub, ledger.battles)
+        battle_watch.start()
         try:
             yield
         finally:
             preparing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await preparing
+            await battle_watch.stop()
             await relay.stop()
             await hub.stop()
             if record is not None:
@@ -203,7 +216,13 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
 
     served = [
         route
-        for route in [*http_api.ROUTES, *GOAL_ROUTES, *RECORD_ROUTES, *PAYOUT_ROUTES]
+        for route in [
+            *http_api.ROUTES,
+            *GOAL_ROUTES,
+            *BATTLE_ROUTES,
+            *RECORD_ROUTES,
+            *PAYOUT_ROUTES,
+        ]
         if getattr(route, "path", "") in _SERVED
     ]
     routes = [
