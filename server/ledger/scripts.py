@@ -48,6 +48,8 @@ class ScriptName(StrEnum):
     BATTLE_RUN = "battle_run"
     BATTLE_END_SIDE = "battle_end_side"
     BATTLE_RESULT = "battle_result"
+    REFUND_CLAIM = "refund_claim"
+    CLAWBACK = "clawback"
 
 
 @dataclass(frozen=True, slots=True)

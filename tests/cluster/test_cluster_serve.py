@@ -1,5 +1,5 @@
 """``giftwire serve`` in cluster mode: gifts in two legs, viewers from sharded pub/sub, on
-several processes at once; the record's routes refused with ``unavailable`` and a reason."""
+several processes at once; without a database the record's routes answer ``unavailable``."""
 
 from __future__ import annotations
 
