@@ -26,6 +26,7 @@ from tests.support.ledgers import (
     applied_gifts,
     gifts_in,
     mode_of,
+    quiet,
     reconciled,
     snapshot,
     transfer_id_pattern,
@@ -321,3 +322,41 @@ async def test_a_refund_claws_back_what_is_left_and_the_rest_becomes_debt(
     assert (await any_ledger.balance(creator)).diamonds == 99  # gifts stay with the creator
     totals = await reconciled(any_ledger)
     assert gifts_in(totals) == 2
+
+
+async def test_gift_diamonds_are_held_and_a_chargeback_in_the_hold_claws_them_back(
+    open_any_ledger: OpenLedger,
+) -> None:
+    """The payout hold (``docs/ledger.md``, "The payout hold", and "in cluster mode": the
+    debit leg records the held gift, the credit leg holds the diamonds, a chargeback's
+    clawback is a leg in the creator's slot, applied at once by the refund)."""
+    ledger = await open_any_ledger(
+        Limits(gifts_per_s_max=100_000, gift_burst_max=100_000, payout_hold_days=7)
+    )
+    stream, creator = await live_stream(ledger)
+    fan = uid("fan")
+    await ledger.top_up(payment_id="p" + fan, user_id=fan, coins=10_000)
+    await send(ledger, fan, stream, creator, gift_id="interstellar")  # 5,000 diamonds
+    balance = await ledger.balance(creator)
+    assert (balance.diamonds, balance.held_diamonds, balance.withdrawable_diamonds) == (
+        5_000, 5_000, 0,
+    )  # fmt: skip
+    assert balance.next_release_ms > 0
+    before = await snapshot(ledger, creator, fan, stream)
+    with pytest.raises(LedgerRefusal) as refused:
+        await ledger.cash_out(client_id="c1", creator_id=creator, diamonds=1_000)
+    assert refused.value.code is ErrorCode.FUNDS_HELD
+    assert refused.value.detail is not None
+    assert (refused.value.detail["withdrawable"], refused.value.detail["held"]) == (0, 5_000)
+    assert await snapshot(ledger, creator, fan, stream) == before
+    refund = await ledger.refund(payment_id="p" + fan, user_id=fan, refund_id="r1", coins=10_000)
+    assert (refund.refunded, refund.clawed, refund.reversed, refund.debt_added) == (
+        10_000, 0, 10_000, 0,
+    )  # fmt: skip
+    after = await ledger.balance(creator)
+    assert (after.diamonds, after.held_diamonds) == (0, 0)
+    buyer = await ledger.balance(fan)
+    assert (buyer.coins, buyer.debt_coins) == (0, 0)
+    await quiet(ledger)
+    totals = await reconciled(ledger)
+    assert gifts_in(totals) == 1
