@@ -18,7 +18,9 @@ import orjson
 import pytest
 
 from server.domain.errors import ErrorCode, LedgerRefusal
+from server.domain.goals import Goal, GoalKind
 from server.domain.limits import STREAM_STATE_TTL_S, Limits
+from server.ledger.cluster_ledger import ClusterLedger
 from server.ledger.receipts import GiftReceipt
 from tests.support.ledgers import (
     AnyLedger,
@@ -58,6 +60,7 @@ async def send(
     *,
     gift_id: str = "rose",
     count: int = 1,
+    catalog_version: int | None = None,
 ) -> GiftReceipt:
     return await ledger.send_gift(
         client_id=client_id or uid("g"),
@@ -67,6 +70,7 @@ async def send(
         creator_id=creator,
         gift_id=gift_id,
         count=count,
+        catalog_version=catalog_version,
     )
 
 
@@ -172,6 +176,7 @@ async def test_a_retry_replays_and_other_content_is_refused(any_ledger: AnyLedge
         ("wrong_creator", ErrorCode.INVALID_REQUEST),
         ("count_zero", ErrorCode.INVALID_REQUEST),
         ("ended", ErrorCode.STREAM_NOT_LIVE),
+        ("old_catalog", ErrorCode.CATALOG_CHANGED),
     ],
 )
 async def test_a_refused_gift_writes_nothing(
@@ -180,7 +185,7 @@ async def test_a_refused_gift_writes_nothing(
     stream, creator = await live_stream(any_ledger)
     sender = await funded(any_ledger, 100)
     await send(any_ledger, sender, stream, creator)  # a feed, a combo, a leaderboard exist
-    who, target, to, gift_id, count = sender, stream, creator, "rose", 1
+    who, target, to, gift_id, count, version = sender, stream, creator, "rose", 1, None
     if case == "poor":
         gift_id = "money_gun"
     elif case == "no_account":
@@ -196,6 +201,8 @@ async def test_a_refused_gift_writes_nothing(
         to = uid("other")
     elif case == "count_zero":
         count = 0
+    elif case == "old_catalog":
+        version = 99
     elif case == "ended":
         await any_ledger.end_stream(stream_id=stream, actor_id=creator, is_admin=False)
         if mode_of(any_ledger) == "cluster":  # the server trusts a stream's state for 1 s
@@ -204,10 +211,16 @@ async def test_a_refused_gift_writes_nothing(
     before = await snapshot(any_ledger, *ids)
     assert any(key.endswith(b"}:acct") for key in before)  # it sees the accounts
     with pytest.raises(LedgerRefusal) as refused:
-        await send(any_ledger, who, target, to, "refused", gift_id=gift_id, count=count)
+        await send(
+            any_ledger, who, target, to, "refused",
+            gift_id=gift_id, count=count, catalog_version=version,
+        )  # fmt: skip
     assert refused.value.code is code
     if case == "poor":
         assert refused.value.detail == {"balance": 99, "price": 500}
+    if case == "old_catalog":
+        current = (await any_ledger.current_catalog()).version
+        assert refused.value.detail == {"catalog_version": current}
     assert await snapshot(any_ledger, *ids) == before
     totals = await reconciled(any_ledger)
     assert gifts_in(totals) == 1
@@ -360,3 +373,60 @@ async def test_gift_diamonds_are_held_and_a_chargeback_in_the_hold_claws_them_ba
     await quiet(ledger)
     totals = await reconciled(ledger)
     assert gifts_in(totals) == 1
+
+
+async def test_combos_goals_and_the_leaderboard_move_with_the_gifts(any_ledger: AnyLedger) -> None:
+    stream, creator = await live_stream(any_ledger)
+    alice, bob = await funded(any_ledger, 1_000, "alice"), await funded(any_ledger, 1_000, "bob")
+    goal = Goal(goal_id="g", kind=GoalKind.COINS, gift_id="", target=100, title="100 coins")
+    await any_ledger.set_goal(stream_id=stream, actor_id=creator, goal=goal)
+    combos = [(await send(any_ledger, alice, stream, creator)).combo for _ in range(3)]
+    assert combos == [1, 2, 3]
+    assert (await send(any_ledger, bob, stream, creator)).combo == 1
+    assert (await send(any_ledger, alice, stream, creator, gift_id="heart")).combo == 1
+    # Concurrent gifts from both: the goal counts each coin once.
+    await asyncio.gather(
+        *(send(any_ledger, who, stream, creator) for who in (alice, bob) for _ in range(60))
+    )
+    [progress] = await any_ledger.stream_goals(stream)
+    assert (progress.goal_id, progress.progress, progress.reached) == ("g", 125, True)
+    top = await any_ledger.leaderboard(stream)
+    assert [(t.user_id, t.name, t.coins) for t in top] == [
+        (alice, alice.title(), 64), (bob, bob.title(), 61),
+    ]  # fmt: skip
+    assert await any_ledger.fan_level(creator, alice) == top[0].level
+    totals = await reconciled(any_ledger)
+    assert gifts_in(totals) == 125
+
+
+async def test_a_gift_to_a_guest_per_mode(any_ledger: AnyLedger) -> None:
+    """A documented difference (``docs/protocol.md``, ``send_gift``'s ``to``): on a cluster
+    a gift naming a guest is refused ``invalid_request`` before anything is written; on one
+    node the guest on stage is paid. Update this when the cluster builds guests."""
+    stream, creator = await live_stream(any_ledger)
+    sender = await funded(any_ledger, 100)
+    guest = uid("guest")
+
+    async def to_guest() -> GiftReceipt:
+        return await any_ledger.send_gift(
+            client_id="to-guest", sender_id=sender, sender_name="S", stream_id=stream,
+            creator_id=creator, gift_id="perfume", count=1, to=guest,
+        )  # fmt: skip
+
+    if isinstance(any_ledger, ClusterLedger):
+        before = await snapshot(any_ledger, sender, creator, stream, guest)
+        with pytest.raises(LedgerRefusal) as refused:
+            await to_guest()
+        assert refused.value.code is ErrorCode.INVALID_REQUEST
+        assert await snapshot(any_ledger, sender, creator, stream, guest) == before
+        expected_gifts = 0
+    else:
+        await any_ledger.guests.invite(stream_id=stream, creator_id=creator, guest_id=guest)
+        await any_ledger.guests.join(stream_id=stream, guest_id=guest, name="G")
+        receipt = await to_guest()
+        assert (receipt.coins, receipt.diamonds) == (20, 10)
+        assert (await any_ledger.balance(guest)).diamonds == 10
+        expected_gifts = 1
+    assert (await any_ledger.balance(creator)).diamonds == 0
+    totals = await reconciled(any_ledger)
+    assert gifts_in(totals) == expected_gifts
