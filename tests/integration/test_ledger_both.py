@@ -430,3 +430,54 @@ async def test_a_gift_to_a_guest_per_mode(any_ledger: AnyLedger) -> None:
     assert (await any_ledger.balance(creator)).diamonds == 0
     totals = await reconciled(any_ledger)
     assert gifts_in(totals) == expected_gifts
+
+
+async def test_a_streams_life_and_who_may_change_it(any_ledger: AnyLedger) -> None:
+    stream, creator = await live_stream(any_ledger)
+    codes = []
+    for call in (
+        any_ledger.start_stream(stream_id=stream, creator_id=uid("squatter"), title="t"),
+        any_ledger.end_stream(stream_id=stream, actor_id=uid("stranger"), is_admin=False),
+        any_ledger.end_stream(stream_id=uid("nostream"), actor_id=creator, is_admin=False),
+    ):
+        with pytest.raises(LedgerRefusal) as refused:
+            await call
+        codes.append(refused.value.code)
+    assert codes == [ErrorCode.STREAM_EXISTS, ErrorCode.NOT_STREAM_OWNER, ErrorCode.UNKNOWN_STREAM]
+    ended = await any_ledger.end_stream(stream_id=stream, actor_id=creator, is_admin=False)
+    again = await any_ledger.end_stream(stream_id=stream, actor_id=creator, is_admin=False)
+    assert (ended.state.value, ended.replayed, again.state.value, again.replayed) == (
+        "ended", False, "ended", True,
+    )  # fmt: skip
+    reopened = await any_ledger.start_stream(stream_id=stream, creator_id=creator, title="t2")
+    assert (reopened.state.value, reopened.replayed) == ("live", False)
+    sender = await funded(any_ledger, 10)
+    if mode_of(any_ledger) == "cluster":  # the server trusts a stream's state for 1 s
+        await asyncio.sleep(STREAM_STATE_TTL_S + 0.1)
+    assert (await send(any_ledger, sender, stream, creator)).seq == 1
+    totals = await reconciled(any_ledger)
+    assert gifts_in(totals) == 1
+
+
+async def test_payment_edges_refund_first_and_more_than_paid(any_ledger: AnyLedger) -> None:
+    buyer = uid("buyer")
+    early = await any_ledger.refund(payment_id="p" + buyer, user_id=buyer, refund_id="r1", coins=40)
+    assert (early.before_payment, early.refunded, early.balance) == (True, 0, 0)
+    paid = await any_ledger.top_up(payment_id="p" + buyer, user_id=buyer, coins=100)
+    assert (paid.credited, paid.withheld, paid.balance) == (60, 40, 60)
+    over = await any_ledger.refund(payment_id="p" + buyer, user_id=buyer, refund_id="r2", coins=500)
+    assert (over.refunded, over.clawed, over.debt_added, over.balance) == (60, 60, 0, 0)
+    for call in (
+        any_ledger.top_up(payment_id=uid("p"), user_id=buyer, coins=0),
+        any_ledger.refund(payment_id="p" + buyer, user_id=buyer, refund_id="r3", coins=0),
+        any_ledger.cash_out(client_id="c0", creator_id=buyer, diamonds=0),
+    ):
+        with pytest.raises(LedgerRefusal) as refused:
+            await call
+        assert refused.value.code is ErrorCode.INVALID_REQUEST
+    with pytest.raises(LedgerRefusal) as small:
+        await any_ledger.cash_out(client_id="c1", creator_id=buyer, diamonds=999)
+    assert (small.value.code, small.value.detail) == (ErrorCode.BELOW_MINIMUM, {"minimum": 1000})
+    assert (await any_ledger.balance(buyer)).coins == 0
+    totals = await reconciled(any_ledger)
+    assert gifts_in(totals) == 0
