@@ -4,9 +4,9 @@
 on the loopback 3-primary + 3-replica cluster, a debit leg and a credit leg per gift (built
 as ``tests/cluster/legs.py`` builds one: a runner and connections of its own, like one
 server process). The helpers here are the only place that looks at which one a test has:
-the books (``reconciled``: ``reconcile.py`` or ``cluster_reconcile.py``), a snapshot of
-every key of the test's prefix (on every primary), and the per-mode spelling of a transfer
-id (``docs/protocol.md``, "On a Redis Cluster").
+the books (``reconciled``: ``reconcile.py`` or ``cluster_reconcile.py``), the gifts the
+log(s) hold, a snapshot of the test's keys (``snapshot``), and the per-mode spelling of a
+transfer id (``docs/protocol.md``, "On a Redis Cluster").
 """
 
 from __future__ import annotations
