@@ -25,6 +25,8 @@ key                                        type    holds
 ``{~N}:catalog``                           hash    this slot's copy of the catalog
 ``{~N}:outbox``                            stream  transfers debited in this slot, not yet
                                                    credited (the relay's work list)
+``{~N}:fence``                             string  written before each WAIT on the primary
+                                                   serving N (``always+replica``)
 =========================================  ======  =========================================
 
 ``{~N}`` is a *slot tag*: a short string chosen so that it hashes to one given slot, so a
@@ -201,6 +203,10 @@ class ClusterKeys:
 
     def catalog_shard(self, slot: int) -> str:
         return f"{self.prefix}{{{slot_tag(slot)}}}:catalog"
+
+    def fence_shard(self, slot: int) -> str:
+        """The durability fence of the primary serving ``slot`` (``always+replica``)."""
+        return f"{self.prefix}{{{slot_tag(slot)}}}:fence"
 
     def outbox_shard(self, slot: int) -> str:
         """Per slot, not per sender: a relay can sweep at most 16384 outboxes, but could not

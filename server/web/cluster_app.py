@@ -43,10 +43,12 @@ from server.broker.cluster_rooms import ClusterRooms
 from server.broker.redis_sharded import ShardedPubSubBroker
 from server.domain.catalog import Catalog, load_catalog
 from server.domain.errors import ErrorCode, UnavailableError
+from server.ledger.cluster_config import ClusterWatch, UnfitClusterError, check_cluster
 from server.ledger.cluster_keys import ClusterKeys
 from server.ledger.cluster_ledger import ClusterLedger
 from server.ledger.cluster_relay import Relay, RelayStats
 from server.ledger.cluster_runner import ClusterScriptRunner
+from server.ledger.redis_config import Durability
 from server.realtime.hub import Hub
 from server.settings import Settings
 from server.web import http_api
@@ -90,6 +92,7 @@ class ClusterServices:
     runner: ClusterScriptRunner
     hub: Hub
     ledger: ClusterLedger
+    watch: ClusterWatch
     prepared: bool = False
     connections_by_user: Counter[str] = field(default_factory=Counter)
     connections_by_ip: Counter[str] = field(default_factory=Counter)
@@ -121,6 +124,19 @@ async def _prepare(services: ClusterServices, catalog: Catalog) -> None:
         return
 
 
+async def _refuse_unfit(watch: ClusterWatch) -> None:
+    """The preflight of ``giftwire serve`` again, for any other way of starting the app:
+    a primary that evicts keys or (under ``always``) does not fsync refuses the start."""
+    found = await check_cluster(watch.slots, watch.durability, watch.replicas)
+    for line in found.warnings + found.unready:
+        log.warning("%s", line)
+    for line in found.problems:
+        log.error("%s", line)
+    if found.problems:
+        raise UnfitClusterError(found.problems[0])
+    watch.problems = found.unready
+
+
 def create_cluster_app(settings: Settings) -> DirectWebSocket:
     if not settings.redis_url:
         raise ValueError("cluster mode needs settings.redis_url (a node of the cluster)")
@@ -129,14 +145,25 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         limits = settings.limits
+        replicated = settings.durability_mode is Durability.ALWAYS_REPLICA
         runner = ClusterScriptRunner(
             [node_url],
             timeout_s=limits.redis_timeout_s,
             calls_per_pipeline_max=limits.pipeline_calls_max,
             pipelines_in_flight_max=limits.pipelines_in_flight_max,
+            wait_replicas=settings.durability_replicas if replicated else 0,
+            wait_timeout_ms=settings.durability_wait_ms,
+            fence_keys=ClusterKeys(settings.key_prefix),
+        )
+        watch = ClusterWatch(
+            runner.slots,
+            durability=settings.durability_mode,
+            replicas=settings.durability_replicas,
+            interval_s=settings.redis_check_interval_s,
         )
         try:
             await runner.prepare()
+            await _refuse_unfit(watch)
         except _DOWN as e:
             log.warning("cluster at %s not reachable yet: %s", node_url.split("@")[-1], e)
         ledger = ClusterLedger(
@@ -163,8 +190,9 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
             stats_interval_s=settings.stats_interval_s,
         )
         await hub.start()
-        services = ClusterServices(settings, catalog, runner, hub, ledger)
+        services = ClusterServices(settings, catalog, runner, hub, ledger, watch)
         app.state.services = services
+        watch.start()
         preparing = asyncio.get_running_loop().create_task(_prepare(services, catalog))
         relay = Relay(ledger, on_round=_relay_metrics)
         relay.start()
@@ -175,6 +203,7 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
             with contextlib.suppress(asyncio.CancelledError):
                 await preparing
             await relay.stop()
+            await watch.stop()
             await hub.stop()
             await runner.aclose()
 
@@ -205,7 +234,8 @@ async def _readyz(request: Request) -> Response:
         reached = await services.runner.ensure_loaded()
     except _DOWN:
         reached = False
-    ready = reached and services.hub.connected and services.prepared
+    problems = services.watch.problems
+    ready = reached and services.hub.connected and services.prepared and not problems
     body: dict[str, object] = {
         "redis": reached,
         "cluster": True,
@@ -214,6 +244,8 @@ async def _readyz(request: Request) -> Response:
     }
     if not services.prepared:
         body["reason"] = NOT_PREPARED
+    if problems:
+        body["problems"] = problems
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
