@@ -33,6 +33,7 @@ from collections import defaultdict
 from typing import Any, cast
 
 import orjson
+from redis import exceptions as redis_errors
 
 from server.domain.catalog import Catalog, parse_catalog
 from server.domain.errors import ErrorCode, InvariantError, LedgerRefusal, UnavailableError
@@ -44,7 +45,8 @@ from server.domain.limits import (
     Limits,
 )
 from server.domain.money import Economics
-from server.ledger.catalogs import VERSION_FIELD
+from server.ledger.catalogs import VERSION_FIELD, CatalogStore
+from server.ledger.cluster_catalog import CatalogSlot
 from server.ledger.cluster_credits import CreditBatcher, CreditResult, Transfer
 from server.ledger.cluster_goals import ClusterGoals
 from server.ledger.cluster_keys import ClusterKeys, slot_of
@@ -92,6 +94,8 @@ class ClusterLedger(ClusterGoals):
         self.credits = CreditBatcher(runner, self.keys, self.limits)
         # One key, the user's account: the same script as single-node, in its slot.
         self.spending = SpendingStore(runner, self.keys, self.limits)
+        # The managed catalog: the single-node store, its keys in the {catalog} slot.
+        self.catalogs = CatalogStore(CatalogSlot(self), self.keys, runner)
         self.catalog: Catalog | None = None
         self._to_delete: dict[str, list[str]] = defaultdict(list)
         self._deleting = False
@@ -145,22 +149,30 @@ class ClusterLedger(ClusterGoals):
         return self.catalog
 
     async def copy_catalog(self, catalog: Catalog) -> int:
-        """Copy ``catalog``'s prices into every slot whose copy is another version (one HSET
-        per slot: a reader sees a whole version). Returns the slots written."""
+        """Copy ``catalog`` into every slot whose copy is an older version
+        (``copy_catalog.lua``: the whole copy replaced in one step, never by an older
+        version, so copies racing from several processes end at the newest). Returns the
+        slots written. Safe to repeat after ``UnavailableError``."""
         shards = self.keys.catalog_shards()
-        fields: dict[str, str | int] = dict(catalog.prices())
-        fields[VERSION_FIELD] = catalog.version
+        args = _copy_args(catalog)
+        sha = self.runner.script(ScriptName.COPY_CATALOG).sha
         written = 0
         # In parts, so that each part's pipelines finish well within the call timeout on a
         # loaded machine (all 16384 at once took seconds here).
         for start in range(0, len(shards), _COPY_PART):
             part = shards[start : start + _COPY_PART]
             versions = await self.shards.field_of_each(part, VERSION_FIELD)
-            want = str(catalog.version).encode()
-            stale = [key for key, value in versions.items() if value != want]
-            if stale:
-                await self.shards.copy_to_every_shard(stale, fields)
-                written += len(stale)
+            stale = [key for key, value in versions.items() if _older(value, catalog.version)]
+            if not stale:
+                continue
+            try:
+                replies = await self.shards.script_on_each(stale, sha, args)
+            except redis_errors.NoScriptError:  # a promoted replica: load, then once more
+                await self.runner.ensure_loaded()
+                replies = await self.shards.script_on_each(stale, sha, args)
+            for reply in replies.values():
+                _, held = unpack(cast(list[bytes], reply))  # a refusal (bad arguments) raises
+                written += not held
         if written:
             log.info("catalog version %d copied into %d slots", catalog.version, written)
         return written
@@ -324,8 +336,7 @@ class ClusterLedger(ClusterGoals):
             if owner != creator_id:
                 raise LedgerRefusal(ErrorCode.INVALID_REQUEST)
             state = await self.stream_state(stream_id, owner)
-        body, replayed = await self._run(
-            ScriptName.DEBIT_GIFT,
+        body, replayed = await self._debit(
             self.keys.debit_keys(sender_id, client_id),
             self._debit_args(
                 client_id,
@@ -338,7 +349,8 @@ class ClusterLedger(ClusterGoals):
                 catalog_version=catalog_version or 0,
                 state=state,
             ),
-            order_key=sender_id,
+            sender_id,
+            catalog_version or 0,
         )
         debit: dict[str, Any] = orjson.loads(body)
         if _CRASH_AFTER_DEBIT:
@@ -375,6 +387,30 @@ class ClusterLedger(ClusterGoals):
             ts=credit.ts,
             replayed=replayed,
         )
+
+    async def _debit(
+        self, keys: list[str], args: list[str | int], sender_id: str, shown_version: int
+    ) -> tuple[bytes, bool]:
+        """debit_gift.lua; once more after copying the current catalog into the sender's
+        slot when that slot's copy is behind the version the viewer was shown (a copy
+        still under way, or a slot that lost it): refused, the debit wrote nothing."""
+        try:
+            return await self._run(ScriptName.DEBIT_GIFT, keys, args, sender_id)
+        except LedgerRefusal as refusal:
+            held = (refusal.detail or {}).get("catalog_version", 0)
+            behind = isinstance(held, int) and held < shown_version
+            if refusal.code is not ErrorCode.CATALOG_CHANGED or not behind:
+                raise
+        current = await self.current_catalog()
+        if current.version < shown_version:  # a version that never was current
+            detail: dict[str, object] = {"catalog_version": current.version}
+            raise LedgerRefusal(ErrorCode.CATALOG_CHANGED, detail=detail)
+        await self._copy_into(slot_of(keys[0]), current)
+        return await self._run(ScriptName.DEBIT_GIFT, keys, args, sender_id)
+
+    async def _copy_into(self, slot: int, catalog: Catalog) -> None:
+        keys = [self.keys.catalog_shard(slot)]
+        await self._run(ScriptName.COPY_CATALOG, keys, _copy_args(catalog), "")
 
     def _debit_args(
         self,
@@ -455,3 +491,16 @@ class ClusterLedger(ClusterGoals):
 
     async def aclose(self) -> None:
         await self.runner.aclose()
+
+
+def _older(held: bytes | None, version: int) -> bool:
+    """A slot copy at ``held`` (None: no copy) is behind ``version``."""
+    return held is None or not held.isdigit() or int(held) < version
+
+
+def _copy_args(catalog: Catalog) -> list[str | int]:
+    """copy_catalog.lua's ARGV for ``catalog``."""
+    args: list[str | int] = [catalog.version, SEND_COINS_MAX // GIFT_COUNT_MAX]
+    for gift_id, price in catalog.prices().items():
+        args += [gift_id, price]
+    return args

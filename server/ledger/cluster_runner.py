@@ -217,6 +217,11 @@ class ClusterScriptRunner:
             loop.call_soon(self._flush, lane)
         return await call.future
 
+    async def run_now(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Reply:
+        """``run``: the single-node runner's escape from its lanes for calls made from
+        ``on_reload`` is not needed here (cluster mode seeds nothing from that hook)."""
+        return await self.run(name, keys, args)
+
     def _flush(self, lane: _Lane) -> None:
         lane.scheduled = False
         if lane.busy or not lane.pending:

@@ -11,7 +11,8 @@ Here the server reads the cluster's slot map, loads the scripts on every primary
   timeout left in the outboxes; its pending transfers and lag are on ``/metrics``;
 * viewers: the same endpoint, hub and protocol as single-node mode, fed by sharded pub/sub
   (``ShardedPubSubBroker``: ``SSUBSCRIBE`` on the primary of each room's slot);
-* the HTTP API the ledger covers: catalog, wallet, streams, leaderboard (names and levels),
+* the HTTP API the ledger covers: catalog and its admin API (edits and the schedule,
+  ``cluster_catalog.py``), wallet, streams, leaderboard (names and levels),
   stream goals, gift history, the payment webhook and cash-outs. The durable record's
   routes and the payout webhook are refused with ``unavailable`` and a reason (the
   archiver does not read the slots' logs yet).
@@ -43,15 +44,19 @@ from server.broker.cluster_rooms import ClusterRooms
 from server.broker.redis_sharded import ShardedPubSubBroker
 from server.domain.catalog import Catalog, load_catalog
 from server.domain.errors import ErrorCode, UnavailableError
+from server.ledger.catalog_schedule import CatalogSchedule
+from server.ledger.cluster_catalog import CatalogFollower
 from server.ledger.cluster_config import ClusterWatch, UnfitClusterError, check_cluster
 from server.ledger.cluster_keys import ClusterKeys
 from server.ledger.cluster_ledger import ClusterLedger
 from server.ledger.cluster_relay import Relay, RelayStats
 from server.ledger.cluster_runner import ClusterScriptRunner
 from server.ledger.redis_config import Durability
+from server.protocol import events
 from server.realtime.hub import Hub
 from server.settings import Settings
 from server.web import http_api
+from server.web.catalog_api import CATALOG_ROUTES
 from server.web.edge import DirectWebSocket
 from server.web.errors import error_response
 from server.web.goals_api import ROUTES as GOAL_ROUTES
@@ -97,10 +102,28 @@ class ClusterServices:
     connections_by_user: Counter[str] = field(default_factory=Counter)
     connections_by_ip: Counter[str] = field(default_factory=Counter)
 
+    follower: CatalogFollower | None = None
+
     def follow_catalog(self, catalog: Catalog) -> None:
-        """A new catalog version is current in the cluster: serve and display it."""
+        """A catalog version is current in the cluster: serve and display it; a new one is
+        told to every connected client (``catalog``), as in single-node mode."""
+        previous = self.catalog
         self.catalog = catalog
-        self.hub.catalog = catalog
+        if catalog.version == previous.version:
+            self.hub.catalog = catalog
+            return
+        # Events of a retired gift (in flight, resumed, paged) keep their display fields.
+        self.hub.catalog = Catalog(catalog.version, {**previous.gifts, **catalog.gifts})
+        self.hub.announce(events.catalog(catalog))
+
+    async def catalog_changed(self, *_: object) -> None:
+        """A new version may be current (this process's edit, the schedule, the watch's
+        tick): once it is copied into every slot, serve and announce it."""
+        if self.follower is None or not self.prepared:
+            return
+        catalog = await self.follower.follow()
+        if catalog is not None:
+            self.follow_catalog(catalog)
 
 
 def _relay_metrics(stats: RelayStats) -> None:
@@ -119,6 +142,7 @@ async def _prepare(services: ClusterServices, catalog: Catalog) -> None:
             await asyncio.sleep(PREPARE_RETRY_S)
             continue
         services.follow_catalog(held)
+        services.follower = CatalogFollower(services.ledger, copied_version=held.version)
         services.prepared = True
         log.info("cluster ledger ready: catalog version %d in every slot", held.version)
         return
@@ -192,7 +216,14 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
         await hub.start()
         services = ClusterServices(settings, catalog, runner, hub, ledger, watch)
         app.state.services = services
+        watch.on_tick = services.catalog_changed
         watch.start()
+        schedule = CatalogSchedule(
+            ledger.catalogs,
+            interval_s=settings.redis_check_interval_s,
+            on_published=services.catalog_changed,
+        )
+        schedule.start()
         preparing = asyncio.get_running_loop().create_task(_prepare(services, catalog))
         relay = Relay(ledger, on_round=_relay_metrics)
         relay.start()
@@ -203,6 +234,7 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
             with contextlib.suppress(asyncio.CancelledError):
                 await preparing
             await relay.stop()
+            await schedule.stop()
             await watch.stop()
             await hub.stop()
             await runner.aclose()
@@ -216,6 +248,9 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
         *served,
         # One key each (the user's account): spending_limits.lua runs in that slot.
         *SPENDING_ROUTES,
+        # The managed catalog: the single-node store in the {catalog} slot, each new
+        # version copied into every slot before it is served (cluster_catalog.py).
+        *CATALOG_ROUTES,
         Route("/api/{path:path}", _refuse, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
         WebSocketRoute("/ws/streams/{stream_id}", gift_socket),
     ]
