@@ -479,13 +479,12 @@ class ClusterLedger(ClusterGoals):
         try:
             while self._to_delete:
                 batch, self._to_delete = self._to_delete, defaultdict(list)
-                results = await asyncio.gather(
-                    *(self.command(key, "XDEL", *ids) for key, ids in batch.items()),
-                    return_exceptions=True,
-                )
-                for key, result in zip(batch, results, strict=True):
-                    if isinstance(result, BaseException):
-                        self.unsettled_slots.add(slot_of(key))
+                # One pipeline per primary: a batch names an outbox per sender's slot, and
+                # a command each (a round trip per gift) cost more than the debit's.
+                try:
+                    await self.shards.delete_entries(batch)
+                except (UnavailableError, InvariantError):
+                    self.unsettled_slots.update(slot_of(key) for key in batch)
         finally:
             self._deleting = False
 

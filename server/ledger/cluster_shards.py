@@ -74,15 +74,21 @@ class Shards:
         reply of each. ``NoScriptError`` when a primary lacks the script (load, repeat)."""
         return await self._each(keys, "EVALSHA", *args, before=(sha, 1))
 
+    async def delete_entries(self, entries: Mapping[str, Sequence[str]]) -> None:
+        """``XDEL key id...`` for each stream of ``entries``, one pipeline per primary, all
+        at once: the outbox entries the fast path settled, from many slots per batch."""
+        await self._each(list(entries), "XDEL", per_key=entries)
+
     async def _each(
         self,
         keys: Sequence[str],
         command: str,
         *args: str | int,
         before: Sequence[str | int] = (),
+        per_key: Mapping[str, Sequence[str | int]] | None = None,
     ) -> dict[str, object]:
-        """Send ``command *before key *args`` for every key, one pipeline per primary, all
-        at once."""
+        """Send ``command *before key *args`` (or ``command key *per_key[key]``) for every
+        key, one pipeline per primary, all at once."""
         await self._slots.refresh_if_due()
         by_node: dict[Address, list[str]] = defaultdict(list)
         for key in keys:
@@ -91,7 +97,7 @@ class Shards:
             async with asyncio.timeout(self._timeout_s):
                 parts = await asyncio.gather(
                     *(
-                        self._on_node(node, part, command, args, before)
+                        self._on_node(node, part, command, args, before, per_key)
                         for node, part in by_node.items()
                     )
                 )
@@ -131,6 +137,7 @@ class Shards:
         command: str,
         args: Sequence[str | int],
         before: Sequence[str | int] = (),
+        per_key: Mapping[str, Sequence[str | int]] | None = None,
     ) -> dict[str, object]:
         """One write of every command for ``node``, then one reply each.
 
@@ -140,10 +147,18 @@ class Shards:
         (MOVED: the map is stale) is raised once every reply is read, so the connection
         goes back to the pool clean.
         """
-        tail = [_bulk(str(arg).encode()) for arg in args]
-        head = b"*%d\r\n%b" % (2 + len(before) + len(args), _bulk(command.encode()))
-        head += b"".join(_bulk(str(arg).encode()) for arg in before)
-        packed = b"".join(head + _bulk(key.encode()) + b"".join(tail) for key in keys)
+        if per_key is None:
+            tail = [_bulk(str(arg).encode()) for arg in args]
+            head = b"*%d\r\n%b" % (2 + len(before) + len(args), _bulk(command.encode()))
+            head += b"".join(_bulk(str(arg).encode()) for arg in before)
+            packed = b"".join(head + _bulk(key.encode()) + b"".join(tail) for key in keys)
+        else:
+            name = _bulk(command.encode())
+            packed = b"".join(
+                b"*%d\r\n%b%b" % (2 + len(per_key[key]), name, _bulk(key.encode()))
+                + b"".join(_bulk(str(arg).encode()) for arg in per_key[key])
+                for key in keys
+            )
         pool = self._slots.client(node).connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
