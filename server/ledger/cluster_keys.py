@@ -27,6 +27,8 @@ key                                        type    holds
                                                    credited (the relay's work list)
 ``{~N}:fence``                             string  written before each WAIT on the primary
                                                    serving N (``always+replica``)
+``{~0}:relay_sweep``, ``{~0}:relay_hot``   string  the relays' shared sweep: its lease, and
+                                                   the slots it found with entries (TTL)
 =========================================  ======  =========================================
 
 ``{~N}`` is a *slot tag*: a short string chosen so that it hashes to one given slot, so a
@@ -261,6 +263,16 @@ class ClusterKeys:
             self.fans(creator_id),
             self.names(creator_id, stream_id),
         ]
+
+    # The relay (cluster_relay.py): one full sweep of the outboxes per period, shared.
+
+    def relay_sweep_lease(self) -> str:
+        """Held by the relay that sweeps every outbox this period (``SET NX PX``)."""
+        return f"{self.prefix}{{{slot_tag(0)}}}:relay_sweep"
+
+    def relay_hot_slots(self) -> str:
+        """The slots whose outbox the last sweep found with entries (comma-separated)."""
+        return f"{self.prefix}{{{slot_tag(0)}}}:relay_hot"
 
     # The archiver (server/record/): one lease for the logs of every slot.
 
