@@ -111,6 +111,18 @@ async def test_an_edit_is_copied_into_every_slot_and_the_shown_version_decides(
     assert (await ledger.balance(sender)).coins == 100 - 1 - 3
 
 
+async def test_a_copy_cut_short_is_finished_by_the_next_follow(ledger: ClusterLedger) -> None:
+    assert await edit(ledger, REPRICE_ROSE, 1) == 2
+    current = await ledger.current_catalog()
+    for slot in range(0, 16384, 7):  # a process copied these, then died
+        await copy_into(ledger, slot, _copy_args(current))
+    follower = CatalogFollower(ledger, copied_version=1)
+    assert await follower.follow() == current
+    versions = await ledger.shards.field_of_each(ledger.keys.catalog_shards(), "@version")
+    assert set(versions.values()) == {b"2"}
+    assert await ledger.copy_catalog(current) == 0  # nothing left to write
+
+
 async def test_a_slot_not_copied_yet_charges_only_the_price_the_viewer_was_shown(
     ledger: ClusterLedger,
 ) -> None:

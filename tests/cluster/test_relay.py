@@ -224,3 +224,23 @@ async def test_one_relay_sweeps_every_outbox_per_period_and_the_others_read_its_
         assert report.problems == [] and report.pending == []
     finally:
         await other.aclose()
+
+
+async def test_a_sweeper_that_died_holding_the_lease_is_replaced_after_its_period(
+    crashed: ClusterLedger, survivor: ClusterLedger
+) -> None:
+    await _debited_only(crashed, senders=2, gifts=1)
+    left = set(crashed.unsettled_slots)
+    crashed.unsettled_slots.clear()
+    # A relay took this period's lease and died before it swept or published anything.
+    lease = survivor.keys.relay_sweep_lease()
+    assert await survivor.command(lease, "SET", "dead-relay", "NX", "PX", 1000)
+    relay = Relay(survivor, grace_ms=0, full_sweep_s=1.0, interval_s=0.05)
+    await relay.round()
+    assert relay.sweeps == 0 and relay.hot == set()  # the lease is the dead one's
+    while not relay.sweeps:  # it tries again five times a period
+        await asyncio.sleep(0.05)
+        await relay.round()
+    await _settle(relay)  # only its own sweep could have found them
+    assert relay.settled == len(left) == 2
+    assert (await reconcile_cluster(survivor)).pending == []
