@@ -34,6 +34,10 @@ from server.ledger.redis_config import (
 
 log = logging.getLogger("giftwire.ledger")
 
+MAP_READ_EVERY_CHECKS = 10
+"""The watch reads the slot map itself every this many checks (else it uses the map the
+runner keeps fresh), so a primary that became one without any call failing is checked."""
+
 
 class UnfitClusterError(GiftwireError):
     """A primary's configuration forbids serving (the app's start refused)."""
@@ -49,11 +53,16 @@ class ClusterFindings:
 
 
 async def read_primaries(slots: SlotMap) -> dict[Address, RedisConfig]:
-    """``read_config`` of every primary in the slot map (read again first)."""
-    await slots.refresh()
+    """``read_config`` of every primary in the slot map (read first if stale or empty; a
+    primary that does not answer marks it stale, so the next check reads it again)."""
+    await slots.refresh_if_due()
     configs: dict[Address, RedisConfig] = {}
     for address in slots.primaries():
-        configs[address] = await read_config(slots.client(address))
+        try:
+            configs[address] = await read_config(slots.client(address))
+        except CONNECTION_ERRORS:
+            slots.stale = True
+            raise
     return configs
 
 
@@ -96,9 +105,14 @@ class ClusterWatch:
         self.interval_s = interval_s
         self.on_tick = on_tick
         self.problems: list[str] = []
+        self._checks = 0
         self._task: asyncio.Task[None] | None = None
 
     async def check(self) -> list[str]:
+        self._checks += 1
+        if self._checks % MAP_READ_EVERY_CHECKS == 0:
+            # A manual failover leaves every node answering: read who is primary now.
+            self.slots.stale = True
         found = await check_cluster(self.slots, self.durability, self.replicas)
         problems = found.problems + found.unready
         for line in problems:
