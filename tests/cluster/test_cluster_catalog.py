@@ -5,10 +5,14 @@ what the viewer was shown, and the admin API on two cluster-mode server processe
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from server.domain.accounts import Role
@@ -25,7 +29,7 @@ from server.ledger.receipts import unpack
 from server.ledger.scripts import ScriptName
 from tests.cluster.legs import funded, gift, live_stream, open_ledger, uid
 from tests.support.cluster import RedisCluster
-from tests.support.servers import ServerProcess, client, http_json, token
+from tests.support.servers import REPO, ServerProcess, client, http_json, token
 
 ADMIN = token("ops", Role.ADMIN)
 REPRICE_ROSE = [{"op": "reprice", "id": "rose", "price_coins": 3}]
@@ -172,6 +176,42 @@ def test_copy_args_name_every_gift_of_the_version() -> None:
     catalog = load_catalog()
     args = _copy_args(catalog)
     assert args[0] == catalog.version and len(args) == 2 + 2 * len(catalog.prices())
+
+
+def _cli(node_url: str, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GIFTWIRE_REDIS_URL": node_url, "GIFTWIRE_REDIS_CLUSTER": "true",
+           "GIFTWIRE_KEY_PREFIX": prefix}  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", "catalog", *args],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+async def test_catalog_push_and_show_on_a_cluster(
+    ledger: ClusterLedger, redis_cluster: RedisCluster, keys: Keys, tmp_path: Path
+) -> None:
+    doc = orjson.loads(load_catalog().document())
+    for gift_doc in doc["gifts"]:
+        if gift_doc["id"] == "rose":
+            gift_doc["price_coins"] = 4
+    path = tmp_path / "catalog.json"
+    path.write_bytes(orjson.dumps(doc))
+    url = redis_cluster.startup_urls[2]
+    pushed = await asyncio.to_thread(
+        _cli, url, keys.prefix, "push", str(path), "--expect-version", "1"
+    )
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    assert "version 2 is current" in pushed.stdout and "copied into 16384 slots" in pushed.stdout
+    shown = await asyncio.to_thread(_cli, url, keys.prefix, "show", "--json")
+    prices = {g["id"]: g["price_coins"] for g in orjson.loads(shown.stdout)["gifts"]}
+    assert orjson.loads(shown.stdout)["version"] == 2 and prices["rose"] == 4
+    stale = await asyncio.to_thread(
+        _cli, url, keys.prefix, "push", str(path), "--expect-version", "1"
+    )
+    assert stale.returncode == 1 and "catalog_changed" in stale.stderr
+    stream, creator = await live_stream(ledger)
+    sender = await funded(ledger, 10)
+    assert (await gift(ledger, sender, stream, creator, catalog_version=2)).coins == 4
 
 
 # Two cluster-mode server processes.
