@@ -121,7 +121,14 @@ class ClusterServices:
         tick): once it is copied into every slot, serve and announce it."""
         if self.follower is None or not self.prepared:
             return
-        catalog = await self.follower.follow()
+        try:
+            catalog = await self.follower.follow()
+        except _DOWN as e:
+            # Written, not yet copied everywhere: served once the copy is done, which the
+            # watch's next tick (of this or any process) retries; an admin's edit still
+            # answers with the version it wrote.
+            log.warning("new catalog version not copied into every slot yet: %s", e)
+            return
         if catalog is not None:
             self.follow_catalog(catalog)
 
