@@ -16,6 +16,8 @@ key                                        type    holds
 ``{u:CREATOR}:s:STREAM:top|feed|room``     ...     leaderboard, feed, shard channel (SPUBLISH)
 ``{u:CREATOR}:s:STREAM:combo:USER:GIFT``   string  combo counter (TTL)
 ``{u:CREATOR}:s:STREAM:goals|names``       hash    the stream's goals; sender -> display name
+``{u:CREATOR}:s:STREAM:guests``            hash    the stage (``_guests.lua``)
+``{u:GUEST}:credit:TRANSFER|GUEST``        string  a guest-credit's marker (idempotency)
 ``{u:CREATOR}:fans``                       zset    viewer -> lifetime coins to the creator
 ``{s:STREAM}:owner``                       string  the stream id's creator: claims the id
                                                    once and lets a viewer find the slot
@@ -136,6 +138,10 @@ class ClusterKeys:
         """Sender -> display name of their latest gift to the stream (the leaderboard's)."""
         return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:names"
 
+    def guests(self, creator_id: str, stream_id: str) -> str:
+        """The stage (``_guests.lua``), in the creator's slot next to the stream."""
+        return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:guests"
+
     def fans(self, creator_id: str) -> str:
         """Viewer -> lifetime coins sent to the creator over all its streams (levels)."""
         return f"{self.prefix}{{u:{creator_id}}}:fans"
@@ -254,6 +260,25 @@ class ClusterKeys:
             self.goals(creator_id, stream_id),
             self.fans(creator_id),
             self.names(creator_id, stream_id),
+        ]
+
+    def credit_stage_keys(self, creator_id: str, stream_id: str) -> list[str]:
+        """The last two keys of a credit call: the stage, and the creator's slot's outbox
+        that takes the guest-credits (``_stage_credit.lua``)."""
+        return [
+            self.guests(creator_id, stream_id),
+            self.outbox_shard(slot_of(self.account(creator_id))),
+        ]
+
+    def guest_credit_keys(self, guest_id: str, credit_id: str) -> list[str]:
+        """The keys of ``credit_guest.lua``, in the guest's slot; ``credit_id`` is
+        ``TRANSFER|GUEST``."""
+        slot = slot_of(self.account(guest_id))
+        return [
+            self.credit_receipt(guest_id, credit_id),
+            self.account(guest_id),
+            self.platform_shard(slot),
+            self.ledger_shard(slot),
         ]
 
     # The archiver (server/record/): one lease for the logs of every slot.

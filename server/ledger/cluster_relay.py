@@ -15,11 +15,14 @@ a timeout or a refused credit leaves behind stays in the sender's slot's outbox
    pending for at least that long, whoever's they were: this relay's own (after the grace
    the fast path has usually settled and deleted them, and XAUTOCLAIM drops deleted
    entries from the group by itself), and those of a relay that died mid-batch.
-4. **Credit, then acknowledge.** The batch goes through the same ``credit_gifts`` call as
-   the fast path, with the same transfer ids: a transfer that was credited already is a
-   ``replay``. Only ``ok`` and ``replay`` are acknowledged and deleted (``XACK``, ``XDEL``);
-   anything else (the credit side down, a refused transfer) stays pending and is tried
-   again after the grace. A crash anywhere in between leaves the entry pending: delivery
+4. **Credit, then acknowledge.** An entry is a debited transfer, or a guest-credit that a
+   credit to guests left in the creator's slot (``kind`` = ``guest_credit``,
+   ``cluster_guests.py``), applied by ``credit_guest.lua`` in the guest's slot. The batch
+   goes through the same ``credit_gifts`` (and ``credit_guest``) calls as the fast path,
+   with the same ids: a transfer (or guest-credit) applied already is a ``replay``. Only
+   ``ok`` and ``replay`` are acknowledged and deleted (``XACK``, ``XDEL``); anything else
+   (the credit side down, a refused transfer) stays pending and is tried again after the
+   grace. A crash anywhere in between leaves the entry pending: delivery
    is at least once and the credit idempotent, so each transfer is credited exactly once.
 
 Bounded: at most ``batch_max`` entries per slot per round in memory, at most 16384 hot
@@ -47,6 +50,7 @@ from redis import exceptions as redis_errors
 from server.domain.errors import GiftwireError
 from server.domain.limits import CREDIT_BATCH_MAX, RELAY_FULL_SWEEP_S, RELAY_GRACE_MS
 from server.ledger.cluster_credits import Transfer
+from server.ledger.cluster_guests import GUEST_CREDIT_KIND, GuestCredit
 from server.ledger.cluster_keys import SLOTS, slot_of
 from server.ledger.cluster_ledger import ClusterLedger
 from server.ledger.ledger import log_position
@@ -188,17 +192,24 @@ class Relay:
         done = 0
         if entries:
             transfers: list[tuple[str, Transfer]] = []
+            guests: list[GuestCredit] = []
             for entry_id, fields in entries:
+                doc = _as_dict(fields)
                 try:
-                    transfers.append((entry_id.decode(), Transfer.from_outbox(_as_dict(fields))))
+                    if doc.get(b"kind") == GUEST_CREDIT_KIND.encode():
+                        guests.append(GuestCredit.from_outbox(entry_id.decode(), doc))
+                    else:
+                        transfers.append((entry_id.decode(), Transfer.from_outbox(doc)))
                 except (KeyError, ValueError) as e:
                     log.error(
                         "relay: outbox entry %s of slot %d is malformed: %s", entry_id, slot, e
                     )
             results = await ledger.credit_transfers([t for _, t in transfers])
+            guest_results = await ledger.credit_guests(guests)
             if _CRASH_AFTER_CREDIT:
                 os.kill(os.getpid(), signal.SIGKILL)
             acked = [eid for (eid, _), r in zip(transfers, results, strict=True) if r.settled]
+            acked += [g.outbox_id for g, r in zip(guests, guest_results, strict=True) if r.settled]
             if acked:
                 await ledger.command(outbox, "XACK", GROUP, *acked)
                 await ledger.command(outbox, "XDEL", *acked)

@@ -39,6 +39,7 @@ class ScriptName(StrEnum):
     DELETE_GOAL = "delete_goal"
     DEBIT_GIFT = "debit_gift"
     CREDIT_GIFTS = "credit_gifts"
+    CREDIT_GUEST = "credit_guest"
 
 
 @dataclass(frozen=True, slots=True)

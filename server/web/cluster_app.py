@@ -12,9 +12,9 @@ Here the server reads the cluster's slot map, loads the scripts on every primary
 * viewers: the same endpoint, hub and protocol as single-node mode, fed by sharded pub/sub
   (``ShardedPubSubBroker``: ``SSUBSCRIBE`` on the primary of each room's slot);
 * the HTTP API the ledger covers: catalog, wallet, streams, leaderboard (names and levels),
-  stream goals, gift history, the payment webhook and cash-outs. The durable record's
-  routes and the payout webhook are refused with ``unavailable`` and a reason (the
-  archiver does not read the slots' logs yet).
+  stream goals, guests on stage (``cluster_guests.py``), gift history, the payment webhook
+  and cash-outs. The durable record's routes and the payout webhook are refused with
+  ``unavailable`` and a reason (the archiver does not read the slots' logs yet).
 
 ``GET /readyz``: 200 ``{"redis": true, "cluster": true, "ready": true, "gifts": true}`` once
 the ledger is prepared and the broker reads the cluster, else 503 (``gifts`` false while
@@ -53,6 +53,7 @@ from server.web import http_api
 from server.web.edge import DirectWebSocket
 from server.web.errors import error_response
 from server.web.goals_api import ROUTES as GOAL_ROUTES
+from server.web.guests_api import GUEST_ROUTES
 from server.web.metrics import RELAY_LAG, RELAY_PENDING
 from server.web.spending_api import SPENDING_ROUTES
 from server.web.ws import gift_socket
@@ -74,6 +75,9 @@ _SERVED = {
     "/api/streams/{stream_id}/gifts",
     "/api/streams/{stream_id}/goals",
     "/api/streams/{stream_id}/goals/{goal_id}",
+    "/api/streams/{stream_id}/guests",
+    "/api/streams/{stream_id}/guests/join",
+    "/api/streams/{stream_id}/guests/leave",
     "/api/webhooks/payments",
     "/api/cashouts",
     "/metrics",
@@ -179,7 +183,9 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
             await runner.aclose()
 
     served = [
-        route for route in [*http_api.ROUTES, *GOAL_ROUTES] if getattr(route, "path", "") in _SERVED
+        route
+        for route in [*http_api.ROUTES, *GOAL_ROUTES, *GUEST_ROUTES]
+        if getattr(route, "path", "") in _SERVED
     ]
     routes = [
         Route("/healthz", _healthz),

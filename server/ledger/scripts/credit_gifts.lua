@@ -1,5 +1,7 @@
 -- include: _gift_rules.lua
 -- include: _goals.lua
+-- include: _guests.lua
+-- include: _stage_credit.lua
 -- credit_gifts: the creator's leg of gifts on a Redis Cluster (docs/ledger.md, "Redis
 -- Cluster"). One call applies a BATCH of debited transfers into one creator's stream, each
 -- exactly once by its transfer id: the diamonds (carrying share_rem), the platform share of
@@ -20,14 +22,19 @@
 -- KEYS[8 + 2n]  {u:CREATOR}:s:STREAM:goals  the stream's goals and progress (_goals.lua)
 -- KEYS[9 + 2n]  {u:CREATOR}:fans            zset: viewer -> lifetime coins to the creator
 -- KEYS[10 + 2n] {u:CREATOR}:s:STREAM:names  hash: sender -> display name (leaderboard)
---   (the last three: KEYS[#KEYS - 2 ..], after the per-transfer keys)
+--   (these three: KEYS[8 + 2n ..], after the per-transfer keys)
+-- KEYS[11 + 2n] {u:CREATOR}:s:STREAM:guests  the stage (_guests.lua, _stage_credit.lua)
+-- KEYS[12 + 2n] {~N}:outbox                the creator's slot's outbox: guest-credits
+--   (both optional: a call without them may name no recipient)
 --
 -- ARGV[1]  creator id   ARGV[2]  stream id   ARGV[3]  receipt TTL, seconds (marker TTL)
 -- ARGV[4]  combo window, ms   ARGV[5]  feed length   ARGV[6]  largest balance
 -- ARGV[7]  n, the transfers in this call (1..256)
 -- ARGV[8 + 11(i-1) ...]: transfer i: transfer id, client id, sender id, sender name, gift
 --   id, count, coins, price, catalog version, share bps, debit time (ms, the debit's clock)
--- ARGV[8 + 11n]  gifter level ladder (server/domain/levels.py, ladder_arg): the last ARGV
+-- ARGV[8 + 11n]  gifter level ladder (server/domain/levels.py, ladder_arg)
+-- ARGV[9 + 11n + (i-1)]  transfer i's recipient (the debit's `to`): '' the creator, a
+--   guest's id, '*' every guest on stage (optional, all ''; _stage_credit.lua)
 --
 -- Reply: {'ok', JSON array, one result per transfer in order} | {'refused', code} for the
 --   whole batch (invalid_request: malformed call; unknown_stream: no stream hash).
@@ -46,6 +53,11 @@
 --   stream_id, sender_id, sender_name, gift_id, count, combo, coins, diamonds, ts, level
 --   (the sender's gifter level with the creator after this transfer), and goals
 --   ({goal_id, progress} of each goal it advanced) only when it advanced one.
+-- A transfer to guests (_stage_credit.lua): its result adds guests [{user_id, coins,
+--   credit_id, outbox_id}] (diamonds 0, platform_coins 0: the guest-credits decide them),
+--   its event `to` and recipients [{user_id, coins}], its entry `recipient` and
+--   `recipients` (id:coins;...), and one guest_credit entry per guest goes into KEYS[12+2n].
+--   One whose guests are gone goes to the creator: result and entry `redirected` (reason).
 -- Also SPUBLISHed after a transfer's event, when it causes them, as send_gift does:
 --   level_up (type, stream_id, seq, user_id, user_name, level, prev_level, coins) and
 --   goal_reached (_goals.lua), once each: progress and lifetime coins are carried from
@@ -62,13 +74,15 @@ local combo_window = int_arg(ARGV[4], 1, 1e9)
 local feed_max = int_arg(ARGV[5], 1, 1e9)
 local amount_max = int_arg(ARGV[6], 1, 1e13)
 local n = int_arg(ARGV[7], 1, 256)
-local ladder = ARGV[#ARGV]
+local ladder = n and ARGV[8 + FIELDS * n]
+local A_TO = n and 9 + FIELDS * n  -- ARGV[A_TO + i - 1]: transfer i's recipient
+local K_STAGE, K_GUEST_OUTBOX = n and KEYS[11 + 2 * n], n and KEYS[12 + 2 * n]
 if not (id_arg(creator) and id_arg(stream_id) and ttl and combo_window and feed_max
-    and amount_max and n and #ARGV == 8 + FIELDS * n and #KEYS == 10 + 2 * n
-    and ladder_ok(ladder)) then
+    and amount_max and n and (#ARGV == 8 + FIELDS * n or #ARGV == 8 + (FIELDS + 1) * n)
+    and (#KEYS == 10 + 2 * n or #KEYS == 12 + 2 * n) and ladder_ok(ladder)) then
   return refuse('invalid_request')
 end
-local K_GOALS, K_FANS, K_NAMES = KEYS[#KEYS - 2], KEYS[#KEYS - 1], KEYS[#KEYS]
+local K_GOALS, K_FANS, K_NAMES = KEYS[8 + 2 * n], KEYS[9 + 2 * n], KEYS[10 + 2 * n]
 
 local stream = redis.call('HMGET', KEYS[2], 'creator', 'seq', 'coins', 'diamonds', 'gifts',
   'epoch')
@@ -118,11 +132,13 @@ for i = 1, n do
   local debit_ms = int_arg(ARGV[a + 11], 0, 9007199254740991)
   local marker_key, combo_key = KEYS[6 + 2 * i], KEYS[7 + 2 * i]
   local suffix = ':credit:' .. tostring(transfer)
+  local to = ARGV[A_TO + i - 1] or ''
   if not (type(transfer) == 'string' and #transfer <= 200 and id_arg(client_id)
       and id_arg(sender) and id_arg(gift) and count and coins and price and version
       and share_bps and debit_ms and type(name) == 'string' and #name <= 256
       and coins == price * count and sender ~= creator
-      and string.sub(marker_key, -#suffix) == suffix) then
+      and string.sub(marker_key, -#suffix) == suffix
+      and (to == '' or ((to == '*' or id_arg(to)) and to ~= creator and K_GUEST_OUTBOX))) then
     results[i] = {transfer_id = tostring(transfer), status = 'refused', code = 'invalid_request'}
   elseif seen[transfer] then
     results[i] = seen[transfer]
@@ -136,6 +152,16 @@ for i = 1, n do
       results[i] = {transfer_id = transfer, status = 'refused', code = 'transfer_expired'}
     else
       local diamonds, rem, platform = gift_split(share_rem, coins, share_bps)
+      local guest_ids, redirected = nil, nil
+      if to ~= '' then
+        guest_ids, redirected = stage_recipients(K_STAGE, to, sender)
+      end
+      local guests = guest_ids and stage_split(K_STAGE, transfer, guest_ids, coins, seq + 1)
+      if guests then
+        -- The guests earn it, in their own slots (credit_guest.lua): nothing for the creator.
+        diamonds, rem, platform = 0, share_rem, 0
+        redis.call('XLEN', K_GUEST_OUTBOX)  -- wrong-typed: fail before the first write
+      end
       if diamonds_held + diamonds > amount_max
           or platform_held + platform_add + platform > amount_max then
         results[i] = {transfer_id = transfer, status = 'refused', code = 'balance_limit'}
@@ -167,12 +193,13 @@ for i = 1, n do
         total_coins, total_diamonds, total_gifts = total_coins + coins,
           total_diamonds + diamonds, total_gifts + count
         results[i] = {transfer_id = transfer, status = 'ok', seq = seq, diamonds = diamonds,
-          platform_coins = platform, combo = combos[combo_key], ts = ms, epoch = epoch}
+          platform_coins = platform, combo = combos[combo_key], ts = ms, epoch = epoch,
+          guests = guests or nil, redirected = redirected}
         plan[#plan + 1] = {i = i, client_id = client_id, sender = sender, name = name,
           gift = gift, count = count, coins = coins, price = price, version = version,
           share_bps = share_bps, share_rem = rem, marker = marker_key, combo = combo_key,
           goals = goals, fan_coins = fan_coins, level = level, leveled = leveled,
-          rename = rename}
+          rename = rename, to = to, guests = guests, redirected = redirected}
       end
     end
     seen[transfer] = results[i]
@@ -197,18 +224,27 @@ for _, p in ipairs(plan) do
   local progress, reached = goals_advance(K_GOALS, p.goals)
   redis.call('INCRBY', p.combo, p.count)
   redis.call('PEXPIRE', p.combo, combo_window)
-  redis.call('XADD', KEYS[7], '*', 'type', 'gift_credit', 'transfer_id', r.transfer_id,
+  if p.guests then
+    stage_emit(K_STAGE, K_GUEST_OUTBOX, p.guests, {transfer_id = r.transfer_id,
+      sender = p.sender, creator = creator, stream = stream_id, share_bps = p.share_bps,
+      seq = r.seq, ms = ms})
+  end
+  local entry = {'type', 'gift_credit', 'transfer_id', r.transfer_id,
     'client_id', p.client_id, 'from', p.sender, 'to', creator, 'stream', stream_id,
     'gift', p.gift, 'count', int(p.count), 'price', int(p.price), 'coins', int(p.coins),
     'catalog_version', int(p.version), 'diamonds', int(r.diamonds),
     'platform', int(r.platform_coins), 'share_bps', int(p.share_bps),
-    'share_rem', int(p.share_rem), 'seq', int(r.seq))
-  local event = cjson.encode({
+    'share_rem', int(p.share_rem), 'seq', int(r.seq)}
+  stage_entry_fields(entry, p.to, p.guests, p.redirected)
+  redis.call('XADD', KEYS[7], '*', unpack(entry))
+  local doc = {
     type = 'gift', seq = r.seq, epoch = epoch, transfer_id = r.transfer_id,
     stream_id = stream_id, sender_id = p.sender, sender_name = p.name, gift_id = p.gift,
     count = p.count, combo = r.combo, coins = p.coins, diamonds = r.diamonds, ts = ms,
     level = p.level, goals = #progress > 0 and progress or nil,
-  })
+  }
+  stage_event_fields(doc, p.to, p.guests)
+  local event = cjson.encode(doc)
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', int(feed_max), int(r.seq) .. '-0', 'e', event)
   redis.call('SPUBLISH', KEYS[5], event)
   if p.leveled then
