@@ -18,19 +18,24 @@ from typing import Any
 
 import orjson
 import pytest
+from redis.asyncio import Redis
 
+from server.domain.catalog import load_catalog
 from server.domain.errors import ErrorCode, LedgerRefusal, UnavailableError
 from server.domain.limits import AMOUNT_MAX
-from server.ledger.cluster_guests import GuestCredit, GuestResult
-from server.ledger.cluster_keys import slot_of
+from server.ledger.cluster_credits import CreditBatcher, CreditResult, Transfer
+from server.ledger.cluster_guests import GuestCredit, GuestCredits, GuestResult
+from server.ledger.cluster_keys import ClusterKeys, slot_of
 from server.ledger.cluster_ledger import ClusterLedger
 from server.ledger.cluster_reconcile import reconcile_cluster
 from server.ledger.cluster_relay import Relay
+from server.ledger.embedded import RedisProcess
 from server.ledger.guests import ALL_GUESTS
 from server.ledger.keys import Keys
 from server.ledger.receipts import unpack
+from server.ledger.runner import ScriptRunner
 from server.ledger.scripts import ScriptName
-from tests.cluster.legs import funded, gift, live_stream, open_ledger, uid
+from tests.cluster.legs import GENEROUS, funded, gift, live_stream, open_ledger, uid
 from tests.support.cluster import RedisCluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -377,3 +382,93 @@ async def test_kill_9_between_the_credit_and_its_guest_credits(
     await books_ok(ledger)
     retry = await gift(ledger, sender, stream, creator, client_id="doomed", gift_id="cap", to="*")
     assert retry.replayed and retry.balance == 1 and retry.diamonds == 49
+
+
+async def test_the_relay_settles_a_gift_to_guests_debited_by_a_process_that_died(
+    redis_cluster: RedisCluster, keys: Keys, ledger: ClusterLedger
+) -> None:
+    """A crash between the debit and the credit: the relay credits it and applies its
+    guest-credits at once."""
+    dead = await open_ledger(redis_cluster, keys.prefix)
+
+    async def died(transfer: Transfer) -> CreditResult:
+        raise UnavailableError("died between the legs")
+
+    dead.credits.credit = died  # type: ignore[method-assign]
+    try:
+        stream, creator = await live_stream(ledger)
+        guests = guests_in_three_thirds()
+        await on_stage(ledger, stream, creator, *guests)
+        sender = await funded(ledger, 100)
+        with pytest.raises(UnavailableError):
+            await gift(dead, sender, stream, creator, gift_id="cap", to=guests[1])
+    finally:
+        await dead.aclose()
+    relay = Relay(ledger, grace_ms=0, full_sweep_s=0)
+    await relay.round()
+    assert relay.settled == 1
+    assert (await ledger.balance(guests[1])).diamonds == 49
+    await books_ok(ledger)
+
+
+async def test_reconcile_reports_a_guest_credit_neither_applied_nor_pending(
+    crashed: ClusterLedger,
+) -> None:
+    stream, creator = await live_stream(crashed)
+    guest = uid("guest")
+    await on_stage(crashed, stream, creator, guest)
+    sender = await funded(crashed, 100)
+    with pytest.raises(UnavailableError):
+        await gift(crashed, sender, stream, creator, gift_id="cap", to=guest)
+    outbox = crashed.keys.outbox_shard(slot_of(crashed.keys.account(creator)))
+    rows = await crashed.command(outbox, "XRANGE", "-", "+")
+    [entry_id] = [i for i, f in rows if f.get(b"kind") == b"guest_credit"]
+    await crashed.command(outbox, "XDEL", entry_id)  # lost, as a hand-edited outbox would
+    report = await reconcile_cluster(crashed)
+    assert [p for p in report.problems if "neither applied nor pending" in p] != []
+    assert "coins to guests 99 != applied 0 + pending 0" in report.problems
+
+
+async def test_the_three_legs_run_on_a_single_redis_too(
+    redis_server: RedisProcess, keys: Keys
+) -> None:
+    """The stage scripts, the debit with `to`, the credit and credit_guest need one slot per
+    call, not a cluster."""
+    redis = Redis.from_url(redis_server.url)
+    runner = ScriptRunner(redis, timeout_s=5.0)
+    await runner.prepare()
+    k = ClusterKeys(keys.prefix)
+    try:
+        creator, sender, stream, guest = uid("c"), uid("s"), uid("st"), uid("g")
+        await redis.hset(k.account(sender), "coins", 100)
+        prices = {**load_catalog().prices(), "@version": 1}
+        await redis.hset(k.catalog_shard(slot_of(k.account(sender))), mapping=prices)
+        await runner.run(
+            ScriptName.START_STREAM,
+            [k.stream(creator, stream), k.room_channel(creator, stream), k.feed(creator, stream),
+             k.leaderboard(creator, stream), k.creator_streams(creator)],
+            [stream, creator, "t", 100, creator, "e1"],
+        )  # fmt: skip
+        stage = [
+            k.stream(creator, stream),
+            k.guests(creator, stream),
+            k.room_channel(creator, stream),
+        ]
+        await runner.run(ScriptName.INVITE_GUEST, stage, [stream, creator, guest, 8, 64, "shard"])
+        await runner.run(ScriptName.JOIN_STAGE, stage, [stream, guest, "G", "shard"])
+        body, _ = unpack(await runner.run(ScriptName.DEBIT_GIFT, k.debit_keys(sender, "g1"), [
+            "g1", sender, creator, stream, "cap", 1, sender, 5000, 100, 100, 0, 3600,
+            AMOUNT_MAX, 10**11, 0, 1000, "live", 0, "*", ""]))  # fmt: skip
+        transfer = Transfer.from_receipt(orjson.loads(body), sender)
+        assert transfer.to == "*"
+        [result] = await CreditBatcher(runner, k, GENEROUS).call(creator, stream, [transfer])
+        assert (result.status, result.diamonds, len(result.guests)) == ("ok", 0, 1)
+        credit = GuestCredit.from_result(
+            result.guests[0], sender_id=sender, creator_id=creator, stream_id=stream,
+            share_bps=5000, seq=result.seq, ts=result.ts,
+        )  # fmt: skip
+        applied = await GuestCredits(runner, k, GENEROUS).credit(credit)
+        assert (applied.status, applied.diamonds, applied.platform_coins) == ("ok", 49, 50)
+        assert int(await redis.hget(k.account(guest), "diamonds") or 0) == 49
+    finally:
+        await redis.aclose()
