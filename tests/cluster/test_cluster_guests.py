@@ -472,3 +472,40 @@ async def test_the_three_legs_run_on_a_single_redis_too(
         assert int(await redis.hget(k.account(guest), "diamonds") or 0) == 49
     finally:
         await redis.aclose()
+
+
+async def test_a_split_while_one_of_three_guests_leaves(ledger: ClusterLedger) -> None:
+    """Gifts to every guest in flight while one of three leaves: each is split exactly
+    among the guests on stage when its credit ran, three before the leave, two after."""
+    stream, creator = await live_stream(ledger)
+    guests = guests_in_three_thirds()
+    await on_stage(ledger, stream, creator, *guests)
+    senders = [await funded(ledger, 10_000) for _ in range(3)]
+    leaving = guests[1]
+    some_sent = asyncio.Event()
+
+    async def sends(sender: str) -> None:
+        for i in range(12):
+            await gift(ledger, sender, stream, creator, gift_id="finger_heart", to=ALL_GUESTS)
+            if i == 2:
+                some_sent.set()
+
+    async def leave() -> None:
+        await some_sent.wait()
+        await ledger.guests.leave(stream_id=stream, actor_id=leaving, guest_id=leaving)
+
+    await asyncio.gather(*(sends(s) for s in senders), leave())
+    feed = await events(ledger, creator, stream)
+    assert len(feed) == 36
+    sizes = [len(e["recipients"]) for e in feed]
+    assert 3 in sizes and sizes == sorted(sizes, reverse=True)  # 3, 3, …, 2, 2
+    coins: dict[str, int] = dict.fromkeys(guests, 0)
+    for e in feed:
+        assert sum(r["coins"] for r in e["recipients"]) == 5
+        for r in e["recipients"]:
+            coins[r["user_id"]] += r["coins"]
+    stage = ledger.keys.guests(creator, stream)
+    for guest in guests:
+        assert int(await ledger.command(stage, "HGET", f"c|{guest}")) == coins[guest]
+        assert (await ledger.balance(guest)).diamonds == coins[guest] * 5000 // 10000
+    await books_ok(ledger)

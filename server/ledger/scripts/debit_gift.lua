@@ -47,7 +47,8 @@
 --   catalog_changed (detail: {catalog_version}), rate_limited, spending_limit (detail:
 --   {period, limit, spent, set_by, spent_24h}, as send_gift.lua),
 --   insufficient_funds, unavailable (detail: {reason = 'catalog_missing' | 'outbox_full'}),
---   not_a_guest (`to` names the creator); self_gift also when `to` names the sender
+--   not_a_guest (`to` names the creator), self_gift (also when `to` names the sender), and
+--   ARGV[20]'s stage refusal: not_a_guest, guest_left, no_guests, self_gift
 
 local client_id, sender, creator, stream_id, gift = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local count = int_arg(ARGV[6], 1, 9999)
