@@ -12,26 +12,37 @@ credit id ``TRANSFER|GUEST``: the guest's diamonds with their own carried ``shar
 the platform's share in that slot. The fast path (``ClusterLedger.send_gift``) applies the
 guest-credits at once and deletes their outbox entries; the relay applies whatever it left.
 
-Contract of ``GuestCredits.credit``: one ``credit_guest`` call; ``ok`` or ``replay`` means
-applied (now or before), ``refused`` wrote nothing, ``failed`` is unknown (a timeout):
-retried with the same credit id, by the relay if nobody else.
+Contract of ``GuestCredits.credit``: ``ok`` or ``replay`` means applied (now or before),
+``refused`` wrote nothing, ``failed`` is unknown (a timeout): retried with the same credit
+id, by the relay if nobody else. Calls are batched per guest (``credit_guest.lua`` takes
+up to 256 guest-credits of one guest).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from server.domain.errors import ErrorCode, InvariantError, LedgerRefusal, UnavailableError
-from server.domain.limits import AMOUNT_MAX, GUESTS_MAX, GUESTS_REMEMBERED_MAX, Limits
+from server.domain.limits import (
+    AMOUNT_MAX,
+    CREDIT_BATCH_MAX,
+    GUESTS_MAX,
+    GUESTS_REMEMBERED_MAX,
+    Limits,
+)
 from server.ledger.cluster_keys import ClusterKeys
 from server.ledger.cluster_reads import ClusterReads
 from server.ledger.guests import ALL_GUESTS, stage_rows
 from server.ledger.receipts import unpack
 from server.ledger.scripts import ScriptName
+
+log = logging.getLogger("giftwire.ledger")
 
 SHARD = "shard"
 """The stage scripts' last ARGV in cluster mode: publish with SPUBLISH."""
@@ -115,51 +126,126 @@ class GuestResult:
         return self.status in ("ok", "replay")
 
 
-class GuestCredits:
-    """Runs ``credit_guest.lua`` in each guest's slot (one call per guest-credit: a gift has
-    at most ``GUESTS_MAX`` of them, each in another slot)."""
+@dataclass(slots=True)
+class _Queue:
+    waiting: list[tuple[GuestCredit, asyncio.Future[GuestResult]]] = field(default_factory=list)
+    busy: bool = False
 
-    def __init__(self, runner: Any, keys: ClusterKeys, limits: Limits) -> None:
+
+class GuestCredits:
+    """Runs ``credit_guest.lua`` in each guest's slot, batched per guest as credits are per
+    stream (``CreditBatcher``): one call in flight per guest, the guest-credits that arrive
+    meanwhile in the next call, up to ``batch_max``. A guest on stage in a hot room gets a
+    share of every gift to ``*``, so is as hot as the creator.
+
+    Order: a guest's guest-credits are applied in the order they were submitted. A failed
+    call (``UnavailableError``, unknown outcome) gives its guest-credits status ``failed``;
+    they stay in their outbox and are applied again with the same ids (``replay`` if the
+    call had committed)."""
+
+    def __init__(
+        self, runner: Any, keys: ClusterKeys, limits: Limits, *, batch_max: int = CREDIT_BATCH_MAX
+    ) -> None:
         self._runner = runner
         self._keys = keys
         self._limits = limits
+        self._batch_max = batch_max
+        self._queues: dict[str, _Queue] = {}
+        self.calls = 0
+        """credit_guest calls made."""
 
     async def credit(self, credit: GuestCredit) -> GuestResult:
-        args: list[str | int] = [
-            credit.credit_id,
-            credit.transfer_id,
-            credit.guest_id,
-            credit.sender_id,
-            credit.creator_id,
-            credit.stream_id,
-            credit.coins,
-            credit.share_bps,
-            credit.seq,
-            credit.written_ms,
-            self._limits.receipt_ttl_s,
-            AMOUNT_MAX,
-        ]
+        """Apply one guest-credit (batched with the others waiting for its guest)."""
+        queue = self._queues.get(credit.guest_id)
+        if queue is None:
+            queue = self._queues[credit.guest_id] = _Queue()
+        future: asyncio.Future[GuestResult] = asyncio.get_running_loop().create_future()
+        queue.waiting.append((credit, future))
+        if not queue.busy:
+            queue.busy = True
+            task = asyncio.get_running_loop().create_task(self._drain(credit.guest_id, queue))
+            task.add_done_callback(_retrieve)
+        return await future
+
+    async def _drain(self, guest_id: str, queue: _Queue) -> None:
+        await asyncio.sleep(0)  # every caller of this loop turn joins the first call
         try:
-            reply = await self._runner.run(
-                ScriptName.CREDIT_GUEST,
-                self._keys.guest_credit_keys(credit.guest_id, credit.credit_id),
-                args,
-                order_key=credit.guest_id,
-            )
-            body, replayed = unpack(reply)
+            while queue.waiting:
+                batch = queue.waiting[: self._batch_max]
+                del queue.waiting[: self._batch_max]
+                try:
+                    results = await self._call_isolating(guest_id, [c for c, _ in batch])
+                except BaseException as e:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(e)
+                    if not isinstance(e, Exception):
+                        raise
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            queue.busy = False
+            if self._queues.get(guest_id) is queue and not queue.waiting:
+                del self._queues[guest_id]
+
+    async def _call_isolating(self, guest_id: str, batch: list[GuestCredit]) -> list[GuestResult]:
+        """``call``; unknown outcomes become ``failed``; a batch whose script failed on
+        broken data (``InvariantError``) is tried one guest-credit at a time."""
+        try:
+            return await self.call(guest_id, batch)
+        except UnavailableError as e:
+            return [GuestResult(c.credit_id, "failed", code=str(e)) for c in batch]
+        except InvariantError as e:
+            if len(batch) == 1:
+                return [GuestResult(batch[0].credit_id, "failed", code=str(e))]
+        results: list[GuestResult] = []
+        for credit in batch:
+            results += await self._call_isolating(guest_id, [credit])
+        return results
+
+    async def call(self, guest_id: str, batch: list[GuestCredit]) -> list[GuestResult]:
+        """One ``credit_guest`` call; one result per guest-credit, in order."""
+        keys = self._keys.guest_credit_keys(guest_id, [c.credit_id for c in batch])
+        args: list[str | int] = [guest_id, self._limits.receipt_ttl_s, AMOUNT_MAX, len(batch)]
+        for credit in batch:
+            if credit.guest_id != guest_id:
+                raise InvariantError(f"guest-credit {credit.credit_id} is not {guest_id}'s")
+            args += [
+                credit.transfer_id,
+                credit.sender_id,
+                credit.creator_id,
+                credit.stream_id,
+                credit.coins,
+                credit.share_bps,
+                credit.seq,
+                credit.written_ms,
+            ]
+        self.calls += 1
+        try:
+            reply = await self._runner.run(ScriptName.CREDIT_GUEST, keys, args, order_key=guest_id)
+            body, _ = unpack(reply)
         except LedgerRefusal as refusal:
-            return GuestResult(credit.credit_id, "refused", code=refusal.code.value)
-        except (UnavailableError, InvariantError) as e:
-            return GuestResult(credit.credit_id, "failed", code=str(e))
-        doc = orjson.loads(body)
-        if doc.get("status") == "refused":
-            return GuestResult(credit.credit_id, "refused", code=str(doc.get("code", "")))
-        return GuestResult(
-            credit.credit_id,
-            "replay" if replayed else "ok",
-            diamonds=int(doc["diamonds"]),
-            platform_coins=int(doc["platform_coins"]),
-        )
+            return [GuestResult(c.credit_id, "refused", code=refusal.code.value) for c in batch]
+        docs: list[dict[str, Any]] = orjson.loads(body)
+        if len(docs) != len(batch):
+            raise InvariantError(f"credit_guest answered {len(docs)} results for {len(batch)}")
+        return [
+            GuestResult(
+                str(doc["credit_id"]),
+                str(doc["status"]),
+                code=str(doc.get("code", "")),
+                diamonds=int(doc.get("diamonds", 0)),
+                platform_coins=int(doc.get("platform_coins", 0)),
+            )
+            for doc in docs
+        ]
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("guest-credit queue failed: %s", task.exception())
 
 
 class ClusterStage:

@@ -270,15 +270,16 @@ class ClusterKeys:
             self.outbox_shard(slot_of(self.account(creator_id))),
         ]
 
-    def guest_credit_keys(self, guest_id: str, credit_id: str) -> list[str]:
-        """The keys of ``credit_guest.lua``, in the guest's slot; ``credit_id`` is
-        ``TRANSFER|GUEST``."""
+    def guest_credit_keys(self, guest_id: str, credit_ids: list[str]) -> list[str]:
+        """The keys of one ``credit_guest.lua`` call, in the guest's slot: the account, the
+        slot's platform share and log, then each guest-credit's marker (a credit id is
+        ``TRANSFER|GUEST``)."""
         slot = slot_of(self.account(guest_id))
         return [
-            self.credit_receipt(guest_id, credit_id),
             self.account(guest_id),
             self.platform_shard(slot),
             self.ledger_shard(slot),
+            *(self.credit_receipt(guest_id, credit_id) for credit_id in credit_ids),
         ]
 
     # The archiver (server/record/): one lease for the logs of every slot.

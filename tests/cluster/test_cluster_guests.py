@@ -307,10 +307,13 @@ async def test_credit_guest_on_its_own(ledger: ClusterLedger) -> None:
             5000, 1, written_ms or now_ms, "",
         )  # fmt: skip
 
+    # 20 at once: one batch, the repeats answered as the first (as credit_gifts does).
     results = await asyncio.gather(*(ledger.guest_credits.credit(credit()) for _ in range(20)))
-    assert sorted(r.status for r in results) == ["ok"] + ["replay"] * 19
+    assert {r.status for r in results} == {"ok"} and ledger.guest_credits.calls == 1
     assert {(r.diamonds, r.platform_coins) for r in results} == {(49, 50)}
     assert (await ledger.balance(guest)).diamonds == 49
+    again = await asyncio.gather(*(ledger.guest_credits.credit(credit()) for _ in range(20)))
+    assert {(r.status, r.diamonds) for r in again} == {("replay", 49)}
     expired = await ledger.guest_credits.credit(credit(f"{sender}|c2|1-0|{guest}"))
     assert expired.status == "refused" and expired.code == "invalid_request"  # id mismatch
     old = await ledger.guest_credits.credit(credit(written_ms=1))
@@ -328,11 +331,15 @@ async def test_credit_guest_on_its_own(ledger: ClusterLedger) -> None:
     assert len(await ledger.command(log, "XRANGE", "-", "+")) == 1
     reply = await ledger.runner.run(
         ScriptName.CREDIT_GUEST,
-        ledger.keys.guest_credit_keys(guest, f"{transfer}|{guest}"),
-        [f"{transfer}|{guest}", transfer, guest, sender, creator, "s", 99, 5000, 1, now_ms,
-         60, AMOUNT_MAX],
+        ledger.keys.guest_credit_keys(guest, [f"{transfer}|{guest}"] * 2),
+        [guest, 60, AMOUNT_MAX, 2, *[transfer, sender, creator, "s", 99, 5000, 1, now_ms] * 2],
     )  # fmt: skip
-    assert unpack(reply)[1]  # replayed, after all that
+    results = orjson.loads(unpack(reply)[0])
+    assert [r["status"] for r in results] == ["replay", "replay"]  # after all that
+    bad = await ledger.runner.run(
+        ScriptName.CREDIT_GUEST, ledger.keys.guest_credit_keys(guest, []), [guest, 60, 1, 0]
+    )
+    assert bad == [b"refused", b"invalid_request"]
 
 
 _DRIVER = """
@@ -509,3 +516,48 @@ async def test_a_split_while_one_of_three_guests_leaves(ledger: ClusterLedger) -
         assert int(await ledger.command(stage, "HGET", f"c|{guest}")) == coins[guest]
         assert (await ledger.balance(guest)).diamonds == coins[guest] * 5000 // 10000
     await books_ok(ledger)
+
+
+async def test_a_hot_guests_credits_are_batched_and_race_across_processes_once(
+    redis_cluster: RedisCluster, keys: Keys, ledger: ClusterLedger
+) -> None:
+    stream, creator = await live_stream(ledger)
+    guest = uid("guest")
+    await on_stage(ledger, stream, creator, guest)
+    senders = [await funded(ledger, 100) for _ in range(40)]
+    receipts = await asyncio.gather(
+        *(gift(ledger, s, stream, creator, gift_id="finger_heart", to=guest) for s in senders)
+    )
+    assert ledger.guest_credits.calls < len(senders)  # several guest-credits per call
+    assert sum(r.diamonds for r in receipts) == (await ledger.balance(guest)).diamonds == 100
+    # The same guest-credits again, from two processes at once: each applied once in all.
+    other = await open_ledger(redis_cluster, keys.prefix)
+    try:
+        outbox = ledger.keys.outbox_shard(slot_of(ledger.keys.account(creator)))
+        credits = [
+            GuestCredit(f"{r.transfer_id}|{guest}", r.transfer_id, guest, s, creator, stream,
+                        5, 5000, r.seq, r.ts, "")
+            for r, s in zip(receipts, senders, strict=True)
+        ]  # fmt: skip
+        both = await asyncio.gather(
+            *(side.guest_credits.credit(c) for c in credits for side in (ledger, other))
+        )
+        assert {r.status for r in both} == {"replay"}
+        assert await ledger.command(outbox, "XLEN") == 0  # the fast path deleted every entry
+        # New guest-credits raced by two processes: each applied by one of them only.
+        now_ms = int(time.time() * 1000)
+        fresh = [
+            GuestCredit(f"x|c{n}|1-0|{guest}", f"x|c{n}|1-0", guest, "x", creator, stream, 5,
+                        5000, n + 1, now_ms, "")
+            for n in range(10)
+        ]  # fmt: skip
+        raced = await asyncio.gather(
+            *(side.guest_credits.credit(c) for c in fresh for side in (ledger, other))
+        )
+        assert sorted(r.status for r in raced) == ["ok"] * 10 + ["replay"] * 10
+    finally:
+        await other.aclose()
+    assert (await ledger.balance(guest)).diamonds == 100 + 25
+    log = ledger.keys.ledger_shard(slot_of(ledger.keys.account(guest)))
+    rows = await ledger.command(log, "XRANGE", "-", "+")
+    assert len([f for _, f in rows if f[b"to"] == guest.encode()]) == 50
