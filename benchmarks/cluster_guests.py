@@ -13,8 +13,9 @@ three), and checks that the books reconcile after each round. Results:
 
 What it can and cannot show on this machine: two cores run the six redis-servers, the
 client and whatever else runs, so gifts/s are the client's as much as Redis'; the ratios
-within a round and Redis' CPU per gift are the figures to read. A gift to ``*`` costs one
-script call per guest more than a gift to the creator (the guest-credits are not batched).
+within a round and Redis' CPU per gift are the figures to read. A gift to guests costs a
+read of the stage and a guest-credit per guest more than a gift to the creator (batched
+per guest, as credits are per stream).
 """
 
 from __future__ import annotations
