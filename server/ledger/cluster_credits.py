@@ -263,6 +263,7 @@ class CreditBatcher:
             args += transfer.args()
         keys += k.credit_tail_keys(creator_id, stream_id)
         args.append(_LADDER)
+        # Guests on stage: the last two KEYS and the last n ARGV (after anything else).
         keys += k.credit_stage_keys(creator_id, stream_id)
         args += [transfer.to for transfer in batch]
         self.calls += 1

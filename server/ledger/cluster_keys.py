@@ -263,8 +263,9 @@ class ClusterKeys:
         ]
 
     def credit_stage_keys(self, creator_id: str, stream_id: str) -> list[str]:
-        """The last two keys of a credit call: the stage, and the creator's slot's outbox
-        that takes the guest-credits (``_stage_credit.lua``)."""
+        """The LAST two keys of a credit call, after every other (``credit_gifts.lua`` reads
+        them as ``KEYS[#KEYS - 1 ..]``): the stage, and the creator's slot's outbox that
+        takes the guest-credits (``_stage_credit.lua``)."""
         return [
             self.guests(creator_id, stream_id),
             self.outbox_shard(slot_of(self.account(creator_id))),

@@ -23,9 +23,9 @@
 -- KEYS[9 + 2n]  {u:CREATOR}:fans            zset: viewer -> lifetime coins to the creator
 -- KEYS[10 + 2n] {u:CREATOR}:s:STREAM:names  hash: sender -> display name (leaderboard)
 --   (these three: KEYS[8 + 2n ..], after the per-transfer keys)
--- KEYS[11 + 2n] {u:CREATOR}:s:STREAM:guests  the stage (_guests.lua, _stage_credit.lua)
--- KEYS[12 + 2n] {~N}:outbox                the creator's slot's outbox: guest-credits
---   (both optional: a call without them may name no recipient)
+-- KEYS[#KEYS - 1]  {u:CREATOR}:s:STREAM:guests  the stage (_guests.lua, _stage_credit.lua)
+-- KEYS[#KEYS]      {~N}:outbox          the creator's slot's outbox: guest-credits
+--   (the LAST two keys, whatever comes between them and the three above)
 --
 -- ARGV[1]  creator id   ARGV[2]  stream id   ARGV[3]  receipt TTL, seconds (marker TTL)
 -- ARGV[4]  combo window, ms   ARGV[5]  feed length   ARGV[6]  largest balance
@@ -33,8 +33,8 @@
 -- ARGV[8 + 11(i-1) ...]: transfer i: transfer id, client id, sender id, sender name, gift
 --   id, count, coins, price, catalog version, share bps, debit time (ms, the debit's clock)
 -- ARGV[8 + 11n]  gifter level ladder (server/domain/levels.py, ladder_arg)
--- ARGV[9 + 11n + (i-1)]  transfer i's recipient (the debit's `to`): '' the creator, a
---   guest's id, '*' every guest on stage (optional, all ''; _stage_credit.lua)
+-- ARGV[#ARGV - n + i]  transfer i's recipient (the debit's `to`): '' the creator, a
+--   guest's id, '*' every guest on stage (_stage_credit.lua): the LAST n ARGV
 --
 -- Reply: {'ok', JSON array, one result per transfer in order} | {'refused', code} for the
 --   whole batch (invalid_request: malformed call; unknown_stream: no stream hash).
@@ -75,11 +75,13 @@ local feed_max = int_arg(ARGV[5], 1, 1e9)
 local amount_max = int_arg(ARGV[6], 1, 1e13)
 local n = int_arg(ARGV[7], 1, 256)
 local ladder = n and ARGV[8 + FIELDS * n]
-local A_TO = n and 9 + FIELDS * n  -- ARGV[A_TO + i - 1]: transfer i's recipient
-local K_STAGE, K_GUEST_OUTBOX = n and KEYS[11 + 2 * n], n and KEYS[12 + 2 * n]
+-- Guests on stage (_stage_credit.lua): the last n ARGV and the last two KEYS, so that what
+-- other features append after the ladder and the names keeps its place.
+local A_TO = n and #ARGV - n  -- ARGV[A_TO + i]: transfer i's recipient
+local K_STAGE, K_GUEST_OUTBOX = KEYS[#KEYS - 1], KEYS[#KEYS]
 if not (id_arg(creator) and id_arg(stream_id) and ttl and combo_window and feed_max
-    and amount_max and n and (#ARGV == 8 + FIELDS * n or #ARGV == 8 + (FIELDS + 1) * n)
-    and (#KEYS == 10 + 2 * n or #KEYS == 12 + 2 * n) and ladder_ok(ladder)) then
+    and amount_max and n and #ARGV == 8 + (FIELDS + 1) * n and #KEYS == 12 + 2 * n
+    and ladder_ok(ladder)) then
   return refuse('invalid_request')
 end
 local K_GOALS, K_FANS, K_NAMES = KEYS[8 + 2 * n], KEYS[9 + 2 * n], KEYS[10 + 2 * n]
@@ -132,13 +134,13 @@ for i = 1, n do
   local debit_ms = int_arg(ARGV[a + 11], 0, 9007199254740991)
   local marker_key, combo_key = KEYS[6 + 2 * i], KEYS[7 + 2 * i]
   local suffix = ':credit:' .. tostring(transfer)
-  local to = ARGV[A_TO + i - 1] or ''
+  local to = ARGV[A_TO + i]
   if not (type(transfer) == 'string' and #transfer <= 200 and id_arg(client_id)
       and id_arg(sender) and id_arg(gift) and count and coins and price and version
       and share_bps and debit_ms and type(name) == 'string' and #name <= 256
       and coins == price * count and sender ~= creator
       and string.sub(marker_key, -#suffix) == suffix
-      and (to == '' or ((to == '*' or id_arg(to)) and to ~= creator and K_GUEST_OUTBOX))) then
+      and (to == '' or ((to == '*' or id_arg(to)) and to ~= creator))) then
     results[i] = {transfer_id = tostring(transfer), status = 'refused', code = 'invalid_request'}
   elseif seen[transfer] then
     results[i] = seen[transfer]
