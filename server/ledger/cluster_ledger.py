@@ -336,18 +336,22 @@ class ClusterLedger(ClusterGoals):
         body, replayed = await self._run(
             ScriptName.DEBIT_GIFT,
             self.keys.debit_keys(sender_id, client_id),
-            self._debit_args(
-                client_id,
-                sender_id,
-                sender_name,
-                owner,
-                stream_id,
-                gift_id,
-                count,
-                catalog_version=catalog_version or 0,
-                state=state,
-            )
-            + ([to, verdict] if to is not None else []),
+            [
+                *self._debit_args(
+                    client_id,
+                    sender_id,
+                    sender_name,
+                    owner,
+                    stream_id,
+                    gift_id,
+                    count,
+                    catalog_version=catalog_version or 0,
+                    state=state,
+                ),
+                # Guests on stage: always the last two (debit_gift.lua reads them from the end).
+                to or "",
+                verdict,
+            ],
             order_key=sender_id,
         )
         debit: dict[str, Any] = orjson.loads(body)

@@ -26,11 +26,12 @@
 --          'live', 'ended' or 'unknown' (checked after the receipt, so a retry of a
 --          committed gift still gets its receipt once the stream has ended)
 -- ARGV[18] default monthly spend limit, coins (0 = none; a calendar month, UTC)
--- ARGV[19] recipient, the gift's `to`: '' (or absent) the creator, a guest's user id, '*'
---          every guest on stage; the credit leg decides from the stage (_stage_credit.lua)
--- ARGV[20] the stage's verdict on `to` as the server read it in the creator's slot just
+-- ARGV[#ARGV - 1] recipient, the gift's `to`: '' the creator, a guest's user id, '*' every
+--          guest on stage; the credit leg decides from the stage (_stage_credit.lua)
+-- ARGV[#ARGV] the stage's verdict on `to` as the server read it in the creator's slot just
 --          before: '' (a recipient is on stage) or the refusal: not_a_guest, guest_left,
 --          no_guests, self_gift (checked after the receipt, as ARGV[17])
+--   (the LAST two ARGV, after any others, ARGV[19] at the earliest)
 --
 -- Reply: {'ok', receipt JSON} | {'replay', receipt JSON} | {'refused', code [, detail JSON]}
 -- Receipt JSON: transfer_id (SENDER|CLIENT_ID|LOG_ID), client_id, stream_id, gift_id,
@@ -48,7 +49,7 @@
 --   {period, limit, spent, set_by, spent_24h}, as send_gift.lua),
 --   insufficient_funds, unavailable (detail: {reason = 'catalog_missing' | 'outbox_full'}),
 --   not_a_guest (`to` names the creator), self_gift (also when `to` names the sender), and
---   ARGV[20]'s stage refusal: not_a_guest, guest_left, no_guests, self_gift
+--   the verdict's stage refusal: not_a_guest, guest_left, no_guests, self_gift
 
 local client_id, sender, creator, stream_id, gift = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local count = int_arg(ARGV[6], 1, 9999)
@@ -62,17 +63,17 @@ local send_max = int_arg(ARGV[14], 1, 1e11)
 local shown_version = int_arg(ARGV[15], 0, 9007199254740991)
 local outbox_max = int_arg(ARGV[16], 1, 1e9)
 local monthly_default = int_arg(ARGV[18], 0, 1e13)
-local to = ARGV[19] or ''
+-- Guests on stage: the last two ARGV, so that what other features append keeps its place.
+local to, stage_verdict = ARGV[#ARGV - 1], ARGV[#ARGV]
 local STAGE_REFUSALS = {not_a_guest = true, guest_left = true, no_guests = true,
   self_gift = true}
-local stage_verdict = ARGV[20] or ''
 if not (id_arg(client_id) and id_arg(sender) and id_arg(creator) and id_arg(stream_id)
     and id_arg(gift) and count and share_bps and rate and burst and daily_default
     and receipt_ttl and amount_max and send_max and shown_version and outbox_max
     and monthly_default
     and type(ARGV[7]) == 'string' and #ARGV[7] <= 256
     and (ARGV[17] == 'live' or ARGV[17] == 'ended' or ARGV[17] == 'unknown')
-    and (to == '' or to == '*' or id_arg(to))
+    and #ARGV >= 20 and (to == '' or to == '*' or id_arg(to))
     and (stage_verdict == '' or (to ~= '' and STAGE_REFUSALS[stage_verdict]))) then
   return refuse('invalid_request')
 end
