@@ -561,3 +561,73 @@ async def test_a_hot_guests_credits_are_batched_and_race_across_processes_once(
     log = ledger.keys.ledger_shard(slot_of(ledger.keys.account(guest)))
     rows = await ledger.command(log, "XRANGE", "-", "+")
     assert len([f for _, f in rows if f[b"to"] == guest.encode()]) == 50
+
+
+async def test_the_stage_scripts_refuse_in_the_creators_slot(ledger: ClusterLedger) -> None:
+    stream, creator = await live_stream(ledger)
+    stage = ledger.guests
+
+    async def refused(code: ErrorCode, call: Any) -> None:
+        with pytest.raises(LedgerRefusal) as info:
+            await call
+        assert info.value.code is code, info.value
+
+    await refused(
+        ErrorCode.NOT_STREAM_OWNER,
+        stage.invite(stream_id=stream, creator_id=uid("someone"), guest_id=uid("g")),
+    )
+    await refused(
+        ErrorCode.SELF_GIFT, stage.invite(stream_id=stream, creator_id=creator, guest_id=creator)
+    )
+    guests = [uid("g") for _ in range(9)]
+    for guest in guests[:8]:
+        await stage.invite(stream_id=stream, creator_id=creator, guest_id=guest)
+    again = await stage.invite(stream_id=stream, creator_id=creator, guest_id=guests[0])
+    assert len(again["guests"]) == 8  # a replay
+    await refused(
+        ErrorCode.GUEST_LIMIT,
+        stage.invite(stream_id=stream, creator_id=creator, guest_id=guests[8]),
+    )
+    await refused(ErrorCode.NOT_A_GUEST, stage.join(stream_id=stream, guest_id=guests[8], name="x"))
+    await refused(
+        ErrorCode.NOT_A_GUEST,
+        stage.leave(stream_id=stream, actor_id=guests[8], guest_id=guests[8]),
+    )
+    await refused(
+        ErrorCode.UNKNOWN_STREAM, stage.join(stream_id=uid("nowhere"), guest_id=guests[0], name="x")
+    )
+    assert await stage.stage(uid("nowhere")) == []
+    await ledger.end_stream(stream_id=stream, actor_id=creator, is_admin=False)
+    await refused(
+        ErrorCode.STREAM_NOT_LIVE, stage.join(stream_id=stream, guest_id=guests[0], name="x")
+    )
+    await refused(
+        ErrorCode.STREAM_NOT_LIVE,
+        stage.invite(stream_id=stream, creator_id=creator, guest_id=guests[8]),
+    )
+    assert [g["state"] for g in await stage.stage(stream)] == ["invited"] * 8
+
+
+async def test_concurrent_invites_seat_at_most_eight(
+    redis_cluster: RedisCluster, keys: Keys, ledger: ClusterLedger
+) -> None:
+    stream, creator = await live_stream(ledger)
+    other = await open_ledger(redis_cluster, keys.prefix)
+    try:
+        guests = [uid("g") for _ in range(20)]
+
+        async def invite(side: ClusterLedger, guest: str) -> bool:
+            try:
+                await side.guests.invite(stream_id=stream, creator_id=creator, guest_id=guest)
+            except LedgerRefusal as refusal:
+                assert refusal.code is ErrorCode.GUEST_LIMIT
+                return False
+            return True
+
+        seated = await asyncio.gather(
+            *(invite((ledger, other)[n % 2], g) for n, g in enumerate(guests))
+        )
+        assert sum(seated) == 8
+        assert len(await ledger.guests.stage(stream)) == 8
+    finally:
+        await other.aclose()
