@@ -19,6 +19,10 @@ key                                        type    holds
 ``{u:CREATOR}:s:STREAM:guests``            hash    the stage (``_guests.lua``)
 ``{u:GUEST}:credit:TRANSFER|GUEST``        string  a guest-credit's marker (idempotency)
 ``{u:CREATOR}:fans``                       zset    viewer -> lifetime coins to the creator
+``{u:CREATOR}:s:STREAM:battle[_top]``      ...     the stream's side of a battle, its gifters
+``{u:CREATOR}:s:STREAM:battle_invite[s]`` ...     its pending invitation; invitations to it
+``{u:CREATOR}:battle_invite``              string  the creator's pending invitation's stream
+``{battle:BATTLE}:result``                 string  a finished battle's result (TTL)
 ``{s:STREAM}:owner``                       string  the stream id's creator: claims the id
                                                    once and lets a viewer find the slot
 ``{s:STREAM}:viewers``                     hash    presence, as in single-node mode
@@ -150,6 +154,31 @@ class ClusterKeys:
         """The room's shard channel: SPUBLISH from the credit leg, SSUBSCRIBE by servers."""
         return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:room"
 
+    # A stream's side of a battle, in its creator's slot (docs/ledger.md, "Battles in
+    # cluster mode"): credit_gifts.lua scores against it in the same step as the coins.
+
+    def battle(self, creator_id: str, stream_id: str) -> str:
+        return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:battle"
+
+    def battle_top(self, creator_id: str, stream_id: str) -> str:
+        return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:battle_top"
+
+    def battle_invite(self, creator_id: str, stream_id: str) -> str:
+        """The stream's pending invitation (hash, TTL), next to its creator's mark."""
+        return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:battle_invite"
+
+    def battle_invites(self, creator_id: str, stream_id: str) -> str:
+        """Invitations to the stream: from-stream -> expires_at ms (zset)."""
+        return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:battle_invites"
+
+    def creator_battle_invite(self, creator_id: str) -> str:
+        """The stream of the creator's one pending invitation (string, TTL)."""
+        return f"{self.prefix}{{u:{creator_id}}}:battle_invite"
+
+    def battle_result(self, battle_id: str) -> str:
+        """A finished battle's result, in the battle's own slot."""
+        return f"{self.prefix}{{battle:{battle_id}}}:result"
+
     def creator_streams(self, creator_id: str) -> str:
         """The stream ids a creator owns (start_stream's bound), in the creator's slot."""
         return f"{self.prefix}{{u:{creator_id}}}:streams"
@@ -254,12 +283,15 @@ class ClusterKeys:
         ]
 
     def credit_tail_keys(self, creator_id: str, stream_id: str) -> list[str]:
-        """The last three keys of a credit call, after the per-transfer ones: goals, fans,
-        names (``credit_gifts.lua`` reads them as ``KEYS[#KEYS - 2 ..]``)."""
+        """The keys of a credit call after the per-transfer ones: goals, fans, names, then
+        the stream's battle side and its gifters (``credit_gifts.lua`` reads them as
+        ``KEYS[8 + 2n ..]``)."""
         return [
             self.goals(creator_id, stream_id),
             self.fans(creator_id),
             self.names(creator_id, stream_id),
+            self.battle(creator_id, stream_id),
+            self.battle_top(creator_id, stream_id),
         ]
 
     def credit_stage_keys(self, creator_id: str, stream_id: str) -> list[str]:

@@ -45,6 +45,7 @@ from server.domain.limits import (
 )
 from server.domain.money import Economics
 from server.ledger.catalogs import VERSION_FIELD
+from server.ledger.cluster_battles import ClusterBattles
 from server.ledger.cluster_credits import CreditBatcher, CreditResult, Transfer
 from server.ledger.cluster_goals import ClusterGoals
 from server.ledger.cluster_guests import ClusterStage, GuestCredit, GuestCredits, GuestResult
@@ -100,6 +101,8 @@ class ClusterLedger(ClusterGoals):
         self.guest_credits = GuestCredits(runner, self.keys, self.limits)
         # One key, the user's account: the same script as single-node, in its slot.
         self.spending = SpendingStore(runner, self.keys, self.limits)
+        # Each side in its own stream's slot (docs/ledger.md, "Battles in cluster mode").
+        self.battles = ClusterBattles(self, self.keys, self.limits)
         self.catalog: Catalog | None = None
         self._to_delete: dict[str, list[str]] = defaultdict(list)
         self._deleting = False

@@ -39,6 +39,14 @@ class ScriptName(StrEnum):
     DELETE_GOAL = "delete_goal"
     DEBIT_GIFT = "debit_gift"
     CREDIT_GIFTS = "credit_gifts"
+    # Battles in cluster mode: one slot each (docs/ledger.md, "Battles in cluster mode").
+    BATTLE_INVITE = "battle_invite"
+    BATTLE_INCOMING = "battle_incoming"
+    BATTLE_START = "battle_start"
+    BATTLE_JOIN = "battle_join"
+    BATTLE_RUN = "battle_run"
+    BATTLE_END_SIDE = "battle_end_side"
+    BATTLE_RESULT = "battle_result"
     CREDIT_GUEST = "credit_guest"
 
 

@@ -12,9 +12,10 @@ Here the server reads the cluster's slot map, loads the scripts on every primary
 * viewers: the same endpoint, hub and protocol as single-node mode, fed by sharded pub/sub
   (``ShardedPubSubBroker``: ``SSUBSCRIBE`` on the primary of each room's slot);
 * the HTTP API the ledger covers: catalog, wallet, streams, leaderboard (names and levels),
-  stream goals, guests on stage (``cluster_guests.py``), gift history, the payment webhook
-  and cash-outs. The durable record's routes and the payout webhook are refused with
-  ``unavailable`` and a reason (the archiver does not read the slots' logs yet).
+  stream goals, battles (``ClusterBattles``, and their watch), guests on stage
+  (``cluster_guests.py``), gift history, the payment webhook and cash-outs. The durable
+  record's routes and the payout webhook are refused with ``unavailable`` and a reason (the
+  archiver does not read the slots' logs yet).
 
 ``GET /readyz``: 200 ``{"redis": true, "cluster": true, "ready": true, "gifts": true}`` once
 the ledger is prepared and the broker reads the cluster, else 503 (``gifts`` false while
@@ -50,6 +51,8 @@ from server.ledger.cluster_runner import ClusterScriptRunner
 from server.realtime.hub import Hub
 from server.settings import Settings
 from server.web import http_api
+from server.web.battle_api import BATTLE_ROUTES
+from server.web.cluster_battle_watch import ClusterBattleWatch
 from server.web.edge import DirectWebSocket
 from server.web.errors import error_response
 from server.web.goals_api import ROUTES as GOAL_ROUTES
@@ -81,6 +84,13 @@ _SERVED = {
     "/api/webhooks/payments",
     "/api/cashouts",
     "/metrics",
+    # Battles: each side in its own stream's slot (ClusterBattles).
+    "/api/battles",
+    "/api/battles/{battle_id}",
+    "/api/battles/{battle_id}/accept",
+    "/api/battles/{battle_id}/decline",
+    "/api/streams/{stream_id}/battle",
+    "/api/streams/{stream_id}/battle/end",
 }
 """The single-node HTTP routes cluster mode serves, with ``ClusterLedger`` behind them."""
 
@@ -172,19 +182,22 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
         preparing = asyncio.get_running_loop().create_task(_prepare(services, catalog))
         relay = Relay(ledger, on_round=_relay_metrics)
         relay.start()
+        battle_watch = ClusterBattleWatch(hub, ledger.battles)
+        battle_watch.start()
         try:
             yield
         finally:
             preparing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await preparing
+            await battle_watch.stop()
             await relay.stop()
             await hub.stop()
             await runner.aclose()
 
     served = [
         route
-        for route in [*http_api.ROUTES, *GOAL_ROUTES, *GUEST_ROUTES]
+        for route in [*http_api.ROUTES, *GOAL_ROUTES, *BATTLE_ROUTES, *GUEST_ROUTES]
         if getattr(route, "path", "") in _SERVED
     ]
     routes = [

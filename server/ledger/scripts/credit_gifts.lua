@@ -1,5 +1,6 @@
 -- include: _gift_rules.lua
 -- include: _goals.lua
+-- include: _battle.lua
 -- include: _guests.lua
 -- include: _stage_credit.lua
 -- credit_gifts: the creator's leg of gifts on a Redis Cluster (docs/ledger.md, "Redis
@@ -23,9 +24,11 @@
 -- KEYS[9 + 2n]  {u:CREATOR}:fans            zset: viewer -> lifetime coins to the creator
 -- KEYS[10 + 2n] {u:CREATOR}:s:STREAM:names  hash: sender -> display name (leaderboard)
 --   (these three: KEYS[8 + 2n ..], after the per-transfer keys)
+-- KEYS[11 + 2n] {u:CREATOR}:s:STREAM:battle      the stream's battle side (_battle.lua)
+-- KEYS[12 + 2n] {u:CREATOR}:s:STREAM:battle_top  that side's gifters (zset)
 -- KEYS[#KEYS - 1]  {u:CREATOR}:s:STREAM:guests  the stage (_guests.lua, _stage_credit.lua)
 -- KEYS[#KEYS]      {~N}:outbox          the creator's slot's outbox: guest-credits
---   (the LAST two keys, whatever comes between them and the three above)
+--   (the LAST two keys, whatever comes between them and the ones above)
 --
 -- ARGV[1]  creator id   ARGV[2]  stream id   ARGV[3]  receipt TTL, seconds (marker TTL)
 -- ARGV[4]  combo window, ms   ARGV[5]  feed length   ARGV[6]  largest balance
@@ -56,7 +59,7 @@
 -- A transfer to guests (_stage_credit.lua): its result adds guests [{user_id, coins,
 --   credit_id, outbox_id}] (diamonds 0, platform_coins 0: the guest-credits decide them),
 --   its event `to` and recipients [{user_id, coins}], its entry `recipient` and
---   `recipients` (id:coins;...), and one guest_credit entry per guest goes into KEYS[12+2n].
+--   `recipients` (id:coins;...), and one guest_credit entry per guest goes into KEYS[#KEYS].
 --   One whose guests are gone goes to the creator: result and entry `redirected` (reason).
 -- Also SPUBLISHed after a transfer's event, when it causes them, as send_gift does:
 --   level_up (type, stream_id, seq, user_id, user_name, level, prev_level, coins) and
@@ -80,11 +83,12 @@ local ladder = n and ARGV[8 + FIELDS * n]
 local A_TO = n and #ARGV - n  -- ARGV[A_TO + i]: transfer i's recipient
 local K_STAGE, K_GUEST_OUTBOX = KEYS[#KEYS - 1], KEYS[#KEYS]
 if not (id_arg(creator) and id_arg(stream_id) and ttl and combo_window and feed_max
-    and amount_max and n and #ARGV == 8 + (FIELDS + 1) * n and #KEYS == 12 + 2 * n
+    and amount_max and n and #ARGV == 8 + (FIELDS + 1) * n and #KEYS == 14 + 2 * n
     and ladder_ok(ladder)) then
   return refuse('invalid_request')
 end
 local K_GOALS, K_FANS, K_NAMES = KEYS[8 + 2 * n], KEYS[9 + 2 * n], KEYS[10 + 2 * n]
+local K_BATTLE, K_BATTLE_TOP = KEYS[11 + 2 * n], KEYS[12 + 2 * n]
 
 local stream = redis.call('HMGET', KEYS[2], 'creator', 'seq', 'coins', 'diamonds', 'gifts',
   'epoch')
@@ -115,6 +119,12 @@ if redis.call('EXISTS', KEYS[4]) == 1 then
 end
 redis.call('XLEN', KEYS[7])
 local ms = now_ms()
+-- Whether this call's transfers score in a battle: decided on this primary's clock, once
+-- for the batch, so a transfer racing the start or the end is inside or outside, never both.
+local battle_id = battle_scoring(K_BATTLE, ms)
+if battle_id then
+  redis.call('ZSCORE', K_BATTLE_TOP, creator)  -- type check, only when it will be written
+end
 
 -- First pass: decide every transfer, writing nothing.
 local results, plan, seen, combos = {}, {}, {}, {}
@@ -216,6 +226,7 @@ redis.call('HSET', KEYS[1], 'diamonds', int(diamonds_held), 'share_rem', int(sha
 redis.call('HINCRBY', KEYS[6], 'coins', int(platform_add))
 redis.call('HSET', KEYS[2], 'seq', int(seq), 'coins', int(total_coins),
   'diamonds', int(total_diamonds), 'gifts', int(total_gifts))
+local scored = {}  -- {sender, coins} of each transfer that scores in the battle
 for _, p in ipairs(plan) do
   local r = results[p.i]
   redis.call('ZINCRBY', KEYS[3], p.coins, p.sender)
@@ -226,6 +237,9 @@ for _, p in ipairs(plan) do
   local progress, reached = goals_advance(K_GOALS, p.goals)
   redis.call('INCRBY', p.combo, p.count)
   redis.call('PEXPIRE', p.combo, combo_window)
+  if battle_id then
+    scored[#scored + 1] = {p.sender, p.coins}
+  end
   if p.guests then
     stage_emit(K_STAGE, K_GUEST_OUTBOX, p.guests, {transfer_id = r.transfer_id,
       sender = p.sender, creator = creator, stream = stream_id, share_bps = p.share_bps,
@@ -244,6 +258,7 @@ for _, p in ipairs(plan) do
     stream_id = stream_id, sender_id = p.sender, sender_name = p.name, gift_id = p.gift,
     count = p.count, combo = r.combo, coins = p.coins, diamonds = r.diamonds, ts = ms,
     level = p.level, goals = #progress > 0 and progress or nil,
+    battle_id = battle_id,  -- nil (absent) unless the transfer scored in a battle
   }
   stage_event_fields(doc, p.to, p.guests)
   local event = cjson.encode(doc)
@@ -260,4 +275,5 @@ for _, p in ipairs(plan) do
   end
   redis.call('SET', p.marker, cjson.encode(r), 'EX', ttl)
 end
+battle_score_batch(K_BATTLE, K_BATTLE_TOP, scored)
 return {'ok', cjson.encode(results)}
