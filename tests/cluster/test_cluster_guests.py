@@ -36,6 +36,7 @@ from server.ledger.receipts import unpack
 from server.ledger.runner import ScriptRunner
 from server.ledger.scripts import ScriptName
 from tests.cluster.legs import GENEROUS, funded, gift, live_stream, open_ledger, uid
+from tests.cluster.test_cluster_battles import battle, side, two_rooms
 from tests.support.cluster import RedisCluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -631,3 +632,20 @@ async def test_concurrent_invites_seat_at_most_eight(
         assert len(await ledger.guests.stage(stream)) == 8
     finally:
         await other.aclose()
+
+
+async def test_a_gift_to_guests_scores_in_a_battle_for_the_room(ledger: ClusterLedger) -> None:
+    """As on a single node: the coins score for the room's side whoever receives them."""
+    rooms = await two_rooms(ledger)
+    a, creator_a, _, _ = rooms
+    started = await battle(ledger, rooms, uid("bt"))
+    guest = uid("guest")
+    await on_stage(ledger, a, creator_a, guest)
+    sender = await funded(ledger, 500)
+    await gift(ledger, sender, a, creator_a, gift_id="cap", to=guest)
+    await gift(ledger, sender, a, creator_a, gift_id="cap", to=ALL_GUESTS)
+    feed = await events(ledger, creator_a, a)
+    assert {e.get("battle_id") for e in feed} == {started["battle_id"]}
+    assert int((await side(ledger, creator_a, a))["score"]) == 198
+    assert (await ledger.balance(guest)).diamonds == 99
+    await books_ok(ledger)
