@@ -290,12 +290,23 @@ class ClusterStage:
 
     async def stage(self, stream_id: str) -> list[dict[str, Any]]:
         """Invited and on-stage guests, id order: {user_id, name, state, coins, diamonds}.
-        On a cluster ``diamonds`` stays 0: each guest's diamonds are decided in their own
-        slot (their wallet shows them); ``coins`` is exact."""
+        ``coins`` comes from the stage; ``diamonds`` from each guest's own slot (their
+        guest-credits decide them there), one read per guest, concurrently."""
         creator = await self._reads.owner(stream_id)
         if creator is None:
             return []
-        return stage_rows(await self._fields(creator, stream_id))
+        rows = stage_rows(await self._fields(creator, stream_id))
+        earned = await asyncio.gather(
+            *(
+                self._reads.command(
+                    self._reads.keys.guest_earned(row["user_id"]), "HGET", stream_id
+                )
+                for row in rows
+            )
+        )
+        for row, diamonds in zip(rows, earned, strict=True):
+            row["diamonds"] = int(diamonds or 0)
+        return rows
 
     async def verdict(self, stream_id: str, creator_id: str, to: str, sender_id: str) -> str:
         """The refusal single-node mode would give a gift to ``to`` now ('' for none), for

@@ -18,6 +18,7 @@ key                                        type    holds
 ``{u:CREATOR}:s:STREAM:goals|names``       hash    the stream's goals; sender -> display name
 ``{u:CREATOR}:s:STREAM:guests``            hash    the stage (``_guests.lua``)
 ``{u:GUEST}:credit:TRANSFER|GUEST``        string  a guest-credit's marker (idempotency)
+``{u:GUEST}:earned``                       hash    stream -> diamonds earned on its stage
 ``{u:CREATOR}:fans``                       zset    viewer -> lifetime coins to the creator
 ``{u:CREATOR}:s:STREAM:battle[_top]``      ...     the stream's side of a battle, its gifters
 ``{u:CREATOR}:s:STREAM:battle_invite[s]`` ...     its pending invitation; invitations to it
@@ -305,15 +306,21 @@ class ClusterKeys:
 
     def guest_credit_keys(self, guest_id: str, credit_ids: list[str]) -> list[str]:
         """The keys of one ``credit_guest.lua`` call, in the guest's slot: the account, the
-        slot's platform share and log, then each guest-credit's marker (a credit id is
-        ``TRANSFER|GUEST``)."""
+        slot's platform share and log, each guest-credit's marker (a credit id is
+        ``TRANSFER|GUEST``), then what the guest earned per stream."""
         slot = slot_of(self.account(guest_id))
         return [
             self.account(guest_id),
             self.platform_shard(slot),
             self.ledger_shard(slot),
             *(self.credit_receipt(guest_id, credit_id) for credit_id in credit_ids),
+            self.guest_earned(guest_id),
         ]
+
+    def guest_earned(self, guest_id: str) -> str:
+        """Stream id -> diamonds the guest earned on that stream's stage (``credit_guest.lua``
+        writes it; the stage in the creator's slot cannot know a guest's carry)."""
+        return f"{self.prefix}{{u:{guest_id}}}:earned"
 
     # The archiver (server/record/): one lease for the logs of every slot.
 

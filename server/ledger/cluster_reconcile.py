@@ -23,7 +23,8 @@ sender's slot and a ``gift_credit`` in the creator's, joined by the transfer id
   (transfer, guest, coins), or is pending in an outbox (reported with its age); none
   without its credit; diamonds + platform = coins; the guest's ``share_rem`` carried in
   their slot's log order together with their own credits as a creator (one carry per
-  account); the coins a credit gave to guests = coins applied to guests + pending.
+  account); the coins a credit gave to guests = coins applied to guests + pending; what
+  each guest earned per stream (``{u:GUEST}:earned``) is the sum of their guest-credits.
 
 It only reads, and not atomically: run it on a quiet ledger, as the single-node one. Entry
 types this does not know (payouts are not wired in cluster mode yet) are reported as
@@ -178,6 +179,7 @@ async def reconcile_cluster(
                 diamonds[guest] += got
                 platform += fee
                 stage.applied[f["credit_id"]].append(f)
+                stage.earned[(guest, f["stream"])] += got
                 if got + fee != paid:
                     problems.append(f"guest credit {f['credit_id']}: diamonds + platform != coins")
                 expected = divmod(share_rem.get(guest, 0) + paid * int(f["share_bps"]), 10000)
@@ -220,6 +222,10 @@ async def reconcile_cluster(
             problems.append(f"credit {transfer} has no debit")
 
     report.pending += stage.check(problems, now_ms)
+    for (guest, stream), earned in stage.earned.items():
+        held = await ledger.command(ledger.keys.guest_earned(guest), "HGET", stream)
+        if int(held or 0) != earned:
+            problems.append(f"guest {guest} on {stream}: earned {held!r}, the log says {earned}")
 
     window_ms = ledger.limits.receipt_ttl_s * 1000
     for (sender, client_id), times in client_ids.items():
@@ -278,6 +284,8 @@ class _StageBooks:
     """credit id -> (transfer id, guest, coins), from the credits' ``recipients``."""
     applied: dict[str, list[dict[str, str]]] = field(default_factory=lambda: defaultdict(list))
     waiting: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
+    earned: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(guest, stream) -> diamonds their guest-credits gave them there."""
     coins: int = 0
 
     def credit_to_guests(self, f: dict[str, str], problems: list[str]) -> int:

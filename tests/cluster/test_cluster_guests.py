@@ -94,6 +94,7 @@ async def test_a_gift_to_a_guest_credits_them_in_their_own_slot(ledger: ClusterL
     assert event["to"] == guest and event["recipients"] == [{"user_id": guest, "coins": 5}]
     assert event["diamonds"] == 0  # the creator's: the guest's are decided in their slot
     assert await stage_coins(ledger, stream) == {guest: 5}
+    assert [g["diamonds"] for g in await ledger.guests.stage(stream)] == [2]
     assert [g["name"] for g in await ledger.guests.stage(stream)] == [guest.upper()]
     await books_ok(ledger)
 
@@ -116,6 +117,9 @@ async def test_a_gift_to_every_guest_splits_exactly_across_three_slots(
             want[guest] += 1 + (1 if (i - r.seq) % 3 < 2 else 0)
     assert sum(want.values()) == 35
     assert await stage_coins(ledger, stream) == want
+    assert {g["user_id"]: g["diamonds"] for g in await ledger.guests.stage(stream)} == {
+        guest: want[guest] * 5000 // 10000 for guest in guests
+    }
     for guest in guests:  # each guest's carry: the floor of the sum of coins x share
         account = await ledger.command(ledger.keys.account(guest), "HMGET", "diamonds", "share_rem")
         assert [int(v) for v in account] == list(divmod(want[guest] * 5000, 10000))

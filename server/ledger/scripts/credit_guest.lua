@@ -5,7 +5,8 @@
 -- outbox; this script applies a BATCH of them for ONE guest in the guest's slot, each
 -- exactly once by its credit id TRANSFER|GUEST: the guest's diamonds with their own carried
 -- share_rem (the split of a creator's credit, _gift_rules.lua, carried from one to the next
--- in order), the platform's share in the guest's slot, a log entry each. A guest on every
+-- in order), the platform's share in the guest's slot, a log entry each, and what the guest
+-- earned per stream (the stage's `diamonds`, which the stream's slot cannot know). A guest on every
 -- stage gift of a hot room is as hot as its creator: batched the same way. Every check of
 -- every guest-credit comes before the first write.
 --
@@ -13,6 +14,8 @@
 -- KEYS[2]  {~M}:platform                       the guest's slot's platform share hash
 -- KEYS[3]  {~M}:log                            the guest's slot's ledger log
 -- KEYS[3 + i]  {u:GUEST}:credit:TRANSFER_i|GUEST  guest-credit i's marker (TTL), i = 1..n
+-- KEYS[4 + n]  {u:GUEST}:earned                stream id -> diamonds the guest earned on
+--                                              that stream's stage (GET .../guests)
 --
 -- ARGV[1]  guest id   ARGV[2]  marker TTL, seconds (the receipt TTL)   ARGV[3]  largest
 -- balance   ARGV[4]  n, the guest-credits in this call (1..256)
@@ -43,7 +46,7 @@ local ttl = int_arg(ARGV[2], 1, 1e9)
 local amount_max = int_arg(ARGV[3], 1, 1e13)
 local n = int_arg(ARGV[4], 1, 256)
 if not (id_arg(guest) and ttl and amount_max and n and #ARGV == 4 + FIELDS * n
-    and #KEYS == 3 + n) then
+    and #KEYS == 4 + n) then
   return refuse('invalid_request')
 end
 
@@ -51,6 +54,7 @@ local acct = redis.call('HMGET', KEYS[1], 'diamonds', 'share_rem')
 local held, share_rem = stored_int(acct[1]), stored_int(acct[2])
 local platform_held = stored_int(redis.call('HGET', KEYS[2], 'coins'))
 redis.call('XLEN', KEYS[3])  -- a wrong-typed log fails here, before the first write
+local K_EARNED = KEYS[4 + n]
 local ms = now_ms()
 
 -- First pass: decide every guest-credit, writing nothing.
@@ -84,6 +88,7 @@ for i = 1, n do
       results[i] = {credit_id = credit_id, status = 'refused', code = 'transfer_expired'}
     else
       local diamonds, rem, platform = gift_split(share_rem, coins, share_bps)
+      stored_int(redis.call('HGET', K_EARNED, stream_id))  -- an integer, or fail now
       if held + diamonds > amount_max or platform_held + platform_add + platform > amount_max then
         results[i] = {credit_id = credit_id, status = 'refused', code = 'balance_limit'}
       else
@@ -112,6 +117,7 @@ for _, p in ipairs(plan) do
     'stream', p.stream, 'coins', int(r.coins), 'diamonds', int(r.diamonds),
     'platform', int(r.platform_coins), 'share_bps', int(p.share_bps),
     'share_rem', int(r.share_rem), 'seq', int(p.seq))
+  redis.call('HINCRBY', K_EARNED, p.stream, int(r.diamonds))
   redis.call('SET', p.marker, cjson.encode(r), 'EX', ttl)
 end
 return {'ok', cjson.encode(results)}
