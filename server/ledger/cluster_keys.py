@@ -11,7 +11,10 @@ key                                        type    holds
 =========================================  ======  =========================================
 ``{u:USER}:acct``                          hash    as in single-node mode
 ``{u:USER}:gift:CLIENT_ID``                string  the debit leg's receipt (TTL)
+``{u:USER}:changes``                       hash    as in single-node mode (change_rate.lua)
+``{u:USER}:held``                          hash    the sender's gifts within the payout hold
 ``{u:CREATOR}:credit:TRANSFER_ID``         string  the credit leg's receipt (idempotency)
+``{u:CREATOR}:clawback:PAYMENT|REFUND``    string  a chargeback's clawback applied (TTL)
 ``{u:CREATOR}:s:STREAM:stream``            hash    the stream, in its creator's slot
 ``{u:CREATOR}:s:STREAM:top|feed|room``     ...     leaderboard, feed, shard channel (SPUBLISH)
 ``{u:CREATOR}:s:STREAM:combo:USER:GIFT``   string  combo counter (TTL)
@@ -118,6 +121,9 @@ class ClusterKeys:
     def gift_receipt(self, sender_id: str, client_id: str) -> str:
         return f"{self.prefix}{{u:{sender_id}}}:gift:{client_id}"
 
+    def changes(self, user_id: str) -> str:
+        return f"{self.prefix}{{u:{user_id}}}:changes"
+
     # The creator's slot: the credit leg, and the creator's streams.
 
     def credit_receipt(self, creator_id: str, transfer: str) -> str:
@@ -185,9 +191,13 @@ class ClusterKeys:
         return f"{self.prefix}{{u:{creator_id}}}:streams"
 
     def hold_record(self, user_id: str) -> str:
-        """A buyer's gifts within the payout hold (refund.lua's KEYS[5]); cluster mode
-        keeps no hold yet, so it stays empty."""
+        """A sender's gifts within the payout hold (``_hold.lua``), in the sender's slot:
+        written by the debit leg, read by a refund's buyer leg."""
         return f"{self.prefix}{{u:{user_id}}}:held"
+
+    def clawback_marker(self, creator_id: str, payment_id: str, refund_id: str) -> str:
+        """A chargeback's clawback applied in the creator's slot (clawback.lua), once."""
+        return f"{self.prefix}{{u:{creator_id}}}:clawback:{payment_id}|{refund_id}"
 
     def cashout(self, creator_id: str, client_id: str) -> str:
         return f"{self.prefix}{{u:{creator_id}}}:cashout:{client_id}"
@@ -266,6 +276,7 @@ class ClusterKeys:
             self.outbox_shard(slot),
             self.ledger_shard(slot),
             self.catalog_shard(slot),
+            self.hold_record(sender_id),
         ]
 
     def credit_keys(self, creator_id: str, stream_id: str) -> list[str]:

@@ -25,6 +25,10 @@ a timeout or a refused credit leaves behind stays in the sender's slot's outbox
    grace. A crash anywhere in between leaves the entry pending: delivery
    is at least once and the credit idempotent, so each transfer is credited exactly once.
 
+The outboxes also carry chargebacks' clawbacks (``kind=clawback``, ``cluster_clawbacks.py``):
+the relay applies them the same way, with the same ids, acknowledging only ``ok`` and
+``replay``.
+
 Bounded: at most ``batch_max`` entries per slot per round in memory, at most 16384 hot
 slots; an entry that cannot be parsed is logged and left pending (reconcile reports it).
 
@@ -49,6 +53,7 @@ from redis import exceptions as redis_errors
 
 from server.domain.errors import GiftwireError
 from server.domain.limits import CREDIT_BATCH_MAX, RELAY_FULL_SWEEP_S, RELAY_GRACE_MS
+from server.ledger.cluster_clawbacks import CLAWBACK_KIND, Clawback
 from server.ledger.cluster_credits import Transfer
 from server.ledger.cluster_guests import GUEST_CREDIT_KIND, GuestCredit
 from server.ledger.cluster_keys import SLOTS, slot_of
@@ -193,11 +198,14 @@ class Relay:
         if entries:
             transfers: list[tuple[str, Transfer]] = []
             guests: list[GuestCredit] = []
+            clawbacks: list[tuple[str, Clawback]] = []
             for entry_id, fields in entries:
                 doc = _as_dict(fields)
                 try:
                     if doc.get(b"kind") == GUEST_CREDIT_KIND.encode():
                         guests.append(GuestCredit.from_outbox(entry_id.decode(), doc))
+                    elif doc.get(b"kind") == CLAWBACK_KIND.encode():
+                        clawbacks.append((entry_id.decode(), Clawback.from_outbox(doc)))
                     else:
                         transfers.append((entry_id.decode(), Transfer.from_outbox(doc)))
                 except (KeyError, ValueError) as e:
@@ -206,10 +214,12 @@ class Relay:
                     )
             results = await ledger.credit_transfers([t for _, t in transfers])
             guest_results = await ledger.credit_guests(guests)
+            applied = await ledger.apply_clawbacks([c for _, c in clawbacks])
             if _CRASH_AFTER_CREDIT:
                 os.kill(os.getpid(), signal.SIGKILL)
             acked = [eid for (eid, _), r in zip(transfers, results, strict=True) if r.settled]
             acked += [g.outbox_id for g, r in zip(guests, guest_results, strict=True) if r.settled]
+            acked += [eid for (eid, _), ok in zip(clawbacks, applied, strict=True) if ok]
             if acked:
                 await ledger.command(outbox, "XACK", GROUP, *acked)
                 await ledger.command(outbox, "XDEL", *acked)

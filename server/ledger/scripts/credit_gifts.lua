@@ -1,6 +1,8 @@
 -- include: _gift_rules.lua
 -- include: _goals.lua
 -- include: _battle.lua
+-- include: _hold.lua
+-- include: _hold_legs.lua
 -- include: _guests.lua
 -- include: _stage_credit.lua
 -- credit_gifts: the creator's leg of gifts on a Redis Cluster (docs/ledger.md, "Redis
@@ -36,6 +38,8 @@
 -- ARGV[8 + 11(i-1) ...]: transfer i: transfer id, client id, sender id, sender name, gift
 --   id, count, coins, price, catalog version, share bps, debit time (ms, the debit's clock)
 -- ARGV[8 + 11n]  gifter level ladder (server/domain/levels.py, ladder_arg)
+-- ARGV[9 + 11n]  payout hold, days (0: none)   ARGV[10 + 11n]  length of a hold day, seconds
+--   (the diamonds are held in the creator's bucket of the DEBIT's day, _hold_legs.lua)
 -- ARGV[#ARGV - n + i]  transfer i's recipient (the debit's `to`): '' the creator, a
 --   guest's id, '*' every guest on stage (_stage_credit.lua): the LAST n ARGV
 --
@@ -77,14 +81,17 @@ local combo_window = int_arg(ARGV[4], 1, 1e9)
 local feed_max = int_arg(ARGV[5], 1, 1e9)
 local amount_max = int_arg(ARGV[6], 1, 1e13)
 local n = int_arg(ARGV[7], 1, 256)
-local ladder = n and ARGV[8 + FIELDS * n]
+local A_TAIL = 8 + FIELDS * (n or 0)  -- the ladder, then the arguments after it
+local ladder = ARGV[A_TAIL]
+local hold_days = int_arg(ARGV[A_TAIL + 1], 0, 365)
+local hold_day_s = int_arg(ARGV[A_TAIL + 2], 1, 1000000)
 -- Guests on stage (_stage_credit.lua): the last n ARGV and the last two KEYS, so that what
 -- other features append after the ladder and the names keeps its place.
 local A_TO = n and #ARGV - n  -- ARGV[A_TO + i]: transfer i's recipient
 local K_STAGE, K_GUEST_OUTBOX = KEYS[#KEYS - 1], KEYS[#KEYS]
 if not (id_arg(creator) and id_arg(stream_id) and ttl and combo_window and feed_max
-    and amount_max and n and #ARGV == 8 + (FIELDS + 1) * n and #KEYS == 14 + 2 * n
-    and ladder_ok(ladder)) then
+    and amount_max and n and #ARGV == 10 + (FIELDS + 1) * n and #KEYS == 14 + 2 * n
+    and ladder and ladder_ok(ladder) and hold_days and hold_day_s) then
   return refuse('invalid_request')
 end
 local K_GOALS, K_FANS, K_NAMES = KEYS[8 + 2 * n], KEYS[9 + 2 * n], KEYS[10 + 2 * n]
@@ -119,6 +126,7 @@ if redis.call('EXISTS', KEYS[4]) == 1 then
 end
 redis.call('XLEN', KEYS[7])
 local ms = now_ms()
+local hold = hold_credit_open(KEYS[1], ms, hold_days, hold_day_s)
 -- Whether this call's transfers score in a battle: decided on this primary's clock, once
 -- for the batch, so a transfer racing the start or the end is inside or outside, never both.
 local battle_id = battle_scoring(K_BATTLE, ms)
@@ -200,6 +208,7 @@ for i = 1, n do
         local rename = names[sender] ~= name
         names[sender] = name
         diamonds_held, share_rem = diamonds_held + diamonds, rem
+        hold_credit_add(hold, debit_ms, diamonds)
         platform_add = platform_add + platform
         seq = seq + 1
         total_coins, total_diamonds, total_gifts = total_coins + coins,
@@ -223,6 +232,7 @@ end
 
 -- Second pass: write what the first pass decided.
 redis.call('HSET', KEYS[1], 'diamonds', int(diamonds_held), 'share_rem', int(share_rem))
+hold_credit_write(KEYS[1], hold)
 redis.call('HINCRBY', KEYS[6], 'coins', int(platform_add))
 redis.call('HSET', KEYS[2], 'seq', int(seq), 'coins', int(total_coins),
   'diamonds', int(total_diamonds), 'gifts', int(total_gifts))
