@@ -3,7 +3,9 @@ and ``python -m benchmarks report`` (the table and the plot in docs/benchmarks.m
 
 ``--only`` keeps a run short while developing: ``--only bare,giftwire --viewers 1000`` for
 the fan-out side by side, ``--only gc --gc-viewers 3000`` for the collector, and
-``--only live --out benchmarks/results/live.json`` for what battles and goals cost.
+``--only live --out benchmarks/results/live.json`` for what battles and goals cost, and
+``--only cluster --out benchmarks/results/cluster.json`` for one redis-server against a
+3-primary cluster (``cluster_scale.py``).
 
 Everything is measured in the same run on the same machine, and each result is reported as
 a ratio to its baseline measured next to it: absolute numbers vary by ±30 % between runs of
@@ -24,7 +26,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from benchmarks import capacity, durability, fanout, hotpath, live, report
+from benchmarks import capacity, cluster_scale, durability, fanout, hotpath, live, report
 from benchmarks.procs import REPO, machine
 from server.ledger.embedded import RedisProcess
 
@@ -44,7 +46,7 @@ class _Progress:
 
 
 FANOUT_TARGETS = ("bare", "giftwire", "socketio", "coalescing", "floor")
-SECTIONS = ("hot", "durability", *FANOUT_TARGETS, "gc", "capacity", "live")
+SECTIONS = ("hot", "durability", *FANOUT_TARGETS, "gc", "capacity", "live", "cluster")
 
 
 def sections(only: str) -> set[str]:
@@ -123,6 +125,10 @@ async def run(
                     redis_process.url, redis_process.port, redis_process.process.pid, log_dir,
                     progress, scale, live_rounds,
                 )  # fmt: skip
+            if "cluster" in only:
+                result["cluster"] = await cluster_scale.measure(
+                    log_dir / "cluster", progress, scale
+                )
         finally:
             await redis.aclose()
             redis_process.stop()
@@ -177,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--scale", type=float, default=1.0, help="multiply gift counts (0.1: quick)")
     r.add_argument("--only", default="hot,fanout,durability,gc",
                    help="comma list of: hot, durability, fanout (= bare, giftwire, socketio, "
-                        "coalescing, floor), gc, capacity, live")  # fmt: skip
+                        "coalescing, floor), gc, capacity, live, cluster")  # fmt: skip
     r.add_argument("--gc-viewers", type=int, default=10_000,
                    help="viewers that connect and sit idle while GC pauses are timed")  # fmt: skip
     r.add_argument("--capacity-viewers", type=int, default=10_000,
@@ -206,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(durability.table(result["durability"]))
         if "live" in result:
             print(live.table(result["live"]))
+        if "cluster" in result:
+            print(cluster_scale.table(result["cluster"]))
         if args.report:
             if "hot_path" in result or "fanout" in result:
                 report.write_docs(result)

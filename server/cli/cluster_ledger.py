@@ -25,6 +25,7 @@ from server.ledger.cluster_ledger import ClusterLedger
 from server.ledger.cluster_reconcile import reconcile_cluster
 from server.ledger.cluster_relay import Relay
 from server.ledger.cluster_runner import ClusterScriptRunner
+from server.ledger.redis_config import Durability
 from server.record.cluster_logs import recorded_entries
 from server.record.connection import open_record
 from server.settings import Settings, env_name
@@ -37,11 +38,16 @@ async def open_cluster_ledger(settings: Settings) -> ClusterLedger:
     if not settings.redis_url:
         raise CommandError(f"cluster mode needs {env_name('redis_url')} (a node of the cluster)")
     limits = settings.limits
+    # The relay's credits are acknowledged writes too: WAIT as the server's do.
+    replicated = settings.durability_mode is Durability.ALWAYS_REPLICA
     runner = ClusterScriptRunner(
         [settings.redis_url],
         timeout_s=limits.redis_timeout_s,
         calls_per_pipeline_max=limits.pipeline_calls_max,
         pipelines_in_flight_max=limits.pipelines_in_flight_max,
+        wait_replicas=settings.durability_replicas if replicated else 0,
+        wait_timeout_ms=settings.durability_wait_ms,
+        fence_keys=ClusterKeys(settings.key_prefix),
     )
     ledger = ClusterLedger(
         runner, keys=ClusterKeys(settings.key_prefix), limits=limits, economics=settings.economics

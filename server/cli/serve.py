@@ -19,7 +19,7 @@ from server.domain.errors import GiftwireError
 from server.ledger.connection import ledger_redis_url, wait_for_redis
 from server.record.connection import record_database_url
 from server.settings import Settings, env_name
-from server.web.preflight import preflight
+from server.web.preflight import cluster_preflight, preflight
 from server.web.uvicorn_setup import uvicorn_options
 
 DEFAULT_HOST = "127.0.0.1"
@@ -81,9 +81,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             say(f"embedded Redis at {url} (data in {settings.data_dir / 'redis'})")
         elif not wait_for_redis(url, wait_s=args.wait_redis_s, report=say):
             return 3
-        # The preflight checks a single-node ledger (its catalog script spans slots); cluster
-        # mode refuses the ledger anyway until the two-leg scripts exist.
-        if not settings.redis_cluster and not fit_to_serve(settings, url):
+        if not fit_to_serve(settings, url):
             return 4
         settings = with_record(settings, db)
         with archiving(settings, url):
@@ -117,7 +115,12 @@ def with_durability(settings: Settings) -> Settings:
 def fit_to_serve(settings: Settings, url: str) -> bool:
     """Refuse an unfit Redis or a conflicting catalog: one line each, no traceback."""
     try:
-        found = asyncio.run(preflight(settings, url, embedded=not settings.redis_url))
+        if settings.redis_cluster:
+            # Each primary's policy and fsync; the catalog is settled by the app (it copies
+            # the current version into every slot).
+            found = asyncio.run(cluster_preflight(settings, url))
+        else:
+            found = asyncio.run(preflight(settings, url, embedded=not settings.redis_url))
     except (GiftwireError, RedisError, OSError) as e:
         say(f"refusing to start: cannot check Redis at {url.split('@')[-1]}: {e}")
         return False

@@ -117,7 +117,11 @@ with ``unavailable`` (nothing written) until the relay drains it."""
 RELAY_GRACE_MS = 2_000
 """An outbox entry's idle time before the relay settles it: the fast path usually has."""
 RELAY_FULL_SWEEP_S = 10.0
-"""How often a relay looks at every slot's outbox (XLEN of 16384 keys), not only the hot."""
+"""How often every slot's outbox is looked at (XLEN of 16384 keys), not only the hot: by
+one relay of the cluster per period, which shares the slots it found with the others."""
+RELAY_HOT_LIST_READS_PER_SWEEP = 5
+"""How often, per sweep period, a relay tries the sweep's lease (and, when another relay
+holds it, reads the list of slots that relay found instead)."""
 STREAM_OWNERS_MAX = 100_000
 """Stream id -> creator pairs a process keeps (an owner never changes)."""
 STREAM_STATE_TTL_S = 1.0

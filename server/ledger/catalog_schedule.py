@@ -17,16 +17,14 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from redis.asyncio import Redis
-
 from server.domain.errors import UnavailableError
-from server.ledger.catalogs import CatalogStore, Published
+from server.ledger.catalogs import CatalogRedis, CatalogStore, Published
 from server.ledger.watch import REDIS_FAILURES
 
 log = logging.getLogger("giftwire.ledger")
 
 
-async def redis_now_ms(redis: Redis) -> int:
+async def redis_now_ms(redis: CatalogRedis) -> int:
     seconds, micros = await redis.time()
     return int(seconds) * 1000 + int(micros) // 1000
 

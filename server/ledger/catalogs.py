@@ -28,11 +28,11 @@ Contract:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import orjson
-from redis.asyncio import Redis
 
 from server.domain.catalog import Catalog, CatalogError, parse_catalog
 from server.domain.catalog_edits import Change, apply, parse_changes
@@ -43,9 +43,7 @@ from server.domain.limits import (
     GIFT_COUNT_MAX,
     SEND_COINS_MAX,
 )
-from server.ledger.keys import Keys
 from server.ledger.receipts import unpack
-from server.ledger.runner import ScriptRunner
 from server.ledger.scripts import ScriptName
 
 log = logging.getLogger("giftwire.ledger")
@@ -88,10 +86,41 @@ class ScheduledEdit:
         return cls(doc["id"], int(doc["at_ms"]), parse_changes(doc["changes"]), doc["by"])
 
 
+class CatalogRedis(Protocol):
+    """The commands the store sends to the catalog's keys (all in the ``{catalog}`` slot):
+    a ``redis.asyncio.Redis`` on one node, ``cluster_catalog.CatalogSlot`` on a cluster."""
+
+    def hget(self, name: str, key: str, /) -> Any: ...
+    def hgetall(self, name: str, /) -> Any: ...
+    def zrange(self, name: str, start: int, end: int, /, *, withscores: bool) -> Any: ...
+    def zrem(self, name: str, /, *values: str) -> Any: ...
+    def time(self) -> Any: ...
+
+
+class CatalogKeys(Protocol):
+    """``Keys`` (single node) or ``ClusterKeys``: the same names, in one slot each way."""
+
+    def catalog(self) -> str: ...
+    def catalog_versions(self) -> str: ...
+    def catalog_schedule(self) -> str: ...
+    def catalog_due(self) -> str: ...
+
+
+class CatalogRunner(Protocol):
+    """``ScriptRunner`` or ``ClusterScriptRunner``."""
+
+    async def run(
+        self, name: ScriptName, keys: Sequence[str], args: Sequence[str | int]
+    ) -> list[bytes]: ...
+    async def run_now(
+        self, name: ScriptName, keys: Sequence[str], args: Sequence[str | int]
+    ) -> list[bytes]: ...
+
+
 class CatalogStore:
     """Reads and writes the versioned catalog. Every write goes through the Lua script."""
 
-    def __init__(self, redis: Redis, keys: Keys, runner: ScriptRunner) -> None:
+    def __init__(self, redis: CatalogRedis, keys: CatalogKeys, runner: CatalogRunner) -> None:
         self.redis = redis
         self.keys = keys
         self.runner = runner

@@ -19,6 +19,9 @@ key                                        type    holds
 ``{u:CREATOR}:s:STREAM:top|feed|room``     ...     leaderboard, feed, shard channel (SPUBLISH)
 ``{u:CREATOR}:s:STREAM:combo:USER:GIFT``   string  combo counter (TTL)
 ``{u:CREATOR}:s:STREAM:goals|names``       hash    the stream's goals; sender -> display name
+``{u:CREATOR}:s:STREAM:guests``            hash    the stage (``_guests.lua``)
+``{u:GUEST}:credit:TRANSFER|GUEST``        string  a guest-credit's marker (idempotency)
+``{u:GUEST}:earned``                       hash    stream -> diamonds earned on its stage
 ``{u:CREATOR}:fans``                       zset    viewer -> lifetime coins to the creator
 ``{u:CREATOR}:s:STREAM:battle[_top]``      ...     the stream's side of a battle, its gifters
 ``{u:CREATOR}:s:STREAM:battle_invite[s]`` ...     its pending invitation; invitations to it
@@ -32,6 +35,10 @@ key                                        type    holds
 ``{~N}:catalog``                           hash    this slot's copy of the catalog
 ``{~N}:outbox``                            stream  transfers debited in this slot, not yet
                                                    credited (the relay's work list)
+``{~N}:fence``                             string  written before each WAIT on the primary
+                                                   serving N (``always+replica``)
+``{~0}:relay_sweep``, ``{~0}:relay_hot``   string  the relays' shared sweep: its lease, and
+                                                   the slots it found with entries (TTL)
 =========================================  ======  =========================================
 
 ``{~N}`` is a *slot tag*: a short string chosen so that it hashes to one given slot, so a
@@ -146,6 +153,10 @@ class ClusterKeys:
         """Sender -> display name of their latest gift to the stream (the leaderboard's)."""
         return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:names"
 
+    def guests(self, creator_id: str, stream_id: str) -> str:
+        """The stage (``_guests.lua``), in the creator's slot next to the stream."""
+        return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:guests"
+
     def fans(self, creator_id: str) -> str:
         """Viewer -> lifetime coins sent to the creator over all its streams (levels)."""
         return f"{self.prefix}{{u:{creator_id}}}:fans"
@@ -241,6 +252,10 @@ class ClusterKeys:
     def catalog_shard(self, slot: int) -> str:
         return f"{self.prefix}{{{slot_tag(slot)}}}:catalog"
 
+    def fence_shard(self, slot: int) -> str:
+        """The durability fence of the primary serving ``slot`` (``always+replica``)."""
+        return f"{self.prefix}{{{slot_tag(slot)}}}:fence"
+
     def outbox_shard(self, slot: int) -> str:
         """Per slot, not per sender: a relay can sweep at most 16384 outboxes, but could not
         even find millions of per-sender ones."""
@@ -298,6 +313,43 @@ class ClusterKeys:
             self.battle(creator_id, stream_id),
             self.battle_top(creator_id, stream_id),
         ]
+
+    # The relay (cluster_relay.py): one full sweep of the outboxes per period, shared.
+
+    def relay_sweep_lease(self) -> str:
+        """Held by the relay that sweeps every outbox this period (``SET NX PX``)."""
+        return f"{self.prefix}{{{slot_tag(0)}}}:relay_sweep"
+
+    def relay_hot_slots(self) -> str:
+        """The slots whose outbox the last sweep found with entries (comma-separated)."""
+        return f"{self.prefix}{{{slot_tag(0)}}}:relay_hot"
+
+    def credit_stage_keys(self, creator_id: str, stream_id: str) -> list[str]:
+        """The LAST two keys of a credit call, after every other (``credit_gifts.lua`` reads
+        them as ``KEYS[#KEYS - 1 ..]``): the stage, and the creator's slot's outbox that
+        takes the guest-credits (``_stage_credit.lua``)."""
+        return [
+            self.guests(creator_id, stream_id),
+            self.outbox_shard(slot_of(self.account(creator_id))),
+        ]
+
+    def guest_credit_keys(self, guest_id: str, credit_ids: list[str]) -> list[str]:
+        """The keys of one ``credit_guest.lua`` call, in the guest's slot: the account, the
+        slot's platform share and log, each guest-credit's marker (a credit id is
+        ``TRANSFER|GUEST``), then what the guest earned per stream."""
+        slot = slot_of(self.account(guest_id))
+        return [
+            self.account(guest_id),
+            self.platform_shard(slot),
+            self.ledger_shard(slot),
+            *(self.credit_receipt(guest_id, credit_id) for credit_id in credit_ids),
+            self.guest_earned(guest_id),
+        ]
+
+    def guest_earned(self, guest_id: str) -> str:
+        """Stream id -> diamonds the guest earned on that stream's stage (``credit_guest.lua``
+        writes it; the stage in the creator's slot cannot know a guest's carry)."""
+        return f"{self.prefix}{{u:{guest_id}}}:earned"
 
     # The archiver (server/record/): one lease for the logs of every slot.
 

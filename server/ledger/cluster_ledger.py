@@ -33,6 +33,7 @@ from collections import defaultdict
 from typing import Any, cast
 
 import orjson
+from redis import exceptions as redis_errors
 
 from server.domain.catalog import Catalog, parse_catalog
 from server.domain.errors import ErrorCode, InvariantError, LedgerRefusal, UnavailableError
@@ -44,12 +45,14 @@ from server.domain.limits import (
     Limits,
 )
 from server.domain.money import Economics
-from server.ledger.catalogs import VERSION_FIELD
+from server.ledger.catalogs import VERSION_FIELD, CatalogStore
 from server.ledger.change_limits import ChangeLimiter
 from server.ledger.cluster_battles import ClusterBattles
+from server.ledger.cluster_catalog import CatalogSlot
 from server.ledger.cluster_clawbacks import Clawback, apply_clawback, receipt_clawbacks
 from server.ledger.cluster_credits import CreditBatcher, CreditResult, Transfer
 from server.ledger.cluster_goals import ClusterGoals
+from server.ledger.cluster_guests import ClusterStage, GuestCredit, GuestCredits, GuestResult
 from server.ledger.cluster_keys import ClusterKeys, slot_of
 from server.ledger.cluster_runner import ClusterScriptRunner
 from server.ledger.cluster_shards import Shards
@@ -72,6 +75,10 @@ CRASH_AFTER_DEBIT_ENV = "GIFTWIRE_TEST_CRASH_AFTER_DEBIT"
 """Test-only hook: ``1`` kills this process (SIGKILL) right after a debit committed, before
 its credit (``tests/cluster/test_leg_faults.py``). Read once, at import."""
 _CRASH_AFTER_DEBIT = os.environ.get(CRASH_AFTER_DEBIT_ENV) == "1"
+CRASH_BEFORE_GUESTS_ENV = "GIFTWIRE_TEST_CRASH_BEFORE_GUEST_CREDITS"
+"""Test-only hook: ``1`` kills this process (SIGKILL) after a credit to guests committed,
+before its guest-credits (``tests/cluster/test_cluster_guests.py``). Read once, at import."""
+_CRASH_BEFORE_GUESTS = os.environ.get(CRASH_BEFORE_GUESTS_ENV) == "1"
 CRASH_AFTER_REFUND_CLAIM_ENV = "GIFTWIRE_TEST_CRASH_AFTER_REFUND_CLAIM"
 """Test-only hook: ``1`` kills this process (SIGKILL) right after a refund's buyer leg
 committed, before its clawbacks (``tests/cluster/test_cluster_money_serve.py``)."""
@@ -95,11 +102,16 @@ class ClusterLedger(ClusterGoals):
         self.economics = economics or Economics()
         self.shards = Shards(runner.slots, timeout_s=self.limits.redis_timeout_s)
         self.credits = CreditBatcher(runner, self.keys, self.limits)
+        self.guests = ClusterStage(self)
+        """The stage scripts in the creator's slot (``cluster_guests.py``)."""
+        self.guest_credits = GuestCredits(runner, self.keys, self.limits)
         # One key, the user's account: the same script as single-node, in its slot.
         self.spending = SpendingStore(runner, self.keys, self.limits)
         self.changes = ChangeLimiter(runner, self.keys, self.limits)  # the user's slot
         # Each side in its own stream's slot (docs/ledger.md, "Battles in cluster mode").
         self.battles = ClusterBattles(self, self.keys, self.limits)
+        # The managed catalog: the single-node store, its keys in the {catalog} slot.
+        self.catalogs = CatalogStore(CatalogSlot(self), self.keys, runner)
         self.catalog: Catalog | None = None
         self._to_delete: dict[str, list[str]] = defaultdict(list)
         self._deleting = False
@@ -153,22 +165,30 @@ class ClusterLedger(ClusterGoals):
         return self.catalog
 
     async def copy_catalog(self, catalog: Catalog) -> int:
-        """Copy ``catalog``'s prices into every slot whose copy is another version (one HSET
-        per slot: a reader sees a whole version). Returns the slots written."""
+        """Copy ``catalog`` into every slot whose copy is an older version
+        (``copy_catalog.lua``: the whole copy replaced in one step, never by an older
+        version, so copies racing from several processes end at the newest). Returns the
+        slots written. Safe to repeat after ``UnavailableError``."""
         shards = self.keys.catalog_shards()
-        fields: dict[str, str | int] = dict(catalog.prices())
-        fields[VERSION_FIELD] = catalog.version
+        args = _copy_args(catalog)
+        sha = self.runner.script(ScriptName.COPY_CATALOG).sha
         written = 0
         # In parts, so that each part's pipelines finish well within the call timeout on a
         # loaded machine (all 16384 at once took seconds here).
         for start in range(0, len(shards), _COPY_PART):
             part = shards[start : start + _COPY_PART]
             versions = await self.shards.field_of_each(part, VERSION_FIELD)
-            want = str(catalog.version).encode()
-            stale = [key for key, value in versions.items() if value != want]
-            if stale:
-                await self.shards.copy_to_every_shard(stale, fields)
-                written += len(stale)
+            stale = [key for key, value in versions.items() if _older(value, catalog.version)]
+            if not stale:
+                continue
+            try:
+                replies = await self.shards.script_on_each(stale, sha, args)
+            except redis_errors.NoScriptError:  # a promoted replica: load, then once more
+                await self.runner.ensure_loaded()
+                replies = await self.shards.script_on_each(stale, sha, args)
+            for reply in replies.values():
+                _, held = unpack(cast(list[bytes], reply))  # a refusal (bad arguments) raises
+                written += not held
         if written:
             log.info("catalog version %d copied into %d slots", catalog.version, written)
         return written
@@ -380,14 +400,11 @@ class ClusterLedger(ClusterGoals):
         catalog_version: int | None = None,
         to: str | None = None,
     ) -> GiftReceipt:
-        """Debit, then credit at once; see the module docstring for the contract. Gifts to
-        guests (``to``) are single-node only so far (``docs/ledger.md``, "Guests on
-        stage"): refused here before anything is written."""
-        if to is not None:
-            raise LedgerRefusal(
-                ErrorCode.INVALID_REQUEST, "gifts to guests are not available on a cluster yet"
-            )
+        """Debit, then credit at once; see the module docstring for the contract. A gift
+        to guests (``to``) also applies its guest-credits at once (``cluster_guests.py``),
+        and is acknowledged once all of them are."""
         owner = await self.owner(stream_id)
+        verdict = ""
         if owner is None:
             state = "unknown"
             owner = creator_id  # only a stored receipt can answer; the debit checks it first
@@ -395,21 +412,30 @@ class ClusterLedger(ClusterGoals):
             if owner != creator_id:
                 raise LedgerRefusal(ErrorCode.INVALID_REQUEST)
             state = await self.stream_state(stream_id, owner)
-        body, replayed = await self._run(
-            ScriptName.DEBIT_GIFT,
+            if to is not None and state == "live":
+                # Refusals as single-node gives them, returned by the debit after its receipt
+                # check; a stage that changes before the credit is the credit leg's to decide.
+                verdict = await self.guests.verdict(stream_id, owner, to, sender_id)
+        body, replayed = await self._debit(
             self.keys.debit_keys(sender_id, client_id),
-            self._debit_args(
-                client_id,
-                sender_id,
-                sender_name,
-                owner,
-                stream_id,
-                gift_id,
-                count,
-                catalog_version=catalog_version or 0,
-                state=state,
-            ),
-            order_key=sender_id,
+            [
+                *self._debit_args(
+                    client_id,
+                    sender_id,
+                    sender_name,
+                    owner,
+                    stream_id,
+                    gift_id,
+                    count,
+                    catalog_version=catalog_version or 0,
+                    state=state,
+                ),
+                # Guests on stage: always the last two (debit_gift.lua reads them from the end).
+                to or "",
+                verdict,
+            ],
+            sender_id,
+            catalog_version or 0,
         )
         debit: dict[str, Any] = orjson.loads(body)
         if _CRASH_AFTER_DEBIT:
@@ -430,7 +456,13 @@ class ClusterLedger(ClusterGoals):
         if not credit.settled:
             self.unsettled_slots.add(slot)
             raise UnavailableError(f"gift debited, credit pending: {credit.code}")
+        if _CRASH_BEFORE_GUESTS and credit.guests:
+            os.kill(os.getpid(), signal.SIGKILL)
+        guests = await self.settle_guests(transfer, credit)
+        if not all(g.settled for g in guests):
+            raise UnavailableError("gift credited, a guest's credit pending")
         self._forget_outbox_entry(self.keys.outbox_shard(slot), str(debit["outbox_id"]))
+        guest_diamonds = sum(g.diamonds for g in guests)
         return GiftReceipt(
             transfer_id=transfer.transfer_id,
             client_id=client_id,
@@ -438,14 +470,38 @@ class ClusterLedger(ClusterGoals):
             gift_id=gift_id,
             count=transfer.count,
             coins=transfer.coins,
-            diamonds=credit.diamonds,
-            platform_coins=credit.platform_coins,
+            diamonds=credit.diamonds + guest_diamonds,
+            platform_coins=credit.platform_coins + sum(g.platform_coins for g in guests),
             balance=int(debit["balance"]),
             combo=credit.combo,
             seq=credit.seq,
             ts=credit.ts,
             replayed=replayed,
         )
+
+    async def _debit(
+        self, keys: list[str], args: list[str | int], sender_id: str, shown_version: int
+    ) -> tuple[bytes, bool]:
+        """debit_gift.lua; once more after copying the current catalog into the sender's
+        slot when that slot's copy is behind the version the viewer was shown (a copy
+        still under way, or a slot that lost it): refused, the debit wrote nothing."""
+        try:
+            return await self._run(ScriptName.DEBIT_GIFT, keys, args, sender_id)
+        except LedgerRefusal as refusal:
+            held = (refusal.detail or {}).get("catalog_version", 0)
+            behind = isinstance(held, int) and held < shown_version
+            if refusal.code is not ErrorCode.CATALOG_CHANGED or not behind:
+                raise
+        current = await self.current_catalog()
+        if current.version < shown_version:  # a version that never was current
+            detail: dict[str, object] = {"catalog_version": current.version}
+            raise LedgerRefusal(ErrorCode.CATALOG_CHANGED, detail=detail)
+        await self._copy_into(slot_of(keys[0]), current)
+        return await self._run(ScriptName.DEBIT_GIFT, keys, args, sender_id)
+
+    async def _copy_into(self, slot: int, catalog: Catalog) -> None:
+        keys = [self.keys.catalog_shard(slot)]
+        await self._run(ScriptName.COPY_CATALOG, keys, _copy_args(catalog), "")
 
     def _debit_args(
         self,
@@ -501,7 +557,42 @@ class ClusterLedger(ClusterGoals):
                 raise result
             else:
                 out.append(result)
+        # A transfer to guests settled here has guest-credits to apply too: at once, as the
+        # fast path does (those that fail stay in the outbox for the next round).
+        settled = [(t, r) for t, r in zip(transfers, out, strict=True) if r.settled and r.guests]
+        await asyncio.gather(*(self.settle_guests(t, r) for t, r in settled))
         return out
+
+    async def settle_guests(self, transfer: Transfer, credit: CreditResult) -> list[GuestResult]:
+        """Apply the guest-credits a credit left in the creator's slot's outbox (none for a
+        gift to the creator) and forget the entries of those applied; the others stay for
+        the relay, whose slot list learns of them."""
+        credits = [
+            GuestCredit.from_result(
+                row,
+                sender_id=transfer.sender_id,
+                creator_id=transfer.creator_id,
+                stream_id=transfer.stream_id,
+                share_bps=transfer.share_bps,
+                seq=credit.seq,
+                ts=credit.ts,
+            )
+            for row in credit.guests
+        ]
+        return await self.credit_guests(credits)
+
+    async def credit_guests(self, credits: list[GuestCredit]) -> list[GuestResult]:
+        """Apply guest-credits (each in its guest's slot, concurrently); forget the outbox
+        entries of those applied."""
+        results = list(await asyncio.gather(*(self.guest_credits.credit(c) for c in credits)))
+        for credit, result in zip(credits, results, strict=True):
+            outbox = self.keys.outbox_shard(slot_of(self.keys.account(credit.creator_id)))
+            if result.settled and credit.outbox_id:
+                self._forget_outbox_entry(outbox, credit.outbox_id)
+            elif not result.settled:
+                self.unsettled_slots.add(slot_of(outbox))
+                log.error("guest credit %s: %s %s", credit.credit_id, result.status, result.code)
+        return results
 
     def _forget_outbox_entry(self, outbox: str, entry_id: str) -> None:
         """XDEL a settled entry, batched per outbox in the background. Lost in a crash, it
@@ -516,15 +607,27 @@ class ClusterLedger(ClusterGoals):
         try:
             while self._to_delete:
                 batch, self._to_delete = self._to_delete, defaultdict(list)
-                results = await asyncio.gather(
-                    *(self.command(key, "XDEL", *ids) for key, ids in batch.items()),
-                    return_exceptions=True,
-                )
-                for key, result in zip(batch, results, strict=True):
-                    if isinstance(result, BaseException):
-                        self.unsettled_slots.add(slot_of(key))
+                # One pipeline per primary: a batch names an outbox per sender's slot, and
+                # a command each (a round trip per gift) cost more than the debit's.
+                try:
+                    await self.shards.delete_entries(batch)
+                except (UnavailableError, InvariantError):
+                    self.unsettled_slots.update(slot_of(key) for key in batch)
         finally:
             self._deleting = False
 
     async def aclose(self) -> None:
         await self.runner.aclose()
+
+
+def _older(held: bytes | None, version: int) -> bool:
+    """A slot copy at ``held`` (None: no copy) is behind ``version``."""
+    return held is None or not held.isdigit() or int(held) < version
+
+
+def _copy_args(catalog: Catalog) -> list[str | int]:
+    """copy_catalog.lua's ARGV for ``catalog``."""
+    args: list[str | int] = [catalog.version, SEND_COINS_MAX // GIFT_COUNT_MAX]
+    for gift_id, price in catalog.prices().items():
+        args += [gift_id, price]
+    return args

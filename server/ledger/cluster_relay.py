@@ -4,22 +4,31 @@ The server that debits a gift credits it at once and deletes its outbox entry. W
 a timeout or a refused credit leaves behind stays in the sender's slot's outbox
 (``{~N}:outbox``), and the relay settles it:
 
-1. **Where to look.** Every ``RELAY_FULL_SWEEP_S`` the relay reads the length of all 16384
-   outboxes (one pipeline per primary) and keeps the slots with entries as *hot*; between
-   full sweeps it looks only at the hot slots and at those this process itself left an
-   entry in (``ClusterLedger.unsettled_slots``). A slot stops being hot once its outbox is
-   empty.
+1. **Where to look.** Every ``RELAY_FULL_SWEEP_S`` one relay of the whole cluster (the
+   one that takes the lease ``{~0}:relay_sweep``, ``SET NX PX`` for the period) reads the
+   length of all 16384 outboxes (one pipeline per primary) and publishes the slots with
+   entries (``{~0}:relay_hot``, for two periods). Every relay tries the lease
+   ``RELAY_HOT_LIST_READS_PER_SWEEP`` times a period and, when another holds it, reads
+   that list (one ``GET``) instead of sweeping itself: the sweep costs the cluster 16384
+   ``XLEN`` per period, not per process. Its slots become *hot*; between sweeps a relay
+   looks only at the hot slots and at those its own process left an entry in
+   (``ClusterLedger.unsettled_slots``). A slot stops being hot once its outbox is empty.
+   A sweeper that dies holds the lease to the end of its period; an entry a dead process
+   left is found within about one period and a fifth.
 2. **A consumer group** ``relay`` on each hot outbox (created at id 0, so every entry is
    delivered): ``XREADGROUP >`` hands each new entry to one relay of all the processes.
 3. **``XAUTOCLAIM`` with ``RELAY_GRACE_MS``** then returns the entries that have been
    pending for at least that long, whoever's they were: this relay's own (after the grace
    the fast path has usually settled and deleted them, and XAUTOCLAIM drops deleted
    entries from the group by itself), and those of a relay that died mid-batch.
-4. **Credit, then acknowledge.** The batch goes through the same ``credit_gifts`` call as
-   the fast path, with the same transfer ids: a transfer that was credited already is a
-   ``replay``. Only ``ok`` and ``replay`` are acknowledged and deleted (``XACK``, ``XDEL``);
-   anything else (the credit side down, a refused transfer) stays pending and is tried
-   again after the grace. A crash anywhere in between leaves the entry pending: delivery
+4. **Credit, then acknowledge.** An entry is a debited transfer, or a guest-credit that a
+   credit to guests left in the creator's slot (``kind`` = ``guest_credit``,
+   ``cluster_guests.py``), applied by ``credit_guest.lua`` in the guest's slot. The batch
+   goes through the same ``credit_gifts`` (and ``credit_guest``) calls as the fast path,
+   with the same ids: a transfer (or guest-credit) applied already is a ``replay``. Only
+   ``ok`` and ``replay`` are acknowledged and deleted (``XACK``, ``XDEL``); anything else
+   (the credit side down, a refused transfer) stays pending and is tried again after the
+   grace. A crash anywhere in between leaves the entry pending: delivery
    is at least once and the credit idempotent, so each transfer is credited exactly once.
 
 The outboxes also carry chargebacks' clawbacks (``kind=clawback``, ``cluster_clawbacks.py``):
@@ -49,9 +58,15 @@ from typing import Any
 from redis import exceptions as redis_errors
 
 from server.domain.errors import GiftwireError
-from server.domain.limits import CREDIT_BATCH_MAX, RELAY_FULL_SWEEP_S, RELAY_GRACE_MS
+from server.domain.limits import (
+    CREDIT_BATCH_MAX,
+    RELAY_FULL_SWEEP_S,
+    RELAY_GRACE_MS,
+    RELAY_HOT_LIST_READS_PER_SWEEP,
+)
 from server.ledger.cluster_clawbacks import CLAWBACK_KIND, Clawback
 from server.ledger.cluster_credits import Transfer
+from server.ledger.cluster_guests import GUEST_CREDIT_KIND, GuestCredit
 from server.ledger.cluster_keys import SLOTS, slot_of
 from server.ledger.cluster_ledger import ClusterLedger
 from server.ledger.ledger import log_position
@@ -102,6 +117,8 @@ class Relay:
         self.stats = RelayStats(0, 0, 0)
         self._task: asyncio.Task[None] | None = None
         self._swept_at = -float("inf")
+        self.sweeps = 0
+        """Full sweeps this relay made itself (the others it read from the shared list)."""
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -122,14 +139,36 @@ class Relay:
             await asyncio.sleep(self.interval_s)
 
     async def full_sweep(self) -> None:
-        """Find every slot whose outbox has entries (XLEN of all 16384)."""
-        lengths = await self.ledger.shards.lengths(self.ledger.keys.outbox_shards())
-        self.hot |= {slot_of(key) for key in lengths}
+        """Find every slot whose outbox has entries: sweep (XLEN of all 16384) if this
+        relay takes the period's lease, else read the list the sweeper published. Called
+        ``RELAY_HOT_LIST_READS_PER_SWEEP`` times a period, so a sweeper that died is
+        replaced soon after its lease lapsed. With ``full_sweep_s`` 0 (``giftwire relay
+        --once``, tests) it always sweeps itself."""
         self._swept_at = time.monotonic()
+        keys, period_ms = self.ledger.keys, int(self.full_sweep_s * 1000)
+        if period_ms > 0:
+            took = await self.ledger.command(
+                keys.relay_sweep_lease(), "SET", self.consumer, "NX", "PX", period_ms
+            )
+            if not took:
+                await self.read_hot_list()
+                return
+        lengths = await self.ledger.shards.lengths(keys.outbox_shards())
+        found = sorted({slot_of(key) for key in lengths})
+        self.hot.update(found)
+        self.sweeps += 1
+        if period_ms > 0:
+            listed = ",".join(map(str, found))
+            await self.ledger.command(keys.relay_hot_slots(), "SET", listed, "PX", 2 * period_ms)
+
+    async def read_hot_list(self) -> None:
+        """Add the slots of the last sweep's list (one GET; bounded to the 16384 slots)."""
+        raw = await self.ledger.command(self.ledger.keys.relay_hot_slots(), "GET")
+        self.hot.update(_slots_listed(raw))
 
     async def round(self) -> int:
         """One pass over the hot slots; returns the transfers settled."""
-        if time.monotonic() - self._swept_at >= self.full_sweep_s:
+        if time.monotonic() - self._swept_at >= self.full_sweep_s / RELAY_HOT_LIST_READS_PER_SWEEP:
             await self.full_sweep()
         self.hot |= self.ledger.unsettled_slots
         self.ledger.unsettled_slots.clear()
@@ -193,23 +232,28 @@ class Relay:
         done = 0
         if entries:
             transfers: list[tuple[str, Transfer]] = []
+            guests: list[GuestCredit] = []
             clawbacks: list[tuple[str, Clawback]] = []
             for entry_id, fields in entries:
+                doc = _as_dict(fields)
                 try:
-                    entry = _as_dict(fields)
-                    if entry.get(b"kind") == CLAWBACK_KIND.encode():
-                        clawbacks.append((entry_id.decode(), Clawback.from_outbox(entry)))
+                    if doc.get(b"kind") == GUEST_CREDIT_KIND.encode():
+                        guests.append(GuestCredit.from_outbox(entry_id.decode(), doc))
+                    elif doc.get(b"kind") == CLAWBACK_KIND.encode():
+                        clawbacks.append((entry_id.decode(), Clawback.from_outbox(doc)))
                     else:
-                        transfers.append((entry_id.decode(), Transfer.from_outbox(entry)))
+                        transfers.append((entry_id.decode(), Transfer.from_outbox(doc)))
                 except (KeyError, ValueError) as e:
                     log.error(
                         "relay: outbox entry %s of slot %d is malformed: %s", entry_id, slot, e
                     )
             results = await ledger.credit_transfers([t for _, t in transfers])
+            guest_results = await ledger.credit_guests(guests)
             applied = await ledger.apply_clawbacks([c for _, c in clawbacks])
             if _CRASH_AFTER_CREDIT:
                 os.kill(os.getpid(), signal.SIGKILL)
             acked = [eid for (eid, _), r in zip(transfers, results, strict=True) if r.settled]
+            acked += [g.outbox_id for g, r in zip(guests, guest_results, strict=True) if r.settled]
             acked += [eid for (eid, _), ok in zip(clawbacks, applied, strict=True) if ok]
             if acked:
                 await ledger.command(outbox, "XACK", GROUP, *acked)
@@ -248,6 +292,14 @@ class Relay:
         except redis_errors.ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
+
+
+def _slots_listed(raw: object) -> set[int]:
+    """The slots of a published list (``1,17,4242``); anything else in it is ignored."""
+    if not isinstance(raw, bytes):
+        return set()
+    parts = raw.split(b",")[:SLOTS]
+    return {int(p) for p in parts if p.isdigit() and int(p) < SLOTS}
 
 
 def _pending_count(summary: Any) -> int:

@@ -22,6 +22,16 @@ What each reply means, and what the runner does with it:
 * A connection error or timeout: the outcome is *unknown*. The calls fail with
   ``UnavailableError`` and are never re-sent here; the slot map is read again before the
   next batch, so a retry with the same client id reaches the promoted replica.
+
+With ``wait_replicas`` (``GIFTWIRE_DURABILITY=always+replica``) every per-primary pipeline
+ends as the single-node runner's does: a write to that primary's fence key
+(``{~N}:fence``, N a slot the primary serves, found again when the slot moves) and
+``WAIT replicas timeout``; no reply of the pipeline is handed back before WAIT counted
+enough replicas of *that* primary. Fewer in time: every call of that pipeline fails with
+``UnavailableError`` (applied on the primary, perhaps not on its replicas), and the
+client's retry with the same id is acknowledged once they have it. A fence refused (its
+slot moved under it) fails the pipeline the same way: WAIT would then cover only the
+connection's earlier writes.
 """
 
 from __future__ import annotations
@@ -36,11 +46,21 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 
 from server.domain.errors import InvariantError, UnavailableError
-from server.ledger.cluster_keys import slot_of
+from server.ledger.cluster_keys import ClusterKeys, slot_of
 from server.ledger.cluster_topology import CONNECTION_ERRORS, Address, SlotMap, retrieve
-from server.ledger.runner import Reply, _Call, _is_noscript, _Lane, _pack_evalsha, _settle
+from server.ledger.runner import (
+    Reply,
+    _bulk,
+    _Call,
+    _is_noscript,
+    _Lane,
+    _NotReplicated,
+    _pack_evalsha,
+    _settle,
+)
 from server.ledger.scripts import LuaScript, ScriptName, load_scripts
 
 log = logging.getLogger("giftwire.ledger")
@@ -65,8 +85,20 @@ class ClusterScriptRunner:
         calls_per_pipeline_max: int = 64,
         pipelines_in_flight_max: int = 4,
         pool_max: int = 64,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
+        fence_keys: ClusterKeys | None = None,
     ) -> None:
         self.slots = SlotMap(startup_urls, timeout_s=timeout_s, pool_max=pool_max)
+        self.wait_replicas = wait_replicas
+        self._wait = (
+            b"*3\r\n$4\r\nWAIT\r\n" + _bulk(str(wait_replicas).encode())
+            + _bulk(str(wait_timeout_ms).encode())
+            if wait_replicas > 0
+            else b""
+        )  # fmt: skip
+        self._fence_keys = fence_keys or ClusterKeys()
+        self._fences: dict[int, bytes] = {}
         self._timeout_s = timeout_s
         self._calls_max = calls_per_pipeline_max
         self._lanes = [_Lane() for _ in range(max(1, pipelines_in_flight_max))]
@@ -185,6 +217,11 @@ class ClusterScriptRunner:
             loop.call_soon(self._flush, lane)
         return await call.future
 
+    async def run_now(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Reply:
+        """``run``: the single-node runner's escape from its lanes for calls made from
+        ``on_reload`` is not needed here (cluster mode seeds nothing from that hook)."""
+        return await self.run(name, keys, args)
+
     def _flush(self, lane: _Lane) -> None:
         lane.scheduled = False
         if lane.busy or not lane.pending:
@@ -255,7 +292,12 @@ class ClusterScriptRunner:
             return_exceptions=True,
         )
         for (node, part), result in zip(parts, results, strict=True):
-            if isinstance(result, (*CONNECTION_ERRORS, UnavailableError)):
+            if isinstance(result, _NotReplicated):
+                # Applied on the primary, not known on its replicas: unknown to the client,
+                # as in single-node mode. The node answers, so the map is not stale.
+                log.warning("cluster node %s:%d: %s", *node, result)
+                _fail(part, UnavailableError(str(result)))
+            elif isinstance(result, (*CONNECTION_ERRORS, UnavailableError)):
                 # Unknown outcome: these calls are not sent again; the next batch reads
                 # the slot map again (a failover may be under way).
                 self.slots.stale = True
@@ -326,6 +368,8 @@ class ClusterScriptRunner:
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             packed = [(_ASKING if asking else b"") + _pack_evalsha(call) for call in calls]
+            if self._wait:
+                packed.append(self._fence(node) + self._wait)
             await connection.send_packed_command(b"".join(packed), check_health=False)
             replies: list[object] = []
             for _ in calls:
@@ -335,12 +379,45 @@ class ClusterScriptRunner:
                     replies.append(await connection.read_response(timeout=math.inf))
                 except redis_errors.ResponseError as error:
                     replies.append(error)
+            if self._wait:
+                await self._replicated(connection)
             return replies
+        except _NotReplicated:
+            raise  # the connection is in a known state: keep it
         except BaseException:
             await connection.disconnect()
             raise
         finally:
             await pool.release(connection)
+
+    def _fence(self, node: Address) -> bytes:
+        """``SET fence 1`` for a slot ``node`` serves: WAIT then covers every write the
+        primary made before it, a replay's receipt written by an earlier call included."""
+        slot = self.slots.fence_slot(node)
+        packed = self._fences.get(slot)
+        if packed is None:
+            key = self._fence_keys.fence_shard(slot).encode()
+            packed = b"*3\r\n$3\r\nSET\r\n" + _bulk(key) + _bulk(b"1")
+            self._fences[slot] = packed
+        return packed
+
+    async def _replicated(self, connection: Connection) -> None:
+        """Read the fence's and WAIT's replies; ``_NotReplicated`` unless enough replicas."""
+        refused: list[str] = []
+        replies: list[object] = []
+        for _ in range(2):
+            try:
+                replies.append(await connection.read_response(timeout=math.inf))
+            except redis_errors.ResponseError as error:  # MOVED: the fence's slot moved
+                refused.append(str(error))
+        if refused:
+            self.slots.stale = True
+            raise _NotReplicated(f"durability fence or WAIT refused: {refused[0]}")
+        replicas = replies[1]
+        if not isinstance(replicas, int) or replicas < self.wait_replicas:
+            raise _NotReplicated(
+                f"applied, but on {replicas} of {self.wait_replicas} replicas in time"
+            )
 
 
 def _settle_on_cluster(call: _Call, reply: object) -> None:

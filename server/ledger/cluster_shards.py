@@ -67,8 +67,28 @@ class Shards:
             key: int(value) for key, value in replies.items() if isinstance(value, int) and value
         }
 
-    async def _each(self, keys: Sequence[str], command: str, *args: str | int) -> dict[str, object]:
-        """Send ``command key *args`` for every key, one pipeline per primary, all at once."""
+    async def script_on_each(
+        self, keys: Sequence[str], sha: str, args: Sequence[str | int]
+    ) -> dict[str, object]:
+        """``EVALSHA sha 1 key *args`` for every key (a one-key script in each slot); the
+        reply of each. ``NoScriptError`` when a primary lacks the script (load, repeat)."""
+        return await self._each(keys, "EVALSHA", *args, before=(sha, 1))
+
+    async def delete_entries(self, entries: Mapping[str, Sequence[str]]) -> None:
+        """``XDEL key id...`` for each stream of ``entries``, one pipeline per primary, all
+        at once: the outbox entries the fast path settled, from many slots per batch."""
+        await self._each(list(entries), "XDEL", per_key=entries)
+
+    async def _each(
+        self,
+        keys: Sequence[str],
+        command: str,
+        *args: str | int,
+        before: Sequence[str | int] = (),
+        per_key: Mapping[str, Sequence[str | int]] | None = None,
+    ) -> dict[str, object]:
+        """Send ``command *before key *args`` (or ``command key *per_key[key]``) for every
+        key, one pipeline per primary, all at once."""
         await self._slots.refresh_if_due()
         by_node: dict[Address, list[str]] = defaultdict(list)
         for key in keys:
@@ -76,13 +96,18 @@ class Shards:
         try:
             async with asyncio.timeout(self._timeout_s):
                 parts = await asyncio.gather(
-                    *(self._on_node(node, part, command, args) for node, part in by_node.items())
+                    *(
+                        self._on_node(node, part, command, args, before, per_key)
+                        for node, part in by_node.items()
+                    )
                 )
         except (*_DOWN, *_NOT_SERVED) as e:
             self._slots.stale = True
             if isinstance(e, redis_errors.MovedError):  # the new owner, sooner than a re-read
                 self._slots.owners[e.slot_id] = (e.host, e.port)
             raise UnavailableError(f"shard command failed: {type(e).__name__}: {e}") from e
+        except redis_errors.NoScriptError:
+            raise
         except redis_errors.ResponseError as e:  # WRONGTYPE and the like: a broken shard
             raise InvariantError(f"shard command {command} failed: {e}") from e
         replies: dict[str, object] = {}
@@ -106,7 +131,13 @@ class Shards:
             await self._each(keys, "HDEL", *removed)
 
     async def _on_node(
-        self, node: Address, keys: list[str], command: str, args: Sequence[str | int]
+        self,
+        node: Address,
+        keys: list[str],
+        command: str,
+        args: Sequence[str | int],
+        before: Sequence[str | int] = (),
+        per_key: Mapping[str, Sequence[str | int]] | None = None,
     ) -> dict[str, object]:
         """One write of every command for ``node``, then one reply each.
 
@@ -116,9 +147,18 @@ class Shards:
         (MOVED: the map is stale) is raised once every reply is read, so the connection
         goes back to the pool clean.
         """
-        tail = [_bulk(str(arg).encode()) for arg in args]
-        head = b"*%d\r\n%b" % (2 + len(args), _bulk(command.encode()))
-        packed = b"".join(head + _bulk(key.encode()) + b"".join(tail) for key in keys)
+        if per_key is None:
+            tail = [_bulk(str(arg).encode()) for arg in args]
+            head = b"*%d\r\n%b" % (2 + len(before) + len(args), _bulk(command.encode()))
+            head += b"".join(_bulk(str(arg).encode()) for arg in before)
+            packed = b"".join(head + _bulk(key.encode()) + b"".join(tail) for key in keys)
+        else:
+            name = _bulk(command.encode())
+            packed = b"".join(
+                b"*%d\r\n%b%b" % (2 + len(per_key[key]), name, _bulk(key.encode()))
+                + b"".join(_bulk(str(arg).encode()) for arg in per_key[key])
+                for key in keys
+            )
         pool = self._slots.client(node).connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:

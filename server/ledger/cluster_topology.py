@@ -42,6 +42,17 @@ class SlotMap:
         """Nodes whose last command failed: asked last for the map, logged once by callers."""
         self._refreshed_at = -math.inf
         self._refreshing: asyncio.Task[None] | None = None
+        self._fence_slots: dict[Address, int] = {}
+
+    def fence_slot(self, address: Address) -> int:
+        """A slot ``address`` serves in the map as last read: where its durability fence
+        key goes (``ClusterScriptRunner``, ``wait_replicas``). Found again when the slot
+        moved (a MOVED reply corrects ``owners`` at once)."""
+        slot = self._fence_slots.get(address)
+        if slot is None or self.owners[slot] != address:
+            slot = self.owners.index(address)  # ValueError: it serves no slot
+            self._fence_slots[address] = slot
+        return slot
 
     def client(self, address: Address) -> Redis:
         client = self._clients.get(address)

@@ -50,6 +50,8 @@ class ScriptName(StrEnum):
     BATTLE_RESULT = "battle_result"
     REFUND_CLAIM = "refund_claim"
     CLAWBACK = "clawback"
+    COPY_CATALOG = "copy_catalog"
+    CREDIT_GUEST = "credit_guest"
 
 
 @dataclass(frozen=True, slots=True)

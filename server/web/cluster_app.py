@@ -11,10 +11,12 @@ Here the server reads the cluster's slot map, loads the scripts on every primary
   timeout left in the outboxes; its pending transfers and lag are on ``/metrics``;
 * viewers: the same endpoint, hub and protocol as single-node mode, fed by sharded pub/sub
   (``ShardedPubSubBroker``: ``SSUBSCRIBE`` on the primary of each room's slot);
-* the HTTP API the ledger covers: catalog, wallet (held and withdrawable diamonds), streams,
+* the HTTP API the ledger covers: catalog and its admin API (edits and the schedule,
+  ``cluster_catalog.py``), wallet (held and withdrawable diamonds), streams,
   leaderboard (names and levels), stream goals, battles (``ClusterBattles``, and their
-  watch), gift history, the payment webhook (refunds claw back held gifts across slots),
-  cash-outs, and the payout webhook and admin call;
+  watch), guests on stage (``cluster_guests.py``), gift history, the payment webhook
+  (refunds claw back held gifts across slots), cash-outs, and the payout webhook and admin
+  call;
 * the durable record's routes (wallet history, statements), which read PostgreSQL and do
   not care about the Redis mode: a pool for reads when ``GIFTWIRE_DATABASE_URL`` is set.
   ``giftwire serve`` runs the archiver, which follows every slot's log, in a process of
@@ -48,20 +50,27 @@ from server.broker.cluster_rooms import ClusterRooms
 from server.broker.redis_sharded import ShardedPubSubBroker
 from server.domain.catalog import Catalog, load_catalog
 from server.domain.errors import ErrorCode, UnavailableError
+from server.ledger.catalog_schedule import CatalogSchedule
+from server.ledger.cluster_catalog import CatalogFollower
+from server.ledger.cluster_config import ClusterWatch, UnfitClusterError, check_cluster
 from server.ledger.cluster_keys import ClusterKeys
 from server.ledger.cluster_ledger import ClusterLedger
 from server.ledger.cluster_relay import Relay, RelayStats
 from server.ledger.cluster_runner import ClusterScriptRunner
 from server.ledger.keys import Keys
+from server.ledger.redis_config import Durability
+from server.protocol import events
 from server.realtime.hub import Hub
 from server.record.service import RecordService
 from server.settings import Settings
 from server.web import http_api
 from server.web.battle_api import BATTLE_ROUTES
+from server.web.catalog_api import CATALOG_ROUTES
 from server.web.cluster_battle_watch import ClusterBattleWatch
 from server.web.edge import DirectWebSocket
 from server.web.errors import error_response
 from server.web.goals_api import ROUTES as GOAL_ROUTES
+from server.web.guests_api import GUEST_ROUTES
 from server.web.metrics import RELAY_LAG, RELAY_PENDING
 from server.web.payouts_api import PAYOUT_ROUTES
 from server.web.record_api import RECORD_ROUTES
@@ -85,6 +94,9 @@ _SERVED = {
     "/api/streams/{stream_id}/gifts",
     "/api/streams/{stream_id}/goals",
     "/api/streams/{stream_id}/goals/{goal_id}",
+    "/api/streams/{stream_id}/guests",
+    "/api/streams/{stream_id}/guests/join",
+    "/api/streams/{stream_id}/guests/leave",
     "/api/webhooks/payments",
     "/api/cashouts",
     "/api/webhooks/payouts",
@@ -112,16 +124,42 @@ class ClusterServices:
     runner: ClusterScriptRunner
     hub: Hub
     ledger: ClusterLedger
+    watch: ClusterWatch
     prepared: bool = False
     record: RecordService | None = None
     """The durable record's pool for reads (None without GIFTWIRE_DATABASE_URL)."""
     connections_by_user: Counter[str] = field(default_factory=Counter)
     connections_by_ip: Counter[str] = field(default_factory=Counter)
 
+    follower: CatalogFollower | None = None
+
     def follow_catalog(self, catalog: Catalog) -> None:
-        """A new catalog version is current in the cluster: serve and display it."""
+        """A catalog version is current in the cluster: serve and display it; a new one is
+        told to every connected client (``catalog``), as in single-node mode."""
+        previous = self.catalog
         self.catalog = catalog
-        self.hub.catalog = catalog
+        if catalog.version == previous.version:
+            self.hub.catalog = catalog
+            return
+        # Events of a retired gift (in flight, resumed, paged) keep their display fields.
+        self.hub.catalog = Catalog(catalog.version, {**previous.gifts, **catalog.gifts})
+        self.hub.announce(events.catalog(catalog))
+
+    async def catalog_changed(self, *_: object) -> None:
+        """A new version may be current (this process's edit, the schedule, the watch's
+        tick): once it is copied into every slot, serve and announce it."""
+        if self.follower is None or not self.prepared:
+            return
+        try:
+            catalog = await self.follower.follow()
+        except _DOWN as e:
+            # Written, not yet copied everywhere: served once the copy is done, which the
+            # watch's next tick (of this or any process) retries; an admin's edit still
+            # answers with the version it wrote.
+            log.warning("new catalog version not copied into every slot yet: %s", e)
+            return
+        if catalog is not None:
+            self.follow_catalog(catalog)
 
 
 def _relay_metrics(stats: RelayStats) -> None:
@@ -140,9 +178,23 @@ async def _prepare(services: ClusterServices, catalog: Catalog) -> None:
             await asyncio.sleep(PREPARE_RETRY_S)
             continue
         services.follow_catalog(held)
+        services.follower = CatalogFollower(services.ledger, copied_version=held.version)
         services.prepared = True
         log.info("cluster ledger ready: catalog version %d in every slot", held.version)
         return
+
+
+async def _refuse_unfit(watch: ClusterWatch) -> None:
+    """The preflight of ``giftwire serve`` again, for any other way of starting the app:
+    a primary that evicts keys or (under ``always``) does not fsync refuses the start."""
+    found = await check_cluster(watch.slots, watch.durability, watch.replicas)
+    for line in found.warnings + found.unready:
+        log.warning("%s", line)
+    for line in found.problems:
+        log.error("%s", line)
+    if found.problems:
+        raise UnfitClusterError(found.problems[0])
+    watch.problems = found.unready
 
 
 def create_cluster_app(settings: Settings) -> DirectWebSocket:
@@ -153,14 +205,25 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         limits = settings.limits
+        replicated = settings.durability_mode is Durability.ALWAYS_REPLICA
         runner = ClusterScriptRunner(
             [node_url],
             timeout_s=limits.redis_timeout_s,
             calls_per_pipeline_max=limits.pipeline_calls_max,
             pipelines_in_flight_max=limits.pipelines_in_flight_max,
+            wait_replicas=settings.durability_replicas if replicated else 0,
+            wait_timeout_ms=settings.durability_wait_ms,
+            fence_keys=ClusterKeys(settings.key_prefix),
+        )
+        watch = ClusterWatch(
+            runner.slots,
+            durability=settings.durability_mode,
+            replicas=settings.durability_replicas,
+            interval_s=settings.redis_check_interval_s,
         )
         try:
             await runner.prepare()
+            await _refuse_unfit(watch)
         except _DOWN as e:
             log.warning("cluster at %s not reachable yet: %s", node_url.split("@")[-1], e)
         ledger = ClusterLedger(
@@ -194,8 +257,16 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
                 settings.database_url, node_url, Keys(settings.key_prefix), archive=False
             )
             record.start()
-        services = ClusterServices(settings, catalog, runner, hub, ledger, record=record)
+        services = ClusterServices(settings, catalog, runner, hub, ledger, watch, record=record)
         app.state.services = services
+        watch.on_tick = services.catalog_changed
+        watch.start()
+        schedule = CatalogSchedule(
+            ledger.catalogs,
+            interval_s=settings.redis_check_interval_s,
+            on_published=services.catalog_changed,
+        )
+        schedule.start()
         preparing = asyncio.get_running_loop().create_task(_prepare(services, catalog))
         relay = Relay(ledger, on_round=_relay_metrics)
         relay.start()
@@ -209,6 +280,8 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
                 await preparing
             await battle_watch.stop()
             await relay.stop()
+            await schedule.stop()
+            await watch.stop()
             await hub.stop()
             if record is not None:
                 await record.stop()
@@ -222,6 +295,7 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
             *BATTLE_ROUTES,
             *RECORD_ROUTES,
             *PAYOUT_ROUTES,
+            *GUEST_ROUTES,
         ]
         if getattr(route, "path", "") in _SERVED
     ]
@@ -231,6 +305,9 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
         *served,
         # One key each (the user's account): spending_limits.lua runs in that slot.
         *SPENDING_ROUTES,
+        # The managed catalog: the single-node store in the {catalog} slot, each new
+        # version copied into every slot before it is served (cluster_catalog.py).
+        *CATALOG_ROUTES,
         Route("/api/{path:path}", _refuse, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
         WebSocketRoute("/ws/streams/{stream_id}", gift_socket),
     ]
@@ -249,7 +326,8 @@ async def _readyz(request: Request) -> Response:
         reached = await services.runner.ensure_loaded()
     except _DOWN:
         reached = False
-    ready = reached and services.hub.connected and services.prepared
+    problems = services.watch.problems
+    ready = reached and services.hub.connected and services.prepared and not problems
     body: dict[str, object] = {
         "redis": reached,
         "cluster": True,
@@ -258,6 +336,8 @@ async def _readyz(request: Request) -> Response:
     }
     if not services.prepared:
         body["reason"] = NOT_PREPARED
+    if problems:
+        body["problems"] = problems
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass, field
 
 from server.domain.catalog import CatalogError, load_catalog
+from server.ledger.cluster_config import check_cluster
+from server.ledger.cluster_topology import SlotMap
 from server.ledger.connection import make_client
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
@@ -98,3 +100,15 @@ async def preflight(settings: Settings, redis_url: str, *, embedded: bool) -> Fi
         return await startup_problems(ledger, settings)
     finally:
         await ledger.redis.aclose()
+
+
+async def cluster_preflight(settings: Settings, node_url: str) -> Findings:
+    """Every primary of the cluster at ``node_url`` against the single-node rules
+    (``cluster_config.py``): eviction policy and fsync refuse the start, missing replicas
+    only warn (the server is unready until they are back)."""
+    slots = SlotMap([node_url], timeout_s=10, pool_max=2)
+    try:
+        found = await check_cluster(slots, settings.durability_mode, settings.durability_replicas)
+    finally:
+        await slots.aclose()
+    return Findings(problems=found.problems, warnings=found.warnings + found.unready)

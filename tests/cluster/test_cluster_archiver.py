@@ -207,3 +207,39 @@ async def test_the_two_legs_of_cluster_gifts_are_recorded_and_balance(
         assert whole.ok, whole.problems
     finally:
         await ledger.aclose()
+
+
+async def test_gifts_to_guests_are_recorded_and_balance(
+    redis_cluster: RedisCluster,
+    client: ClusterClient,
+    slot_map: SlotMap,
+    record_pool: RecordPool,
+    keys: Keys,
+) -> None:
+    """The third leg (``guest_credit`` in each guest's slot) posts the guests' diamonds; a
+    credit to guests leaves its coins in transit until then."""
+    ledger = await open_ledger(redis_cluster, keys.prefix)
+    try:
+        stream, creator = await live_stream(ledger)
+        guests = ["guest-a", "guest-b"]
+        for guest in guests:
+            await ledger.guests.invite(stream_id=stream, creator_id=creator, guest_id=guest)
+            await ledger.guests.join(stream_id=stream, guest_id=guest, name=guest)
+        sender = await funded(ledger, 1_000)
+        for n, to in enumerate(["*", "guest-a", None, "*"]):
+            await gift(ledger, sender, stream, creator, gift_id="cap", client_id=f"t{n}", to=to)
+        archiver = _archiver(client, slot_map, record_pool, keys, "guests")
+        await archiver.drain()
+        report = await reconcile_logs(client, record_pool, archiver.logs)
+        assert report.ok, report.problems
+        async with record_pool.connection() as conn:
+            rows = await (
+                await conn.execute("SELECT user_id, account, balance FROM account_balances")
+            ).fetchall()
+        balances = {(user, account): int(balance) for user, account, balance in rows}
+        assert balances.get((None, "transit"), 0) == 0
+        for user in [*guests, creator]:
+            assert balances[(user, "diamonds")] == (await ledger.balance(user)).diamonds
+        assert (await reconcile_cluster(ledger)).ok
+    finally:
+        await ledger.aclose()

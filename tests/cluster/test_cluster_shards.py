@@ -116,3 +116,18 @@ async def test_a_shard_of_the_wrong_type_is_an_invariant_error(
     await client.set(cluster_keys.platform_shard(77), "not a hash")
     with pytest.raises(InvariantError, match="wrong kind of value"):
         await shards.sum_field(cluster_keys.platform_shards(), "coins")
+
+
+async def test_entries_of_many_outboxes_are_deleted_in_one_pipeline_per_primary(
+    shards: Shards, client: ClusterClient, keys: Keys
+) -> None:
+    cluster_keys = ClusterKeys(keys.prefix)
+    outboxes = [cluster_keys.outbox_shard(slot) for slot in (1, 5000, 9000, 16000)]
+    ids: dict[str, list[str]] = {}
+    for outbox in outboxes:
+        ids[outbox] = [await client.xadd(outbox, {"n": n}) for n in range(3)]
+    # Two entries of each outbox settled; the third stays.
+    await shards.delete_entries({key: [i.decode() for i in got[:2]] for key, got in ids.items()})
+    assert await shards.lengths(outboxes) == {key: 1 for key in outboxes}
+    for key, got in ids.items():
+        assert [entry for entry, _ in await client.xrange(key)] == got[2:]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
@@ -186,3 +186,61 @@ async def test_one_broken_transfer_does_not_fail_its_batch(
     assert relay.settled == 2 and relay.stats.pending == 1
     info = await survivor.stream(stream)
     assert info is not None and info.last_sequence == 2
+
+
+def count_sweeps(ledger: ClusterLedger, swept: list[int]) -> None:
+    """Record the number of outboxes each XLEN sweep of ``ledger`` reads."""
+    lengths = ledger.shards.lengths
+
+    async def counted(outboxes: Sequence[str]) -> dict[str, int]:
+        swept.append(len(outboxes))
+        return await lengths(outboxes)
+
+    ledger.shards.lengths = counted  # type: ignore[method-assign]
+
+
+async def test_one_relay_sweeps_every_outbox_per_period_and_the_others_read_its_list(
+    crashed: ClusterLedger, survivor: ClusterLedger, redis_cluster: RedisCluster, keys: Keys
+) -> None:
+    await _debited_only(crashed, senders=3, gifts=1)
+    left = set(crashed.unsettled_slots)
+    crashed.unsettled_slots.clear()
+    other = await open_ledger(redis_cluster, keys.prefix)
+    try:
+        relays = [Relay(ledger, grace_ms=0, full_sweep_s=30) for ledger in (survivor, other)]
+        swept: list[int] = []
+        for relay in relays:
+            count_sweeps(relay.ledger, swept)
+        await asyncio.gather(*(relay.full_sweep() for relay in relays))
+        # One of them read the 16384 lengths and published the slots; the other, one GET.
+        assert swept == [16384] and sorted(r.sweeps for r in relays) == [0, 1]
+        sweeper = next(r for r in relays if r.sweeps)
+        reader = next(r for r in relays if not r.sweeps)
+        if not reader.hot:  # it read the list before the sweeper wrote it: next read
+            await reader.read_hot_list()
+        assert sweeper.hot == reader.hot == left
+        await _settle(reader)
+        report = await reconcile_cluster(survivor)
+        assert report.problems == [] and report.pending == []
+    finally:
+        await other.aclose()
+
+
+async def test_a_sweeper_that_died_holding_the_lease_is_replaced_after_its_period(
+    crashed: ClusterLedger, survivor: ClusterLedger
+) -> None:
+    await _debited_only(crashed, senders=2, gifts=1)
+    left = set(crashed.unsettled_slots)
+    crashed.unsettled_slots.clear()
+    # A relay took this period's lease and died before it swept or published anything.
+    lease = survivor.keys.relay_sweep_lease()
+    assert await survivor.command(lease, "SET", "dead-relay", "NX", "PX", 1000)
+    relay = Relay(survivor, grace_ms=0, full_sweep_s=1.0, interval_s=0.05)
+    await relay.round()
+    assert relay.sweeps == 0 and relay.hot == set()  # the lease is the dead one's
+    while not relay.sweeps:  # it tries again five times a period
+        await asyncio.sleep(0.05)
+        await relay.round()
+    await _settle(relay)  # only its own sweep could have found them
+    assert relay.settled == 2 and left
+    assert (await reconcile_cluster(survivor)).pending == []
