@@ -133,7 +133,7 @@ async def test_the_record_is_append_only(record_pool: RecordPool, statement: str
         ("(1000, 1, 9, 'bob', 'platform', 5)", "postings_check"),
         ("(1000, 1, 9, 'bob', 'gems', 5)", "postings_account_check"),
         ("(1000, 1, 9, 'bob', 'coins', 0)", "postings_amount_check"),
-        ("(1, 1, 9, 'bob', 'coins', 5)", "postings_log_slot_log_ms_log_seq_fkey"),
+        ("(1, 1, 9, 'bob', 'coins', 5)", "postings_transfer_exists"),
     ],
 )
 async def test_postings_name_real_accounts_and_transfers(
