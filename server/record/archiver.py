@@ -45,7 +45,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from server.ledger.keys import Keys
 from server.record.connection import RecordPool
-from server.record.lease import Lease
+from server.record.lease import Lease, Locate
 from server.record.postings import SINGLE_NODE_LOG, RecordError, Transfer, to_transfer
 from server.record.store import record_transfers
 
@@ -120,13 +120,15 @@ class Archiver:
         logs: Sequence[LedgerLog] | None = None,
         lease_key: str | None = None,
         lease_redis: Redis | None = None,
+        lease_locate: Locate | None = None,
         discover: Discover | None = None,
     ) -> None:
         """``redis``: a client of the single node, or a ``RedisCluster`` (each command here
         names one key, so it routes by it). ``logs`` (default: ``{ledger}:log``) and, in
         cluster mode, ``discover`` to find them again now and then, and ``lease_redis``, a
         client of the node holding ``lease_key`` (the lease uses WATCH, which a cluster
-        client's pipelines do not)."""
+        client's pipelines do not), with ``lease_locate`` to find that node again after a
+        failover."""
         self.redis: Any = redis
         self.pool = pool
         self.logs = list(logs) if logs is not None else [LedgerLog(keys.ledger())]
@@ -137,7 +139,7 @@ class Archiver:
             raise TypeError("a cluster's archiver needs lease_redis")
         self.lease = Lease(
             lease_redis or cast(Redis, redis), lease_key or keys.archiver_lease(), self.consumer,
-            ttl_ms=self.config.lease_ttl_ms,
+            ttl_ms=self.config.lease_ttl_ms, locate=lease_locate,
         )  # fmt: skip
         self.stats = ArchiverStats()
         self._next_trim = 0.0
