@@ -84,7 +84,7 @@ class ArchiverConfig:
     """An entry pending this long for another consumer is claimed (its archiver died)."""
     claim_interval_s: float = 1.0
     """How often the logs are looked at for such entries (taking over claims at once)."""
-    linger_ms: int = 50
+    linger_ms: int = 200
     """After a batch smaller than ``batch_max``, wait this long before the next read: under
     a steady load the batches grow (fewer XREADGROUP/XACK round trips and transactions per
     transfer, for Redis and for the archiver) at the price of this much more lag."""
@@ -260,10 +260,12 @@ class Archiver:
         return len(rows)
 
     async def _record(self, ledger_log: LedgerLog, rows: Rows) -> None:
+        # map() decodes in C: half the CPU of a comprehension calling .decode() per item.
+        decode = bytes.decode
         transfers: list[Transfer] = [
             to_transfer(
-                entry_id.decode(),
-                {k.decode(): v.decode() for k, v in fields.items()},
+                decode(entry_id),
+                dict(zip(map(decode, fields), map(decode, fields.values()), strict=True)),
                 ledger_log.slot,
             )
             for entry_id, fields in rows

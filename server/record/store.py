@@ -54,10 +54,11 @@ async def record_transfers(conn: AsyncConnection[Any], transfers: Sequence[Trans
         return 0
     async with conn.transaction():
         rows = [
-            {"ls": t.log_slot, "m": t.log_ms, "s": t.log_seq, "t": t.type, "fu": t.text("from"),
-             "tu": t.text("to"), "c": t.text("client_id"), "p": t.text("payment"),
-             "st": t.text("stream"), "g": t.text("gift"), "n": t.count, "f": t.fields}
+            {"ls": t.log_slot, "m": t.log_ms, "s": t.log_seq, "t": t.type, "fu": f.get("from"),
+             "tu": f.get("to"), "c": f.get("client_id"), "p": f.get("payment"),
+             "st": f.get("stream"), "g": f.get("gift"), "n": t.count, "f": f}
             for t in transfers
+            for f in (t.fields,)
         ]  # fmt: skip
         cursor = await conn.execute(_INSERT_TRANSFERS, [orjson.dumps(rows).decode()])
         new = {(int(ls), int(ms), int(seq)) for ls, ms, seq in await cursor.fetchall()}
@@ -66,7 +67,7 @@ async def record_transfers(conn: AsyncConnection[Any], transfers: Sequence[Trans
             await _check_replays(conn, replays)
         lines = [
             {"ls": t.log_slot, "m": t.log_ms, "s": t.log_seq, "l": i, "u": p.user_id,
-             "a": p.account.value, "v": p.amount}
+             "a": p.account, "v": p.amount}  # orjson writes an enum as its value
             for t in transfers if _key(t) in new
             for i, p in enumerate(t.postings)
         ]  # fmt: skip
