@@ -31,6 +31,10 @@ SELECT ls, m, s, l, u, a, v
        AS r(ls integer, m bigint, s bigint, l smallint, u text, a text, v bigint)
 """
 
+_COPY_POSTINGS = (
+    "COPY postings (log_slot, log_ms, log_seq, line, user_id, account, amount) FROM STDIN"
+)
+
 _STORED_FIELDS = """
 SELECT log_slot, log_ms, log_seq, fields FROM transfers
  WHERE (log_slot, log_ms, log_seq)
@@ -65,14 +69,13 @@ async def record_transfers(conn: AsyncConnection[Any], transfers: Sequence[Trans
         replays = [t for t in transfers if _key(t) not in new]
         if replays:
             await _check_replays(conn, replays)
-        lines = [
-            {"ls": t.log_slot, "m": t.log_ms, "s": t.log_seq, "l": i, "u": p.user_id,
-             "a": p.account, "v": p.amount}  # orjson writes an enum as its value
-            for t in transfers if _key(t) in new
-            for i, p in enumerate(t.postings)
-        ]  # fmt: skip
-        if lines:
-            await conn.execute(_INSERT_POSTINGS, [orjson.dumps(lines).decode()])
+        async with conn.cursor().copy(_COPY_POSTINGS) as copy:
+            for t in transfers:
+                if _key(t) in new:
+                    for i, p in enumerate(t.postings):
+                        await copy.write_row(
+                            (t.log_slot, t.log_ms, t.log_seq, i, p.user_id, p.account, p.amount)
+                        )
     return len(new)
 
 
