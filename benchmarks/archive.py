@@ -286,6 +286,7 @@ def _summary(
         # ratio to expect where the gift path is CPU-bound on its cores.
         "gift_path_cpu_ratio_off_on": round(median_cpu(off_rounds) / median_cpu(on_rounds), 3),
         "archive_lag_ms": max(lags, key=lambda lag: lag["p99"]),
+        "all_rounds_archive_lag_ms": lags,
         "all_rounds_gifts_per_s": {
             "off": [r["gifts_per_s"] for r in off_rounds],
             "on": [r["gifts_per_s"] for r in on_rounds],
