@@ -20,7 +20,15 @@ TIMEOUT_S = 10.0
 SIGNATURE_HEADER = "x-giftwire-signature"
 
 
-def http_json(
+def http_json(method: str, url: str, body: object = None, **options: Any) -> tuple[int, Any]:
+    """``(status, decoded JSON body)``; an error body that is not JSON becomes giftwire's
+    error shape with code ``http_error``. Raises OSError when the server cannot be reached.
+    ``options``: those of ``http_exchange`` (``bearer``, ``headers``, ``raw``, ``timeout_s``)."""
+    status, _, decoded = http_exchange(method, url, body, **options)
+    return status, decoded
+
+
+def http_exchange(
     method: str,
     url: str,
     body: object = None,
@@ -29,9 +37,9 @@ def http_json(
     headers: dict[str, str] | None = None,
     raw: bytes | None = None,
     timeout_s: float = TIMEOUT_S,
-) -> tuple[int, Any]:
-    """``(status, decoded JSON body)``; an error body that is not JSON becomes giftwire's
-    error shape with code ``http_error``. Raises OSError when the server cannot be reached."""
+) -> tuple[int, dict[str, str], Any]:
+    """``http_json`` with the response's headers too (names in lower case): a 429's
+    ``retry-after``, for one."""
     data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
     request = urllib.request.Request(url, data=data, method=method)
     request.add_header("accept", "application/json")
@@ -43,13 +51,16 @@ def http_json(
         request.add_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return response.status, orjson.loads(response.read() or b"null")
+            got = {name.lower(): value for name, value in response.headers.items()}
+            return response.status, got, orjson.loads(response.read() or b"null")
     except urllib.error.HTTPError as error:
+        got = {name.lower(): value for name, value in error.headers.items()}
         text = error.read()
         try:
-            return error.code, orjson.loads(text or b"null")
+            return error.code, got, orjson.loads(text or b"null")
         except orjson.JSONDecodeError:
-            return error.code, {"error": {"code": "http_error", "message": text.decode()[:200]}}
+            shown = {"error": {"code": "http_error", "message": text.decode()[:200]}}
+            return error.code, got, shown
 
 
 async def call(

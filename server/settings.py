@@ -294,6 +294,9 @@ DESCRIPTIONS: dict[str, str] = {
     "lagging_s_max": "how long a viewer may stay at its queue limit before close 4008 (s)",
     "gifts_per_s_max": "gifts per user per second, across all processes",
     "gift_burst_max": "burst of the per-user gift rate",
+    "changes_per_minute_max": "state-changing HTTP calls (goals, spending, guests, battles, "
+    "admin) per user per minute, across all processes (more: 429 rate_limited)",
+    "change_burst_max": "burst of the per-user change rate",
     "daily_spend_coins_max": "default spending cap per user over any 24 hours (coins; 0: none)",
     "monthly_spend_coins_max": "default spending cap per user per calendar month, UTC (coins; "
     "0: none)",

@@ -39,7 +39,7 @@ export function plural(count, word) {
 
 export const ERROR_TEXT = {
   insufficient_funds: "Not enough coins for this gift.",
-  rate_limited: "Too many gifts too quickly: slow down a little.",
+  rate_limited: "Too much too quickly: slow down a little, then try again.",
   stream_not_live: "The stream has ended: gifts are no longer accepted.",
   unknown_gift: "That gift is no longer in the catalog.",
   catalog_changed: "Prices changed: the gifts show the new ones now. Tap again to send.",

@@ -1,8 +1,7 @@
 """Room events from Redis pub/sub, and the reads the rooms need (``ports.Broker``).
 
-One pub/sub connection per process carries every room this process serves. Presence (the
-viewers of each room on each process) is a hash of ``process id -> "count:expires_ms"``,
-written with every snapshot the stats tick asks for and parsed only here.
+One pub/sub connection per process carries every room this process serves. Presence and
+the snapshot are read as ``rooms_read.py`` says, shared with the cluster's broker.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from typing import Any, cast
 from redis import exceptions as redis_errors
 from redis.asyncio.client import PubSub
 
+from server.broker.rooms_read import epoch_position, presence_entry, room_snapshot, viewers_sum
 from server.domain.errors import UnavailableError
 from server.domain.limits import PUBSUB_DRAIN_MAX, TOP_MAX
 from server.ledger.goals import goals_from_hash
@@ -26,19 +26,6 @@ from server.realtime.ports import BrokerListener, RoomSnapshot, StreamPosition
 log = logging.getLogger("giftwire.broker")
 
 _REDIS_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, TimeoutError)
-
-
-def _viewers(raw: dict[bytes, bytes], now_ms: int) -> tuple[int, list[bytes]]:
-    """Sum of the live presence entries, and the fields of the expired ones."""
-    total = 0
-    stale: list[bytes] = []
-    for process, value in raw.items():
-        count, _, expires = value.partition(b":")
-        if not expires.isdigit() or int(expires) < now_ms or not count.isdigit():
-            stale.append(process)
-        else:
-            total += int(count)
-    return total, stale
 
 
 class RedisPubSubBroker:
@@ -246,7 +233,7 @@ class RedisPubSubBroker:
             async with asyncio.timeout(self._timeout_s):
                 pipe = self.ledger.redis.pipeline(transaction=False)
                 if viewers_here is not None:
-                    presence = f"{viewers_here}:{now_ms + self._presence_ttl_ms}"
+                    presence = presence_entry(viewers_here, now_ms, self._presence_ttl_ms)
                     pipe.hset(k.viewers(stream_id), self.process_id, presence)  # type: ignore[unused-awaitable]
                 pipe.hgetall(k.stream(stream_id))  # type: ignore[unused-awaitable]
                 pipe.hgetall(k.viewers(stream_id))  # type: ignore[unused-awaitable]
@@ -267,7 +254,7 @@ class RedisPubSubBroker:
                     if top and b"creator" in raw
                     else []
                 )
-                viewers, stale = _viewers(cast(dict[bytes, bytes], viewers_raw), now_ms)
+                viewers, stale = viewers_sum(cast(dict[bytes, bytes], viewers_raw), now_ms)
                 if stale:
                     with contextlib.suppress(redis_errors.ResponseError):
                         await self.ledger.redis.hdel(k.viewers(stream_id), *stale)
@@ -278,22 +265,8 @@ class RedisPubSubBroker:
         stream = stream_from_hash(stream_id, raw)
         if stream is None:
             return None
-        return RoomSnapshot(
-            stream_id=stream_id,
-            creator_id=stream.creator_id,
-            creator_name=stream.creator_name,
-            title=stream.title,
-            state=stream.state.value,
-            position=StreamPosition(stream.last_sequence, stream.epoch),
-            coins=stream.coins_total,
-            diamonds=stream.diamonds_total,
-            gifts=stream.gifts_total,
-            viewers=viewers,
-            top=named,
-            goals=goals_from_hash(cast(dict[bytes, bytes], goals_raw)),
-            prev_epoch=stream.prev_epoch,
-            prev_epoch_seq=stream.prev_epoch_seq,
-        )
+        goals = goals_from_hash(cast(dict[bytes, bytes], goals_raw))
+        return room_snapshot(stream, viewers=viewers, top=named, goals=goals)
 
     async def feed(self, stream_id: str, after_seq: int, limit: int) -> list[bytes]:
         return await self.ledger.feed(stream_id, after_seq, limit)
@@ -302,13 +275,11 @@ class RedisPubSubBroker:
         change = await self.ledger.bump_epoch(
             stream_id=stream_id, expected=expected, epoch=uuid.uuid4().hex[:16], valid_seq=valid_seq
         )
-        if change.prev_epoch != expected:
-            return StreamPosition(0, change.epoch)  # moved on twice: none of ours holds
-        return StreamPosition(change.prev_epoch_seq, change.epoch)
+        return epoch_position(change, expected)
 
     async def viewers(self, stream_id: str) -> int:
         try:
             raw = await self.ledger.redis.hgetall(self.keys.viewers(stream_id))
         except _REDIS_DOWN as e:
             raise UnavailableError(str(e) or type(e).__name__) from e
-        return _viewers(cast(dict[bytes, bytes], raw), int(time.time() * 1000))[0]
+        return viewers_sum(cast(dict[bytes, bytes], raw), int(time.time() * 1000))[0]

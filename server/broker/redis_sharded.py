@@ -47,7 +47,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from server.broker.cluster_rooms import ClusterRooms
-from server.broker.redis_pubsub import _viewers
+from server.broker.rooms_read import epoch_position, presence_entry, room_snapshot, viewers_sum
 from server.domain.errors import UnavailableError
 from server.domain.limits import PUBSUB_DRAIN_MAX
 from server.ledger.cluster_keys import slot_of
@@ -375,22 +375,7 @@ class ShardedPubSubBroker:
         )
         if stream is None:
             return None
-        return RoomSnapshot(
-            stream_id=stream_id,
-            creator_id=stream.creator_id,
-            creator_name=stream.creator_name,
-            title=stream.title,
-            state=stream.state.value,
-            position=StreamPosition(stream.last_sequence, stream.epoch),
-            coins=stream.coins_total,
-            diamonds=stream.diamonds_total,
-            gifts=stream.gifts_total,
-            viewers=viewers,
-            top=top,
-            goals=goals,
-            prev_epoch=stream.prev_epoch,
-            prev_epoch_seq=stream.prev_epoch_seq,
-        )
+        return room_snapshot(stream, viewers=viewers, top=top, goals=goals)
 
     async def _presence(self, stream_id: str, viewers_here: int | None, now_ms: int) -> int:
         """Report this process's viewers (if given) and sum every live report, in the
@@ -400,14 +385,14 @@ class ShardedPubSubBroker:
         async def read(r: Redis) -> tuple[int, list[bytes]]:
             pipe = r.pipeline(transaction=False)
             if viewers_here is not None:
-                presence = f"{viewers_here}:{now_ms + self._presence_ttl_ms}"
+                presence = presence_entry(viewers_here, now_ms, self._presence_ttl_ms)
                 pipe.hset(key, self.process_id, presence)  # type: ignore[unused-awaitable]
             pipe.hgetall(key)  # type: ignore[unused-awaitable]
             # A refused presence write (out of memory) must not cost the room its stats.
             replies = await pipe.execute(raise_on_error=False)
             if isinstance(replies[-1], Exception):
                 raise replies[-1]
-            return _viewers(cast(dict[bytes, bytes], replies[-1]), now_ms)
+            return viewers_sum(cast(dict[bytes, bytes], replies[-1]), now_ms)
 
         viewers, stale = await self.rooms.on_slot(key, read)
         if stale:
@@ -422,11 +407,9 @@ class ShardedPubSubBroker:
         change = await self.rooms.bump_epoch(
             stream_id=stream_id, expected=expected, epoch=uuid.uuid4().hex[:16], valid_seq=valid_seq
         )
-        if change.prev_epoch != expected:
-            return StreamPosition(0, change.epoch)  # moved on twice: none of ours holds
-        return StreamPosition(change.prev_epoch_seq, change.epoch)
+        return epoch_position(change, expected)
 
     async def viewers(self, stream_id: str) -> int:
         key = self.keys.viewers(stream_id)
         raw = await self.rooms.on_slot(key, lambda r: r.hgetall(key))
-        return _viewers(cast(dict[bytes, bytes], raw), int(time.time() * 1000))[0]
+        return viewers_sum(cast(dict[bytes, bytes], raw), int(time.time() * 1000))[0]

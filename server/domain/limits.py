@@ -149,6 +149,12 @@ class Limits:
     gifts_per_s_max: int = 10
     """Per-sender gift sends per second, enforced in Redis across all processes."""
     gift_burst_max: int = 20
+    changes_per_minute_max: int = 60
+    """State-changing HTTP calls per user per minute (goals, spending limits, guests,
+    battles, the admin's catalog and accounts), enforced in Redis across all processes
+    (``change_rate.lua``); beyond, 429 ``rate_limited`` with Retry-After."""
+    change_burst_max: int = 20
+    """Burst of the per-user change rate: calls one user may make at once."""
     daily_spend_coins_max: int = 0
     """Default per-user daily spending cap in coins (any 24 hours); 0 means none. A user's
     own limit (``PUT /api/me/spending``) replaces it."""

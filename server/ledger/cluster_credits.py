@@ -32,6 +32,7 @@ from server.domain.errors import InvariantError
 from server.domain.levels import ladder_arg
 from server.domain.limits import AMOUNT_MAX, CREDIT_BATCH_MAX, Limits
 from server.ledger.cluster_keys import ClusterKeys
+from server.ledger.hold import hold_args
 from server.ledger.receipts import unpack
 from server.ledger.scripts import ScriptName
 
@@ -252,7 +253,7 @@ class CreditBatcher:
             keys.append(k.combo(creator_id, stream_id, transfer.sender_id, transfer.gift_id))
             args += transfer.args()
         keys += k.credit_tail_keys(creator_id, stream_id)
-        args.append(_LADDER)
+        args += [_LADDER, *hold_args(lim)]
         self.calls += 1
         reply = await self._runner.run(ScriptName.CREDIT_GIFTS, keys, args, order_key=creator_id)
         body, _ = unpack(reply)

@@ -11,12 +11,19 @@ key                                        type    holds
 =========================================  ======  =========================================
 ``{u:USER}:acct``                          hash    as in single-node mode
 ``{u:USER}:gift:CLIENT_ID``                string  the debit leg's receipt (TTL)
+``{u:USER}:changes``                       hash    as in single-node mode (change_rate.lua)
+``{u:USER}:held``                          hash    the sender's gifts within the payout hold
 ``{u:CREATOR}:credit:TRANSFER_ID``         string  the credit leg's receipt (idempotency)
+``{u:CREATOR}:clawback:PAYMENT|REFUND``    string  a chargeback's clawback applied (TTL)
 ``{u:CREATOR}:s:STREAM:stream``            hash    the stream, in its creator's slot
 ``{u:CREATOR}:s:STREAM:top|feed|room``     ...     leaderboard, feed, shard channel (SPUBLISH)
 ``{u:CREATOR}:s:STREAM:combo:USER:GIFT``   string  combo counter (TTL)
 ``{u:CREATOR}:s:STREAM:goals|names``       hash    the stream's goals; sender -> display name
 ``{u:CREATOR}:fans``                       zset    viewer -> lifetime coins to the creator
+``{u:CREATOR}:s:STREAM:battle[_top]``      ...     the stream's side of a battle, its gifters
+``{u:CREATOR}:s:STREAM:battle_invite[s]`` ...     its pending invitation; invitations to it
+``{u:CREATOR}:battle_invite``              string  the creator's pending invitation's stream
+``{battle:BATTLE}:result``                 string  a finished battle's result (TTL)
 ``{s:STREAM}:owner``                       string  the stream id's creator: claims the id
                                                    once and lets a viewer find the slot
 ``{s:STREAM}:viewers``                     hash    presence, as in single-node mode
@@ -111,6 +118,9 @@ class ClusterKeys:
     def gift_receipt(self, sender_id: str, client_id: str) -> str:
         return f"{self.prefix}{{u:{sender_id}}}:gift:{client_id}"
 
+    def changes(self, user_id: str) -> str:
+        return f"{self.prefix}{{u:{user_id}}}:changes"
+
     # The creator's slot: the credit leg, and the creator's streams.
 
     def credit_receipt(self, creator_id: str, transfer: str) -> str:
@@ -144,14 +154,43 @@ class ClusterKeys:
         """The room's shard channel: SPUBLISH from the credit leg, SSUBSCRIBE by servers."""
         return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:room"
 
+    # A stream's side of a battle, in its creator's slot (docs/ledger.md, "Battles in
+    # cluster mode"): credit_gifts.lua scores against it in the same step as the coins.
+
+    def battle(self, creator_id: str, stream_id: str) -> str:
+        return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:battle"
+
+    def battle_top(self, creator_id: str, stream_id: str) -> str:
+        return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:battle_top"
+
+    def battle_invite(self, creator_id: str, stream_id: str) -> str:
+        """The stream's pending invitation (hash, TTL), next to its creator's mark."""
+        return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:battle_invite"
+
+    def battle_invites(self, creator_id: str, stream_id: str) -> str:
+        """Invitations to the stream: from-stream -> expires_at ms (zset)."""
+        return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:battle_invites"
+
+    def creator_battle_invite(self, creator_id: str) -> str:
+        """The stream of the creator's one pending invitation (string, TTL)."""
+        return f"{self.prefix}{{u:{creator_id}}}:battle_invite"
+
+    def battle_result(self, battle_id: str) -> str:
+        """A finished battle's result, in the battle's own slot."""
+        return f"{self.prefix}{{battle:{battle_id}}}:result"
+
     def creator_streams(self, creator_id: str) -> str:
         """The stream ids a creator owns (start_stream's bound), in the creator's slot."""
         return f"{self.prefix}{{u:{creator_id}}}:streams"
 
     def hold_record(self, user_id: str) -> str:
-        """A buyer's gifts within the payout hold (refund.lua's KEYS[5]); cluster mode
-        keeps no hold yet, so it stays empty."""
+        """A sender's gifts within the payout hold (``_hold.lua``), in the sender's slot:
+        written by the debit leg, read by a refund's buyer leg."""
         return f"{self.prefix}{{u:{user_id}}}:held"
+
+    def clawback_marker(self, creator_id: str, payment_id: str, refund_id: str) -> str:
+        """A chargeback's clawback applied in the creator's slot (clawback.lua), once."""
+        return f"{self.prefix}{{u:{creator_id}}}:clawback:{payment_id}|{refund_id}"
 
     def cashout(self, creator_id: str, client_id: str) -> str:
         return f"{self.prefix}{{u:{creator_id}}}:cashout:{client_id}"
@@ -230,6 +269,7 @@ class ClusterKeys:
             self.outbox_shard(slot),
             self.ledger_shard(slot),
             self.catalog_shard(slot),
+            self.hold_record(sender_id),
         ]
 
     def credit_keys(self, creator_id: str, stream_id: str) -> list[str]:
@@ -248,12 +288,15 @@ class ClusterKeys:
         ]
 
     def credit_tail_keys(self, creator_id: str, stream_id: str) -> list[str]:
-        """The last three keys of a credit call, after the per-transfer ones: goals, fans,
-        names (``credit_gifts.lua`` reads them as ``KEYS[#KEYS - 2 ..]``)."""
+        """The keys of a credit call after the per-transfer ones: goals, fans, names, then
+        the stream's battle side and its gifters (``credit_gifts.lua`` reads them as
+        ``KEYS[8 + 2n ..]``)."""
         return [
             self.goals(creator_id, stream_id),
             self.fans(creator_id),
             self.names(creator_id, stream_id),
+            self.battle(creator_id, stream_id),
+            self.battle_top(creator_id, stream_id),
         ]
 
     # The archiver (server/record/): one lease for the logs of every slot.

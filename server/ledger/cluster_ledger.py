@@ -45,15 +45,20 @@ from server.domain.limits import (
 )
 from server.domain.money import Economics
 from server.ledger.catalogs import VERSION_FIELD
+from server.ledger.change_limits import ChangeLimiter
+from server.ledger.cluster_battles import ClusterBattles
+from server.ledger.cluster_clawbacks import Clawback, apply_clawback, receipt_clawbacks
 from server.ledger.cluster_credits import CreditBatcher, CreditResult, Transfer
 from server.ledger.cluster_goals import ClusterGoals
 from server.ledger.cluster_keys import ClusterKeys, slot_of
 from server.ledger.cluster_runner import ClusterScriptRunner
 from server.ledger.cluster_shards import Shards
+from server.ledger.hold import hold_args
 from server.ledger.ledger import StreamChange, _stream_change
 from server.ledger.receipts import (
     CashOutReceipt,
     GiftReceipt,
+    PayoutReceipt,
     RefundReceipt,
     TopUpReceipt,
     unpack,
@@ -67,11 +72,11 @@ CRASH_AFTER_DEBIT_ENV = "GIFTWIRE_TEST_CRASH_AFTER_DEBIT"
 """Test-only hook: ``1`` kills this process (SIGKILL) right after a debit committed, before
 its credit (``tests/cluster/test_leg_faults.py``). Read once, at import."""
 _CRASH_AFTER_DEBIT = os.environ.get(CRASH_AFTER_DEBIT_ENV) == "1"
+CRASH_AFTER_REFUND_CLAIM_ENV = "GIFTWIRE_TEST_CRASH_AFTER_REFUND_CLAIM"
+"""Test-only hook: ``1`` kills this process (SIGKILL) right after a refund's buyer leg
+committed, before its clawbacks (``tests/cluster/test_cluster_money_serve.py``)."""
+_CRASH_AFTER_REFUND_CLAIM = os.environ.get(CRASH_AFTER_REFUND_CLAIM_ENV) == "1"
 _COPY_PART = 1024
-NO_HOLD = (0, 86_400)
-"""The payout hold's ARGV of cash_out.lua and refund.lua (days, seconds per day): cluster
-mode keeps no hold yet (credit_gifts.lua records no held diamonds), so none is asked for;
-the single-node scripts of today ignore these extra arguments."""
 
 
 class ClusterLedger(ClusterGoals):
@@ -92,6 +97,9 @@ class ClusterLedger(ClusterGoals):
         self.credits = CreditBatcher(runner, self.keys, self.limits)
         # One key, the user's account: the same script as single-node, in its slot.
         self.spending = SpendingStore(runner, self.keys, self.limits)
+        self.changes = ChangeLimiter(runner, self.keys, self.limits)  # the user's slot
+        # Each side in its own stream's slot (docs/ledger.md, "Battles in cluster mode").
+        self.battles = ClusterBattles(self, self.keys, self.limits)
         self.catalog: Catalog | None = None
         self._to_delete: dict[str, list[str]] = defaultdict(list)
         self._deleting = False
@@ -251,27 +259,73 @@ class ClusterLedger(ClusterGoals):
     ) -> RefundReceipt:
         """As ``Ledger.refund``. A refund names the payment's buyer: one naming another than
         the claimed one is ``invalid_request``, as in single-node mode; a refund before its
-        payment claims the id for its buyer, so the payment must come for that buyer."""
+        payment claims the id for its buyer, so the payment must come for that buyer.
+
+        Gifts still in the payout hold are reversed in two legs (``cluster_clawbacks.py``):
+        the refund in the buyer's slot queues one clawback per creator, applied here at
+        once and by the relay otherwise; the receipt is the refund's either way."""
         k = self.keys
         claimed = await self.command(
             k.payment_owner(payment_id), "SET", user_id, "NX", "GET", get=True
         )
         if claimed is not None and claimed.decode() != user_id:
             raise LedgerRefusal(ErrorCode.INVALID_REQUEST)
+        slot = slot_of(k.account(user_id))
         body, replayed = await self._run(
-            ScriptName.REFUND,
+            ScriptName.REFUND_CLAIM,
             [
                 k.payment(user_id, payment_id),
                 k.account(user_id),
-                k.ledger_shard(slot_of(k.account(user_id))),
+                k.ledger_shard(slot),
                 k.refund(user_id, payment_id, refund_id),
                 k.hold_record(user_id),
-                k.platform_shard(slot_of(k.account(user_id))),
+                k.outbox_shard(slot),
             ],
-            [payment_id, user_id, refund_id, coins, AMOUNT_MAX, *NO_HOLD],
+            [
+                payment_id,
+                user_id,
+                refund_id,
+                coins,
+                AMOUNT_MAX,
+                *hold_args(self.limits),
+                OUTBOX_ENTRIES_MAX,
+            ],
             order_key=user_id,
         )
+        # The fast path of the clawbacks (a replay too: a retry after a crash between the
+        # legs settles them); what fails here stays in the outbox for the relay.
+        receipt: dict[str, Any] = orjson.loads(body)
+        clawbacks = receipt_clawbacks(receipt)
+        if _CRASH_AFTER_REFUND_CLAIM and clawbacks:
+            os.kill(os.getpid(), signal.SIGKILL)
+        outbox_ids = [str(doc["outbox_id"]) for doc in receipt.get("clawbacks") or []]
+        settled = await self.apply_clawbacks(clawbacks)
+        for done, outbox_id in zip(settled, outbox_ids, strict=True):
+            if done:
+                self._forget_outbox_entry(k.outbox_shard(slot), outbox_id)
+            else:
+                self.unsettled_slots.add(slot)
         return RefundReceipt.from_reply(body, replayed)
+
+    async def apply_clawbacks(self, clawbacks: list[Clawback]) -> list[bool]:
+        """Apply each clawback in its creator's slot; True for each applied now or before.
+        A failed call (unknown outcome) or a refusal leaves it to the relay and is logged."""
+        results = await asyncio.gather(
+            *(apply_clawback(self.runner, self.keys, self.limits, c) for c in clawbacks),
+            return_exceptions=True,
+        )
+        settled: list[bool] = []
+        for clawback, result in zip(clawbacks, results, strict=True):
+            if isinstance(result, (UnavailableError, InvariantError)):
+                settled.append(False)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                status, code = result
+                if status == "refused":
+                    log.error("clawback %s refused: %s", clawback.clawback_id, code)
+                settled.append(status != "refused")
+        return settled
 
     async def cash_out(self, *, client_id: str, creator_id: str, diamonds: int) -> CashOutReceipt:
         """As ``Ledger.cash_out``, in the creator's slot."""
@@ -290,11 +344,28 @@ class ClusterLedger(ClusterGoals):
                 self.limits.cashout_diamonds_min,
                 self.economics.cents_per_100_diamonds,
                 AMOUNT_MAX,
-                *NO_HOLD,
+                *hold_args(self.limits),
             ],
             order_key=creator_id,
         )
         return CashOutReceipt.from_reply(body, replayed)
+
+    async def settle_payout(
+        self, *, client_id: str, creator_id: str, outcome: str
+    ) -> PayoutReceipt:
+        """As ``Ledger.settle_payout``, in the creator's slot (where cash_out left it)."""
+        k = self.keys
+        body, replayed = await self._run(
+            ScriptName.SETTLE_PAYOUT,
+            [
+                k.cashout(creator_id, client_id),
+                k.account(creator_id),
+                k.ledger_shard(slot_of(k.account(creator_id))),
+            ],
+            [client_id, creator_id, outcome, AMOUNT_MAX],
+            order_key=creator_id,
+        )
+        return PayoutReceipt.from_reply(body, replayed)
 
     async def send_gift(
         self,
@@ -409,6 +480,8 @@ class ClusterLedger(ClusterGoals):
             OUTBOX_ENTRIES_MAX,
             state,
             lim.monthly_spend_coins_max,
+            *hold_args(lim),
+            lim.payout_hold_entries_max,
         ]
 
     async def credit_transfers(self, transfers: list[Transfer]) -> list[CreditResult]:

@@ -10,6 +10,7 @@ to repeat go through here; the money goes through the scripts.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from typing import Any, cast
 
@@ -25,6 +26,7 @@ from server.ledger.cluster_keys import ClusterKeys, slot_of
 from server.ledger.cluster_runner import ClusterScriptRunner
 from server.ledger.cluster_topology import CONNECTION_ERRORS
 from server.ledger.goals import goals_from_hash, top_gifters
+from server.ledger.hold import HOLD_FIELDS, HoldState
 from server.ledger.ledger import stream_from_hash
 
 _NOT_SERVED = (redis_errors.AskError, redis_errors.ClusterDownError, redis_errors.TryAgainError)
@@ -143,11 +145,22 @@ class ClusterReads:
         return goals_from_hash(_as_hash(raw))
 
     async def balance(self, user_id: str) -> Balance:
+        """The account's balances and what of its diamonds the payout hold keeps, by this
+        process's clock (a display: cash_out.lua decides by its primary's)."""
         values = await self.command(
-            self.keys.account(user_id), "HMGET", "coins", "diamonds", "debt"
+            self.keys.account(user_id), "HMGET", "coins", "diamonds", "debt", *HOLD_FIELDS
         )
-        coins, diamonds, debt = (int(v) if v is not None else 0 for v in values)
-        return Balance(user_id, coins, diamonds, debt)
+        coins, diamonds, debt = (int(v) if v is not None else 0 for v in values[:3])
+        held, next_release_ms = 0, 0
+        if values[5]:
+            lim = self.limits
+            hold = HoldState.parse(*values[3:])
+            today = int(time.time()) // lim.payout_hold_day_s
+            held = hold.held_on(today, lim.payout_hold_days)
+            next_release_ms = hold.next_release_ms(
+                today, lim.payout_hold_days, lim.payout_hold_day_s
+            )
+        return Balance(user_id, coins, diamonds, debt, held, next_release_ms)
 
     # Money.
 

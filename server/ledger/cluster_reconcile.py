@@ -16,12 +16,18 @@ sender's slot and a ``gift_credit`` in the creator's, joined by the transfer id
   ``(diamonds, share_rem) = divmod(previous share_rem + coins × share_bps, 10000)``;
 - every account's coins, diamonds, debt and share_rem are what the logs add up to, and none
   is negative; the platform shards sum to the credits' platform shares;
+- the payout hold: each account's held diamonds are the sum of its day buckets, none
+  negative, and held <= diamonds;
 - each stream's credits are numbered 1..N with no gap or reuse, and its hash says N;
-- coins debited = coins credited + coins pending.
+- coins debited = coins credited + coins pending;
+- each refund's refunded = clawed + reversed + debt, and each clawback a refund claimed
+  (``clawback_claim``, buyer's slot) is applied exactly once item for item (``clawback``,
+  creator's slot, the exact inverse of the split with share_rem carried), or is pending in
+  an outbox and reported with its age; no clawback is applied without its claim;
+- failed payouts return their diamonds.
 
 It only reads, and not atomically: run it on a quiet ledger, as the single-node one. Entry
-types this does not know (payouts are not wired in cluster mode yet) are reported as
-problems rather than skipped.
+types this does not know are reported as problems rather than skipped.
 """
 
 from __future__ import annotations
@@ -32,8 +38,10 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from server.ledger.cluster_clawbacks import CLAWBACK_KIND
 from server.ledger.cluster_keys import slot_of
 from server.ledger.cluster_ledger import ClusterLedger
+from server.ledger.hold import HOLD_FIELDS, hold_problems
 from server.ledger.ledger import log_position
 
 _MATCHED = ("from", "to", "stream", "gift", "count", "coins", "price", "catalog_version")
@@ -113,6 +121,8 @@ async def reconcile_cluster(
     credits: dict[str, list[dict[str, str]]] = defaultdict(list)
     client_ids: dict[tuple[str, str], list[int]] = defaultdict(list)
     seqs: dict[tuple[str, str], list[int]] = defaultdict(list)
+    claims: dict[str, tuple[str, dict[str, str]]] = {}
+    applied: dict[str, list[dict[str, str]]] = defaultdict(list)
     platform = 0
     for key, entries in logs.items():
         for entry_id, f in entries:
@@ -125,9 +135,38 @@ async def reconcile_cluster(
                 users.add(f["from"])
                 coins[f["from"]] -= int(f["clawed"])
                 debt[f["from"]] += int(f["debt"])
+                parts = int(f["clawed"]) + int(f.get("reversed", 0)) + int(f["debt"])
+                if int(f["refunded"]) != parts:
+                    problems.append(f"refund {entry_id}: refunded != clawed + reversed + debt")
+            elif kind == "clawback_claim":
+                claims[f["clawback_id"]] = (entry_id, f)
+            elif kind == "clawback":
+                creator = f["from"]
+                users.add(creator)
+                applied[f.get("clawback_id", "")].append(f)
+                got, fee, paid = int(f["diamonds"]), int(f["platform"]), int(f["coins"])
+                diamonds[creator] -= got
+                platform -= fee
+                # The exact inverse of the split: diamonds x 10000 + share_rem goes down by
+                # coins x share.
+                before = share_rem.get(creator, 0)
+                after = int(f["share_rem"])
+                if (
+                    got + fee != paid
+                    or not 0 <= after < 10000
+                    or (before - paid * int(f["share_bps"]) != after - got * 10000)
+                ):
+                    problems.append(f"clawback {entry_id}: not the inverse of the split")
+                share_rem[creator] = after
             elif kind == "cash_out":
                 users.add(f["from"])
                 diamonds[f["from"]] -= int(f["diamonds"])
+            elif kind == "payout":
+                users.add(f["to"])
+                if f["state"] == "failed":
+                    diamonds[f["to"]] += int(f["diamonds"])
+                elif f["state"] != "paid":
+                    problems.append(f"payout {entry_id}: state {f['state']!r}")
             elif kind == "gift_debit":
                 users.add(f["from"])
                 transfer = f"{f['from']}|{f['client_id']}|{entry_id}"
@@ -154,8 +193,12 @@ async def reconcile_cluster(
                 problems.append(f"{key} {entry_id}: entry type {kind!r} not reconciled here")
 
     pending_ids: dict[str, tuple[str, dict[str, str]]] = {}
+    pending_claws: dict[str, str] = {}
     for _key, entries in outboxes.items():
         for entry_id, f in entries:
+            if f.get("kind") == CLAWBACK_KIND:
+                pending_claws[f.get("clawback_id", "")] = entry_id
+                continue
             transfer = f.get("transfer_id", "")
             if transfer not in debits:
                 problems.append(f"outbox entry {entry_id}: no debit for {transfer!r}")
@@ -182,6 +225,7 @@ async def reconcile_cluster(
         if transfer not in debits:
             problems.append(f"credit {transfer} has no debit")
 
+    clawed_pending = _check_clawbacks(claims, applied, pending_claws, now_ms, report)
     window_ms = ledger.limits.receipt_ttl_s * 1000
     for (sender, client_id), times in client_ids.items():
         times.sort()
@@ -196,10 +240,12 @@ async def reconcile_cluster(
             problems.append(f"stream {stream}: seq is {last!r}, the log says {len(numbers)}")
 
     for user in sorted(users):
-        held = await ledger.command(
-            ledger.keys.account(user), "HMGET", "coins", "diamonds", "debt", "share_rem"
-        )
-        values = [int(v) if v is not None else 0 for v in held]
+        stored = await ledger.command(
+            ledger.keys.account(user), "HMGET", "coins", "diamonds", "debt", "share_rem",
+            *HOLD_FIELDS,
+        )  # fmt: skip
+        values = [int(v) if v is not None else 0 for v in stored[:4]]
+        problems += hold_problems(user, stored[4:], values[1])
         want = [coins[user], diamonds[user], debt[user], share_rem.get(user, 0)]
         if values != want:
             problems.append(f"account {user}: holds {values}, the logs say {want}")
@@ -213,6 +259,8 @@ async def reconcile_cluster(
     if debited != credited + pending:
         problems.append(f"coins debited {debited} != credited {credited} + pending {pending}")
     report.totals = {
+        "clawbacks": len(claims),
+        "coins_clawed_back_pending": clawed_pending,
         "log_entries": sum(len(e) for e in logs.values()),
         "log_shards": len(logs),
         "accounts": len(users),
@@ -226,3 +274,42 @@ async def reconcile_cluster(
         "outbox_slots": len({slot_of(k) for k in outboxes}),
     }
     return report
+
+
+def _check_clawbacks(
+    claims: dict[str, tuple[str, dict[str, str]]],
+    applied: dict[str, list[dict[str, str]]],
+    pending: dict[str, str],
+    now_ms: int,
+    report: ClusterReport,
+) -> int:
+    """Each clawback a refund claimed is applied exactly once, item for item (one
+    ``clawback`` entry per reversed gift, in the creator's slot), or pending in an outbox;
+    returns the coins pending."""
+    problems = report.problems
+    coins_pending = 0
+    for clawback_id, (entry_id, claim) in claims.items():
+        done = applied.get(clawback_id, [])
+        items = sorted(claim["items"].split(","))
+        got = sorted(f"{f['day']}:{f['share_bps']}:{f['coins']}" for f in done)
+        if done and got != items:
+            problems.append(f"clawback {clawback_id}: applied {got}, claimed {items}")
+        elif not done and clawback_id in pending:
+            age = now_ms - log_position(pending[clawback_id])[0]
+            report.pending.append(Pending(clawback_id, int(claim["coins"]), age))
+            coins_pending += int(claim["coins"])
+        elif not done:
+            problems.append(f"clawback {clawback_id} claimed, neither applied nor pending")
+        for f in done:
+            if (f["to"], f["payment"], f["refund_id"]) != (
+                claim["to"],
+                claim["payment"],
+                claim["refund_id"],
+            ):
+                problems.append(f"clawback {clawback_id}: applied for another refund")
+        if claim["from"] != clawback_id.rsplit("|", 1)[-1]:
+            problems.append(f"clawback {clawback_id} ({entry_id}): names another creator")
+    for clawback_id in applied:
+        if clawback_id not in claims:
+            problems.append(f"clawback {clawback_id!r} applied without its claim")
+    return coins_pending

@@ -22,6 +22,10 @@ a timeout or a refused credit leaves behind stays in the sender's slot's outbox
    again after the grace. A crash anywhere in between leaves the entry pending: delivery
    is at least once and the credit idempotent, so each transfer is credited exactly once.
 
+The outboxes also carry chargebacks' clawbacks (``kind=clawback``, ``cluster_clawbacks.py``):
+the relay applies them the same way, with the same ids, acknowledging only ``ok`` and
+``replay``.
+
 Bounded: at most ``batch_max`` entries per slot per round in memory, at most 16384 hot
 slots; an entry that cannot be parsed is logged and left pending (reconcile reports it).
 
@@ -46,6 +50,7 @@ from redis import exceptions as redis_errors
 
 from server.domain.errors import GiftwireError
 from server.domain.limits import CREDIT_BATCH_MAX, RELAY_FULL_SWEEP_S, RELAY_GRACE_MS
+from server.ledger.cluster_clawbacks import CLAWBACK_KIND, Clawback
 from server.ledger.cluster_credits import Transfer
 from server.ledger.cluster_keys import SLOTS, slot_of
 from server.ledger.cluster_ledger import ClusterLedger
@@ -188,17 +193,24 @@ class Relay:
         done = 0
         if entries:
             transfers: list[tuple[str, Transfer]] = []
+            clawbacks: list[tuple[str, Clawback]] = []
             for entry_id, fields in entries:
                 try:
-                    transfers.append((entry_id.decode(), Transfer.from_outbox(_as_dict(fields))))
+                    entry = _as_dict(fields)
+                    if entry.get(b"kind") == CLAWBACK_KIND.encode():
+                        clawbacks.append((entry_id.decode(), Clawback.from_outbox(entry)))
+                    else:
+                        transfers.append((entry_id.decode(), Transfer.from_outbox(entry)))
                 except (KeyError, ValueError) as e:
                     log.error(
                         "relay: outbox entry %s of slot %d is malformed: %s", entry_id, slot, e
                     )
             results = await ledger.credit_transfers([t for _, t in transfers])
+            applied = await ledger.apply_clawbacks([c for _, c in clawbacks])
             if _CRASH_AFTER_CREDIT:
                 os.kill(os.getpid(), signal.SIGKILL)
             acked = [eid for (eid, _), r in zip(transfers, results, strict=True) if r.settled]
+            acked += [eid for (eid, _), ok in zip(clawbacks, applied, strict=True) if ok]
             if acked:
                 await ledger.command(outbox, "XACK", GROUP, *acked)
                 await ledger.command(outbox, "XDEL", *acked)

@@ -10,8 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from server.domain.limits import Limits
+
 HOLD_FIELDS = ("held", "hold_day", "hold_ring")
 """The account hash's fields of the hold, in the order ``HoldState.parse`` takes them."""
+
+
+def hold_args(limits: Limits) -> list[str | int]:
+    """The scripts' hold ARGV: days (0: none) and the length of a day, seconds."""
+    return [limits.payout_hold_days, limits.payout_hold_day_s]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +56,22 @@ class HoldState:
             if v > 0 and bucket_day >= newest - hold_days:
                 return (bucket_day + hold_days + 1) * day_s * 1000
         return 0
+
+
+def hold_problems(user: str, fields: list[bytes | None], diamonds: int) -> list[str]:
+    """The audit of one account's stored hold (``HOLD_FIELDS``): held is the sum of its
+    buckets, none is negative, and held <= diamonds (so withdrawable >= 0)."""
+    if not fields[2]:
+        return []
+    try:
+        hold = HoldState.parse(*fields)
+    except ValueError:
+        return [f"account {user}: hold fields are not integers: {fields}"]
+    problems = []
+    if sum(hold.buckets) != hold.held:
+        problems.append(f"account {user}: held {hold.held} != its buckets {hold.buckets}")
+    if hold.held < 0 or min(hold.buckets, default=0) < 0:
+        problems.append(f"account {user}: negative held diamonds {hold.buckets}")
+    if hold.held > diamonds:
+        problems.append(f"account {user}: holds {hold.held} diamonds in the hold of {diamonds}")
+    return problems

@@ -13,6 +13,8 @@ key                                    type    holds
 ``{u:USER}:gift:CLIENT_ID``            string  send_gift receipt (TTL = receipt window)
 ``{u:USER}:cashout:CLIENT_ID``         hash    one cash-out (pending, then paid or failed)
 ``{u:USER}:streams``                   set     stream ids the creator owns (bounded)
+``{u:USER}:changes``                   hash    the user's bucket of state-changing HTTP
+                                               calls (change_rate.lua; TTL: until full)
 ``{u:USER}:held``                      hash    the user's gifts within the payout hold:
                                                ``CREATOR|DAY|SHARE`` -> coins, ``@day``
 ``{s:STREAM}:stream``                  hash    creator, state, title, starts, seq, totals
@@ -78,6 +80,9 @@ class Keys:
 
     def hold_record(self, sender_id: str) -> str:
         return f"{self.prefix}{{u:{sender_id}}}:held"
+
+    def changes(self, user_id: str) -> str:
+        return f"{self.prefix}{{u:{user_id}}}:changes"
 
     def creator_streams(self, creator_id: str) -> str:
         return f"{self.prefix}{{u:{creator_id}}}:streams"

@@ -31,6 +31,7 @@ from server.domain.money import Economics
 from server.domain.streams import Stream, StreamState
 from server.ledger.battles import Battles
 from server.ledger.catalogs import CatalogStore
+from server.ledger.change_limits import ChangeLimiter
 from server.ledger.goals import GoalStore
 from server.ledger.guests import Guests
 from server.ledger.hold import HOLD_FIELDS, HoldState
@@ -146,6 +147,7 @@ class Ledger:
         self.guests = Guests(redis, self.runner, self.keys, _redis_errors)
         self.goals = GoalStore(redis, self.keys, self.runner)
         self.spending = SpendingStore(self.runner, self.keys, self.limits)
+        self.changes = ChangeLimiter(self.runner, self.keys, self.limits)
 
     async def prepare(self, catalog: Catalog) -> Catalog:
         """Load the scripts and seed ``catalog`` into Redis if Redis holds none.

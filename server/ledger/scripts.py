@@ -39,6 +39,17 @@ class ScriptName(StrEnum):
     DELETE_GOAL = "delete_goal"
     DEBIT_GIFT = "debit_gift"
     CREDIT_GIFTS = "credit_gifts"
+    CHANGE_RATE = "change_rate"
+    # Battles in cluster mode: one slot each (docs/ledger.md, "Battles in cluster mode").
+    BATTLE_INVITE = "battle_invite"
+    BATTLE_INCOMING = "battle_incoming"
+    BATTLE_START = "battle_start"
+    BATTLE_JOIN = "battle_join"
+    BATTLE_RUN = "battle_run"
+    BATTLE_END_SIDE = "battle_end_side"
+    BATTLE_RESULT = "battle_result"
+    REFUND_CLAIM = "refund_claim"
+    CLAWBACK = "clawback"
 
 
 @dataclass(frozen=True, slots=True)

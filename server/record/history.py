@@ -15,7 +15,8 @@ from server.record.postings import Account
 HISTORY_PAGE_MAX = 100
 
 # Every transfer the user is a party to, with the user's own postings (none for a gift that
-# earned 0 diamonds).
+# earned 0 diamonds). In cluster mode a transfer is two entries, one per leg, each naming
+# both parties: a user sees the leg that moved their own money (_CLUSTER_KINDS).
 _HISTORY = """
 SELECT t.log_ms, t.log_seq, t.type, t.stream_id, t.gift_id, t.count, t.client_id,
        t.payment_id, t.fields,
@@ -27,6 +28,11 @@ SELECT t.log_ms, t.log_seq, t.type, t.stream_id, t.gift_id, t.count, t.client_id
    AND p.user_id = %(user)s
  WHERE (t.from_user = %(user)s OR t.to_user = %(user)s)
    AND (t.log_ms, t.log_seq) < (%(ms)s, %(seq)s)
+   AND (t.type NOT IN ('gift_debit', 'gift_credit', 'clawback_claim')
+        AND NOT (t.type = 'clawback' AND t.fields->>'clawback_id' IS NOT NULL)
+        OR EXISTS (SELECT 1 FROM postings q
+                    WHERE q.log_slot = t.log_slot AND q.log_ms = t.log_ms
+                      AND q.log_seq = t.log_seq AND q.user_id = %(user)s))
  GROUP BY t.log_slot, t.log_ms, t.log_seq
  ORDER BY t.log_ms DESC, t.log_seq DESC, t.log_slot DESC
  LIMIT %(limit)s
@@ -40,7 +46,17 @@ class HistoryPage:
     """Pass as ``before`` for the next (older) page; None on the last page."""
 
 
+_CLUSTER_KINDS = {
+    "gift_debit": "gift_sent",
+    "gift_credit": "gift_received",
+    "clawback_claim": "gift_reversed",
+}
+"""Cluster mode's leg entries as the single-node kinds of the user they moved money of."""
+
+
 def _kind(entry_type: str, fields: dict[str, str], user_id: str) -> str:
+    if entry_type in _CLUSTER_KINDS:
+        return _CLUSTER_KINDS[entry_type]
     if entry_type == "gift":
         return "gift_sent" if fields.get("from") == user_id else "gift_received"
     if entry_type == "payout":
@@ -75,7 +91,9 @@ def _item(row: tuple[Any, ...], user_id: str) -> dict[str, Any]:
         "client_id": client_id,
         "payment_id": payment_id,
         "refund_id": fields.get("refund_id") or None,
-        "counterparty": counterparty if entry_type in ("gift", "clawback") else None,
+        "counterparty": counterparty
+        if entry_type in ("gift", "clawback", *_CLUSTER_KINDS)
+        else None,
     }
     item.update({k: v for k, v in optional.items() if v is not None})
     return item

@@ -15,7 +15,8 @@ Accounts, all in one unit (a coin; a diamond is worth the coin it came from)::
     provider  -      the payment provider: coins sold (negative) less coins charged back
     payouts   -      diamonds cashed out, waiting for the payout provider
     paid_out  -      diamonds paid out
-    transit   -      cluster gifts debited from the sender, not yet credited to the creator
+    transit   -      cluster gifts debited from the sender, not yet credited to the creator,
+                     less clawbacks given back to a buyer, not yet taken from the creator
 """
 
 from __future__ import annotations
@@ -150,10 +151,26 @@ def _refund(f: Fields) -> list[Posting]:
 def _clawback(f: Fields) -> list[Posting]:
     # A gift in the payout hold reversed by a chargeback: the creator's diamonds and the
     # platform's share go back to the buyer as coins (which the refund entry then takes).
+    # In cluster mode (a clawback id) they go into transit: the buyer's slot's
+    # clawback_claim gave the buyer the coins already.
+    buyer = Posting(_user(f, "to"), Account.COINS, _amount(f, "coins"))
+    if "clawback_id" in f:
+        buyer = Posting(None, Account.TRANSIT, _amount(f, "coins"))
     return [
         Posting(_user(f, "from"), Account.DIAMONDS, -_amount(f, "diamonds")),
         Posting(None, Account.PLATFORM, -_amount(f, "platform")),
-        Posting(_user(f, "to"), Account.COINS, _amount(f, "coins")),
+        buyer,
+    ]
+
+
+def _clawback_claim(f: Fields) -> list[Posting]:
+    # Cluster mode, the buyer's slot: a refund reverses held gifts of a creator in another
+    # slot; the buyer gets the coins back now (the refund entry takes them), and transit
+    # owes them until the creator's slot applies the clawback.
+    coins = _amount(f, "coins")
+    return [
+        Posting(None, Account.TRANSIT, -coins),
+        Posting(_user(f, "to"), Account.COINS, coins),
     ]
 
 
@@ -203,6 +220,7 @@ RULES: dict[str, Callable[[Fields], list[Posting]]] = {
     "top_up": _top_up,
     "refund": _refund,
     "clawback": _clawback,
+    "clawback_claim": _clawback_claim,
     "gift_debit": _gift_debit,
     "gift_credit": _gift_credit,
     "cash_out": _cash_out,

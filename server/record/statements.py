@@ -21,12 +21,15 @@ from server.record.connection import RecordPool
 _MONTH = re.compile(r"^([0-9]{4})-([0-9]{2})$")
 _YEAR = re.compile(r"^([0-9]{4})$")
 
+# A gift's earnings: the single-node `gift` entry, or the credit leg's `gift_credit` on a
+# cluster (its debit, `gift_debit`, earns nothing yet).
 _EARNINGS = """
 SELECT to_char(date_trunc(%s, t.at AT TIME ZONE 'UTC'), %s) AS bucket, t.stream_id,
        sum(t.count)::bigint, sum((t.fields->>'coins')::bigint)::bigint,
        sum((t.fields->>'diamonds')::bigint)::bigint
   FROM transfers t
- WHERE t.to_user = %s AND t.type = 'gift' AND t.log_ms >= %s AND t.log_ms < %s
+ WHERE t.to_user = %s AND t.type IN ('gift', 'gift_credit') AND t.log_ms >= %s
+   AND t.log_ms < %s
  GROUP BY 1, 2 ORDER BY 1, 2
 """
 

@@ -14,7 +14,14 @@ from starlette.routing import Route
 from server.domain.accounts import Identity, Role, is_valid_id
 from server.domain.errors import ErrorCode, RequestError
 from server.ledger.battles import BattleReply
-from server.web.http_api import _acting_identity, _id_field, _json_body, _services, endpoint
+from server.web.http_api import (
+    _acting_identity,
+    _id_field,
+    _json_body,
+    _services,
+    _take_change,
+    endpoint,
+)
 
 
 def _creator(request: Request) -> Identity:
@@ -22,6 +29,15 @@ def _creator(request: Request) -> Identity:
     if who.role not in (Role.CREATOR, Role.ADMIN):
         raise RequestError(ErrorCode.FORBIDDEN, "only creators take part in battles")
     return who
+
+
+async def _pair(request: Request, who: Identity) -> tuple[str, str, str]:
+    """The battle id and ``{from_stream, to_stream}`` of an answer to an invitation, checked,
+    then one of the creator's change tokens spent."""
+    doc = await _json_body(request)
+    pair = _battle_id(request), _id_field(doc, "from_stream"), _id_field(doc, "to_stream")
+    await _take_change(request, who)
+    return pair
 
 
 def _battle_id(request: Request) -> str:
@@ -44,10 +60,13 @@ async def invite(request: Request) -> Response:
     duration = doc.get("duration_s")
     if duration is not None and (type(duration) is not int or not 1 <= duration <= 86_400):
         raise RequestError(ErrorCode.INVALID_REQUEST, "duration_s must be a number of seconds")
+    battle_id = _id_field(doc, "id") if "id" in doc else uuid.uuid4().hex[:16]
+    from_stream, to_stream = _id_field(doc, "from_stream"), _id_field(doc, "to_stream")
+    await _take_change(request, who)
     reply = await _services(request).ledger.battles.invite(
-        battle_id=_id_field(doc, "id") if "id" in doc else uuid.uuid4().hex[:16],
-        from_stream=_id_field(doc, "from_stream"),
-        to_stream=_id_field(doc, "to_stream"),
+        battle_id=battle_id,
+        from_stream=from_stream,
+        to_stream=to_stream,
         actor_id=who.user_id,
         duration_s=duration,
     )
@@ -58,12 +77,9 @@ async def invite(request: Request) -> Response:
 async def accept(request: Request) -> Response:
     """``POST /api/battles/{id}/accept`` {from_stream, to_stream}: the invited creator."""
     who = _creator(request)
-    doc = await _json_body(request)
+    battle_id, from_stream, to_stream = await _pair(request, who)
     reply = await _services(request).ledger.battles.accept(
-        battle_id=_battle_id(request),
-        from_stream=_id_field(doc, "from_stream"),
-        to_stream=_id_field(doc, "to_stream"),
-        actor_id=who.user_id,
+        battle_id=battle_id, from_stream=from_stream, to_stream=to_stream, actor_id=who.user_id
     )
     return _reply(reply, created=True)
 
@@ -72,12 +88,9 @@ async def accept(request: Request) -> Response:
 async def decline(request: Request) -> Response:
     """``POST /api/battles/{id}/decline`` {from_stream, to_stream}: either creator."""
     who = _creator(request)
-    doc = await _json_body(request)
+    battle_id, from_stream, to_stream = await _pair(request, who)
     reply = await _services(request).ledger.battles.decline(
-        battle_id=_battle_id(request),
-        from_stream=_id_field(doc, "from_stream"),
-        to_stream=_id_field(doc, "to_stream"),
-        actor_id=who.user_id,
+        battle_id=battle_id, from_stream=from_stream, to_stream=to_stream, actor_id=who.user_id
     )
     return _reply(reply)
 
@@ -86,6 +99,7 @@ async def decline(request: Request) -> Response:
 async def end(request: Request) -> Response:
     """``POST /api/streams/{id}/battle/end``: either creator ends the stream's battle."""
     who = _creator(request)
+    await _take_change(request, who)
     reply = await _services(request).ledger.battles.end(
         stream_id=request.path_params["stream_id"], actor_id=who.user_id, reason="ended"
     )

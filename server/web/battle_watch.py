@@ -19,12 +19,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Protocol
 
 import orjson
 
 from server.domain.errors import GiftwireError, UnavailableError
 from server.domain.limits import BATTLE_TICK_S
-from server.ledger.battles import Battles
+from server.ledger.battles import BattleReply, Doc
 from server.protocol import events
 from server.protocol.events import Message
 from server.realtime.hub import Hub
@@ -35,8 +36,16 @@ RESEND_TICKS = 4
 """A running battle's score is sent again after this many ticks without a change."""
 
 
+class BattleReads(Protocol):
+    """What the watch needs of ``Battles`` (single node) or ``ClusterBattles``."""
+
+    async def live(self, stream_id: str, opponent: str | None = None) -> Doc | None: ...
+
+    async def finish_due(self, stream_id: str) -> BattleReply | None: ...
+
+
 class BattleWatch:
-    def __init__(self, hub: Hub, battles: Battles, tick_s: float = BATTLE_TICK_S) -> None:
+    def __init__(self, hub: Hub, battles: BattleReads, tick_s: float = BATTLE_TICK_S) -> None:
         self.hub = hub
         self.battles = battles
         self.tick_s = tick_s
@@ -105,12 +114,17 @@ class BattleWatch:
         self._opponents.pop(stream_id, None)
         self._last.pop(stream_id, None)
 
+    async def _stopped(self, streams: list[str], live: Doc | None) -> None:
+        """The battle of ``streams`` no longer runs: its result reached the rooms from the
+        script that stored it (``battle_end``), so there is nothing left to follow."""
+        for stream_id in streams:
+            self._forget(stream_id)
+
     async def _score(self, streams: list[str]) -> None:
         first = streams[0]
         live = await self.battles.live(first, self._opponents.get(first))
         if live is None or live["state"] != "running":
-            for stream_id in streams:
-                self._forget(stream_id)
+            await self._stopped(streams, live)
             return
         now_ms = int(time.time() * 1000)
         if now_ms >= live["ends_at"]:

@@ -2,8 +2,10 @@
 catalog"): read the current version and the schedule, edit now (compare-and-set on the
 version the edit was made from), schedule an edit for a time, cancel a scheduled one.
 
-Every process follows a new version by itself (``LedgerWatch``); the one that wrote it
-follows at once, and each tells its connected clients (``catalog`` message).
+Each edit and cancellation spends a change token of the admin's (``rate_limited``,
+``server/ledger/change_limits.py``). Every process follows a new version by itself
+(``LedgerWatch``); the one that wrote it follows at once, and each tells its connected
+clients (``catalog`` message).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from server.domain.catalog_edits import CatalogFullError, UnknownGiftError, pars
 from server.domain.errors import ErrorCode, RequestError
 from server.domain.limits import CATALOG_GIFTS_MAX, SEQUENCE_MAX
 from server.ledger.catalogs import ScheduledEdit
-from server.web.http_api import _identity, _json_body, _services, endpoint
+from server.web.http_api import _identity, _json_body, _services, _take_change, endpoint
 
 _EDIT_FIELDS = frozenset({"expect_version", "changes", "at_ms", "id"})
 
@@ -82,6 +84,7 @@ async def edit_catalog(request: Request) -> Response:
     store = services.ledger.catalogs
     try:
         changes = parse_changes(doc.get("changes"))
+        await _take_change(request, who)
         if at_ms is not None:
             if expect is not None:
                 await store.read_current_or_changed(expect)
@@ -107,10 +110,11 @@ async def edit_catalog(request: Request) -> Response:
 
 @endpoint
 async def cancel_scheduled(request: Request) -> Response:
-    _admin(request)
+    who = _admin(request)
     edit_id = request.path_params["edit_id"]
     if not is_valid_id(edit_id):
         raise RequestError(ErrorCode.INVALID_REQUEST, "not an edit id")
+    await _take_change(request, who)
     await _services(request).ledger.catalogs.cancel(edit_id)
     return JSONResponse({"cancelled": edit_id})
 

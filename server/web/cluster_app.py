@@ -11,10 +11,15 @@ Here the server reads the cluster's slot map, loads the scripts on every primary
   timeout left in the outboxes; its pending transfers and lag are on ``/metrics``;
 * viewers: the same endpoint, hub and protocol as single-node mode, fed by sharded pub/sub
   (``ShardedPubSubBroker``: ``SSUBSCRIBE`` on the primary of each room's slot);
-* the HTTP API the ledger covers: catalog, wallet, streams, leaderboard (names and levels),
-  stream goals, gift history, the payment webhook and cash-outs. The durable record's
-  routes and the payout webhook are refused with ``unavailable`` and a reason (the
-  archiver does not read the slots' logs yet).
+* the HTTP API the ledger covers: catalog, wallet (held and withdrawable diamonds), streams,
+  leaderboard (names and levels), stream goals, battles (``ClusterBattles``, and their
+  watch), gift history, the payment webhook (refunds claw back held gifts across slots),
+  cash-outs, and the payout webhook and admin call;
+* the durable record's routes (wallet history, statements), which read PostgreSQL and do
+  not care about the Redis mode: a pool for reads when ``GIFTWIRE_DATABASE_URL`` is set.
+  ``giftwire serve`` runs the archiver, which follows every slot's log, in a process of
+  its own (``server/cli/archive.py``), as in single-node mode.
+Any other route is refused with ``unavailable`` and a reason.
 
 ``GET /readyz``: 200 ``{"redis": true, "cluster": true, "ready": true, "gifts": true}`` once
 the ledger is prepared and the broker reads the cluster, else 503 (``gifts`` false while
@@ -47,19 +52,25 @@ from server.ledger.cluster_keys import ClusterKeys
 from server.ledger.cluster_ledger import ClusterLedger
 from server.ledger.cluster_relay import Relay, RelayStats
 from server.ledger.cluster_runner import ClusterScriptRunner
+from server.ledger.keys import Keys
 from server.realtime.hub import Hub
+from server.record.service import RecordService
 from server.settings import Settings
 from server.web import http_api
+from server.web.battle_api import BATTLE_ROUTES
+from server.web.cluster_battle_watch import ClusterBattleWatch
 from server.web.edge import DirectWebSocket
 from server.web.errors import error_response
 from server.web.goals_api import ROUTES as GOAL_ROUTES
 from server.web.metrics import RELAY_LAG, RELAY_PENDING
+from server.web.payouts_api import PAYOUT_ROUTES
+from server.web.record_api import RECORD_ROUTES
 from server.web.spending_api import SPENDING_ROUTES
 from server.web.ws import gift_socket
 
 log = logging.getLogger("giftwire")
 
-NOT_YET_SUPPORTED = "not yet supported on a Redis Cluster (the record reads one log)"
+NOT_YET_SUPPORTED = "not yet supported on a Redis Cluster"
 """Sent with every refusal of a route cluster mode does not serve yet."""
 NOT_PREPARED = "the cluster ledger is not prepared yet (catalog copy pending)"
 _DOWN = (UnavailableError, redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
@@ -76,7 +87,18 @@ _SERVED = {
     "/api/streams/{stream_id}/goals/{goal_id}",
     "/api/webhooks/payments",
     "/api/cashouts",
+    "/api/webhooks/payouts",
+    "/api/admin/payouts",
+    "/api/me/transactions",
+    "/api/creators/me/statements",
     "/metrics",
+    # Battles: each side in its own stream's slot (ClusterBattles).
+    "/api/battles",
+    "/api/battles/{battle_id}",
+    "/api/battles/{battle_id}/accept",
+    "/api/battles/{battle_id}/decline",
+    "/api/streams/{stream_id}/battle",
+    "/api/streams/{stream_id}/battle/end",
 }
 """The single-node HTTP routes cluster mode serves, with ``ClusterLedger`` behind them."""
 
@@ -91,6 +113,8 @@ class ClusterServices:
     hub: Hub
     ledger: ClusterLedger
     prepared: bool = False
+    record: RecordService | None = None
+    """The durable record's pool for reads (None without GIFTWIRE_DATABASE_URL)."""
     connections_by_user: Counter[str] = field(default_factory=Counter)
     connections_by_ip: Counter[str] = field(default_factory=Counter)
 
@@ -163,23 +187,43 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
             stats_interval_s=settings.stats_interval_s,
         )
         await hub.start()
-        services = ClusterServices(settings, catalog, runner, hub, ledger)
+        record = None
+        if settings.database_url:
+            # Reads only: `giftwire serve` runs the archiver in a process of its own.
+            record = RecordService(
+                settings.database_url, node_url, Keys(settings.key_prefix), archive=False
+            )
+            record.start()
+        services = ClusterServices(settings, catalog, runner, hub, ledger, record=record)
         app.state.services = services
         preparing = asyncio.get_running_loop().create_task(_prepare(services, catalog))
         relay = Relay(ledger, on_round=_relay_metrics)
         relay.start()
+        battle_watch = ClusterBattleWatch(hub, ledger.battles)
+        battle_watch.start()
         try:
             yield
         finally:
             preparing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await preparing
+            await battle_watch.stop()
             await relay.stop()
             await hub.stop()
+            if record is not None:
+                await record.stop()
             await runner.aclose()
 
     served = [
-        route for route in [*http_api.ROUTES, *GOAL_ROUTES] if getattr(route, "path", "") in _SERVED
+        route
+        for route in [
+            *http_api.ROUTES,
+            *GOAL_ROUTES,
+            *BATTLE_ROUTES,
+            *RECORD_ROUTES,
+            *PAYOUT_ROUTES,
+        ]
+        if getattr(route, "path", "") in _SERVED
     ]
     routes = [
         Route("/healthz", _healthz),

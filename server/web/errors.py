@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from starlette.responses import JSONResponse
 
 from server.domain.errors import ERROR_MESSAGES, ErrorCode
@@ -67,4 +69,9 @@ def error_response(
     body: dict[str, object] = {"code": code.value, "message": message or ERROR_MESSAGES[code]}
     if detail:
         body["detail"] = detail
-    return JSONResponse({"error": body}, status_code=HTTP_STATUS.get(code, UNLISTED_STATUS))
+    response = JSONResponse({"error": body}, status_code=HTTP_STATUS.get(code, UNLISTED_STATUS))
+    retry_after_ms = (detail or {}).get("retry_after_ms")
+    if code is ErrorCode.RATE_LIMITED and type(retry_after_ms) is int:
+        # Whole seconds (RFC 9110), rounded up: a client that waits them finds a token.
+        response.headers["retry-after"] = str(max(1, math.ceil(retry_after_ms / 1000)))
+    return response

@@ -3,7 +3,8 @@
 ``POST /api/streams/{id}/goals`` adds a goal (idempotent by ``goal_id``), ``GET`` lists the
 stream's goals with their progress (anyone), ``DELETE /api/streams/{id}/goals/{goal_id}``
 removes one. Only the stream's creator may add or delete (``not_stream_owner``); the Lua
-script checks it against the stream hash, not the token's role alone.
+script checks it against the stream hash, not the token's role alone. Adding and deleting
+spend a change token of the caller's (``rate_limited``, ``server/ledger/change_limits.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from server.domain.accounts import is_valid_id
 from server.domain.errors import ErrorCode, RequestError
 from server.domain.goals import goal_from_request
 from server.domain.limits import GOALS_PER_STREAM_MAX
-from server.web.http_api import _acting_identity, _json_body, _services, endpoint
+from server.web.http_api import _acting_identity, _json_body, _services, _take_change, endpoint
 
 
 def _path_id(request: Request, name: str) -> str:
@@ -31,6 +32,7 @@ async def create_goal(request: Request) -> Response:
     who = _acting_identity(request)
     stream_id = _path_id(request, "stream_id")
     goal = goal_from_request(await _json_body(request))
+    await _take_change(request, who)
     stored, replayed = await _services(request).ledger.set_goal(
         stream_id=stream_id, actor_id=who.user_id, goal=goal
     )
@@ -51,10 +53,10 @@ async def list_goals(request: Request) -> Response:
 @endpoint
 async def delete_goal(request: Request) -> Response:
     who = _acting_identity(request)
+    stream_id, goal_id = _path_id(request, "stream_id"), _path_id(request, "goal_id")
+    await _take_change(request, who)
     deleted = await _services(request).ledger.delete_goal(
-        stream_id=_path_id(request, "stream_id"),
-        actor_id=who.user_id,
-        goal_id=_path_id(request, "goal_id"),
+        stream_id=stream_id, actor_id=who.user_id, goal_id=goal_id
     )
     return JSONResponse({"deleted": deleted})
 

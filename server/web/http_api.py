@@ -48,6 +48,14 @@ def _acting_identity(request: Request) -> Identity:
     return who
 
 
+async def _take_change(request: Request, who: Identity) -> None:
+    """Spend one of ``who``'s change tokens (``server/ledger/change_limits.py``): called by
+    a call that changes something once its input is checked, just before its script runs
+    (a malformed request costs no Redis call, so it costs no token). ``rate_limited`` (429,
+    Retry-After) when none is left, and the call runs nothing."""
+    await _services(request).ledger.changes.take(who.user_id)
+
+
 async def _body(request: Request) -> bytes:
     return await read_body(request, _services(request).settings.limits.body_bytes_max)
 

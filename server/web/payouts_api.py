@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from server.domain.accounts import Role
+from server.domain.accounts import Identity, Role
 from server.domain.errors import ErrorCode, RequestError
 from server.ledger.receipts import PayoutReceipt
 from server.web.http_api import (
@@ -22,15 +22,23 @@ from server.web.http_api import (
     _parse_json,
     _services,
     _signature_matches,
+    _take_change,
     endpoint,
 )
 
 _EVENTS = {"payout.paid": "paid", "payout.failed": "failed"}
 
 
-async def _settle(request: Request, doc: dict[str, Any], outcome: str) -> Response:
+async def _settle(
+    request: Request, doc: dict[str, Any], outcome: str, admin: Identity | None = None
+) -> Response:
+    """Settle the cash-out ``doc`` names; an ``admin``'s call spends a change token first
+    (the provider's signed webhook is not limited: its volume is the cash-outs')."""
+    client_id, creator_id = _id_field(doc, "id"), _id_field(doc, "creator_id")
+    if admin is not None:
+        await _take_change(request, admin)
     receipt: PayoutReceipt = await _services(request).ledger.settle_payout(
-        client_id=_id_field(doc, "id"), creator_id=_id_field(doc, "creator_id"), outcome=outcome
+        client_id=client_id, creator_id=creator_id, outcome=outcome
     )
     return JSONResponse(
         {
@@ -64,13 +72,14 @@ async def payout_webhook(request: Request) -> Response:
 @endpoint
 async def admin_settle_payout(request: Request) -> Response:
     """``{creator_id, id, state: paid | failed}`` by an admin: support settling by hand."""
-    if _identity(request).role is not Role.ADMIN:
+    admin = _identity(request)
+    if admin.role is not Role.ADMIN:
         raise RequestError(ErrorCode.FORBIDDEN, "only admins settle payouts")
     doc = await _json_body(request)
     outcome = doc.get("state")
     if outcome not in ("paid", "failed"):
         raise RequestError(ErrorCode.INVALID_REQUEST, "state must be paid or failed")
-    return await _settle(request, doc, str(outcome))
+    return await _settle(request, doc, str(outcome), admin)
 
 
 PAYOUT_ROUTES = [

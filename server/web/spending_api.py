@@ -1,7 +1,8 @@
 """Responsible spending over HTTP (``docs/protocol.md``): a user reads and sets their own
 limits; an admin marks an account a minor with caps. Every change is one run of
 ``spending_limits.lua`` (``server/ledger/spending.py``), atomic against the user's gifts in
-every process."""
+every process. Every change, once its input is checked, spends a change token of the
+caller's (``rate_limited``, ``server/ledger/change_limits.py``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ from starlette.routing import Route
 from server.domain.accounts import Role, is_valid_id
 from server.domain.errors import ErrorCode, RequestError
 from server.domain.spending import SpendingStatus
-from server.web.http_api import _acting_identity, _identity, _json_body, _services, endpoint
+from server.web.http_api import (
+    _acting_identity,
+    _identity,
+    _json_body,
+    _services,
+    _take_change,
+    endpoint,
+)
 
 _OWN_FIELDS = frozenset({"day", "month"})
 _MINOR_FIELDS = frozenset({"minor", "day_cap", "month_cap"})
@@ -55,6 +63,7 @@ async def set_my_spending(request: Request) -> Response:
     day, month = _limit(doc, "day"), _limit(doc, "month")
     if day is None and month is None:
         raise RequestError(ErrorCode.INVALID_REQUEST, "name day or month (coins; 0: none)")
+    await _take_change(request, who)
     store = _services(request).ledger.spending
     return _reply(await store.set(who.user_id, day=day, month=month))
 
@@ -84,6 +93,7 @@ async def protect_account(request: Request) -> Response:
     minor = doc.get("minor")
     if type(minor) is not bool:
         raise RequestError(ErrorCode.INVALID_REQUEST, "minor must be true or false")
+    await _take_change(request, _identity(request))
     store = _services(request).ledger.spending
     status = await store.protect(
         user_id, minor=minor, day_cap=_limit(doc, "day_cap"), month_cap=_limit(doc, "month_cap")

@@ -19,8 +19,9 @@ from server.ledger.cluster_keys import slot_of
 from server.ledger.cluster_ledger import ClusterLedger
 from server.ledger.keys import Keys
 from tests.cluster.legs import funded, gift, live_stream, open_ledger, uid
-from tests.cluster.test_sharded_broker import Listener, make_rooms
+from tests.cluster.test_sharded_broker import make_rooms
 from tests.support.cluster import RedisCluster
+from tests.support.listening import Listener, listening
 
 
 async def closed(ledger: ClusterLedger) -> None:
@@ -44,10 +45,8 @@ async def room(
 ) -> AsyncIterator[tuple[ClusterRooms, ShardedPubSubBroker, Listener]]:
     rooms = await make_rooms(redis_cluster, keys)
     broker = ShardedPubSubBroker(rooms, presence_ttl_s=5, timeout_s=2)
-    listener = Listener()
-    await broker.start(listener)
-    yield rooms, broker, listener
-    await broker.stop()
+    async with listening(broker) as listener:
+        yield rooms, broker, listener
     await rooms.runner.aclose()
 
 

@@ -3,6 +3,7 @@ and the WebSocket, as in single-node mode (docs/ledger.md, "Goals and levels")."
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,20 +13,30 @@ from server.domain.accounts import Role
 from server.ledger.keys import Keys
 from tests.reliability.helpers import Peer
 from tests.support.cluster import RedisCluster
-from tests.support.servers import ServerProcess, http_json, signed_webhook, token
+from tests.support.servers import (
+    ServerProcess,
+    http_exchange,
+    http_json,
+    running,
+    signed_webhook,
+    token,
+)
+
+
+@contextlib.contextmanager
+def _serving(
+    redis_cluster: RedisCluster, keys: Keys, tmp_path: Path, **env: str
+) -> Iterator[ServerProcess]:
+    url = redis_cluster.startup_urls[0]
+    with running(url, keys.prefix, tmp_path, GIFTWIRE_REDIS_CLUSTER="true", **env) as (process,):
+        yield process
+    assert "Traceback" not in process.log()
 
 
 @pytest.fixture
 def server(redis_cluster: RedisCluster, keys: Keys, tmp_path: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess(
-        redis_cluster.startup_urls[0], keys.prefix, tmp_path, GIFTWIRE_REDIS_CLUSTER="true"
-    )
-    process.start()
-    try:
+    with _serving(redis_cluster, keys, tmp_path) as process:
         yield process
-    finally:
-        process.stop()
-    assert "Traceback" not in process.log()
 
 
 async def test_goals_levels_and_names_over_http_and_the_socket(server: ServerProcess) -> None:
@@ -76,3 +87,32 @@ async def test_goals_levels_and_names_over_http_and_the_socket(server: ServerPro
     assert status == 200 and body == {"deleted": True}
     status, body = http_json("GET", api + "/gs/goals")
     assert status == 200 and body["goals"] == []
+
+
+def test_a_goal_flood_gets_one_burst_on_a_cluster(
+    redis_cluster: RedisCluster, keys: Keys, tmp_path: Path
+) -> None:
+    """The change bucket (change_rate.lua) runs in the creator's slot: past the burst, goal
+    calls are 429 rate_limited and set nothing; another creator is unaffected."""
+    limits = {"GIFTWIRE_CHANGES_PER_MINUTE_MAX": "1", "GIFTWIRE_CHANGE_BURST_MAX": "2"}
+    with _serving(redis_cluster, keys, tmp_path, **limits) as server:
+        api = server.http + "/api/streams"
+        flooder, other = token("floodcreator", Role.CREATOR), token("calmcreator", Role.CREATOR)
+        streams = [f"fs{i}" for i in range(4)]
+        for stream in streams:
+            status, _ = http_json("POST", api, {"stream_id": stream}, bearer=flooder)
+            assert status == 201
+        goal = {"goal_id": "g", "kind": "coins", "target": 10}
+        answers = [http_exchange("POST", f"{api}/{s}/goals", goal, bearer=flooder) for s in streams]
+        assert [status for status, _, _ in answers] == [201, 201, 429, 429]
+        for _, headers, body in answers[2:]:
+            assert body["error"]["code"] == "rate_limited" and int(headers["retry-after"]) >= 1
+        for stream, held in zip(streams, [1, 1, 0, 0], strict=True):
+            status, body = http_json("GET", f"{api}/{stream}/goals")
+            assert status == 200 and len(body["goals"]) == held, (stream, body)
+        status, _, _ = http_exchange("DELETE", f"{api}/fs0/goals/g", bearer=flooder)
+        assert status == 429
+        status, _ = http_json("POST", api, {"stream_id": "calm"}, bearer=other)
+        assert status == 201
+        status, body = http_json("POST", f"{api}/calm/goals", goal, bearer=other)
+        assert status == 201, body

@@ -1,9 +1,10 @@
 """``giftwire serve`` in cluster mode: gifts in two legs, viewers from sharded pub/sub, on
-several processes at once; the record's routes refused with ``unavailable`` and a reason."""
+several processes at once; without a database the record's routes answer ``unavailable``."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from server.ledger.keys import Keys
 from tests.cluster.legs import funded, gift, live_stream, open_ledger
 from tests.reliability.helpers import Peer
 from tests.support.cluster import RedisCluster
-from tests.support.servers import ServerProcess, http_json, signed_webhook, token
+from tests.support.servers import ServerProcess, http_json, running, signed_webhook, token
+
+CLUSTER_MODE = {"GIFTWIRE_REDIS_CLUSTER": "true"}
 
 
 @pytest.fixture
@@ -35,19 +38,12 @@ def cluster_servers(
     redis_cluster: RedisCluster, keys: Keys, tmp_path: Path
 ) -> Iterator[list[ServerProcess]]:
     """Three server processes on the cluster, each given a different startup node."""
-    servers = [
-        ServerProcess(
-            redis_cluster.startup_urls[i], keys.prefix, tmp_path, GIFTWIRE_REDIS_CLUSTER="true"
-        )
-        for i in range(3)
-    ]
-    try:
-        for server in servers:
-            server.start()
+    with contextlib.ExitStack() as stack:
+        servers = [
+            stack.enter_context(running(url, keys.prefix, tmp_path, **CLUSTER_MODE))[0]
+            for url in redis_cluster.startup_urls[:3]
+        ]
         yield servers
-    finally:
-        for server in servers:
-            server.stop()
     for server in servers:
         assert "Traceback" not in server.log()
 

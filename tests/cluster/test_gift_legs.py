@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -16,7 +17,7 @@ from server.ledger.cluster_ledger import ClusterLedger
 from server.ledger.cluster_reconcile import ClusterReport, reconcile_cluster
 from server.ledger.keys import Keys
 from server.ledger.receipts import GiftReceipt
-from tests.cluster.legs import funded, gift, live_stream, open_ledger, uid
+from tests.cluster.legs import GENEROUS, funded, gift, live_stream, open_ledger, uid
 from tests.support.cluster import RedisCluster
 
 
@@ -205,7 +206,18 @@ async def test_a_hot_creator_takes_many_credits_per_call(ledger: ClusterLedger) 
     assert report.totals["transfers"] == 200 and report.totals["platform_coins"] == 100
 
 
-async def test_payments_refunds_and_cash_outs_stay_in_one_slot(ledger: ClusterLedger) -> None:
+async def test_payments_refunds_and_cash_outs_stay_in_one_slot(
+    redis_cluster: RedisCluster, keys: Keys
+) -> None:
+    # No payout hold here (test_cluster_hold.py has it): the refund takes coins, not gifts.
+    ledger = await open_ledger(redis_cluster, keys.prefix, replace(GENEROUS, payout_hold_days=0))
+    try:
+        await _payments_refunds_and_cash_outs(ledger)
+    finally:
+        await ledger.aclose()
+
+
+async def _payments_refunds_and_cash_outs(ledger: ClusterLedger) -> None:
     stream, creator = await live_stream(ledger)
     buyer = uid("buyer")
     paid = await ledger.top_up(payment_id="p1" + buyer, user_id=buyer, coins=5000)

@@ -23,31 +23,8 @@ from server.ledger.keys import Keys
 from server.realtime.hub import Hub
 from tests.support.cluster import RedisCluster
 from tests.support.cluster_feed import open_stream, publish_gift
+from tests.support.listening import Listener, listening
 from tests.unit.fakes import FakeSink, viewer
-
-
-class Listener:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, object]]] = []
-        self.lost: list[str | None] = []
-        self.changed = asyncio.Event()
-
-    def room_event(self, stream_id: str, data: bytes) -> None:
-        self.events.append((stream_id, orjson.loads(data)))
-        self.changed.set()
-
-    def room_events_lost(self, stream_id: str | None) -> None:
-        self.lost.append(stream_id)
-        self.changed.set()
-
-    def seqs(self, stream_id: str) -> list[object]:
-        return [e["seq"] for s, e in self.events if s == stream_id and e["type"] == "gift"]
-
-    async def wait(self, predicate: object, timeout_s: float = 20) -> None:
-        async with asyncio.timeout(timeout_s):
-            while not predicate():  # type: ignore[operator]
-                self.changed.clear()
-                await self.changed.wait()
 
 
 async def make_rooms(cluster: RedisCluster, keys: Keys) -> ClusterRooms:
@@ -67,10 +44,8 @@ async def rooms(redis_cluster: RedisCluster, keys: Keys) -> AsyncIterator[Cluste
 @pytest.fixture
 async def broker(rooms: ClusterRooms) -> AsyncIterator[tuple[ShardedPubSubBroker, Listener]]:
     broker = ShardedPubSubBroker(rooms, presence_ttl_s=5, timeout_s=2)
-    listener = Listener()
-    await broker.start(listener)
-    yield broker, listener
-    await broker.stop()
+    async with listening(broker) as listener:
+        yield broker, listener
 
 
 async def polled(predicate: Callable[[], bool], timeout_s: float = 30) -> None:
@@ -147,13 +122,11 @@ async def test_a_room_follows_its_slot_to_another_primary(
     migration that failed halfway on a loaded machine would leave the shared one's slot
     half-moved for every later test."""
     rooms = await make_rooms(own_cluster, keys)
-    b, listener = ShardedPubSubBroker(rooms, presence_ttl_s=5, timeout_s=2), Listener()
-    await b.start(listener)
-    redis_cluster = own_cluster
+    b = ShardedPubSubBroker(rooms, presence_ttl_s=5, timeout_s=2)
     try:
-        await _follows_its_slot(redis_cluster, rooms, b, listener)
+        async with listening(b) as listener:
+            await _follows_its_slot(own_cluster, rooms, b, listener)
     finally:
-        await b.stop()
         await rooms.runner.aclose()
 
 

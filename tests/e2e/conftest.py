@@ -9,7 +9,7 @@ from playwright.async_api import Browser, async_playwright
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, STREAM, Pages
-from tests.support.servers import ServerProcess
+from tests.support.servers import ServerProcess, running
 
 # Rate limits high enough that tests of other behaviour are never throttled.
 FAST = {
@@ -23,24 +23,14 @@ FAST = {
 def two_servers(
     redis_server: RedisProcess, keys: Keys, tmp_path: Path
 ) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    servers = [ServerProcess(redis_server.url, keys.prefix, tmp_path, **FAST) for _ in range(2)]
-    try:
-        for server in servers:
-            server.start()
-        yield servers[0], servers[1]
-    finally:
-        for server in servers:
-            server.stop()
+    with running(redis_server.url, keys.prefix, tmp_path, count=2, **FAST) as (a, b):
+        yield a, b
 
 
 @pytest.fixture
 def server(redis_server: RedisProcess, keys: Keys, tmp_path: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess(redis_server.url, keys.prefix, tmp_path, **FAST)
-    try:
-        process.start()
+    with running(redis_server.url, keys.prefix, tmp_path, **FAST) as (process,):
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture

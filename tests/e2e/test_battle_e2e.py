@@ -23,7 +23,7 @@ from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
 from tests.e2e.conftest import FAST
-from tests.support.servers import Client, ServerProcess, client, token
+from tests.support.servers import Client, ServerProcess, client, running, token
 
 A, B = "arena-a", "arena-b"
 CA, CB = "host-a", "host-b"
@@ -36,14 +36,8 @@ def battle_servers(
     redis_server: RedisProcess, keys: Keys, tmp_path: Path
 ) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     env = {**FAST, "GIFTWIRE_BATTLE_SECONDS_MIN": "1"}
-    servers = [ServerProcess(redis_server.url, keys.prefix, tmp_path, **env) for _ in range(2)]
-    try:
-        for server in servers:
-            server.start()
-        yield servers[0], servers[1]
-    finally:
-        for server in servers:
-            server.stop()
+    with running(redis_server.url, keys.prefix, tmp_path, count=2, **env) as (a, b):
+        yield a, b
 
 
 async def _gift_until(gifter: Client, prefix: str, stop: asyncio.Event) -> list[dict[str, Any]]:

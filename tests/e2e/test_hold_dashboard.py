@@ -28,7 +28,7 @@ from tests.e2e.test_record_serve import _recorded
 from tests.integration.helpers import gift
 from tests.integration.test_hold import _age
 from tests.support.browser import STREAM, Pages, needs_chromium
-from tests.support.servers import ServerProcess
+from tests.support.servers import ServerProcess, running
 
 pytestmark = [pytest.mark.browser, needs_chromium]
 CREATOR = "maker"
@@ -39,15 +39,9 @@ HOLD_DAYS = 7
 def hold_server(
     redis_server: RedisProcess, keys: Keys, database_url: str, tmp_path: Path
 ) -> Iterator[ServerProcess]:
-    process = ServerProcess(
-        redis_server.url, keys.prefix, tmp_path, GIFTWIRE_DATABASE_URL=database_url,
-        GIFTWIRE_PAYOUT_HOLD_DAYS=str(HOLD_DAYS), **FAST,
-    )  # fmt: skip
-    try:
-        process.start()
+    env = {"GIFTWIRE_DATABASE_URL": database_url, "GIFTWIRE_PAYOUT_HOLD_DAYS": str(HOLD_DAYS)}
+    with running(redis_server.url, keys.prefix, tmp_path, **env, **FAST) as (process,):
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture

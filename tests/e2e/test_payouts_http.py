@@ -17,7 +17,7 @@ from server.domain.accounts import Role
 from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
 from tests.e2e.conftest import FAST
-from tests.support.servers import ServerProcess, client, http_json, signed_webhook, token
+from tests.support.servers import ServerProcess, client, http_json, running, signed_webhook, token
 
 PAYOUT_SECRET = "payout-secret-for-tests"
 CREATOR = "payee"
@@ -27,15 +27,9 @@ CREATOR = "payee"
 def payout_server(
     redis_server: RedisProcess, keys: Keys, tmp_path: Path
 ) -> Iterator[ServerProcess]:
-    process = ServerProcess(
-        redis_server.url, keys.prefix, tmp_path, GIFTWIRE_PAYOUT_WEBHOOK_SECRET=PAYOUT_SECRET,
-        **FAST,
-    )  # fmt: skip
-    try:
-        process.start()
+    env = {"GIFTWIRE_PAYOUT_WEBHOOK_SECRET": PAYOUT_SECRET, **FAST}
+    with running(redis_server.url, keys.prefix, tmp_path, **env) as (process,):
         yield process
-    finally:
-        process.stop()
 
 
 def _payout_event(server: ServerProcess, event: dict[str, object], secret: str = PAYOUT_SECRET,

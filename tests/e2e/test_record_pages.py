@@ -22,7 +22,7 @@ from tests.e2e.conftest import FAST
 from tests.e2e.test_record_serve import _recorded
 from tests.integration.helpers import gift
 from tests.support.browser import STREAM, Pages, needs_chromium
-from tests.support.servers import ServerProcess
+from tests.support.servers import ServerProcess, running
 
 pytestmark = [pytest.mark.browser, needs_chromium]
 CREATOR = "maker"
@@ -32,14 +32,9 @@ CREATOR = "maker"
 def record_server(
     redis_server: RedisProcess, keys: Keys, database_url: str, tmp_path: Path
 ) -> Iterator[ServerProcess]:
-    process = ServerProcess(
-        redis_server.url, keys.prefix, tmp_path, GIFTWIRE_DATABASE_URL=database_url, **FAST
-    )
-    try:
-        process.start()
+    env = {"GIFTWIRE_DATABASE_URL": database_url, **FAST}
+    with running(redis_server.url, keys.prefix, tmp_path, **env) as (process,):
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture

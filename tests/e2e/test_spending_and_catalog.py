@@ -19,7 +19,7 @@ from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
 from server.web.auth import issue_token
 from tests.e2e.conftest import FAST
-from tests.support.servers import JWT_SECRET, ServerProcess, client, http_json, token
+from tests.support.servers import JWT_SECRET, ServerProcess, client, http_json, running, token
 
 STREAM = "spend1"
 CREATOR = "star"
@@ -32,14 +32,8 @@ def quick_pair(
 ) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     """Two processes that follow catalog changes within 0.2 s."""
     env = {**FAST, "GIFTWIRE_REDIS_CHECK_INTERVAL_S": "0.2"}
-    servers = [ServerProcess(redis_server.url, keys.prefix, tmp_path, **env) for _ in range(2)]
-    try:
-        for server in servers:
-            server.start()
-        yield servers[0], servers[1]
-    finally:
-        for server in servers:
-            server.stop()
+    with running(redis_server.url, keys.prefix, tmp_path, count=2, **env) as (a, b):
+        yield a, b
 
 
 async def _books(redis_server: RedisProcess, keys: Keys) -> tuple[Redis, Ledger]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import orjson
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -17,40 +16,14 @@ from server.ledger.embedded import RedisProcess
 from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
 from tests.integration.helpers import CREATOR, STREAM, gift
-
-
-class Listener:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, object]]] = []
-        self.lost: list[str | None] = []
-        self.changed = asyncio.Event()
-
-    def room_event(self, stream_id: str, data: bytes) -> None:
-        self.events.append((stream_id, orjson.loads(data)))
-        self.changed.set()
-
-    def room_events_lost(self, stream_id: str | None) -> None:
-        self.lost.append(stream_id)
-        self.changed.set()
-
-    async def wait(self, predicate: object, timeout_s: float = 10) -> None:
-        async with asyncio.timeout(timeout_s):
-            while not predicate():  # type: ignore[operator]
-                self.changed.clear()
-                await self.changed.wait()
-
-
-def _seqs(listener: Listener) -> list[object]:
-    return [e["seq"] for _, e in listener.events if e["type"] == "gift"]
+from tests.support.listening import Listener, listening
 
 
 @pytest.fixture
 async def broker(ledger: Ledger) -> AsyncIterator[tuple[RedisPubSubBroker, Listener]]:
     broker = RedisPubSubBroker(ledger, presence_ttl_s=5, timeout_s=2)
-    listener = Listener()
-    await broker.start(listener)
-    yield broker, listener
-    await broker.stop()
+    async with listening(broker) as listener:
+        yield broker, listener
 
 
 async def _live(ledger: Ledger) -> None:
@@ -66,12 +39,12 @@ async def test_events_after_subscribe_arrive_in_order_and_stop_after_unsubscribe
     await b.subscribe(STREAM)
     for i in range(20):
         await gift(ledger, f"g{i}")
-    await listener.wait(lambda: len(_seqs(listener)) == 20)
-    assert _seqs(listener) == list(range(1, 21)) and b.connected
+    await listener.wait(lambda: len(listener.seqs()) == 20)
+    assert listener.seqs() == list(range(1, 21)) and b.connected
     await b.unsubscribe(STREAM)
     await gift(ledger, "after")
     await asyncio.sleep(0.3)
-    assert len(_seqs(listener)) == 20
+    assert len(listener.seqs()) == 20
 
 
 async def test_a_snapshot_is_typed_and_counts_every_process(
@@ -115,7 +88,7 @@ async def test_a_subscription_dropped_while_wanted_is_renewed_and_reported(
     await b._send_unsubscribe(b._pubsub, b._channel(STREAM))
     await listener.wait(lambda: STREAM in listener.lost)
     await gift(ledger, "g1")
-    await listener.wait(lambda: _seqs(listener) == [1])
+    await listener.wait(lambda: listener.seqs() == [1])
 
 
 async def test_after_an_outage_it_subscribes_again_and_reports_the_loss(
@@ -141,7 +114,7 @@ async def test_after_an_outage_it_subscribes_again_and_reports_the_loss(
                 break
             except Exception:
                 await asyncio.sleep(0.1 * attempt)
-        await listener.wait(lambda: _seqs(listener) == [1])
+        await listener.wait(lambda: listener.seqs() == [1])
     finally:
         await b.stop()
         await redis.aclose()

@@ -14,24 +14,10 @@ from server.domain.catalog import load_catalog
 from server.domain.limits import Limits
 from server.realtime.hub import Hub
 from tests.support.backends import Backend
+from tests.support.listening import listening
 from tests.unit.fakes import FakeSink, viewer
 
 STREAM, CREATOR = "rt1", "rt_creator"
-
-
-class Listener:
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.lost: list[str | None] = []
-
-    def room_event(self, stream_id: str, data: bytes) -> None:
-        self.events.append(orjson.loads(data))
-
-    def room_events_lost(self, stream_id: str | None) -> None:
-        self.lost.append(stream_id)
-
-    def seqs(self) -> list[int]:
-        return [e["seq"] for e in self.events if e["type"] == "gift"]
 
 
 async def polled(predicate: Callable[[], bool], timeout_s: float = 20) -> None:
@@ -49,9 +35,8 @@ def welcome(snapshot: object) -> dict[str, Any]:
 async def test_events_after_subscribe_arrive_in_order_and_stop_after_unsubscribe(
     backend: Backend,
 ) -> None:
-    broker, listener = backend.broker(), Listener()
-    await broker.start(listener)
-    try:
+    broker = backend.broker()
+    async with listening(broker) as listener:
         await backend.open_stream(STREAM, CREATOR)
         await broker.subscribe(STREAM)
         for _ in range(20):
@@ -62,8 +47,6 @@ async def test_events_after_subscribe_arrive_in_order_and_stop_after_unsubscribe
         await backend.gift(STREAM, CREATOR)
         await asyncio.sleep(0.3)
         assert len(listener.seqs()) == 20 and listener.lost == []
-    finally:
-        await broker.stop()
 
 
 async def test_a_snapshot_counts_the_viewers_of_every_process(backend: Backend) -> None:

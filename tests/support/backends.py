@@ -69,23 +69,14 @@ async def _roll_back(redis: Redis, stream_key: str, feed_key: str, seq: int) -> 
     await redis.hset(stream_key, "seq", seq)
 
 
-class SingleBackend:
-    name = "single"
-    server_env: dict[str, str] = {}  # noqa: RUF012 (read only)
+class _Gifts:
+    """What both backends do the same way through their ledger (``Ledger`` or
+    ``ClusterLedger``, whose calls have the same contracts): streams, gifts, top-ups."""
 
-    def __init__(self, ledger: Ledger, url: str) -> None:
-        self.ledger = ledger
-        self.server_url = url
+    ledger: Ledger | ClusterLedger
+
+    def __init__(self) -> None:
         self._ids = itertools.count()
-
-    @classmethod
-    async def open(cls, url: str, keys: Keys) -> SingleBackend:
-        ledger = Ledger(Redis.from_url(url), keys=keys, limits=GENEROUS)
-        await ledger.prepare(load_catalog())
-        return cls(ledger, url)
-
-    def broker(self, *, presence_ttl_s: float = 5, timeout_s: float = 2) -> Broker:
-        return RedisPubSubBroker(self.ledger, presence_ttl_s=presence_ttl_s, timeout_s=timeout_s)
 
     async def open_stream(self, stream_id: str, creator_id: str, *, epoch: str = "ep1") -> None:
         await self.ledger.start_stream(
@@ -111,6 +102,26 @@ class SingleBackend:
     async def fund(self, user_id: str, coins: int) -> None:
         await self.ledger.top_up(payment_id=f"fund-{user_id}", user_id=user_id, coins=coins)
 
+
+class SingleBackend(_Gifts):
+    name = "single"
+    ledger: Ledger
+    server_env: dict[str, str] = {}  # noqa: RUF012 (read only)
+
+    def __init__(self, ledger: Ledger, url: str) -> None:
+        super().__init__()
+        self.ledger = ledger
+        self.server_url = url
+
+    @classmethod
+    async def open(cls, url: str, keys: Keys) -> SingleBackend:
+        ledger = Ledger(Redis.from_url(url), keys=keys, limits=GENEROUS)
+        await ledger.prepare(load_catalog())
+        return cls(ledger, url)
+
+    def broker(self, *, presence_ttl_s: float = 5, timeout_s: float = 2) -> Broker:
+        return RedisPubSubBroker(self.ledger, presence_ttl_s=presence_ttl_s, timeout_s=timeout_s)
+
     async def roll_back(self, stream_id: str, creator_id: str, seq: int) -> None:
         k = self.ledger.keys
         await _roll_back(self.ledger.redis, k.stream(stream_id), k.feed(stream_id), seq)
@@ -119,15 +130,16 @@ class SingleBackend:
         await self.ledger.redis.aclose()
 
 
-class ClusterBackend:
+class ClusterBackend(_Gifts):
     name = "cluster"
+    ledger: ClusterLedger
     server_env = {"GIFTWIRE_REDIS_CLUSTER": "true"}  # noqa: RUF012 (read only)
 
     def __init__(self, ledger: ClusterLedger, rooms: ClusterRooms, url: str) -> None:
+        super().__init__()
         self.ledger = ledger
         self.rooms = rooms
         self.server_url = url
-        self._ids = itertools.count()
 
     @classmethod
     async def open(cls, startup_urls: Sequence[str], keys: Keys) -> ClusterBackend:
@@ -139,29 +151,6 @@ class ClusterBackend:
 
     def broker(self, *, presence_ttl_s: float = 5, timeout_s: float = 2) -> Broker:
         return ShardedPubSubBroker(self.rooms, presence_ttl_s=presence_ttl_s, timeout_s=timeout_s)
-
-    async def open_stream(self, stream_id: str, creator_id: str, *, epoch: str = "ep1") -> None:
-        await self.ledger.start_stream(
-            stream_id=stream_id, creator_id=creator_id, title="a room", epoch=epoch
-        )
-
-    async def gift(self, stream_id: str, creator_id: str, sender_id: str | None = None) -> int:
-        n = next(self._ids)
-        sender_id = sender_id or f"fan{n}"
-        await self.ledger.top_up(payment_id=f"pay-{sender_id}-{n}", user_id=sender_id, coins=1)
-        receipt = await self.ledger.send_gift(
-            client_id=f"g{n}",
-            sender_id=sender_id,
-            sender_name=sender_id.title(),
-            stream_id=stream_id,
-            creator_id=creator_id,
-            gift_id="rose",
-            count=1,
-        )
-        return receipt.seq
-
-    async def fund(self, user_id: str, coins: int) -> None:
-        await self.ledger.top_up(payment_id=f"fund-{user_id}", user_id=user_id, coins=coins)
 
     async def roll_back(self, stream_id: str, creator_id: str, seq: int) -> None:
         k = self.rooms.keys

@@ -12,15 +12,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
-from client_demo.http import http_json as http_json  # re-exported for the tests
+from client_demo.http import http_exchange as http_exchange  # re-exported for the tests
+from client_demo.http import http_json as http_json
 from client_demo.http import post_webhook
 from client_demo.wire import decode, encode, subprotocols
 from server.domain.accounts import Role
@@ -107,6 +108,22 @@ class ServerProcess:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+@contextmanager
+def running(
+    redis_url: str, key_prefix: str, log_dir: Path, *, count: int = 1, **env: str
+) -> Iterator[list[ServerProcess]]:
+    """``count`` server processes on one Redis with the same settings, started in turn;
+    every one started is stopped at the end, also when a later one fails to start."""
+    servers = [ServerProcess(redis_url, key_prefix, log_dir, **env) for _ in range(count)]
+    try:
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
 
 
 def token(

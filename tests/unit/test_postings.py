@@ -181,3 +181,22 @@ def test_a_cluster_gift_is_a_debit_into_transit_and_a_credit_out_of_it() -> None
         Posting(None, Account.PLATFORM, 2),
     )
     assert to_transfer("6-0", credit, 900).log_slot == 900
+
+
+def test_a_cluster_clawback_is_a_claim_out_of_transit_and_a_clawback_into_it() -> None:
+    claim = {"type": "clawback_claim", "clawback_id": "p1|r1|bob", "payment": "p1",
+             "refund_id": "r1", "from": "bob", "to": "al", "coins": "7",
+             "items": "20000:5000:7"}  # fmt: skip
+    clawback = {"type": "clawback", "clawback_id": "p1|r1|bob", "payment": "p1",
+                "refund_id": "r1", "from": "bob", "to": "al", "coins": "7", "diamonds": "3",
+                "platform": "4", "share_bps": "5000", "share_rem": "5000",
+                "day": "20000"}  # fmt: skip
+    assert to_transfer("6-0", claim, 17).postings == (
+        Posting(None, Account.TRANSIT, -7),
+        Posting("al", Account.COINS, 7),
+    )
+    assert to_transfer("7-0", clawback, 900).postings == (
+        Posting("bob", Account.DIAMONDS, -3),
+        Posting(None, Account.PLATFORM, -4),
+        Posting(None, Account.TRANSIT, 7),
+    )

@@ -1,8 +1,8 @@
--- _gift_rules: the money rules of a gift as pure functions (no redis.call), shared by the
--- cluster's two legs (debit_gift.lua: the rate limit; credit_gifts.lua: the split). They
--- are the rules of send_gift.lua, moved here unchanged; send_gift.lua still spells its own
--- copy, and a later change can make it include this fragment. The spending limits are
--- _spend.lua's, which both send_gift.lua and debit_gift.lua include.
+-- _gift_rules: the money rules of a gift as pure functions (no redis.call), one copy for
+-- both modes: send_gift.lua (single node) calls both; on a cluster, debit_gift.lua the rate
+-- limit and credit_gifts.lua the split. change_rate.lua reuses the token bucket for the
+-- rate of state-changing HTTP calls. The spending limits are _spend.lua's, which both
+-- send_gift.lua and debit_gift.lua include.
 
 -- Token bucket in milli-tokens: `rate` tokens per second is `rate` milli-tokens per ms.
 -- Returns the tokens after the refill, or nil and the wait in ms until the next token.

@@ -5,7 +5,9 @@
 -- A gift names its recipient in `to`: '' the creator, a guest's id, or '*' every guest on
 -- stage, split exactly: the coins by integer division, the remainder coins one each to
 -- the guests from a place that turns with the stream's seq, and each guest's diamonds
--- from their own carried share remainder (`share_rem` in their account, as a creator's).
+-- from their own carried share remainder (`share_rem` in their account, as a creator's,
+-- by _gift_rules.lua's gift_split: every script that includes this fragment includes
+-- _gift_rules.lua before it).
 
 -- Every guest's state, name and totals, the guests in id order.
 local function guests_read(key)
@@ -106,12 +108,8 @@ local function guests_plan(key, ids, accounts, coins, share_bps, turn, amount_ma
     local place = (i - 1 - turn) % n
     local share = base + (place < extra and 1 or 0)
     local acct = redis.call('HMGET', accounts[i], 'diamonds', 'share_rem')
-    local earned = stored_int(acct[2])
-    if earned < 0 or earned >= 10000 then
-      error('giftwire: stored share remainder out of range: ' .. int(earned))
-    end
-    earned = earned + share * share_bps
-    local diamonds = math.floor(earned / 10000)
+    -- Each guest's carry, by the creator's rule (_gift_rules.lua, included before this).
+    local diamonds, share_rem = gift_split(stored_int(acct[2]), share, share_bps)
     local held = stored_int(acct[1])
     if held + diamonds > amount_max then
       return nil
@@ -120,7 +118,7 @@ local function guests_plan(key, ids, accounts, coins, share_bps, turn, amount_ma
     stored_int(redis.call('HGET', key, 'c|' .. id))
     stored_int(redis.call('HGET', key, 'd|' .. id))
     plan[i] = {id = id, key = accounts[i], coins = share, diamonds = diamonds,
-      share_rem = earned - diamonds * 10000, held = held}
+      share_rem = share_rem, held = held}
     total = total + diamonds
   end
   return plan, total

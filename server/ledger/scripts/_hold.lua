@@ -105,29 +105,12 @@ local function hold_take(st, day, diamonds)
   return diamonds
 end
 
--- send_gift, before its first write: read the creator's hold and the sender's record, and
--- check the record's bound. Returns the plan for hold_gift_commit, or nil and a refusal.
-local function hold_gift_prepare(creator_key, record_key, creator, share_bps, seconds,
-                                 hold_days, day_s, entries_max)
-  if hold_days == 0 then
-    return {off = true}
-  end
-  local today = math.floor(seconds / day_s)
-  local f = redis.call('HMGET', creator_key, 'held', 'hold_day', 'hold_ring')
-  local plan = {creator_key = creator_key, record_key = record_key, prune = {}}
-  if f[3] and f[3] ~= '' and stored_int(f[2]) >= today then
-    -- The same day as the creator's last gift: only the newest bucket changes (no parse).
-    local head, last = string.match(f[3], '^(.-)(%d+)$')
-    if not head then
-      error('giftwire: stored hold_ring is not a list of buckets: ' .. f[3])
-    end
-    plan.head, plan.last, plan.held = head, stored_int(last), stored_int(f[1])
-    plan.day = stored_int(f[2])
-  else
-    plan.view = hold_view(f, today, hold_days)
-    plan.day = plan.view.day
-  end
-  plan.field = creator .. '|' .. int(plan.day) .. '|' .. int(share_bps)
+-- The sender's side of a gift's hold, before any write: the record's entry `field`
+-- (CREATOR|DAY|SHARE_BPS), the once-a-day prune and the bound. Fills the plan for
+-- hold_record_commit; returns nil and a refusal past the bound. send_gift (through
+-- hold_gift_prepare) and the cluster's debit leg (_hold_legs.lua) share it.
+local function hold_record_prepare(plan, record_key, field, today, hold_days, entries_max)
+  plan.record_key, plan.field, plan.prune = record_key, field, plan.prune or {}
   -- One read on the same-day path: the day last pruned and this gift's entry.
   local r = redis.call('HMGET', record_key, '@day', plan.field)
   local pruned = stored_int(r[1])
@@ -159,6 +142,45 @@ local function hold_gift_prepare(creator_key, record_key, creator, share_bps, se
   return plan
 end
 
+-- The sender's side of a gift's hold, with the writes: prune, and note the coins.
+local function hold_record_commit(plan, coins)
+  if #plan.prune > 0 then
+    redis.call('HDEL', plan.record_key, unpack(plan.prune))
+  end
+  if plan.pruned_day then
+    redis.call('HSET', plan.record_key, '@day', int(plan.pruned_day))
+  end
+  if coins > 0 then
+    redis.call('HINCRBY', plan.record_key, plan.field, int(coins))
+  end
+end
+
+-- send_gift, before its first write: read the creator's hold and the sender's record, and
+-- check the record's bound. Returns the plan for hold_gift_commit, or nil and a refusal.
+local function hold_gift_prepare(creator_key, record_key, creator, share_bps, seconds,
+                                 hold_days, day_s, entries_max)
+  if hold_days == 0 then
+    return {off = true}
+  end
+  local today = math.floor(seconds / day_s)
+  local f = redis.call('HMGET', creator_key, 'held', 'hold_day', 'hold_ring')
+  local plan = {creator_key = creator_key}
+  if f[3] and f[3] ~= '' and stored_int(f[2]) >= today then
+    -- The same day as the creator's last gift: only the newest bucket changes (no parse).
+    local head, last = string.match(f[3], '^(.-)(%d+)$')
+    if not head then
+      error('giftwire: stored hold_ring is not a list of buckets: ' .. f[3])
+    end
+    plan.head, plan.last, plan.held = head, stored_int(last), stored_int(f[1])
+    plan.day = stored_int(f[2])
+  else
+    plan.view = hold_view(f, today, hold_days)
+    plan.day = plan.view.day
+  end
+  return hold_record_prepare(plan, record_key,
+    creator .. '|' .. int(plan.day) .. '|' .. int(share_bps), today, hold_days, entries_max)
+end
+
 -- send_gift, after its writes to the creator's account: hold the diamonds and note the coins.
 local function hold_gift_commit(plan, diamonds, coins)
   if plan.off then
@@ -173,15 +195,7 @@ local function hold_gift_commit(plan, diamonds, coins)
     redis.call('HSET', plan.creator_key, 'held', int(plan.held + diamonds),
       'hold_ring', plan.head .. int(plan.last + diamonds))
   end
-  if #plan.prune > 0 then
-    redis.call('HDEL', plan.record_key, unpack(plan.prune))
-  end
-  if plan.pruned_day then
-    redis.call('HSET', plan.record_key, '@day', int(plan.pruned_day))
-  end
-  if coins > 0 then
-    redis.call('HINCRBY', plan.record_key, plan.field, int(coins))
-  end
+  hold_record_commit(plan, coins)
 end
 
 -- The creator's diamonds to take back when `coins` of a gift at `share_bps` are reversed, and

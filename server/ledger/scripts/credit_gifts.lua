@@ -1,5 +1,8 @@
 -- include: _gift_rules.lua
 -- include: _goals.lua
+-- include: _battle.lua
+-- include: _hold.lua
+-- include: _hold_legs.lua
 -- credit_gifts: the creator's leg of gifts on a Redis Cluster (docs/ledger.md, "Redis
 -- Cluster"). One call applies a BATCH of debited transfers into one creator's stream, each
 -- exactly once by its transfer id: the diamonds (carrying share_rem), the platform share of
@@ -20,14 +23,17 @@
 -- KEYS[8 + 2n]  {u:CREATOR}:s:STREAM:goals  the stream's goals and progress (_goals.lua)
 -- KEYS[9 + 2n]  {u:CREATOR}:fans            zset: viewer -> lifetime coins to the creator
 -- KEYS[10 + 2n] {u:CREATOR}:s:STREAM:names  hash: sender -> display name (leaderboard)
---   (the last three: KEYS[#KEYS - 2 ..], after the per-transfer keys)
+-- KEYS[11 + 2n] {u:CREATOR}:s:STREAM:battle      the stream's battle side (_battle.lua)
+-- KEYS[12 + 2n] {u:CREATOR}:s:STREAM:battle_top  that side's gifters (zset)
 --
 -- ARGV[1]  creator id   ARGV[2]  stream id   ARGV[3]  receipt TTL, seconds (marker TTL)
 -- ARGV[4]  combo window, ms   ARGV[5]  feed length   ARGV[6]  largest balance
 -- ARGV[7]  n, the transfers in this call (1..256)
 -- ARGV[8 + 11(i-1) ...]: transfer i: transfer id, client id, sender id, sender name, gift
 --   id, count, coins, price, catalog version, share bps, debit time (ms, the debit's clock)
--- ARGV[8 + 11n]  gifter level ladder (server/domain/levels.py, ladder_arg): the last ARGV
+-- ARGV[8 + 11n]  gifter level ladder (server/domain/levels.py, ladder_arg)
+-- ARGV[9 + 11n]  payout hold, days (0: none)   ARGV[10 + 11n]  length of a hold day, seconds
+--   (the diamonds are held in the creator's bucket of the DEBIT's day, _hold_legs.lua)
 --
 -- Reply: {'ok', JSON array, one result per transfer in order} | {'refused', code} for the
 --   whole batch (invalid_request: malformed call; unknown_stream: no stream hash).
@@ -62,13 +68,17 @@ local combo_window = int_arg(ARGV[4], 1, 1e9)
 local feed_max = int_arg(ARGV[5], 1, 1e9)
 local amount_max = int_arg(ARGV[6], 1, 1e13)
 local n = int_arg(ARGV[7], 1, 256)
-local ladder = ARGV[#ARGV]
+local A_TAIL = 8 + FIELDS * (n or 0)  -- the ladder, then the arguments after it
+local ladder = ARGV[A_TAIL]
+local hold_days = int_arg(ARGV[A_TAIL + 1], 0, 365)
+local hold_day_s = int_arg(ARGV[A_TAIL + 2], 1, 1000000)
 if not (id_arg(creator) and id_arg(stream_id) and ttl and combo_window and feed_max
-    and amount_max and n and #ARGV == 8 + FIELDS * n and #KEYS == 10 + 2 * n
-    and ladder_ok(ladder)) then
+    and amount_max and n and #ARGV == 10 + FIELDS * n and #KEYS == 12 + 2 * n
+    and ladder and ladder_ok(ladder) and hold_days and hold_day_s) then
   return refuse('invalid_request')
 end
-local K_GOALS, K_FANS, K_NAMES = KEYS[#KEYS - 2], KEYS[#KEYS - 1], KEYS[#KEYS]
+local K_GOALS, K_FANS, K_NAMES = KEYS[8 + 2 * n], KEYS[9 + 2 * n], KEYS[10 + 2 * n]
+local K_BATTLE, K_BATTLE_TOP = KEYS[11 + 2 * n], KEYS[12 + 2 * n]
 
 local stream = redis.call('HMGET', KEYS[2], 'creator', 'seq', 'coins', 'diamonds', 'gifts',
   'epoch')
@@ -99,6 +109,13 @@ if redis.call('EXISTS', KEYS[4]) == 1 then
 end
 redis.call('XLEN', KEYS[7])
 local ms = now_ms()
+local hold = hold_credit_open(KEYS[1], ms, hold_days, hold_day_s)
+-- Whether this call's transfers score in a battle: decided on this primary's clock, once
+-- for the batch, so a transfer racing the start or the end is inside or outside, never both.
+local battle_id = battle_scoring(K_BATTLE, ms)
+if battle_id then
+  redis.call('ZSCORE', K_BATTLE_TOP, creator)  -- type check, only when it will be written
+end
 
 -- First pass: decide every transfer, writing nothing.
 local results, plan, seen, combos = {}, {}, {}, {}
@@ -162,6 +179,7 @@ for i = 1, n do
         local rename = names[sender] ~= name
         names[sender] = name
         diamonds_held, share_rem = diamonds_held + diamonds, rem
+        hold_credit_add(hold, debit_ms, diamonds)
         platform_add = platform_add + platform
         seq = seq + 1
         total_coins, total_diamonds, total_gifts = total_coins + coins,
@@ -184,9 +202,11 @@ end
 
 -- Second pass: write what the first pass decided.
 redis.call('HSET', KEYS[1], 'diamonds', int(diamonds_held), 'share_rem', int(share_rem))
+hold_credit_write(KEYS[1], hold)
 redis.call('HINCRBY', KEYS[6], 'coins', int(platform_add))
 redis.call('HSET', KEYS[2], 'seq', int(seq), 'coins', int(total_coins),
   'diamonds', int(total_diamonds), 'gifts', int(total_gifts))
+local scored = {}  -- {sender, coins} of each transfer that scores in the battle
 for _, p in ipairs(plan) do
   local r = results[p.i]
   redis.call('ZINCRBY', KEYS[3], p.coins, p.sender)
@@ -197,6 +217,9 @@ for _, p in ipairs(plan) do
   local progress, reached = goals_advance(K_GOALS, p.goals)
   redis.call('INCRBY', p.combo, p.count)
   redis.call('PEXPIRE', p.combo, combo_window)
+  if battle_id then
+    scored[#scored + 1] = {p.sender, p.coins}
+  end
   redis.call('XADD', KEYS[7], '*', 'type', 'gift_credit', 'transfer_id', r.transfer_id,
     'client_id', p.client_id, 'from', p.sender, 'to', creator, 'stream', stream_id,
     'gift', p.gift, 'count', int(p.count), 'price', int(p.price), 'coins', int(p.coins),
@@ -208,6 +231,7 @@ for _, p in ipairs(plan) do
     stream_id = stream_id, sender_id = p.sender, sender_name = p.name, gift_id = p.gift,
     count = p.count, combo = r.combo, coins = p.coins, diamonds = r.diamonds, ts = ms,
     level = p.level, goals = #progress > 0 and progress or nil,
+    battle_id = battle_id,  -- nil (absent) unless the transfer scored in a battle
   })
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', int(feed_max), int(r.seq) .. '-0', 'e', event)
   redis.call('SPUBLISH', KEYS[5], event)
@@ -222,4 +246,5 @@ for _, p in ipairs(plan) do
   end
   redis.call('SET', p.marker, cjson.encode(r), 'EX', ttl)
 end
+battle_score_batch(K_BATTLE, K_BATTLE_TOP, scored)
 return {'ok', cjson.encode(results)}

@@ -1,5 +1,7 @@
 -- include: _gift_rules.lua
 -- include: _spend.lua
+-- include: _hold.lua
+-- include: _hold_legs.lua
 -- debit_gift: the sender's leg of a gift on a Redis Cluster (docs/ledger.md, "Redis
 -- Cluster"). In the sender's slot only: idempotency by client id, rate limit, daily cap,
 -- balance; then the debit, the receipt, a ledger log entry and an outbox entry that the
@@ -12,6 +14,8 @@
 -- KEYS[4]  {~N}:log                   the sender's slot's ledger log (stream)
 -- KEYS[5]  {~N}:catalog               the slot's copy of the current catalog: gift id ->
 --                                     price, '@version' -> its number
+-- KEYS[6]  {u:SENDER}:held            the sender's gifts within the payout hold (_hold.lua),
+--                                     field CREATOR|DAY|SHARE_BPS -> coins
 --
 -- ARGV[1]  client id      ARGV[2]  sender id     ARGV[3]  creator id (the stream id's
 --                                                owner, {s:STREAM}:owner, read by the server)
@@ -26,6 +30,8 @@
 --          'live', 'ended' or 'unknown' (checked after the receipt, so a retry of a
 --          committed gift still gets its receipt once the stream has ended)
 -- ARGV[18] default monthly spend limit, coins (0 = none; a calendar month, UTC)
+-- ARGV[19] payout hold, days (0: none)     ARGV[20] length of a hold day, seconds
+-- ARGV[21] most entries in the sender's hold record
 --
 -- Reply: {'ok', receipt JSON} | {'replay', receipt JSON} | {'refused', code [, detail JSON]}
 -- Receipt JSON: transfer_id (SENDER|CLIENT_ID|LOG_ID), client_id, stream_id, gift_id,
@@ -40,7 +46,8 @@
 --   self_gift, unknown_gift,
 --   catalog_changed (detail: {catalog_version}), rate_limited, spending_limit (detail:
 --   {period, limit, spent, set_by, spent_24h}, as send_gift.lua),
---   insufficient_funds, unavailable (detail: {reason = 'catalog_missing' | 'outbox_full'})
+--   insufficient_funds, hold_limit (detail: {entries_max}: the sender's gifts in the hold
+--   name too many creators), unavailable (detail: {reason = 'catalog_missing' | 'outbox_full'})
 
 local client_id, sender, creator, stream_id, gift = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local count = int_arg(ARGV[6], 1, 9999)
@@ -54,10 +61,13 @@ local send_max = int_arg(ARGV[14], 1, 1e11)
 local shown_version = int_arg(ARGV[15], 0, 9007199254740991)
 local outbox_max = int_arg(ARGV[16], 1, 1e9)
 local monthly_default = int_arg(ARGV[18], 0, 1e13)
+local K_HOLD = KEYS[6]
+local hold_days, hold_day_s = int_arg(ARGV[19], 0, 365), int_arg(ARGV[20], 1, 1000000)
+local hold_entries_max = int_arg(ARGV[21], 1, 100000)
 if not (id_arg(client_id) and id_arg(sender) and id_arg(creator) and id_arg(stream_id)
     and id_arg(gift) and count and share_bps and rate and burst and daily_default
     and receipt_ttl and amount_max and send_max and shown_version and outbox_max
-    and monthly_default
+    and monthly_default and K_HOLD and hold_days and hold_day_s and hold_entries_max
     and type(ARGV[7]) == 'string' and #ARGV[7] <= 256
     and (ARGV[17] == 'live' or ARGV[17] == 'ended' or ARGV[17] == 'unknown')) then
   return refuse('invalid_request')
@@ -127,11 +137,18 @@ end
 if balance > amount_max then
   error('giftwire: stored balance beyond the largest: ' .. int(balance))
 end
+-- The payout hold: the sender's record notes this gift's coins (its bound: hold_limit).
+local hold, hold_refusal = hold_debit_prepare(K_HOLD, creator, share_bps, ms, hold_days,
+  hold_day_s, hold_entries_max)
+if not hold then
+  return hold_refusal
+end
 redis.call('XLEN', KEYS[4])  -- a wrong-typed log fails here, before the first write
 
 -- Every check passed: write.
 local new_balance = redis.call('HINCRBY', KEYS[2], 'coins', -coins)
 spend_record(KEYS[2], spend, coins, 'rl_tokens', int(tokens - 1000), 'rl_at', int(ms))
+hold_debit_commit(hold, coins)
 -- The transfer id is unique per debit, not only per client id: after the receipt expires
 -- the same client id sends a new gift, whose credit must not replay the old one's.
 local log_id = redis.call('XADD', KEYS[4], '*', 'type', 'gift_debit', 'client_id', client_id,

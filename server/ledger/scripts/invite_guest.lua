@@ -1,3 +1,4 @@
+-- include: _gift_rules.lua
 -- include: _guests.lua
 -- invite_guest: the creator invites a user on stage; the user joins with join_stage.lua.
 -- Inviting a guest who is invited or on stage already is a replay; one who left may be

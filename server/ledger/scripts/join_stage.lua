@@ -1,3 +1,4 @@
+-- include: _gift_rules.lua
 -- include: _guests.lua
 -- join_stage: an invited user accepts and goes on stage; from now on gifts may name them.
 -- Joining when on stage already is a replay.

@@ -1,3 +1,4 @@
+-- include: _gift_rules.lua
 -- include: _guests.lua
 -- leave_stage: a guest leaves the stage, or the creator takes them off (or withdraws an
 -- invitation). From this script on, a gift naming them is refused with guest_left, and a

@@ -1,4 +1,5 @@
 -- include: _hold.lua
+-- include: _refund.lua
 -- refund: a chargeback of (part of) a top-up, once per refund id. Claws the refunded coins
 -- back from the buyer without ever making a balance negative; what cannot be clawed back
 -- is recorded as debt, which later top-ups repay first. Several refunds of one payment add
@@ -53,74 +54,27 @@ for i = 8, #ARGV do
   creator_keys[ARGV[i]] = KEYS[i - 1]
 end
 
-local record = redis.call('HMGET', KEYS[4], 'user', 'coins', 'receipt')
-if record[1] then
-  if record[1] ~= user or tonumber(record[2]) ~= coins then
-    return refuse('duplicate_mismatch')
-  end
-  return {'replay', record[3]}
+local replay = refund_replay(KEYS[4], user, coins)
+if replay then
+  return replay
 end
-local payment = redis.call('HMGET', KEYS[1], 'user', 'coins', 'state', 'refunded', 'early')
-if payment[1] and payment[1] ~= user then
-  -- Naming someone else is refused like today's refunds: the buyer is the payment's content.
-  return refuse('invalid_request')
+local r, refusal = refund_decide(KEYS[1], KEYS[2], payment_id, user, coins, amount_max)
+if not r then
+  return refusal
 end
-
-local before_payment = not payment[3] or payment[3] == 'awaiting_payment'
-local refunded, early, paid, so_far = 0, 0, 0, 0
-if before_payment then
-  early = stored_int(payment[5]) + coins
-  if early > amount_max then
-    return refuse('invalid_request')
-  end
-else
-  paid = stored_int(payment[2])
-  so_far = stored_int(payment[4])
-  if payment[3] == 'refunded' and not payment[4] then
-    so_far = paid  -- refunded whole before refunds had ids
-  end
-  refunded = math.min(coins, paid - so_far)
-  if refunded < 0 then
-    error('giftwire: payment refunded beyond its coins: ' .. payment_id)
-  end
-end
-local acct = redis.call('HMGET', KEYS[2], 'coins', 'debt')
-local balance = stored_int(acct[1])
-stored_int(acct[2])
-local clawed = math.min(balance, refunded)
-local debt_added = refunded - clawed
 redis.call('XLEN', KEYS[3])  -- a wrong-typed ledger key fails before any write
 local _, seconds = now_ms()
-local reversal, refusal = hold_reverse_plan(KEYS[5], KEYS[6], creator_keys, debt_added,
+local reversal
+reversal, refusal = hold_reverse_plan(KEYS[5], KEYS[6], creator_keys, r.debt_added,
   math.floor(seconds / hold_day_s), hold_days)
 if refusal then
   return refusal
 end
-debt_added = debt_added - reversal.coins
+r.debt_added = r.debt_added - reversal.coins
 
 -- Every check passed: write.
--- int(): with nothing to claw back, -clawed is the double -0, which Lua passes to Redis as
--- "-0", and HINCRBY refuses that as not an integer.
-local new_balance = redis.call('HINCRBY', KEYS[2], 'coins', int(-clawed))
-local debt = redis.call('HINCRBY', KEYS[2], 'debt', int(debt_added))
-if before_payment then
-  redis.call('HSET', KEYS[1], 'user', user, 'state', 'awaiting_payment', 'early', int(early))
-else
-  local total = so_far + refunded
-  redis.call('HSET', KEYS[1], 'refunded', int(total),
-    'state', total == paid and 'refunded' or 'credited')
-end
+refund_write(r, KEYS[1], KEYS[2], user)
 hold_reverse_commit(reversal, KEYS[3], KEYS[5], KEYS[6], payment_id, refund_id, user)
-local ms = now_ms()
-local transfer_id = redis.call('XADD', KEYS[3], '*', 'type', 'refund', 'payment', payment_id,
-  'refund_id', refund_id, 'from', user, 'coins', int(coins), 'refunded', int(refunded),
-  'clawed', int(clawed), 'reversed', int(reversal.coins), 'debt', int(debt_added),
-  'before_payment', before_payment and '1' or '0')
-local receipt = cjson.encode({
-  transfer_id = transfer_id, payment_id = payment_id, refund_id = refund_id, user_id = user,
-  coins = coins, refunded = refunded, clawed = clawed, debt_added = debt_added,
-  balance = new_balance, debt = debt, before_payment = before_payment,
-  reversed = reversal.coins, ts = ms,
-})
-redis.call('HSET', KEYS[4], 'user', user, 'coins', int(coins), 'receipt', receipt)
+local receipt = refund_finish(r, KEYS[3], KEYS[4], payment_id, refund_id, user, coins,
+  reversal.coins)
 return {'ok', receipt}

@@ -1,3 +1,4 @@
+-- include: _gift_rules.lua
 -- include: _hold.lua
 -- include: _battle.lua
 -- include: _guests.lua
@@ -156,16 +157,10 @@ end
 -- The sender's account: its coins and rate limiter, and the spending fields (_spend.lua).
 local acct, acct_coins, rl_tokens, rl_at = spend_read(KEYS[2], 'coins', 'rl_tokens', 'rl_at')
 local ms, seconds = now_ms()
--- Token bucket in milli-tokens: `rate` tokens per second is `rate` milli-tokens per ms.
-local capacity = burst * 1000
-local tokens = tonumber(rl_tokens) or capacity
-local elapsed = ms - (tonumber(rl_at) or ms)
-if elapsed < 0 then
-  elapsed = 0
-end
-tokens = math.min(capacity, tokens + elapsed * rate)
-if tokens < 1000 then
-  return refuse('rate_limited', {retry_after_ms = math.ceil((1000 - tokens) / rate)})
+-- The sender's token bucket (_gift_rules.lua), the same rule as the cluster's debit leg.
+local tokens, retry_after_ms = gift_rate_take(rl_tokens, rl_at, ms, rate, burst)
+if not tokens then
+  return refuse('rate_limited', {retry_after_ms = retry_after_ms})
 end
 -- Spending limits (_spend.lua): the rolling 24 hours and the calendar month, each capped
 -- by the user's own limit and, for a minor, the platform's.
@@ -181,15 +176,10 @@ end
 -- The split carries the creator's fraction of a diamond from gift to gift: `share_rem`
 -- (basis-point units, 0..9999) is what the creator has earned beyond its whole diamonds,
 -- so that however the coins arrive, the diamonds credited are the floor of the sum of
--- coins x share. coins x share <= 10^11 x 10^4 stays exact below 2^53.
+-- coins x share. coins x share <= 10^11 x 10^4 stays exact below 2^53. The rule is
+-- _gift_rules.lua's gift_split, the same as the cluster's credit leg.
 local creator_acct = redis.call('HMGET', KEYS[3], 'diamonds', 'share_rem')
-local earned = stored_int(creator_acct[2])
-if earned < 0 or earned >= 10000 then
-  error('giftwire: stored share remainder out of range: ' .. int(earned))
-end
-earned = earned + coins * share_bps
-local diamonds = math.floor(earned / 10000)
-local share_rem = earned - diamonds * 10000
+local diamonds, share_rem = gift_split(stored_int(creator_acct[2]), coins, share_bps)
 local creator_diamonds = stored_int(creator_acct[1])
 local plan
 if guest_ids then
