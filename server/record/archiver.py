@@ -334,6 +334,10 @@ class Archiver:
         finally:
             if active:
                 with contextlib.suppress(redis_errors.RedisError, OSError):
+                    # A last trim of what was recorded since the timer's last one, so that a
+                    # stopped archiver leaves the log no longer than it must.
+                    await self.trim()
+                with contextlib.suppress(redis_errors.RedisError, OSError):
                     await self.lease.release()
 
 
