@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from redis import exceptions as redis_errors
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
@@ -22,8 +23,9 @@ from server.ledger.cluster_shards import Shards
 from server.ledger.cluster_topology import SlotMap
 from server.ledger.keys import Keys
 from server.record.archiver import Archiver, ArchiverConfig
-from server.record.cluster_logs import cluster_log, log_discovery, recorded_entries
+from server.record.cluster_logs import cluster_log, log_discovery, recorded_entries, slot_primary
 from server.record.connection import RecordPool
+from server.record.lease import Lease
 from server.record.reconcile import reconcile_logs
 from tests.cluster.legs import funded, gift, live_stream, open_ledger
 from tests.support.cluster import RedisCluster
@@ -243,3 +245,38 @@ async def test_gifts_to_guests_are_recorded_and_balance(
         assert (await reconcile_cluster(ledger)).ok
     finally:
         await ledger.aclose()
+
+
+@pytest.mark.slow
+async def test_the_lease_follows_a_failover_of_its_slots_primary(
+    own_cluster: RedisCluster, keys: Keys
+) -> None:
+    """The lease's client was the primary of its key's slot as found at start; after that
+    primary dies and a replica takes over, renewing finds the new primary (the archiver's
+    loop retries the failed attempt) instead of retrying the dead one until a restart."""
+    ck = ClusterKeys(keys.prefix)
+    slot = slot_of(ck.archiver_lease())
+    slots = SlotMap(own_cluster.startup_urls, timeout_s=2.0, pool_max=4)
+    await slots.refresh()
+    try:
+        lease = Lease(
+            slots.client(slots.owners[slot]), ck.archiver_lease(), "holder", ttl_ms=10_000,
+            locate=slot_primary(slots, slot),
+        )  # fmt: skip
+        assert await lease.acquire_or_renew()
+        victim = own_cluster.primary_for_slot(slot)
+        own_cluster.kill(victim.port)
+        promoted = await asyncio.to_thread(own_cluster.wait_promoted, victim.port)
+        renewed, failures = False, 0
+        for _ in range(50):  # bounded: the first attempts may still meet the dead node
+            try:
+                renewed = await lease.acquire_or_renew()
+                break
+            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
+                failures += 1
+                await asyncio.sleep(0.1)
+        assert renewed and failures >= 1
+        on_promoted = slots.client(("127.0.0.1", promoted.port))
+        assert await on_promoted.get(ck.archiver_lease()) == b"holder"
+    finally:
+        await slots.aclose()
