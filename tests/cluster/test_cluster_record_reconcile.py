@@ -4,9 +4,15 @@ found, each tampering by a line of its own."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import orjson
 import pytest
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.cluster import RedisCluster as ClusterClient
@@ -162,3 +168,47 @@ async def test_coins_left_in_transit_are_found(books: Books, record_pool: Record
     assert any(p.startswith("record: transit is") for p in problems), problems
     assert any(p.startswith("record: platform is") for p in problems)
     assert not any("summing to" in p for p in problems)
+
+
+def _giftwire_reconcile(
+    cluster: RedisCluster, keys: Keys, database_url: str
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "GIFTWIRE_REDIS_URL": cluster.startup_urls[0],
+        "GIFTWIRE_REDIS_CLUSTER": "true",
+        "GIFTWIRE_KEY_PREFIX": keys.prefix,
+        "GIFTWIRE_DATABASE_URL": database_url,
+        "GIFTWIRE_JWT_SECRET": "x" * 32,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", "reconcile", "--json"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_giftwire_reconcile_checks_the_record_and_exits_1_on_a_mismatch(
+    books: Books,
+    record_pool: RecordPool,
+    redis_cluster: RedisCluster,
+    keys: Keys,
+    database_url: str,
+) -> None:
+    done = await asyncio.to_thread(_giftwire_reconcile, redis_cluster, keys, database_url)
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = orjson.loads(done.stdout)
+    assert doc["ok"] and sum(doc["record"]["lag_per_slot"].values()) == 4
+    assert doc["record"]["transit"] == books.pending_coins == doc["totals"]["coins_pending"]
+    await _tamper(
+        record_pool,
+        "UPDATE postings SET amount = amount + 1 WHERE ctid = (SELECT ctid FROM postings"
+        f" WHERE user_id = '{books.creator}' AND account = 'diamonds' LIMIT 1)",
+    )
+    bad = await asyncio.to_thread(_giftwire_reconcile, redis_cluster, keys, database_url)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert any("summing to 1" in p for p in orjson.loads(bad.stdout)["problems"])
