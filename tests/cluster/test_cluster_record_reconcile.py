@@ -14,31 +14,23 @@ from pathlib import Path
 
 import orjson
 import pytest
-from redis.asyncio.cluster import ClusterNode
-from redis.asyncio.cluster import RedisCluster as ClusterClient
 
 from server.domain.errors import UnavailableError
 from server.ledger.cluster_credits import CreditResult, Transfer
-from server.ledger.cluster_keys import ClusterKeys, slot_of
 from server.ledger.cluster_ledger import ClusterLedger
 from server.ledger.cluster_reconcile import reconcile_cluster
-from server.ledger.cluster_shards import Shards
-from server.ledger.cluster_topology import SlotMap
 from server.ledger.keys import Keys
-from server.record.archiver import Archiver, ArchiverConfig
-from server.record.cluster_logs import log_discovery, recorded_entries
+from server.record.cluster_logs import recorded_entries
 from server.record.cluster_reconcile import ClusterRecordReport, reconcile_cluster_record
 from server.record.connection import RecordPool
 from tests.cluster.legs import funded, gift, live_stream, open_ledger
+from tests.cluster.record_helpers import cluster_record
 from tests.support.cluster import RedisCluster
-
-CONFIG = ArchiverConfig(batch_max=50, block_ms=20, discover_interval_s=0.0)
 
 
 @dataclass
 class Books:
     ledger: ClusterLedger
-    client: ClusterClient
     creator: str
     senders: list[str]
     pending_coins: int
@@ -57,36 +49,24 @@ async def books(
         raise UnavailableError("died between the legs")
 
     crashed.credits.credit = died  # type: ignore[method-assign]
-    client = ClusterClient(
-        startup_nodes=[ClusterNode("127.0.0.1", port) for port in redis_cluster.ports]
-    )
-    slots = SlotMap(redis_cluster.startup_urls[:1], timeout_s=5.0, pool_max=8)
-    await slots.refresh()
     try:
-        stream, creator = await live_stream(ledger)
-        senders = [await funded(ledger, 1_000) for _ in range(3)]
-        for n, sender in enumerate(senders * 2):
-            await gift(ledger, sender, stream, creator, gift_id="cap", client_id=f"g{n}")
-        with pytest.raises(UnavailableError):
-            await gift(crashed, senders[0], stream, creator, gift_id="cap", client_id="lost")
-        pending = (await reconcile_cluster(ledger)).totals["coins_pending"]
-        assert pending > 0
-        ck = ClusterKeys(keys.prefix)
-        lease_key = ck.archiver_lease()
-        archiver = Archiver(
-            client, record_pool, keys, config=CONFIG, consumer="a", logs=[],
-            lease_key=lease_key, lease_redis=slots.client(slots.owners[slot_of(lease_key)]),
-            discover=log_discovery(Shards(slots, timeout_s=5.0), ck),
-        )  # fmt: skip
-        await archiver.drain()
-        for ledger_log in archiver.logs:  # all of it is recorded: trim it, as the archiver will
-            await client.xtrim(ledger_log.key, maxlen=0)
-        for n, sender in enumerate(senders[1:]):
-            await gift(ledger, sender, stream, creator, gift_id="cap", client_id=f"late{n}")
-        yield Books(ledger, client, creator, senders, pending)
+        async with cluster_record(redis_cluster, record_pool, keys) as record:
+            stream, creator = await live_stream(ledger)
+            senders = [await funded(ledger, 1_000) for _ in range(3)]
+            for n, sender in enumerate(senders * 2):
+                await gift(ledger, sender, stream, creator, gift_id="cap", client_id=f"g{n}")
+            with pytest.raises(UnavailableError):
+                await gift(crashed, senders[0], stream, creator, gift_id="cap", client_id="x")
+            pending = (await reconcile_cluster(ledger)).totals["coins_pending"]
+            assert pending > 0
+            archiver = record.archiver()
+            await archiver.drain()
+            for ledger_log in archiver.logs:  # all of it is recorded: trim it, as it will
+                await record.client.xtrim(ledger_log.key, maxlen=0)
+            for n, sender in enumerate(senders[1:]):
+                await gift(ledger, sender, stream, creator, gift_id="cap", client_id=f"late{n}")
+            yield Books(ledger, creator, senders, pending)
     finally:
-        await slots.aclose()
-        await client.aclose()
         await crashed.aclose()
         await ledger.aclose()
 
