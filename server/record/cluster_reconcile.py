@@ -19,7 +19,9 @@ the two stores together can check, per slot's log and per account:
 Held diamonds (the payout hold) are not in the record, which posts diamonds whole: the
 cluster reconcile checks the hold against the day buckets in Redis. Each mismatch is a line
 of its own. It reads both stores and writes neither; run it on a quiet ledger, after the
-cluster reconcile (whose pending totals it takes). One user's account is one ``HMGET``.
+cluster reconcile (whose pending totals it takes). An entry still in Redis that the
+archiver's group has acknowledged must be in the record (it acknowledges after the
+commit): one that is not is a problem, not lag.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ from server.ledger.cluster_keys import SLOTS
 from server.ledger.cluster_ledger import ClusterLedger
 from server.ledger.cluster_reconcile import ClusterReport
 from server.ledger.runner import StreamRows
+from server.record.archiver import GROUP
 from server.record.cluster_logs import cluster_log
 from server.record.connection import RecordPool
-from server.record.postings import Account, RecordError, to_transfer
+from server.record.postings import Account, RecordError, parse_entry_id, to_transfer
 from server.record.reconcile import AccountKey, RecordTotals, check_one_log
 
 UNBALANCED_LINES_MAX = 50
@@ -68,9 +71,14 @@ class ClusterRecordReport:
         }
 
 
-async def _tails(ledger: ClusterLedger) -> dict[int, tuple[StreamRows, dict[str, Any]]]:
-    """Every slot's log that has entries: its entries and ``XINFO STREAM``."""
-    found: dict[int, tuple[StreamRows, dict[str, Any]]] = {}
+EntryPosition = tuple[int, int]
+Tail = tuple[StreamRows, dict[str, Any], EntryPosition]
+
+
+async def _tails(ledger: ClusterLedger) -> dict[int, Tail]:
+    """Every slot's log that has entries: its entries, ``XINFO STREAM`` and the last entry
+    the archiver acknowledged."""
+    found: dict[int, Tail] = {}
     keys = ledger.keys
     lengths = await ledger.shards.lengths(keys.ledger_shards())
     for slot in range(SLOTS):
@@ -85,7 +93,7 @@ async def _tails(ledger: ClusterLedger) -> dict[int, tuple[StreamRows, dict[str,
             if len(page) < _PAGE:
                 break
             start = "(" + rows[-1][0].decode()
-        found[slot] = (rows, await _info(ledger, slot))
+        found[slot] = (rows, await _info(ledger, slot), await _acknowledged(ledger, slot, rows))
     return found
 
 
@@ -100,20 +108,40 @@ async def _info(ledger: ClusterLedger, slot: int) -> dict[str, Any]:
 
 
 async def _redis_accounts(ledger: ClusterLedger, users: set[str]) -> Counter[AccountKey]:
+    """Every user's coins, diamonds and minus debt, and the platform shards' sum: one
+    ``HGET`` per account and field, pipelined per primary."""
     held: Counter[AccountKey] = Counter()
-    for user in users:
-        coins, diamonds, debt = (
-            int(v or 0)
-            for v in await ledger.command(
-                ledger.keys.account(user), "HMGET", "coins", "diamonds", "debt"
-            )
-        )
-        held[(user, Account.COINS.value)] = coins
-        held[(user, Account.DIAMONDS.value)] = diamonds
-        held[(user, Account.DEBT.value)] = -debt
+    keys = {ledger.keys.account(user): user for user in users}
+    for name, sign in (("coins", 1), ("diamonds", 1), ("debt", -1)):
+        values = await ledger.shards.field_of_each(list(keys), name)
+        for key, user in keys.items():
+            held[(user, name)] = sign * int(values.get(key) or 0)
     platform = await ledger.shards.sum_field(ledger.keys.platform_shards(), "coins")
     held[(None, Account.PLATFORM.value)] = platform
     return held
+
+
+async def _acknowledged(ledger: ClusterLedger, slot: int, rows: StreamRows) -> EntryPosition:
+    """The last entry of ``rows`` the archiver's group acknowledged (delivered, and older
+    than any pending): each one up to it is committed in the record. (0, 0) if none."""
+    client = ledger.runner.client(ledger.runner.primary_of(slot))
+    key = ledger.keys.ledger_shard(slot)
+    try:
+        groups = await client.xinfo_groups(key)
+    except redis_errors.ResponseError:
+        return (0, 0)
+    ours = next((g for g in groups if g["name"] == GROUP.encode()), None)
+    if ours is None:
+        return (0, 0)
+    delivered = parse_entry_id(ours["last-delivered-id"].decode())
+    if int(ours["pending"]):
+        pending = await client.xpending(key, GROUP)
+        if pending["pending"]:
+            # From the oldest pending entry on, an entry may not be committed yet.
+            first = parse_entry_id(pending["min"].decode())
+            older = (parse_entry_id(entry_id.decode()) for entry_id, _ in rows)
+            delivered = max((p for p in older if p < first), default=(0, 0))
+    return delivered
 
 
 async def reconcile_cluster_record(
@@ -132,13 +160,22 @@ async def reconcile_cluster_record(
         slots = sorted(set(tails) | {int(slot) for (slot,) in await cursor.fetchall()})
         for slot in slots:
             # A log trimmed to nothing has no entries, but still counts what it trimmed.
-            rows, info = tails[slot] if slot in tails else ([], await _info(ledger, slot))
+            if slot in tails:
+                rows, info, acked = tails[slot]
+            else:
+                rows, info, acked = [], await _info(ledger, slot), (0, 0)
             before = totals.lag
             lag = await check_one_log(
                 conn, cluster_log(ledger.keys, slot), rows, info, totals, problems
             )
             if totals.lag > before:
                 report.lag_per_slot[slot] = totals.lag - before
+            lost = [eid for eid, _ in lag if parse_entry_id(eid) <= acked]
+            if lost:
+                problems.append(
+                    f"slot {slot}: {len(lost)} entries the archiver acknowledged are not in the"
+                    f" record (first {lost[0]})"
+                )
             for entry_id, fields in lag:
                 try:
                     for posting in to_transfer(entry_id, fields, slot).postings:
