@@ -57,8 +57,13 @@ def describe(message: Message) -> str:
         combo = f" (combo {_n(message['combo'])})" if message["combo"] > message["count"] else ""
         to = ""
         if message.get("recipients"):
+            # On a Redis Cluster a recipient's row has its coins only: each guest's
+            # diamonds are decided in their own slot, after the event (docs/protocol.md).
             to = " to " + ", ".join(
-                f"{r['user_id']} (+{_n(r['diamonds'])})" for r in message["recipients"]
+                f"{r['user_id']} (+{_n(r['diamonds'])})"
+                if "diamonds" in r
+                else f"{r['user_id']} ({_n(r['coins'])} coins)"
+                for r in message["recipients"]
             )
         battle = " [battle]" if message.get("battle_id") else ""
         return (

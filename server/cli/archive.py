@@ -28,7 +28,7 @@ from server.ledger.cluster_topology import SlotMap, address_of
 from server.ledger.connection import ledger_redis_url, make_client
 from server.ledger.keys import Keys
 from server.record.archiver import LEASE_TTL_MS, Archiver, ArchiverConfig
-from server.record.cluster_logs import log_discovery
+from server.record.cluster_logs import log_discovery, slot_primary
 from server.record.connection import RecordPool, open_record, record_database_url
 from server.record.service import ARCHIVER_REDIS_TIMEOUT_S
 from server.settings import Settings, env_name
@@ -52,6 +52,7 @@ async def _cluster_archiver(
     archiver = Archiver(
         client, pool, Keys(settings.key_prefix), config=config, logs=[], lease_key=lease_key,
         lease_redis=slots.client(slots.owners[slot_of(lease_key)]),
+        lease_locate=slot_primary(slots, slot_of(lease_key)),
         discover=log_discovery(Shards(slots, timeout_s=ARCHIVER_REDIS_TIMEOUT_S), cluster_keys),
     )  # fmt: skip
 

@@ -72,6 +72,8 @@ class Transfer:
     catalog_version: int
     share_bps: int
     debit_ms: int
+    to: str = ""
+    """The gift's recipient: '' the creator, a guest's id, '*' every guest on stage."""
 
     @classmethod
     def from_receipt(cls, doc: Mapping[str, Any], sender_id: str) -> Transfer:
@@ -90,6 +92,7 @@ class Transfer:
             catalog_version=int(doc["catalog_version"]),
             share_bps=int(doc["share_bps"]),
             debit_ms=int(doc["ts"]),
+            to=str(doc.get("recipient", "")),
         )
 
     @classmethod
@@ -110,6 +113,7 @@ class Transfer:
             catalog_version=int(text["catalog_version"]),
             share_bps=int(text["share_bps"]),
             debit_ms=int(text["ts"]),
+            to=text.get("recipient", ""),
         )
 
     def args(self) -> list[str | int]:
@@ -142,6 +146,12 @@ class CreditResult:
     combo: int = 0
     ts: int = 0
     epoch: str = ""
+    guests: tuple[Mapping[str, Any], ...] = ()
+    """A transfer to guests: its guest-credits {user_id, coins, credit_id, outbox_id}
+    (``cluster_guests.py`` applies them); empty for a gift to the creator."""
+    redirected: str = ""
+    """Why the creator received a gift to guests ('' when it did not): the guest left,
+    was not on stage, or nobody was (``_stage_credit.lua``)."""
 
     @property
     def settled(self) -> bool:
@@ -254,6 +264,9 @@ class CreditBatcher:
             args += transfer.args()
         keys += k.credit_tail_keys(creator_id, stream_id)
         args += [_LADDER, *hold_args(lim)]
+        # Guests on stage: the last two KEYS and the last n ARGV (after anything else).
+        keys += k.credit_stage_keys(creator_id, stream_id)
+        args += [transfer.to for transfer in batch]
         self.calls += 1
         reply = await self._runner.run(ScriptName.CREDIT_GIFTS, keys, args, order_key=creator_id)
         body, _ = unpack(reply)
@@ -278,6 +291,8 @@ def _result(doc: Mapping[str, Any]) -> CreditResult:
         combo=int(doc.get("combo", 0)),
         ts=int(doc.get("ts", 0)),
         epoch=str(doc.get("epoch", "")),
+        guests=tuple(doc.get("guests") or ()),
+        redirected=str(doc.get("redirected", "")),
     )
 
 

@@ -19,6 +19,9 @@ key                                        type    holds
 ``{u:CREATOR}:s:STREAM:top|feed|room``     ...     leaderboard, feed, shard channel (SPUBLISH)
 ``{u:CREATOR}:s:STREAM:combo:USER:GIFT``   string  combo counter (TTL)
 ``{u:CREATOR}:s:STREAM:goals|names``       hash    the stream's goals; sender -> display name
+``{u:CREATOR}:s:STREAM:guests``            hash    the stage (``_guests.lua``)
+``{u:GUEST}:credit:TRANSFER|GUEST``        string  a guest-credit's marker (idempotency)
+``{u:GUEST}:earned``                       hash    stream -> diamonds earned on its stage
 ``{u:CREATOR}:fans``                       zset    viewer -> lifetime coins to the creator
 ``{u:CREATOR}:s:STREAM:battle[_top]``      ...     the stream's side of a battle, its gifters
 ``{u:CREATOR}:s:STREAM:battle_invite[s]`` ...     its pending invitation; invitations to it
@@ -149,6 +152,10 @@ class ClusterKeys:
     def names(self, creator_id: str, stream_id: str) -> str:
         """Sender -> display name of their latest gift to the stream (the leaderboard's)."""
         return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:names"
+
+    def guests(self, creator_id: str, stream_id: str) -> str:
+        """The stage (``_guests.lua``), in the creator's slot next to the stream."""
+        return f"{self.prefix}{{u:{creator_id}}}:s:{stream_id}:guests"
 
     def fans(self, creator_id: str) -> str:
         """Viewer -> lifetime coins sent to the creator over all its streams (levels)."""
@@ -316,6 +323,33 @@ class ClusterKeys:
     def relay_hot_slots(self) -> str:
         """The slots whose outbox the last sweep found with entries (comma-separated)."""
         return f"{self.prefix}{{{slot_tag(0)}}}:relay_hot"
+
+    def credit_stage_keys(self, creator_id: str, stream_id: str) -> list[str]:
+        """The LAST two keys of a credit call, after every other (``credit_gifts.lua`` reads
+        them as ``KEYS[#KEYS - 1 ..]``): the stage, and the creator's slot's outbox that
+        takes the guest-credits (``_stage_credit.lua``)."""
+        return [
+            self.guests(creator_id, stream_id),
+            self.outbox_shard(slot_of(self.account(creator_id))),
+        ]
+
+    def guest_credit_keys(self, guest_id: str, credit_ids: list[str]) -> list[str]:
+        """The keys of one ``credit_guest.lua`` call, in the guest's slot: the account, the
+        slot's platform share and log, each guest-credit's marker (a credit id is
+        ``TRANSFER|GUEST``), then what the guest earned per stream."""
+        slot = slot_of(self.account(guest_id))
+        return [
+            self.account(guest_id),
+            self.platform_shard(slot),
+            self.ledger_shard(slot),
+            *(self.credit_receipt(guest_id, credit_id) for credit_id in credit_ids),
+            self.guest_earned(guest_id),
+        ]
+
+    def guest_earned(self, guest_id: str) -> str:
+        """Stream id -> diamonds the guest earned on that stream's stage (``credit_guest.lua``
+        writes it; the stage in the creator's slot cannot know a guest's carry)."""
+        return f"{self.prefix}{{u:{guest_id}}}:earned"
 
     # The archiver (server/record/): one lease for the logs of every slot.
 

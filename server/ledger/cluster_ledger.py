@@ -52,6 +52,7 @@ from server.ledger.cluster_catalog import CatalogSlot
 from server.ledger.cluster_clawbacks import Clawback, apply_clawback, receipt_clawbacks
 from server.ledger.cluster_credits import CreditBatcher, CreditResult, Transfer
 from server.ledger.cluster_goals import ClusterGoals
+from server.ledger.cluster_guests import ClusterStage, GuestCredit, GuestCredits, GuestResult
 from server.ledger.cluster_keys import ClusterKeys, slot_of
 from server.ledger.cluster_runner import ClusterScriptRunner
 from server.ledger.cluster_shards import Shards
@@ -74,6 +75,10 @@ CRASH_AFTER_DEBIT_ENV = "GIFTWIRE_TEST_CRASH_AFTER_DEBIT"
 """Test-only hook: ``1`` kills this process (SIGKILL) right after a debit committed, before
 its credit (``tests/cluster/test_leg_faults.py``). Read once, at import."""
 _CRASH_AFTER_DEBIT = os.environ.get(CRASH_AFTER_DEBIT_ENV) == "1"
+CRASH_BEFORE_GUESTS_ENV = "GIFTWIRE_TEST_CRASH_BEFORE_GUEST_CREDITS"
+"""Test-only hook: ``1`` kills this process (SIGKILL) after a credit to guests committed,
+before its guest-credits (``tests/cluster/test_cluster_guests.py``). Read once, at import."""
+_CRASH_BEFORE_GUESTS = os.environ.get(CRASH_BEFORE_GUESTS_ENV) == "1"
 CRASH_AFTER_REFUND_CLAIM_ENV = "GIFTWIRE_TEST_CRASH_AFTER_REFUND_CLAIM"
 """Test-only hook: ``1`` kills this process (SIGKILL) right after a refund's buyer leg
 committed, before its clawbacks (``tests/cluster/test_cluster_money_serve.py``)."""
@@ -97,6 +102,9 @@ class ClusterLedger(ClusterGoals):
         self.economics = economics or Economics()
         self.shards = Shards(runner.slots, timeout_s=self.limits.redis_timeout_s)
         self.credits = CreditBatcher(runner, self.keys, self.limits)
+        self.guests = ClusterStage(self)
+        """The stage scripts in the creator's slot (``cluster_guests.py``)."""
+        self.guest_credits = GuestCredits(runner, self.keys, self.limits)
         # One key, the user's account: the same script as single-node, in its slot.
         self.spending = SpendingStore(runner, self.keys, self.limits)
         self.changes = ChangeLimiter(runner, self.keys, self.limits)  # the user's slot
@@ -392,14 +400,11 @@ class ClusterLedger(ClusterGoals):
         catalog_version: int | None = None,
         to: str | None = None,
     ) -> GiftReceipt:
-        """Debit, then credit at once; see the module docstring for the contract. Gifts to
-        guests (``to``) are single-node only so far (``docs/ledger.md``, "Guests on
-        stage"): refused here before anything is written."""
-        if to is not None:
-            raise LedgerRefusal(
-                ErrorCode.INVALID_REQUEST, "gifts to guests are not available on a cluster yet"
-            )
+        """Debit, then credit at once; see the module docstring for the contract. A gift
+        to guests (``to``) also applies its guest-credits at once (``cluster_guests.py``),
+        and is acknowledged once all of them are."""
         owner = await self.owner(stream_id)
+        verdict = ""
         if owner is None:
             state = "unknown"
             owner = creator_id  # only a stored receipt can answer; the debit checks it first
@@ -407,19 +412,28 @@ class ClusterLedger(ClusterGoals):
             if owner != creator_id:
                 raise LedgerRefusal(ErrorCode.INVALID_REQUEST)
             state = await self.stream_state(stream_id, owner)
+            if to is not None and state == "live":
+                # Refusals as single-node gives them, returned by the debit after its receipt
+                # check; a stage that changes before the credit is the credit leg's to decide.
+                verdict = await self.guests.verdict(stream_id, owner, to, sender_id)
         body, replayed = await self._debit(
             self.keys.debit_keys(sender_id, client_id),
-            self._debit_args(
-                client_id,
-                sender_id,
-                sender_name,
-                owner,
-                stream_id,
-                gift_id,
-                count,
-                catalog_version=catalog_version or 0,
-                state=state,
-            ),
+            [
+                *self._debit_args(
+                    client_id,
+                    sender_id,
+                    sender_name,
+                    owner,
+                    stream_id,
+                    gift_id,
+                    count,
+                    catalog_version=catalog_version or 0,
+                    state=state,
+                ),
+                # Guests on stage: always the last two (debit_gift.lua reads them from the end).
+                to or "",
+                verdict,
+            ],
             sender_id,
             catalog_version or 0,
         )
@@ -442,7 +456,13 @@ class ClusterLedger(ClusterGoals):
         if not credit.settled:
             self.unsettled_slots.add(slot)
             raise UnavailableError(f"gift debited, credit pending: {credit.code}")
+        if _CRASH_BEFORE_GUESTS and credit.guests:
+            os.kill(os.getpid(), signal.SIGKILL)
+        guests = await self.settle_guests(transfer, credit)
+        if not all(g.settled for g in guests):
+            raise UnavailableError("gift credited, a guest's credit pending")
         self._forget_outbox_entry(self.keys.outbox_shard(slot), str(debit["outbox_id"]))
+        guest_diamonds = sum(g.diamonds for g in guests)
         return GiftReceipt(
             transfer_id=transfer.transfer_id,
             client_id=client_id,
@@ -450,8 +470,8 @@ class ClusterLedger(ClusterGoals):
             gift_id=gift_id,
             count=transfer.count,
             coins=transfer.coins,
-            diamonds=credit.diamonds,
-            platform_coins=credit.platform_coins,
+            diamonds=credit.diamonds + guest_diamonds,
+            platform_coins=credit.platform_coins + sum(g.platform_coins for g in guests),
             balance=int(debit["balance"]),
             combo=credit.combo,
             seq=credit.seq,
@@ -537,7 +557,42 @@ class ClusterLedger(ClusterGoals):
                 raise result
             else:
                 out.append(result)
+        # A transfer to guests settled here has guest-credits to apply too: at once, as the
+        # fast path does (those that fail stay in the outbox for the next round).
+        settled = [(t, r) for t, r in zip(transfers, out, strict=True) if r.settled and r.guests]
+        await asyncio.gather(*(self.settle_guests(t, r) for t, r in settled))
         return out
+
+    async def settle_guests(self, transfer: Transfer, credit: CreditResult) -> list[GuestResult]:
+        """Apply the guest-credits a credit left in the creator's slot's outbox (none for a
+        gift to the creator) and forget the entries of those applied; the others stay for
+        the relay, whose slot list learns of them."""
+        credits = [
+            GuestCredit.from_result(
+                row,
+                sender_id=transfer.sender_id,
+                creator_id=transfer.creator_id,
+                stream_id=transfer.stream_id,
+                share_bps=transfer.share_bps,
+                seq=credit.seq,
+                ts=credit.ts,
+            )
+            for row in credit.guests
+        ]
+        return await self.credit_guests(credits)
+
+    async def credit_guests(self, credits: list[GuestCredit]) -> list[GuestResult]:
+        """Apply guest-credits (each in its guest's slot, concurrently); forget the outbox
+        entries of those applied."""
+        results = list(await asyncio.gather(*(self.guest_credits.credit(c) for c in credits)))
+        for credit, result in zip(credits, results, strict=True):
+            outbox = self.keys.outbox_shard(slot_of(self.keys.account(credit.creator_id)))
+            if result.settled and credit.outbox_id:
+                self._forget_outbox_entry(outbox, credit.outbox_id)
+            elif not result.settled:
+                self.unsettled_slots.add(slot_of(outbox))
+                log.error("guest credit %s: %s %s", credit.credit_id, result.status, result.code)
+        return results
 
     def _forget_outbox_entry(self, outbox: str, entry_id: str) -> None:
         """XDEL a settled entry, batched per outbox in the background. Lost in a crash, it

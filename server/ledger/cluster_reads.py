@@ -32,21 +32,11 @@ from server.ledger.ledger import stream_from_hash
 _NOT_SERVED = (redis_errors.AskError, redis_errors.ClusterDownError, redis_errors.TryAgainError)
 
 
-class NoStage:
-    """The stage reads of cluster mode: gifts to guests are refused on a cluster
-    (``ClusterLedger.send_gift``), so no guest ever received anything there."""
-
-    async def stage(self, stream_id: str) -> list[dict[str, Any]]:
-        return []
-
-
 class ClusterReads:
     def __init__(self, runner: ClusterScriptRunner, keys: ClusterKeys, limits: Limits) -> None:
         self.runner = runner
         self.keys = keys
         self.limits = limits
-        self.guests = NoStage()
-        """For the leaderboard route, which lists what the guests received next to the top."""
         self._owners: OrderedDict[str, str] = OrderedDict()
         self._states: dict[str, tuple[float, str]] = {}
 

@@ -20,6 +20,13 @@ sender's slot and a ``gift_credit`` in the creator's, joined by the transfer id
   negative, and held <= diamonds;
 - each stream's credits are numbered 1..N with no gap or reuse, and its hash says N;
 - coins debited = coins credited + coins pending;
+- guests on stage (``cluster_guests.py``): each guest-credit a credit to guests named
+  (``recipients``) has exactly one ``guest_credit`` in its guest's slot saying the same
+  (transfer, guest, coins), or is pending in an outbox (reported with its age); none
+  without its credit; diamonds + platform = coins; the guest's ``share_rem`` carried in
+  their slot's log order together with their own credits as a creator (one carry per
+  account); the coins a credit gave to guests = coins applied to guests + pending; what
+  each guest earned per stream (``{u:GUEST}:earned``) is the sum of their guest-credits.
 - each refund's refunded = clawed + reversed + debt, and each clawback a refund claimed
   (``clawback_claim``, buyer's slot) is applied exactly once item for item (``clawback``,
   creator's slot, the exact inverse of the split with share_rem carried), or is pending in
@@ -39,12 +46,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from server.ledger.cluster_clawbacks import CLAWBACK_KIND
+from server.ledger.cluster_guests import GUEST_CREDIT_KIND
 from server.ledger.cluster_keys import slot_of
 from server.ledger.cluster_ledger import ClusterLedger
 from server.ledger.hold import HOLD_FIELDS, hold_problems
 from server.ledger.ledger import log_position
 
-_MATCHED = ("from", "to", "stream", "gift", "count", "coins", "price", "catalog_version")
+_MATCHED = (
+    "from",
+    "to",
+    "stream",
+    "gift",
+    "count",
+    "coins",
+    "price",
+    "catalog_version",
+    "recipient",
+)
 _PAGE = 10_000
 
 
@@ -124,6 +142,7 @@ async def reconcile_cluster(
     claims: dict[str, tuple[str, dict[str, str]]] = {}
     applied: dict[str, list[dict[str, str]]] = defaultdict(list)
     platform = 0
+    stage = _StageBooks()
     for key, entries in logs.items():
         for entry_id, f in entries:
             kind = f.get("type", "")
@@ -182,6 +201,9 @@ async def reconcile_cluster(
                 got, fee, paid = int(f["diamonds"]), int(f["platform"]), int(f["coins"])
                 diamonds[creator] += got
                 platform += fee
+                if "recipients" in f:
+                    # The guests earn it, in their own slots: the creator's carry stays.
+                    paid = stage.credit_to_guests(f, problems)
                 if got + fee != paid:
                     problems.append(f"credit {f['transfer_id']}: diamonds + platform != coins")
                 expected = divmod(share_rem.get(creator, 0) + paid * int(f["share_bps"]), 10000)
@@ -189,6 +211,20 @@ async def reconcile_cluster(
                     problems.append(f"credit {f['transfer_id']}: share_rem carry broken")
                 share_rem[creator] = int(f["share_rem"])
                 seqs[(creator, f["stream"])].append(int(f["seq"]))
+            elif kind == "guest_credit":
+                guest = f["to"]
+                users.add(guest)
+                got, fee, paid = int(f["diamonds"]), int(f["platform"]), int(f["coins"])
+                diamonds[guest] += got
+                platform += fee
+                stage.applied[f["credit_id"]].append(f)
+                stage.earned[(guest, f["stream"])] += got
+                if got + fee != paid:
+                    problems.append(f"guest credit {f['credit_id']}: diamonds + platform != coins")
+                expected = divmod(share_rem.get(guest, 0) + paid * int(f["share_bps"]), 10000)
+                if (got, int(f["share_rem"])) != expected:
+                    problems.append(f"guest credit {f['credit_id']}: share_rem carry broken")
+                share_rem[guest] = int(f["share_rem"])
             else:
                 problems.append(f"{key} {entry_id}: entry type {kind!r} not reconciled here")
 
@@ -196,6 +232,9 @@ async def reconcile_cluster(
     pending_claws: dict[str, str] = {}
     for _key, entries in outboxes.items():
         for entry_id, f in entries:
+            if f.get("kind") == GUEST_CREDIT_KIND:
+                stage.waiting[f.get("credit_id", "")] = (entry_id, f)
+                continue
             if f.get("kind") == CLAWBACK_KIND:
                 pending_claws[f.get("clawback_id", "")] = entry_id
                 continue
@@ -226,6 +265,12 @@ async def reconcile_cluster(
             problems.append(f"credit {transfer} has no debit")
 
     clawed_pending = _check_clawbacks(claims, applied, pending_claws, now_ms, report)
+    report.pending += stage.check(problems, now_ms)
+    for (guest, stream), earned in stage.earned.items():
+        held = await ledger.command(ledger.keys.guest_earned(guest), "HGET", stream)
+        if int(held or 0) != earned:
+            problems.append(f"guest {guest} on {stream}: earned {held!r}, the log says {earned}")
+
     window_ms = ledger.limits.receipt_ttl_s * 1000
     for (sender, client_id), times in client_ids.items():
         times.sort()
@@ -272,6 +317,8 @@ async def reconcile_cluster(
         "diamonds_credited": sum(diamonds.values()),
         "outbox_entries": sum(len(e) for e in outboxes.values()),
         "outbox_slots": len({slot_of(k) for k in outboxes}),
+        "guest_credits": len(stage.expected),
+        "coins_to_guests": stage.coins,
     }
     return report
 
@@ -313,3 +360,63 @@ def _check_clawbacks(
         if clawback_id not in claims:
             problems.append(f"clawback {clawback_id!r} applied without its claim")
     return coins_pending
+
+
+@dataclass(slots=True)
+class _StageBooks:
+    """The guest-credits: what the credits to guests named, what the guests' slots applied,
+    what waits in the outboxes."""
+
+    expected: dict[str, tuple[str, str, int]] = field(default_factory=dict)
+    """credit id -> (transfer id, guest, coins), from the credits' ``recipients``."""
+    applied: dict[str, list[dict[str, str]]] = field(default_factory=lambda: defaultdict(list))
+    waiting: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
+    earned: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(guest, stream) -> diamonds their guest-credits gave them there."""
+    coins: int = 0
+
+    def credit_to_guests(self, f: dict[str, str], problems: list[str]) -> int:
+        """Record a credit's guest-credits; returns the coins the creator's part must add
+        up to (those not given to guests: none)."""
+        transfer, given = f["transfer_id"], 0
+        for part in f["recipients"].split(";"):
+            guest, _, coins = part.rpartition(":")
+            credit_id = f"{transfer}|{guest}"
+            if credit_id in self.expected:
+                problems.append(f"credit {transfer}: guest {guest} named twice")
+            self.expected[credit_id] = (transfer, guest, int(coins))
+            given += int(coins)
+        self.coins += given
+        if given != int(f["coins"]):
+            problems.append(f"credit {transfer}: the guests' coins do not add up to the gift's")
+        return int(f["coins"]) - given
+
+    def check(self, problems: list[str], now_ms: int) -> list[Pending]:
+        pending: list[Pending] = []
+        applied_coins = waiting_coins = 0
+        for credit_id, (transfer, guest, coins) in self.expected.items():
+            done = self.applied.get(credit_id, [])
+            if len(done) > 1:
+                problems.append(f"guest credit {credit_id} applied {len(done)} times")
+            if done:
+                applied_coins += coins
+                f = done[0]
+                if (f["transfer_id"], f["to"], int(f["coins"])) != (transfer, guest, coins):
+                    problems.append(f"guest credit {credit_id}: differs from its credit")
+            elif credit_id in self.waiting:
+                age = now_ms - log_position(self.waiting[credit_id][0])[0]
+                pending.append(Pending(credit_id, coins, age))
+                waiting_coins += coins
+            else:
+                problems.append(f"guest credit {credit_id} neither applied nor pending")
+        for credit_id in self.applied:
+            if credit_id not in self.expected:
+                problems.append(f"guest credit {credit_id} has no credit naming it")
+        for credit_id, (entry_id, _) in self.waiting.items():
+            if credit_id not in self.expected:
+                problems.append(f"outbox entry {entry_id}: no credit for {credit_id!r}")
+        if self.coins != applied_coins + waiting_coins:
+            problems.append(
+                f"coins to guests {self.coins} != applied {applied_coins} + pending {waiting_coins}"
+            )
+        return pending

@@ -21,11 +21,14 @@ a timeout or a refused credit leaves behind stays in the sender's slot's outbox
    pending for at least that long, whoever's they were: this relay's own (after the grace
    the fast path has usually settled and deleted them, and XAUTOCLAIM drops deleted
    entries from the group by itself), and those of a relay that died mid-batch.
-4. **Credit, then acknowledge.** The batch goes through the same ``credit_gifts`` call as
-   the fast path, with the same transfer ids: a transfer that was credited already is a
-   ``replay``. Only ``ok`` and ``replay`` are acknowledged and deleted (``XACK``, ``XDEL``);
-   anything else (the credit side down, a refused transfer) stays pending and is tried
-   again after the grace. A crash anywhere in between leaves the entry pending: delivery
+4. **Credit, then acknowledge.** An entry is a debited transfer, or a guest-credit that a
+   credit to guests left in the creator's slot (``kind`` = ``guest_credit``,
+   ``cluster_guests.py``), applied by ``credit_guest.lua`` in the guest's slot. The batch
+   goes through the same ``credit_gifts`` (and ``credit_guest``) calls as the fast path,
+   with the same ids: a transfer (or guest-credit) applied already is a ``replay``. Only
+   ``ok`` and ``replay`` are acknowledged and deleted (``XACK``, ``XDEL``); anything else
+   (the credit side down, a refused transfer) stays pending and is tried again after the
+   grace. A crash anywhere in between leaves the entry pending: delivery
    is at least once and the credit idempotent, so each transfer is credited exactly once.
 
 The outboxes also carry chargebacks' clawbacks (``kind=clawback``, ``cluster_clawbacks.py``):
@@ -63,6 +66,7 @@ from server.domain.limits import (
 )
 from server.ledger.cluster_clawbacks import CLAWBACK_KIND, Clawback
 from server.ledger.cluster_credits import Transfer
+from server.ledger.cluster_guests import GUEST_CREDIT_KIND, GuestCredit
 from server.ledger.cluster_keys import SLOTS, slot_of
 from server.ledger.cluster_ledger import ClusterLedger
 from server.ledger.ledger import log_position
@@ -228,23 +232,28 @@ class Relay:
         done = 0
         if entries:
             transfers: list[tuple[str, Transfer]] = []
+            guests: list[GuestCredit] = []
             clawbacks: list[tuple[str, Clawback]] = []
             for entry_id, fields in entries:
+                doc = _as_dict(fields)
                 try:
-                    entry = _as_dict(fields)
-                    if entry.get(b"kind") == CLAWBACK_KIND.encode():
-                        clawbacks.append((entry_id.decode(), Clawback.from_outbox(entry)))
+                    if doc.get(b"kind") == GUEST_CREDIT_KIND.encode():
+                        guests.append(GuestCredit.from_outbox(entry_id.decode(), doc))
+                    elif doc.get(b"kind") == CLAWBACK_KIND.encode():
+                        clawbacks.append((entry_id.decode(), Clawback.from_outbox(doc)))
                     else:
-                        transfers.append((entry_id.decode(), Transfer.from_outbox(entry)))
+                        transfers.append((entry_id.decode(), Transfer.from_outbox(doc)))
                 except (KeyError, ValueError) as e:
                     log.error(
                         "relay: outbox entry %s of slot %d is malformed: %s", entry_id, slot, e
                     )
             results = await ledger.credit_transfers([t for _, t in transfers])
+            guest_results = await ledger.credit_guests(guests)
             applied = await ledger.apply_clawbacks([c for _, c in clawbacks])
             if _CRASH_AFTER_CREDIT:
                 os.kill(os.getpid(), signal.SIGKILL)
             acked = [eid for (eid, _), r in zip(transfers, results, strict=True) if r.settled]
+            acked += [g.outbox_id for g, r in zip(guests, guest_results, strict=True) if r.settled]
             acked += [eid for (eid, _), ok in zip(clawbacks, applied, strict=True) if ok]
             if acked:
                 await ledger.command(outbox, "XACK", GROUP, *acked)

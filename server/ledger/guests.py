@@ -22,6 +22,24 @@ STAGE_SEPARATOR = "|"
 """Between a field's kind and the guest id in the stage hash (outside the id alphabet)."""
 
 
+def stage_rows(fields: dict[str, str]) -> list[dict[str, Any]]:
+    """The stage hash's fields as rows: invited and on-stage guests, id order."""
+    rows = []
+    for guest in sorted(k for k in fields if STAGE_SEPARATOR not in k):
+        if fields[guest] == "left":
+            continue
+        rows.append(
+            {
+                "user_id": guest,
+                "name": fields.get(f"n|{guest}", guest),
+                "state": fields[guest],
+                "coins": int(fields.get(f"c|{guest}", 0)),
+                "diamonds": int(fields.get(f"d|{guest}", 0)),
+            }
+        )
+    return rows
+
+
 class Guests:
     """The stage of a stream: who is invited, who is on, what each received."""
 
@@ -65,21 +83,7 @@ class Guests:
         """Invited and on-stage guests, id order: {user_id, name, state, coins, diamonds}."""
         async with self._redis_errors():
             raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.keys.guests(stream_id)))
-        fields = {key.decode(): value.decode() for key, value in raw.items()}
-        rows = []
-        for guest in sorted(k for k in fields if STAGE_SEPARATOR not in k):
-            if fields[guest] == "left":
-                continue
-            rows.append(
-                {
-                    "user_id": guest,
-                    "name": fields.get(f"n|{guest}", guest),
-                    "state": fields[guest],
-                    "coins": int(fields.get(f"c|{guest}", 0)),
-                    "diamonds": int(fields.get(f"d|{guest}", 0)),
-                }
-            )
-        return rows
+        return stage_rows({key.decode(): value.decode() for key, value in raw.items()})
 
     async def recipients(self, stream_id: str, to: str) -> list[str]:
         """The guest ids a gift to ``to`` goes to, as the stage reads now (the script checks

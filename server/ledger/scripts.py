@@ -51,6 +51,7 @@ class ScriptName(StrEnum):
     REFUND_CLAIM = "refund_claim"
     CLAWBACK = "clawback"
     COPY_CATALOG = "copy_catalog"
+    CREDIT_GUEST = "credit_guest"
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,10 +9,14 @@ entries: ``log_discovery`` finds them with one ``XLEN`` per slot, pipelined per 
 
 from __future__ import annotations
 
+from redis.asyncio import Redis
+
 from server.ledger.cluster_keys import SLOTS, ClusterKeys, slot_of
 from server.ledger.cluster_shards import Shards
+from server.ledger.cluster_topology import SlotMap
 from server.record.archiver import Discover, LedgerLog
 from server.record.connection import RecordPool
+from server.record.lease import Locate
 
 Entry = tuple[str, dict[str, str]]
 
@@ -29,6 +33,17 @@ def log_discovery(shards: Shards, keys: ClusterKeys) -> Discover:
         return sorted((LedgerLog(key, slot_of(key)) for key in lengths), key=lambda x: x.slot)
 
     return discover
+
+
+def slot_primary(slots: SlotMap, slot: int) -> Locate:
+    """A ``Locate`` for the archiver's lease: the client of ``slot``'s primary, from the
+    slot map read again (after a failover the replica that took over serves the slot)."""
+
+    async def locate() -> Redis:
+        await slots.refresh()
+        return slots.client(slots.owners[slot])
+
+    return locate
 
 
 def every_cluster_log(keys: ClusterKeys) -> list[LedgerLog]:

@@ -185,6 +185,20 @@ def _gift_debit(f: Fields) -> list[Posting]:
 
 def _gift_credit(f: Fields) -> list[Posting]:
     # Cluster mode, the creator's slot: the debited coins become diamonds and the share.
+    # Coins a credit gives to guests (``recipients``, id:coins each) stay in transit until
+    # each guest's slot applies its guest-credit.
+    to_guests = 0
+    if "recipients" in f:
+        to_guests = sum(int(part.rpartition(":")[2]) for part in f["recipients"].split(";"))
+    return [
+        Posting(None, Account.TRANSIT, -(_amount(f, "coins") - to_guests)),
+        Posting(_user(f, "to"), Account.DIAMONDS, _amount(f, "diamonds")),
+        Posting(None, Account.PLATFORM, _amount(f, "platform")),
+    ]
+
+
+def _guest_credit(f: Fields) -> list[Posting]:
+    # Cluster mode, a guest's slot: a guest's part of a gift becomes their diamonds.
     return [
         Posting(None, Account.TRANSIT, -_amount(f, "coins")),
         Posting(_user(f, "to"), Account.DIAMONDS, _amount(f, "diamonds")),
@@ -223,6 +237,7 @@ RULES: dict[str, Callable[[Fields], list[Posting]]] = {
     "clawback_claim": _clawback_claim,
     "gift_debit": _gift_debit,
     "gift_credit": _gift_credit,
+    "guest_credit": _guest_credit,
     "cash_out": _cash_out,
     "payout": _payout,
 }

@@ -31,6 +31,10 @@ SELECT ls, m, s, l, u, a, v
        AS r(ls integer, m bigint, s bigint, l smallint, u text, a text, v bigint)
 """
 
+_COPY_POSTINGS = (
+    "COPY postings (log_slot, log_ms, log_seq, line, user_id, account, amount) FROM STDIN"
+)
+
 _STORED_FIELDS = """
 SELECT log_slot, log_ms, log_seq, fields FROM transfers
  WHERE (log_slot, log_ms, log_seq)
@@ -54,24 +58,24 @@ async def record_transfers(conn: AsyncConnection[Any], transfers: Sequence[Trans
         return 0
     async with conn.transaction():
         rows = [
-            {"ls": t.log_slot, "m": t.log_ms, "s": t.log_seq, "t": t.type, "fu": t.text("from"),
-             "tu": t.text("to"), "c": t.text("client_id"), "p": t.text("payment"),
-             "st": t.text("stream"), "g": t.text("gift"), "n": t.count, "f": t.fields}
+            {"ls": t.log_slot, "m": t.log_ms, "s": t.log_seq, "t": t.type, "fu": f.get("from"),
+             "tu": f.get("to"), "c": f.get("client_id"), "p": f.get("payment"),
+             "st": f.get("stream"), "g": f.get("gift"), "n": t.count, "f": f}
             for t in transfers
+            for f in (t.fields,)
         ]  # fmt: skip
         cursor = await conn.execute(_INSERT_TRANSFERS, [orjson.dumps(rows).decode()])
         new = {(int(ls), int(ms), int(seq)) for ls, ms, seq in await cursor.fetchall()}
         replays = [t for t in transfers if _key(t) not in new]
         if replays:
             await _check_replays(conn, replays)
-        lines = [
-            {"ls": t.log_slot, "m": t.log_ms, "s": t.log_seq, "l": i, "u": p.user_id,
-             "a": p.account.value, "v": p.amount}
-            for t in transfers if _key(t) in new
-            for i, p in enumerate(t.postings)
-        ]  # fmt: skip
-        if lines:
-            await conn.execute(_INSERT_POSTINGS, [orjson.dumps(lines).decode()])
+        async with conn.cursor().copy(_COPY_POSTINGS) as copy:
+            for t in transfers:
+                if _key(t) in new:
+                    for i, p in enumerate(t.postings):
+                        await copy.write_row(
+                            (t.log_slot, t.log_ms, t.log_seq, i, p.user_id, p.account, p.amount)
+                        )
     return len(new)
 
 

@@ -14,8 +14,9 @@ Here the server reads the cluster's slot map, loads the scripts on every primary
 * the HTTP API the ledger covers: catalog and its admin API (edits and the schedule,
   ``cluster_catalog.py``), wallet (held and withdrawable diamonds), streams,
   leaderboard (names and levels), stream goals, battles (``ClusterBattles``, and their
-  watch), gift history, the payment webhook (refunds claw back held gifts across slots),
-  cash-outs, and the payout webhook and admin call;
+  watch), guests on stage (``cluster_guests.py``), gift history, the payment webhook
+  (refunds claw back held gifts across slots), cash-outs, and the payout webhook and admin
+  call;
 * the durable record's routes (wallet history, statements), which read PostgreSQL and do
   not care about the Redis mode: a pool for reads when ``GIFTWIRE_DATABASE_URL`` is set.
   ``giftwire serve`` runs the archiver, which follows every slot's log, in a process of
@@ -69,6 +70,7 @@ from server.web.cluster_battle_watch import ClusterBattleWatch
 from server.web.edge import DirectWebSocket
 from server.web.errors import error_response
 from server.web.goals_api import ROUTES as GOAL_ROUTES
+from server.web.guests_api import GUEST_ROUTES
 from server.web.metrics import RELAY_LAG, RELAY_PENDING
 from server.web.payouts_api import PAYOUT_ROUTES
 from server.web.record_api import RECORD_ROUTES
@@ -92,6 +94,9 @@ _SERVED = {
     "/api/streams/{stream_id}/gifts",
     "/api/streams/{stream_id}/goals",
     "/api/streams/{stream_id}/goals/{goal_id}",
+    "/api/streams/{stream_id}/guests",
+    "/api/streams/{stream_id}/guests/join",
+    "/api/streams/{stream_id}/guests/leave",
     "/api/webhooks/payments",
     "/api/cashouts",
     "/api/webhooks/payouts",
@@ -290,6 +295,7 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
             *BATTLE_ROUTES,
             *RECORD_ROUTES,
             *PAYOUT_ROUTES,
+            *GUEST_ROUTES,
         ]
         if getattr(route, "path", "") in _SERVED
     ]

@@ -53,6 +53,7 @@ async def gift(
     gift_id: str = "rose",
     count: int = 1,
     catalog_version: int | None = None,
+    to: str | None = None,
 ) -> GiftReceipt:
     return await ledger.send_gift(
         client_id=client_id or uid("g"),
@@ -63,4 +64,5 @@ async def gift(
         gift_id=gift_id,
         count=count,
         catalog_version=catalog_version,
+        to=to,
     )

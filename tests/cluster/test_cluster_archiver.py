@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from redis import exceptions as redis_errors
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
@@ -22,8 +23,9 @@ from server.ledger.cluster_shards import Shards
 from server.ledger.cluster_topology import SlotMap
 from server.ledger.keys import Keys
 from server.record.archiver import Archiver, ArchiverConfig
-from server.record.cluster_logs import cluster_log, log_discovery, recorded_entries
+from server.record.cluster_logs import cluster_log, log_discovery, recorded_entries, slot_primary
 from server.record.connection import RecordPool
+from server.record.lease import Lease
 from server.record.reconcile import reconcile_logs
 from tests.cluster.legs import funded, gift, live_stream, open_ledger
 from tests.support.cluster import RedisCluster
@@ -207,3 +209,74 @@ async def test_the_two_legs_of_cluster_gifts_are_recorded_and_balance(
         assert whole.ok, whole.problems
     finally:
         await ledger.aclose()
+
+
+async def test_gifts_to_guests_are_recorded_and_balance(
+    redis_cluster: RedisCluster,
+    client: ClusterClient,
+    slot_map: SlotMap,
+    record_pool: RecordPool,
+    keys: Keys,
+) -> None:
+    """The third leg (``guest_credit`` in each guest's slot) posts the guests' diamonds; a
+    credit to guests leaves its coins in transit until then."""
+    ledger = await open_ledger(redis_cluster, keys.prefix)
+    try:
+        stream, creator = await live_stream(ledger)
+        guests = ["guest-a", "guest-b"]
+        for guest in guests:
+            await ledger.guests.invite(stream_id=stream, creator_id=creator, guest_id=guest)
+            await ledger.guests.join(stream_id=stream, guest_id=guest, name=guest)
+        sender = await funded(ledger, 1_000)
+        for n, to in enumerate(["*", "guest-a", None, "*"]):
+            await gift(ledger, sender, stream, creator, gift_id="cap", client_id=f"t{n}", to=to)
+        archiver = _archiver(client, slot_map, record_pool, keys, "guests")
+        await archiver.drain()
+        report = await reconcile_logs(client, record_pool, archiver.logs)
+        assert report.ok, report.problems
+        async with record_pool.connection() as conn:
+            rows = await (
+                await conn.execute("SELECT user_id, account, balance FROM account_balances")
+            ).fetchall()
+        balances = {(user, account): int(balance) for user, account, balance in rows}
+        assert balances.get((None, "transit"), 0) == 0
+        for user in [*guests, creator]:
+            assert balances[(user, "diamonds")] == (await ledger.balance(user)).diamonds
+        assert (await reconcile_cluster(ledger)).ok
+    finally:
+        await ledger.aclose()
+
+
+@pytest.mark.slow
+async def test_the_lease_follows_a_failover_of_its_slots_primary(
+    own_cluster: RedisCluster, keys: Keys
+) -> None:
+    """The lease's client was the primary of its key's slot as found at start; after that
+    primary dies and a replica takes over, renewing finds the new primary (the archiver's
+    loop retries the failed attempt) instead of retrying the dead one until a restart."""
+    ck = ClusterKeys(keys.prefix)
+    slot = slot_of(ck.archiver_lease())
+    slots = SlotMap(own_cluster.startup_urls, timeout_s=2.0, pool_max=4)
+    await slots.refresh()
+    try:
+        lease = Lease(
+            slots.client(slots.owners[slot]), ck.archiver_lease(), "holder", ttl_ms=10_000,
+            locate=slot_primary(slots, slot),
+        )  # fmt: skip
+        assert await lease.acquire_or_renew()
+        victim = own_cluster.primary_for_slot(slot)
+        own_cluster.kill(victim.port)
+        promoted = await asyncio.to_thread(own_cluster.wait_promoted, victim.port)
+        renewed, failures = False, 0
+        for _ in range(50):  # bounded: the first attempts may still meet the dead node
+            try:
+                renewed = await lease.acquire_or_renew()
+                break
+            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
+                failures += 1
+                await asyncio.sleep(0.1)
+        assert renewed and failures >= 1
+        on_promoted = slots.client(("127.0.0.1", promoted.port))
+        assert await on_promoted.get(ck.archiver_lease()) == b"holder"
+    finally:
+        await slots.aclose()

@@ -387,7 +387,7 @@ async def test_the_chargeback_legs_run_on_a_single_redis_too(
         )  # fmt: skip
         body, _ = unpack(await runner.run(ScriptName.DEBIT_GIFT, k.debit_keys(buyer, "g1"), [
             "g1", buyer, creator, stream, "interstellar", 1, buyer, 5000, 100, 100, 0, 3600,
-            AMOUNT_MAX, 10**11, 0, 1000, "live", 0, HOLD_DAYS, 86400, 1024]))  # fmt: skip
+            AMOUNT_MAX, 10**11, 0, 1000, "live", 0, HOLD_DAYS, 86400, 1024, "", ""]))  # fmt: skip
         batcher = CreditBatcher(runner, k, HELD)
         [credit] = await batcher.call(creator, stream, [Transfer.from_receipt(orjson.loads(body),
                                                                               buyer)])  # fmt: skip

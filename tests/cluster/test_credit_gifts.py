@@ -147,7 +147,7 @@ async def test_both_legs_run_on_a_single_redis_too(redis_server: RedisProcess, k
         )  # fmt: skip
         body, _ = unpack(await runner.run(ScriptName.DEBIT_GIFT, k.debit_keys(sender, "g1"), [
             "g1", sender, creator, stream, "cap", 1, sender, 5000, 100, 100, 0, 3600,
-            AMOUNT_MAX, 10**11, 0, 1000, "live", 0, 7, 86400, 1024]))  # fmt: skip
+            AMOUNT_MAX, 10**11, 0, 1000, "live", 0, 7, 86400, 1024, "", ""]))  # fmt: skip
         debit = orjson.loads(body)
         assert debit["balance"] == 1
         batcher = CreditBatcher(runner, k, GENEROUS)

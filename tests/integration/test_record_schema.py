@@ -108,6 +108,21 @@ async def test_postings_that_do_not_sum_to_zero_are_refused(record_pool: RecordP
     assert await _count(record_pool, "postings") == 3
 
 
+async def test_postings_copied_in_are_checked_like_inserted_ones(record_pool: RecordPool) -> None:
+    """The archiver writes postings with COPY: the statement-level checks fire for it too."""
+    async with record_pool.connection() as conn:
+        await record_transfers(conn, [to_transfer("1000-1", GIFT)])
+        copy_in = "COPY postings (log_ms, log_seq, line, user_id, account, amount) FROM STDIN"
+        for row, error in [
+            ((1000, 1, 9, "bob", "diamonds", 5), "sum to 5, not 0"),
+            ((7, 7, 0, "bob", "diamonds", 5), "postings_transfer_exists"),
+        ]:
+            with pytest.raises(psycopg.errors.Error, match=error):
+                async with conn.cursor().copy(copy_in) as copy:  # type: ignore[arg-type]
+                    await copy.write_row(row)
+    assert await _count(record_pool, "postings") == 3
+
+
 @pytest.mark.parametrize(
     "statement",
     [
@@ -133,7 +148,7 @@ async def test_the_record_is_append_only(record_pool: RecordPool, statement: str
         ("(1000, 1, 9, 'bob', 'platform', 5)", "postings_check"),
         ("(1000, 1, 9, 'bob', 'gems', 5)", "postings_account_check"),
         ("(1000, 1, 9, 'bob', 'coins', 0)", "postings_amount_check"),
-        ("(1, 1, 9, 'bob', 'coins', 5)", "postings_log_slot_log_ms_log_seq_fkey"),
+        ("(1, 1, 9, 'bob', 'coins', 5)", "postings_transfer_exists"),
     ],
 )
 async def test_postings_name_real_accounts_and_transfers(
@@ -142,4 +157,4 @@ async def test_postings_name_real_accounts_and_transfers(
     async with record_pool.connection() as conn:
         await record_transfers(conn, [to_transfer("1000-1", GIFT)])
         with pytest.raises(psycopg.errors.IntegrityError, match=constraint):
-            await conn.execute(f"INSERT INTO postings VALUES {values}")  # type: ignore[arg-type]
+            await conn.execute(f"INSERT INTO postings VALUES {values}")

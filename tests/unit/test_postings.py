@@ -183,6 +183,24 @@ def test_a_cluster_gift_is_a_debit_into_transit_and_a_credit_out_of_it() -> None
     assert to_transfer("6-0", credit, 900).log_slot == 900
 
 
+def test_a_cluster_gift_to_guests_stays_in_transit_until_each_guest_credit() -> None:
+    credit = {"type": "gift_credit", "transfer_id": "al|c1|5-0", "client_id": "c1",
+              "from": "al", "to": "bob", "stream": "s", "gift": "rose", "count": "5",
+              "price": "1", "coins": "5", "catalog_version": "1", "diamonds": "0",
+              "platform": "0", "share_bps": "5000", "share_rem": "0", "seq": "1",
+              "recipient": "*", "recipients": "g:1:3;h.2:2"}  # fmt: skip
+    assert to_transfer("6-0", credit).postings == ()  # all five coins still in transit
+    guest = {"type": "guest_credit", "credit_id": "al|c1|5-0|g:1", "transfer_id": "al|c1|5-0",
+             "from": "al", "to": "g:1", "creator": "bob", "stream": "s", "coins": "3",
+             "diamonds": "1", "platform": "2", "share_bps": "5000", "share_rem": "5000",
+             "seq": "1"}  # fmt: skip
+    assert to_transfer("7-0", guest).postings == (
+        Posting(None, Account.TRANSIT, -3),
+        Posting("g:1", Account.DIAMONDS, 1),
+        Posting(None, Account.PLATFORM, 2),
+    )
+
+
 def test_a_cluster_clawback_is_a_claim_out_of_transit_and_a_clawback_into_it() -> None:
     claim = {"type": "clawback_claim", "clawback_id": "p1|r1|bob", "payment": "p1",
              "refund_id": "r1", "from": "bob", "to": "al", "coins": "7",

@@ -56,6 +56,27 @@ local function guests_event(key, stream_id)
   return (string.gsub(doc, '"@G@"', function() return '[' .. table.concat(parts, ',') .. ']' end))
 end
 
+-- The guests on stage now, in id order (the recipients of a gift to '*').
+local function guests_on(key)
+  local ids = {}
+  for _, id in ipairs(redis.call('HKEYS', key)) do
+    if not string.find(id, '|', 1, true) and redis.call('HGET', key, id) == 'on' then
+      ids[#ids + 1] = id
+    end
+  end
+  table.sort(ids)
+  return ids
+end
+
+-- The coins of the i-th of n recipients of a split of `coins`: the remainder coins go to
+-- `coins mod n` guests, starting at place `turn` (mod n), so no guest is favoured over time.
+local function guests_coin_share(i, n, coins, turn)
+  local base = math.floor(coins / n)
+  local extra = coins - base * n
+  local place = (i - 1 - turn) % n
+  return base + (place < extra and 1 or 0)
+end
+
 -- The recipients of a gift to `to` (see above) as guest ids, or nil and a refusal code.
 -- `listed`: the ids the caller passed accounts for in KEYS, comma-separated, in order;
 -- they must be exactly the recipients, or nothing is written ('guests_changed': the caller
@@ -66,15 +87,10 @@ local function guests_recipients(key, to, listed, sender)
   end
   local ids = {}
   if to == '*' then
-    for _, id in ipairs(redis.call('HKEYS', key)) do
-      if not string.find(id, '|', 1, true) and redis.call('HGET', key, id) == 'on' then
-        ids[#ids + 1] = id
-      end
-    end
+    ids = guests_on(key)
     if #ids == 0 then
       return nil, 'no_guests'
     end
-    table.sort(ids)
   else
     local state = redis.call('HGET', key, to)
     if state == 'left' then
@@ -99,14 +115,9 @@ end
 -- Each recipient's coins, diamonds and carried remainder: checks only, nothing written.
 -- Returns the plan and the diamonds in all, or nil when a balance would pass amount_max.
 local function guests_plan(key, ids, accounts, coins, share_bps, turn, amount_max)
-  local n = #ids
-  local base = math.floor(coins / n)
-  local extra = coins - base * n
   local plan, total = {}, 0
   for i, id in ipairs(ids) do
-    -- The remainder coins go to `extra` guests, starting at place `turn` (mod n).
-    local place = (i - 1 - turn) % n
-    local share = base + (place < extra and 1 or 0)
+    local share = guests_coin_share(i, #ids, coins, turn)
     local acct = redis.call('HMGET', accounts[i], 'diamonds', 'share_rem')
     -- Each guest's carry, by the creator's rule (_gift_rules.lua, included before this).
     local diamonds, share_rem = gift_split(stored_int(acct[2]), share, share_bps)

@@ -3,6 +3,8 @@
 -- include: _battle.lua
 -- include: _hold.lua
 -- include: _hold_legs.lua
+-- include: _guests.lua
+-- include: _stage_credit.lua
 -- credit_gifts: the creator's leg of gifts on a Redis Cluster (docs/ledger.md, "Redis
 -- Cluster"). One call applies a BATCH of debited transfers into one creator's stream, each
 -- exactly once by its transfer id: the diamonds (carrying share_rem), the platform share of
@@ -23,8 +25,12 @@
 -- KEYS[8 + 2n]  {u:CREATOR}:s:STREAM:goals  the stream's goals and progress (_goals.lua)
 -- KEYS[9 + 2n]  {u:CREATOR}:fans            zset: viewer -> lifetime coins to the creator
 -- KEYS[10 + 2n] {u:CREATOR}:s:STREAM:names  hash: sender -> display name (leaderboard)
+--   (these three: KEYS[8 + 2n ..], after the per-transfer keys)
 -- KEYS[11 + 2n] {u:CREATOR}:s:STREAM:battle      the stream's battle side (_battle.lua)
 -- KEYS[12 + 2n] {u:CREATOR}:s:STREAM:battle_top  that side's gifters (zset)
+-- KEYS[#KEYS - 1]  {u:CREATOR}:s:STREAM:guests  the stage (_guests.lua, _stage_credit.lua)
+-- KEYS[#KEYS]      {~N}:outbox          the creator's slot's outbox: guest-credits
+--   (the LAST two keys, whatever comes between them and the ones above)
 --
 -- ARGV[1]  creator id   ARGV[2]  stream id   ARGV[3]  receipt TTL, seconds (marker TTL)
 -- ARGV[4]  combo window, ms   ARGV[5]  feed length   ARGV[6]  largest balance
@@ -34,6 +40,8 @@
 -- ARGV[8 + 11n]  gifter level ladder (server/domain/levels.py, ladder_arg)
 -- ARGV[9 + 11n]  payout hold, days (0: none)   ARGV[10 + 11n]  length of a hold day, seconds
 --   (the diamonds are held in the creator's bucket of the DEBIT's day, _hold_legs.lua)
+-- ARGV[#ARGV - n + i]  transfer i's recipient (the debit's `to`): '' the creator, a
+--   guest's id, '*' every guest on stage (_stage_credit.lua): the LAST n ARGV
 --
 -- Reply: {'ok', JSON array, one result per transfer in order} | {'refused', code} for the
 --   whole batch (invalid_request: malformed call; unknown_stream: no stream hash).
@@ -52,6 +60,11 @@
 --   stream_id, sender_id, sender_name, gift_id, count, combo, coins, diamonds, ts, level
 --   (the sender's gifter level with the creator after this transfer), and goals
 --   ({goal_id, progress} of each goal it advanced) only when it advanced one.
+-- A transfer to guests (_stage_credit.lua): its result adds guests [{user_id, coins,
+--   credit_id, outbox_id}] (diamonds 0, platform_coins 0: the guest-credits decide them),
+--   its event `to` and recipients [{user_id, coins}], its entry `recipient` and
+--   `recipients` (id:coins;...), and one guest_credit entry per guest goes into KEYS[#KEYS].
+--   One whose guests are gone goes to the creator: result and entry `redirected` (reason).
 -- Also SPUBLISHed after a transfer's event, when it causes them, as send_gift does:
 --   level_up (type, stream_id, seq, user_id, user_name, level, prev_level, coins) and
 --   goal_reached (_goals.lua), once each: progress and lifetime coins are carried from
@@ -72,8 +85,12 @@ local A_TAIL = 8 + FIELDS * (n or 0)  -- the ladder, then the arguments after it
 local ladder = ARGV[A_TAIL]
 local hold_days = int_arg(ARGV[A_TAIL + 1], 0, 365)
 local hold_day_s = int_arg(ARGV[A_TAIL + 2], 1, 1000000)
+-- Guests on stage (_stage_credit.lua): the last n ARGV and the last two KEYS, so that what
+-- other features append after the ladder and the names keeps its place.
+local A_TO = n and #ARGV - n  -- ARGV[A_TO + i]: transfer i's recipient
+local K_STAGE, K_GUEST_OUTBOX = KEYS[#KEYS - 1], KEYS[#KEYS]
 if not (id_arg(creator) and id_arg(stream_id) and ttl and combo_window and feed_max
-    and amount_max and n and #ARGV == 10 + FIELDS * n and #KEYS == 12 + 2 * n
+    and amount_max and n and #ARGV == 10 + (FIELDS + 1) * n and #KEYS == 14 + 2 * n
     and ladder and ladder_ok(ladder) and hold_days and hold_day_s) then
   return refuse('invalid_request')
 end
@@ -135,11 +152,13 @@ for i = 1, n do
   local debit_ms = int_arg(ARGV[a + 11], 0, 9007199254740991)
   local marker_key, combo_key = KEYS[6 + 2 * i], KEYS[7 + 2 * i]
   local suffix = ':credit:' .. tostring(transfer)
+  local to = ARGV[A_TO + i]
   if not (type(transfer) == 'string' and #transfer <= 200 and id_arg(client_id)
       and id_arg(sender) and id_arg(gift) and count and coins and price and version
       and share_bps and debit_ms and type(name) == 'string' and #name <= 256
       and coins == price * count and sender ~= creator
-      and string.sub(marker_key, -#suffix) == suffix) then
+      and string.sub(marker_key, -#suffix) == suffix
+      and (to == '' or ((to == '*' or id_arg(to)) and to ~= creator))) then
     results[i] = {transfer_id = tostring(transfer), status = 'refused', code = 'invalid_request'}
   elseif seen[transfer] then
     results[i] = seen[transfer]
@@ -153,6 +172,16 @@ for i = 1, n do
       results[i] = {transfer_id = transfer, status = 'refused', code = 'transfer_expired'}
     else
       local diamonds, rem, platform = gift_split(share_rem, coins, share_bps)
+      local guest_ids, redirected = nil, nil
+      if to ~= '' then
+        guest_ids, redirected = stage_recipients(K_STAGE, to, sender)
+      end
+      local guests = guest_ids and stage_split(K_STAGE, transfer, guest_ids, coins, seq + 1)
+      if guests then
+        -- The guests earn it, in their own slots (credit_guest.lua): nothing for the creator.
+        diamonds, rem, platform = 0, share_rem, 0
+        redis.call('XLEN', K_GUEST_OUTBOX)  -- wrong-typed: fail before the first write
+      end
       if diamonds_held + diamonds > amount_max
           or platform_held + platform_add + platform > amount_max then
         results[i] = {transfer_id = transfer, status = 'refused', code = 'balance_limit'}
@@ -185,12 +214,13 @@ for i = 1, n do
         total_coins, total_diamonds, total_gifts = total_coins + coins,
           total_diamonds + diamonds, total_gifts + count
         results[i] = {transfer_id = transfer, status = 'ok', seq = seq, diamonds = diamonds,
-          platform_coins = platform, combo = combos[combo_key], ts = ms, epoch = epoch}
+          platform_coins = platform, combo = combos[combo_key], ts = ms, epoch = epoch,
+          guests = guests or nil, redirected = redirected}
         plan[#plan + 1] = {i = i, client_id = client_id, sender = sender, name = name,
           gift = gift, count = count, coins = coins, price = price, version = version,
           share_bps = share_bps, share_rem = rem, marker = marker_key, combo = combo_key,
           goals = goals, fan_coins = fan_coins, level = level, leveled = leveled,
-          rename = rename}
+          rename = rename, to = to, guests = guests, redirected = redirected}
       end
     end
     seen[transfer] = results[i]
@@ -220,19 +250,28 @@ for _, p in ipairs(plan) do
   if battle_id then
     scored[#scored + 1] = {p.sender, p.coins}
   end
-  redis.call('XADD', KEYS[7], '*', 'type', 'gift_credit', 'transfer_id', r.transfer_id,
+  if p.guests then
+    stage_emit(K_STAGE, K_GUEST_OUTBOX, p.guests, {transfer_id = r.transfer_id,
+      sender = p.sender, creator = creator, stream = stream_id, share_bps = p.share_bps,
+      seq = r.seq, ms = ms})
+  end
+  local entry = {'type', 'gift_credit', 'transfer_id', r.transfer_id,
     'client_id', p.client_id, 'from', p.sender, 'to', creator, 'stream', stream_id,
     'gift', p.gift, 'count', int(p.count), 'price', int(p.price), 'coins', int(p.coins),
     'catalog_version', int(p.version), 'diamonds', int(r.diamonds),
     'platform', int(r.platform_coins), 'share_bps', int(p.share_bps),
-    'share_rem', int(p.share_rem), 'seq', int(r.seq))
-  local event = cjson.encode({
+    'share_rem', int(p.share_rem), 'seq', int(r.seq)}
+  stage_entry_fields(entry, p.to, p.guests, p.redirected)
+  redis.call('XADD', KEYS[7], '*', unpack(entry))
+  local doc = {
     type = 'gift', seq = r.seq, epoch = epoch, transfer_id = r.transfer_id,
     stream_id = stream_id, sender_id = p.sender, sender_name = p.name, gift_id = p.gift,
     count = p.count, combo = r.combo, coins = p.coins, diamonds = r.diamonds, ts = ms,
     level = p.level, goals = #progress > 0 and progress or nil,
     battle_id = battle_id,  -- nil (absent) unless the transfer scored in a battle
-  })
+  }
+  stage_event_fields(doc, p.to, p.guests)
+  local event = cjson.encode(doc)
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', int(feed_max), int(r.seq) .. '-0', 'e', event)
   redis.call('SPUBLISH', KEYS[5], event)
   if p.leveled then

@@ -32,12 +32,19 @@
 -- ARGV[18] default monthly spend limit, coins (0 = none; a calendar month, UTC)
 -- ARGV[19] payout hold, days (0: none)     ARGV[20] length of a hold day, seconds
 -- ARGV[21] most entries in the sender's hold record
+-- ARGV[#ARGV - 1] recipient, the gift's `to`: '' the creator, a guest's user id, '*' every
+--          guest on stage; the credit leg decides from the stage (_stage_credit.lua)
+-- ARGV[#ARGV] the stage's verdict on `to` as the server read it in the creator's slot just
+--          before: '' (a recipient is on stage) or the refusal: not_a_guest, guest_left,
+--          no_guests, self_gift (checked after the receipt, as ARGV[17])
+--   (the LAST two ARGV, after any others, ARGV[22] at the earliest)
 --
 -- Reply: {'ok', receipt JSON} | {'replay', receipt JSON} | {'refused', code [, detail JSON]}
 -- Receipt JSON: transfer_id (SENDER|CLIENT_ID|LOG_ID), client_id, stream_id, gift_id,
 --   count, coins, price, catalog_version, share_bps, creator_id, sender_name, balance
 --   (the sender's coins after), ts (ms), log_id, outbox_id: everything the credit leg needs,
 --   so that a retry after a crash between the legs can settle the credit from the replay.
+--   A gift to guests adds `recipient` (ARGV[19]) to the receipt, the log and outbox entries.
 -- Ledger entry (its id is the transfer id's LOG_ID): type=gift_debit, client_id, from, to,
 --   stream, gift, count, price, coins, catalog_version, share_bps
 -- Outbox entry: transfer_id, client_id, from, sender_name, to, stream, gift, count, price,
@@ -47,7 +54,9 @@
 --   catalog_changed (detail: {catalog_version}), rate_limited, spending_limit (detail:
 --   {period, limit, spent, set_by, spent_24h}, as send_gift.lua),
 --   insufficient_funds, hold_limit (detail: {entries_max}: the sender's gifts in the hold
---   name too many creators), unavailable (detail: {reason = 'catalog_missing' | 'outbox_full'})
+--   name too many creators), unavailable (detail: {reason = 'catalog_missing' | 'outbox_full'}),
+--   not_a_guest (`to` names the creator), self_gift (also when `to` names the sender), and
+--   the verdict's stage refusal: not_a_guest, guest_left, no_guests, self_gift
 
 local client_id, sender, creator, stream_id, gift = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local count = int_arg(ARGV[6], 1, 9999)
@@ -64,18 +73,27 @@ local monthly_default = int_arg(ARGV[18], 0, 1e13)
 local K_HOLD = KEYS[6]
 local hold_days, hold_day_s = int_arg(ARGV[19], 0, 365), int_arg(ARGV[20], 1, 1000000)
 local hold_entries_max = int_arg(ARGV[21], 1, 100000)
+-- Guests on stage: the last two ARGV, so that what other features append keeps its place.
+local to, stage_verdict = ARGV[#ARGV - 1], ARGV[#ARGV]
+local STAGE_REFUSALS = {not_a_guest = true, guest_left = true, no_guests = true,
+  self_gift = true}
 if not (id_arg(client_id) and id_arg(sender) and id_arg(creator) and id_arg(stream_id)
     and id_arg(gift) and count and share_bps and rate and burst and daily_default
     and receipt_ttl and amount_max and send_max and shown_version and outbox_max
     and monthly_default and K_HOLD and hold_days and hold_day_s and hold_entries_max
     and type(ARGV[7]) == 'string' and #ARGV[7] <= 256
-    and (ARGV[17] == 'live' or ARGV[17] == 'ended' or ARGV[17] == 'unknown')) then
+    and (ARGV[17] == 'live' or ARGV[17] == 'ended' or ARGV[17] == 'unknown')
+    and #ARGV >= 23 and (to == '' or to == '*' or id_arg(to))
+    and (stage_verdict == '' or (to ~= '' and STAGE_REFUSALS[stage_verdict]))) then
   return refuse('invalid_request')
 end
 
 -- The creator is derived from the stream id (its owner never changes), so the fingerprint
 -- is the single-node one: the same id for another stream, gift or count is a mismatch.
 local fingerprint = stream_id .. '|' .. gift .. '|' .. int(count)
+if to ~= '' then
+  fingerprint = fingerprint .. '|' .. to  -- as send_gift.lua: another recipient mismatches
+end
 local stored = redis.call('GET', KEYS[1])
 if stored then
   local cut = string.find(stored, '\n', 1, true)
@@ -90,8 +108,14 @@ end
 if ARGV[17] ~= 'live' then
   return refuse('stream_not_live')
 end
-if sender == creator then
+if sender == creator or to == sender then
   return refuse('self_gift')
+end
+if to == creator then
+  return refuse('not_a_guest')
+end
+if stage_verdict ~= '' then
+  return refuse(stage_verdict)
 end
 
 local price, version = unpack(redis.call('HMGET', KEYS[5], gift, '@version'))
@@ -138,8 +162,11 @@ if balance > amount_max then
   error('giftwire: stored balance beyond the largest: ' .. int(balance))
 end
 -- The payout hold: the sender's record notes this gift's coins (its bound: hold_limit).
-local hold, hold_refusal = hold_debit_prepare(K_HOLD, creator, share_bps, ms, hold_days,
-  hold_day_s, hold_entries_max)
+-- A gift to guests is not held (TODO, docs/ledger.md "Guests on stage in cluster mode"): its
+-- diamonds are the guests', in their slots, whom a record entry naming the creator would
+-- make a chargeback claw back from the creator; none is noted, so none is reversed.
+local hold, hold_refusal = hold_debit_prepare(K_HOLD, creator, share_bps, ms,
+  to == '' and hold_days or 0, hold_day_s, hold_entries_max)
 if not hold then
   return hold_refusal
 end
@@ -151,21 +178,27 @@ spend_record(KEYS[2], spend, coins, 'rl_tokens', int(tokens - 1000), 'rl_at', in
 hold_debit_commit(hold, coins)
 -- The transfer id is unique per debit, not only per client id: after the receipt expires
 -- the same client id sends a new gift, whose credit must not replay the old one's.
+local recipient = {}
+if to ~= '' then
+  recipient = {'recipient', to}
+end
 local log_id = redis.call('XADD', KEYS[4], '*', 'type', 'gift_debit', 'client_id', client_id,
   'from', sender, 'to', creator, 'stream', stream_id, 'gift', gift, 'count', int(count),
-  'price', price, 'coins', int(coins), 'catalog_version', version, 'share_bps', int(share_bps))
+  'price', price, 'coins', int(coins), 'catalog_version', version, 'share_bps', int(share_bps),
+  unpack(recipient))
 local transfer = sender .. '|' .. client_id .. '|' .. log_id
 -- The log entry's own id is part of the transfer id, so the entry does not repeat it:
 -- reconcile rebuilds it as from|client_id|entry id.
 local outbox_id = redis.call('XADD', KEYS[3], '*', 'transfer_id', transfer,
   'client_id', client_id, 'from', sender, 'sender_name', ARGV[7], 'to', creator,
   'stream', stream_id, 'gift', gift, 'count', int(count), 'price', price,
-  'coins', int(coins), 'catalog_version', version, 'share_bps', int(share_bps), 'ts', int(ms))
+  'coins', int(coins), 'catalog_version', version, 'share_bps', int(share_bps), 'ts', int(ms),
+  unpack(recipient))
 local receipt = cjson.encode({
   transfer_id = transfer, client_id = client_id, stream_id = stream_id, gift_id = gift,
   count = count, coins = coins, price = tonumber(price), catalog_version = tonumber(version),
   share_bps = share_bps, creator_id = creator, sender_name = ARGV[7], balance = new_balance,
-  ts = ms, log_id = log_id, outbox_id = outbox_id,
+  ts = ms, log_id = log_id, outbox_id = outbox_id, recipient = to ~= '' and to or nil,
 })
 redis.call('SET', KEYS[1], fingerprint .. '\n' .. receipt, 'EX', receipt_ttl)
 return {'ok', receipt}

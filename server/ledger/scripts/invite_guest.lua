@@ -6,10 +6,12 @@
 --
 -- KEYS[1]  {s:STREAM}:stream    stream hash
 -- KEYS[2]  {s:STREAM}:guests    the stage (_guests.lua)
--- KEYS[3]  {s:STREAM}:room      pub/sub channel
+-- KEYS[3]  {s:STREAM}:room      pub/sub channel (on a cluster: the room's shard channel)
 --
 -- ARGV[1]  stream id   ARGV[2]  acting user id (the creator)   ARGV[3]  guest user id
 -- ARGV[4]  most guests invited or on stage   ARGV[5]  most guests remembered (left too)
+-- ARGV[6]  'shard': SPUBLISH (cluster mode: the room's shard channel, and the keys are
+--          the stream's in its creator's slot); absent or '': PUBLISH
 --
 -- Reply: {'ok', guests event JSON} | {'replay', guests event JSON} | {'refused', code[, detail]}
 -- Published to the room: type 'guests', stream_id, guests [{user_id, name, state
@@ -20,8 +22,10 @@
 local stream_id, actor, guest = ARGV[1], ARGV[2], ARGV[3]
 local guests_max = int_arg(ARGV[4], 1, 64)
 local remembered_max = int_arg(ARGV[5], 1, 1024)
+local publish = ARGV[6] == 'shard' and 'SPUBLISH' or 'PUBLISH'
 if not (id_arg(stream_id) and id_arg(actor) and id_arg(guest) and guests_max
-    and remembered_max) then
+    and remembered_max
+    and (ARGV[6] == nil or ARGV[6] == '' or ARGV[6] == 'shard')) then
   return refuse('invalid_request')
 end
 local s = redis.call('HMGET', KEYS[1], 'state', 'creator')
@@ -58,5 +62,5 @@ if #guests >= remembered_max then
 end
 redis.call('HSET', KEYS[2], guest, 'invited')
 local event = guests_event(KEYS[2], stream_id)
-redis.call('PUBLISH', KEYS[3], event)
+redis.call(publish, KEYS[3], event)
 return {'ok', event}

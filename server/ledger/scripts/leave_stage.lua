@@ -7,17 +7,21 @@
 --
 -- KEYS[1]  {s:STREAM}:stream    stream hash
 -- KEYS[2]  {s:STREAM}:guests    the stage
--- KEYS[3]  {s:STREAM}:room      pub/sub channel
+-- KEYS[3]  {s:STREAM}:room      pub/sub channel (on a cluster: the room's shard channel)
 --
 -- ARGV[1]  stream id   ARGV[2]  acting user id (the guest or the creator)
 -- ARGV[3]  guest user id
+-- ARGV[4]  'shard': SPUBLISH (cluster mode: the room's shard channel, and the keys are
+--          the stream's in its creator's slot); absent or '': PUBLISH
 --
 -- Reply: {'ok', guests event JSON} | {'replay', guests event JSON} | {'refused', code}
 -- Refusal codes: invalid_request, unknown_stream, not_stream_owner (someone else takes a
 --   guest off), not_a_guest
 
 local stream_id, actor, guest = ARGV[1], ARGV[2], ARGV[3]
-if not (id_arg(stream_id) and id_arg(actor) and id_arg(guest)) then
+local publish = ARGV[4] == 'shard' and 'SPUBLISH' or 'PUBLISH'
+if not (id_arg(stream_id) and id_arg(actor) and id_arg(guest)
+    and (ARGV[4] == nil or ARGV[4] == '' or ARGV[4] == 'shard')) then
   return refuse('invalid_request')
 end
 local s = redis.call('HMGET', KEYS[1], 'creator')
@@ -36,5 +40,5 @@ if state ~= 'on' and state ~= 'invited' then
 end
 redis.call('HSET', KEYS[2], guest, 'left')
 local event = guests_event(KEYS[2], stream_id)
-redis.call('PUBLISH', KEYS[3], event)
+redis.call(publish, KEYS[3], event)
 return {'ok', event}
