@@ -10,9 +10,10 @@ the two stores together can check, per slot's log and per account:
 * every user's coins, diamonds and debt in the record (``account_balances``) equal Redis'
   less the postings of the lag; the platform's equals the platform shards' sum less the
   lag's;
-* ``transit`` equals the legs in flight: coins debited and not yet credited, less coins a
-  clawback claim gave back to a buyer and the creator's slot has not taken yet (the cluster
-  reconcile's pending transfers and clawbacks), less the lag's transit postings;
+* ``transit`` equals the legs in flight: coins debited and not yet credited, plus guests'
+  parts of credits their slots have not applied, less coins a clawback claim gave back to
+  a buyer and the creator's slot has not taken yet (the cluster reconcile's pending
+  transfers, guest-credits and clawbacks), less the lag's transit postings;
 * every recorded transfer's postings sum to zero (each one that does not is a line of its
   own), and so do all postings together.
 
@@ -198,8 +199,12 @@ async def reconcile_cluster_record(
                 f" of which {unarchived.get(account, 0)} not archived yet"
             )
     transit_key: AccountKey = (None, Account.TRANSIT.value)
-    in_flight = cluster.totals.get("coins_pending", 0) - cluster.totals.get(
-        "coins_clawed_back_pending", 0
+    # Debits not credited, and guests' parts of credits not applied in their slots, are in
+    # transit; the coins of claimed clawbacks not applied are owed to it.
+    in_flight = (
+        cluster.totals.get("coins_pending", 0)
+        + cluster.totals.get("coins_to_guests_pending", 0)
+        - cluster.totals.get("coins_clawed_back_pending", 0)
     )
     report.transit = recorded.get(transit_key, 0)
     if report.transit != in_flight - unarchived.get(transit_key, 0):

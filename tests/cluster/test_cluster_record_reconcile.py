@@ -17,14 +17,17 @@ import pytest
 
 from server.domain.errors import UnavailableError
 from server.ledger.cluster_credits import CreditResult, Transfer
+from server.ledger.cluster_guests import GuestCredit, GuestResult
 from server.ledger.cluster_ledger import ClusterLedger
 from server.ledger.cluster_reconcile import reconcile_cluster
+from server.ledger.guests import ALL_GUESTS
 from server.ledger.keys import Keys
 from server.record.cluster_logs import recorded_entries
 from server.record.cluster_reconcile import ClusterRecordReport, reconcile_cluster_record
 from server.record.connection import RecordPool
 from tests.cluster.legs import funded, gift, live_stream, open_ledger
 from tests.cluster.record_helpers import ClusterRecord, cluster_record
+from tests.cluster.test_cluster_guests import guests_in_three_thirds, on_stage
 from tests.support.cluster import RedisCluster
 
 
@@ -211,3 +214,31 @@ async def test_giftwire_reconcile_checks_the_record_and_exits_1_on_a_mismatch(
     bad = await asyncio.to_thread(_giftwire_reconcile, redis_cluster, keys, database_url)
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert any("summing to 1" in p for p in orjson.loads(bad.stdout)["problems"])
+
+
+async def test_guests_parts_waiting_for_their_slots_are_in_transit(
+    redis_cluster: RedisCluster, keys: Keys, record_pool: RecordPool
+) -> None:
+    ledger = await open_ledger(redis_cluster, keys.prefix)
+    crashed = await open_ledger(redis_cluster, keys.prefix)
+
+    async def died(credit: GuestCredit) -> GuestResult:
+        raise UnavailableError("died between the credit and the guest-credit")
+
+    crashed.guest_credits.credit = died  # type: ignore[method-assign]
+    try:
+        stream, creator = await live_stream(crashed)
+        guests = guests_in_three_thirds()
+        await on_stage(crashed, stream, creator, *guests)
+        sender = await funded(crashed, 100)
+        with pytest.raises(UnavailableError):
+            await gift(crashed, sender, stream, creator, gift_id="cap", to=ALL_GUESTS)
+        async with cluster_record(redis_cluster, record_pool, keys) as record:
+            await record.archiver().drain()
+        cluster = await reconcile_cluster(ledger, await recorded_entries(record_pool, ledger.keys))
+        assert cluster.ok and cluster.totals["coins_to_guests_pending"] == 99, cluster
+        report = await reconcile_cluster_record(ledger, record_pool, cluster)
+        assert report.ok and report.transit == 99, report.problems
+    finally:
+        await crashed.aclose()
+        await ledger.aclose()
