@@ -17,8 +17,9 @@ HISTORY_PAGE_MAX = 100
 # Every transfer the user is a party to, with the user's own postings (none for a gift that
 # earned 0 diamonds). In cluster mode a transfer is two entries, one per leg, each naming
 # both parties: a user sees the leg of their own side (_CLUSTER_KINDS), the sender the
-# debit, the creator the credit (even one that earned 0 diamonds), the buyer the clawback
-# claim, the creator the clawback; and any leg that posted to them.
+# debit, the creator the credit (even one that earned 0 diamonds), a guest their
+# guest-credit, the buyer the clawback claim, the creator the clawback; and any leg that
+# posted to them.
 # Newest first by (time, seq, slot): two slots' logs may give two transfers one entry id,
 # so the cursor names the slot too (HistoryCursor).
 _HISTORY = """
@@ -33,10 +34,11 @@ SELECT t.log_ms, t.log_seq, t.type, t.stream_id, t.gift_id, t.count, t.client_id
    AND p.user_id = %(user)s
  WHERE (t.from_user = %(user)s OR t.to_user = %(user)s)
    AND (t.log_ms, t.log_seq, t.log_slot) < (%(ms)s, %(seq)s, %(slot)s)
-   AND (t.type NOT IN ('gift_debit', 'gift_credit', 'clawback_claim', 'clawback')
+   AND (t.type NOT IN ('gift_debit', 'gift_credit', 'guest_credit', 'clawback_claim',
+                       'clawback')
         OR t.type = 'clawback' AND t.fields->>'clawback_id' IS NULL
         OR t.type = 'gift_debit' AND t.from_user = %(user)s
-        OR t.type IN ('gift_credit', 'clawback_claim') AND t.to_user = %(user)s
+        OR t.type IN ('gift_credit', 'guest_credit', 'clawback_claim') AND t.to_user = %(user)s
         OR t.type = 'clawback' AND t.from_user = %(user)s
         OR EXISTS (SELECT 1 FROM postings q
                     WHERE q.log_slot = t.log_slot AND q.log_ms = t.log_ms
@@ -76,6 +78,7 @@ def _cursor(ms: int, seq: int, slot: int) -> str:
 _CLUSTER_KINDS = {
     "gift_debit": "gift_sent",
     "gift_credit": "gift_received",
+    "guest_credit": "gift_received",
     "clawback_claim": "gift_reversed",
 }
 """Cluster mode's leg entries as the single-node kinds of the user they moved money of."""

@@ -9,6 +9,7 @@ from server.record.connection import RecordPool
 from server.record.history import parse_cursor, wallet_history
 from tests.cluster.legs import funded, gift, live_stream, open_ledger, uid
 from tests.cluster.record_helpers import cluster_record
+from tests.cluster.test_cluster_guests import on_stage
 from tests.support.cluster import RedisCluster
 
 PAIRS = 9
@@ -71,3 +72,25 @@ async def test_a_gift_that_earned_0_diamonds_is_in_the_creators_cluster_history(
     assert [(i["kind"], i["coins"]) for i in sent] == [
         ("gift_sent", -1), ("gift_sent", -1), ("top_up", 100),
     ]  # fmt: skip
+
+
+async def test_a_gift_to_a_guest_is_sent_once_and_received_by_the_guest(
+    redis_cluster: RedisCluster, record_pool: RecordPool, keys: Keys
+) -> None:
+    ledger = await open_ledger(redis_cluster, keys.prefix)
+    try:
+        stream, creator = await live_stream(ledger)
+        guest = uid("guest")
+        await on_stage(ledger, stream, creator, guest)
+        sender = await funded(ledger, 100)
+        await gift(ledger, sender, stream, creator, gift_id="cap", to=guest)
+        async with cluster_record(redis_cluster, record_pool, keys) as record:
+            await record.archiver().drain()
+    finally:
+        await ledger.aclose()
+    sent = (await wallet_history(record_pool, sender, before=None, limit=10)).items
+    assert [i["kind"] for i in sent] == ["gift_sent", "top_up"]  # not the guest's leg too
+    got = (await wallet_history(record_pool, guest, before=None, limit=10)).items
+    assert [(i["kind"], i["diamonds"], i["counterparty"]) for i in got] == [
+        ("gift_received", 49, sender)
+    ]
