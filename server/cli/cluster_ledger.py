@@ -27,6 +27,7 @@ from server.ledger.cluster_relay import Relay
 from server.ledger.cluster_runner import ClusterScriptRunner
 from server.ledger.redis_config import Durability
 from server.record.cluster_logs import recorded_entries
+from server.record.cluster_reconcile import ClusterRecordReport, reconcile_cluster_record
 from server.record.connection import open_record
 from server.settings import Settings, env_name
 
@@ -62,41 +63,63 @@ async def open_cluster_ledger(settings: Settings) -> ClusterLedger:
 
 async def _reconcile(settings: Settings, as_json: bool) -> int:
     ledger = await open_cluster_ledger(settings)
+    across: ClusterRecordReport | None = None
     try:
-        recorded = None
         if settings.database_url:
             # The archiver trims what it recorded: the logs' history is the record's part too.
             pool = await open_record(settings.database_url)
             try:
                 recorded = await recorded_entries(pool, ledger.keys)
+                report = await reconcile_cluster(ledger, recorded)
+                across = await reconcile_cluster_record(ledger, pool, report)
             finally:
                 await pool.close()
-        report = await reconcile_cluster(ledger, recorded)
+        else:
+            report = await reconcile_cluster(ledger)
     finally:
         await ledger.aclose()
+    problems = [*report.problems, *(across.problems if across else [])]
+    ok = not problems
     if as_json:
-        doc = {
-            "ok": report.ok,
-            "problems": report.problems,
+        doc: dict[str, object] = {
+            "ok": ok,
+            "problems": problems,
             "totals": report.totals,
             "pending": [
                 {"transfer_id": p.transfer_id, "coins": p.coins, "age_ms": p.age_ms}
                 for p in report.pending
             ],
         }
+        if across:
+            doc["record"] = across.to_json()
         print(orjson.dumps(doc).decode())
     else:
         for label, value in report.totals.items():
             print(f"{label.replace('_', ' '):<24}{value:>20,}")
         for p in report.pending[:50]:
             print(f"  pending {p.transfer_id}: {p.coins} coins, {p.age_ms / 1000:.1f} s old")
-        if report.ok:
-            print("books reconcile: OK (every shard)")
+        if across:
+            _print_record(across)
+        if ok:
+            print("books reconcile: OK (every shard" + (" and the record)" if across else ")"))
         else:
-            print(f"books DO NOT reconcile: {len(report.problems)} problem(s)")
-            for problem in report.problems[:50]:
+            print(f"books DO NOT reconcile: {len(problems)} problem(s)")
+            for problem in problems[:50]:
                 print(f"  - {problem}")
-    return 0 if report.ok else 1
+    return 0 if ok else 1
+
+
+def _print_record(across: ClusterRecordReport) -> None:
+    record = across.record
+    for label, value in (
+        ("record transfers", record.recorded),
+        ("record postings", record.postings),
+        ("record transit", across.transit),
+        ("lag entries", record.lag),
+    ):
+        print(f"{label:<24}{value:>20,}")
+    for slot, lag in sorted(across.lag_per_slot.items())[:50]:
+        print(f"  lag slot {slot}: {lag} entries not in the record yet")
 
 
 def cmd_reconcile_cluster(args: argparse.Namespace, settings: Settings) -> int:

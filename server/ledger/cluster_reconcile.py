@@ -319,6 +319,7 @@ async def reconcile_cluster(
         "outbox_slots": len({slot_of(k) for k in outboxes}),
         "guest_credits": len(stage.expected),
         "coins_to_guests": stage.coins,
+        "coins_to_guests_pending": stage.coins_pending,
     }
     return report
 
@@ -374,6 +375,8 @@ class _StageBooks:
     earned: Counter[tuple[str, str]] = field(default_factory=Counter)
     """(guest, stream) -> diamonds their guest-credits gave them there."""
     coins: int = 0
+    coins_pending: int = 0
+    """Of ``coins``, those whose guest-credit waits in an outbox (``check``)."""
 
     def credit_to_guests(self, f: dict[str, str], problems: list[str]) -> int:
         """Record a credit's guest-credits; returns the coins the creator's part must add
@@ -415,6 +418,7 @@ class _StageBooks:
         for credit_id, (entry_id, _) in self.waiting.items():
             if credit_id not in self.expected:
                 problems.append(f"outbox entry {entry_id}: no credit for {credit_id!r}")
+        self.coins_pending = waiting_coins
         if self.coins != applied_coins + waiting_coins:
             problems.append(
                 f"coins to guests {self.coins} != applied {applied_coins} + pending {waiting_coins}"

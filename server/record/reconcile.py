@@ -309,7 +309,7 @@ async def reconcile_logs(redis: Any, pool: RecordPool, logs: Sequence[LedgerLog]
     async with pool.connection() as conn, conn.transaction():
         await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         for ledger_log, rows, info in tails:
-            await _one_log(conn, ledger_log, rows, info, totals, problems)
+            await check_one_log(conn, ledger_log, rows, info, totals, problems)
         _, totals.postings, total, unbalanced = await _record_balances(conn)
     if unbalanced:
         problems.append(f"{unbalanced} recorded transfers have postings that do not sum to 0")
@@ -318,14 +318,15 @@ async def reconcile_logs(redis: Any, pool: RecordPool, logs: Sequence[LedgerLog]
     return report
 
 
-async def _one_log(
+async def check_one_log(
     conn: Connection,
     ledger_log: LedgerLog,
     rows: StreamRows,
     info: dict[str, Any],
     totals: RecordTotals,
     problems: list[str],
-) -> None:
+) -> list[tuple[str, dict[str, str]]]:
+    """Checks one log against the record; returns its entries not archived yet (the lag)."""
     name = f"log {ledger_log.key}"
     first = parse_entry_id(rows[0][0].decode()) if rows else None
     bound = first or (2**62, 0)
@@ -347,13 +348,16 @@ async def _one_log(
                 f"{recorded_below} below Redis' first entry"
             )
     in_both = await _recorded_from(conn, first, ledger_log.slot) if first else {}
+    lag: list[tuple[str, dict[str, str]]] = []
     for entry_id, fields in rows:
         eid = entry_id.decode()
         if eid not in in_both:
             totals.lag += 1
+            lag.append((eid, _decoded(fields)))
             continue
         totals.recorded += 1
         if in_both.pop(eid) != _decoded(fields):
             problems.append(f"{name} {eid}: the record and Redis hold different entries")
     if in_both:
         problems.append(f"{name}: the record holds {len(in_both)} entries Redis never had")
+    return lag

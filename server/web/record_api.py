@@ -15,8 +15,8 @@ from starlette.routing import Route
 from server.domain.accounts import Role
 from server.domain.errors import ErrorCode, RequestError, UnavailableError
 from server.record.connection import RecordPool
-from server.record.history import HISTORY_PAGE_MAX, wallet_history
-from server.record.postings import RecordError, parse_entry_id
+from server.record.history import HISTORY_PAGE_MAX, parse_cursor, wallet_history
+from server.record.postings import RecordError
 from server.record.statements import creator_statement, parse_period
 from server.web.http_api import _identity, _int_param, _services, endpoint
 
@@ -38,14 +38,14 @@ async def _database_errors() -> AsyncIterator[None]:
 
 @endpoint
 async def my_transactions(request: Request) -> Response:
-    """``?before=TRANSFER_ID&limit=50``: the caller's transfers, newest first."""
+    """``?before=NEXT_BEFORE&limit=50``: the caller's transfers, newest first."""
     who = _identity(request)
     limit = _int_param(request, "limit", 50, HISTORY_PAGE_MAX) or 1
     raw = request.query_params.get("before")
     try:
-        before = parse_entry_id(raw) if raw is not None else None
+        before = parse_cursor(raw) if raw is not None else None
     except RecordError:
-        raise RequestError(ErrorCode.INVALID_REQUEST, "before must be a transfer_id") from None
+        raise RequestError(ErrorCode.INVALID_REQUEST, "before must be a next_before") from None
     async with _database_errors():
         page = await wallet_history(_pool(request), who.user_id, before=before, limit=limit)
     return JSONResponse({"transactions": page.items, "next_before": page.next_before})
