@@ -9,9 +9,11 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from server.domain.errors import LedgerRefusal, UnavailableError
+from server.ledger.keys import Keys
 from server.ledger.ledger import Ledger
 from server.record.connection import RecordPool
 from tests.integration.helpers import CREATOR, STREAM, gift
@@ -121,3 +123,74 @@ async def recorded_balances(pool: RecordPool) -> dict[tuple[str | None, str], in
             await conn.execute("SELECT user_id, account, balance FROM account_balances")
         ).fetchall()
     return {(user, account): int(balance) for user, account, balance in rows}
+
+
+def _receipt_key(keys: Keys, fields: dict[str, str]) -> str | None:
+    """The Redis key of the receipt the entry's call left (its idempotency record)."""
+    kind = fields.get("type")
+    if kind == "gift":
+        return keys.gift_receipt(fields["from"], fields["client_id"])
+    if kind == "top_up":
+        return keys.payment(fields["payment"])
+    if kind == "refund":
+        return keys.refund(fields["payment"], fields["refund_id"])
+    if kind == "cash_out":
+        return keys.cashout(fields["from"], fields["client_id"])
+    return None
+
+
+async def explain_mismatch(
+    pool: RecordPool, redis: Redis, keys: Keys, ids: set[str], recorded: list[str]
+) -> str:
+    """What a failed ``set(recorded) == ids`` needs: each extra (recorded, never returned)
+    and missing (returned, never recorded) entry, as PostgreSQL and Redis' log hold it, the
+    receipt Redis keeps for its call (which transfer id a retry is answered with), and
+    every other recorded transfer of the same call (a second application)."""
+    extra, missing = sorted(set(recorded) - ids), sorted(ids - set(recorded))
+    lines = [f"{len(extra)} extra, {len(missing)} missing of {len(ids)} returned ids"]
+    async with pool.connection() as conn:
+        for label, entry_ids in (("extra", extra[:5]), ("missing", missing[:5])):
+            for eid in entry_ids:
+                ms, seq = (int(x) for x in eid.split("-"))
+                row = await (
+                    await conn.execute(
+                        "SELECT fields, archived_at FROM transfers WHERE log_ms = %s"
+                        " AND log_seq = %s",
+                        [ms, seq],
+                    )
+                ).fetchone()
+                in_log = await retried(functools.partial(redis.xrange, keys.ledger(), eid, eid))
+                lines.append(f"{label} {eid}: record {row!r}; Redis log {in_log!r}")
+                fields = row[0] if row else None
+                if not fields:
+                    continue
+                key = _receipt_key(keys, fields)
+                if key is not None:
+                    held = await retried(functools.partial(redis.hgetall, key))
+                    lines.append(f"  receipt {key}: {held!r}")
+                same = await (
+                    await conn.execute(
+                        "SELECT log_ms, log_seq, fields FROM transfers WHERE type = %s"
+                        " AND fields->>'from' IS NOT DISTINCT FROM %s"
+                        " AND fields->>'client_id' IS NOT DISTINCT FROM %s"
+                        " AND fields->>'payment' IS NOT DISTINCT FROM %s"
+                        " AND fields->>'refund_id' IS NOT DISTINCT FROM %s",
+                        [fields.get("type"), fields.get("from"), fields.get("client_id"),
+                         fields.get("payment"), fields.get("refund_id")],
+                    )
+                ).fetchall()  # fmt: skip
+                lines.append(f"  recorded transfers of the same call: {same!r}")
+    return "\n".join(lines)
+
+
+async def repeated_calls(pool: RecordPool) -> list[tuple[object, ...]]:
+    """Calls (type and idempotency id) recorded more than once: a transfer applied twice."""
+    async with pool.connection() as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT type, fields->>'from', fields->>'client_id', fields->>'payment',"
+                " fields->>'refund_id', array_agg(log_ms || '-' || log_seq)"
+                " FROM transfers GROUP BY 1, 2, 3, 4, 5 HAVING count(*) > 1"
+            )
+        ).fetchall()
+    return [tuple(r) for r in rows]

@@ -12,6 +12,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,8 +28,10 @@ from server.record.connection import open_record
 from server.record.embedded import PostgresProcess
 from server.record.reconcile import reconcile_across
 from tests.integration.record_helpers import (
+    explain_mismatch,
     mixed_transfers,
     recorded_ids,
+    repeated_calls,
     retried,
     unbalanced_transfers,
 )
@@ -92,8 +95,10 @@ async def _chaos(
     done: asyncio.Event,
     rng: random.Random,
     kills: list[int],
+    restarts: list[str],
 ) -> None:
-    """Kill ``target`` with SIGKILL at random moments until ``done``, counting in ``kills[0]``."""
+    """Kill ``target`` with SIGKILL at random moments until ``done``, counting in ``kills[0]``;
+    each Redis restart notes in ``restarts`` the last log id it came back with."""
     while not done.is_set():
         # Redis replays its AOF at every start, longer as the load goes on: kill it less often.
         await asyncio.sleep(rng.uniform(0.1, 0.6) * (3 if target == "redis" else 1))
@@ -106,10 +111,24 @@ async def _chaos(
             await asyncio.sleep(rng.uniform(0.0, 0.3))
             await asyncio.to_thread(postgres.start)
         else:
+            killed_ms = int(time.time() * 1000)
             redis.kill()
             await asyncio.sleep(rng.uniform(0.0, 0.2))
             await asyncio.to_thread(redis.start)
+            restarts.append(f"killed at {killed_ms}: {await _last_log_id(redis.url)}")
         kills[0] += 1
+
+
+async def _last_log_id(url: str) -> str:
+    """The last id of the ledger log a restarted Redis holds, and its length."""
+    client = Redis.from_url(url)
+    try:
+        info = await client.xinfo_stream(Keys(prefix="faults:").ledger())
+        return f"last {info['last-generated-id'].decode()}, length {info['length']}"
+    except Exception as e:  # diagnostics only: never fail the load for it
+        return f"unknown ({type(e).__name__}: {e})"
+    finally:
+        await client.aclose()
 
 
 @pytest.mark.slow
@@ -128,9 +147,9 @@ async def test_every_transfer_is_recorded_once_under_kill_9(
     await ledger.prepare(load_catalog())
     archiver = ArchiverProcess(fault_redis.url, database_url, keys.prefix, tmp_path / "arch.log")
     archiver.start()
-    done, rng, kills = asyncio.Event(), random.Random(target), [0]
+    done, rng, kills, restarts = asyncio.Event(), random.Random(target), [0], list[str]()
     chaos = asyncio.create_task(
-        _chaos(target, archiver, fault_redis, own_postgres, done, rng, kills)
+        _chaos(target, archiver, fault_redis, own_postgres, done, rng, kills, restarts)
     )
     pool = None
     try:
@@ -157,10 +176,17 @@ async def test_every_transfer_is_recorded_once_under_kill_9(
             await asyncio.sleep(0.2)
         archiver.stop()
         assert len(recorded) == len(set(recorded))
-        assert set(recorded) == ids
+        if set(recorded) != ids:
+            explained = await explain_mismatch(pool, redis, keys, ids, recorded)
+            pytest.fail(f"{explained}\nrepeated calls: {await repeated_calls(pool)}\n"
+                        f"Redis restarts: {restarts}\n{_logs(archiver, fault_redis)}")  # fmt: skip
         assert await unbalanced_transfers(pool) == 0
         report = await retried(functools.partial(reconcile_across, redis, keys, pool))
-        assert report.ok, report.problems[:10]
+        assert report.ok, (
+            f"{report.problems[:10]}\n{report.ledger.problems[:10]}\n"
+            f"repeated calls: {await repeated_calls(pool)}\nRedis restarts: {restarts}\n"
+            f"{_logs(archiver, fault_redis)}"
+        )
         assert (report.record.recorded, report.record.lag) == (len(ids), 0)
         # The log was trimmed as the record caught up: far below the transfers made.
         assert await retried(functools.partial(redis.xlen, keys.ledger())) < len(ids) // 4
@@ -169,3 +195,12 @@ async def test_every_transfer_is_recorded_once_under_kill_9(
         if pool is not None:
             await pool.close()
         await redis.aclose()
+
+
+def _logs(archiver: ArchiverProcess, redis: RedisProcess) -> str:
+    """The tails of the archiver's and Redis' logs, for a failure's message."""
+    redis_log = redis.data_dir / "redis.log"
+    return (
+        f"archiver log:\n{archiver.log_path.read_text()[-3000:]}\n"
+        f"redis log:\n{redis_log.read_text()[-4000:] if redis_log.exists() else ''}"
+    )
