@@ -5,7 +5,8 @@ and ``python -m benchmarks report`` (the table and the plot in docs/benchmarks.m
 the fan-out side by side, ``--only gc --gc-viewers 3000`` for the collector, and
 ``--only live --out benchmarks/results/live.json`` for what battles and goals cost, and
 ``--only cluster --out benchmarks/results/cluster.json`` for one redis-server against a
-3-primary cluster (``cluster_scale.py``).
+3-primary cluster (``cluster_scale.py``), then credits into one hot creator batched and
+one per call, and the relay's lag (``cluster_credits.py``).
 
 Everything is measured in the same run on the same machine, and each result is reported as
 a ratio to its baseline measured next to it: absolute numbers vary by ±30 % between runs of
@@ -26,7 +27,16 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from benchmarks import capacity, cluster_scale, durability, fanout, hotpath, live, report
+from benchmarks import (
+    capacity,
+    cluster_credits,
+    cluster_scale,
+    durability,
+    fanout,
+    hotpath,
+    live,
+    report,
+)
 from benchmarks.procs import REPO, machine
 from server.ledger.embedded import RedisProcess
 
@@ -129,6 +139,10 @@ async def run(
                 result["cluster"] = await cluster_scale.measure(
                     log_dir / "cluster", progress, scale
                 )
+                progress("cluster: credits into one hot creator, then the relay's lag")
+                result["cluster"]["hot_creator"] = await cluster_credits.run(
+                    cluster_credits.options(scale)
+                )
         finally:
             await redis.aclose()
             redis_process.stop()
@@ -214,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(live.table(result["live"]))
         if "cluster" in result:
             print(cluster_scale.table(result["cluster"]))
+            print(cluster_credits.table(result["cluster"]["hot_creator"]))
         if args.report:
             if "hot_path" in result or "fanout" in result:
                 report.write_docs(result)

@@ -244,7 +244,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--transfers", type=int, default=20_000)
     parser.add_argument("--senders", type=int, default=500)
@@ -253,11 +253,42 @@ def main() -> None:
     parser.add_argument("--relay-rate", type=float, default=200.0, help="0: skip")
     parser.add_argument("--relay-seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    return parser
+
+
+def options(scale: float = 1.0) -> argparse.Namespace:
+    """The defaults, with the transfers scaled (for ``python -m benchmarks run --only
+    cluster``, which runs this after ``cluster_scale``)."""
+    args = _parser().parse_args([])
+    args.transfers = max(1_000, round(10_000 * scale))
+    return args
+
+
+def table(result: dict[str, Any]) -> str:
+    b, u = result["batched"], result["unbatched"]
+    lines = [
+        "| one hot creator | credits/s | credits per call | Redis CPU per credit |",
+        "|---|---|---|---|",
+        f"| batched (up to 64) | {b['credits_per_s']:,} | {b['credits_per_call']} "
+        f"| {b['redis_cpu_us_per_credit']} µs |",
+        f"| one per call | {u['credits_per_s']:,} | {u['credits_per_call']} "
+        f"| {u['redis_cpu_us_per_credit']} µs |",
+        f"\nbatched / one per call: {result['ratio']}x credits/s",
+    ]
+    for name, lag in result["relay_lag"].items():
+        lines.append(
+            f"relay lag, {name.replace('_', ' ')} ({lag['rate_per_s']:g} gifts/s, "
+            f"{lag['settled']:,}/{lag['gifts']:,} settled): p50 {lag['lag_ms_p50']:,} ms, "
+            f"p99 {lag['lag_ms_p99']:,} ms, max {lag['lag_ms_max']:,} ms"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = _parser().parse_args()
     result = asyncio.run(run(args))
     args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
-    keys = ("batched", "unbatched", "ratio", "relay_lag")
-    print(orjson.dumps({k: result[k] for k in keys}).decode())
+    print(table(result))
 
 
 if __name__ == "__main__":
