@@ -58,11 +58,14 @@ must not be taken for the old one's.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from redis.crc import key_slot
 
 from server.domain.errors import InvariantError
+from server.domain.limits import Limits
+from server.ledger.hold import hold_day_of
 from server.ledger.keys import DEFAULT_PREFIX
 
 SLOTS = 16384
@@ -345,6 +348,31 @@ class ClusterKeys:
             *(self.credit_receipt(guest_id, credit_id) for credit_id in credit_ids),
             self.guest_earned(guest_id),
         ]
+
+    def stage_held(self, creator_id: str, day: int) -> str:
+        """Who a creator's credit leg gave the coins of gifts to guests of debit day ``day``
+        within the payout hold: field ``SENDER|RECIPIENT|SHARE_BPS`` -> coins (the recipient
+        a guest, or the creator for a redirected gift); expires a day past the hold."""
+        return f"{self.prefix}{{u:{creator_id}}}:stage_held:{day}"
+
+    def guest_held(self, guest_id: str, day: int) -> str:
+        """The stage coins that reached a guest from gifts of debit day ``day`` within the
+        payout hold: field ``SENDER|CREATOR|SHARE_BPS`` -> coins; expires a day past it."""
+        return f"{self.prefix}{{u:{guest_id}}}:guest_held:{day}"
+
+    def hold_day_keys(
+        self,
+        key: Callable[[str, int], str],
+        user_id: str,
+        moments_ms: Iterable[int],
+        limits: Limits,
+    ) -> list[str]:
+        """``key(user_id, day)`` for each distinct hold day of ``moments_ms``, in order of
+        first appearance; none with the hold off."""
+        if limits.payout_hold_days == 0:
+            return []
+        days = dict.fromkeys(hold_day_of(ms, limits.payout_hold_day_s) for ms in moments_ms)
+        return [key(user_id, day) for day in days]
 
     def guest_earned(self, guest_id: str) -> str:
         """Stream id -> diamonds the guest earned on that stream's stage (``credit_guest.lua``

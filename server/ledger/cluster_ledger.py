@@ -576,6 +576,7 @@ class ClusterLedger(ClusterGoals):
                 share_bps=transfer.share_bps,
                 seq=credit.seq,
                 ts=credit.ts,
+                debit_ms=transfer.debit_ms,
             )
             for row in credit.guests
         ]

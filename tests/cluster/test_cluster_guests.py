@@ -338,7 +338,8 @@ async def test_credit_guest_on_its_own(ledger: ClusterLedger) -> None:
     reply = await ledger.runner.run(
         ScriptName.CREDIT_GUEST,
         ledger.keys.guest_credit_keys(guest, [f"{transfer}|{guest}"] * 2),
-        [guest, 60, AMOUNT_MAX, 2, *[transfer, sender, creator, "s", 99, 5000, 1, now_ms] * 2],
+        [guest, 60, AMOUNT_MAX, 2, *[transfer, sender, creator, "s", 99, 5000, 1, now_ms] * 2,
+         0, 86400, now_ms, now_ms],
     )  # fmt: skip
     results = orjson.loads(unpack(reply)[0])
     assert [r["status"] for r in results] == ["replay", "replay"]  # after all that

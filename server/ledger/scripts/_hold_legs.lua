@@ -155,3 +155,96 @@ local function hold_claim_commit(plan, log_key, record_key, outbox_key, payment_
   end
   return out
 end
+
+-- Stage notes (docs/ledger.md, "Guests on stage in cluster mode"): the coins of gifts to
+-- guests within the hold, per DEBIT day, in a hash per day (`{u:CREATOR}:stage_held:DAY`:
+-- who the credit leg gave them to; `{u:GUEST}:guest_held:DAY`: what reached the guest),
+-- kept a day past that day's hold (EXPIREAT), so each prunes itself. The day keys come in
+-- KEYS[from..to], each ending in ':KIND:DAY'. Returns day -> key, or nil for a malformed one.
+local function hold_day_keys(keys, from, to, kind)
+  local out = {}
+  local pattern = ':' .. kind .. ':(%d+)$'
+  for j = from, to do
+    local d = string.match(keys[j], pattern)
+    if not d then
+      return nil
+    end
+    out[tonumber(d)] = keys[j]
+  end
+  return out
+end
+
+-- When a day's notes expire (Unix seconds): a day after the day's diamonds are released.
+local function hold_day_expiry_s(day, hold_days, day_s)
+  return (day + hold_days + 2) * day_s
+end
+
+local function hold_notes_open(day_keys, hold_days, day_s, seconds)
+  return {off = hold_days == 0, keys = day_keys, hold_days = hold_days, day_s = day_s,
+    seconds = seconds, add = {}, order = {}}
+end
+
+-- The day a note of a debit at `debit_ms` goes to, or nil when none is kept (no hold, or
+-- a day whose notes have expired already).
+local function hold_notes_day(notes, debit_ms)
+  if notes.off then
+    return nil
+  end
+  local day = hold_day_of(debit_ms, notes.day_s)
+  if hold_day_expiry_s(day, notes.hold_days, notes.day_s) <= notes.seconds then
+    return nil
+  end
+  return day
+end
+
+-- Whether the caller passed the key a note of a debit at `debit_ms` needs.
+local function hold_notes_known(notes, debit_ms)
+  local day = hold_notes_day(notes, debit_ms)
+  return day == nil or notes.keys[day] ~= nil
+end
+
+-- In memory: `coins` more under `field` of the debit day's notes.
+local function hold_note(notes, debit_ms, field, coins)
+  local day = hold_notes_day(notes, debit_ms)
+  if day == nil or coins == 0 then
+    return
+  end
+  local key = notes.keys[day]
+  local add = notes.add[key]
+  if not add then
+    add = {day = day, fields = {}, names = {}}
+    notes.add[key] = add
+    notes.order[#notes.order + 1] = key
+  end
+  if add.fields[field] == nil then
+    add.fields[field] = 0
+    add.names[#add.names + 1] = field
+  end
+  add.fields[field] = add.fields[field] + coins
+end
+
+-- Before the first write: the noted fields' stored values (integers, or the script fails).
+local function hold_notes_read(notes)
+  for _, key in ipairs(notes.order) do
+    local add = notes.add[key]
+    local now = redis.call('HMGET', key, unpack(add.names))
+    add.now = {}
+    for j = 1, #add.names do
+      add.now[j] = stored_int(now[j])
+    end
+  end
+end
+
+-- With the writes: one HSET and one EXPIREAT per day key.
+local function hold_notes_write(notes)
+  for _, key in ipairs(notes.order) do
+    local add = notes.add[key]
+    local values = {}
+    for j, name in ipairs(add.names) do
+      values[#values + 1] = name
+      values[#values + 1] = int(add.now[j] + add.fields[name])
+    end
+    redis.call('HSET', key, unpack(values))
+    redis.call('EXPIREAT', key, int(hold_day_expiry_s(add.day, notes.hold_days, notes.day_s)))
+  end
+end

@@ -220,7 +220,8 @@ for i = 1, n do
           gift = gift, count = count, coins = coins, price = price, version = version,
           share_bps = share_bps, share_rem = rem, marker = marker_key, combo = combo_key,
           goals = goals, fan_coins = fan_coins, level = level, leveled = leveled,
-          rename = rename, to = to, guests = guests, redirected = redirected}
+          rename = rename, to = to, guests = guests, redirected = redirected,
+          debit_ms = debit_ms}
       end
     end
     seen[transfer] = results[i]
@@ -253,7 +254,7 @@ for _, p in ipairs(plan) do
   if p.guests then
     stage_emit(K_STAGE, K_GUEST_OUTBOX, p.guests, {transfer_id = r.transfer_id,
       sender = p.sender, creator = creator, stream = stream_id, share_bps = p.share_bps,
-      seq = r.seq, ms = ms})
+      seq = r.seq, ms = ms, debit_ms = p.debit_ms})
   end
   local entry = {'type', 'gift_credit', 'transfer_id', r.transfer_id,
     'client_id', p.client_id, 'from', p.sender, 'to', creator, 'stream', stream_id,
