@@ -206,6 +206,14 @@ class ClusterKeys:
         """A chargeback's clawback applied in the creator's slot (clawback.lua), once."""
         return f"{self.prefix}{{u:{creator_id}}}:clawback:{payment_id}|{refund_id}"
 
+    def guest_clawback_marker(
+        self, guest_id: str, payment_id: str, refund_id: str, creator_id: str
+    ) -> str:
+        """A guest clawback (a guest's part of a creator's clawback, for gifts to guests on
+        that creator's stage) applied in the guest's slot, once; not the guest's own
+        ``clawback_marker`` as a creator of the same refund."""
+        return f"{self.prefix}{{u:{guest_id}}}:clawback:{payment_id}|{refund_id}|{creator_id}"
+
     def cashout(self, creator_id: str, client_id: str) -> str:
         return f"{self.prefix}{{u:{creator_id}}}:cashout:{client_id}"
 

@@ -6,16 +6,24 @@ received them. Time: as ``test_cluster_hold.py``, the tests move stored days bac
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 
 from server.domain.errors import ErrorCode, LedgerRefusal
+from server.ledger.cluster_clawbacks import Clawback, apply_clawback, receipt_clawbacks
+from server.ledger.cluster_credits import CreditResult, Transfer
 from server.ledger.cluster_ledger import ClusterLedger
+from server.ledger.cluster_reconcile import reconcile_cluster
+from server.ledger.cluster_relay import Relay
+from server.ledger.guests import ALL_GUESTS
 from server.ledger.keys import Keys
+from server.ledger.receipts import RefundReceipt
 from tests.cluster.legs import gift, live_stream, open_ledger, uid
-from tests.cluster.test_cluster_guests import on_stage
+from tests.cluster.test_cluster_guests import guests_in_three_thirds, on_stage
 from tests.cluster.test_cluster_hold import HELD, HOLD_DAYS, age, reconciled
 from tests.support.cluster import RedisCluster
 
@@ -53,3 +61,131 @@ async def test_a_guests_diamonds_are_held_and_cash_out_takes_only_withdrawable(
     out = await ledger.cash_out(client_id="c1", creator_id=guest, diamonds=5_000)
     assert out.balance == 0
     await reconciled(ledger)
+
+
+async def bought(ledger: ClusterLedger, coins: int) -> str:
+    """A buyer with one payment ``p<buyer>`` of ``coins``."""
+    buyer = uid("fan")
+    await ledger.top_up(payment_id="p" + buyer, user_id=buyer, coins=coins)
+    return buyer
+
+
+async def charge_back(ledger: ClusterLedger, buyer: str, coins: int) -> RefundReceipt:
+    return await ledger.refund(payment_id="p" + buyer, user_id=buyer, refund_id="r1", coins=coins)
+
+
+async def diamonds(ledger: ClusterLedger, *users: str) -> list[tuple[int, int]]:
+    """(diamonds, held) of each user."""
+    out = []
+    for user in users:
+        b = await ledger.balance(user)
+        out.append((b.diamonds, b.held_diamonds))
+    return out
+
+
+async def settled_by_relay(ledger: ClusterLedger, rounds: int = 10) -> None:
+    """Relay rounds until reconcile finds nothing pending (and no problem)."""
+    relay = Relay(ledger, grace_ms=0, full_sweep_s=0)
+    for _ in range(rounds):
+        await relay.round()
+        await asyncio.sleep(0.05)
+        report = await reconcile_cluster(ledger)
+        if report.ok and not report.pending:
+            return
+    assert report.ok and not report.pending, (report.problems, report.pending)
+
+
+async def test_a_chargeback_claws_back_a_split_over_guests_in_three_slots(
+    ledger: ClusterLedger,
+) -> None:
+    stream, creator = await live_stream(ledger)
+    guests = guests_in_three_thirds()
+    await on_stage(ledger, stream, creator, *guests)
+    buyer = await bought(ledger, 10_000)
+    await gift(ledger, buyer, stream, creator, gift_id="interstellar", to=ALL_GUESTS)
+    before = await diamonds(ledger, *guests)
+    assert sum(d for d, _ in before) == 4_999 and all(d == h for d, h in before)
+    # A part first: 1,000 coins, taken from the guests in id order (3,334 coins the first's).
+    part = await ledger.refund(payment_id="p" + buyer, user_id=buyer, refund_id="r0",
+                               coins=1_000)  # fmt: skip
+    assert (part.reversed, part.debt_added) == (1_000, 0)
+    after = await diamonds(ledger, *guests)
+    assert [d for d, _ in after] == [before[0][0] - 500, before[1][0], before[2][0]]
+    await reconciled(ledger)
+    refund = await charge_back(ledger, buyer, 9_000)
+    assert (refund.reversed, refund.debt_added) == (9_000, 0)
+    assert await diamonds(ledger, *guests, creator) == [(0, 0)] * 4
+    for guest in guests:
+        assert await ledger.command(ledger.keys.account(guest), "HGET", "share_rem") == b"0"
+    await reconciled(ledger)
+
+
+async def test_a_redirected_gift_is_clawed_back_from_the_creator(ledger: ClusterLedger) -> None:
+    """The guest left between the debit and the credit: the creator received the gift, so
+    the creator pays it back, and the guest (who got nothing) is untouched."""
+    stream, creator = await live_stream(ledger)
+    guest, other = uid("guest"), uid("other")
+    await on_stage(ledger, stream, creator, guest, other)
+    buyer = await bought(ledger, 20_000)
+    await gift(ledger, buyer, stream, creator, gift_id="interstellar", to=other)  # other's
+    credit = ledger.credits.credit
+
+    async def leaves_first(transfer: Transfer) -> CreditResult:
+        await ledger.guests.leave(stream_id=stream, actor_id=guest, guest_id=guest)
+        return await credit(transfer)
+
+    ledger.credits.credit = leaves_first  # type: ignore[method-assign]
+    await gift(ledger, buyer, stream, creator, gift_id="interstellar", to=guest)
+    ledger.credits.credit = credit  # type: ignore[method-assign]
+    assert await diamonds(ledger, creator, guest, other) == [(5_000, 5_000), (0, 0), (5_000,) * 2]
+    refund = await charge_back(ledger, buyer, 20_000)
+    assert (refund.reversed, refund.debt_added) == (20_000, 0)
+    assert await diamonds(ledger, creator, guest, other) == [(0, 0)] * 3
+    await reconciled(ledger)
+
+
+async def test_a_chargeback_after_the_hold_is_debt_and_claws_nothing(
+    ledger: ClusterLedger,
+) -> None:
+    stream, creator = await live_stream(ledger)
+    guest = uid("guest")
+    await on_stage(ledger, stream, creator, guest)
+    buyer = await bought(ledger, 10_000)
+    await gift(ledger, buyer, stream, creator, gift_id="interstellar", to=guest)
+    await age(ledger, [buyer, creator, guest], HOLD_DAYS + 1)
+    refund = await charge_back(ledger, buyer, 10_000)
+    assert (refund.reversed, refund.debt_added) == (0, 10_000)
+    balance = await ledger.balance(guest)
+    assert (balance.diamonds, balance.withdrawable_diamonds) == (5_000, 5_000)
+    await reconciled(ledger)
+
+
+async def test_replays_of_the_refund_and_of_each_clawback_move_nothing(
+    ledger: ClusterLedger,
+) -> None:
+    stream, creator = await live_stream(ledger)
+    guests = guests_in_three_thirds()[:2]
+    await on_stage(ledger, stream, creator, *guests)
+    buyer = await bought(ledger, 10_000)
+    await gift(ledger, buyer, stream, creator, gift_id="interstellar", to=ALL_GUESTS)
+    refund = await charge_back(ledger, buyer, 10_000)
+    assert await diamonds(ledger, *guests) == [(0, 0)] * 2
+    again = await charge_back(ledger, buyer, 10_000)
+    assert again.replayed and again.transfer_id == refund.transfer_id
+    # Each leg again, by hand: the creator's clawback replays with its forwards, and each
+    # guest clawback replays.
+    [claim] = await _claims(ledger, buyer)
+    parent = await apply_clawback(ledger.runner, ledger.keys, ledger.limits, claim)
+    assert parent.status == "replay" and sorted(c.creator_id for c, _ in parent.forwarded) == guests
+    for child, _ in parent.forwarded:
+        result = await apply_clawback(ledger.runner, ledger.keys, ledger.limits, child)
+        assert result.status == "replay"
+    assert await diamonds(ledger, *guests) == [(0, 0)] * 2
+    await reconciled(ledger)
+
+
+async def _claims(ledger: ClusterLedger, buyer: str) -> list[Clawback]:
+    """The clawbacks refund r1 of the buyer's payment claimed (from the refund record)."""
+
+    raw = await ledger.command(ledger.keys.refund(buyer, "p" + buyer, "r1"), "HGET", "receipt")
+    return receipt_clawbacks(orjson.loads(raw))

@@ -12,15 +12,19 @@ local function hold_day_of(ms, day_s)
 end
 
 -- debit_gift, before its first write: the sender's record entry for this gift (creator, day,
--- share) and the record's bound. Returns the plan, or nil and a refusal (hold_limit).
+-- share; `stage`: a gift to guests, whose recipients the credit leg decides) and the
+-- record's bound. Returns the plan, or nil and a refusal (hold_limit).
 local function hold_debit_prepare(record_key, creator, share_bps, ms, hold_days, day_s,
-                                  entries_max)
+                                  entries_max, stage)
   if hold_days == 0 then
     return {off = true}
   end
   local today = hold_day_of(ms, day_s)
-  return hold_record_prepare({}, record_key,
-    creator .. '|' .. int(today) .. '|' .. int(share_bps), today, hold_days, entries_max)
+  local field = creator .. '|' .. int(today) .. '|' .. int(share_bps)
+  if stage then
+    field = field .. '|stage'
+  end
+  return hold_record_prepare({}, record_key, field, today, hold_days, entries_max)
 end
 
 -- debit_gift, with its writes: note the coins in the record.
@@ -77,7 +81,8 @@ end
 
 -- A chargeback on a cluster is two legs too: the buyer's (refund_claim.lua) decides which
 -- held gifts it reverses from the buyer's record alone and queues one clawback per creator;
--- the creator's (clawback.lua) takes the diamonds back. Items travel as "DAY:SHARE:COINS,...".
+-- the creator's (clawback.lua) takes the diamonds back. Items travel as "DAY:SHARE:COINS,...",
+-- an item of gifts to guests as "DAY:SHARE:COINS:stage" (resolved in the creator's slot).
 
 -- refund_claim, before its first write: the buyer's gifts still in the hold (by the buyer's
 -- slot's clock) that the chargeback reverses, newest first, up to `spent` coins, grouped per
@@ -91,10 +96,12 @@ local function hold_claim_plan(record_key, spent, today, hold_days)
   local all = redis.call('HGETALL', record_key)
   local live = {}
   for i = 1, #all, 2 do
-    local c, d, s = string.match(all[i], '^([^|]+)|(%d+)|(%d+)$')
-    if c and tonumber(d) >= today - hold_days then
+    -- CREATOR|DAY|SHARE, or CREATOR|DAY|SHARE|stage: a gift to guests on CREATOR's stage,
+    -- whose recipients the clawback leg resolves in the creator's slot (clawback.lua).
+    local c, d, s, stage = string.match(all[i], '^([^|]+)|(%d+)|(%d+)(|?s?t?a?g?e?)$')
+    if c and (stage == '' or stage == '|stage') and tonumber(d) >= today - hold_days then
       live[#live + 1] = {field = all[i], creator = c, day = tonumber(d), share = tonumber(s),
-        coins = stored_int(all[i + 1])}
+        coins = stored_int(all[i + 1]), stage = stage ~= ''}
     end
   end
   table.sort(live, function(a, b)
@@ -120,6 +127,7 @@ local function hold_claim_plan(record_key, spent, today, hold_days)
       end
       claim.coins = claim.coins + r
       claim.items[#claim.items + 1] = int(e.day) .. ':' .. int(e.share) .. ':' .. int(r)
+        .. (e.stage and ':stage' or '')
       plan.record[#plan.record + 1] = {e.field, e.coins - r}
       spent, plan.coins = spent - r, plan.coins + r
     end
