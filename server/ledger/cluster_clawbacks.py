@@ -13,6 +13,14 @@ ids. Delivery is at least once, the leg idempotent: each clawback is applied exa
 Between the legs the buyer's debt is already lower by the reversed coins, and the creator
 still holds the diamonds: the coins are in transit the other way, which reconcile and the
 record (``transit``) count as pending.
+
+Gifts to guests on the creator's stage are claimed as *stage items*: the creator's clawback
+resolves them from the credit leg's notes (``stage_held``), gives back the creator's own
+part (a redirected gift), and **forwards** each guest's part as a guest clawback
+``PAYMENT|REFUND_ID|CREATOR|GUEST`` (``via`` = the creator) into the creator's slot's
+outbox, applied in the guest's slot like the others. A clawback whose gifts' credits have
+not arrived yet is refused ``not_credited`` and stays in its outbox (``docs/ledger.md``,
+"Guests on stage in cluster mode").
 """
 
 from __future__ import annotations

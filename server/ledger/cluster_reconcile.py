@@ -31,6 +31,10 @@ sender's slot and a ``gift_credit`` in the creator's, joined by the transfer id
   (``clawback_claim``, buyer's slot) is applied exactly once item for item (``clawback``,
   creator's slot, the exact inverse of the split with share_rem carried), or is pending in
   an outbox and reported with its age; no clawback is applied without its claim;
+- the payout hold of gifts to guests (``cluster_stage_hold.py``): the credit leg's and the
+  guest-credits' notes per debit day hold what the logs say, each claim's stage items are
+  given back by the creator or forwarded in full, and each forwarded guest clawback is
+  applied exactly once item for item in its guest's slot, or pending with its age;
 - failed payouts return their diamonds.
 
 It only reads, and not atomically: run it on a quiet ledger, as the single-node one. Entry

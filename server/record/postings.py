@@ -17,6 +17,7 @@ Accounts, all in one unit (a coin; a diamond is worth the coin it came from)::
     paid_out  -      diamonds paid out
     transit   -      cluster gifts debited from the sender, not yet credited to the creator,
                      less clawbacks given back to a buyer, not yet taken from the creator
+                     (or, for gifts to guests, from the guests)
 """
 
 from __future__ import annotations
