@@ -155,7 +155,7 @@ async def apply_clawback(
         notes = [k.guest_held(account, day) for day in clawback.item_days]
     else:
         marker = k.clawback_marker(account, clawback.payment_id, clawback.refund_id)
-        notes = [k.stage_held(account, day) for day in clawback.item_days]
+        notes = [k.stage_held(account, day, clawback.buyer_id) for day in clawback.item_days]
     reply = await runner.run(
         ScriptName.CLAWBACK,
         [

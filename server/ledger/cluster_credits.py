@@ -265,9 +265,12 @@ class CreditBatcher:
         keys += k.credit_tail_keys(creator_id, stream_id)
         args += [_LADDER, *hold_args(lim)]
         # Guests on stage: two KEYS and n ARGV after anything else, then the payout hold's
-        # stage_held key per distinct debit day of the gifts to guests, and their count.
+        # stage_held key per distinct (debit day, sender) of the gifts to guests, and their
+        # count.
         keys += k.credit_stage_keys(creator_id, stream_id)
-        days = k.hold_day_keys(k.stage_held, creator_id, [t.debit_ms for t in batch if t.to], lim)
+        days = k.stage_held_keys(
+            creator_id, [(t.debit_ms, t.sender_id) for t in batch if t.to], lim
+        )
         keys += days
         args += [*(transfer.to for transfer in batch), len(days)]
         self.calls += 1

@@ -222,9 +222,7 @@ class GuestCredits:
         lim = self._limits
         keys = self._keys.guest_credit_keys(guest_id, [c.credit_id for c in batch])
         # The payout hold: one guest_held key per distinct debit day (none with it off).
-        keys += self._keys.hold_day_keys(
-            self._keys.guest_held, guest_id, [c.hold_ms for c in batch], lim
-        )
+        keys += self._keys.guest_held_keys(guest_id, [c.hold_ms for c in batch], lim)
         args: list[str | int] = [guest_id, lim.receipt_ttl_s, AMOUNT_MAX, len(batch)]
         for credit in batch:
             if credit.guest_id != guest_id:

@@ -58,7 +58,7 @@ must not be taken for the old one's.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from redis.crc import key_slot
@@ -357,30 +357,38 @@ class ClusterKeys:
             self.guest_earned(guest_id),
         ]
 
-    def stage_held(self, creator_id: str, day: int) -> str:
-        """Who a creator's credit leg gave the coins of gifts to guests of debit day ``day``
-        within the payout hold: field ``SENDER|RECIPIENT|SHARE_BPS`` -> coins (the recipient
-        a guest, or the creator for a redirected gift); expires a day past the hold."""
-        return f"{self.prefix}{{u:{creator_id}}}:stage_held:{day}"
+    def stage_held(self, creator_id: str, day: int, sender_id: str) -> str:
+        """Who a creator's credit leg gave ``sender_id``'s coins of gifts to guests of debit
+        day ``day`` within the payout hold: field ``RECIPIENT|SHARE_BPS`` -> coins (a guest,
+        or the creator for a redirected gift); expires a day past the hold. One per sender,
+        so that a chargeback's clawback reads only its buyer's."""
+        return f"{self.prefix}{{u:{creator_id}}}:stage_held:{day}|{sender_id}"
 
     def guest_held(self, guest_id: str, day: int) -> str:
         """The stage coins that reached a guest from gifts of debit day ``day`` within the
         payout hold: field ``SENDER|CREATOR|SHARE_BPS`` -> coins; expires a day past it."""
         return f"{self.prefix}{{u:{guest_id}}}:guest_held:{day}"
 
-    def hold_day_keys(
-        self,
-        key: Callable[[str, int], str],
-        user_id: str,
-        moments_ms: Iterable[int],
-        limits: Limits,
+    def guest_held_keys(
+        self, guest_id: str, moments_ms: Iterable[int], limits: Limits
     ) -> list[str]:
-        """``key(user_id, day)`` for each distinct hold day of ``moments_ms``, in order of
-        first appearance; none with the hold off."""
+        """``guest_held`` of each distinct hold day of ``moments_ms`` (in order of first
+        appearance); none with the hold off."""
         if limits.payout_hold_days == 0:
             return []
         days = dict.fromkeys(hold_day_of(ms, limits.payout_hold_day_s) for ms in moments_ms)
-        return [key(user_id, day) for day in days]
+        return [self.guest_held(guest_id, day) for day in days]
+
+    def stage_held_keys(
+        self, creator_id: str, debits: Iterable[tuple[int, str]], limits: Limits
+    ) -> list[str]:
+        """``stage_held`` of each distinct (hold day, sender) of ``debits`` ((debit ms,
+        sender) each; in order of first appearance); none with the hold off."""
+        if limits.payout_hold_days == 0:
+            return []
+        day_s = limits.payout_hold_day_s
+        keys = dict.fromkeys((hold_day_of(ms, day_s), sender) for ms, sender in debits)
+        return [self.stage_held(creator_id, day, sender) for day, sender in keys]
 
     def guest_earned(self, guest_id: str) -> str:
         """Stream id -> diamonds the guest earned on that stream's stage (``credit_guest.lua``

@@ -3,7 +3,7 @@ stage in cluster mode"). Part of ``cluster_reconcile.py``; it only reads.
 
 A gift to guests is noted in the sender's record under the creator (a stage entry), and the
 legs that decide who received it keep notes per debit day that a chargeback's clawback
-resolves and takes down: ``{u:CREATOR}:stage_held:DAY`` (``SENDER|RECIPIENT|SHARE`` ->
+resolves and takes down: ``{u:CREATOR}:stage_held:DAY|SENDER`` (``RECIPIENT|SHARE`` ->
 coins, written by the credit leg: the guests, or the creator for a redirected gift) and
 ``{u:GUEST}:guest_held:DAY`` (``SENDER|CREATOR|SHARE`` -> coins, written by each
 guest-credit). Replaying the logs gives what each note must hold: the credits' and
@@ -29,8 +29,8 @@ from server.ledger.ledger import log_position
 STAGE_HELD = "stage_held"
 GUEST_HELD = "guest_held"
 
-NoteKey = tuple[str, str, int]
-"""(kind, user, day): one note hash."""
+NoteKey = tuple[str, str, int, str]
+"""(kind, user, day, sender): one note hash (sender '' for a guest's, which is per day)."""
 
 
 def items_of(text: str) -> list[tuple[int, int, int, bool]]:
@@ -67,18 +67,18 @@ class StageHoldBooks:
         day = self._debit_day(f["transfer_id"])
         if not self._kept(day, entry_id):
             return
-        note = self.notes[(STAGE_HELD, f["to"], day)]
+        note = self.notes[(STAGE_HELD, f["to"], day, f["from"])]
         if "recipients" in f:
             for part in f["recipients"].split(";"):
                 guest, _, coins = part.rpartition(":")
-                note[f"{f['from']}|{guest}|{f['share_bps']}"] += int(coins)
+                note[f"{guest}|{f['share_bps']}"] += int(coins)
         elif "redirected" in f:
-            note[f"{f['from']}|{f['to']}|{f['share_bps']}"] += int(f["coins"])
+            note[f"{f['to']}|{f['share_bps']}"] += int(f["coins"])
 
     def guest_credit(self, entry_id: str, f: dict[str, str]) -> None:
         day = self._debit_day(f["transfer_id"])
         if self._kept(day, entry_id):
-            note = self.notes[(GUEST_HELD, f["to"], day)]
+            note = self.notes[(GUEST_HELD, f["to"], day, "")]
             note[f"{f['from']}|{f['creator']}|{f['share_bps']}"] += int(f["coins"])
 
     def clawback(self, f: dict[str, str]) -> None:
@@ -86,33 +86,29 @@ class StageHoldBooks:
         takes its note down."""
         day, share, coins = int(f["day"]), f["share_bps"], int(f["coins"])
         if "stage" in f:
-            self.notes[(STAGE_HELD, f["from"], day)][f"{f['to']}|{f['from']}|{share}"] -= coins
+            self.notes[(STAGE_HELD, f["from"], day, f["to"])][f"{f['from']}|{share}"] -= coins
         elif "via" in f:
-            self.notes[(GUEST_HELD, f["from"], day)][f"{f['to']}|{f['via']}|{share}"] -= coins
+            self.notes[(GUEST_HELD, f["from"], day, "")][f"{f['to']}|{f['via']}|{share}"] -= coins
 
     def forward(self, entry_id: str, f: dict[str, str]) -> None:
         """A ``clawback_forward``: a guest's part of a creator's clawback."""
         self.forwards[f["clawback_id"]] = (entry_id, f)
         self.by_parent[f["parent"]].append(f)
         for day, share, coins, _ in items_of(f["items"]):
-            self.notes[(STAGE_HELD, f["via"], day)][f"{f['to']}|{f['from']}|{share}"] -= coins
+            self.notes[(STAGE_HELD, f["via"], day, f["to"])][f"{f['from']}|{share}"] -= coins
 
     async def check_notes(self, ledger: ClusterLedger, problems: list[str]) -> None:
         """Each note of a day still in the hold holds what the logs say."""
         today = int(time.time()) // self.day_s
-        for (kind, user, day), want in sorted(self.notes.items()):
+        k = ledger.keys
+        for (kind, user, day, sender), want in sorted(self.notes.items()):
             if day < today - self.hold_days:
                 continue  # expiring or expired: nothing claims it any more
-            key = (ledger.keys.stage_held if kind == STAGE_HELD else ledger.keys.guest_held)(
-                user, day
-            )
+            key = k.stage_held(user, day, sender) if kind == STAGE_HELD else k.guest_held(user, day)
             raw = await ledger.command(key, "HGETALL")
-            held = {k.decode(): int(v) for k, v in (raw or {}).items()}
+            held = {name.decode(): int(v) for name, v in (raw or {}).items()}
             expected = {name: coins for name, coins in want.items() if coins != 0}
             if held != expected:
-                problems.append(
-                    f"{kind} of {user} day {day}: holds {held}, the logs say {expected}"
-                )
-        for kind, user, day in self.notes:
-            if min(self.notes[(kind, user, day)].values(), default=0) < 0:
-                problems.append(f"{kind} of {user} day {day}: clawed back more than received")
+                problems.append(f"{key}: holds {held}, the logs say {expected}")
+            if min(want.values(), default=0) < 0:
+                problems.append(f"{key}: clawed back more than received")

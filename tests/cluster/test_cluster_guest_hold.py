@@ -333,11 +333,11 @@ async def test_reconcile_finds_a_lost_guest_clawback_and_a_changed_note(
     await reconciled(ledger)
     k = ledger.keys
     day = int(time.time()) // ledger.limits.payout_hold_day_s
-    note = k.stage_held(creator, day)
+    note = k.stage_held(creator, day, buyer)
     [(name, coins)] = (await ledger.command(note, "HGETALL")).items()
     await ledger.command(note, "HSET", name, int(coins) + 1)
     report = await reconcile_cluster(ledger)
-    assert any(p.startswith("stage_held of") for p in report.problems), report.problems
+    assert any(p.startswith(f"{note}: holds") for p in report.problems), report.problems
     await ledger.command(note, "HSET", name, coins)
     # A guest clawback forwarded and then lost (to a guest "ghost"): its outbox entry gone,
     # never applied, and its coins past what the claim named.

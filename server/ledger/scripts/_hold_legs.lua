@@ -165,21 +165,31 @@ local function hold_claim_commit(plan, log_key, record_key, outbox_key, payment_
 end
 
 -- Stage notes (docs/ledger.md, "Guests on stage in cluster mode"): the coins of gifts to
--- guests within the hold, per DEBIT day, in a hash per day (`{u:CREATOR}:stage_held:DAY`:
--- who the credit leg gave them to; `{u:GUEST}:guest_held:DAY`: what reached the guest),
--- kept a day past that day's hold (EXPIREAT), so each prunes itself. The day keys come in
--- KEYS[from..to], each ending in ':KIND:DAY'. Returns day -> key, or nil for a malformed one.
+-- guests within the hold, per DEBIT day: who the credit leg gave a sender's coins to, in
+-- `{u:CREATOR}:stage_held:DAY|SENDER` (field RECIPIENT|SHARE_BPS: one small hash per sender,
+-- so that a clawback reads only its buyer's), and what reached a guest, in
+-- `{u:GUEST}:guest_held:DAY` (field SENDER|CREATOR|SHARE_BPS, read a field at a time). Each
+-- is kept a day past that day's hold (EXPIREAT), so it prunes itself. The note keys come in
+-- KEYS[from..to], each ending in ':KIND:DAY' or ':KIND:DAY|SENDER'. Returns their tails
+-- ('DAY' or 'DAY|SENDER') -> key, or nil for a malformed one.
 local function hold_day_keys(keys, from, to, kind)
   local out = {}
-  local pattern = ':' .. kind .. ':(%d+)$'
   for j = from, to do
-    local d = string.match(keys[j], pattern)
+    local d, who = string.match(keys[j], ':' .. kind .. ':(%d+)|([^|]+)$')
+    if not d then
+      d = string.match(keys[j], ':' .. kind .. ':(%d+)$')
+    end
     if not d then
       return nil
     end
-    out[tonumber(d)] = keys[j]
+    out[d .. (who and '|' .. who or '')] = keys[j]
   end
   return out
+end
+
+-- The tail of the note key of `day` (and `who`, for per-sender notes).
+local function hold_note_tail(day, who)
+  return int(day) .. (who and '|' .. who or '')
 end
 
 -- When a day's notes expire (Unix seconds): a day after the day's diamonds are released.
@@ -205,19 +215,19 @@ local function hold_notes_day(notes, debit_ms)
   return day
 end
 
--- Whether the caller passed the key a note of a debit at `debit_ms` needs.
-local function hold_notes_known(notes, debit_ms)
+-- Whether the caller passed the key a note of a debit at `debit_ms` (by `who`) needs.
+local function hold_notes_known(notes, debit_ms, who)
   local day = hold_notes_day(notes, debit_ms)
-  return day == nil or notes.keys[day] ~= nil
+  return day == nil or notes.keys[hold_note_tail(day, who)] ~= nil
 end
 
--- In memory: `coins` more under `field` of the debit day's notes.
-local function hold_note(notes, debit_ms, field, coins)
+-- In memory: `coins` more under `field` of the note of the debit's day (and `who`).
+local function hold_note(notes, debit_ms, who, field, coins)
   local day = hold_notes_day(notes, debit_ms)
   if day == nil or coins == 0 then
     return
   end
-  local key = notes.keys[day]
+  local key = notes.keys[hold_note_tail(day, who)]
   local add = notes.add[key]
   if not add then
     add = {day = day, fields = {}, names = {}}
@@ -243,7 +253,7 @@ local function hold_notes_read(notes)
   end
 end
 
--- With the writes: one HSET and one EXPIREAT per day key.
+-- With the writes: one HSET and one EXPIREAT per note key.
 local function hold_notes_write(notes)
   for _, key in ipairs(notes.order) do
     local add = notes.add[key]

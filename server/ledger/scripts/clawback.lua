@@ -11,8 +11,8 @@
 -- - A creator's clawback (ARGV[11] = ''), queued by refund_claim.lua, id
 --   PAYMENT|REFUND_ID|CREATOR. Its plain items are the creator's own gifts. Its stage items
 --   ("DAY:SHARE:COINS:stage", gifts to guests on the creator's stage) are resolved from the
---   credit leg's notes of who received them (KEYS[5 + j], {u:CREATOR}:stage_held:DAY, fields
---   BUYER|RECIPIENT|SHARE -> coins, taken in recipient id order): the creator's own part (a
+--   credit leg's notes of who received them (KEYS[5 + j], {u:CREATOR}:stage_held:DAY|BUYER,
+--   fields RECIPIENT|SHARE -> coins, taken in recipient id order): the creator's own part (a
 --   gift redirected to the creator) is applied here, and each guest's part is forwarded as a
 --   guest clawback into this slot's outbox (KEYS[5]) and logged as `clawback_forward`.
 -- - A guest clawback (ARGV[11] = the creator whose stage it was), id
@@ -32,8 +32,9 @@
 --          clawback's is {u:GUEST}:clawback:PAYMENT|REFUND_ID|CREATOR (never the same key as
 --          the guest's own clawback as a creator of the same refund)
 -- KEYS[5]  {~N}:outbox                        the account's slot's outbox (forwards)
--- KEYS[5 + j]  the day notes, j = 1..d: stage_held:DAY per distinct day of a creator's stage
---          items, guest_held:DAY per distinct day of a guest clawback's items
+-- KEYS[5 + j]  the notes, j = 1..d: {u:CREATOR}:stage_held:DAY|BUYER per distinct day of a
+--          creator's stage items, {u:GUEST}:guest_held:DAY per distinct day of a guest
+--          clawback's items
 --
 -- ARGV[1]  clawback id     ARGV[2]  account id (creator, or guest)     ARGV[3]  buyer id
 -- ARGV[4]  payment id      ARGV[5]  refund id
@@ -106,8 +107,11 @@ end
 if #items == 0 or total > 1e13 or table.concat(canonical, ',') ~= ARGV[6] or not day_keys then
   return refuse('invalid_request')
 end
+local function note_key(day)
+  return day_keys[hold_note_tail(day, via == '' and buyer or nil)]
+end
 for _, item in ipairs(items) do
-  if (item.stage or via ~= '') and not day_keys[item.day] then
+  if (item.stage or via ~= '') and not note_key(item.day) then
     return refuse('invalid_request')  -- the caller must pass the notes of each such day
   end
 end
@@ -121,18 +125,27 @@ if ms - claimed_ms > ttl * 1000 - SKEW_MS then
   return refuse('transfer_expired')
 end
 
--- The notes this clawback takes down, read once per day key: key -> {field -> coins}.
+-- The notes this clawback takes down: key -> {field -> coins}. A creator's note of one
+-- buyer and day is read whole (HGETALL: the recipients of that buyer's gifts to guests that
+-- day, a few fields); a guest's note of a day holds every sender's, so only the field it
+-- needs is read.
 local notes, notes_order = {}, {}
-local function notes_of(key)
+local function notes_of(key, field)
   if not notes[key] then
-    local all = redis.call('HGETALL', key)
-    local t = {}
-    for i = 1, #all, 2 do
-      t[all[i]] = stored_int(all[i + 1])
+    notes[key], notes_order[#notes_order + 1] = {now = {}, changed = {}, read = {}}, key
+    if not field then
+      local all = redis.call('HGETALL', key)
+      for i = 1, #all, 2 do
+        notes[key].now[all[i]] = stored_int(all[i + 1])
+      end
     end
-    notes[key], notes_order[#notes_order + 1] = {now = t, changed = {}}, key
   end
-  return notes[key]
+  local n = notes[key]
+  if field and not n.read[field] then
+    n.read[field] = true
+    n.now[field] = stored_int(redis.call('HGET', key, field))
+  end
+  return n
 end
 local function take_note(n, name, coins)
   n.now[name] = n.now[name] - coins
@@ -143,9 +156,9 @@ end
 local mine, guests, guest_order = {}, {}, {}
 for _, item in ipairs(items) do
   if via ~= '' then
-    local n = notes_of(day_keys[item.day])
     local name = buyer .. '|' .. via .. '|' .. int(item.share)
-    if (n.now[name] or 0) < item.coins then
+    local n = notes_of(note_key(item.day), name)
+    if n.now[name] < item.coins then
       return refuse('not_credited', {day = item.day, share_bps = item.share})
     end
     take_note(n, name, item.coins)
@@ -153,11 +166,11 @@ for _, item in ipairs(items) do
   elseif not item.stage then
     mine[#mine + 1] = {day = item.day, share = item.share, coins = item.coins}
   else
-    local n = notes_of(day_keys[item.day])
+    local n = notes_of(note_key(item.day))
     local rows = {}
     for name, coins in pairs(n.now) do
-      local b, r, s = string.match(name, '^([^|]+)|([^|]+)|(%d+)$')
-      if b == buyer and tonumber(s) == item.share and coins > 0 then
+      local r, s = string.match(name, '^([^|]+)|(%d+)$')
+      if r and tonumber(s) == item.share and coins > 0 then
         rows[#rows + 1] = {name = name, recipient = r, coins = coins}
       end
     end

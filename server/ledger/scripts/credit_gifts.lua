@@ -31,11 +31,12 @@
 -- KEYS[#KEYS - d - 1]  {u:CREATOR}:s:STREAM:guests  the stage (_guests.lua, _stage_credit.lua)
 -- KEYS[#KEYS - d]      {~N}:outbox          the creator's slot's outbox: guest-credits
 --   (these two after every key above, whatever comes between them and the ones above)
--- KEYS[#KEYS - d + j]  {u:CREATOR}:stage_held:DAY  j = 1..d (d = ARGV[#ARGV]): who this
---   creator's credits gave the coins of gifts to guests of debit day DAY within the payout
---   hold, field SENDER|RECIPIENT|SHARE_BPS -> coins (a guest, or the creator for a redirected
---   gift), one per distinct debit day of the batch's gifts to guests (_hold_legs.lua; none
---   with the hold off): what a chargeback's clawback resolves its stage items from
+-- KEYS[#KEYS - d + j]  {u:CREATOR}:stage_held:DAY|SENDER  j = 1..d (d = ARGV[#ARGV]): who
+--   this creator's credits gave SENDER's coins of gifts to guests of debit day DAY within
+--   the payout hold, field RECIPIENT|SHARE_BPS -> coins (a guest, or the creator for a
+--   redirected gift), one per distinct (debit day, sender) of the batch's gifts to guests
+--   (_hold_legs.lua; none with the hold off): what a chargeback's clawback resolves its
+--   stage items from
 --
 -- ARGV[1]  creator id   ARGV[2]  stream id   ARGV[3]  receipt TTL, seconds (marker TTL)
 -- ARGV[4]  combo window, ms   ARGV[5]  feed length   ARGV[6]  largest balance
@@ -173,7 +174,7 @@ for i = 1, n do
       and coins == price * count and sender ~= creator
       and string.sub(marker_key, -#suffix) == suffix
       and (to == '' or ((to == '*' or id_arg(to)) and to ~= creator
-        and hold_notes_known(stage_notes, debit_ms)))) then
+        and hold_notes_known(stage_notes, debit_ms, sender)))) then
     results[i] = {transfer_id = tostring(transfer), status = 'refused', code = 'invalid_request'}
   elseif seen[transfer] then
     results[i] = seen[transfer]
@@ -227,12 +228,10 @@ for i = 1, n do
         -- A gift to guests (or redirected to the creator): who received its coins, for the
         -- clawback of a chargeback (the sender's record names only this creator).
         for _, g in ipairs(guests or {}) do
-          hold_note(stage_notes, debit_ms, sender .. '|' .. g.user_id .. '|' .. int(share_bps),
-            g.coins)
+          hold_note(stage_notes, debit_ms, sender, g.user_id .. '|' .. int(share_bps), g.coins)
         end
         if redirected then
-          hold_note(stage_notes, debit_ms, sender .. '|' .. creator .. '|' .. int(share_bps),
-            coins)
+          hold_note(stage_notes, debit_ms, sender, creator .. '|' .. int(share_bps), coins)
         end
         platform_add = platform_add + platform
         seq = seq + 1

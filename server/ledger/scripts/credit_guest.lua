@@ -97,7 +97,7 @@ for i = 1, n do
       and id_arg(sender) and id_arg(creator) and id_arg(stream_id) and guest ~= sender
       and guest ~= creator and coins and share_bps and seq and written_ms and debit_ms
       and string.sub(marker, -#suffix) == suffix
-      and hold_notes_known(notes, debit_ms)) then
+      and hold_notes_known(notes, debit_ms, nil)) then
     results[i] = {credit_id = credit_id, status = 'refused', code = 'invalid_request'}
   elseif seen[credit_id] then
     results[i] = seen[credit_id]
@@ -118,7 +118,7 @@ for i = 1, n do
       else
         balance, share_rem, platform_add = balance + diamonds, rem, platform_add + platform
         hold_credit_add(hold, debit_ms, diamonds)
-        hold_note(notes, debit_ms, sender .. '|' .. creator .. '|' .. int(share_bps), coins)
+        hold_note(notes, debit_ms, nil, sender .. '|' .. creator .. '|' .. int(share_bps), coins)
         results[i] = {credit_id = credit_id, transfer_id = transfer, user_id = guest,
           coins = coins, diamonds = diamonds, platform_coins = platform, share_rem = rem,
           status = 'ok'}
