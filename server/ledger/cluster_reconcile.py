@@ -31,7 +31,7 @@ sender's slot and a ``gift_credit`` in the creator's, joined by the transfer id
   (``clawback_claim``, buyer's slot) is applied exactly once item for item (``clawback``,
   creator's slot, the exact inverse of the split with share_rem carried), or is pending in
   an outbox and reported with its age; no clawback is applied without its claim;
-- the payout hold of gifts to guests (``cluster_stage_hold.py``): the credit leg's and the
+- the payout hold of gifts to guests (``cluster_clawback_books.py``): the credit leg's and the
   guest-credits' notes per debit day hold what the logs say, each claim's stage items are
   given back by the creator or forwarded in full, and each forwarded guest clawback is
   applied exactly once item for item in its guest's slot, or pending with its age;
@@ -49,11 +49,11 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from server.ledger.cluster_clawback_books import StageHoldBooks, check_clawbacks
 from server.ledger.cluster_clawbacks import CLAWBACK_KIND
 from server.ledger.cluster_guests import GUEST_CREDIT_KIND
 from server.ledger.cluster_keys import slot_of
 from server.ledger.cluster_ledger import ClusterLedger
-from server.ledger.cluster_stage_hold import StageHoldBooks, items_of
 from server.ledger.hold import HOLD_FIELDS, hold_problems
 from server.ledger.ledger import log_position
 
@@ -276,7 +276,10 @@ async def reconcile_cluster(
         if transfer not in debits:
             problems.append(f"credit {transfer} has no debit")
 
-    clawed_pending = _check_clawbacks(claims, applied, pending_claws, now_ms, report, stage_hold)
+    clawed_pending, waiting = check_clawbacks(
+        claims, applied, pending_claws, now_ms, problems, stage_hold
+    )
+    report.pending += [Pending(*row) for row in waiting]
     await stage_hold.check_notes(ledger, problems)
     report.pending += stage.check(problems, now_ms)
     for (guest, stream), earned in stage.earned.items():
@@ -335,85 +338,6 @@ async def reconcile_cluster(
         "coins_to_guests_pending": stage.coins_pending,
     }
     return report
-
-
-def _check_clawbacks(
-    claims: dict[str, tuple[str, dict[str, str]]],
-    applied: dict[str, list[dict[str, str]]],
-    pending: dict[str, str],
-    now_ms: int,
-    report: ClusterReport,
-    stage: StageHoldBooks,
-) -> int:
-    """Each clawback a refund claimed is applied exactly once, item for item (one
-    ``clawback`` entry per reversed gift, in the creator's slot; a stage item's coins split
-    between the creator's own ``stage`` entries and the guest clawbacks it forwarded), or
-    pending in an outbox; each forwarded guest clawback likewise in its guest's slot.
-    Returns the coins pending."""
-    problems = report.problems
-    coins_pending = 0
-    for clawback_id, (entry_id, claim) in claims.items():
-        done = applied.get(clawback_id, [])
-        forwarded = stage.by_parent.get(clawback_id, [])
-        items = sorted(i for i in claim["items"].split(",") if not i.endswith(":stage"))
-        got = sorted(f"{f['day']}:{f['share_bps']}:{f['coins']}" for f in done if "stage" not in f)
-        staged = _stage_sums(claim["items"].split(","), marked_only=True)
-        resolved = _stage_sums(
-            [f"{f['day']}:{f['share_bps']}:{f['coins']}" for f in done if "stage" in f]
-            + [item for f in forwarded for item in f["items"].split(",")]
-        )
-        if (done or forwarded) and (got != items or resolved != staged):
-            problems.append(
-                f"clawback {clawback_id}: applied {got} {resolved}, claimed {items} {staged}"
-            )
-        elif not (done or forwarded) and clawback_id in pending:
-            age = now_ms - log_position(pending[clawback_id])[0]
-            report.pending.append(Pending(clawback_id, int(claim["coins"]), age))
-            coins_pending += int(claim["coins"])
-        elif not (done or forwarded):
-            problems.append(f"clawback {clawback_id} claimed, neither applied nor pending")
-        for f in [*done, *forwarded]:
-            if (f["to"], f["payment"], f["refund_id"]) != (
-                claim["to"],
-                claim["payment"],
-                claim["refund_id"],
-            ):
-                problems.append(f"clawback {clawback_id}: applied for another refund")
-        if claim["from"] != clawback_id.rsplit("|", 1)[-1]:
-            problems.append(f"clawback {clawback_id} ({entry_id}): names another creator")
-    for child_id, (entry_id, f) in stage.forwards.items():
-        done = applied.get(child_id, [])
-        items = sorted(f["items"].split(","))
-        got = sorted(f"{d['day']}:{d['share_bps']}:{d['coins']}" for d in done)
-        if done and got != items:
-            problems.append(f"guest clawback {child_id}: applied {got}, forwarded {items}")
-        elif not done and child_id in pending:
-            age = now_ms - log_position(pending[child_id])[0]
-            report.pending.append(Pending(child_id, int(f["coins"]), age))
-            coins_pending += int(f["coins"])
-        elif not done:
-            problems.append(f"guest clawback {child_id} forwarded, neither applied nor pending")
-        for d in done:
-            if (d["to"], d["payment"], d["refund_id"], d.get("via")) != (
-                f["to"], f["payment"], f["refund_id"], f["via"],
-            ):  # fmt: skip
-                problems.append(f"guest clawback {child_id}: applied for another refund")
-        if f["parent"] not in claims or child_id != f"{f['parent']}|{f['from']}":
-            problems.append(f"guest clawback {child_id} ({entry_id}): not its claim's part")
-    for clawback_id in applied:
-        if clawback_id not in claims and clawback_id not in stage.forwards:
-            problems.append(f"clawback {clawback_id!r} applied without its claim")
-    return coins_pending
-
-
-def _stage_sums(items: list[str], *, marked_only: bool = False) -> dict[tuple[int, int], int]:
-    """The coins of ``items`` (``DAY:SHARE:COINS[:stage]``; with ``marked_only`` only the
-    stage items) per (day, share)."""
-    sums: Counter[tuple[int, int]] = Counter()
-    for day, share, coins, stage in items_of(",".join(items)) if items else []:
-        if stage or not marked_only:
-            sums[(day, share)] += coins
-    return dict(sums)
 
 
 @dataclass(slots=True)

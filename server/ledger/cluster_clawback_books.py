@@ -1,5 +1,6 @@
-"""Reconcile the payout hold of gifts to guests on a cluster (``docs/ledger.md``, "Guests on
-stage in cluster mode"). Part of ``cluster_reconcile.py``; it only reads.
+"""Reconcile a cluster's chargebacks: each clawback claimed applied exactly once, and the
+payout hold of gifts to guests (``docs/ledger.md``, "The payout hold in cluster mode" and
+"Guests on stage in cluster mode"). Part of ``cluster_reconcile.py``; it only reads.
 
 A gift to guests is noted in the sender's record under the creator (a stage entry), and the
 legs that decide who received it keep notes per debit day that a chargeback's clawback
@@ -112,3 +113,82 @@ class StageHoldBooks:
                 problems.append(f"{key}: holds {held}, the logs say {expected}")
             if min(want.values(), default=0) < 0:
                 problems.append(f"{key}: clawed back more than received")
+
+
+def check_clawbacks(
+    claims: dict[str, tuple[str, dict[str, str]]],
+    applied: dict[str, list[dict[str, str]]],
+    pending: dict[str, str],
+    now_ms: int,
+    problems: list[str],
+    stage: StageHoldBooks,
+) -> tuple[int, list[tuple[str, int, int]]]:
+    """Each clawback a refund claimed is applied exactly once, item for item (one
+    ``clawback`` entry per reversed gift, in the creator's slot; a stage item's coins split
+    between the creator's own ``stage`` entries and the guest clawbacks it forwarded), or
+    pending in an outbox; each forwarded guest clawback likewise in its guest's slot.
+    Returns the coins pending, and (id, coins, age ms) of each clawback pending."""
+    waiting: list[tuple[str, int, int]] = []
+    coins_pending = 0
+    for clawback_id, (entry_id, claim) in claims.items():
+        done = applied.get(clawback_id, [])
+        forwarded = stage.by_parent.get(clawback_id, [])
+        items = sorted(i for i in claim["items"].split(",") if not i.endswith(":stage"))
+        got = sorted(f"{f['day']}:{f['share_bps']}:{f['coins']}" for f in done if "stage" not in f)
+        staged = _stage_sums(claim["items"].split(","), marked_only=True)
+        resolved = _stage_sums(
+            [f"{f['day']}:{f['share_bps']}:{f['coins']}" for f in done if "stage" in f]
+            + [item for f in forwarded for item in f["items"].split(",")]
+        )
+        if (done or forwarded) and (got != items or resolved != staged):
+            problems.append(
+                f"clawback {clawback_id}: applied {got} {resolved}, claimed {items} {staged}"
+            )
+        elif not (done or forwarded) and clawback_id in pending:
+            age = now_ms - log_position(pending[clawback_id])[0]
+            waiting.append((clawback_id, int(claim["coins"]), age))
+            coins_pending += int(claim["coins"])
+        elif not (done or forwarded):
+            problems.append(f"clawback {clawback_id} claimed, neither applied nor pending")
+        for f in [*done, *forwarded]:
+            if (f["to"], f["payment"], f["refund_id"]) != (
+                claim["to"],
+                claim["payment"],
+                claim["refund_id"],
+            ):
+                problems.append(f"clawback {clawback_id}: applied for another refund")
+        if claim["from"] != clawback_id.rsplit("|", 1)[-1]:
+            problems.append(f"clawback {clawback_id} ({entry_id}): names another creator")
+    for child_id, (entry_id, f) in stage.forwards.items():
+        done = applied.get(child_id, [])
+        items = sorted(f["items"].split(","))
+        got = sorted(f"{d['day']}:{d['share_bps']}:{d['coins']}" for d in done)
+        if done and got != items:
+            problems.append(f"guest clawback {child_id}: applied {got}, forwarded {items}")
+        elif not done and child_id in pending:
+            age = now_ms - log_position(pending[child_id])[0]
+            waiting.append((child_id, int(f["coins"]), age))
+            coins_pending += int(f["coins"])
+        elif not done:
+            problems.append(f"guest clawback {child_id} forwarded, neither applied nor pending")
+        for d in done:
+            if (d["to"], d["payment"], d["refund_id"], d.get("via")) != (
+                f["to"], f["payment"], f["refund_id"], f["via"],
+            ):  # fmt: skip
+                problems.append(f"guest clawback {child_id}: applied for another refund")
+        if f["parent"] not in claims or child_id != f"{f['parent']}|{f['from']}":
+            problems.append(f"guest clawback {child_id} ({entry_id}): not its claim's part")
+    for clawback_id in applied:
+        if clawback_id not in claims and clawback_id not in stage.forwards:
+            problems.append(f"clawback {clawback_id!r} applied without its claim")
+    return coins_pending, waiting
+
+
+def _stage_sums(items: list[str], *, marked_only: bool = False) -> dict[tuple[int, int], int]:
+    """The coins of ``items`` (``DAY:SHARE:COINS[:stage]``; with ``marked_only`` only the
+    stage items) per (day, share)."""
+    sums: Counter[tuple[int, int]] = Counter()
+    for day, share, coins, stage in items_of(",".join(items)) if items else []:
+        if stage or not marked_only:
+            sums[(day, share)] += coins
+    return dict(sums)
