@@ -264,9 +264,15 @@ class CreditBatcher:
             args += transfer.args()
         keys += k.credit_tail_keys(creator_id, stream_id)
         args += [_LADDER, *hold_args(lim)]
-        # Guests on stage: the last two KEYS and the last n ARGV (after anything else).
+        # Guests on stage: two KEYS and n ARGV after anything else, then the payout hold's
+        # stage_held key per distinct (debit day, sender) of the gifts to guests, and their
+        # count.
         keys += k.credit_stage_keys(creator_id, stream_id)
-        args += [transfer.to for transfer in batch]
+        days = k.stage_held_keys(
+            creator_id, [(t.debit_ms, t.sender_id) for t in batch if t.to], lim
+        )
+        keys += days
+        args += [*(transfer.to for transfer in batch), len(days)]
         self.calls += 1
         reply = await self._runner.run(ScriptName.CREDIT_GIFTS, keys, args, order_key=creator_id)
         body, _ = unpack(reply)

@@ -39,6 +39,7 @@ from server.domain.limits import (
 from server.ledger.cluster_keys import ClusterKeys
 from server.ledger.cluster_reads import ClusterReads
 from server.ledger.guests import ALL_GUESTS, stage_rows
+from server.ledger.hold import hold_args
 from server.ledger.receipts import unpack
 from server.ledger.scripts import ScriptName
 
@@ -66,6 +67,14 @@ class GuestCredit:
     written_ms: int
     outbox_id: str
     """Its entry in the creator's slot's outbox (deleted once it is applied)."""
+    debit_ms: int = 0
+    """The gift's debit time (the sender's primary's clock): the guest's diamonds are held
+    by that day (0: unknown, ``written_ms`` stands in, for entries written before it)."""
+
+    @property
+    def hold_ms(self) -> int:
+        """The moment whose day holds the diamonds: the debit's."""
+        return self.debit_ms or self.written_ms
 
     @classmethod
     def from_outbox(cls, entry_id: str, fields: Mapping[bytes, bytes]) -> GuestCredit:
@@ -83,6 +92,7 @@ class GuestCredit:
             seq=int(text["seq"]),
             written_ms=int(text["ts"]),
             outbox_id=entry_id,
+            debit_ms=int(text.get("debit_ts", 0)),
         )
 
     @classmethod
@@ -96,6 +106,7 @@ class GuestCredit:
         share_bps: int,
         seq: int,
         ts: int,
+        debit_ms: int = 0,
     ) -> GuestCredit:
         """From a row of a credit result's ``guests`` (``credit_gifts.lua``)."""
         return cls(
@@ -110,6 +121,7 @@ class GuestCredit:
             seq=seq,
             written_ms=ts,
             outbox_id=str(row.get("outbox_id", "")),
+            debit_ms=debit_ms,
         )
 
 
@@ -207,8 +219,11 @@ class GuestCredits:
 
     async def call(self, guest_id: str, batch: list[GuestCredit]) -> list[GuestResult]:
         """One ``credit_guest`` call; one result per guest-credit, in order."""
+        lim = self._limits
         keys = self._keys.guest_credit_keys(guest_id, [c.credit_id for c in batch])
-        args: list[str | int] = [guest_id, self._limits.receipt_ttl_s, AMOUNT_MAX, len(batch)]
+        # The payout hold: one guest_held key per distinct debit day (none with it off).
+        keys += self._keys.guest_held_keys(guest_id, [c.hold_ms for c in batch], lim)
+        args: list[str | int] = [guest_id, lim.receipt_ttl_s, AMOUNT_MAX, len(batch)]
         for credit in batch:
             if credit.guest_id != guest_id:
                 raise InvariantError(f"guest-credit {credit.credit_id} is not {guest_id}'s")
@@ -222,6 +237,7 @@ class GuestCredits:
                 credit.seq,
                 credit.written_ms,
             ]
+        args += [*hold_args(lim), *(credit.hold_ms for credit in batch)]
         self.calls += 1
         try:
             reply = await self._runner.run(ScriptName.CREDIT_GUEST, keys, args, order_key=guest_id)

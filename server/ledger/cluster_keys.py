@@ -58,11 +58,14 @@ must not be taken for the old one's.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from redis.crc import key_slot
 
 from server.domain.errors import InvariantError
+from server.domain.limits import Limits
+from server.ledger.hold import hold_day_of
 from server.ledger.keys import DEFAULT_PREFIX
 
 SLOTS = 16384
@@ -202,6 +205,14 @@ class ClusterKeys:
     def clawback_marker(self, creator_id: str, payment_id: str, refund_id: str) -> str:
         """A chargeback's clawback applied in the creator's slot (clawback.lua), once."""
         return f"{self.prefix}{{u:{creator_id}}}:clawback:{payment_id}|{refund_id}"
+
+    def guest_clawback_marker(
+        self, guest_id: str, payment_id: str, refund_id: str, creator_id: str
+    ) -> str:
+        """A guest clawback (a guest's part of a creator's clawback, for gifts to guests on
+        that creator's stage) applied in the guest's slot, once; not the guest's own
+        ``clawback_marker`` as a creator of the same refund."""
+        return f"{self.prefix}{{u:{guest_id}}}:clawback:{payment_id}|{refund_id}|{creator_id}"
 
     def cashout(self, creator_id: str, client_id: str) -> str:
         return f"{self.prefix}{{u:{creator_id}}}:cashout:{client_id}"
@@ -345,6 +356,39 @@ class ClusterKeys:
             *(self.credit_receipt(guest_id, credit_id) for credit_id in credit_ids),
             self.guest_earned(guest_id),
         ]
+
+    def stage_held(self, creator_id: str, day: int, sender_id: str) -> str:
+        """Who a creator's credit leg gave ``sender_id``'s coins of gifts to guests of debit
+        day ``day`` within the payout hold: field ``RECIPIENT|SHARE_BPS`` -> coins (a guest,
+        or the creator for a redirected gift); expires a day past the hold. One per sender,
+        so that a chargeback's clawback reads only its buyer's."""
+        return f"{self.prefix}{{u:{creator_id}}}:stage_held:{day}|{sender_id}"
+
+    def guest_held(self, guest_id: str, day: int) -> str:
+        """The stage coins that reached a guest from gifts of debit day ``day`` within the
+        payout hold: field ``SENDER|CREATOR|SHARE_BPS`` -> coins; expires a day past it."""
+        return f"{self.prefix}{{u:{guest_id}}}:guest_held:{day}"
+
+    def guest_held_keys(
+        self, guest_id: str, moments_ms: Iterable[int], limits: Limits
+    ) -> list[str]:
+        """``guest_held`` of each distinct hold day of ``moments_ms`` (in order of first
+        appearance); none with the hold off."""
+        if limits.payout_hold_days == 0:
+            return []
+        days = dict.fromkeys(hold_day_of(ms, limits.payout_hold_day_s) for ms in moments_ms)
+        return [self.guest_held(guest_id, day) for day in days]
+
+    def stage_held_keys(
+        self, creator_id: str, debits: Iterable[tuple[int, str]], limits: Limits
+    ) -> list[str]:
+        """``stage_held`` of each distinct (hold day, sender) of ``debits`` ((debit ms,
+        sender) each; in order of first appearance); none with the hold off."""
+        if limits.payout_hold_days == 0:
+            return []
+        day_s = limits.payout_hold_day_s
+        keys = dict.fromkeys((hold_day_of(ms, day_s), sender) for ms, sender in debits)
+        return [self.stage_held(creator_id, day, sender) for day, sender in keys]
 
     def guest_earned(self, guest_id: str) -> str:
         """Stream id -> diamonds the guest earned on that stream's stage (``credit_guest.lua``

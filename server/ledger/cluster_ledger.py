@@ -49,7 +49,12 @@ from server.ledger.catalogs import VERSION_FIELD, CatalogStore
 from server.ledger.change_limits import ChangeLimiter
 from server.ledger.cluster_battles import ClusterBattles
 from server.ledger.cluster_catalog import CatalogSlot
-from server.ledger.cluster_clawbacks import Clawback, apply_clawback, receipt_clawbacks
+from server.ledger.cluster_clawbacks import (
+    NOT_CREDITED,
+    Clawback,
+    apply_clawback,
+    receipt_clawbacks,
+)
 from server.ledger.cluster_credits import CreditBatcher, CreditResult, Transfer
 from server.ledger.cluster_goals import ClusterGoals
 from server.ledger.cluster_guests import ClusterStage, GuestCredit, GuestCredits, GuestResult
@@ -328,23 +333,37 @@ class ClusterLedger(ClusterGoals):
         return RefundReceipt.from_reply(body, replayed)
 
     async def apply_clawbacks(self, clawbacks: list[Clawback]) -> list[bool]:
-        """Apply each clawback in its creator's slot; True for each applied now or before.
-        A failed call (unknown outcome) or a refusal leaves it to the relay and is logged."""
+        """Apply each clawback in its account's slot; True for each applied now or before.
+        A failed call (unknown outcome) or a refusal leaves it to the relay and is logged.
+        The guest clawbacks a creator's clawback forwards (gifts to guests on its stage)
+        are applied at once too, and their outbox entries forgotten; what fails of them
+        stays in the creator's slot's outbox for the relay."""
         results = await asyncio.gather(
             *(apply_clawback(self.runner, self.keys, self.limits, c) for c in clawbacks),
             return_exceptions=True,
         )
         settled: list[bool] = []
+        forwarded: list[tuple[Clawback, str, str]] = []
         for clawback, result in zip(clawbacks, results, strict=True):
             if isinstance(result, (UnavailableError, InvariantError)):
                 settled.append(False)
             elif isinstance(result, BaseException):
                 raise result
             else:
-                status, code = result
-                if status == "refused":
-                    log.error("clawback %s refused: %s", clawback.clawback_id, code)
-                settled.append(status != "refused")
+                if result.code == NOT_CREDITED:
+                    log.warning("clawback %s waits for its credits", clawback.clawback_id)
+                elif not result.settled:
+                    log.error("clawback %s refused: %s", clawback.clawback_id, result.code)
+                settled.append(result.settled)
+                outbox = self.keys.outbox_shard(slot_of(self.keys.account(clawback.creator_id)))
+                forwarded += [(child, outbox, entry) for child, entry in result.forwarded]
+        if forwarded:
+            done = await self.apply_clawbacks([child for child, _, _ in forwarded])
+            for ok, (_, outbox, entry) in zip(done, forwarded, strict=True):
+                if ok:
+                    self._forget_outbox_entry(outbox, entry)
+                else:
+                    self.unsettled_slots.add(slot_of(outbox))
         return settled
 
     async def cash_out(self, *, client_id: str, creator_id: str, diamonds: int) -> CashOutReceipt:
@@ -576,6 +595,7 @@ class ClusterLedger(ClusterGoals):
                 share_bps=transfer.share_bps,
                 seq=credit.seq,
                 ts=credit.ts,
+                debit_ms=transfer.debit_ms,
             )
             for row in credit.guests
         ]

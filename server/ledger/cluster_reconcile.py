@@ -31,6 +31,10 @@ sender's slot and a ``gift_credit`` in the creator's, joined by the transfer id
   (``clawback_claim``, buyer's slot) is applied exactly once item for item (``clawback``,
   creator's slot, the exact inverse of the split with share_rem carried), or is pending in
   an outbox and reported with its age; no clawback is applied without its claim;
+- the payout hold of gifts to guests (``cluster_clawback_books.py``): the credit leg's and the
+  guest-credits' notes per debit day hold what the logs say, each claim's stage items are
+  given back by the creator or forwarded in full, and each forwarded guest clawback is
+  applied exactly once item for item in its guest's slot, or pending with its age;
 - failed payouts return their diamonds.
 
 It only reads, and not atomically: run it on a quiet ledger, as the single-node one. Entry
@@ -45,6 +49,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from server.ledger.cluster_clawback_books import StageHoldBooks, check_clawbacks
 from server.ledger.cluster_clawbacks import CLAWBACK_KIND
 from server.ledger.cluster_guests import GUEST_CREDIT_KIND
 from server.ledger.cluster_keys import slot_of
@@ -143,6 +148,8 @@ async def reconcile_cluster(
     applied: dict[str, list[dict[str, str]]] = defaultdict(list)
     platform = 0
     stage = _StageBooks()
+    lim = ledger.limits
+    stage_hold = StageHoldBooks(lim.payout_hold_days, lim.payout_hold_day_s)
     for key, entries in logs.items():
         for entry_id, f in entries:
             kind = f.get("type", "")
@@ -159,10 +166,13 @@ async def reconcile_cluster(
                     problems.append(f"refund {entry_id}: refunded != clawed + reversed + debt")
             elif kind == "clawback_claim":
                 claims[f["clawback_id"]] = (entry_id, f)
+            elif kind == "clawback_forward":
+                stage_hold.forward(entry_id, f)
             elif kind == "clawback":
                 creator = f["from"]
                 users.add(creator)
                 applied[f.get("clawback_id", "")].append(f)
+                stage_hold.clawback(f)
                 got, fee, paid = int(f["diamonds"]), int(f["platform"]), int(f["coins"])
                 diamonds[creator] -= got
                 platform -= fee
@@ -198,6 +208,7 @@ async def reconcile_cluster(
                 creator = f["to"]
                 users.add(creator)
                 credits[f["transfer_id"]].append(f)
+                stage_hold.credit(entry_id, f)
                 got, fee, paid = int(f["diamonds"]), int(f["platform"]), int(f["coins"])
                 diamonds[creator] += got
                 platform += fee
@@ -218,6 +229,7 @@ async def reconcile_cluster(
                 diamonds[guest] += got
                 platform += fee
                 stage.applied[f["credit_id"]].append(f)
+                stage_hold.guest_credit(entry_id, f)
                 stage.earned[(guest, f["stream"])] += got
                 if got + fee != paid:
                     problems.append(f"guest credit {f['credit_id']}: diamonds + platform != coins")
@@ -264,7 +276,11 @@ async def reconcile_cluster(
         if transfer not in debits:
             problems.append(f"credit {transfer} has no debit")
 
-    clawed_pending = _check_clawbacks(claims, applied, pending_claws, now_ms, report)
+    clawed_pending, waiting = check_clawbacks(
+        claims, applied, pending_claws, now_ms, problems, stage_hold
+    )
+    report.pending += [Pending(*row) for row in waiting]
+    await stage_hold.check_notes(ledger, problems)
     report.pending += stage.check(problems, now_ms)
     for (guest, stream), earned in stage.earned.items():
         held = await ledger.command(ledger.keys.guest_earned(guest), "HGET", stream)
@@ -322,45 +338,6 @@ async def reconcile_cluster(
         "coins_to_guests_pending": stage.coins_pending,
     }
     return report
-
-
-def _check_clawbacks(
-    claims: dict[str, tuple[str, dict[str, str]]],
-    applied: dict[str, list[dict[str, str]]],
-    pending: dict[str, str],
-    now_ms: int,
-    report: ClusterReport,
-) -> int:
-    """Each clawback a refund claimed is applied exactly once, item for item (one
-    ``clawback`` entry per reversed gift, in the creator's slot), or pending in an outbox;
-    returns the coins pending."""
-    problems = report.problems
-    coins_pending = 0
-    for clawback_id, (entry_id, claim) in claims.items():
-        done = applied.get(clawback_id, [])
-        items = sorted(claim["items"].split(","))
-        got = sorted(f"{f['day']}:{f['share_bps']}:{f['coins']}" for f in done)
-        if done and got != items:
-            problems.append(f"clawback {clawback_id}: applied {got}, claimed {items}")
-        elif not done and clawback_id in pending:
-            age = now_ms - log_position(pending[clawback_id])[0]
-            report.pending.append(Pending(clawback_id, int(claim["coins"]), age))
-            coins_pending += int(claim["coins"])
-        elif not done:
-            problems.append(f"clawback {clawback_id} claimed, neither applied nor pending")
-        for f in done:
-            if (f["to"], f["payment"], f["refund_id"]) != (
-                claim["to"],
-                claim["payment"],
-                claim["refund_id"],
-            ):
-                problems.append(f"clawback {clawback_id}: applied for another refund")
-        if claim["from"] != clawback_id.rsplit("|", 1)[-1]:
-            problems.append(f"clawback {clawback_id} ({entry_id}): names another creator")
-    for clawback_id in applied:
-        if clawback_id not in claims:
-            problems.append(f"clawback {clawback_id!r} applied without its claim")
-    return coins_pending
 
 
 @dataclass(slots=True)

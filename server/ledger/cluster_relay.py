@@ -31,9 +31,11 @@ a timeout or a refused credit leaves behind stays in the sender's slot's outbox
    grace. A crash anywhere in between leaves the entry pending: delivery
    is at least once and the credit idempotent, so each transfer is credited exactly once.
 
-The outboxes also carry chargebacks' clawbacks (``kind=clawback``, ``cluster_clawbacks.py``):
-the relay applies them the same way, with the same ids, acknowledging only ``ok`` and
-``replay``.
+The outboxes also carry chargebacks' clawbacks (``kind=clawback``, ``cluster_clawbacks.py``),
+and the guest clawbacks a creator's clawback forwarded (``via``): the relay applies them
+the same way, with the same ids, acknowledging only ``ok`` and ``replay``, after the
+slot's transfers and guest-credits of the same round (a clawback refused ``not_credited``
+waits for those).
 
 Bounded: at most ``batch_max`` entries per slot per round in memory, at most 16384 hot
 slots; an entry that cannot be parsed is logged and left pending (reconcile reports it).

@@ -21,6 +21,11 @@ def hold_args(limits: Limits) -> list[str | int]:
     return [limits.payout_hold_days, limits.payout_hold_day_s]
 
 
+def hold_day_of(ms: int, day_s: int) -> int:
+    """The hold day of a moment (ms), as ``_hold_legs.lua``'s ``hold_day_of``."""
+    return (ms // 1000) // day_s
+
+
 @dataclass(frozen=True, slots=True)
 class HoldState:
     held: int

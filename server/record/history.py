@@ -18,8 +18,8 @@ HISTORY_PAGE_MAX = 100
 # earned 0 diamonds). In cluster mode a transfer is two entries, one per leg, each naming
 # both parties: a user sees the leg of their own side (_CLUSTER_KINDS), the sender the
 # debit, the creator the credit (even one that earned 0 diamonds), a guest their
-# guest-credit, the buyer the clawback claim, the creator the clawback; and any leg that
-# posted to them.
+# guest-credit, the buyer the clawback claim, the creator (or guest) the clawback; and any
+# leg that posted to them (a clawback_forward posts nothing, so nobody sees it).
 # Newest first by (time, seq, slot): two slots' logs may give two transfers one entry id,
 # so the cursor names the slot too (HistoryCursor).
 _HISTORY = """
@@ -35,7 +35,7 @@ SELECT t.log_ms, t.log_seq, t.type, t.stream_id, t.gift_id, t.count, t.client_id
  WHERE (t.from_user = %(user)s OR t.to_user = %(user)s)
    AND (t.log_ms, t.log_seq, t.log_slot) < (%(ms)s, %(seq)s, %(slot)s)
    AND (t.type NOT IN ('gift_debit', 'gift_credit', 'guest_credit', 'clawback_claim',
-                       'clawback')
+                       'clawback', 'clawback_forward')
         OR t.type = 'clawback' AND t.fields->>'clawback_id' IS NULL
         OR t.type = 'gift_debit' AND t.from_user = %(user)s
         OR t.type IN ('gift_credit', 'guest_credit', 'clawback_claim') AND t.to_user = %(user)s

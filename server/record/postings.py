@@ -17,6 +17,7 @@ Accounts, all in one unit (a coin; a diamond is worth the coin it came from)::
     paid_out  -      diamonds paid out
     transit   -      cluster gifts debited from the sender, not yet credited to the creator,
                      less clawbacks given back to a buyer, not yet taken from the creator
+                     (or, for gifts to guests, from the guests)
 """
 
 from __future__ import annotations
@@ -174,6 +175,14 @@ def _clawback_claim(f: Fields) -> list[Posting]:
     ]
 
 
+def _clawback_forward(f: Fields) -> list[Posting]:
+    # Cluster mode, a creator's slot: a guest's part of a clawback of gifts to guests, queued
+    # for the guest's slot. Nothing moves yet: transit still owes the coins, until the
+    # guest's ``clawback`` entry takes the diamonds back.
+    _amount(f, "coins")
+    return []
+
+
 def _gift_debit(f: Fields) -> list[Posting]:
     # Cluster mode, the sender's slot: the coins leave the sender and wait for the credit.
     coins = _amount(f, "coins")
@@ -235,6 +244,7 @@ RULES: dict[str, Callable[[Fields], list[Posting]]] = {
     "refund": _refund,
     "clawback": _clawback,
     "clawback_claim": _clawback_claim,
+    "clawback_forward": _clawback_forward,
     "gift_debit": _gift_debit,
     "gift_credit": _gift_credit,
     "guest_credit": _guest_credit,

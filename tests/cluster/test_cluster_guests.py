@@ -338,7 +338,8 @@ async def test_credit_guest_on_its_own(ledger: ClusterLedger) -> None:
     reply = await ledger.runner.run(
         ScriptName.CREDIT_GUEST,
         ledger.keys.guest_credit_keys(guest, [f"{transfer}|{guest}"] * 2),
-        [guest, 60, AMOUNT_MAX, 2, *[transfer, sender, creator, "s", 99, 5000, 1, now_ms] * 2],
+        [guest, 60, AMOUNT_MAX, 2, *[transfer, sender, creator, "s", 99, 5000, 1, now_ms] * 2,
+         0, 86400, now_ms, now_ms],
     )  # fmt: skip
     results = orjson.loads(unpack(reply)[0])
     assert [r["status"] for r in results] == ["replay", "replay"]  # after all that
@@ -656,12 +657,12 @@ async def test_a_gift_to_guests_scores_in_a_battle_for_the_room(ledger: ClusterL
     await books_ok(ledger)
 
 
-async def test_a_gift_to_guests_is_outside_the_payout_hold(
+async def test_a_gift_to_guests_is_inside_the_payout_hold(
     redis_cluster: RedisCluster, keys: Keys
 ) -> None:
-    """With the hold on, a gift to guests notes nothing in the sender's record: a chargeback
-    claws nothing back from the creator (who earned none of it) and the coins come out of
-    the balance (or as debt), as for a gift outside the hold (docs/ledger.md TODO)."""
+    """With the hold on, a gift to a guest is noted in the sender's record as a stage entry
+    under the creator, the guest's diamonds are held, and a chargeback claws them back from
+    the guest (not from the creator, who earned none of them): no debt is left."""
     held = replace(GENEROUS, cashout_diamonds_min=1, payout_hold_days=7)
     ledger = await open_ledger(redis_cluster, keys.prefix, held)
     try:
@@ -673,14 +674,17 @@ async def test_a_gift_to_guests_is_outside_the_payout_hold(
         await gift(ledger, fan, stream, creator, gift_id="interstellar")  # held, the creator's
         await gift(ledger, fan, stream, creator, gift_id="interstellar", to=guest)
         record = await ledger.command(ledger.keys.hold_record(fan), "HGETALL")
-        noted = {k: int(v) for k, v in (record or {}).items() if not k.startswith(b"@")}
-        assert len(noted) == 1 and sum(noted.values()) == 10_000  # the creator's gift only
+        noted = {k.decode(): int(v) for k, v in (record or {}).items() if b"|" in k}
+        assert sorted(f.rsplit("|", 1)[-1] for f in noted) == ["5000", "stage"]
+        assert set(noted.values()) == {10_000}
+        assert (await ledger.balance(guest)).held_diamonds == 5_000
         refund = await ledger.refund(
             payment_id="p" + fan, user_id=fan, refund_id="r1", coins=20_000
         )
-        assert (refund.reversed, refund.debt_added) == (10_000, 10_000)
+        assert (refund.reversed, refund.debt_added) == (20_000, 0)
         assert (await ledger.balance(creator)).diamonds == 0
-        assert (await ledger.balance(guest)).diamonds == 5_000
+        guest_balance = await ledger.balance(guest)
+        assert (guest_balance.diamonds, guest_balance.held_diamonds) == (0, 0)
         await asyncio.sleep(0.05)  # the fast path's outbox deletes run in the background
         await books_ok(ledger)
     finally:

@@ -10,6 +10,7 @@ from server.record.history import parse_cursor, wallet_history
 from tests.cluster.legs import funded, gift, live_stream, open_ledger, uid
 from tests.cluster.record_helpers import cluster_record
 from tests.cluster.test_cluster_guests import on_stage
+from tests.cluster.test_cluster_hold import HELD
 from tests.support.cluster import RedisCluster
 
 PAIRS = 9
@@ -94,3 +95,30 @@ async def test_a_gift_to_a_guest_is_sent_once_and_received_by_the_guest(
     assert [(i["kind"], i["diamonds"], i["counterparty"]) for i in got] == [
         ("gift_received", 49, sender)
     ]
+
+
+async def test_a_chargeback_of_a_gift_to_a_guest_in_both_histories(
+    redis_cluster: RedisCluster, record_pool: RecordPool, keys: Keys
+) -> None:
+    """The guest sees the clawback of their diamonds, the buyer the reversal and the refund;
+    the forward between the creator's slot and the guest's moves nothing and nobody sees it."""
+    ledger = await open_ledger(redis_cluster, keys.prefix, HELD)
+    try:
+        stream, creator = await live_stream(ledger)
+        guest, buyer = uid("guest"), uid("fan")
+        await on_stage(ledger, stream, creator, guest)
+        await ledger.top_up(payment_id="p" + buyer, user_id=buyer, coins=10_000)
+        await gift(ledger, buyer, stream, creator, gift_id="interstellar", to=guest)
+        await ledger.refund(payment_id="p" + buyer, user_id=buyer, refund_id="r1", coins=10_000)
+        async with cluster_record(redis_cluster, record_pool, keys) as record:
+            await record.archiver().drain()
+    finally:
+        await ledger.aclose()
+    got = (await wallet_history(record_pool, guest, before=None, limit=10)).items
+    assert [(i["kind"], i["diamonds"]) for i in got] == [
+        ("clawback", -5_000), ("gift_received", 5_000),
+    ]  # fmt: skip
+    paid = (await wallet_history(record_pool, buyer, before=None, limit=10)).items
+    assert [i["kind"] for i in paid] == ["refund", "gift_reversed", "gift_sent", "top_up"]
+    hosted = (await wallet_history(record_pool, creator, before=None, limit=10)).items
+    assert [(i["kind"], i["diamonds"]) for i in hosted] == [("gift_received", 0)]

@@ -44,7 +44,9 @@ async def ledger(redis_cluster: RedisCluster, keys: Keys) -> AsyncIterator[Clust
 
 async def age(ledger: ClusterLedger, users: list[str], days: int) -> None:
     """Move the stored hold days of ``users`` (accounts and hold records) back by ``days``:
-    as if the clock had moved on by them."""
+    as if the clock had moved on by them. The stage notes of gifts to guests
+    (``stage_held``/``guest_held``, named by the real day, which reconcile checks) stay: a
+    chargeback of a stage gift after ``age`` within the hold would not find them."""
     k = ledger.keys
     for user in users:
         day = await ledger.command(k.account(user), "HGET", "hold_day")
@@ -60,8 +62,8 @@ async def age(ledger: ClusterLedger, users: list[str], days: int) -> None:
             if name == b"@day":
                 moved += ["@day", int(value) - days]
             else:
-                creator, d, share = name.decode().split("|")
-                moved += [f"{creator}|{int(d) - days}|{share}", value.decode()]
+                creator, d, *rest = name.decode().split("|")  # share[, stage]
+                moved += ["|".join([creator, str(int(d) - days), *rest]), value.decode()]
         await ledger.command(k.hold_record(user), "HSET", *moved)
 
 
@@ -354,12 +356,11 @@ async def test_the_clawback_leg_refuses_bad_items_and_writes_nothing(
         replace(good, items=""),
         replace(good, clawback_id="p|r|someone"),
     ):
-        status, code = await apply_clawback(ledger.runner, ledger.keys, ledger.limits, bad)
-        assert (status, code) == ("refused", "invalid_request")
+        result = await apply_clawback(ledger.runner, ledger.keys, ledger.limits, bad)
+        assert (result.status, result.code) == ("refused", "invalid_request")
     old = replace(good, claimed_ms=int(time.time() * 1000) - ledger.limits.receipt_ttl_s * 1000)
-    assert await apply_clawback(ledger.runner, ledger.keys, ledger.limits, old) == (
-        "refused", "transfer_expired",
-    )  # fmt: skip
+    result = await apply_clawback(ledger.runner, ledger.keys, ledger.limits, old)
+    assert (result.status, result.code) == ("refused", "transfer_expired")
     assert (await ledger.balance(creator)).diamonds == 5_000
 
 
@@ -407,7 +408,7 @@ async def test_the_chargeback_legs_run_on_a_single_redis_too(
                   for c in batch]  # fmt: skip
         assert sorted(c.coins for c in claims) == [2_000] * 5
         results = await asyncio.gather(*(apply_clawback(runner, k, HELD, c) for c in claims * 2))
-        assert sorted(status for status, _ in results) == ["ok"] * 5 + ["replay"] * 5
+        assert sorted(r.status for r in results) == ["ok"] * 5 + ["replay"] * 5
         acct = await redis.hmget(k.account(creator), ["diamonds", "held", "share_rem"])
         assert acct == [b"0", b"0", b"0"]
         assert await redis.hget(k.platform_shard(slot_of(k.account(creator))), "coins") == b"0"

@@ -16,18 +16,21 @@ import orjson
 import pytest
 
 from server.domain.errors import UnavailableError
+from server.ledger.cluster_clawbacks import apply_clawback, receipt_clawbacks
 from server.ledger.cluster_credits import CreditResult, Transfer
 from server.ledger.cluster_guests import GuestCredit, GuestResult
 from server.ledger.cluster_ledger import ClusterLedger
 from server.ledger.cluster_reconcile import reconcile_cluster
+from server.ledger.cluster_relay import Relay
 from server.ledger.guests import ALL_GUESTS
 from server.ledger.keys import Keys
 from server.record.cluster_logs import recorded_entries
 from server.record.cluster_reconcile import ClusterRecordReport, reconcile_cluster_record
 from server.record.connection import RecordPool
-from tests.cluster.legs import funded, gift, live_stream, open_ledger
+from tests.cluster.legs import funded, gift, live_stream, open_ledger, uid
 from tests.cluster.record_helpers import ClusterRecord, cluster_record
 from tests.cluster.test_cluster_guests import guests_in_three_thirds, on_stage
+from tests.cluster.test_cluster_hold import HELD
 from tests.support.cluster import RedisCluster
 
 
@@ -241,4 +244,52 @@ async def test_guests_parts_waiting_for_their_slots_are_in_transit(
         assert report.ok and report.transit == 99, report.problems
     finally:
         await crashed.aclose()
+        await ledger.aclose()
+
+
+async def test_a_guests_clawback_forwarded_and_not_applied_is_in_transit(
+    redis_cluster: RedisCluster, keys: Keys, record_pool: RecordPool
+) -> None:
+    """A chargeback of a gift to guests: the creator's hop forwarded each guest's part and
+    the process died before the guests' hops. The record's transit owes exactly those
+    coins; once the relay applied them, nothing, and both stores reconcile."""
+    ledger = await open_ledger(redis_cluster, keys.prefix, HELD)
+    try:
+        stream, creator = await live_stream(ledger)
+        guests = guests_in_three_thirds()
+        await on_stage(ledger, stream, creator, *guests)
+        buyer = uid("fan")
+        await ledger.top_up(payment_id="p" + buyer, user_id=buyer, coins=10_000)
+        await gift(ledger, buyer, stream, creator, gift_id="interstellar", to=ALL_GUESTS)
+
+        async def lost(clawbacks: list[object]) -> list[bool]:
+            return [False for _ in clawbacks]
+
+        ledger.apply_clawbacks = lost  # type: ignore[assignment, method-assign]
+        await ledger.refund(payment_id="p" + buyer, user_id=buyer, refund_id="r1", coins=10_000)
+        del ledger.apply_clawbacks
+        raw = await ledger.command(ledger.keys.refund(buyer, "p" + buyer, "r1"), "HGET", "receipt")
+        [claim] = receipt_clawbacks(orjson.loads(raw))
+        parent = await apply_clawback(ledger.runner, ledger.keys, ledger.limits, claim)
+        assert len(parent.forwarded) == 3
+        async with cluster_record(redis_cluster, record_pool, keys) as record:
+            await record.archiver().drain()
+            cluster = await reconcile_cluster(
+                ledger, await recorded_entries(record_pool, ledger.keys)
+            )
+            assert cluster.ok and cluster.totals["coins_clawed_back_pending"] == 10_000, cluster
+            report = await reconcile_cluster_record(ledger, record_pool, cluster)
+            assert report.ok and report.transit == -10_000, report.problems
+            relay = Relay(ledger, grace_ms=0, full_sweep_s=0)
+            for _ in range(3):
+                await relay.round()
+            await asyncio.sleep(0.05)
+            await record.archiver().drain()
+            cluster = await reconcile_cluster(
+                ledger, await recorded_entries(record_pool, ledger.keys)
+            )
+            assert cluster.ok and not cluster.pending, (cluster.problems, cluster.pending)
+            report = await reconcile_cluster_record(ledger, record_pool, cluster)
+            assert report.ok and report.transit == 0, report.problems
+    finally:
         await ledger.aclose()

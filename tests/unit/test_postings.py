@@ -218,3 +218,21 @@ def test_a_cluster_clawback_is_a_claim_out_of_transit_and_a_clawback_into_it() -
         Posting(None, Account.PLATFORM, -4),
         Posting(None, Account.TRANSIT, 7),
     )
+
+
+def test_a_guest_clawback_is_forwarded_with_no_postings_and_paid_back_into_transit() -> None:
+    forward = {"type": "clawback_forward", "clawback_id": "p1|r1|bob|gus", "parent": "p1|r1|bob",
+               "payment": "p1", "refund_id": "r1", "from": "gus", "via": "bob", "to": "al",
+               "coins": "7", "items": "20000:5000:7"}  # fmt: skip
+    assert to_transfer("8-0", forward, 900).postings == ()
+    clawback = {"type": "clawback", "clawback_id": "p1|r1|bob|gus", "payment": "p1",
+                "refund_id": "r1", "from": "gus", "to": "al", "coins": "7", "diamonds": "3",
+                "platform": "4", "share_bps": "5000", "share_rem": "5000", "day": "20000",
+                "via": "bob"}  # fmt: skip
+    assert to_transfer("9-0", clawback, 33).postings == (
+        Posting("gus", Account.DIAMONDS, -3),
+        Posting(None, Account.PLATFORM, -4),
+        Posting(None, Account.TRANSIT, 7),
+    )
+    with pytest.raises(RecordError):
+        to_transfer("9-1", {**forward, "coins": "x"}, 900)

@@ -53,14 +53,16 @@ local function stage_split(key, transfer, ids, coins, seq)
 end
 
 -- The writes of a transfer to guests: the stage's coins per guest, and one outbox entry
--- per guest-credit (its id goes into the result, so the fast path can delete it).
+-- per guest-credit (its id goes into the result, so the fast path can delete it), with the
+-- debit's time (`debit_ts`: the guest's diamonds are held by that day, credit_guest.lua).
 local function stage_emit(key, outbox, rows, t)
   for _, r in ipairs(rows) do
     redis.call('HINCRBY', key, 'c|' .. r.user_id, r.coins)
     r.outbox_id = redis.call('XADD', outbox, '*', 'kind', 'guest_credit',
       'credit_id', r.credit_id, 'transfer_id', t.transfer_id, 'guest', r.user_id,
       'from', t.sender, 'creator', t.creator, 'stream', t.stream, 'coins', int(r.coins),
-      'share_bps', int(t.share_bps), 'seq', int(t.seq), 'ts', int(t.ms))
+      'share_bps', int(t.share_bps), 'seq', int(t.seq), 'ts', int(t.ms),
+      'debit_ts', int(t.debit_ms))
   end
 end
 

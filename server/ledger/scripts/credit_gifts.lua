@@ -28,9 +28,15 @@
 --   (these three: KEYS[8 + 2n ..], after the per-transfer keys)
 -- KEYS[11 + 2n] {u:CREATOR}:s:STREAM:battle      the stream's battle side (_battle.lua)
 -- KEYS[12 + 2n] {u:CREATOR}:s:STREAM:battle_top  that side's gifters (zset)
--- KEYS[#KEYS - 1]  {u:CREATOR}:s:STREAM:guests  the stage (_guests.lua, _stage_credit.lua)
--- KEYS[#KEYS]      {~N}:outbox          the creator's slot's outbox: guest-credits
---   (the LAST two keys, whatever comes between them and the ones above)
+-- KEYS[#KEYS - d - 1]  {u:CREATOR}:s:STREAM:guests  the stage (_guests.lua, _stage_credit.lua)
+-- KEYS[#KEYS - d]      {~N}:outbox          the creator's slot's outbox: guest-credits
+--   (these two after every key above, whatever comes between them and the ones above)
+-- KEYS[#KEYS - d + j]  {u:CREATOR}:stage_held:DAY|SENDER  j = 1..d (d = ARGV[#ARGV]): who
+--   this creator's credits gave SENDER's coins of gifts to guests of debit day DAY within
+--   the payout hold, field RECIPIENT|SHARE_BPS -> coins (a guest, or the creator for a
+--   redirected gift), one per distinct (debit day, sender) of the batch's gifts to guests
+--   (_hold_legs.lua; none with the hold off): what a chargeback's clawback resolves its
+--   stage items from
 --
 -- ARGV[1]  creator id   ARGV[2]  stream id   ARGV[3]  receipt TTL, seconds (marker TTL)
 -- ARGV[4]  combo window, ms   ARGV[5]  feed length   ARGV[6]  largest balance
@@ -40,8 +46,9 @@
 -- ARGV[8 + 11n]  gifter level ladder (server/domain/levels.py, ladder_arg)
 -- ARGV[9 + 11n]  payout hold, days (0: none)   ARGV[10 + 11n]  length of a hold day, seconds
 --   (the diamonds are held in the creator's bucket of the DEBIT's day, _hold_legs.lua)
--- ARGV[#ARGV - n + i]  transfer i's recipient (the debit's `to`): '' the creator, a
---   guest's id, '*' every guest on stage (_stage_credit.lua): the LAST n ARGV
+-- ARGV[#ARGV - 1 - n + i]  transfer i's recipient (the debit's `to`): '' the creator, a
+--   guest's id, '*' every guest on stage (_stage_credit.lua): the n ARGV before the last
+-- ARGV[#ARGV]  d, the stage_held day keys at the end of KEYS
 --
 -- Reply: {'ok', JSON array, one result per transfer in order} | {'refused', code} for the
 --   whole batch (invalid_request: malformed call; unknown_stream: no stream hash).
@@ -85,13 +92,20 @@ local A_TAIL = 8 + FIELDS * (n or 0)  -- the ladder, then the arguments after it
 local ladder = ARGV[A_TAIL]
 local hold_days = int_arg(ARGV[A_TAIL + 1], 0, 365)
 local hold_day_s = int_arg(ARGV[A_TAIL + 2], 1, 1000000)
--- Guests on stage (_stage_credit.lua): the last n ARGV and the last two KEYS, so that what
--- other features append after the ladder and the names keeps its place.
-local A_TO = n and #ARGV - n  -- ARGV[A_TO + i]: transfer i's recipient
-local K_STAGE, K_GUEST_OUTBOX = KEYS[#KEYS - 1], KEYS[#KEYS]
+-- Guests on stage (_stage_credit.lua): n ARGV and two KEYS read from the end, then the
+-- payout hold's stage_held day keys (their count is the last ARGV), so that what other
+-- features append after the ladder and the names keeps its place.
+local D = int_arg(ARGV[#ARGV], 0, 256)
+local A_TO = n and #ARGV - 1 - n  -- ARGV[A_TO + i]: transfer i's recipient
+local K_STAGE, K_GUEST_OUTBOX = KEYS[#KEYS - (D or 0) - 1], KEYS[#KEYS - (D or 0)]
 if not (id_arg(creator) and id_arg(stream_id) and ttl and combo_window and feed_max
-    and amount_max and n and #ARGV == 10 + (FIELDS + 1) * n and #KEYS == 14 + 2 * n
-    and ladder and ladder_ok(ladder) and hold_days and hold_day_s) then
+    and amount_max and n and D and #ARGV == 11 + (FIELDS + 1) * n
+    and #KEYS == 14 + 2 * n + D and ladder and ladder_ok(ladder) and hold_days
+    and hold_day_s) then
+  return refuse('invalid_request')
+end
+local stage_days = hold_day_keys(KEYS, #KEYS - D + 1, #KEYS, 'stage_held')
+if not stage_days then
   return refuse('invalid_request')
 end
 local K_GOALS, K_FANS, K_NAMES = KEYS[8 + 2 * n], KEYS[9 + 2 * n], KEYS[10 + 2 * n]
@@ -125,8 +139,9 @@ if redis.call('EXISTS', KEYS[4]) == 1 then
   end
 end
 redis.call('XLEN', KEYS[7])
-local ms = now_ms()
+local ms, seconds = now_ms()
 local hold = hold_credit_open(KEYS[1], ms, hold_days, hold_day_s)
+local stage_notes = hold_notes_open(stage_days, hold_days, hold_day_s, seconds)
 -- Whether this call's transfers score in a battle: decided on this primary's clock, once
 -- for the batch, so a transfer racing the start or the end is inside or outside, never both.
 local battle_id = battle_scoring(K_BATTLE, ms)
@@ -158,7 +173,8 @@ for i = 1, n do
       and share_bps and debit_ms and type(name) == 'string' and #name <= 256
       and coins == price * count and sender ~= creator
       and string.sub(marker_key, -#suffix) == suffix
-      and (to == '' or ((to == '*' or id_arg(to)) and to ~= creator))) then
+      and (to == '' or ((to == '*' or id_arg(to)) and to ~= creator
+        and hold_notes_known(stage_notes, debit_ms, sender)))) then
     results[i] = {transfer_id = tostring(transfer), status = 'refused', code = 'invalid_request'}
   elseif seen[transfer] then
     results[i] = seen[transfer]
@@ -209,6 +225,14 @@ for i = 1, n do
         names[sender] = name
         diamonds_held, share_rem = diamonds_held + diamonds, rem
         hold_credit_add(hold, debit_ms, diamonds)
+        -- A gift to guests (or redirected to the creator): who received its coins, for the
+        -- clawback of a chargeback (the sender's record names only this creator).
+        for _, g in ipairs(guests or {}) do
+          hold_note(stage_notes, debit_ms, sender, g.user_id .. '|' .. int(share_bps), g.coins)
+        end
+        if redirected then
+          hold_note(stage_notes, debit_ms, sender, creator .. '|' .. int(share_bps), coins)
+        end
         platform_add = platform_add + platform
         seq = seq + 1
         total_coins, total_diamonds, total_gifts = total_coins + coins,
@@ -220,7 +244,8 @@ for i = 1, n do
           gift = gift, count = count, coins = coins, price = price, version = version,
           share_bps = share_bps, share_rem = rem, marker = marker_key, combo = combo_key,
           goals = goals, fan_coins = fan_coins, level = level, leveled = leveled,
-          rename = rename, to = to, guests = guests, redirected = redirected}
+          rename = rename, to = to, guests = guests, redirected = redirected,
+          debit_ms = debit_ms}
       end
     end
     seen[transfer] = results[i]
@@ -229,10 +254,12 @@ end
 if #plan == 0 then
   return {'ok', cjson.encode(results)}
 end
+hold_notes_read(stage_notes)  -- integers, or fail before the first write
 
 -- Second pass: write what the first pass decided.
 redis.call('HSET', KEYS[1], 'diamonds', int(diamonds_held), 'share_rem', int(share_rem))
 hold_credit_write(KEYS[1], hold)
+hold_notes_write(stage_notes)
 redis.call('HINCRBY', KEYS[6], 'coins', int(platform_add))
 redis.call('HSET', KEYS[2], 'seq', int(seq), 'coins', int(total_coins),
   'diamonds', int(total_diamonds), 'gifts', int(total_gifts))
@@ -253,7 +280,7 @@ for _, p in ipairs(plan) do
   if p.guests then
     stage_emit(K_STAGE, K_GUEST_OUTBOX, p.guests, {transfer_id = r.transfer_id,
       sender = p.sender, creator = creator, stream = stream_id, share_bps = p.share_bps,
-      seq = r.seq, ms = ms})
+      seq = r.seq, ms = ms, debit_ms = p.debit_ms})
   end
   local entry = {'type', 'gift_credit', 'transfer_id', r.transfer_id,
     'client_id', p.client_id, 'from', p.sender, 'to', creator, 'stream', stream_id,

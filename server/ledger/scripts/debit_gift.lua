@@ -15,7 +15,8 @@
 -- KEYS[5]  {~N}:catalog               the slot's copy of the current catalog: gift id ->
 --                                     price, '@version' -> its number
 -- KEYS[6]  {u:SENDER}:held            the sender's gifts within the payout hold (_hold.lua),
---                                     field CREATOR|DAY|SHARE_BPS -> coins
+--                                     field CREATOR|DAY|SHARE_BPS -> coins, and for a gift
+--                                     to guests CREATOR|DAY|SHARE_BPS|stage -> coins
 --
 -- ARGV[1]  client id      ARGV[2]  sender id     ARGV[3]  creator id (the stream id's
 --                                                owner, {s:STREAM}:owner, read by the server)
@@ -161,12 +162,12 @@ end
 if balance > amount_max then
   error('giftwire: stored balance beyond the largest: ' .. int(balance))
 end
--- The payout hold: the sender's record notes this gift's coins (its bound: hold_limit).
--- A gift to guests is not held (TODO, docs/ledger.md "Guests on stage in cluster mode"): its
--- diamonds are the guests', in their slots, whom a record entry naming the creator would
--- make a chargeback claw back from the creator; none is noted, so none is reversed.
-local hold, hold_refusal = hold_debit_prepare(K_HOLD, creator, share_bps, ms,
-  to == '' and hold_days or 0, hold_day_s, hold_entries_max)
+-- The payout hold: the sender's record notes this gift's coins (its bound: hold_limit). A
+-- gift to guests is noted under the creator as a stage entry (CREATOR|DAY|SHARE|stage): who
+-- received it (the guests, or the creator when it was redirected) is the credit leg's to
+-- decide, in the creator's slot, so a chargeback's clawback resolves it there.
+local hold, hold_refusal = hold_debit_prepare(K_HOLD, creator, share_bps, ms, hold_days,
+  hold_day_s, hold_entries_max, to ~= '')
 if not hold then
   return hold_refusal
 end

@@ -23,8 +23,9 @@
 --
 -- Reply: {'ok', receipt JSON} | {'replay', receipt JSON} | {'refused', code [, detail]}
 -- Receipt JSON: refund.lua's (reversed: the coins of held gifts claimed back), and
---   clawbacks: [{clawback_id, creator_id, coins, items ("DAY:SHARE:COINS,..."), outbox_id,
---   ts}], one per creator, which a replay returns too, so a retry can settle them.
+--   clawbacks: [{clawback_id, creator_id, coins, items ("DAY:SHARE:COINS,...", a gift to
+--   guests' as "DAY:SHARE:COINS:stage": its recipients are resolved in the creator's slot),
+--   outbox_id, ts}], one per creator, which a replay returns too, so a retry can settle them.
 -- Ledger entries: one type=clawback_claim per creator: clawback_id, payment, refund_id, from
 --   (creator), to (buyer), coins, items; then type=refund, as refund.lua's.
 -- Outbox entries: kind=clawback, clawback_id, payment, refund_id, from, to, coins, items, ts
