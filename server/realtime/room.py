@@ -1,11 +1,12 @@
 """A room: the connections of one stream on this process, and how events reach them.
 
 Events arrive from the broker in sequence order. A quiet room sends each gift as its own
-frame at once. When the room turns hot (more than ``hot_events_per_s`` events in the
-current or the previous second) it coalesces: events wait one tick and go out as ``gifts``
-frames of at most ``batch_events_max`` events. The tick is ``batch_ms``, or longer in a big
-room, so that a tick's frames to the whole room stay within ``frames_per_s_max`` a second.
-See ``docs/coalescing.md``.
+frame at the end of the loop turn it arrived in (gifts of one turn share a frame). When the
+room turns hot (more than ``hot_events_per_s`` events in the current or the previous
+second) it coalesces: events wait for the tick, counted from the previous frame, and go out
+as ``gifts`` frames of at most ``batch_events_max`` events. The tick is ``batch_ms``, or
+longer in a big room, so that a tick's frames to the whole room stay within
+``frames_per_s_max`` a second. See ``docs/coalescing.md``.
 
 The room alone decides when it is behind (``fetching``): a jump in sequence, or the hub
 telling it events may be lost (``repair``), makes it hold what arrives and call ``on_gap``;
