@@ -249,7 +249,8 @@ async def measure(
     nominal = process_load(model, rate * BIG_ROOM_SHARE, viewers, limits)
     progress(f"capacity: the 1/100 run, {viewers:,} viewers and {rate:g} gifts/s")
     measured = await check_run(redis, redis_url, redis_pid, log_dir, progress, viewers, rate)
-    # The model's inputs as the run achieved them (viewers held, gifts sent).
+    # The model's inputs as the run achieved them: viewers held, gifts committed, and the
+    # big room's share of them read from its sequence (not assumed from the load's 1 %).
     achieved = measured["gifts_per_s"]
     big_rate = measured["big_room_gifts_per_s"]
     predicted = process_load(model, big_rate, measured["held"], limits)
