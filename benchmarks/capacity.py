@@ -22,6 +22,7 @@ Measured here, each in the same run:
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,8 @@ from redis.asyncio import Redis
 from benchmarks import fanout
 from benchmarks.capacity_model import Coefficients, plan, process_load
 from benchmarks.procs import REPO, cpu_seconds, rss_bytes
+from loadtest.histogram import Histogram
+from loadtest.wsclient import OP_TEXT
 from server.domain.catalog import load_catalog
 from server.domain.limits import Limits
 from server.ledger.keys import Keys
@@ -246,9 +249,11 @@ async def measure(
     nominal = process_load(model, rate * BIG_ROOM_SHARE, viewers, limits)
     progress(f"capacity: the 1/100 run, {viewers:,} viewers and {rate:g} gifts/s")
     measured = await check_run(redis, redis_url, redis_pid, log_dir, progress, viewers, rate)
-    # The model's inputs as the run achieved them (viewers held, gifts sent).
+    # The model's inputs as the run achieved them: viewers held, gifts committed, and the
+    # big room's share of them read from its sequence (not assumed from the load's 1 %).
     achieved = measured["gifts_per_s"]
-    predicted = process_load(model, achieved * BIG_ROOM_SHARE, measured["held"], limits)
+    big_rate = measured["big_room_gifts_per_s"]
+    predicted = process_load(model, big_rate, measured["held"], limits)
     predicted["redis_cpu"] = round(achieved * coefficients["gift_script_us"] / 1e6, 3)
     # The cost of one frame as the run wrote them (its events per frame), against the model.
     frames = max(measured["frames_per_s"], 1)
@@ -258,6 +263,7 @@ async def measure(
     ratios = {
         name: round(measured[name] / predicted[name], 3) if predicted[name] else None
         for name in (
+            "events_per_s",
             "frames_per_s",
             "server_cpu",
             "server_us_per_frame",
@@ -281,14 +287,49 @@ BIG_ROOM_SHARE = 0.01
 """The mega room's share of all gifts (the model's assumption, docs/capacity.md)."""
 SMALL_ROOMS = 99
 SENDERS = 64
+LOAD_WARMUP_S = 2.0
+"""The load's first seconds, not measured (the room turns hot, the first frames go out)."""
+LOAD_MARGIN_S = 2.0
+"""The load runs this much longer than the window, half of it before and half after."""
+
+
+LAG_VIEWERS = 20
+"""Viewers of the crowd that also time each gift, from the ``ts`` (ms) the script stamped."""
 
 
 class _Crowd(fanout.Room):
-    """Viewers that count frames and events and time nothing (ledger events carry no
-    publish timestamp)."""
+    """Viewers that count frames and events; the first ``LAG_VIEWERS`` also time each gift
+    from its ``ts`` to its arrival (ledger events carry no µs publish timestamp, and the
+    millisecond is enough to see whether the room keeps up)."""
 
     def _on_frame(self, probe: bool, index: int) -> Any:
-        return super()._on_frame(False, index)
+        count = super()._on_frame(False, index)
+        if index >= LAG_VIEWERS:
+            return count
+        counters, events_of = self.counters, self.target.events_of
+
+        def on_frame(opcode: int, payload: bytes) -> None:
+            count(opcode, payload)
+            if opcode == OP_TEXT:
+                now_ms = time.time() * 1000
+                for event in events_of(payload):
+                    counters.latency.record((now_ms - event["ts"]) / 1000)
+
+        return on_frame
+
+
+def _load_cpu_s(pid: int) -> float:
+    try:
+        return cpu_seconds(pid)
+    except FileNotFoundError:
+        raise RuntimeError("the load process ended before the measured window did") from None
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy so far (all cores, from ``/proc/stat``)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:8]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 async def check_run(
@@ -320,35 +361,67 @@ async def check_run(
         await room.connect(progress)
         await asyncio.sleep(1.5)
         rss_growth = rss_bytes(target.child.pid) - rss_before
+        # The load runs longer than the window on both sides; the window is this process's
+        # own (its clock, its reads of Redis, /proc and its counters at the same instants).
+        # Marks taken when the load's output was read came late when this process's loop
+        # was behind, and did not match the gifts they were divided by.
         load = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "benchmarks.capacity_load", "--redis-url", redis_url,
             "--prefix", target.keys.prefix, "--rate", str(rate),
             "--big-share", str(BIG_ROOM_SHARE), "--big-stream", fanout.STREAM,
             "--big-creator", fanout.CREATOR, "--small-rooms", str(SMALL_ROOMS),
-            "--senders", str(SENDERS), "--seconds", str(seconds),
-            stdout=asyncio.subprocess.PIPE, cwd=REPO,
+            "--senders", str(SENDERS), "--warmup-s", str(LOAD_WARMUP_S),
+            "--seconds", str(seconds + LOAD_MARGIN_S),
+            stdout=asyncio.subprocess.DEVNULL, cwd=REPO,
         )  # fmt: skip
-        assert load.stdout is not None
         counters, pid = room.counters, target.child.pid
+        streams = [target.keys.stream(fanout.STREAM)]
+        streams += [target.keys.stream(f"small{i}") for i in range(SMALL_ROOMS)]
 
-        async def mark() -> tuple[float, int, int, int, float, float]:
-            assert load.stdout is not None
-            line = orjson.loads(await load.stdout.readline())
-            return (line["at"], counters.frames, counters.events, line["sent"],
-                    cpu_seconds(pid), cpu_seconds(redis_pid))  # fmt: skip
+        async def mark() -> dict[str, float]:
+            if load.returncode is not None:
+                raise RuntimeError("the load ended before the measured window did")
+            pipe = client.pipeline(transaction=False)
+            for stream in streams:
+                pipe.hget(stream, "seq")  # type: ignore[unused-awaitable]
+            seqs = [int(seq or 0) for seq in await pipe.execute()]
+            return {
+                "at": time.monotonic(), "frames": counters.frames, "events": counters.events,
+                # Gifts that committed, from each stream's sequence: the big room's is
+                # what reached it, not the load's intent.
+                "sent": sum(seqs), "big_seq": seqs[0],
+                "server": cpu_seconds(pid), "redis": cpu_seconds(redis_pid),
+                # The viewers' client is this process; the rest of the machine is the
+                # load process, Redis and whatever else runs on it.
+                "client": time.process_time(), "load": _load_cpu_s(load.pid),
+                "machine": _machine_busy_s(),
+            }  # fmt: skip
 
+        await asyncio.sleep(LOAD_WARMUP_S + LOAD_MARGIN_S / 2)
         start = await mark()
+        counters.latency = Histogram()
+        await asyncio.sleep(seconds)
         end = await mark()
+        latency = counters.latency.summary_ms()
         await load.wait()
-        span = end[0] - start[0]
+        span = end["at"] - start["at"]
+
+        def per_s(name: str, digits: int | None = None) -> float:
+            return round((end[name] - start[name]) / span, digits)
+
         return {
             "held": len(room.protos),
             "connect_failures": room.failures,
-            "gifts_per_s": round((end[3] - start[3]) / span),
-            "frames_per_s": round((end[1] - start[1]) / span),
-            "events_per_s": round((end[2] - start[2]) / span),
-            "server_cpu": round((end[4] - start[4]) / span, 3),
-            "redis_cpu": round((end[5] - start[5]) / span, 3),
+            "gifts_per_s": round(per_s("sent")),
+            "big_room_gifts_per_s": per_s("big_seq", 2),
+            "frames_per_s": round(per_s("frames")),
+            "events_per_s": round(per_s("events")),
+            "server_cpu": per_s("server", 3),
+            "redis_cpu": per_s("redis", 3),
+            "client_cpu": per_s("client", 3),
+            "load_cpu": per_s("load", 3),
+            "machine_busy_cores": per_s("machine", 2),
+            "gift_latency_ms": latency,
             "rss_growth_bytes": rss_growth,
             "seconds": round(span, 2),
         }

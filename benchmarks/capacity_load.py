@@ -3,8 +3,10 @@ real ``send_gift.lua`` calls at a set rate, ``--big-share`` of them into the mea
 and the rest spread over the small rooms. In its own process so that the 10,000 viewers'
 client in the benchmark's process does not slow the senders down (or the reverse).
 
-Prints one JSON line when the measured window starts and one when it ends:
-``{"at": monotonic seconds, "sent": gifts sent so far}``.
+Prints one JSON line after ``--warmup-s`` and one at the end:
+``{"at": monotonic seconds, "sent": gifts sent so far}``, for a person running it by hand;
+``capacity.py`` takes its window's marks itself, inside this run, from the streams'
+sequences in Redis.
 """
 
 from __future__ import annotations

@@ -79,6 +79,8 @@ def process_load(c: Coefficients, rate: float, viewers: int, limits: Limits) -> 
         "gift_frames_per_viewer_s": round(per_viewer, 2),
         "events_per_frame": round(per_frame, 2),
         "frames_per_s": round(frames),
+        # Every viewer is sent every gift, however the room frames them.
+        "events_per_s": round(rate * viewers),
         "server_cpu": round(cpu_us / 1e6, 6),
         "egress_bytes_per_s": round(egress),
         "rss_growth_bytes": c.idle_bytes_per_viewer * viewers,

@@ -218,10 +218,12 @@ class Giftwire(Target):
         self.publish_sha = ""
 
     async def start(self, redis: Redis) -> None:
-        # Frame per gift: the room never turns hot, however many viewers it has.
+        # Frame per gift: the room never turns hot, however many viewers it has, and gifts
+        # handed over in one loop turn do not share a frame either (a batch of one).
         per_frame = {
             "GIFTWIRE_HOT_ROOM_EVENTS_PER_S": "100000000",
             "GIFTWIRE_ROOM_FRAMES_PER_S_MAX": "1000000000",
+            "GIFTWIRE_BATCH_EVENTS_MAX": "1",
         }
         env = {} if self.coalesce else per_frame
         # Stats every 2 s, as deployed; the benchmark's viewers all come from this machine.

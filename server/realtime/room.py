@@ -1,11 +1,12 @@
 """A room: the connections of one stream on this process, and how events reach them.
 
 Events arrive from the broker in sequence order. A quiet room sends each gift as its own
-frame at once. When the room turns hot (more than ``hot_events_per_s`` events in the
-current or the previous second) it coalesces: events wait one tick and go out as ``gifts``
-frames of at most ``batch_events_max`` events. The tick is ``batch_ms``, or longer in a big
-room, so that a tick's frames to the whole room stay within ``frames_per_s_max`` a second.
-See ``docs/coalescing.md``.
+frame at the end of the loop turn it arrived in (gifts of one turn share a frame). When the
+room turns hot (more than ``hot_events_per_s`` events in the current or the previous
+second) it coalesces: events wait for the tick, counted from the previous frame, and go out
+as ``gifts`` frames of at most ``batch_events_max`` events. The tick is ``batch_ms``, or
+longer in a big room, so that a tick's frames to the whole room stay within
+``frames_per_s_max`` a second. See ``docs/coalescing.md``.
 
 The room alone decides when it is behind (``fetching``): a jump in sequence, or the hub
 telling it events may be lost (``repair``), makes it hold what arrives and call ``on_gap``;
@@ -63,8 +64,10 @@ class Room:
         self._buffer: list[Message] = []
         self.recent: dict[int, str] = {}
         """Transfer id of each of the last ``ROOM_RECENT_SEQS_MAX`` sequences delivered."""
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_handle: asyncio.Handle | None = None
         self._window_start = time.monotonic()
+        self._sent_at = self._window_start - 1.0
+        """When the last gift frame went out (``time.monotonic``)."""
         self._window_events = 0
         self.last_stats: Message | None = None
         self.last_top: list[TopGifter] | None = None
@@ -134,11 +137,25 @@ class Room:
         if len(self._pending) >= self._batch_max:
             self.flush()
         elif self._flush_handle is None:
+            loop = asyncio.get_running_loop()
             if self.hot:
-                loop = asyncio.get_running_loop()
-                self._flush_handle = loop.call_later(self.tick_s, self.flush)
+                # One frame per tick, the tick counted from the previous frame: the time
+                # that frame took to reach every viewer is part of the wait, not added to
+                # it (a crowd's frame takes a good part of its tick to write).
+                wait_s = self._sent_at + self.tick_s - now
+                self._flush_handle = (
+                    loop.call_later(wait_s, self.flush)
+                    if wait_s > 0
+                    else loop.call_soon(self.flush)
+                )
             else:
-                self.flush()
+                # At the end of this loop turn, not now: the events the broker hands over
+                # in one turn (all it read from the socket) share a frame. A room whose
+                # frame to every viewer takes longer than the gap between its events
+                # (a crowd, a starved core) gets them in bursts that way, and counts
+                # them; sent one frame each, it would count only as many as it managed
+                # to send, never turn hot, and fall behind without end.
+                self._flush_handle = loop.call_soon(self.flush)
 
     def hold(self, event: Message | None = None) -> None:
         """Hold live events (and ``event``) until the next ``fetched``: the hub is finding
@@ -189,6 +206,7 @@ class Room:
         if not self._pending:
             return
         events, self._pending = self._pending, []
+        self._sent_at = time.monotonic()
         delivery = Delivery(events, events[0]["seq"], events[-1]["seq"])
         for connection in self.connections:
             connection.deliver(delivery)

@@ -258,6 +258,7 @@ async def test_slow_viewer_is_dropped_without_delaying_others(
         GIFTWIRE_SEND_QUEUE_FRAMES_MAX="32",
         GIFTWIRE_LAGGING_S_MAX="0.5",
         GIFTWIRE_HOT_ROOM_EVENTS_PER_S="1000000",  # one frame per gift: fill queues fast
+        GIFTWIRE_BATCH_EVENTS_MAX="1",  # (not even gifts of one loop turn share a frame)
         GIFTWIRE_SOCKET_SEND_BUFFER_BYTES="8192",
     )
     server.start()
@@ -312,7 +313,7 @@ async def test_lagging_viewer_gets_every_gift_late_in_order_not_a_hole(
         redis_server.url, keys.prefix, tmp_path, **FAST,
         GIFTWIRE_SEND_QUEUE_FRAMES_MAX="8", GIFTWIRE_LAGGING_S_MAX="60",
         GIFTWIRE_HOT_ROOM_EVENTS_PER_S="1000000", GIFTWIRE_SOCKET_SEND_BUFFER_BYTES="4096",
-        GIFTWIRE_RESUME_EVENTS_MAX="10000",
+        GIFTWIRE_RESUME_EVENTS_MAX="10000", GIFTWIRE_BATCH_EVENTS_MAX="1",
     )  # fmt: skip
     server.start()
     total = 1500

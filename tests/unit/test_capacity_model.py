@@ -48,6 +48,7 @@ def test_a_process_within_its_share_and_the_plan_adds_up() -> None:
     limits = Limits()
     load = process_load(COEFFICIENTS, 1000, 1_000, limits)
     assert load["gift_frames_per_viewer_s"] == 20 and load["events_per_frame"] == 50
+    assert load["events_per_s"] == 1000 * 1_000  # every viewer, every gift
     target = plan(COEFFICIENTS)
     big = target["big_room"]
     assert big["per_process"]["server_cpu"] <= 0.7

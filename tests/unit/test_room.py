@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
+from server.realtime import room as room_module
 from server.realtime.room import Room
 from tests.unit.fakes import FakeSink, settle, viewer
 
@@ -47,10 +51,98 @@ async def test_a_quiet_room_sends_each_gift_at_once_in_order_to_everyone() -> No
     sinks = _join(room)
     for seq in range(1, 6):
         room.gift(_gift(seq))
-    await settle()
+        await asyncio.sleep(0)  # one loop turn: no tick to wait for
+        assert all(sink.seqs()[-1:] == [seq] for sink in sinks)
     for sink in sinks:
         assert sink.kinds() == ["gift"] * 5
         assert sink.seqs() == [1, 2, 3, 4, 5]
+
+
+async def test_gifts_handed_over_in_one_loop_turn_share_a_frame() -> None:
+    # What the broker does when the room fell behind: it dispatches everything one socket
+    # read brought in the same turn. One frame each would cost the crowd a frame per gift
+    # again, so the room would only ever count as many gifts as it managed to send and
+    # never turn hot (the 1/100 capacity check: 10,000 viewers, 2 of 10 gifts/s sent).
+    room, _ = _room()
+    sinks = _join(room)
+    for seq in range(1, 6):
+        room.gift(_gift(seq))
+    await settle()
+    for sink in sinks:
+        assert sink.kinds() == ["gifts"]
+        assert sink.seqs() == [1, 2, 3, 4, 5]
+
+
+class _SlowCrowd:
+    """Stands for a crowd whose frame to everyone takes ``write_s`` of the process's time
+    (10,000 viewers at 16 µs a frame on a third of a core: 0.5 s), on a fake clock."""
+
+    def __init__(self, clock: list[float], write_s: float, arrivals: list[float]) -> None:
+        self.clock, self.write_s, self.arrivals = clock, write_s, arrivals
+        self.frames: list[list[int]] = []
+        self.lags_s: list[float] = []
+
+    def deliver(self, delivery: Any) -> None:
+        seqs = [e["seq"] for e in delivery.events]
+        self.frames.append(seqs)
+        self.lags_s.append(self.clock[0] - self.arrivals[seqs[0] - 1])
+        self.clock[0] += self.write_s
+
+
+async def test_a_crowd_too_slow_for_a_frame_per_gift_turns_hot_instead_of_falling_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 10 gifts/s into a room that is hot above 4/s, and a frame to all its viewers takes
+    # 0.3 s: sent one frame per gift it delivers 3.3 a second, so it counts 3.3, stays
+    # quiet, and the gifts wait longer and longer (18 s after 10 s in the capacity check).
+    clock = [0.0]
+    monkeypatch.setattr(room_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    room = Room("s1", batch_ms=20, batch_events_max=50, hot_events_per_s=4, on_gap=lambda r: None)
+    arrivals = [n / 10 for n in range(100)]
+    crowd = _SlowCrowd(clock, 0.3, arrivals)
+    room.connections.add(crowd)  # type: ignore[arg-type]
+    handed = 0
+    while handed < len(arrivals) or room.last_seq < len(arrivals) or room._pending:
+        if handed < len(arrivals) and arrivals[handed] > clock[0] and not room._pending:
+            clock[0] = arrivals[handed]  # idle until the next gift
+        # Everything that arrived while the room was writing comes in one socket read,
+        # and the broker hands it over in one turn.
+        while handed < len(arrivals) and arrivals[handed] <= clock[0]:
+            handed += 1
+            room.gift(_gift(handed))
+        await asyncio.sleep(0.03 if room._pending else 0)  # one tick of a hot room
+    assert [s for frame in crowd.frames for s in frame] == list(range(1, 101))
+    assert max(crowd.lags_s) < 1.0  # without coalescing: 20 s by the last gift
+    assert len(crowd.frames) < 50
+
+
+async def test_a_hot_room_ticks_from_its_previous_frame_not_from_the_end_of_writing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A tick of 250 ms, and the room's frame takes 150 ms to write to everyone: the next
+    # frame is due 100 ms after that, not 250 (4 frames a second, not 2.5). Written slower
+    # than its tick (a starved core), it goes out on the next loop turn.
+    clock = [0.0]
+    monkeypatch.setattr(room_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    room = Room("s1", batch_ms=250, batch_events_max=50, hot_events_per_s=1, on_gap=lambda r: None)
+    crowd = _SlowCrowd(clock, 0.15, [0.0] * 10)
+    room.connections.add(crowd)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    room.gift(_gift(1))
+    room.gift(_gift(2))
+    await settle()  # the quiet frame, written from 0 to 0.15 s
+    assert room.hot and crowd.frames == [[1, 2]]
+    room.gift(_gift(3))
+    handle = room._flush_handle
+    assert isinstance(handle, asyncio.TimerHandle)
+    assert 0.05 < handle.when() - loop.time() <= 0.1
+    room.flush()  # at 0.15 s (early, by hand): written until 0.3 s
+    clock[0] += 0.2  # and the process was busy elsewhere until 0.5 s
+    room.gift(_gift(4))
+    assert room._flush_handle is not None
+    assert not isinstance(room._flush_handle, asyncio.TimerHandle)  # due: the next turn
+    await settle()
+    assert crowd.frames == [[1, 2], [3], [4]]
 
 
 async def test_a_hot_room_coalesces_into_batches_of_at_most_the_cap() -> None:
@@ -118,7 +210,7 @@ async def test_the_feed_copy_wins_over_a_held_one() -> None:
     room.gift(_gift(3, tid="stale"))  # held: 2 is missing
     room.fetched([_gift(2), _gift(3, tid="true")])
     await settle()
-    tids = [m["transfer_id"] for m in sink.messages()]
+    tids = [m["transfer_id"] for m in sink.gifts()]
     assert tids == ["t1", "t2", "true"]
 
 
