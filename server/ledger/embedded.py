@@ -70,6 +70,55 @@ def check_data_readable(data_dir: Path, binary: str) -> None:
         )
 
 
+AOF_CUT_SHORT = "Unexpected end of file reading the append only file"
+"""What Redis logs before it exits on an AOF whose last write a crash cut short (with
+``aof-load-truncated no``); a file damaged anywhere else says "Bad file format" instead."""
+
+
+def aof_path(data_dir: Path) -> Path | None:
+    """What ``redis-check-aof`` checks in ``data_dir``: Redis 7's manifest, else Redis 6's
+    single file; None when there is no AOF yet."""
+    for candidate in (data_dir / "appendonlydir" / "appendonly.aof.manifest",
+                      data_dir / "appendonly.aof"):  # fmt: skip
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def repair_aof_tail(data_dir: Path, binary: str) -> str:
+    """Cut the unfinished last write off the AOF in ``data_dir``: ``redis-check-aof --fix``,
+    which truncates it before the first command that is incomplete *or part of a MULTI with
+    no EXEC*. Returns what the tool said; raises if it did not fix the file.
+
+    Only for an AOF that Redis refused with ``AOF_CUT_SHORT``, before Redis appends to it:
+    what is cut was never acknowledged (Redis writes an event loop's commands to the AOF
+    before it sends any of their replies).
+    """
+    target = aof_path(data_dir)
+    if target is None:
+        raise EmbeddedRedisError(f"Redis found its AOF cut short, but {data_dir} holds none")
+    sibling = Path(binary).with_name("redis-check-aof")
+    # Redis' binary is also its checker when called by that name (argv[0]).
+    tool = str(sibling) if sibling.exists() else binary
+    done = subprocess.run(
+        ["redis-check-aof", "--fix", str(target)],
+        executable=tool, input="y\n", capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    said = done.stdout + done.stderr
+    if done.returncode != 0 or "Successfully truncated AOF" not in said:
+        raise EmbeddedRedisError(f"redis-check-aof could not repair {target}:\n{said[-2000:]}")
+    return said
+
+
+def _read_from(path: Path, offset: int) -> str:
+    """What was appended to ``path`` after ``offset`` ('' when it does not exist)."""
+    if not path.exists():
+        return ""
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: ask Linux to SIGTERM it when its parent dies, so that a
     ``kill -9`` of giftwire does not leave an orphaned redis-server behind."""
@@ -133,6 +182,12 @@ class RedisProcess:
             "--save", "",
             "--appendonly", "yes",
             "--appendfsync", self.appendfsync,
+            # A crash in the middle of writing a script's effects leaves the AOF ending
+            # inside its MULTI. With "yes" Redis 7.0 cuts only the broken command off and
+            # leaves the MULTI open in the file, so the next commands appended join it and
+            # the next start applies part of the script (or drops what follows it). With
+            # "no" it refuses to start, and start() repairs the file first.
+            "--aof-load-truncated", "no",
             # Never evict: an evicted gift receipt would let a retry charge the gift again
             # (``server/ledger/redis_config.py``). A full Redis refuses writes instead.
             "--maxmemory-policy", "noeviction",
@@ -144,7 +199,22 @@ class RedisProcess:
         return cmd + list(self.extra_args)
 
     def start(self, timeout_s: float = 10.0) -> None:
+        """Start and wait until it answers PING (its data loaded). An AOF whose last write a
+        crash cut short is repaired (``repair_aof_tail``) and the start tried once more."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.data_dir / "redis.log"
+        logged = log.stat().st_size if log.exists() else 0
+        try:
+            self._spawn(timeout_s)
+        except EmbeddedRedisError:
+            if AOF_CUT_SHORT not in _read_from(log, logged):
+                raise
+            said = repair_aof_tail(self.data_dir, self.command()[0])
+            with log.open("a") as f:
+                f.write(f"giftwire: the AOF's tail repaired (redis-check-aof --fix):\n{said}")
+            self._spawn(timeout_s)
+
+    def _spawn(self, timeout_s: float) -> None:
         self.process = subprocess.Popen(
             self.command(),
             stdout=subprocess.DEVNULL,
@@ -158,7 +228,10 @@ class RedisProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                err = ""
+                if self.process.stderr:
+                    err = self.process.stderr.read().decode()
+                    self.process.stderr.close()
                 log = self.data_dir / "redis.log"
                 tail = log.read_text()[-2000:] if log.exists() else ""
                 raise EmbeddedRedisError(f"redis-server exited: {err}{tail}")

@@ -12,6 +12,11 @@ Two settings of Redis decide whether an acknowledged transfer stays applied exac
   ``always`` (or ``always+replica``) a Redis that does not fsync every write is refused;
   with ``everysec`` a Redis without AOF only gets a warning.
 
+One more only gets a warning, whatever the durability: ``aof-load-truncated yes`` (Redis'
+default) lets Redis 7.0 load an AOF that a crash cut inside a script's ``MULTI`` and leave
+that ``MULTI`` open in the file, so that a later start applies half the script
+(``docs/operations.md``, "A crash in the middle of a script's write").
+
 The functions that judge a configuration are pure; only ``read_config`` talks to Redis.
 """
 
@@ -56,6 +61,8 @@ class RedisConfig:
     version: str
     run_id: str = ""
     """Changes with every restart of Redis (and with a failover to another server)."""
+    aof_load_truncated: bool | None = None
+    """``aof-load-truncated``; None when ``CONFIG GET`` is refused."""
 
 
 def _text(value: object) -> str:
@@ -65,13 +72,13 @@ def _text(value: object) -> str:
 async def read_config(redis: Redis) -> RedisConfig:
     """One ``INFO`` and one ``CONFIG GET``: what ``config_problems`` judges."""
     info = cast(dict[str, object], await redis.info())
-    appendfsync: str | None
+    appendfsync: str | None = None
+    load_truncated: str | None = None
     try:
-        raw = cast(dict[object, object], await redis.config_get("appendfsync"))
-        found = raw.get("appendfsync", raw.get(b"appendfsync"))
-        appendfsync = _text(found) if found is not None else None
+        appendfsync = await _config_value(redis, "appendfsync")
+        load_truncated = await _config_value(redis, "aof-load-truncated")
     except redis_errors.ResponseError:
-        appendfsync = None
+        pass
     return RedisConfig(
         maxmemory_policy=_text(info.get("maxmemory_policy", "unknown")),
         aof_enabled=str(info.get("aof_enabled", "0")) == "1",
@@ -79,7 +86,14 @@ async def read_config(redis: Redis) -> RedisConfig:
         connected_replicas=int(str(info.get("connected_slaves", "0"))),
         version=_text(info.get("redis_version", "unknown")),
         run_id=_text(info.get("run_id", "")),
+        aof_load_truncated=None if load_truncated is None else load_truncated == "yes",
     )
+
+
+async def _config_value(redis: Redis, name: str) -> str | None:
+    raw = cast(dict[object, object], await redis.config_get(name))
+    found = raw.get(name, raw.get(name.encode()))
+    return _text(found) if found is not None else None
 
 
 def config_problems(config: RedisConfig, durability: Durability) -> list[str]:
@@ -119,17 +133,25 @@ def replica_problems(config: RedisConfig, durability: Durability, replicas: int)
 
 
 def config_warnings(config: RedisConfig, durability: Durability) -> list[str]:
-    """What is allowed but loses acknowledged writes on a crash: logged at start."""
+    """What is allowed but loses acknowledged writes, or applies half a script, after a
+    crash: logged at start."""
+    warnings: list[str] = []
+    if config.aof_enabled and config.aof_load_truncated:
+        warnings.append(
+            "Redis runs aof-load-truncated yes: after a crash in the middle of an AOF write "
+            "a later restart can apply half a script; set aof-load-truncated no and run "
+            "redis-check-aof --fix when Redis then refuses to start (docs/operations.md)"
+        )
     if durability is not Durability.EVERYSEC:
-        return []
+        return warnings
     if not config.aof_enabled:
-        return [
+        warnings.append(
             "Redis runs without AOF (appendonly no): a Redis restart loses every balance "
             "since its last snapshot; set appendonly yes"
-        ]
-    if config.appendfsync == "no":
-        return [
+        )
+    elif config.appendfsync == "no":
+        warnings.append(
             "Redis runs appendfsync no: a machine crash loses the acknowledged writes of "
             "up to about 30 s; set appendfsync everysec or always"
-        ]
-    return []
+        )
+    return warnings

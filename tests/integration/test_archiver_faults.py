@@ -42,6 +42,7 @@ KILLS_MIN = 5
 EXTRA_ROUNDS_MAX = 10
 EXTRA_ROUND_TRANSFERS = 2_000
 LEASE_TTL_MS = 500
+REDIS_START_WAIT_S = 60.0
 
 
 class ArchiverProcess:
@@ -114,7 +115,9 @@ async def _chaos(
             killed_ms = int(time.time() * 1000)
             redis.kill()
             await asyncio.sleep(rng.uniform(0.0, 0.2))
-            await asyncio.to_thread(redis.start)
+            # Late in the load its AOF takes 5 s and more to replay on a loaded machine:
+            # more than start()'s default wait for it.
+            await asyncio.to_thread(redis.start, REDIS_START_WAIT_S)
             restarts.append(f"killed at {killed_ms}: {await _last_log_id(redis.url)}")
         kills[0] += 1
 

@@ -73,6 +73,21 @@ def test_everysec_only_warns_about_a_redis_without_aof_or_fsync() -> None:
         assert len(config_warnings(config, Durability.EVERYSEC)) == 1
 
 
+def test_aof_load_truncated_yes_is_warned_about_under_every_durability() -> None:
+    loads_half_scripts = _with(appendfsync="always", aof_load_truncated=True)
+    for durability in Durability:
+        assert config_problems(loads_half_scripts, durability) == []
+        warnings = config_warnings(loads_half_scripts, durability)
+        assert len(warnings) == 1 and "aof-load-truncated yes" in warnings[0]
+        # Not set (the embedded Redis), or not readable: nothing to say.
+        assert (
+            config_warnings(_with(appendfsync="always", aof_load_truncated=False), durability) == []
+        )
+        assert config_warnings(_with(appendfsync="always"), durability) == []
+    without_aof = _with(aof_enabled=False, aof_load_truncated=True)
+    assert "aof-load-truncated" not in " ".join(config_warnings(without_aof, Durability.EVERYSEC))
+
+
 def test_replicas_are_counted_only_for_always_replica() -> None:
     config = _with(appendfsync="always", connected_replicas=1)
     assert replica_problems(config, Durability.ALWAYS_REPLICA, 1) == []
