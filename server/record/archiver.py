@@ -306,6 +306,7 @@ class Archiver:
     async def run(self, stop: asyncio.Event) -> None:
         """Archive until ``stop`` is set: hold the lease, step, retry failures with backoff."""
         active, retry_s, renew_at = False, 0.2, 0.0
+        ever_active = False
         renew_every_s = self.config.lease_ttl_ms / 3000
         try:
             while not stop.is_set():
@@ -314,6 +315,7 @@ class Archiver:
                         was_active, active = active, await self.lease.acquire_or_renew()
                         renew_at = time.monotonic() + renew_every_s
                         if active and not was_active:
+                            ever_active = True
                             log.info("archiver %s is active", self.consumer)
                             await self.take_over()
                     if not active:
@@ -332,7 +334,10 @@ class Archiver:
                     await _wait(stop, retry_s)
                     retry_s = min(retry_s * 2, self.config.retry_s_max)
         finally:
-            if active:
+            # Also after an error took the lease away from this loop (it may still be ours
+            # in Redis): trimming below safe_trim_id is safe for any process, and release
+            # only deletes a lease that is still ours.
+            if ever_active:
                 with contextlib.suppress(redis_errors.RedisError, OSError):
                     # A last trim of what was recorded since the timer's last one, so that a
                     # stopped archiver leaves the log no longer than it must.

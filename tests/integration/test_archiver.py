@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from server.ledger.keys import Keys
@@ -184,3 +185,37 @@ async def _until(read: object, want: int, timeout_s: float = 30.0) -> None:
     while (got := await read()) < want:
         assert asyncio.get_running_loop().time() < deadline, f"recorded {got} of {want}"
         await asyncio.sleep(0.05)
+
+
+async def test_an_archiver_stopped_while_it_backs_off_still_trims_what_it_recorded(
+    ledger: Ledger, record_pool: RecordPool
+) -> None:
+    # The timer's trims never come (a long interval), so only the last trim on stop can
+    # shorten the log; the archiver stops while it backs off after an error, which took
+    # the lease away from its loop (the lease itself is still its own in Redis).
+    slow_trims = ArchiverConfig(
+        batch_max=100, block_ms=20, claim_idle_ms=60_000, lease_ttl_ms=2_000,
+        trim_interval_s=3600, retry_s_max=60,
+    )  # fmt: skip
+    arch = Archiver(ledger.redis, record_pool, ledger.keys, config=slow_trims, consumer="a1")
+    ids = await mixed_transfers(ledger, 500)
+    stop, failures = asyncio.Event(), [0]
+    step = arch.step
+
+    async def failing_once_recorded() -> int:
+        if await recorded_count(record_pool) >= len(ids):
+            failures[0] += 1
+            raise redis_errors.ConnectionError("Redis went away")
+        return await step()
+
+    arch.step = failing_once_recorded  # type: ignore[method-assign]
+    task = asyncio.create_task(arch.run(stop))
+    await _until(lambda: _count(failures), 1)
+    assert len(await _log_ids(ledger.redis, ledger.keys)) > 100  # nothing trimmed yet
+    stop.set()
+    await task
+    assert len(await _log_ids(ledger.redis, ledger.keys)) <= 100
+
+
+async def _count(box: list[int]) -> int:
+    return box[0]
