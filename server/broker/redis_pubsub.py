@@ -159,6 +159,9 @@ class RedisPubSubBroker:
         if not self._streams:
             return
         await self._send_subscribe(self._ensure_pubsub(), *self._streams)
+        # Connected before the rooms hear of the loss: a room that repairs its gap and asks
+        # (readyz, the hub) must not find the broker still down.
+        self._connected = True
         log.warning("pub/sub connection back; reading missed events from the feeds")
         if self._listener is not None:
             self._listener.room_events_lost(None)
