@@ -43,8 +43,7 @@ async def test_a_guests_diamonds_are_held_and_cash_out_takes_only_withdrawable(
     stream, creator = await live_stream(ledger)
     guest = uid("guest")
     await on_stage(ledger, stream, creator, guest)
-    fan = uid("fan")
-    await ledger.top_up(payment_id="p" + fan, user_id=fan, coins=10_000)
+    fan = await bought(ledger, 10_000)
     await gift(ledger, fan, stream, creator, gift_id="interstellar", to=guest)
     balance = await ledger.balance(guest)
     assert (balance.diamonds, balance.held_diamonds, balance.withdrawable_diamonds) == (
