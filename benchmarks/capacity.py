@@ -5,14 +5,15 @@ the model's prediction checked against a run at 1/100 of the target.
 
 Measured here, each in the same run:
 
-* Redis CPU per gift script on one node (``send_gift.lua``), from ``INFO commandstats``;
+* Redis CPU per gift script on one node (``send_gift.lua``), from ``/proc``, with 64 calls
+  in flight and paced at the check's rate (the model uses the paced figure);
 * on a loopback 3-primary cluster, Redis CPU per debit (``debit_gift.lua``) and per
   credited transfer (``credit_gifts.lua``, batched for one hot creator), each leg on its
-  own primary;
+  own primary, the same two ways;
 * Redis CPU per ``PUBLISH`` of one event to 1 and to 8 subscribed connections: the relay
   cost of each server node a room's channel feeds (the first level of the fan-out tree);
 * bytes per event on the wire (a ``gifts`` frame of 1 and of 50 events, JSON, as sent);
-* giftwire's server CPU per frame for small and for full frames (1,000 viewers), fitted to
+* giftwire's server CPU per frame for small and for full frames (3,000 viewers), fitted to
   ``a + b × bytes``, and memory per idle connection;
 * then the check: the model predicts the server CPU per delivered event at 10,000 viewers
   and 1,000 gifts/s into one room from the coefficients above, and a run at that load
@@ -25,6 +26,7 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,36 +54,77 @@ async def _usec_per_call(redis: Redis, command: str) -> float:
     return float(entry.get("usec_per_call", 0.0))
 
 
-async def redis_gift_cpu(redis_url: str, redis_pid: int, gifts: int) -> dict[str, float]:
-    """Redis CPU per send_gift script call, 64 calls in flight (the runner pipelines): the
-    server's own CPU time from /proc (``INFO commandstats`` times the call by the clock,
-    which a loaded machine's preemption inflates; it is kept beside for comparison)."""
+IN_FLIGHT = 64
+"""Senders of the coefficient runs: pipelined, each sends its next gift when the last is
+answered (64 calls in flight); paced, each one gift every ``IN_FLIGHT / rate`` seconds."""
+
+
+async def drive(
+    send: Callable[[str, int], Awaitable[Any]],
+    senders: list[str],
+    per_sender: int,
+    rate: float | None,
+) -> None:
+    """``per_sender`` calls of ``send(sender, n)`` for each sender, concurrently. With a
+    ``rate``, paced as a crowd of server processes sends: each sender one call every
+    ``len(senders) / rate`` seconds, the senders' starts staggered evenly over that interval
+    (so calls mostly arrive alone, as they do at a primary fed by many processes), as the
+    check's load process does (``capacity_load.py``)."""
+    interval = len(senders) / rate if rate else 0.0
+    start = time.monotonic()
+
+    async def one(index: int, sender: str) -> None:
+        next_at = start + index * interval / len(senders)
+        for n in range(per_sender):
+            if interval:
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                next_at += interval
+            await send(sender, n)
+
+    await asyncio.gather(*(one(i, s) for i, s in enumerate(senders)))
+
+
+async def _reads_processed(redis: Redis) -> int:
+    return int((await redis.info("stats")).get("total_reads_processed", 0))
+
+
+async def redis_gift_cpu(
+    redis_url: str, redis_pid: int, gifts: int, rate: float
+) -> dict[str, float]:
+    """Redis CPU per send_gift script call, pipelined (64 in flight) and paced at ``rate``
+    gifts/s: the server's own CPU time from /proc (``INFO commandstats`` times the call by
+    the clock, which a loaded machine's preemption inflates; it is kept beside). A paced
+    call mostly arrives alone and pays Redis' read and write system calls by itself; the
+    calls per read (``INFO stats``) show how alone."""
     redis = Redis.from_url(redis_url)
     fast = Limits(gifts_per_s_max=1_000_000, gift_burst_max=1_000_000)
     ledger = Ledger(redis, keys=Keys(f"cap{time.time_ns() % 10**6}:"), limits=fast)
+    out: dict[str, float] = {}
     try:
         await ledger.prepare(load_catalog())
         await ledger.start_stream(stream_id="cap", creator_id="cap_creator", title="capacity")
-        senders = [f"s{i}" for i in range(64)]
+        senders = [f"s{i}" for i in range(IN_FLIGHT)]
         for sender in senders:
             await ledger.top_up(payment_id=f"p-{sender}", user_id=sender, coins=10**9)
-        await redis.config_resetstat()
-        cpu_before = cpu_seconds(redis_pid)
+        per_sender = gifts // len(senders)
+        for name, pace in (("gift_script", None), ("gift_script_paced", rate)):
 
-        async def send(sender: str, count: int) -> None:
-            for n in range(count):
+            async def send(sender: str, n: int, name: str = name) -> None:
                 await ledger.send_gift(
-                    client_id=f"{sender}-{n}", sender_id=sender, sender_name=sender,
+                    client_id=f"{name}-{sender}-{n}", sender_id=sender, sender_name=sender,
                     stream_id="cap", creator_id="cap_creator", gift_id="rose", count=1,
                 )  # fmt: skip
 
-        per_sender = gifts // len(senders)
-        await asyncio.gather(*(send(s, per_sender) for s in senders))
-        used = cpu_seconds(redis_pid) - cpu_before
-        return {
-            "gift_script_us": round(used * 1e6 / (per_sender * len(senders)), 2),
-            "gift_script_clock_us": await _usec_per_call(redis, "evalsha"),
-        }
+            await redis.config_resetstat()
+            reads_before, cpu_before = await _reads_processed(redis), cpu_seconds(redis_pid)
+            await drive(send, senders, per_sender, pace)
+            used = cpu_seconds(redis_pid) - cpu_before
+            calls = per_sender * len(senders)
+            reads = await _reads_processed(redis) - reads_before
+            out[f"{name}_us"] = round(used * 1e6 / calls, 2)
+            out[f"{name}_clock_us"] = await _usec_per_call(redis, "evalsha")
+            out[f"{name}_calls_per_read"] = round(calls / max(reads, 1), 2)
+        return out
     finally:
         await redis.aclose()
 
@@ -116,10 +159,12 @@ async def redis_publish_cpu(redis_url: str, messages: int) -> dict[str, float]:
     return out
 
 
-async def cluster_leg_cpu(base_dir: Path, gifts: int) -> dict[str, float]:
+async def cluster_leg_cpu(base_dir: Path, gifts: int, rate: float) -> dict[str, float]:
     """Redis µs per debit (debit_gift.lua) and per credited transfer (credit_gifts.lua,
     batched per stream) on a loopback 3-primary cluster: every sender on one primary, the
-    hot creator on another, so each primary's EVALSHA time is one leg's."""
+    hot creator on another, so each primary's EVALSHA time is one leg's. Pipelined (64 in
+    flight: the credits batch ~27 to a call) and paced at ``rate`` (the model's figures:
+    what a primary fed by many server processes sees, credits mostly one to a call)."""
     from server.ledger.cluster_keys import ClusterKeys, slot_of
     from server.ledger.cluster_ledger import ClusterLedger
     from server.ledger.cluster_runner import ClusterScriptRunner
@@ -131,6 +176,7 @@ async def cluster_leg_cpu(base_dir: Path, gifts: int) -> dict[str, float]:
     keys = ClusterKeys("cap:")
     limits = Limits(gifts_per_s_max=1_000_000, gift_burst_max=1_000_000)
     ledger = ClusterLedger(runner, keys=keys, limits=limits)
+    clients: dict[int, Redis] = {}
     try:
         await ledger.prepare(load_catalog())
         owner = {p.port: p for p in cluster.primaries()}
@@ -141,40 +187,47 @@ async def cluster_leg_cpu(base_dir: Path, gifts: int) -> dict[str, float]:
         creator = "hot_creator"
         ports = sorted(owner)
         sender_port = next(p for p in ports if p != port_of(creator))
-        senders = [u for u in (f"s{i}" for i in range(2000)) if port_of(u) == sender_port][:64]
+        credit_port = port_of(creator)
+        senders = [u for u in (f"s{i}" for i in range(2000)) if port_of(u) == sender_port]
+        senders = senders[:IN_FLIGHT]
         await ledger.start_stream(stream_id="cap", creator_id=creator, title="capacity")
         for sender in senders:
             await ledger.top_up(payment_id=f"p-{sender}", user_id=sender, coins=10**9)
         clients = {port: Redis(port=port) for port in ports}
-        for client in clients.values():
-            await client.config_resetstat()
         pids = {node.port: node.process.pid for node in cluster.nodes if node.process}
-        cpu_before = {port: cpu_seconds(pids[port]) for port in ports}
+        per_sender = gifts // len(senders)
+        sent = per_sender * len(senders)
+        out: dict[str, float] = {}
+        for suffix, pace in (("_pipelined", None), ("", rate)):
 
-        async def send(sender: str, count: int) -> None:
-            for n in range(count):
+            async def send(sender: str, n: int, suffix: str = suffix) -> None:
                 await ledger.send_gift(
-                    client_id=f"{sender}-{n}", sender_id=sender, sender_name=sender,
+                    client_id=f"{sender}-{n}{suffix}", sender_id=sender, sender_name=sender,
                     stream_id="cap", creator_id=creator, gift_id="rose", count=1,
                 )  # fmt: skip
 
-        sent = gifts // len(senders) * len(senders)
-        await asyncio.gather(*(send(s, gifts // len(senders)) for s in senders))
-        used = {port: cpu_seconds(pids[port]) - cpu_before[port] for port in ports}
-        stats = {port: await c.info("commandstats") for port, c in clients.items()}
+            for client in clients.values():
+                await client.config_resetstat()
+            cpu_before = {port: cpu_seconds(pids[port]) for port in ports}
+            await drive(send, senders, per_sender, pace)
+            used = {port: cpu_seconds(pids[port]) - cpu_before[port] for port in ports}
+            stats = {port: await c.info("commandstats") for port, c in clients.items()}
+            debit = stats[sender_port].get("cmdstat_evalsha", {})
+            credit = stats[credit_port].get("cmdstat_evalsha", {})
+            calls = max(int(credit.get("calls", 1)), 1)
+            out |= {
+                # The whole node's CPU per gift: the script, its connection, the outbox
+                # cleanup.
+                f"debit{suffix}_us": round(used[sender_port] * 1e6 / sent, 2),
+                f"credit{suffix}_us_per_transfer": round(used[credit_port] * 1e6 / sent, 2),
+                f"credit{suffix}_transfers_per_call": round(sent / calls, 1),
+                f"debit{suffix}_clock_us": float(debit.get("usec_per_call", 0.0)),
+                f"credit{suffix}_clock_us_per_call": float(credit.get("usec_per_call", 0.0)),
+            }
+        return out
+    finally:
         for client in clients.values():
             await client.aclose()
-        debit = stats[sender_port].get("cmdstat_evalsha", {})
-        credit = stats[port_of(creator)].get("cmdstat_evalsha", {})
-        return {
-            # The whole node's CPU per gift: the script, its connection, the outbox cleanup.
-            "debit_us": round(used[sender_port] * 1e6 / sent, 2),
-            "credit_us_per_transfer": round(used[port_of(creator)] * 1e6 / sent, 2),
-            "credit_transfers_per_call": round(sent / max(int(credit.get("calls", 1)), 1), 1),
-            "debit_clock_us": float(debit.get("usec_per_call", 0.0)),
-            "credit_clock_us_per_call": float(credit.get("usec_per_call", 0.0)),
-        }
-    finally:
         await ledger.aclose()
         await runner.aclose()
         cluster.stop()
@@ -218,14 +271,14 @@ async def measure(
     *,
     viewers: int = 10_000,
     rate: float = 1000.0,
-    calibration_viewers: int = 1000,
+    calibration_viewers: int = 3000,
 ) -> dict[str, Any]:
     limits = Limits()
     progress("capacity: Redis CPU per gift script and per publish")
     coefficients: dict[str, Any] = {
-        **await redis_gift_cpu(redis_url, redis_pid, 4096),
+        **await redis_gift_cpu(redis_url, redis_pid, 4096, rate),
         **await redis_publish_cpu(redis_url, 20_000),
-        **await cluster_leg_cpu(log_dir / "cluster", 4096),
+        **await cluster_leg_cpu(log_dir / "cluster", 4096, rate),
         "frame_bytes_1": frame_bytes(1),
         "frame_bytes_50": frame_bytes(50),
     }
@@ -254,7 +307,8 @@ async def measure(
     achieved = measured["gifts_per_s"]
     big_rate = measured["big_room_gifts_per_s"]
     predicted = process_load(model, big_rate, measured["held"], limits)
-    predicted["redis_cpu"] = round(achieved * coefficients["gift_script_us"] / 1e6, 3)
+    # Paced: the check's load is (capacity_load.py, as ``drive`` paces).
+    predicted["redis_cpu"] = round(achieved * coefficients["gift_script_paced_us"] / 1e6, 3)
     # The cost of one frame as the run wrote them (its events per frame), against the model.
     frames = max(measured["frames_per_s"], 1)
     measured["server_us_per_frame"] = round(measured["server_cpu"] * 1e6 / frames, 2)

@@ -34,10 +34,16 @@ async def run(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     every = round(1 / args.big_share)
 
+    interval = args.senders / args.rate
+    start = time.monotonic()
+
     async def sender(index: int) -> None:
-        interval = args.senders / args.rate
-        next_at = time.monotonic()
+        # Staggered evenly over the interval, so that calls mostly arrive alone (as at a
+        # primary fed by many server processes); capacity.drive paces the same way.
+        next_at = start + index * interval / args.senders
         for n in range(10**9):
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += interval
             if stop.is_set():
                 return
             number = n * args.senders + index
@@ -51,8 +57,6 @@ async def run(args: argparse.Namespace) -> None:
                 stream_id=stream, creator_id=creator, gift_id="rose", count=1,
             )  # fmt: skip
             sent[0] += 1
-            next_at += interval
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
     tasks = [asyncio.create_task(sender(i)) for i in range(args.senders)]
     await asyncio.sleep(args.warmup_s)
