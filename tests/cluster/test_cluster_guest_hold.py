@@ -40,11 +40,9 @@ async def ledger(redis_cluster: RedisCluster, keys: Keys) -> AsyncIterator[Clust
 async def test_a_guests_diamonds_are_held_and_cash_out_takes_only_withdrawable(
     ledger: ClusterLedger,
 ) -> None:
-    stream, creator = await live_stream(ledger)
-    guest = uid("guest")
-    await on_stage(ledger, stream, creator, guest)
+    stream, creator, guest = await one_guest_on_stage(ledger)
     fan = await bought(ledger, 10_000)
-    await gift(ledger, fan, stream, creator, gift_id="interstellar", to=guest)
+    await interstellar(ledger, fan, stream, creator, guest)
     balance = await ledger.balance(guest)
     assert (balance.diamonds, balance.held_diamonds, balance.withdrawable_diamonds) == (
         5_000, 5_000, 0,
@@ -62,6 +60,21 @@ async def test_a_guests_diamonds_are_held_and_cash_out_takes_only_withdrawable(
     out = await ledger.cash_out(client_id="c1", creator_id=guest, diamonds=5_000)
     assert out.balance == 0
     await reconciled(ledger)
+
+
+async def one_guest_on_stage(ledger: ClusterLedger) -> tuple[str, str, str]:
+    """A live stream (stream, creator) with one guest on its stage."""
+    stream, creator = await live_stream(ledger)
+    guest = uid("guest")
+    await on_stage(ledger, stream, creator, guest)
+    return stream, creator, guest
+
+
+async def interstellar(
+    ledger: ClusterLedger, sender: str, stream: str, creator: str, guest: str
+) -> None:
+    """10,000 coins from ``sender`` to ``guest``: 5,000 diamonds, held."""
+    await gift(ledger, sender, stream, creator, gift_id="interstellar", to=guest)
 
 
 async def bought(ledger: ClusterLedger, coins: int) -> str:
@@ -136,7 +149,7 @@ async def test_a_redirected_gift_is_clawed_back_from_the_creator(ledger: Cluster
         return await credit(transfer)
 
     ledger.credits.credit = leaves_first  # type: ignore[method-assign]
-    await gift(ledger, buyer, stream, creator, gift_id="interstellar", to=guest)
+    await interstellar(ledger, buyer, stream, creator, guest)
     ledger.credits.credit = credit  # type: ignore[method-assign]
     assert await diamonds(ledger, creator, guest, other) == [(5_000, 5_000), (0, 0), (5_000,) * 2]
     refund = await charge_back(ledger, buyer, 20_000)
@@ -148,11 +161,9 @@ async def test_a_redirected_gift_is_clawed_back_from_the_creator(ledger: Cluster
 async def test_a_chargeback_after_the_hold_is_debt_and_claws_nothing(
     ledger: ClusterLedger,
 ) -> None:
-    stream, creator = await live_stream(ledger)
-    guest = uid("guest")
-    await on_stage(ledger, stream, creator, guest)
+    stream, creator, guest = await one_guest_on_stage(ledger)
     buyer = await bought(ledger, 10_000)
-    await gift(ledger, buyer, stream, creator, gift_id="interstellar", to=guest)
+    await interstellar(ledger, buyer, stream, creator, guest)
     await age(ledger, [buyer, creator, guest], HOLD_DAYS + 1)
     refund = await charge_back(ledger, buyer, 10_000)
     assert (refund.reversed, refund.debt_added) == (0, 10_000)
@@ -226,11 +237,9 @@ async def test_a_crash_after_the_refund_or_after_the_creators_hop_is_the_relays(
 async def test_a_clawback_before_the_credit_waits_and_takes_nobody_elses_diamonds(
     ledger: ClusterLedger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stream, creator = await live_stream(ledger)
-    guest = uid("guest")
-    await on_stage(ledger, stream, creator, guest)
+    stream, creator, guest = await one_guest_on_stage(ledger)
     other, buyer = await bought(ledger, 10_000), await bought(ledger, 10_000)
-    await gift(ledger, other, stream, creator, gift_id="interstellar", to=guest)
+    await interstellar(ledger, other, stream, creator, guest)
     assert await diamonds(ledger, guest) == [(5_000, 5_000)]
 
     async def down(transfer: Transfer) -> CreditResult:
@@ -238,7 +247,7 @@ async def test_a_clawback_before_the_credit_waits_and_takes_nobody_elses_diamond
 
     monkeypatch.setattr(ledger.credits, "credit", down)
     with pytest.raises(UnavailableError):
-        await gift(ledger, buyer, stream, creator, gift_id="interstellar", to=guest)
+        await interstellar(ledger, buyer, stream, creator, guest)
     monkeypatch.undo()
     refund = await charge_back(ledger, buyer, 10_000)
     assert (refund.reversed, refund.debt_added) == (10_000, 0)  # claimed: its gift is held
@@ -254,11 +263,9 @@ async def test_a_clawback_before_the_credit_waits_and_takes_nobody_elses_diamond
 async def test_a_guest_clawback_before_the_guest_credit_waits(
     ledger: ClusterLedger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stream, creator = await live_stream(ledger)
-    guest = uid("guest")
-    await on_stage(ledger, stream, creator, guest)
+    stream, creator, guest = await one_guest_on_stage(ledger)
     other, buyer = await bought(ledger, 10_000), await bought(ledger, 10_000)
-    await gift(ledger, other, stream, creator, gift_id="interstellar", to=guest)
+    await interstellar(ledger, other, stream, creator, guest)
 
     async def died(credit: GuestCredit) -> GuestResult:
         raise UnavailableError("died between the credit and the guest-credit")
@@ -320,12 +327,10 @@ async def test_a_chargeback_while_gifts_to_guests_are_credited_from_three_proces
 async def test_reconcile_finds_a_lost_guest_clawback_and_a_changed_note(
     ledger: ClusterLedger,
 ) -> None:
-    stream, creator = await live_stream(ledger)
-    guest = uid("guest")
-    await on_stage(ledger, stream, creator, guest)
+    stream, creator, guest = await one_guest_on_stage(ledger)
     buyer = await bought(ledger, 20_000)
-    await gift(ledger, buyer, stream, creator, gift_id="interstellar", to=guest)
-    await gift(ledger, buyer, stream, creator, gift_id="interstellar", to=guest)
+    await interstellar(ledger, buyer, stream, creator, guest)
+    await interstellar(ledger, buyer, stream, creator, guest)
     refund = await ledger.refund(payment_id="p" + buyer, user_id=buyer, refund_id="r1",
                                  coins=10_000)  # fmt: skip
     assert refund.reversed == 10_000

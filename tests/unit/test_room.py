@@ -89,18 +89,34 @@ class _SlowCrowd:
         self.clock[0] += self.write_s
 
 
+def _room_on_a_clock(
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    batch_ms: int,
+    hot: int,
+    write_s: float,
+    arrivals: list[float] | None = None,
+) -> tuple[Room, _SlowCrowd]:
+    """A room on a fake clock (the crowd's, from 0) with one slow crowd in it."""
+    crowd = _SlowCrowd([0.0], write_s, arrivals or [0.0] * 10)
+    clock = crowd.clock
+    monkeypatch.setattr(room_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    room = Room(
+        "s1", batch_ms=batch_ms, batch_events_max=50, hot_events_per_s=hot, on_gap=lambda r: None
+    )
+    room.connections.add(crowd)  # type: ignore[arg-type]
+    return room, crowd
+
+
 async def test_a_crowd_too_slow_for_a_frame_per_gift_turns_hot_instead_of_falling_behind(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # 10 gifts/s into a room that is hot above 4/s, and a frame to all its viewers takes
     # 0.3 s: sent one frame per gift it delivers 3.3 a second, so it counts 3.3, stays
     # quiet, and the gifts wait longer and longer (18 s after 10 s in the capacity check).
-    clock = [0.0]
-    monkeypatch.setattr(room_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    room = Room("s1", batch_ms=20, batch_events_max=50, hot_events_per_s=4, on_gap=lambda r: None)
     arrivals = [n / 10 for n in range(100)]
-    crowd = _SlowCrowd(clock, 0.3, arrivals)
-    room.connections.add(crowd)  # type: ignore[arg-type]
+    room, crowd = _room_on_a_clock(monkeypatch, batch_ms=20, hot=4, write_s=0.3, arrivals=arrivals)
+    clock = crowd.clock
     handed = 0
     while handed < len(arrivals) or room.last_seq < len(arrivals) or room._pending:
         if handed < len(arrivals) and arrivals[handed] > clock[0] and not room._pending:
@@ -122,11 +138,8 @@ async def test_a_hot_room_ticks_from_its_previous_frame_not_from_the_end_of_writ
     # A tick of 250 ms, and the room's frame takes 150 ms to write to everyone: the next
     # frame is due 100 ms after that, not 250 (4 frames a second, not 2.5). Written slower
     # than its tick (a starved core), it goes out on the next loop turn.
-    clock = [0.0]
-    monkeypatch.setattr(room_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    room = Room("s1", batch_ms=250, batch_events_max=50, hot_events_per_s=1, on_gap=lambda r: None)
-    crowd = _SlowCrowd(clock, 0.15, [0.0] * 10)
-    room.connections.add(crowd)  # type: ignore[arg-type]
+    room, crowd = _room_on_a_clock(monkeypatch, batch_ms=250, hot=1, write_s=0.15)
+    clock = crowd.clock
     loop = asyncio.get_running_loop()
     room.gift(_gift(1))
     room.gift(_gift(2))
