@@ -2,10 +2,24 @@
 
 A room's shard channel (``cluster_keys``: ``{u:CREATOR}:s:STREAM:room``) lives in the slot
 of its creator; the credit leg ``SPUBLISH``es each gift there, and Redis delivers a shard
-message only to the subscribers *of the node that owns the slot*. So this broker keeps one
-pub/sub connection per primary that serves one of its rooms (a ``_Link``: at most as many
-as the cluster has primaries, never one per room) and subscribes each room on the link of
-its slot's owner.
+message only to the subscribers *of the nodes of the shard that owns the slot*: its
+primary, and each of its replicas (the primary sends it to them over the cluster bus). So
+this broker keeps one pub/sub connection per node that serves one of its rooms (a
+``_Link``: at most one per node of the cluster, never one per room) and subscribes each
+room on one node of its slot's shard, chosen by ``shard_nodes`` from the role set by
+``GIFTWIRE_CLUSTER_SUBSCRIBE``: the primary (the default), or one replica per process
+(``replica``: the replicas relay the events to the server processes in the primary's
+place; the primary while the shard lists no replica that is up).
+
+What Redis 7.0.15 does on a replica (measured on the loopback cluster, ``tests/cluster/
+test_sharded_broker_replicas.py``): ``SSUBSCRIBE`` is accepted by a replica of the
+channel's shard without ``READONLY`` (and with it); a node of another shard answers
+``MOVED slot primary``. A ``SPUBLISH`` on the primary and a classic ``PUBLISH`` (from any
+node) both reach a subscriber on the replica, and what one script published on the
+primary (``SPUBLISH``, ``PUBLISH``, ``SPUBLISH``) arrives in that order. When the replica
+is promoted its subscriptions stay and keep delivering. A replica made a replica of
+another shard (``CLUSTER REPLICATE``) keeps its subscriptions *silently*: no
+``sunsubscribe``, and no more shard messages; only the slot map shows it (below).
 
 The stream's state changes (``start_stream``, ``end_stream``, ``bump_epoch``) are still sent
 with classic ``PUBLISH`` on the same channel name, which a cluster copies to every node:
@@ -21,14 +35,22 @@ Following the cluster:
 * **A node dies** (kill -9, a lost connection): its link's read fails; every room of that
   link becomes homeless, and the same repair runs, retried with a backoff until the
   cluster has promoted a replica and the slot map names it.
-* **A node goes silent** (a partition): nothing fails on a quiet link, so the slot map is
-  read again every ``AUDIT_INTERVAL_S`` while rooms are open, and a room whose slot has
-  another owner than its link is moved.
+* **A node goes silent** (a partition) **or changes shard**: nothing fails on a quiet
+  link, so the slot map is read again every ``AUDIT_INTERVAL_S`` while rooms are open, and
+  a room whose link is not (any) node of its slot's shard in the chosen role is moved.
+* **On replicas** (``replica``): a replica's lost link holds that replica back for
+  ``REPLICA_HOLD_S`` (the slot map lists a dead replica until the cluster marks it failed,
+  ``cluster-node-timeout``), and its rooms go to another replica or the primary. A room on
+  the primary for want of a replica moves to one once the map lists one that is not held
+  back; a replica promoted to primary keeps its rooms while the shard has no other
+  replica. A replica may also miss shard messages without any error (the cluster bus
+  between it and its primary dropped and reconnected): the hub's repairs cover that as
+  any gap (a jump in sequence, or a stats tick seeing a higher sequence than the room's).
 
-Order: one room's events come on one connection, in the order its node published them.
+Order: one room's events come on one connection, in the order its primary published them.
 Delivery: at most once; every gap (above) ends with ``room_events_lost`` once the room is
 subscribed again, so the hub's feed reads make it at least once. Reads (snapshot, feed,
-presence) go to the primary of each key's slot (``ClusterRooms``).
+presence) go to the primary of each key's slot (``ClusterRooms``) in either role.
 """
 
 from __future__ import annotations
@@ -48,6 +70,7 @@ from redis.backoff import NoBackoff
 
 from server.broker.cluster_rooms import ClusterRooms
 from server.broker.rooms_read import epoch_position, presence_entry, room_snapshot, viewers_sum
+from server.broker.shard_nodes import SubscribeRole, candidates, serves
 from server.domain.errors import UnavailableError
 from server.domain.limits import PUBSUB_DRAIN_MAX
 from server.ledger.cluster_keys import slot_of
@@ -60,12 +83,14 @@ log = logging.getLogger("giftwire.broker")
 AUDIT_INTERVAL_S = 1.0
 """How often the slot map is read again while rooms are open (finds a silent node's rooms)."""
 BACKOFF_MAX_S = 1.0
+REPLICA_HOLD_S = 30.0
+"""How long a replica whose link was lost is not subscribed on (its rooms are elsewhere)."""
 _DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, TimeoutError)
 _SMESSAGE, _MESSAGE = b"smessage", b"message"
 
 
 class _Link:
-    """One primary's pub/sub connection and the room channels this process reads there.
+    """One node's pub/sub connection and the room channels this process reads there.
 
     Its own client, with no retries: redis-py would otherwise reconnect a broken pub/sub
     connection by itself, to the same address (maybe a demoted or restarted node), and the
@@ -197,11 +222,21 @@ class _Link:
 class ShardedPubSubBroker:
     """``ports.Broker`` over a Redis Cluster's sharded pub/sub (see the module docstring)."""
 
-    def __init__(self, rooms: ClusterRooms, *, presence_ttl_s: float, timeout_s: float) -> None:
+    def __init__(
+        self,
+        rooms: ClusterRooms,
+        *,
+        presence_ttl_s: float,
+        timeout_s: float,
+        role: SubscribeRole = SubscribeRole.PRIMARY,
+        process_id: str | None = None,
+    ) -> None:
         self.rooms = rooms
         self.slots = rooms.slots
         self.keys = rooms.keys
-        self.process_id = uuid.uuid4().hex[:12]
+        self.role = role
+        self.process_id = process_id or uuid.uuid4().hex[:12]
+        """This process's presence field, and what it chooses its replicas by."""
         self._presence_ttl_ms = int(presence_ttl_s * 1000)
         self._timeout_s = timeout_s
         self._listener: BrokerListener | None = None
@@ -212,6 +247,8 @@ class ShardedPubSubBroker:
         self._homeless: set[bytes] = set()
         """Rooms wanted whose subscription was lost: the maintainer subscribes them again."""
         self._links: dict[Address, _Link] = {}
+        self._held: dict[Address, float] = {}
+        """Replicas whose link was lost, and when (``REPLICA_HOLD_S``)."""
         self._wake = asyncio.Event()
         self._maintainer: asyncio.Task[None] | None = None
         self.repairs = 0
@@ -241,29 +278,57 @@ class ShardedPubSubBroker:
         channel = (await self.rooms.room_channel(stream_id)).encode()
         self._streams[channel] = stream_id
         try:
-            await self._subscribe_on_owner(channel)
+            await self._subscribe_on_shard(channel)
         except (*_DOWN, redis_errors.RedisError, UnavailableError) as e:
             if self._streams.get(channel) == stream_id and channel not in self._home:
                 del self._streams[channel]
             raise UnavailableError(f"cannot subscribe: {e}") from e
 
-    async def _subscribe_on_owner(self, channel: bytes) -> None:
-        """Subscribe on the primary of the channel's slot, following MOVED replies."""
+    async def _subscribe_on_shard(self, channel: bytes) -> None:
+        """Subscribe on a node of the channel's shard in the chosen role, following MOVED
+        replies. A replica that fails or answers MOVED (it left the shard) is passed over
+        for the next candidate; the primary is the last, and its failure raises."""
         slot = slot_of(channel.decode())
         for _ in range(REDIRECTS_MAX):
             await self.slots.refresh_if_due()
-            node = self.slots.owners[slot]
-            link = self._link(node)
-            try:
-                await link.subscribe(channel, self._timeout_s)
-            except redis_errors.MovedError as e:
-                self.slots.owners[e.slot_id] = (e.host or node[0], int(e.port))
-                self.slots.stale = True
-                continue
-            self._home[channel] = link
-            self._homeless.discard(channel)
-            return
+            primary = self.slots.owners[slot]
+            for node in self._candidates(slot):
+                link = self._link(node)
+                try:
+                    await link.subscribe(channel, self._timeout_s)
+                except redis_errors.MovedError as e:
+                    self.slots.stale = True
+                    if node != primary:
+                        continue
+                    self.slots.owners[e.slot_id] = (e.host or node[0], int(e.port))
+                    break
+                except (*_DOWN, redis_errors.ResponseError) as e:
+                    if node == primary:
+                        raise
+                    self._link_lost(link, e)  # down, loading...: held back for a while
+                    continue
+                self._home[channel] = link
+                self._homeless.discard(channel)
+                return
         raise UnavailableError(f"slot {slot} moved more than {REDIRECTS_MAX} times")
+
+    def _candidates(self, slot: int) -> list[Address]:
+        replicas = self.slots.replicas[slot] if self.slots.replicas else ()
+        return candidates(self.role, self.process_id, self.slots.owners[slot], replicas,
+                          self._held_back())  # fmt: skip
+
+    def _serves(self, slot: int, node: Address) -> bool:
+        replicas = self.slots.replicas[slot] if self.slots.replicas else ()
+        return serves(self.role, node, self.slots.owners[slot], replicas, self._held_back())
+
+    def _held_back(self) -> set[Address]:
+        """The replicas not to subscribe on now (their link was lost less than
+        ``REPLICA_HOLD_S`` ago)."""
+        now = time.monotonic()
+        for node, since in list(self._held.items()):
+            if now - since >= REPLICA_HOLD_S:
+                del self._held[node]
+        return set(self._held)
 
     def _link(self, node: Address) -> _Link:
         link = self._links.get(node)
@@ -298,6 +363,8 @@ class ShardedPubSubBroker:
         """A link's connection broke: every room on it must be subscribed again."""
         if self._links.get(link.node) is link:
             del self._links[link.node]
+        if self.role is SubscribeRole.REPLICA:
+            self._held[link.node] = time.monotonic()  # only replicas are ever passed over
         lost = [channel for channel, home in self._home.items() if home is link]
         if lost:
             log.warning(
@@ -337,9 +404,10 @@ class ShardedPubSubBroker:
                 self._wake.set()
 
     def _audit(self) -> None:
-        """Rooms whose link is no longer their slot's owner (a silent node) move."""
+        """Rooms whose link is no longer a node of their slot's shard in the chosen role (a
+        silent node, a replica in another shard, a replica up again) move."""
         for channel, link in list(self._home.items()):
-            if self.slots.owners[slot_of(channel.decode())] != link.node:
+            if not self._serves(slot_of(channel.decode()), link.node):
                 del self._home[channel]
                 self._homeless.add(channel)
                 task = asyncio.get_running_loop().create_task(link.leave(channel))
@@ -353,7 +421,7 @@ class ShardedPubSubBroker:
             if stream_id is None:
                 self._homeless.discard(channel)
                 continue
-            await self._subscribe_on_owner(channel)
+            await self._subscribe_on_shard(channel)
             self.repairs += 1
             if self._listener is not None:
                 self._listener.room_events_lost(stream_id)
