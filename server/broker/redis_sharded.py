@@ -87,6 +87,8 @@ REPLICA_HOLD_S = 30.0
 """How long a replica whose link was lost is not subscribed on (its rooms are elsewhere)."""
 _DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, TimeoutError)
 _SMESSAGE, _MESSAGE = b"smessage", b"message"
+LINK_NAME_PREFIX = "giftwire-broker-"
+"""Each link's ``CLIENT SETNAME``: this prefix and the broker's process id."""
 
 
 class _Link:
@@ -105,6 +107,8 @@ class _Link:
             port=node[1],
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
+            # CLIENT LIST on a node shows which process reads which rooms there.
+            client_name=f"{LINK_NAME_PREFIX}{broker.process_id}",
         )
         self.pubsub: PubSub = self.client.pubsub()
         self.channels: set[bytes] = set()
