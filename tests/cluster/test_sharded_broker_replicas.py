@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Callable
 
 import orjson
 import pytest
-from redis import Redis as SyncRedis
 
 from server.broker.cluster_rooms import ClusterRooms
 from server.broker.redis_sharded import LINK_NAME_PREFIX, ShardedPubSubBroker
@@ -46,23 +45,6 @@ async def rooms(redis_cluster: RedisCluster, keys: Keys) -> AsyncIterator[Cluste
     rooms = await make_rooms(redis_cluster, keys)
     yield rooms
     await rooms.runner.aclose()
-
-
-def shard_subscriptions(cluster: RedisCluster, broker: ShardedPubSubBroker) -> dict[int, int]:
-    """Port -> the shard channels the broker's link holds there, as each live node's
-    ``CLIENT LIST`` says (the broker's own bookkeeping could be wrong)."""
-    name = f"{LINK_NAME_PREFIX}{broker.process_id}"
-    found: dict[int, int] = {}
-    for node in cluster.alive():
-        client = SyncRedis(port=node.port, socket_timeout=2, decode_responses=True)
-        try:
-            listed = client.client_list()
-        finally:
-            client.close()
-        for entry in listed:
-            if entry.get("name") == name and int(entry.get("ssub", 0)) > 0:
-                found[node.port] = found.get(node.port, 0) + int(entry["ssub"])
-    return found
 
 
 def replica_of_slot(cluster: RedisCluster, port: int, slot: int) -> bool:
@@ -114,7 +96,7 @@ async def test_events_arrive_in_order_on_a_replica_of_each_shard(
         primaries = {p.port for p in redis_cluster.primaries()}
 
         def held_on_replicas() -> bool:
-            held = shard_subscriptions(redis_cluster, first)
+            held = redis_cluster.shard_channels(f"{LINK_NAME_PREFIX}{first.process_id}")
             return sorted(held.values()) == [1, 1, 1] and not primaries & set(held)
 
         await polled(held_on_replicas)
