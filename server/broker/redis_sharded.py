@@ -321,9 +321,9 @@ class ShardedPubSubBroker:
         return candidates(self.role, self.process_id, self.slots.owners[slot], replicas,
                           self._held_back())  # fmt: skip
 
-    def _serves(self, slot: int, node: Address) -> bool:
+    def _serves(self, slot: int, node: Address, held: set[Address]) -> bool:
         replicas = self.slots.replicas[slot] if self.slots.replicas else ()
-        return serves(self.role, node, self.slots.owners[slot], replicas, self._held_back())
+        return serves(self.role, node, self.slots.owners[slot], replicas, held)
 
     def _held_back(self) -> set[Address]:
         """The replicas not to subscribe on now (their link was lost less than
@@ -410,8 +410,9 @@ class ShardedPubSubBroker:
     def _audit(self) -> None:
         """Rooms whose link is no longer a node of their slot's shard in the chosen role (a
         silent node, a replica in another shard, a replica up again) move."""
+        held = self._held_back()
         for channel, link in list(self._home.items()):
-            if not self._serves(slot_of(channel.decode()), link.node):
+            if not self._serves(slot_of(channel.decode()), link.node, held):
                 del self._home[channel]
                 self._homeless.add(channel)
                 task = asyncio.get_running_loop().create_task(link.leave(channel))
