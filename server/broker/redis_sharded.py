@@ -5,7 +5,7 @@ of its creator; the credit leg ``SPUBLISH``es each gift there, and Redis deliver
 message only to the subscribers *of the nodes of the shard that owns the slot*: its
 primary, and each of its replicas (the primary sends it to them over the cluster bus). So
 this broker keeps one pub/sub connection per node that serves one of its rooms (a
-``_Link``: at most one per node of the cluster, never one per room) and subscribes each
+``ShardLink``: at most one per node of the cluster, never one per room) and subscribes each
 room on one node of its slot's shard, chosen by ``shard_nodes`` from the role set by
 ``GIFTWIRE_CLUSTER_SUBSCRIBE``: the primary (the default), or one replica per process
 (``replica``: the replicas relay the events to the server processes in the primary's
@@ -60,19 +60,16 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import Any, cast
+from typing import cast
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from server.broker.cluster_rooms import ClusterRooms
 from server.broker.rooms_read import epoch_position, presence_entry, room_snapshot, viewers_sum
+from server.broker.shard_link import DOWN, ShardLink
 from server.broker.shard_nodes import SubscribeRole, candidates, serves
 from server.domain.errors import UnavailableError
-from server.domain.limits import PUBSUB_DRAIN_MAX
 from server.ledger.cluster_keys import slot_of
 from server.ledger.cluster_runner import REDIRECTS_MAX
 from server.ledger.cluster_topology import Address
@@ -85,142 +82,6 @@ AUDIT_INTERVAL_S = 1.0
 BACKOFF_MAX_S = 1.0
 REPLICA_HOLD_S = 30.0
 """How long a replica whose link was lost is not subscribed on (its rooms are elsewhere)."""
-_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, TimeoutError)
-_SMESSAGE, _MESSAGE = b"smessage", b"message"
-LINK_NAME_PREFIX = "giftwire-broker-"
-"""Each link's ``CLIENT SETNAME``: this prefix and the broker's process id."""
-
-
-class _Link:
-    """One node's pub/sub connection and the room channels this process reads there.
-
-    Its own client, with no retries: redis-py would otherwise reconnect a broken pub/sub
-    connection by itself, to the same address (maybe a demoted or restarted node), and the
-    broker would never learn that events were lost.
-    """
-
-    def __init__(self, broker: ShardedPubSubBroker, node: Address, timeout_s: float) -> None:
-        self.broker = broker
-        self.node = node
-        self.client = Redis(
-            host=node[0],
-            port=node[1],
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            # CLIENT LIST on a node shows which process reads which rooms there.
-            client_name=f"{LINK_NAME_PREFIX}{broker.process_id}",
-        )
-        self.pubsub: PubSub = self.client.pubsub()
-        self.channels: set[bytes] = set()
-        """Rooms subscribed (or being subscribed) here."""
-        self.pending: dict[bytes, asyncio.Future[None]] = {}
-        self.leaving: dict[bytes, int] = {}
-        """Our own SUNSUBSCRIBEs not yet confirmed, per channel: any other ``sunsubscribe``
-        is Redis telling us the slot moved away."""
-        self.reader: asyncio.Task[None] | None = None
-        self.connected = False
-        self.closed = False
-
-    async def subscribe(self, channel: bytes, timeout_s: float) -> None:
-        """Subscribe ``channel`` here; raises ``MovedError`` (another node owns the slot) or
-        a connection error (the link is then lost)."""
-        future = asyncio.get_running_loop().create_future()
-        self.pending[channel] = future
-        self.channels.add(channel)
-        try:
-            # Classic first: its confirmation comes first, so the shard one covers both.
-            await self.pubsub.execute_command("SUBSCRIBE", channel)
-            await self.pubsub.execute_command("SSUBSCRIBE", channel)
-            if self.reader is None:
-                self.reader = asyncio.get_running_loop().create_task(self._read_forever())
-            async with asyncio.timeout(timeout_s):
-                await future
-        except BaseException:
-            self.channels.discard(channel)
-            if not self.closed:
-                with contextlib.suppress(*_DOWN):
-                    await self.pubsub.execute_command("UNSUBSCRIBE", channel)
-            raise
-        finally:
-            if self.pending.get(channel) is future:
-                del self.pending[channel]
-
-    async def leave(self, channel: bytes) -> None:
-        self.channels.discard(channel)
-        self.leaving[channel] = self.leaving.get(channel, 0) + 1
-        with contextlib.suppress(*_DOWN):
-            await self.pubsub.execute_command("SUNSUBSCRIBE", channel)
-            await self.pubsub.execute_command("UNSUBSCRIBE", channel)
-
-    async def close(self) -> None:
-        self.closed = True
-        if self.reader is not None and self.reader is not asyncio.current_task():
-            self.reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.reader
-        with contextlib.suppress(Exception):
-            await self.pubsub.aclose()  # type: ignore[no-untyped-call]
-        with contextlib.suppress(Exception):
-            await self.client.aclose()
-
-    async def _read_forever(self) -> None:
-        try:
-            while True:
-                try:
-                    reply = await self.pubsub.parse_response(block=False, timeout=1.0)
-                except redis_errors.ResponseError as e:
-                    self._error(e)  # a MOVED answer to a SSUBSCRIBE: the link reads on
-                    continue
-                self.connected = True
-                if reply is not None:
-                    self._reply(reply)
-                    self._drain()
-        except (*_DOWN, RuntimeError) as e:
-            self.connected = False
-            if not self.closed:
-                self.broker._link_lost(self, e)
-
-    def _drain(self) -> None:
-        """Handle the replies the parser (hiredis) already holds, without a read each
-        (``RedisPubSubBroker._dispatch_buffered``: ``get_message`` costs ~15 µs each)."""
-        parser = getattr(self.pubsub.connection, "_parser", None)
-        gets = getattr(getattr(parser, "_reader", None), "gets", None)
-        if gets is None:
-            return
-        for _ in range(PUBSUB_DRAIN_MAX):
-            reply = gets()
-            if isinstance(reply, Exception):
-                self._error(reply)  # redis-py's own class (MovedError...): its replyError
-                continue
-            if not isinstance(reply, list):
-                return  # no whole reply buffered
-            self._reply(reply)
-
-    def _reply(self, reply: list[Any]) -> None:
-        kind = reply[0]
-        if kind in (_SMESSAGE, _MESSAGE) and len(reply) == 3:
-            self.broker._event(reply[1], reply[2])
-        elif kind == b"ssubscribe":
-            future = self.pending.get(reply[1])
-            if future is not None and not future.done():
-                future.set_result(None)
-        elif kind == b"sunsubscribe":
-            channel = cast(bytes, reply[1])
-            if self.leaving.get(channel, 0) > 0:
-                self.leaving[channel] -= 1
-                if not self.leaving[channel]:
-                    del self.leaving[channel]
-            elif channel in self.channels:
-                self.channels.discard(channel)
-                self.broker._slot_moved(self, channel)
-
-    def _error(self, error: Exception) -> None:
-        """An error reply: it answers a pending SSUBSCRIBE (the only command that can fail
-        here); a MOVED names its slot, anything else fails every pending one."""
-        slot = error.slot_id if isinstance(error, redis_errors.MovedError) else None
-        for channel, future in list(self.pending.items()):
-            if not future.done() and (slot is None or slot_of(channel.decode()) == slot):
-                future.set_exception(error)
 
 
 class ShardedPubSubBroker:
@@ -246,11 +107,11 @@ class ShardedPubSubBroker:
         self._listener: BrokerListener | None = None
         self._streams: dict[bytes, str] = {}
         """Channel -> stream id of every room wanted."""
-        self._home: dict[bytes, _Link] = {}
+        self._home: dict[bytes, ShardLink] = {}
         """Channel -> the link it is subscribed on."""
         self._homeless: set[bytes] = set()
         """Rooms wanted whose subscription was lost: the maintainer subscribes them again."""
-        self._links: dict[Address, _Link] = {}
+        self._links: dict[Address, ShardLink] = {}
         self._held: dict[Address, float] = {}
         """Replicas whose link was lost, and when (``REPLICA_HOLD_S``)."""
         self._wake = asyncio.Event()
@@ -283,7 +144,7 @@ class ShardedPubSubBroker:
         self._streams[channel] = stream_id
         try:
             await self._subscribe_on_shard(channel)
-        except (*_DOWN, redis_errors.RedisError, UnavailableError) as e:
+        except (*DOWN, redis_errors.RedisError, UnavailableError) as e:
             if self._streams.get(channel) == stream_id and channel not in self._home:
                 del self._streams[channel]
             raise UnavailableError(f"cannot subscribe: {e}") from e
@@ -306,7 +167,7 @@ class ShardedPubSubBroker:
                         continue
                     self.slots.owners[e.slot_id] = (e.host or node[0], int(e.port))
                     break
-                except (*_DOWN, redis_errors.ResponseError) as e:
+                except (*DOWN, redis_errors.ResponseError) as e:
                     if node == primary:
                         raise
                     self._link_lost(link, e)  # down, loading...: held back for a while
@@ -334,10 +195,10 @@ class ShardedPubSubBroker:
                 del self._held[node]
         return set(self._held)
 
-    def _link(self, node: Address) -> _Link:
+    def _link(self, node: Address) -> ShardLink:
         link = self._links.get(node)
         if link is None:
-            link = self._links[node] = _Link(self, node, self._timeout_s)
+            link = self._links[node] = ShardLink(self, node, self._timeout_s)
         return link
 
     async def unsubscribe(self, stream_id: str) -> None:
@@ -353,7 +214,7 @@ class ShardedPubSubBroker:
 
     # Following the cluster.
 
-    def _slot_moved(self, link: _Link, channel: bytes) -> None:
+    def _slot_moved(self, link: ShardLink, channel: bytes) -> None:
         """Redis dropped a room from ``link`` (its slot left that node)."""
         if self._home.get(channel) is link:
             del self._home[channel]
@@ -363,7 +224,7 @@ class ShardedPubSubBroker:
             self.slots.stale = True
             self._wake.set()
 
-    def _link_lost(self, link: _Link, error: BaseException) -> None:
+    def _link_lost(self, link: ShardLink, error: BaseException) -> None:
         """A link's connection broke: every room on it must be subscribed again."""
         if self._links.get(link.node) is link:
             del self._links[link.node]
@@ -401,7 +262,7 @@ class ShardedPubSubBroker:
                 self._audit()
                 await self._rehome()
                 backoff_s = 0.05
-            except (*_DOWN, redis_errors.RedisError, UnavailableError) as e:
+            except (*DOWN, redis_errors.RedisError, UnavailableError) as e:
                 log.debug("cannot follow the cluster yet (%s); retrying", e)
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from server.broker.cluster_rooms import ClusterRooms
-from server.broker.redis_sharded import LINK_NAME_PREFIX
+from server.broker.shard_link import LINK_NAME_PREFIX
 from server.domain.accounts import Role
 from server.domain.limits import Limits
 from server.ledger.cluster_keys import ClusterKeys, slot_of

@@ -14,7 +14,8 @@ import orjson
 import pytest
 
 from server.broker.cluster_rooms import ClusterRooms
-from server.broker.redis_sharded import LINK_NAME_PREFIX, ShardedPubSubBroker
+from server.broker.redis_sharded import ShardedPubSubBroker
+from server.broker.shard_link import LINK_NAME_PREFIX
 from server.broker.shard_nodes import SubscribeRole
 from server.domain.catalog import load_catalog
 from server.domain.limits import Limits
