@@ -95,6 +95,7 @@ class ShardedPubSubBroker:
         timeout_s: float,
         role: SubscribeRole = SubscribeRole.PRIMARY,
         process_id: str | None = None,
+        replica_hold_s: float = REPLICA_HOLD_S,
     ) -> None:
         self.rooms = rooms
         self.slots = rooms.slots
@@ -104,6 +105,7 @@ class ShardedPubSubBroker:
         """This process's presence field, and what it chooses its replicas by."""
         self._presence_ttl_ms = int(presence_ttl_s * 1000)
         self._timeout_s = timeout_s
+        self._replica_hold_s = replica_hold_s
         self._listener: BrokerListener | None = None
         self._streams: dict[bytes, str] = {}
         """Channel -> stream id of every room wanted."""
@@ -113,7 +115,7 @@ class ShardedPubSubBroker:
         """Rooms wanted whose subscription was lost: the maintainer subscribes them again."""
         self._links: dict[Address, ShardLink] = {}
         self._held: dict[Address, float] = {}
-        """Replicas whose link was lost, and when (``REPLICA_HOLD_S``)."""
+        """Replicas whose link was lost, and when (``replica_hold_s``)."""
         self._wake = asyncio.Event()
         self._maintainer: asyncio.Task[None] | None = None
         self.repairs = 0
@@ -188,10 +190,10 @@ class ShardedPubSubBroker:
 
     def _held_back(self) -> set[Address]:
         """The replicas not to subscribe on now (their link was lost less than
-        ``REPLICA_HOLD_S`` ago)."""
+        ``replica_hold_s`` ago)."""
         now = time.monotonic()
         for node, since in list(self._held.items()):
-            if now - since >= REPLICA_HOLD_S:
+            if now - since >= self._replica_hold_s:
                 del self._held[node]
         return set(self._held)
 
