@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.broker.shard_nodes import SubscribeRole
 from server.domain.limits import Limits
 from server.domain.money import Economics
 from server.ledger.keys import DEFAULT_PREFIX
@@ -62,6 +63,10 @@ class Settings:
     """Redis to use. Unset: start a private redis-server with AOF in ``data_dir``."""
     redis_cluster: bool = False
     """``redis_url`` is one node of a Redis Cluster (``docs/ledger.md``, "Redis Cluster")."""
+    cluster_subscribe: str = SubscribeRole.PRIMARY.value
+    """Cluster mode: where each room is subscribed, ``primary`` (the primary of its slot)
+    or ``replica`` (one of that primary's replicas, chosen per process; the primary while
+    it has none up). ``server/broker/shard_nodes.py``, ``docs/fan-out.md``."""
     data_dir: Path = field(default_factory=default_data_dir)
     """Always absolute when loaded by ``load_settings``."""
     database_url: str | None = None
@@ -213,6 +218,16 @@ def _check(s: Settings, errors: list[str]) -> None:
         errors.append(
             f"{env_name('redis_cluster')}: needs {env_name('redis_url')} (a cluster node)"
         )
+    if s.cluster_subscribe not in {r.value for r in SubscribeRole}:
+        errors.append(
+            f"{env_name('cluster_subscribe')}: expected "
+            + " or ".join(r.value for r in SubscribeRole)
+        )
+    elif s.cluster_subscribe != SubscribeRole.PRIMARY and not s.redis_cluster:
+        errors.append(
+            f"{env_name('cluster_subscribe')}: needs {env_name('redis_cluster')}=true "
+            "(one Redis has no shards)"
+        )
     if s.redis_cluster and ("{" in s.key_prefix or "}" in s.key_prefix):
         errors.append(f"{env_name('key_prefix')}: no braces in cluster mode (they set the slot)")
     if s.jwt_secret and len(s.jwt_secret) < 32:
@@ -253,6 +268,8 @@ def _check(s: Settings, errors: list[str]) -> None:
 DESCRIPTIONS: dict[str, str] = {
     "redis_url": "Redis holding the ledger; unset: a private redis-server with AOF in data_dir",
     "redis_cluster": "redis_url is a node of a Redis Cluster (gifts in two legs, docs/ledger.md)",
+    "cluster_subscribe": "cluster mode: subscribe each room on the primary of its slot, or on "
+    "replica: one of its replicas, chosen per process (the primary while none is up)",
     "data_dir": (
         "embedded Redis data, demo secrets, multiprocess metrics; installed without a "
         "checkout: $XDG_DATA_HOME/giftwire (~/.local/share/giftwire); relative: from the "

@@ -2,10 +2,24 @@
 
 A room's shard channel (``cluster_keys``: ``{u:CREATOR}:s:STREAM:room``) lives in the slot
 of its creator; the credit leg ``SPUBLISH``es each gift there, and Redis delivers a shard
-message only to the subscribers *of the node that owns the slot*. So this broker keeps one
-pub/sub connection per primary that serves one of its rooms (a ``_Link``: at most as many
-as the cluster has primaries, never one per room) and subscribes each room on the link of
-its slot's owner.
+message only to the subscribers *of the nodes of the shard that owns the slot*: its
+primary, and each of its replicas (the primary sends it to them over the cluster bus). So
+this broker keeps one pub/sub connection per node that serves one of its rooms (a
+``ShardLink``: at most one per node of the cluster, never one per room) and subscribes each
+room on one node of its slot's shard, chosen by ``shard_nodes`` from the role set by
+``GIFTWIRE_CLUSTER_SUBSCRIBE``: the primary (the default), or one replica per process
+(``replica``: the replicas relay the events to the server processes in the primary's
+place; the primary while the shard lists no replica that is up).
+
+What Redis 7.0.15 does on a replica (measured on the loopback cluster, ``tests/cluster/
+test_sharded_broker_replicas.py``): ``SSUBSCRIBE`` is accepted by a replica of the
+channel's shard without ``READONLY`` (and with it); a node of another shard answers
+``MOVED slot primary``. A ``SPUBLISH`` on the primary and a classic ``PUBLISH`` (from any
+node) both reach a subscriber on the replica, and what one script published on the
+primary (``SPUBLISH``, ``PUBLISH``, ``SPUBLISH``) arrives in that order. When the replica
+is promoted its subscriptions stay and keep delivering. A replica made a replica of
+another shard (``CLUSTER REPLICATE``) keeps its subscriptions *silently*: no
+``sunsubscribe``, and no more shard messages; only the slot map shows it (below).
 
 The stream's state changes (``start_stream``, ``end_stream``, ``bump_epoch``) are still sent
 with classic ``PUBLISH`` on the same channel name, which a cluster copies to every node:
@@ -21,14 +35,22 @@ Following the cluster:
 * **A node dies** (kill -9, a lost connection): its link's read fails; every room of that
   link becomes homeless, and the same repair runs, retried with a backoff until the
   cluster has promoted a replica and the slot map names it.
-* **A node goes silent** (a partition): nothing fails on a quiet link, so the slot map is
-  read again every ``AUDIT_INTERVAL_S`` while rooms are open, and a room whose slot has
-  another owner than its link is moved.
+* **A node goes silent** (a partition) **or changes shard**: nothing fails on a quiet
+  link, so the slot map is read again every ``AUDIT_INTERVAL_S`` while rooms are open, and
+  a room whose link is not (any) node of its slot's shard in the chosen role is moved.
+* **On replicas** (``replica``): a replica's lost link holds that replica back for
+  ``REPLICA_HOLD_S`` (the slot map lists a dead replica until the cluster marks it failed,
+  ``cluster-node-timeout``), and its rooms go to another replica or the primary. A room on
+  the primary for want of a replica moves to one once the map lists one that is not held
+  back; a replica promoted to primary keeps its rooms while the shard has no other
+  replica. A replica may also miss shard messages without any error (the cluster bus
+  between it and its primary dropped and reconnected): the hub's repairs cover that as
+  any gap (a jump in sequence, or a stats tick seeing a higher sequence than the room's).
 
-Order: one room's events come on one connection, in the order its node published them.
+Order: one room's events come on one connection, in the order its primary published them.
 Delivery: at most once; every gap (above) ends with ``room_events_lost`` once the room is
 subscribed again, so the hub's feed reads make it at least once. Reads (snapshot, feed,
-presence) go to the primary of each key's slot (``ClusterRooms``).
+presence) go to the primary of each key's slot (``ClusterRooms``) in either role.
 """
 
 from __future__ import annotations
@@ -38,18 +60,16 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import Any, cast
+from typing import cast
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from server.broker.cluster_rooms import ClusterRooms
 from server.broker.rooms_read import epoch_position, presence_entry, room_snapshot, viewers_sum
+from server.broker.shard_link import DOWN, ShardLink
+from server.broker.shard_nodes import SubscribeRole, candidates, serves
 from server.domain.errors import UnavailableError
-from server.domain.limits import PUBSUB_DRAIN_MAX
 from server.ledger.cluster_keys import slot_of
 from server.ledger.cluster_runner import REDIRECTS_MAX
 from server.ledger.cluster_topology import Address
@@ -60,158 +80,42 @@ log = logging.getLogger("giftwire.broker")
 AUDIT_INTERVAL_S = 1.0
 """How often the slot map is read again while rooms are open (finds a silent node's rooms)."""
 BACKOFF_MAX_S = 1.0
-_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, TimeoutError)
-_SMESSAGE, _MESSAGE = b"smessage", b"message"
-
-
-class _Link:
-    """One primary's pub/sub connection and the room channels this process reads there.
-
-    Its own client, with no retries: redis-py would otherwise reconnect a broken pub/sub
-    connection by itself, to the same address (maybe a demoted or restarted node), and the
-    broker would never learn that events were lost.
-    """
-
-    def __init__(self, broker: ShardedPubSubBroker, node: Address, timeout_s: float) -> None:
-        self.broker = broker
-        self.node = node
-        self.client = Redis(
-            host=node[0],
-            port=node[1],
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-        )
-        self.pubsub: PubSub = self.client.pubsub()
-        self.channels: set[bytes] = set()
-        """Rooms subscribed (or being subscribed) here."""
-        self.pending: dict[bytes, asyncio.Future[None]] = {}
-        self.leaving: dict[bytes, int] = {}
-        """Our own SUNSUBSCRIBEs not yet confirmed, per channel: any other ``sunsubscribe``
-        is Redis telling us the slot moved away."""
-        self.reader: asyncio.Task[None] | None = None
-        self.connected = False
-        self.closed = False
-
-    async def subscribe(self, channel: bytes, timeout_s: float) -> None:
-        """Subscribe ``channel`` here; raises ``MovedError`` (another node owns the slot) or
-        a connection error (the link is then lost)."""
-        future = asyncio.get_running_loop().create_future()
-        self.pending[channel] = future
-        self.channels.add(channel)
-        try:
-            # Classic first: its confirmation comes first, so the shard one covers both.
-            await self.pubsub.execute_command("SUBSCRIBE", channel)
-            await self.pubsub.execute_command("SSUBSCRIBE", channel)
-            if self.reader is None:
-                self.reader = asyncio.get_running_loop().create_task(self._read_forever())
-            async with asyncio.timeout(timeout_s):
-                await future
-        except BaseException:
-            self.channels.discard(channel)
-            if not self.closed:
-                with contextlib.suppress(*_DOWN):
-                    await self.pubsub.execute_command("UNSUBSCRIBE", channel)
-            raise
-        finally:
-            if self.pending.get(channel) is future:
-                del self.pending[channel]
-
-    async def leave(self, channel: bytes) -> None:
-        self.channels.discard(channel)
-        self.leaving[channel] = self.leaving.get(channel, 0) + 1
-        with contextlib.suppress(*_DOWN):
-            await self.pubsub.execute_command("SUNSUBSCRIBE", channel)
-            await self.pubsub.execute_command("UNSUBSCRIBE", channel)
-
-    async def close(self) -> None:
-        self.closed = True
-        if self.reader is not None and self.reader is not asyncio.current_task():
-            self.reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.reader
-        with contextlib.suppress(Exception):
-            await self.pubsub.aclose()  # type: ignore[no-untyped-call]
-        with contextlib.suppress(Exception):
-            await self.client.aclose()
-
-    async def _read_forever(self) -> None:
-        try:
-            while True:
-                try:
-                    reply = await self.pubsub.parse_response(block=False, timeout=1.0)
-                except redis_errors.ResponseError as e:
-                    self._error(e)  # a MOVED answer to a SSUBSCRIBE: the link reads on
-                    continue
-                self.connected = True
-                if reply is not None:
-                    self._reply(reply)
-                    self._drain()
-        except (*_DOWN, RuntimeError) as e:
-            self.connected = False
-            if not self.closed:
-                self.broker._link_lost(self, e)
-
-    def _drain(self) -> None:
-        """Handle the replies the parser (hiredis) already holds, without a read each
-        (``RedisPubSubBroker._dispatch_buffered``: ``get_message`` costs ~15 µs each)."""
-        parser = getattr(self.pubsub.connection, "_parser", None)
-        gets = getattr(getattr(parser, "_reader", None), "gets", None)
-        if gets is None:
-            return
-        for _ in range(PUBSUB_DRAIN_MAX):
-            reply = gets()
-            if isinstance(reply, Exception):
-                self._error(reply)  # redis-py's own class (MovedError...): its replyError
-                continue
-            if not isinstance(reply, list):
-                return  # no whole reply buffered
-            self._reply(reply)
-
-    def _reply(self, reply: list[Any]) -> None:
-        kind = reply[0]
-        if kind in (_SMESSAGE, _MESSAGE) and len(reply) == 3:
-            self.broker._event(reply[1], reply[2])
-        elif kind == b"ssubscribe":
-            future = self.pending.get(reply[1])
-            if future is not None and not future.done():
-                future.set_result(None)
-        elif kind == b"sunsubscribe":
-            channel = cast(bytes, reply[1])
-            if self.leaving.get(channel, 0) > 0:
-                self.leaving[channel] -= 1
-                if not self.leaving[channel]:
-                    del self.leaving[channel]
-            elif channel in self.channels:
-                self.channels.discard(channel)
-                self.broker._slot_moved(self, channel)
-
-    def _error(self, error: Exception) -> None:
-        """An error reply: it answers a pending SSUBSCRIBE (the only command that can fail
-        here); a MOVED names its slot, anything else fails every pending one."""
-        slot = error.slot_id if isinstance(error, redis_errors.MovedError) else None
-        for channel, future in list(self.pending.items()):
-            if not future.done() and (slot is None or slot_of(channel.decode()) == slot):
-                future.set_exception(error)
+REPLICA_HOLD_S = 30.0
+"""How long a replica whose link was lost is not subscribed on (its rooms are elsewhere)."""
 
 
 class ShardedPubSubBroker:
     """``ports.Broker`` over a Redis Cluster's sharded pub/sub (see the module docstring)."""
 
-    def __init__(self, rooms: ClusterRooms, *, presence_ttl_s: float, timeout_s: float) -> None:
+    def __init__(
+        self,
+        rooms: ClusterRooms,
+        *,
+        presence_ttl_s: float,
+        timeout_s: float,
+        role: SubscribeRole = SubscribeRole.PRIMARY,
+        process_id: str | None = None,
+        replica_hold_s: float = REPLICA_HOLD_S,
+    ) -> None:
         self.rooms = rooms
         self.slots = rooms.slots
         self.keys = rooms.keys
-        self.process_id = uuid.uuid4().hex[:12]
+        self.role = role
+        self.process_id = process_id or uuid.uuid4().hex[:12]
+        """This process's presence field, and what it chooses its replicas by."""
         self._presence_ttl_ms = int(presence_ttl_s * 1000)
         self._timeout_s = timeout_s
+        self._replica_hold_s = replica_hold_s
         self._listener: BrokerListener | None = None
         self._streams: dict[bytes, str] = {}
         """Channel -> stream id of every room wanted."""
-        self._home: dict[bytes, _Link] = {}
+        self._home: dict[bytes, ShardLink] = {}
         """Channel -> the link it is subscribed on."""
         self._homeless: set[bytes] = set()
         """Rooms wanted whose subscription was lost: the maintainer subscribes them again."""
-        self._links: dict[Address, _Link] = {}
+        self._links: dict[Address, ShardLink] = {}
+        self._held: dict[Address, float] = {}
+        """Replicas whose link was lost, and when (``replica_hold_s``)."""
         self._wake = asyncio.Event()
         self._maintainer: asyncio.Task[None] | None = None
         self.repairs = 0
@@ -241,34 +145,62 @@ class ShardedPubSubBroker:
         channel = (await self.rooms.room_channel(stream_id)).encode()
         self._streams[channel] = stream_id
         try:
-            await self._subscribe_on_owner(channel)
-        except (*_DOWN, redis_errors.RedisError, UnavailableError) as e:
+            await self._subscribe_on_shard(channel)
+        except (*DOWN, redis_errors.RedisError, UnavailableError) as e:
             if self._streams.get(channel) == stream_id and channel not in self._home:
                 del self._streams[channel]
             raise UnavailableError(f"cannot subscribe: {e}") from e
 
-    async def _subscribe_on_owner(self, channel: bytes) -> None:
-        """Subscribe on the primary of the channel's slot, following MOVED replies."""
+    async def _subscribe_on_shard(self, channel: bytes) -> None:
+        """Subscribe on a node of the channel's shard in the chosen role, following MOVED
+        replies. A replica that fails or answers MOVED (it left the shard) is passed over
+        for the next candidate; the primary is the last, and its failure raises."""
         slot = slot_of(channel.decode())
         for _ in range(REDIRECTS_MAX):
             await self.slots.refresh_if_due()
-            node = self.slots.owners[slot]
-            link = self._link(node)
-            try:
-                await link.subscribe(channel, self._timeout_s)
-            except redis_errors.MovedError as e:
-                self.slots.owners[e.slot_id] = (e.host or node[0], int(e.port))
-                self.slots.stale = True
-                continue
-            self._home[channel] = link
-            self._homeless.discard(channel)
-            return
+            primary = self.slots.owners[slot]
+            for node in self._candidates(slot):
+                link = self._link(node)
+                try:
+                    await link.subscribe(channel, self._timeout_s)
+                except redis_errors.MovedError as e:
+                    self.slots.stale = True
+                    if node != primary:
+                        continue
+                    self.slots.owners[e.slot_id] = (e.host or node[0], int(e.port))
+                    break
+                except (*DOWN, redis_errors.ResponseError) as e:
+                    if node == primary:
+                        raise
+                    self._link_lost(link, e)  # down, loading...: held back for a while
+                    continue
+                self._home[channel] = link
+                self._homeless.discard(channel)
+                return
         raise UnavailableError(f"slot {slot} moved more than {REDIRECTS_MAX} times")
 
-    def _link(self, node: Address) -> _Link:
+    def _candidates(self, slot: int) -> list[Address]:
+        replicas = self.slots.replicas[slot] if self.slots.replicas else ()
+        return candidates(self.role, self.process_id, self.slots.owners[slot], replicas,
+                          self._held_back())  # fmt: skip
+
+    def _serves(self, slot: int, node: Address, held: set[Address]) -> bool:
+        replicas = self.slots.replicas[slot] if self.slots.replicas else ()
+        return serves(self.role, node, self.slots.owners[slot], replicas, held)
+
+    def _held_back(self) -> set[Address]:
+        """The replicas not to subscribe on now (their link was lost less than
+        ``replica_hold_s`` ago)."""
+        now = time.monotonic()
+        for node, since in list(self._held.items()):
+            if now - since >= self._replica_hold_s:
+                del self._held[node]
+        return set(self._held)
+
+    def _link(self, node: Address) -> ShardLink:
         link = self._links.get(node)
         if link is None:
-            link = self._links[node] = _Link(self, node, self._timeout_s)
+            link = self._links[node] = ShardLink(self, node, self._timeout_s)
         return link
 
     async def unsubscribe(self, stream_id: str) -> None:
@@ -284,7 +216,7 @@ class ShardedPubSubBroker:
 
     # Following the cluster.
 
-    def _slot_moved(self, link: _Link, channel: bytes) -> None:
+    def _slot_moved(self, link: ShardLink, channel: bytes) -> None:
         """Redis dropped a room from ``link`` (its slot left that node)."""
         if self._home.get(channel) is link:
             del self._home[channel]
@@ -294,10 +226,12 @@ class ShardedPubSubBroker:
             self.slots.stale = True
             self._wake.set()
 
-    def _link_lost(self, link: _Link, error: BaseException) -> None:
+    def _link_lost(self, link: ShardLink, error: BaseException) -> None:
         """A link's connection broke: every room on it must be subscribed again."""
         if self._links.get(link.node) is link:
             del self._links[link.node]
+        if self.role is SubscribeRole.REPLICA:
+            self._held[link.node] = time.monotonic()  # only replicas are ever passed over
         lost = [channel for channel, home in self._home.items() if home is link]
         if lost:
             log.warning(
@@ -330,16 +264,18 @@ class ShardedPubSubBroker:
                 self._audit()
                 await self._rehome()
                 backoff_s = 0.05
-            except (*_DOWN, redis_errors.RedisError, UnavailableError) as e:
+            except (*DOWN, redis_errors.RedisError, UnavailableError) as e:
                 log.debug("cannot follow the cluster yet (%s); retrying", e)
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
                 self._wake.set()
 
     def _audit(self) -> None:
-        """Rooms whose link is no longer their slot's owner (a silent node) move."""
+        """Rooms whose link is no longer a node of their slot's shard in the chosen role (a
+        silent node, a replica in another shard, a replica up again) move."""
+        held = self._held_back()
         for channel, link in list(self._home.items()):
-            if self.slots.owners[slot_of(channel.decode())] != link.node:
+            if not self._serves(slot_of(channel.decode()), link.node, held):
                 del self._home[channel]
                 self._homeless.add(channel)
                 task = asyncio.get_running_loop().create_task(link.leave(channel))
@@ -353,7 +289,7 @@ class ShardedPubSubBroker:
             if stream_id is None:
                 self._homeless.discard(channel)
                 continue
-            await self._subscribe_on_owner(channel)
+            await self._subscribe_on_shard(channel)
             self.repairs += 1
             if self._listener is not None:
                 self._listener.room_events_lost(stream_id)

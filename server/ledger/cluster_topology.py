@@ -1,8 +1,14 @@
 """Which primary serves which slot: the slot map of a Redis Cluster, and a client per node.
 
 Read with ``CLUSTER SLOTS`` from any node that answers (the startup nodes, then every node
-met since). The map is *stale* once a node failed or redirected a call; whoever routes
-then calls ``refresh_if_due`` before the next batch, which reads it again at most every
+met since). It keeps each slot's primary (``owners``, what every call is routed by) and,
+beside it, the replicas of that primary (``replicas``, for the broker's subscriptions on
+replicas, ``GIFTWIRE_CLUSTER_SUBSCRIBE=replica``). Redis 7.0 lists a replica there only
+while it is not failed and has a replication offset above 0 (as the answering node last
+heard by gossip): a replica of a cluster that has had no write yet is not listed.
+
+The map is *stale* once a node failed or redirected a call; whoever routes then calls
+``refresh_if_due`` before the next batch, which reads it again at most every
 ``REFRESH_INTERVAL_S`` while a node stays down. Concurrent refreshes share one read.
 """
 
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -36,6 +43,9 @@ class SlotMap:
         self._clients: dict[Address, Redis] = {}
         self.owners: list[Address] = []
         """The primary of each slot, as last read (empty before the first read)."""
+        self.replicas: list[tuple[Address, ...]] = []
+        """The replicas of each slot's primary, as last read (one tuple shared by a range;
+        a MOVED correction of ``owners`` leaves it as it was until the next read)."""
         self.primary_count = 0
         self.stale = True
         self.failing: set[Address] = set()
@@ -96,14 +106,12 @@ class SlotMap:
             except (*CONNECTION_ERRORS, redis_errors.ResponseError) as e:
                 failures.append(f"{address[0]}:{address[1]}: {e}")
                 continue
-            owners: list[Address | None] = [None] * SLOTS
-            for low, high, primary, *_replicas in reply:
-                host = primary[0].decode() if isinstance(primary[0], bytes) else primary[0]
-                owners[low : high + 1] = [(host or address[0], int(primary[1]))] * (high - low + 1)
+            owners, replicas = parse_slots(reply, address[0])
             if any(owner is None for owner in owners):
                 failures.append(f"{address[0]}:{address[1]}: not every slot is served")
                 continue
             self.owners = [owner for owner in owners if owner is not None]
+            self.replicas = replicas
             self.primary_count = len(set(self.owners))
             self.stale = False
             return
@@ -113,6 +121,26 @@ class SlotMap:
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
+
+
+def parse_slots(
+    reply: Sequence[Sequence[Any]], asked_host: str
+) -> tuple[list[Address | None], list[tuple[Address, ...]]]:
+    """A ``CLUSTER SLOTS`` reply as (the primary of each slot, None where none serves it;
+    its replicas). Each node is ``[host, port, id, {metadata}]``; an empty host means the
+    host that was asked."""
+
+    def node(entry: Sequence[Any]) -> Address:
+        host = entry[0].decode() if isinstance(entry[0], bytes) else entry[0]
+        return host or asked_host, int(entry[1])
+
+    owners: list[Address | None] = [None] * SLOTS
+    replicas: list[tuple[Address, ...]] = [()] * SLOTS
+    for low, high, primary, *others in reply:
+        count = high - low + 1
+        owners[low : high + 1] = [node(primary)] * count
+        replicas[low : high + 1] = [tuple(node(entry) for entry in others)] * count
+    return owners, replicas
 
 
 def retrieve(task: asyncio.Task[None]) -> None:

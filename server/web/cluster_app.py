@@ -10,7 +10,8 @@ Here the server reads the cluster's slot map, loads the scripts on every primary
 * the relay (``cluster_relay.py``), a task of this process: it settles what a crash or a
   timeout left in the outboxes; its pending transfers and lag are on ``/metrics``;
 * viewers: the same endpoint, hub and protocol as single-node mode, fed by sharded pub/sub
-  (``ShardedPubSubBroker``: ``SSUBSCRIBE`` on the primary of each room's slot);
+  (``ShardedPubSubBroker``: ``SSUBSCRIBE`` on the primary of each room's slot, or on one
+  of its replicas with ``GIFTWIRE_CLUSTER_SUBSCRIBE=replica``);
 * the HTTP API the ledger covers: catalog and its admin API (edits and the schedule,
   ``cluster_catalog.py``), wallet (held and withdrawable diamonds), streams,
   leaderboard (names and levels), stream goals, battles (``ClusterBattles``, and their
@@ -48,6 +49,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from server.broker.cluster_rooms import ClusterRooms
 from server.broker.redis_sharded import ShardedPubSubBroker
+from server.broker.shard_nodes import SubscribeRole
 from server.domain.catalog import Catalog, load_catalog
 from server.domain.errors import ErrorCode, UnavailableError
 from server.ledger.catalog_schedule import CatalogSchedule
@@ -239,6 +241,7 @@ def create_cluster_app(settings: Settings) -> DirectWebSocket:
             # Presence outlives a few missed stats ticks, not a dead process.
             presence_ttl_s=settings.stats_interval_s * 3,
             timeout_s=limits.redis_timeout_s,
+            role=SubscribeRole(settings.cluster_subscribe),
         )
         catalog = load_catalog(settings.catalog_path)
         hub = Hub(

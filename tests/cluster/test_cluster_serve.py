@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from server.broker.cluster_rooms import ClusterRooms
+from server.broker.shard_link import LINK_NAME_PREFIX
 from server.domain.accounts import Role
 from server.domain.limits import Limits
-from server.ledger.cluster_keys import ClusterKeys
+from server.ledger.cluster_keys import ClusterKeys, slot_of
 from server.ledger.cluster_reads import ClusterReads
 from server.ledger.cluster_runner import ClusterScriptRunner
 from server.ledger.keys import Keys
@@ -152,3 +153,42 @@ async def test_spending_limits_over_http_bind_gifts_in_cluster_mode(
         await peer.close()
     status, body = http_json("GET", server.http + "/api/me/spending", bearer=viewer)
     assert status == 200 and body["day"]["spent"] == 100
+
+
+async def test_a_server_subscribing_on_replicas_serves_a_viewer(
+    redis_cluster: RedisCluster, keys: Keys, tmp_path: Path
+) -> None:
+    """``GIFTWIRE_CLUSTER_SUBSCRIBE=replica``: the room's shard channel is held by the
+    server's link on a replica of the stream's shard (``CLIENT LIST`` there), none on its
+    primary, and a viewer sees the gifts sent through the two legs."""
+    replica_mode = {**CLUSTER_MODE, "GIFTWIRE_CLUSTER_SUBSCRIBE": "replica"}
+    with running(redis_cluster.startup_urls[0], keys.prefix, tmp_path, **replica_mode) as [server]:
+        creator = token("creator_r", Role.CREATOR)
+        status, _ = http_json(
+            "POST", server.http + "/api/streams", {"stream_id": "s_r"}, bearer=creator
+        )
+        assert status == 201
+        status, _ = signed_webhook(
+            server,
+            {"type": "payment.succeeded", "payment_id": "p_r", "user_id": "viewer_r",
+             "coins": 500},
+        )  # fmt: skip
+        assert status == 200
+        slot = slot_of(ClusterKeys(keys.prefix).room_channel("creator_r", "s_r"))
+        primary = redis_cluster.primary_for_slot(slot)
+        replicas = {n.port for n in redis_cluster.topology() if n.primary_id == primary.node_id}
+        watcher = await Peer.open(server, token("watcher_r"), stream_id="s_r")
+        peer = await Peer.open(server, token("viewer_r"), stream_id="s_r")
+        try:
+            for _ in range(300):  # the map lists a replica once it gossiped a write
+                held = redis_cluster.shard_channels(LINK_NAME_PREFIX)
+                if set(held) & replicas and primary.port not in held:
+                    break
+                await asyncio.sleep(0.05)
+            assert set(held) & replicas and primary.port not in held, (held, replicas)
+            await settle(peer, ["r1"], gift="cap")
+            await watcher.wait_for(lambda: watcher.seqs == [1])
+        finally:
+            await peer.close()
+            await watcher.close()
+    assert "Traceback" not in server.log()

@@ -190,6 +190,22 @@ class RedisCluster:
             client.close()
         return info
 
+    def shard_channels(self, client_name_prefix: str) -> dict[int, int]:
+        """Port -> the shard channels (``CLIENT LIST``'s ``ssub``) that clients whose name
+        starts with ``client_name_prefix`` hold there, over every live node."""
+        found: dict[int, int] = {}
+        for node in self.alive():
+            client = SyncRedis(port=node.port, socket_timeout=2, decode_responses=True)
+            try:
+                listed = client.client_list()
+            finally:
+                client.close()
+            for entry in listed:
+                held = int(entry.get("ssub", 0))
+                if entry.get("name", "").startswith(client_name_prefix) and held:
+                    found[node.port] = found.get(node.port, 0) + held
+        return found
+
     def topology(self, port: int | None = None) -> list[NodeInfo]:
         """CLUSTER NODES as one live node sees it (the first live one unless ``port``)."""
         ask = port if port is not None else self.alive()[0].port

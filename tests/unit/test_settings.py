@@ -232,6 +232,21 @@ def test_durability_settings_are_checked() -> None:
             load_settings(env)
 
 
+def test_the_cluster_subscribe_role_is_checked() -> None:
+    cluster = {"GIFTWIRE_REDIS_URL": "redis://n1:7000/0", "GIFTWIRE_REDIS_CLUSTER": "true"}
+    assert load_settings(cluster).cluster_subscribe == "primary"
+    replica = load_settings({**cluster, "GIFTWIRE_CLUSTER_SUBSCRIBE": "replica"})
+    assert replica.cluster_subscribe == "replica"
+    for env, needle in (
+        ({**cluster, "GIFTWIRE_CLUSTER_SUBSCRIBE": "replicas"},
+         "GIFTWIRE_CLUSTER_SUBSCRIBE: expected primary or replica"),
+        ({"GIFTWIRE_CLUSTER_SUBSCRIBE": "replica"},
+         "GIFTWIRE_CLUSTER_SUBSCRIBE: needs GIFTWIRE_REDIS_CLUSTER=true"),
+    ):  # fmt: skip
+        with pytest.raises(SettingsError, match=needle):
+            load_settings(env)
+
+
 def test_the_embedded_redis_defaults_to_fsync_on_every_write() -> None:
     from server.ledger.redis_config import Durability
 
