@@ -19,6 +19,7 @@ from redis.asyncio.client import PubSub
 from server.broker.rooms_read import epoch_position, presence_entry, room_snapshot, viewers_sum
 from server.domain.errors import UnavailableError
 from server.domain.limits import PUBSUB_DRAIN_MAX, TOP_MAX
+from server.domain.tasks import stop_tasks
 from server.ledger.goals import goals_from_hash
 from server.ledger.ledger import Ledger, stream_from_hash
 from server.realtime.ports import BrokerListener, RoomSnapshot, StreamPosition
@@ -64,10 +65,7 @@ class RedisPubSubBroker:
         self._reader = asyncio.get_running_loop().create_task(self._read_forever())
 
     async def stop(self) -> None:
-        for task in [t for t in (self._reader, *self._tasks) if t is not None]:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks(self._reader, *self._tasks)
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -70,6 +70,7 @@ from server.broker.rooms_read import epoch_position, presence_entry, room_snapsh
 from server.broker.shard_link import DOWN, ShardLink
 from server.broker.shard_nodes import SubscribeRole, candidates, serves
 from server.domain.errors import UnavailableError
+from server.domain.tasks import stop_tasks
 from server.ledger.cluster_keys import slot_of
 from server.ledger.cluster_runner import REDIRECTS_MAX
 from server.ledger.cluster_topology import Address
@@ -131,10 +132,7 @@ class ShardedPubSubBroker:
         self._maintainer = asyncio.get_running_loop().create_task(self._maintain_forever())
 
     async def stop(self) -> None:
-        if self._maintainer is not None:
-            self._maintainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._maintainer
+        await stop_tasks(self._maintainer)
         for link in list(self._links.values()):
             await link.close()
         self._links.clear()

@@ -17,6 +17,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from server.domain.limits import PUBSUB_DRAIN_MAX
+from server.domain.tasks import stop_tasks
 from server.ledger.cluster_keys import slot_of
 from server.ledger.cluster_topology import Address
 
@@ -93,10 +94,7 @@ class ShardLink:
 
     async def close(self) -> None:
         self.closed = True
-        if self.reader is not None and self.reader is not asyncio.current_task():
-            self.reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.reader
+        await stop_tasks(self.reader)
         with contextlib.suppress(Exception):
             await self.pubsub.aclose()  # type: ignore[no-untyped-call]
         with contextlib.suppress(Exception):

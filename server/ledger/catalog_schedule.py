@@ -13,11 +13,11 @@ within ``interval_s`` of its time while any process runs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from server.domain.errors import UnavailableError
+from server.domain.tasks import stop_task
 from server.ledger.catalogs import CatalogRedis, CatalogStore, Published
 from server.ledger.watch import REDIS_FAILURES
 
@@ -64,10 +64,7 @@ class CatalogSchedule:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def _run(self) -> None:
         while True:

@@ -16,12 +16,12 @@ problem, not a reason to refuse to start: a replica that reconnects makes it rea
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from server.domain.errors import GiftwireError, UnavailableError
+from server.domain.tasks import stop_task
 from server.ledger.cluster_topology import CONNECTION_ERRORS, Address, SlotMap
 from server.ledger.redis_config import (
     Durability,
@@ -127,10 +127,7 @@ class ClusterWatch:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def _run(self) -> None:
         while True:

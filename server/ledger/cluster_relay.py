@@ -47,7 +47,6 @@ age of the oldest of them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -66,6 +65,7 @@ from server.domain.limits import (
     RELAY_GRACE_MS,
     RELAY_HOT_LIST_READS_PER_SWEEP,
 )
+from server.domain.tasks import stop_task
 from server.ledger.cluster_clawbacks import CLAWBACK_KIND, Clawback
 from server.ledger.cluster_credits import Transfer
 from server.ledger.cluster_guests import GUEST_CREDIT_KIND, GuestCredit
@@ -126,11 +126,8 @@ class Relay:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def _loop(self) -> None:
         while True:

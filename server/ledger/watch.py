@@ -29,7 +29,6 @@ One ``check`` is one pipelined round trip plus an ``INFO``; a process runs it ev
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import Callable, Iterable
@@ -39,6 +38,7 @@ from redis import exceptions as redis_errors
 
 from server.domain.catalog import Catalog
 from server.domain.errors import InvariantError, UnavailableError
+from server.domain.tasks import stop_task
 from server.ledger.catalogs import VERSION_FIELD
 from server.ledger.ledger import Ledger, LogPosition, log_position
 from server.ledger.redis_config import (
@@ -196,10 +196,7 @@ class LedgerWatch:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def _run(self) -> None:
         while True:

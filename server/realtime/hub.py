@@ -34,6 +34,7 @@ import orjson
 from server.domain.catalog import Catalog
 from server.domain.errors import UnavailableError
 from server.domain.limits import TOP_MAX, Limits
+from server.domain.tasks import stop_tasks
 from server.protocol import events
 from server.protocol.events import Message, enrich_gift
 from server.realtime.catch_up import CatchUps
@@ -81,12 +82,7 @@ class Hub:
         self._spawn(self._stats_forever())
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *self.catch_ups.tasks()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks(*self._tasks, *self.catch_ups.tasks())
         for room in self.rooms.values():
             room.close()
         await self.broker.stop()

@@ -16,7 +16,6 @@ the result and tells both rooms.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Protocol
@@ -25,6 +24,7 @@ import orjson
 
 from server.domain.errors import GiftwireError, UnavailableError
 from server.domain.limits import BATTLE_TICK_S
+from server.domain.tasks import stop_task
 from server.ledger.battles import BattleReply, Doc
 from server.protocol import events
 from server.protocol.events import Message
@@ -61,10 +61,7 @@ class BattleWatch:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     def room_event(self, stream_id: str, event: Message) -> None:
         kind = event.get("type")
