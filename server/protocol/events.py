@@ -196,6 +196,15 @@ def stats(*, viewers: int, coins: int, diamonds: int, gifts: int, last_seq: int)
     }
 
 
+def stream_state(stream_id: str, state: str, last_seq: int) -> Message:
+    """What start_stream.lua and end_stream.lua publish (``ended`` also names the stream's
+    last gift), for a change the room heard of only from a snapshot."""
+    message: Message = {"type": "stream", "stream_id": stream_id, "state": state}
+    if state == "ended":
+        message["seq"] = last_seq
+    return message
+
+
 def leaderboard(top: list[TopGifter]) -> Message:
     return {"type": "leaderboard", "top": leaderboard_rows(top)}
 

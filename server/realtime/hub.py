@@ -172,6 +172,7 @@ class Hub:
         if snapshot is not None:
             room.last_seq = snapshot.position.seq
             room.epoch, room.prev_epoch = snapshot.position.epoch, snapshot.prev_epoch
+            room.state = snapshot.state
         room.ready.set()
         return room
 
@@ -214,11 +215,19 @@ class Hub:
             self._spawn(self.epochs.resync(room))
         elif kind in ("level_up", "goal_reached"):
             room.announce(event, droppable=kind == "level_up")
+        elif kind == "stream" and event.get("state") == room.state:
+            pass  # a stats tick found this change first (its event was late, or lost)
         else:
-            room.flush()  # keep order: gifts before the state change that followed them
-            room.broadcast(event, droppable=False)
-            if self.on_room_event is not None:
-                self.on_room_event(stream_id, event)
+            self._room_changed(room, event)
+
+    def _room_changed(self, room: Room, event: Message) -> None:
+        """A change of the stream (its state, a battle...): to every viewer, in order."""
+        if event.get("type") == "stream":
+            room.state = str(event.get("state", ""))
+        room.flush()  # keep order: gifts before the state change that followed them
+        room.broadcast(event, droppable=False)
+        if self.on_room_event is not None:
+            self.on_room_event(room.stream_id, event)
 
     def room_events_lost(self, stream_id: str | None) -> None:
         rooms = self.rooms.values() if stream_id is None else [self.rooms.get(stream_id)]
@@ -340,10 +349,15 @@ class Hub:
     async def _stats(self, room: Room) -> None:
         # What the room had delivered before asking: the store holds at least that much,
         # unless it lost data (the room may deliver more while the snapshot is read).
-        delivered, epoch = room.last_seq, room.epoch
+        delivered, epoch, state = room.last_seq, room.epoch, room.state
         snapshot = await self.broker.snapshot(room.stream_id, viewers_here=len(room))
         if snapshot is None:
             return
+        if snapshot.state != state and room.state == state:
+            # The stream started or ended and its event never came (lost with a broker
+            # connection, or by a replica's cluster bus): say it now, as the event would.
+            change = events.stream_state(room.stream_id, snapshot.state, snapshot.position.seq)
+            self._room_changed(room, change)
         seq = snapshot.position.seq
         stats = events.stats(
             viewers=snapshot.viewers,

@@ -69,6 +69,9 @@ class Room:
         self._sent_at = self._window_start - 1.0
         """When the last gift frame went out (``time.monotonic``)."""
         self._window_events = 0
+        self.state = ""
+        """The stream's state as this room last heard it (``live``, ``ended``; '' before
+        the first snapshot): a state change lost with its event is sent from a stats tick."""
         self.last_stats: Message | None = None
         self.last_top: list[TopGifter] | None = None
 

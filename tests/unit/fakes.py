@@ -136,6 +136,7 @@ class FakeStream:
     prev_epoch_seq: int = 0
     feed: list[bytes] = field(default_factory=list)
     tids: int = 0
+    state: str = "live"
 
 
 class FakeBroker:
@@ -214,6 +215,18 @@ class FakeBroker:
             assert self.listener is not None
             self.listener.room_event(stream_id, data)
 
+    def change_state(self, stream_id: str, state: str) -> bytes:
+        """The stream starts or ends (start_stream.lua, end_stream.lua): its state, then the
+        event (lost while ``losing``). Returns the event, for a test to deliver late."""
+        s = self.stream(stream_id)
+        s.state = state
+        event: dict[str, Any] = {"type": "stream", "stream_id": stream_id, "state": state}
+        if state == "ended":
+            event["seq"] = s.seq
+        data = orjson.dumps(event)
+        self.deliver(stream_id, data)
+        return data
+
     def roll_back(self, stream_id: str, seq: int) -> None:
         """The store lost every gift after ``seq`` (a restore from an older copy)."""
         s = self.stream(stream_id)
@@ -235,7 +248,7 @@ class FakeBroker:
             creator_id="bob",
             creator_name="Bob",
             title="t",
-            state="live",
+            state=s.state,
             position=StreamPosition(s.seq, s.epoch),
             coins=s.seq,
             diamonds=0,

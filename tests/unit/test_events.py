@@ -55,6 +55,7 @@ def test_every_builder_makes_a_listed_type() -> None:
         events.leaderboard([TopGifter("a", "A", 1, 1)]),
         events.goals("s", [Goal("g", GoalKind.COINS, "", 10, "Ten")]),
         events.lag(1, 0),
+        events.stream_state("s1", "ended", 3),
         events.gap(1, 2),
         events.history_changed("e", 1),
         events.pong(None),

@@ -354,3 +354,47 @@ async def test_other_room_events_reach_the_viewers_then_the_room_event_hook(hub:
     await settle()
     assert sink.kinds()[-2:] == ["battle", "guests"]
     assert seen == [(STREAM, "battle"), (STREAM, "guests")]
+
+
+def _states(sink: FakeSink) -> list[tuple[str, int | None]]:
+    return [(m["state"], m.get("seq")) for m in sink.messages() if m["type"] == "stream"]
+
+
+async def test_a_lost_stream_end_is_sent_from_the_next_stats_tick_and_once(
+    hub: Hub, broker: FakeBroker
+) -> None:
+    # A replica's cluster bus (or a broker reconnect) can lose the classic PUBLISH of a
+    # state change: it has no sequence, so no gap shows it; the stats tick's snapshot does.
+    _, sink = await _join(hub)
+    broker.publish(STREAM)
+    broker.losing.add(STREAM)
+    late = broker.change_state(STREAM, "ended")
+    broker.losing.clear()
+    await settle()
+    assert _states(sink) == []
+    await hub.refresh(STREAM)
+    await settle()
+    assert _states(sink) == [("ended", 1)]
+    broker.deliver(STREAM, late)  # the event after all, late: not sent twice
+    await hub.refresh(STREAM)
+    await settle()
+    assert _states(sink) == [("ended", 1)]
+    broker.change_state(STREAM, "live")  # reopened, heard live this time
+    await hub.refresh(STREAM)
+    await settle()
+    assert _states(sink) == [("ended", 1), ("live", None)]
+
+
+async def test_a_stats_tick_read_before_a_state_change_does_not_undo_it(
+    hub: Hub, broker: FakeBroker
+) -> None:
+    _, sink = await _join(hub)
+    broker.snapshot_delay = asyncio.Event()
+    tick = asyncio.ensure_future(hub.refresh(STREAM))  # reads "live" now, returns later
+    await settle()
+    broker.change_state(STREAM, "ended")  # the live event, while the tick is out
+    broker.snapshot_delay.set()
+    broker.snapshot_delay = None
+    await tick
+    await settle()
+    assert _states(sink) == [("ended", 0)]
