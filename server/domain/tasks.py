@@ -2,8 +2,8 @@
 
 redis-py (seen with 6.4 and 8.1) can swallow a cancellation that lands while a command's
 reply is on its way: the command returns normally in a task that was cancelled
-(redis/redis-py#2028). Measured here against a real redis-server, about one cancel in ten
-that hits a ``PING`` in flight. A background loop that then sleeps and goes round again
+(redis/redis-py#2028). Measured here against a real redis-server: one cancel in six to
+eight that hits a command in flight. A background loop that then sleeps and goes round again
 never ends, and whoever awaits it after one ``cancel()`` waits forever: a server that
 did not stop on SIGTERM until it was killed. So these cancel again, every
 ``RECANCEL_S``, until the task is done.

@@ -1,5 +1,5 @@
 """Background loops that call Redis stop when asked, every time: redis-py can swallow a
-cancellation that lands while a reply is on its way (about one in ten cancels of a
+cancellation that lands while a reply is on its way (one in six to eight cancels of a
 command in flight, measured here), and a loop that then goes round again never ended: a
 server whose lifespan waited for its catalog schedule did not stop on SIGTERM until it
 was killed (``tests/reliability/test_redis_data_loss.py``'s teardown, now and then 10 s).
