@@ -22,6 +22,19 @@ from tests.support.cluster import RedisCluster
 from tests.support.ledgers import AnyLedger, OpenLedger, close, open_cluster, open_single
 
 
+RERUN_REPORT_CHARS = 4000
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """What each rerun test failed with the first time (pytest-rerunfailures lists only
+    their names): a flake that passed on its rerun is still a defect to find, and a CI log
+    is often all there is of it."""
+    for report in terminalreporter.stats.get("rerun", []):
+        text = getattr(report, "longreprtext", "") or str(report.longrepr)
+        terminalreporter.write_sep("-", f"first failure of rerun {report.nodeid}")
+        terminalreporter.write_line(text[-RERUN_REPORT_CHARS:])
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
     """One redis-server for the whole session; tests isolate themselves by key prefix."""
