@@ -21,7 +21,6 @@ from tests.support.backends import Backend, ClusterBackend, SingleBackend
 from tests.support.cluster import RedisCluster
 from tests.support.ledgers import AnyLedger, OpenLedger, close, open_cluster, open_single
 
-
 RERUN_REPORT_CHARS = 4000
 
 
