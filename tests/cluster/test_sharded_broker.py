@@ -22,7 +22,7 @@ from server.ledger.cluster_runner import ClusterScriptRunner
 from server.ledger.keys import Keys
 from server.realtime.hub import Hub
 from tests.support.cluster import RedisCluster
-from tests.support.cluster_feed import open_stream, publish_gift
+from tests.support.cluster_feed import GiftLoad, open_stream, publish_gift
 from tests.support.listening import Listener, listening
 from tests.unit.fakes import FakeSink, viewer
 
@@ -192,27 +192,10 @@ async def test_viewers_see_every_seq_once_in_order_across_a_primary_lost_under_l
         connection, sink = viewer(f"v{i}")
         sinks.append(sink)
         await hub.join(connection, "doomed", lambda snapshot: {"type": "welcome"})
-    stop, progress = asyncio.Event(), asyncio.Event()
-    published: list[int] = []
-
-    async def publish_until_stopped() -> None:
-        while not stop.is_set():
-            try:
-                published.append(await publish_gift(rooms, "doomed", "doomed_creator"))
-                progress.set()
-            except Exception:  # the primary is gone: unknown, try again
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.005)
-
-    async def published_at_least(count: int) -> None:
-        while len(published) < count:
-            progress.clear()
-            await progress.wait()
-
     frozen: subprocess.Popen[bytes] | None = None
-    load = asyncio.create_task(publish_until_stopped())
+    load = GiftLoad(rooms, "doomed", "doomed_creator")
     try:
-        await published_at_least(20)
+        await load.at_least(20)
         slot = slot_of(rooms.keys.room_channel("doomed_creator", "doomed"))
         dead = own_cluster.primary_for_slot(slot).port
         if fault == "kill":
@@ -222,13 +205,12 @@ async def test_viewers_see_every_seq_once_in_order_across_a_primary_lost_under_l
             assert frozen is not None
             frozen.send_signal(signal.SIGSTOP)
         await asyncio.to_thread(own_cluster.wait_promoted, dead)
-        await published_at_least(len(published) + 20)
+        await load.at_least(len(load.published) + 20)
     finally:
-        stop.set()
-        await load
+        await load.stop()
         if frozen is not None:
             frozen.send_signal(signal.SIGCONT)
-    last = published[-1]
+    last = load.published[-1]
     await polled(lambda: all(sink.seqs()[-1:] == [last] for sink in sinks))
     feed = [orjson.loads(raw)["seq"] for raw in await broker.feed("doomed", 0, 10_000)]
     assert feed == list(range(1, last + 1))

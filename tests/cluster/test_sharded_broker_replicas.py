@@ -24,7 +24,7 @@ from server.ledger.keys import Keys
 from server.realtime.hub import Hub
 from tests.cluster.test_sharded_broker import creators_on_every_primary, make_rooms, polled
 from tests.support.cluster import RedisCluster
-from tests.support.cluster_feed import open_stream, publish_gift
+from tests.support.cluster_feed import GiftLoad, open_stream, publish_gift
 from tests.support.listening import listening
 from tests.unit.fakes import FakeSink, viewer
 
@@ -144,33 +144,15 @@ async def fan_out_under_load(
         sinks.append(sink)
         await hub.join(connection, stream, lambda snapshot: {"type": "welcome"})
     await on_replicas(cluster, broker, rooms, [(stream, creator)])
-    stop, progress = asyncio.Event(), asyncio.Event()
-    published: list[int] = []
-
-    async def publish_until_stopped() -> None:
-        while not stop.is_set():
-            try:
-                published.append(await publish_gift(rooms, stream, creator))
-                progress.set()
-            except Exception:  # a node is gone: unknown, try again
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.005)
-
-    async def published_at_least(count: int) -> None:
-        while len(published) < count:
-            progress.clear()
-            await progress.wait()
-
-    load = asyncio.create_task(publish_until_stopped())
+    load = GiftLoad(rooms, stream, creator)
     try:
-        await published_at_least(20)
+        await load.at_least(20)
         await asyncio.to_thread(fault)
         await polled(then)
-        await published_at_least(len(published) + 20)
+        await load.at_least(len(load.published) + 20)
     finally:
-        stop.set()
-        await load
-    last = published[-1]
+        await load.stop()
+    last = load.published[-1]
     await polled(lambda: all(sink.seqs()[-1:] == [last] for sink in sinks))
     await hub.stop()
     return sinks

@@ -13,6 +13,7 @@ failover has reached the replica.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import cast
 
@@ -83,3 +84,33 @@ async def publish_gift(
         return cast(int, seq)
 
     return await rooms.on_slot(stream_key, run)
+
+
+class GiftLoad:
+    """Gifts published into one room, one every 5 ms, until ``stop``; a publish that fails
+    (a node is gone) is unknown and tried again. ``published``: the seqs committed."""
+
+    def __init__(self, rooms: ClusterRooms, stream_id: str, creator_id: str) -> None:
+        self.rooms, self.stream_id, self.creator_id = rooms, stream_id, creator_id
+        self.published: list[int] = []
+        self._stop, self._progress = asyncio.Event(), asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                seq = await publish_gift(self.rooms, self.stream_id, self.creator_id)
+                self.published.append(seq)
+                self._progress.set()
+            except Exception:  # a node is gone: unknown, try again
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.005)
+
+    async def at_least(self, count: int) -> None:
+        while len(self.published) < count:
+            self._progress.clear()
+            await self._progress.wait()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await self._task
